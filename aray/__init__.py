@@ -1,0 +1,69 @@
+"""aray: an asyncio-native distributed runtime with Ray Core's programming model.
+
+How the layers stack::
+
+    public API      aray.remote / get / wait / put / ...   (_api.py: thin sync wrappers)
+                    aray.aio.*                              (the coroutines they wrap)
+    core            _core.Core: owner table, task submission, leases (one per process)
+                    _worker: task execution in worker processes
+    protocol/links  _protocol (every message, one codec) and _link (authenticated websockets)
+    node agent      aray.node: worker pool, leases, logs      (imports the protocol, the store)
+    store           aray.store: serialization, shared memory  (imports nothing of aray)
+
+Example:
+    >>> import aray
+    >>> aray.init(num_cpus=2, ignore_reinit_error=True)  # doctest: +ELLIPSIS
+    {...}
+    >>> @aray.remote
+    ... def f(x):
+    ...     return x * x
+    >>> aray.get([f.remote(i) for i in range(4)])
+    [0, 1, 4, 9]
+"""
+
+from __future__ import annotations
+
+from . import aio, exceptions
+from ._api import (
+    available_resources,
+    cancel,
+    cluster_resources,
+    get,
+    get_gpu_ids,
+    get_runtime_context,
+    init,
+    is_initialized,
+    nodes,
+    put,
+    shutdown,
+    wait,
+)
+from ._as_completed import as_completed
+from ._refs import ObjectRef
+from ._remote import RemoteFunction, remote
+from ._runtime_context import RuntimeContext
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ObjectRef",
+    "RemoteFunction",
+    "RuntimeContext",
+    "__version__",
+    "aio",
+    "as_completed",
+    "available_resources",
+    "cancel",
+    "cluster_resources",
+    "exceptions",
+    "get",
+    "get_gpu_ids",
+    "get_runtime_context",
+    "init",
+    "is_initialized",
+    "nodes",
+    "put",
+    "remote",
+    "shutdown",
+    "wait",
+]

@@ -1,0 +1,283 @@
+"""The sync API: thin wrappers that run :mod:`aray.aio`'s coroutines on the runtime loop."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+from typing import Any
+
+from . import _global, aio
+from ._portal import LoopThread, call, on_loop
+from ._refs import ObjectRef
+from ._runtime_context import RuntimeContext, current_task
+
+log = logging.getLogger("aray")
+
+_atexit_registered = False
+
+
+def init(address: str | None = None, *, num_cpus: float | None = None,
+         num_gpus: float | None = None, resources: dict | None = None,
+         object_store_memory: int | None = None, log_to_driver: bool = True,
+         ignore_reinit_error: bool = False) -> dict:
+    """Start a local aray cluster (head, node agent, workers) and connect this process.
+
+    Args:
+        address: ``None`` starts a new local cluster.
+        num_cpus: CPUs to offer (default: the machine's logical CPU count).
+        num_gpus: GPUs to offer (default 0).
+        resources: custom resources, e.g. ``{"dataset": 1}``.
+        object_store_memory: object store capacity in bytes (default 30% of RAM).
+        log_to_driver: echo workers' stdout/stderr here, prefixed with ``(task pid=N)``.
+        ignore_reinit_error: make a second ``init`` a no-op instead of an error.
+
+    Called from sync code it returns once the cluster is ready. Called inside a running
+    event loop it binds aray to that loop, returns at once without blocking it, and every
+    operation waits for the cluster to be up.
+
+    Example:
+        >>> import aray
+        >>> aray.init(num_cpus=2, ignore_reinit_error=True)  # doctest: +ELLIPSIS
+        {...}
+        >>> aray.is_initialized()
+        True
+    """
+    global _atexit_registered
+    options = dict(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                   object_store_memory=object_store_memory, log_to_driver=log_to_driver,
+                   ignore_reinit_error=ignore_reinit_error)
+    if not _atexit_registered:
+        atexit.register(_shutdown_at_exit)
+        _atexit_registered = True
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is not None:
+        existing = _global.core_or_none()
+        core = aio.bootstrap(loop, address, **options)
+        if core is not existing:
+            core.spawn(aio.connect(core), name="connect")
+        return {"node_id": core.node_id, "session_dir": core.session_dir}
+    core = aio.existing_core(ignore_reinit_error)
+    if core is not None:
+        return {"node_id": core.node_id, "session_dir": core.session_dir}
+    thread = LoopThread()
+    try:
+        info = call(thread.loop, aio.init, address, what="init", **options)
+    except BaseException:
+        thread.stop()
+        raise
+    _global.core().loop_thread = thread
+    return info
+
+
+def is_initialized() -> bool:
+    """Whether ``aray.init()`` has been called (and not shut down) in this process.
+
+    Example:
+        >>> import aray
+        >>> aray.init(num_cpus=1, ignore_reinit_error=True)  # doctest: +ELLIPSIS
+        {...}
+        >>> aray.is_initialized()
+        True
+    """
+    return _global.core_or_none() is not None
+
+
+def shutdown() -> None:
+    """Stop the runtime and the local cluster it started; leaves no process behind.
+
+    Safe to call twice. Inside the event loop that runs aray prefer
+    ``await aray.aio.shutdown()``; a sync call there stops the cluster without waiting for
+    the loop.
+
+    Example:
+        >>> import aray
+        >>> aray.init(num_cpus=1, ignore_reinit_error=True)  # doctest: +ELLIPSIS
+        {...}
+        >>> aray.shutdown()
+        >>> aray.is_initialized()
+        False
+    """
+    core = _global.core_or_none()
+    if core is None:
+        return
+    if core.loop_thread is not None:
+        try:
+            call(core.loop, aio.shutdown, what="shutdown")
+        finally:
+            core.loop_thread.stop()
+        return
+    # aray runs on an application's loop
+    if core.loop.is_running() and not on_loop(core.loop):
+        call(core.loop, aio.shutdown, what="shutdown")
+        return
+    _global.set_core(None)
+    if core.loop.is_running():  # we are on that loop: close links in the background
+        core.loop.create_task(core.stop())
+    if core.cluster is not None:
+        core.cluster.stop()
+
+
+def _shutdown_at_exit() -> None:
+    try:
+        shutdown()
+    except Exception:
+        core = _global.core_or_none()
+        if core is not None and core.cluster is not None:
+            core.cluster.stop()
+
+
+def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = None) -> Any:
+    """Block until the value(s) of ``object_refs`` are ready and return them.
+
+    Takes one ref (returns its value) or a list of refs (returns a list, in order). In async
+    code, ``await ref`` or ``await aray.aio.get(...)`` instead. Inside a task, a blocked
+    ``get`` lends the task's CPU back to its node, so nested tasks cannot deadlock.
+
+    Example:
+        >>> import aray
+        >>> aray.init(num_cpus=1, ignore_reinit_error=True)  # doctest: +ELLIPSIS
+        {...}
+        >>> @aray.remote
+        ... def f(x):
+        ...     return x * x
+        >>> aray.get(f.remote(4)), aray.get([f.remote(1), f.remote(2)])
+        (16, [1, 4])
+    """
+    refs, single = aio.as_ref_list(object_refs, "get")
+    aio.check_timeout(timeout)
+    core = _global.core()
+    return call(core.loop, aio.get_values, core, refs, single, timeout, True, what="get")
+
+
+def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float | None = None,
+         fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Block until ``num_returns`` of the refs are ready, or ``timeout`` seconds pass.
+
+    Returns ``(ready, not_ready)`` with the input order kept; ``timeout`` is in seconds.
+
+    Example:
+        >>> import aray
+        >>> aray.init(num_cpus=1, ignore_reinit_error=True)  # doctest: +ELLIPSIS
+        {...}
+        >>> refs = [aray.put(i) for i in range(3)]
+        >>> ready, not_ready = aray.wait(refs, num_returns=2)
+        >>> len(ready), len(not_ready)
+        (2, 1)
+    """
+    refs = aio.check_wait_args(object_refs, num_returns, timeout)
+    core = _global.core()
+    return call(core.loop, aio.wait_refs, core, refs, num_returns, timeout, True, what="wait")
+
+
+def put(value: Any) -> ObjectRef:
+    """Store ``value`` once and return a ref; pass the ref to many tasks instead of the value.
+
+    Like ``f.remote()``, ``put`` never waits for the runtime loop: it serializes in the
+    calling thread and hands the object over.
+
+    Example:
+        >>> import aray
+        >>> aray.init(num_cpus=1, ignore_reinit_error=True)  # doctest: +ELLIPSIS
+        {...}
+        >>> ref = aray.put("hello")
+        >>> aray.get(ref)
+        'hello'
+    """
+    return _global.core().put(value)
+
+
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that produces ``ref``.
+
+    A queued task is dropped; a running one gets :class:`~aray.exceptions.TaskCancelledError`
+    raised inside it (``force=True`` kills its worker instead). ``get`` on the ref then raises
+    ``TaskCancelledError``. Cancelled tasks are not retried.
+
+    Example:
+        >>> import aray, time
+        >>> aray.init(num_cpus=1, ignore_reinit_error=True)  # doctest: +ELLIPSIS
+        {...}
+        >>> @aray.remote
+        ... def slow():
+        ...     time.sleep(30)
+        >>> ref = slow.remote()
+        >>> aray.cancel(ref)
+        >>> try:
+        ...     aray.get(ref)
+        ... except aray.exceptions.TaskCancelledError:
+        ...     print("cancelled")
+        cancelled
+    """
+    if not isinstance(ref, ObjectRef):
+        raise TypeError(f"aray.cancel() expects an ObjectRef, got a {type(ref).__name__}")
+    core = _global.core()
+    core.call_soon(core.cancel, ref, force)
+
+
+def nodes() -> list[dict]:
+    """The cluster's nodes, one dict each, with Ray's keys (``NodeID``, ``Alive``, ...).
+
+    Example:
+        >>> import aray
+        >>> aray.init(num_cpus=1, ignore_reinit_error=True)  # doctest: +ELLIPSIS
+        {...}
+        >>> len(aray.nodes()) >= 1
+        True
+    """
+    return call(_global.core().loop, aio.nodes, what="nodes")
+
+
+def cluster_resources() -> dict:
+    """Total resources of the cluster, e.g. ``{"CPU": 2.0, "memory": ..., ...}``.
+
+    Example:
+        >>> import aray
+        >>> aray.init(num_cpus=2, ignore_reinit_error=True)  # doctest: +ELLIPSIS
+        {...}
+        >>> aray.cluster_resources()["CPU"] >= 1
+        True
+    """
+    return call(_global.core().loop, aio.cluster_resources, what="cluster_resources")
+
+
+def available_resources() -> dict:
+    """Resources free right now (resources with nothing free are left out).
+
+    Example:
+        >>> import aray
+        >>> aray.init(num_cpus=2, ignore_reinit_error=True)  # doctest: +ELLIPSIS
+        {...}
+        >>> "CPU" in aray.available_resources()
+        True
+    """
+    return call(_global.core().loop, aio.available_resources, what="available_resources")
+
+
+def get_runtime_context() -> RuntimeContext:
+    """Where the calling code runs: node, job, task and actor ids.
+
+    Example:
+        >>> import aray
+        >>> aray.init(num_cpus=1, ignore_reinit_error=True)  # doctest: +ELLIPSIS
+        {...}
+        >>> aray.get_runtime_context().get_task_id() is None  # in the driver
+        True
+    """
+    _global.core()
+    return RuntimeContext()
+
+
+def get_gpu_ids() -> list:
+    """The GPU ids assigned to the running task (``[]`` in a driver or without GPUs).
+
+    Example:
+        >>> import aray
+        >>> aray.get_gpu_ids()
+        []
+    """
+    task = current_task.get()
+    return list(task.gpu_ids) if task is not None else []

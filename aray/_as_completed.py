@@ -1,0 +1,93 @@
+"""``as_completed``: refs in the order they finish, for ``for`` and ``async for``."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+from . import _global
+from ._portal import on_loop
+from ._refs import ObjectRef
+from .exceptions import GetTimeoutError
+
+
+class as_completed:
+    """Iterate over ``refs`` as they finish (success or failure), fastest first.
+
+    Works with ``for`` (blocking) and ``async for`` (from any event loop). Each ref is
+    yielded once; ``timeout`` (seconds, for the whole iteration) raises
+    :class:`~aray.exceptions.GetTimeoutError` if refs remain. It costs O(1) per ref, so it
+    stays fast with tens of thousands of refs, unlike a loop of ``wait(num_returns=1)``.
+
+    Example:
+        >>> import aray
+        >>> aray.init(num_cpus=2, ignore_reinit_error=True)  # doctest: +ELLIPSIS
+        {...}
+        >>> @aray.remote
+        ... def f(x):
+        ...     return x
+        >>> sorted(aray.get(ref) for ref in aray.as_completed([f.remote(i) for i in range(5)]))
+        [0, 1, 2, 3, 4]
+    """
+
+    def __init__(self, refs: list[ObjectRef], *, timeout: float | None = None) -> None:
+        from .aio import as_ref_list, check_timeout
+
+        self._refs, _ = as_ref_list(list(refs), "as_completed")
+        check_timeout(timeout)
+        self._timeout = timeout
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def _register(self, deliver: Callable[[ObjectRef], None]) -> None:
+        core = _global.core()
+
+        def attach() -> None:
+            for ref in self._refs:
+                core.objects.when_ready(core.entry_for(ref), lambda _e, r=ref: deliver(r))
+
+        core.call_soon(attach)
+
+    def _deadline(self) -> float | None:
+        return None if self._timeout is None else time.monotonic() + self._timeout
+
+    def _timed_out(self, left: int) -> GetTimeoutError:
+        return GetTimeoutError(
+            f"as_completed timed out after {self._timeout} s with {left} refs not ready")
+
+    def __iter__(self) -> Iterator[ObjectRef]:
+        core = _global.core()
+        if on_loop(core.loop):
+            raise RuntimeError("a plain `for` over as_completed would block aray's event loop; "
+                               "use `async for` here")
+        ready: queue.SimpleQueue[ObjectRef] = queue.SimpleQueue()
+        self._register(ready.put)
+        deadline = self._deadline()
+        for left in range(len(self._refs), 0, -1):
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                yield ready.get(timeout=remaining)
+            except queue.Empty:
+                raise self._timed_out(left) from None
+
+    async def __aiter__(self) -> AsyncIterator[ObjectRef]:
+        core = _global.core()
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Queue[ObjectRef] = asyncio.Queue()
+        if loop is core.loop:
+            self._register(ready.put_nowait)
+        else:
+            self._register(lambda ref: loop.call_soon_threadsafe(ready.put_nowait, ref))
+        deadline = self._deadline()
+        for left in range(len(self._refs), 0, -1):
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                if remaining is None:
+                    yield await ready.get()
+                else:
+                    yield await asyncio.wait_for(ready.get(), remaining)
+            except asyncio.TimeoutError:
+                raise self._timed_out(left) from None

@@ -1,0 +1,174 @@
+"""A local cluster: the node process (head + node agent) that ``aray.init()`` starts.
+
+Parent side, :class:`LocalCluster` starts ``python -m aray _node`` in its own session, sends
+it its configuration (including the token) on stdin, reads one "ready" line with the
+addresses from its stdout, and keeps stdin open. The child treats EOF on stdin as "my driver
+is gone" and shuts down, so even a SIGKILLed driver leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+from .store.shm import ShmDirectory, default_root
+
+log = logging.getLogger("aray")
+
+# not "/tmp/aray": a directory named like the package would shadow it for code run in /tmp
+SESSION_ROOT = os.environ.get("ARAY_SESSION_ROOT", os.path.join("/tmp", "aray-sessions"))
+
+
+def new_session_dir() -> str:
+    """Create ``/tmp/aray-sessions/session_<time>_<pid>`` with ``sockets/`` and ``logs/``."""
+    name = time.strftime("session_%Y-%m-%d_%H-%M-%S") + f"_{os.getpid()}_{secrets.token_hex(2)}"
+    path = os.path.join(SESSION_ROOT, name)
+    os.makedirs(os.path.join(path, "sockets"), mode=0o700)
+    os.makedirs(os.path.join(path, "logs"), mode=0o700)
+    return path
+
+
+def store_dir_for(session_dir: str) -> str:
+    return os.path.join(default_root(), "aray-" + os.path.basename(session_dir))
+
+
+class LocalCluster:
+    """The driver's handle on the node process it started."""
+
+    def __init__(self, *, resources: dict, object_store_memory: int | None = None) -> None:
+        self.session_dir = new_session_dir()
+        self.store_dir = store_dir_for(self.session_dir)
+        self.token = secrets.token_hex(16)
+        self.head_address = f"unix:{self.session_dir}/sockets/head.sock"
+        self.node_address = f"unix:{self.session_dir}/sockets/node.sock"
+        self.config = {"token": self.token, "session_dir": self.session_dir,
+                       "store_dir": self.store_dir, "resources": resources,
+                       "object_store_memory": object_store_memory,
+                       "head_address": self.head_address, "node_address": self.node_address,
+                       # workers import the driver's own modules from where the driver does
+                       "code_path": _driver_code_path()}
+        self.proc: subprocess.Popen | None = None
+        self.info: dict = {}
+
+    def spawn(self) -> None:
+        err = open(os.path.join(self.session_dir, "logs", "node.err"), "ab")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "aray", "_node"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+        finally:
+            err.close()
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(self.config).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    async def wait_ready(self, timeout: float = 60.0) -> dict:
+        assert self.proc is not None and self.proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                line = await loop.run_in_executor(None, self.proc.stdout.readline)
+        except TimeoutError:
+            line = b""
+        if not line:
+            self.stop()
+            raise RuntimeError(
+                "the aray node process did not start. Its log says:\n" + self._log_tail())
+        self.info = json.loads(line)
+        self.proc.stdout.close()
+        return self.info
+
+    def _log_tail(self) -> str:
+        try:
+            with open(os.path.join(self.session_dir, "logs", "node.err"), "rb") as f:
+                return f.read()[-4000:].decode("utf-8", "replace")
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close the lifeline and wait for the node process (SIGKILL after ``timeout``)."""
+        proc = self.proc
+        if proc is None:
+            return
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self.proc = None
+
+
+def _driver_code_path() -> str:
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
+
+
+# --- the node process ---------------------------------------------------------------------
+
+
+def node_main() -> None:
+    """``python -m aray _node``: run head + node agent until stdin closes or SIGTERM."""
+    config = json.loads(sys.stdin.readline())
+    if config.get("code_path") and config["code_path"] not in sys.path:
+        sys.path.append(config["code_path"])
+    logging.basicConfig(
+        filename=os.path.join(config["session_dir"], "logs", "node.log"), level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s -- %(message)s")
+    asyncio.run(_run_node(config))
+
+
+async def _run_node(config: dict) -> None:
+    from ._head.server import Head
+    from .node.agent import NodeAgent
+
+    loop = asyncio.get_running_loop()
+    store = ShmDirectory(config["store_dir"])
+    store.create()
+    head = Head(config["token"])
+    agent = None
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        head_address = await head.start(config["head_address"])
+        agent = NodeAgent(token=config["token"], session_dir=config["session_dir"],
+                          store_dir=config["store_dir"], resources=config["resources"],
+                          head_address=head_address)
+        node_address = await agent.start(config["node_address"])
+        ready = {"head_address": head_address, "node_address": node_address,
+                 "node_id": agent.node_id, "pid": os.getpid()}
+        os.write(1, (json.dumps(ready) + "\n").encode())
+        _detach_stdout(config["session_dir"])
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        watch = asyncio.ensure_future(reader.read())  # returns at EOF: the driver is gone
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([watch, stopped], return_when=asyncio.FIRST_COMPLETED)
+        watch.cancel()
+        stopped.cancel()
+    finally:
+        if agent is not None:
+            await agent.aclose()
+        await head.aclose()
+        store.remove_all()
+
+
+def _detach_stdout(session_dir: str) -> None:
+    """After the ready line, stdout goes to the log: the driver no longer reads it."""
+    fd = os.open(os.path.join(session_dir, "logs", "node.out"),
+                 os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 1)
+    os.close(fd)

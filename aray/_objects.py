@@ -1,0 +1,272 @@
+"""The per-process object table: what this process owns or has borrowed, and who waits.
+
+Invariants:
+
+* Entries are created, resolved and deleted only on the runtime loop.
+* An entry resolves exactly once: PENDING -> READY (inline ``data`` or a store ``location``)
+  or PENDING -> FAILED (``error``).
+* Local reference counts are kept by :class:`RefCounter` from any thread (ObjectRefs are
+  created and dropped everywhere); the entry is deleted on the loop once the count is zero,
+  no pending task pins it and the ref never escaped this process inside a pickle.
+
+A *resolved value* is how a value travels between processes: ``["v", data]`` (inline
+serialized bytes), ``["s", node_id, size]`` (in the object store of that node) or
+``["e", pickled_error]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from .exceptions import ObjectLostError
+
+
+class ObjectState(enum.Enum):
+    PENDING = 0
+    READY = 1
+    FAILED = 2
+
+
+class ObjectEntry:
+    __slots__ = ("oid", "state", "data", "location", "error", "owned", "owner", "callbacks",
+                 "loops", "pins", "fetching")
+
+    def __init__(self, oid: bytes, owned: bool, owner: str = "") -> None:
+        self.oid = oid
+        self.state = ObjectState.PENDING
+        self.data: bytes | None = None
+        self.location: tuple[str, int] | None = None  # (node_id, size) in a store
+        self.error: BaseException | None = None
+        self.owned = owned
+        self.owner = owner
+        self.callbacks: list[Callable[[ObjectEntry], None]] = []
+        self.loops: set = set()  # event loops with a future for this entry
+        self.pins = 0  # pending tasks that use this object as an argument
+        self.fetching = False
+
+    @property
+    def ready(self) -> bool:
+        return self.state is not ObjectState.PENDING
+
+    def resolved_value(self) -> list:
+        """This entry as a resolved value, to send to another process."""
+        if self.state is ObjectState.FAILED:
+            return ["e", dump_error(self.error)]
+        if self.data is not None:
+            return ["v", self.data]
+        assert self.location is not None
+        return ["s", self.location[0], self.location[1]]
+
+
+def dump_error(err: BaseException | None) -> bytes:
+    try:
+        return cloudpickle.dumps(err)
+    except Exception:
+        return cloudpickle.dumps(ObjectLostError(f"an error that could not be pickled: {err!r}"))
+
+
+def load_error(blob: bytes) -> BaseException:
+    try:
+        err = cloudpickle.loads(blob)
+    except Exception as exc:
+        return ObjectLostError(f"could not unpickle the error of a remote task: {exc!r}")
+    return err if isinstance(err, BaseException) else ObjectLostError(repr(err))
+
+
+class RefCounter:
+    """Thread-safe counts of live ObjectRef instances per object id in this process."""
+
+    def __init__(self, on_zero: Callable[[bytes], None]) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[bytes, int] = {}
+        self._on_zero = on_zero
+        self.escaped: set[bytes] = set()  # ids pickled into something: kept until shutdown
+
+    def incr(self, oid: bytes) -> None:
+        with self._lock:
+            self._counts[oid] = self._counts.get(oid, 0) + 1
+
+    def decr(self, oid: bytes) -> None:
+        with self._lock:
+            n = self._counts.get(oid, 0) - 1
+            if n > 0:
+                self._counts[oid] = n
+                return
+            self._counts.pop(oid, None)
+        self._on_zero(oid)
+
+    def count(self, oid: bytes) -> int:
+        return self._counts.get(oid, 0)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+
+class ObjectTable:
+    """Entries by object id, plus the asyncio futures that event loops await on them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 materialize: Callable[[ObjectEntry], Any],
+                 on_unused: Callable[[ObjectEntry], None]) -> None:
+        self.loop = loop
+        self.entries: dict[bytes, ObjectEntry] = {}
+        self.refs = RefCounter(self._count_reached_zero)
+        self._materialize = materialize
+        self._on_unused = on_unused
+        self._futs: dict[tuple[bytes, Any], asyncio.Future] = {}
+        self._futs_lock = threading.Lock()
+        self._loop_thread: int | None = None
+
+    def bind_thread(self) -> None:
+        self._loop_thread = threading.get_ident()
+
+    def on_loop_thread(self) -> bool:
+        return threading.get_ident() == self._loop_thread
+
+    # --- lifecycle (loop only) -----------------------------------------------------------
+    def add(self, oid: bytes, owned: bool = True, owner: str = "") -> ObjectEntry:
+        entry = self.entries.get(oid)
+        if entry is None:
+            entry = self.entries[oid] = ObjectEntry(oid, owned, owner)
+        return entry
+
+    def resolve(self, entry: ObjectEntry, value: list) -> None:
+        if entry.ready:
+            return
+        kind = value[0]
+        if kind == "v":
+            entry.data = value[1]
+            entry.state = ObjectState.READY
+        elif kind == "s":
+            entry.location = (value[1], value[2])
+            entry.state = ObjectState.READY
+        else:
+            entry.error = load_error(value[1])
+            entry.state = ObjectState.FAILED
+        self._notify(entry)
+
+    def fail(self, entry: ObjectEntry, error: BaseException) -> None:
+        if entry.ready:
+            return
+        entry.error = error
+        entry.state = ObjectState.FAILED
+        self._notify(entry)
+
+    def when_ready(self, entry: ObjectEntry, callback: Callable[[ObjectEntry], None]) -> None:
+        if entry.ready:
+            callback(entry)
+        else:
+            entry.callbacks.append(callback)
+
+    def _notify(self, entry: ObjectEntry) -> None:
+        callbacks, entry.callbacks = entry.callbacks, []
+        for cb in callbacks:
+            cb(entry)
+        if entry.loops:
+            with self._futs_lock:
+                futs = [(loop, self._futs.get((entry.oid, loop))) for loop in entry.loops]
+            for loop, fut in futs:
+                if fut is not None:
+                    self._settle(entry, loop, fut)
+        self._maybe_unused(entry)
+
+    def _settle(self, entry: ObjectEntry, loop, fut: asyncio.Future) -> None:
+        try:
+            value, error = self._materialize(entry), None
+        except BaseException as exc:  # the stored error, or a failure to read the value
+            value, error = None, exc
+        if loop is self.loop:
+            _set_future(fut, value, error)
+        else:
+            try:
+                loop.call_soon_threadsafe(_set_future, fut, value, error)
+            except RuntimeError:  # that loop is closed: nobody is waiting any more
+                pass
+
+    # --- futures (any thread) ----------------------------------------------------------
+    def future_for(self, oid: bytes, loop, get_entry: Callable[[], ObjectEntry]) -> asyncio.Future:
+        """The future through which ``loop`` awaits ``oid``; one per (object, loop)."""
+        key = (oid, loop)
+        with self._futs_lock:
+            fut = self._futs.get(key)
+            if fut is not None and not fut.cancelled():
+                return fut
+            fut = loop.create_future()
+            self._futs[key] = fut
+        if loop is self.loop:
+            self._attach(oid, loop, fut, get_entry)
+        else:
+            self.loop.call_soon_threadsafe(self._attach, oid, loop, fut, get_entry)
+        return fut
+
+    def _attach(self, oid, loop, fut, get_entry) -> None:
+        entry = get_entry()
+        entry.loops.add(loop)
+        if entry.ready:
+            self._settle(entry, loop, fut)
+
+    def concurrent_future(self, get_entry: Callable[[], ObjectEntry]) -> concurrent.futures.Future:
+        cfut: concurrent.futures.Future = concurrent.futures.Future()
+
+        def attach() -> None:
+            entry = get_entry()
+
+            def done(e: ObjectEntry) -> None:
+                try:
+                    cfut.set_result(self._materialize(e))
+                except BaseException as exc:
+                    cfut.set_exception(exc)
+
+            self.when_ready(entry, done)
+
+        if self.on_loop_thread():
+            attach()
+        else:
+            self.loop.call_soon_threadsafe(attach)
+        return cfut
+
+    # --- freeing -----------------------------------------------------------------------
+    def _count_reached_zero(self, oid: bytes) -> None:
+        try:
+            if self.on_loop_thread():
+                self.loop.call_soon(self._check_unused, oid)
+            else:
+                self.loop.call_soon_threadsafe(self._check_unused, oid)
+        except RuntimeError:  # loop closed at shutdown
+            pass
+
+    def _check_unused(self, oid: bytes) -> None:
+        entry = self.entries.get(oid)
+        if entry is not None:
+            self._maybe_unused(entry)
+
+    def unpin(self, entry: ObjectEntry) -> None:
+        entry.pins -= 1
+        self._maybe_unused(entry)
+
+    def _maybe_unused(self, entry: ObjectEntry) -> None:
+        oid = entry.oid
+        if (entry.ready and entry.pins <= 0 and not entry.callbacks
+                and self.refs.count(oid) == 0 and oid not in self.refs.escaped):
+            del self.entries[oid]
+            if entry.loops:
+                with self._futs_lock:
+                    for loop in entry.loops:
+                        self._futs.pop((oid, loop), None)
+            self._on_unused(entry)
+
+
+def _set_future(fut: asyncio.Future, value, error) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(value)

@@ -1,0 +1,70 @@
+"""Run coroutines on the runtime's loop from other threads (a small blocking portal).
+
+Sync code calls :func:`call`; it schedules the coroutine on the runtime loop and blocks until
+it finishes. Calling it *on* the runtime loop would deadlock, so that fails loudly with a
+hint to ``await`` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """A private event loop running in a daemon thread (used when ``init`` is called from
+    sync code)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="aray-loop", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+def on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def call(loop: asyncio.AbstractEventLoop, fn: Callable[..., Awaitable[T]], *args, what: str,
+         **kwargs) -> T:
+    """Run ``fn(*args, **kwargs)`` on ``loop`` and block this thread for its result."""
+    if on_loop(loop):
+        raise RuntimeError(
+            f"aray.{what}() blocks, and it was called on the event loop that runs aray, which "
+            f"would deadlock. In async code use `await aray.aio.{what}(...)` (or `await ref`).")
+    if loop.is_closed():
+        from .exceptions import NotInitializedError
+
+        raise NotInitializedError("aray's event loop is closed: call aray.init() again")
+    fut = asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), loop)
+    try:
+        return fut.result()
+    except BaseException:
+        fut.cancel()  # e.g. KeyboardInterrupt while blocked: stop the coroutine too
+        raise
+
+
+async def on_runtime(loop: asyncio.AbstractEventLoop, coro: Awaitable[T]) -> T:
+    """Await ``coro`` on the runtime loop, from whichever loop we are on."""
+    if on_loop(loop):
+        return await coro
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))  # type: ignore[arg-type]

@@ -1,0 +1,229 @@
+"""Every message aray sends between processes, and the one codec for them.
+
+A frame is a msgpack array of messages; each message is ``[tag, field, ...]``. Payload bytes
+(serialized values, pickled functions) ride inside as msgpack ``bin`` and are never unpickled
+by the link layer. The first frame a client sends is a lone :class:`Hello`; the server checks
+its version and token before it decodes anything else, and answers with a :class:`Welcome`
+or closes the socket with a close code and a reason.
+
+Naming: commands are imperative (``PushTask``), events past tense (``TaskFinished``),
+and replies share the ``req_id`` of their request (``REPLY = True`` on the class).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+
+#: websocket close codes used by the handshake
+CLOSE_BAD_TOKEN = 4001
+CLOSE_BAD_VERSION = 4002
+CLOSE_BAD_HELLO = 4003
+
+_BY_TAG: dict[int, type] = {}
+
+
+def _message(tag: int, *, reply: bool = False):
+    def register(cls):
+        if tag in _BY_TAG:
+            raise RuntimeError(f"message tag {tag} used twice")
+        cls.TAG = tag
+        cls.REPLY = reply
+        _BY_TAG[tag] = cls
+        return cls
+
+    return register
+
+
+# --- handshake --------------------------------------------------------------------------
+
+
+@_message(1)
+class Hello(NamedTuple):
+    """First frame of every link: who connects, with which protocol version and token."""
+
+    version: int
+    token: str
+    role: str  # "driver" | "worker" | "node" | "core"
+    ident: str  # worker id, node id, job id ... (role-specific)
+    pid: int
+    info: dict
+
+
+@_message(2)
+class Welcome(NamedTuple):
+    """The server's answer to a good Hello."""
+
+    version: int
+    info: dict
+
+
+# --- head: nodes, jobs, cluster view ----------------------------------------------------
+
+
+@_message(10)
+class RegisterNode(NamedTuple):
+    node_id: str
+    address: str
+    ip: str
+    resources: dict
+
+
+@_message(11)
+class NodeResourcesChanged(NamedTuple):
+    node_id: str
+    available: dict
+
+
+@_message(12)
+class ClusterViewChanged(NamedTuple):
+    """Head -> node agents: every alive node's totals, for infeasibility and spillback."""
+
+    nodes: list  # [[node_id, address, total_resources], ...]
+
+
+@_message(13)
+class GetClusterState(NamedTuple):
+    req_id: int
+
+
+@_message(14, reply=True)
+class ClusterState(NamedTuple):
+    req_id: int
+    nodes: list  # list of dicts (see _head.state.NodeTable.describe)
+
+
+# --- node agent: leases and workers -----------------------------------------------------
+
+
+@_message(20)
+class RequestLease(NamedTuple):
+    req_id: int
+    shape: dict  # resource name -> amount
+    description: str  # what the lease is for, used in warnings
+
+
+@_message(21, reply=True)
+class LeaseGranted(NamedTuple):
+    req_id: int
+    worker_id: str
+    address: str
+    node_id: str
+    gpu_ids: list
+
+
+@_message(22)
+class LeaseInfeasible(NamedTuple):
+    """The request stays queued, but no node in the cluster can satisfy it now."""
+
+    req_id: int
+    message: str
+
+
+@_message(23)
+class ReturnLease(NamedTuple):
+    worker_id: str
+
+
+@_message(24)
+class WorkerStarted(NamedTuple):
+    worker_id: str
+    address: str
+    pid: int
+
+
+@_message(25)
+class WorkerBlocked(NamedTuple):
+    worker_id: str
+
+
+@_message(26)
+class WorkerUnblocked(NamedTuple):
+    worker_id: str
+
+
+@_message(27)
+class KillWorker(NamedTuple):
+    worker_id: str
+
+
+@_message(28)
+class LogLines(NamedTuple):
+    """Lines a worker printed, forwarded by its node agent to the driver of the job."""
+
+    pid: int
+    name: str
+    stream: int  # 1 stdout, 2 stderr
+    lines: list
+
+
+# --- core to core: tasks and objects ----------------------------------------------------
+
+
+@_message(40)
+class PushTask(NamedTuple):
+    task_id: bytes
+    fn_id: bytes
+    fn_blob: bytes | None  # sent the first time a function crosses this link
+    name: str
+    args: bytes  # serialized (args, kwargs) with top-level refs replaced by slots
+    deps: list  # one resolved value per slot: see _core.resolved_value
+    return_ids: list
+    num_returns: int
+    job_id: str
+    gpu_ids: list
+    owner: str  # address of the caller's core, for refs the task creates
+
+
+@_message(41)
+class TaskFinished(NamedTuple):
+    task_id: bytes
+    results: list  # one resolved value per return id
+    error: bytes | None  # pickled RemoteErrorInfo
+
+
+@_message(42)
+class CancelTask(NamedTuple):
+    task_id: bytes
+
+
+@_message(43)
+class GetObject(NamedTuple):
+    """Ask an object's owner for its value; the reply comes once it is ready."""
+
+    req_id: int
+    object_id: bytes
+
+
+@_message(44, reply=True)
+class ObjectReply(NamedTuple):
+    req_id: int
+    value: list  # a resolved value: ["v", data] | ["s", node_id, size] | ["e", pickled error]
+
+
+# --- codec ------------------------------------------------------------------------------
+
+
+def encode(messages: list) -> bytes:
+    """Pack messages into one frame."""
+    return msgpack.packb([(m.TAG, *m) for m in messages], use_bin_type=True)
+
+
+def decode(frame: bytes) -> list:
+    """Unpack a frame into message objects; raises ValueError on anything malformed."""
+    try:
+        items = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+        return [_BY_TAG[item[0]](*item[1:]) for item in items]
+    except Exception as exc:  # malformed msgpack, unknown tag, wrong arity
+        raise ValueError(f"malformed aray frame: {exc}") from None
+
+
+def message_types() -> dict[int, type]:
+    """Every registered message class by tag (for tests and tools)."""
+    return dict(_BY_TAG)
+
+
+Message = Any

@@ -1,0 +1,184 @@
+"""ObjectRef: a handle to a value that a task will produce (or that ``put`` stored).
+
+An ObjectRef is hashable, picklable (it may travel inside other objects) and awaitable from
+any event loop. It also speaks asyncio's future protocol (``done``, ``result``,
+``add_done_callback``, ``get_loop`` ...), so ``asyncio.wait``, ``gather``, ``shield`` and
+``wait_for`` accept refs directly. Each event loop that looks at a ref gets its own
+asyncio future for it, resolved by the runtime when the value is ready; cancelling that view
+(for example when ``asyncio.wait_for`` times out) stops the wait but not the task: use
+:func:`aray.cancel` to cancel the task itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+from typing import Any, Generic, TypeVar
+
+from . import _global
+
+T = TypeVar("T")
+
+ID_SIZE = 16
+
+
+def new_task_id() -> bytes:
+    """A random 12-byte task id; its return objects are ``task_id + index``."""
+    return os.urandom(12)
+
+
+def return_id(task_id: bytes, index: int) -> bytes:
+    return task_id + index.to_bytes(4, "big")
+
+
+class ObjectRef(Generic[T]):
+    """A reference to a (possibly not yet computed) remote value.
+
+    Example:
+        >>> import aray
+        >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> ref = aray.put([1, 2, 3])
+        >>> aray.get(ref)
+        [1, 2, 3]
+        >>> len(ref.hex())
+        32
+    """
+
+    __slots__ = ("_id", "_owner", "_counter", "__weakref__")
+
+    # asyncio.isfuture() looks for this class attribute; the ref yields its per-loop
+    # future when awaited, never itself, so asyncio never toggles it.
+    _asyncio_future_blocking = False
+
+    def __init__(self, object_id: bytes, owner: str = "") -> None:
+        self._id = object_id
+        self._owner = owner
+        core = _global.core_or_none()
+        self._counter = core.refs if core is not None else None
+        if self._counter is not None:
+            self._counter.incr(object_id)
+
+    def __del__(self) -> None:
+        counter = self._counter
+        if counter is not None:
+            try:
+                counter.decr(self._id)
+            except Exception:  # interpreter shutdown
+                pass
+
+    # identity -----------------------------------------------------------------------
+    def binary(self) -> bytes:
+        return self._id
+
+    def hex(self) -> str:
+        return self._id.hex()
+
+    @property
+    def owner_address(self) -> str:
+        return self._owner
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self._id.hex()})"
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other._id == self._id
+
+    def __reduce__(self):
+        core = _global.core_or_none()
+        if core is not None:
+            core.refs.escaped.add(self._id)
+        return _rebuild_ref, (self._id, self._owner)
+
+    def __bool__(self) -> bool:
+        return True
+
+    # awaiting -----------------------------------------------------------------------
+    def _loop_future(self) -> asyncio.Future:
+        return _global.core().future_for(self, asyncio.get_running_loop())
+
+    def __await__(self):
+        return self._loop_future().__await__()
+
+    def future(self) -> concurrent.futures.Future:
+        """A ``concurrent.futures.Future`` resolved with the value (or its error).
+
+        Example:
+            >>> import aray
+            >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+            >>> aray.put(7).future().result(timeout=10)
+            7
+        """
+        return _global.core().concurrent_future(self)
+
+    # asyncio's future protocol, on the running loop's view of this ref ---------------
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    def done(self) -> bool:
+        try:
+            return self._loop_future().done()
+        except RuntimeError:  # no running loop: ask the runtime directly
+            return _global.core().is_ready(self)
+
+    def result(self) -> Any:
+        return self._loop_future().result()
+
+    def exception(self) -> BaseException | None:
+        return self._loop_future().exception()
+
+    def cancelled(self) -> bool:
+        return self._loop_future().cancelled()
+
+    def cancel(self, msg: Any = None) -> bool:
+        """Stop this loop's wait for the ref (asyncio protocol); the task keeps running."""
+        return self._loop_future().cancel(msg)
+
+    def _make_cancelled_error(self) -> asyncio.CancelledError:
+        return self._loop_future()._make_cancelled_error()
+
+    def add_done_callback(self, fn, *, context=None) -> None:
+        fut = self._loop_future()
+        # asyncio passes the awaited object to callbacks: hand them the ref, not our future
+        fut.add_done_callback(_CallWithRef(fn, self), context=context)
+
+    def remove_done_callback(self, fn) -> int:
+        return self._loop_future().remove_done_callback(_CallWithRef(fn, self))
+
+
+class _CallWithRef:
+    """A done-callback wrapper that passes the ObjectRef instead of the inner future."""
+
+    __slots__ = ("fn", "ref")
+
+    def __init__(self, fn, ref: ObjectRef) -> None:
+        self.fn = fn
+        self.ref = ref
+
+    def __call__(self, _fut) -> None:
+        self.fn(self.ref)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, _CallWithRef) and other.fn == self.fn) or other == self.fn
+
+    def __hash__(self) -> int:
+        return hash(self.fn)
+
+
+def _rebuild_ref(object_id: bytes, owner: str) -> ObjectRef:
+    return ObjectRef(object_id, owner)
+
+
+class ArgSlot:
+    """Stands in for a top-level ObjectRef argument inside a task's pickled arguments."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self):
+        return ArgSlot, (self.index,)

@@ -1,0 +1,221 @@
+"""``@aray.remote``: remote functions and their options."""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from . import _global
+from ._core import FunctionDescriptor, TaskSpec, serialize_args
+from ._refs import ObjectRef, new_task_id, return_id
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+TASK_OPTIONS = {
+    "num_cpus": 1,
+    "num_gpus": 0,
+    "resources": None,
+    "memory": 0,
+    "num_returns": 1,
+    "max_retries": 3,
+    "retry_exceptions": False,
+    "name": None,
+}
+
+
+def _number(name: str, value: Any, *, integer: bool = False, minimum: float = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+    if integer and int(value) != value:
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+
+
+def validate_resources(resources: Any, what: str = "resources") -> dict:
+    if resources is None:
+        return {}
+    if not isinstance(resources, dict):
+        raise TypeError(f"{what} must be a dict of name -> amount, got {type(resources).__name__}")
+    for key, amount in resources.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"{what} keys must be non-empty strings, got {key!r}")
+        if key in ("CPU", "GPU"):
+            raise ValueError(
+                f"use num_cpus/num_gpus instead of {key!r} in {what} (e.g. num_cpus=2)")
+        _number(f"{what}[{key!r}]", amount)
+    return dict(resources)
+
+
+def validate_task_options(options: dict) -> dict:
+    """Check ``@aray.remote``/``.options`` keywords for a task; returns them unchanged."""
+    for key, value in options.items():
+        if key not in TASK_OPTIONS:
+            raise ValueError(
+                f"invalid option {key!r} for a remote function; valid options are: "
+                + ", ".join(sorted(TASK_OPTIONS)))
+        if key in ("num_cpus", "num_gpus", "memory"):
+            _number(key, value)
+            if key == "num_gpus" and value > 1 and int(value) != value:
+                raise ValueError(f"num_gpus above 1 must be a whole number, got {value!r}")
+        elif key == "resources":
+            validate_resources(value)
+        elif key == "num_returns":
+            _number(key, value, integer=True)
+        elif key == "max_retries":
+            _number(key, value, integer=True, minimum=-1)
+        elif key == "retry_exceptions":
+            if not (isinstance(value, bool) or (
+                    isinstance(value, (list, tuple)) and value
+                    and all(inspect.isclass(t) and issubclass(t, BaseException) for t in value))):
+                raise TypeError("retry_exceptions must be a bool or a list of exception types")
+        elif key == "name" and value is not None and not isinstance(value, str):
+            raise TypeError(f"name must be a string, got {type(value).__name__}")
+    return options
+
+
+def resource_shape(num_cpus: float, num_gpus: float, resources: dict | None,
+                   memory: float = 0) -> dict:
+    """The resource request of a task or actor, without zero entries."""
+    shape = {"CPU": float(num_cpus), "GPU": float(num_gpus), "memory": float(memory)}
+    shape.update({k: float(v) for k, v in (resources or {}).items()})
+    return {k: v for k, v in shape.items() if v > 0}
+
+
+class RemoteFunction(Generic[P, R]):
+    """A function that runs as a task on the cluster; made by :func:`aray.remote`.
+
+    ``f.remote(*args)`` submits a task and returns an :class:`~aray.ObjectRef` at once;
+    ``f.options(...)`` returns a copy with other options. Calling ``f(...)`` directly is an
+    error: it would run nowhere.
+
+    Example:
+        >>> import aray
+        >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> @aray.remote
+        ... def square(x):
+        ...     return x * x
+        >>> aray.get(square.remote(4))
+        16
+        >>> aray.get(square.options(num_cpus=0.5).remote(3))
+        9
+    """
+
+    def __init__(self, fn: Callable[P, R], options: dict,
+                 descriptor: FunctionDescriptor | None = None) -> None:
+        self._function = fn
+        self._options = {**TASK_OPTIONS, **validate_task_options(options)}
+        self._descriptor = descriptor or FunctionDescriptor(fn)
+        self._name = self._options["name"] or getattr(fn, "__qualname__", "task")
+        opts = self._options
+        self._shape = resource_shape(opts["num_cpus"], opts["num_gpus"], opts["resources"],
+                                     opts["memory"])
+        retry = opts["retry_exceptions"]
+        self._retry_exceptions = tuple(retry) if isinstance(retry, (list, tuple)) else retry
+        self.__doc__ = getattr(fn, "__doc__", None)
+        self.__name__ = getattr(fn, "__name__", "remote_function")
+        self.__qualname__ = getattr(fn, "__qualname__", self.__name__)
+        self.__module__ = getattr(fn, "__module__", __name__)
+        self.__wrapped__ = fn
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(
+            f"remote function {self._name} cannot be called directly; "
+            f"use {self.__name__}.remote(...) to run it as a task")
+
+    def options(self, **options) -> RemoteFunction[P, R]:
+        """A copy of this remote function with some options changed.
+
+        Example:
+            >>> import aray
+            >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+            >>> @aray.remote
+            ... def pair():
+            ...     return 1, 2
+            >>> a, b = pair.options(num_returns=2).remote()
+            >>> aray.get([a, b])
+            [1, 2]
+        """
+        validate_task_options(options)
+        merged = {k: v for k, v in self._options.items() if v != TASK_OPTIONS[k]}
+        merged.update(options)
+        return RemoteFunction(self._function, merged, self._descriptor)
+
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> ObjectRef[R]:
+        """Submit a task running this function; returns its ObjectRef(s) at once."""
+        core = _global.core()
+        self._descriptor.blob_and_id()  # fail here, not later, if the function cannot pickle
+        blob, deps = serialize_args(args, kwargs, lambda: f"{self._name}.remote()")
+        task_id = new_task_id()
+        n = int(self._options["num_returns"])
+        spec = TaskSpec(
+            task_id=task_id, function=self._descriptor, name=self._name, args=blob,
+            dep_refs=deps, return_ids=[return_id(task_id, i) for i in range(n)],
+            shape=self._shape, max_retries=int(self._options["max_retries"]),
+            retry_exceptions=self._retry_exceptions)
+        refs = core.submit(spec)
+        if n == 1:
+            return refs[0]
+        return refs if n > 1 else None  # type: ignore[return-value]
+
+    def __reduce__(self):
+        return RemoteFunction, (self._function,
+                                {k: v for k, v in self._options.items() if v != TASK_OPTIONS[k]},
+                                self._descriptor)
+
+    def __repr__(self) -> str:
+        return f"<aray.RemoteFunction {self._name}>"
+
+
+def remote(*args, **options):
+    """Turn a function into a remote function (a task), optionally with options.
+
+    Use it bare (``@aray.remote``) or with options (``@aray.remote(num_cpus=2,
+    num_returns=2, max_retries=0, resources={"GPU_MEMORY": 1})``). Both plain and
+    ``async def`` functions work.
+
+    Example:
+        >>> import aray
+        >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> @aray.remote(num_returns=2)
+        ... def split(x):
+        ...     return x, -x
+        >>> aray.get(list(split.remote(5)))
+        [5, -5]
+    """
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError(
+            "@aray.remote takes either a function or keyword options, "
+            "e.g. @aray.remote or @aray.remote(num_cpus=2)")
+    validate_options_for_any(options)
+
+    def decorate(obj):
+        return _make_remote(obj, options)
+
+    return decorate
+
+
+def validate_options_for_any(options: dict) -> None:
+    """Options are checked again for the kind of object they decorate."""
+    from . import _actors
+
+    allowed = set(TASK_OPTIONS) | set(_actors.ACTOR_OPTIONS)
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        raise ValueError(f"invalid option {unknown[0]!r} for @aray.remote; valid options are: "
+                         + ", ".join(sorted(allowed)))
+
+
+def _make_remote(obj, options: dict):
+    if inspect.isclass(obj):
+        from . import _actors
+
+        return _actors.make_actor_class(obj, options)
+    if not callable(obj):
+        raise TypeError(f"@aray.remote needs a function or a class, got {type(obj).__name__}")
+    return RemoteFunction(obj, options)

@@ -1,0 +1,345 @@
+"""aray's operations as coroutines: the one implementation the sync API wraps.
+
+Every coroutine here works from any event loop: when the runtime lives on another loop (a
+sync ``aray.init()`` runs it on a private thread), the work hops to the runtime loop and the
+result comes back.
+
+Example:
+    >>> import asyncio, aray
+    >>> async def main():
+    ...     await aray.aio.init(num_cpus=1)
+    ...     @aray.remote
+    ...     def f(x):
+    ...         return x + 1
+    ...     value = await f.remote(1)
+    ...     await aray.aio.shutdown()
+    ...     return value
+    >>> asyncio.run(main())
+    2
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import numbers
+import sys
+from typing import Any
+
+from . import _global
+from . import _protocol as P
+from ._core import Core
+from ._portal import on_runtime
+from ._refs import ObjectRef
+from .exceptions import GetTimeoutError
+
+log = logging.getLogger("aray")
+
+__all__ = ["init", "shutdown", "get", "wait", "put", "cancel", "nodes", "cluster_resources",
+           "available_resources"]
+
+
+# --- init / shutdown ----------------------------------------------------------------------
+
+
+async def init(address: str | None = None, *, num_cpus: float | None = None,
+               num_gpus: float | None = None, resources: dict | None = None,
+               object_store_memory: int | None = None, log_to_driver: bool = True,
+               ignore_reinit_error: bool = False) -> dict:
+    """Start a local cluster on the running loop and connect to it.
+
+    Same arguments as :func:`aray.init`; returns once the cluster is ready.
+
+    Example:
+        >>> import asyncio, aray
+        >>> async def main():
+        ...     info = await aray.aio.init(num_cpus=1)
+        ...     await aray.aio.shutdown()
+        ...     return sorted(info)
+        >>> asyncio.run(main())
+        ['node_id', 'session_dir']
+    """
+    core = bootstrap(asyncio.get_running_loop(), address, num_cpus=num_cpus,
+                     num_gpus=num_gpus, resources=resources,
+                     object_store_memory=object_store_memory, log_to_driver=log_to_driver,
+                     ignore_reinit_error=ignore_reinit_error)
+    await on_runtime(core.loop, connect(core))
+    return {"node_id": core.node_id, "session_dir": core.session_dir}
+
+
+def bootstrap(loop: asyncio.AbstractEventLoop, address: str | None, *, num_cpus, num_gpus,
+              resources, object_store_memory, log_to_driver: bool,
+              ignore_reinit_error: bool) -> Core:
+    """The part of init that does not wait: start the node process, make the driver core."""
+    from ._local import LocalCluster
+
+    existing = existing_core(ignore_reinit_error)
+    if existing is not None:
+        return existing
+    if address not in (None, "local"):
+        raise ConnectionError(
+            f"cannot connect to a cluster at {address!r}: this version of aray runs local "
+            "clusters only; call aray.init() without an address")
+    total = node_resources(num_cpus, num_gpus, resources, object_store_memory)
+    cluster = LocalCluster(resources=total, object_store_memory=object_store_memory)
+    cluster.spawn()
+    core = Core(loop=loop, role="driver", token=cluster.token, session_dir=cluster.session_dir,
+                node_address=cluster.node_address, head_address=cluster.head_address,
+                store_dir=cluster.store_dir, log_to_driver=log_to_driver)
+    core.cluster = cluster
+    core.on_log_lines = print_worker_lines
+    _global.set_core(core)
+    return core
+
+
+def existing_core(ignore_reinit_error: bool) -> Core | None:
+    """The running core when a second init may reuse it; raise when it may not."""
+    existing = _global.core_or_none()
+    if existing is not None and not ignore_reinit_error:
+        raise RuntimeError(
+            "aray.init() was called twice: aray is already running in this process. "
+            "Call aray.shutdown() first, or pass ignore_reinit_error=True.")
+    return existing
+
+
+async def connect(core: Core) -> None:
+    """Wait for the node process, then open the driver's links (on the runtime loop)."""
+    try:
+        if core.cluster is not None:
+            await core.cluster.wait_ready()
+        await core.start()
+    except BaseException as exc:
+        core.fail_start(exc)
+        if _global.core_or_none() is core:
+            _global.set_core(None)
+        await core.stop()
+        if core.cluster is not None:
+            await asyncio.get_running_loop().run_in_executor(None, core.cluster.stop)
+        raise
+
+
+def node_resources(num_cpus, num_gpus, resources, object_store_memory) -> dict:
+    import psutil
+
+    from ._remote import _number, validate_resources
+
+    custom = validate_resources(resources)
+    if num_cpus is None:
+        num_cpus = psutil.cpu_count() or 1
+    _number("num_cpus", num_cpus)
+    num_gpus = 0 if num_gpus is None else num_gpus
+    _number("num_gpus", num_gpus, integer=True)
+    if object_store_memory is not None:
+        _number("object_store_memory", object_store_memory, integer=True, minimum=1)
+    mem = psutil.virtual_memory().total
+    store = int(object_store_memory or mem * 0.3)
+    total = {"CPU": float(num_cpus), "memory": float(int(mem * 0.7) - store)}
+    if num_gpus:
+        total["GPU"] = float(num_gpus)
+    total["object_store_memory"] = float(store)
+    total.update({k: float(v) for k, v in custom.items()})
+    return total
+
+
+def print_worker_lines(msg: P.LogLines) -> None:
+    """Echo a worker's output on the driver's terminal, prefixed like ``(f pid=123)``."""
+    stream = sys.stdout if msg.stream == 1 else sys.stderr
+    prefix = f"({msg.name} pid={msg.pid}) "
+    try:
+        stream.write("".join(prefix + line + "\n" for line in msg.lines))
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
+async def shutdown() -> None:
+    """Stop the runtime: close links, stop the local cluster and its workers.
+
+    Example:
+        >>> import asyncio, aray
+        >>> async def main():
+        ...     await aray.aio.init(num_cpus=1)
+        ...     await aray.aio.shutdown()
+        ...     return aray.is_initialized()
+        >>> asyncio.run(main())
+        False
+    """
+    core = _global.core_or_none()
+    if core is None:
+        return
+    _global.set_core(None)
+    await on_runtime(core.loop, core.stop())
+    if core.cluster is not None:
+        await asyncio.get_running_loop().run_in_executor(None, core.cluster.stop)
+
+
+# --- objects ------------------------------------------------------------------------------
+
+
+def as_ref_list(value: Any, what: str) -> tuple[list[ObjectRef], bool]:
+    """``(refs, single)`` from one ref or a list/tuple of refs; TypeError otherwise."""
+    if isinstance(value, ObjectRef):
+        return [value], True
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            if not isinstance(item, ObjectRef):
+                raise TypeError(
+                    f"aray.{what}() expects ObjectRefs, but item {i} of the list is a "
+                    f"{type(item).__name__} ({item!r:.60})")
+        return list(value), False
+    raise TypeError(
+        f"aray.{what}() expects an ObjectRef or a list of ObjectRefs, got a "
+        f"{type(value).__name__} ({value!r:.60})")
+
+
+def check_timeout(timeout: Any) -> None:
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+            raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+        if timeout < 0:
+            raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+
+
+async def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = None) -> Any:
+    """Wait for one ref (or a list of refs) and return the value(s).
+
+    Raises the task's error (a :class:`~aray.exceptions.TaskError` that is also the original
+    exception type) or :class:`~aray.exceptions.GetTimeoutError` after ``timeout`` seconds.
+
+    Example:
+        >>> import asyncio, aray
+        >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> refs = [aray.put(i) for i in range(3)]
+        >>> asyncio.run(aray.aio.get(refs))
+        [0, 1, 2]
+    """
+    refs, single = as_ref_list(object_refs, "get")
+    check_timeout(timeout)
+    core = _global.core()
+    return await on_runtime(core.loop, get_values(core, refs, single, timeout, False))
+
+
+async def get_values(core: Core, refs: list[ObjectRef], single: bool, timeout: float | None,
+                     blocking: bool) -> Any:
+    """Runs on the runtime loop; ``blocking`` when a thread waits on it (sync ``get``)."""
+    await core.wait_ready()
+    await core.wait_entries(refs, len(refs), timeout, blocking)
+    missing = sum(1 for r in refs if not core.is_ready(r))
+    if missing:
+        raise GetTimeoutError(
+            f"aray.get() timed out after {timeout} s: {missing} of {len(refs)} objects are not "
+            "ready yet. Raise the timeout, or use aray.wait() to take what is ready.")
+    values = [core.materialize(core.entry_for(r)) for r in refs]
+    return values[0] if single else values
+
+
+async def wait(object_refs: list[ObjectRef], *, num_returns: int = 1,
+               timeout: float | None = None, fetch_local: bool = True
+               ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Wait until ``num_returns`` refs are ready or ``timeout`` seconds pass.
+
+    Returns ``(ready, not_ready)``: ``ready`` holds at most ``num_returns`` refs, both lists
+    keep the input order, and together they hold every input ref.
+
+    Example:
+        >>> import asyncio, aray
+        >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> refs = [aray.put(1), aray.put(2)]
+        >>> ready, rest = asyncio.run(aray.aio.wait(refs, num_returns=2))
+        >>> len(ready), len(rest)
+        (2, 0)
+    """
+    refs = check_wait_args(object_refs, num_returns, timeout)
+    core = _global.core()
+    return await on_runtime(core.loop, wait_refs(core, refs, num_returns, timeout, False))
+
+
+def check_wait_args(object_refs, num_returns, timeout) -> list[ObjectRef]:
+    if isinstance(object_refs, ObjectRef):
+        raise TypeError("aray.wait() expects a list of ObjectRefs, not a single ObjectRef; "
+                        "use aray.wait([ref])")
+    refs, _ = as_ref_list(object_refs, "wait")
+    if len(set(refs)) != len(refs):
+        raise ValueError("aray.wait() requires a list of unique ObjectRefs; this one has "
+                         "duplicates")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int):
+        raise TypeError(f"num_returns must be an int, got {num_returns!r}")
+    if num_returns < 1 and refs:
+        raise ValueError(f"num_returns must be at least 1, got {num_returns}")
+    if num_returns > len(refs):
+        raise ValueError(f"num_returns ({num_returns}) cannot be greater than the number of "
+                         f"ObjectRefs ({len(refs)})")
+    check_timeout(timeout)
+    return refs
+
+
+async def wait_refs(core: Core, refs: list[ObjectRef], num_returns: int, timeout: float | None,
+                    blocking: bool) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Runs on the runtime loop."""
+    if not refs:
+        return [], []
+    await core.wait_ready()
+    await core.wait_entries(refs, num_returns, timeout, blocking)
+    ready = [r for r in refs if core.is_ready(r)][:num_returns]
+    chosen = set(ready)
+    return ready, [r for r in refs if r not in chosen]
+
+
+async def put(value: Any) -> ObjectRef:
+    """Store ``value`` (serialized once) and return a ref to it.
+
+    Example:
+        >>> import asyncio, aray
+        >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> async def main():
+        ...     ref = await aray.aio.put({"a": 1})
+        ...     return await ref
+        >>> asyncio.run(main())
+        {'a': 1}
+    """
+    core = _global.core()
+    return core.put(value)
+
+
+async def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that produces ``ref``; see :func:`aray.cancel`."""
+    if not isinstance(ref, ObjectRef):
+        raise TypeError(f"aray.cancel() expects an ObjectRef, got a {type(ref).__name__}")
+    core = _global.core()
+    core.call_soon(core.cancel, ref, force)
+
+
+# --- cluster ------------------------------------------------------------------------------
+
+
+async def nodes() -> list[dict]:
+    """One dict per node (``NodeID``, ``Alive``, ``NodeManagerAddress``, ``Resources``).
+
+    Example:
+        >>> import asyncio, aray
+        >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> [n["Alive"] for n in asyncio.run(aray.aio.nodes())]
+        [True]
+    """
+    core = _global.core()
+    return await on_runtime(core.loop, core.cluster_state())
+
+
+async def cluster_resources() -> dict:
+    """Total resources of the alive nodes, e.g. ``{"CPU": 2.0, ...}``."""
+    return _sum_resources(await nodes(), "Resources")
+
+
+async def available_resources() -> dict:
+    """Resources free right now on the alive nodes (keys with nothing free are left out)."""
+    free = _sum_resources(await nodes(), "Available")
+    return {k: v for k, v in free.items() if v > 0}
+
+
+def _sum_resources(node_list: list[dict], key: str) -> dict:
+    total: dict[str, float] = {}
+    for node in node_list:
+        if node["Alive"]:
+            for name, amount in node[key].items():
+                total[name] = round(total.get(name, 0.0) + amount, 4)
+    return total

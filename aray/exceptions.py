@@ -1,0 +1,183 @@
+"""The errors aray raises. Every one pickles and says what to do next.
+
+::
+
+    ArayError
+    ├── TaskError               a task or actor method raised; also an instance of the
+    │                           original exception type, so ``except ValueError`` works
+    ├── GetTimeoutError         get/wait timed out (also a ``TimeoutError``)
+    ├── TaskCancelledError      the task was cancelled with ``aray.cancel``
+    ├── WorkerCrashedError      the worker process died and retries ran out
+    ├── ActorError
+    │   └── ActorDiedError      the actor is dead (killed, crashed, constructor failed)
+    ├── ObjectLostError         every copy of an object is gone
+    │   └── OwnerDiedError      the process that owned the object exited
+    ├── ObjectStoreFullError    an object does not fit in the object store
+    ├── AuthenticationError     wrong or missing cluster token (also a ``ConnectionError``)
+    └── NotInitializedError     an operation needs ``aray.init()`` first (also a ``RuntimeError``)
+
+Example:
+    >>> import aray
+    >>> issubclass(aray.exceptions.GetTimeoutError, TimeoutError)
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+class ArayError(Exception):
+    """Base class of every error aray raises."""
+
+
+class GetTimeoutError(ArayError, TimeoutError):
+    """``aray.get``/``aray.wait`` did not finish within ``timeout`` seconds."""
+
+
+class TaskCancelledError(ArayError):
+    """The task was cancelled with :func:`aray.cancel` before it produced its result."""
+
+    def __init__(self, task_name: str = "", detail: str = "") -> None:
+        self.task_name = task_name
+        self.detail = detail
+        super().__init__(task_name, detail)
+
+    def __str__(self) -> str:
+        name = f" {self.task_name}" if self.task_name else ""
+        return f"task{name} was cancelled{': ' + self.detail if self.detail else ''}"
+
+
+class WorkerCrashedError(ArayError):
+    """The worker running the task died, and the task's ``max_retries`` ran out.
+
+    Raise ``max_retries`` in ``@aray.remote(max_retries=...)`` if the crash is transient,
+    or look at the worker's log in the session directory for why it died.
+    """
+
+
+class ActorError(ArayError):
+    """Base class of actor failures."""
+
+
+class ActorDiedError(ActorError):
+    """The actor is dead; calls to it cannot run."""
+
+
+class ObjectLostError(ArayError):
+    """Every copy of the object is gone and it cannot be rebuilt."""
+
+
+class OwnerDiedError(ObjectLostError):
+    """The process that created (owns) the object has exited, so its value is gone."""
+
+
+class ObjectStoreFullError(ArayError):
+    """The object does not fit into the object store, even after evicting and spilling."""
+
+
+class AuthenticationError(ArayError, ConnectionError):
+    """The cluster refused the connection: wrong or missing token."""
+
+
+class NotInitializedError(ArayError, RuntimeError):
+    """An aray operation was called before ``aray.init()`` (or after ``aray.shutdown()``)."""
+
+
+# --- errors from user code --------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RemoteErrorInfo:
+    """What a worker sends back when user code raises: enough to rebuild the error anywhere."""
+
+    cause: BaseException | None  # the original exception, when it pickles
+    type_name: str
+    message: str
+    traceback: str
+    function: str
+    node_id: str
+    pid: int
+
+
+class TaskError(ArayError):
+    """A task or actor method raised an exception.
+
+    The instance you catch is also an instance of the original exception's type, so
+    ``except ValueError`` catches a ``ValueError`` raised remotely. ``str(err)`` shows the
+    remote traceback with the function name, node and pid; ``err.cause`` is the original
+    exception (``None`` if it could not be pickled).
+
+    Example:
+        >>> import aray
+        >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> @aray.remote
+        ... def boom():
+        ...     raise ValueError("bad")
+        >>> try:
+        ...     aray.get(boom.remote())
+        ... except ValueError as err:
+        ...     print(type(err).__name__, err.cause)
+        TaskError(ValueError) bad
+    """
+
+    info: RemoteErrorInfo
+
+    def __init__(self, info: RemoteErrorInfo) -> None:
+        Exception.__init__(self, info.message)
+        self.info = info
+
+    @property
+    def cause(self) -> BaseException | None:
+        return self.info.cause
+
+    @property
+    def function_name(self) -> str:
+        return self.info.function
+
+    def __str__(self) -> str:
+        i = self.info
+        return (
+            f"{i.type_name}: {i.message}\n\n"
+            f"The above error was raised in {i.function} (node {i.node_id[:12]}, pid={i.pid}):\n"
+            f"{i.traceback.rstrip()}"
+        )
+
+    def __reduce__(self):
+        return (task_error, (self.info,))
+
+    @classmethod
+    def as_instance_of_cause(cls, info: RemoteErrorInfo) -> TaskError:
+        return task_error(info)
+
+
+_DYNAMIC: dict[type, type] = {}
+
+
+def task_error(info: RemoteErrorInfo) -> TaskError:
+    """Build a TaskError that also derives from the type of ``info.cause`` when it can."""
+    cause = info.cause
+    base = type(cause) if cause is not None else None
+    if isinstance(cause, TaskError):  # a nested task error: derive from the original type
+        inner = cause.info.cause
+        base = type(inner) if inner is not None else None
+        base = None if base is None or issubclass(base, TaskError) else base
+    if base is None or base is TaskError or not issubclass(base, Exception):
+        return TaskError(info)
+    cls = _DYNAMIC.get(base)
+    if cls is None:
+        try:
+            cls = type(
+                f"TaskError({base.__name__})",
+                (TaskError, base),
+                {"__module__": __name__, "__init__": TaskError.__init__,
+                 "__str__": TaskError.__str__, "__reduce__": TaskError.__reduce__},
+            )
+        except TypeError:  # e.g. an incompatible layout of a C exception type
+            return TaskError(info)
+        _DYNAMIC[base] = cls
+    err = cls.__new__(cls)
+    TaskError.__init__(err, info)
+    if cause is not None:
+        err.args = cause.args
+    return err

@@ -1,0 +1,368 @@
+"""The node agent: one per machine. Leases workers, lends CPUs of blocked workers, forwards logs.
+
+Callers (drivers and workers) ask for a lease per resource shape; the agent grants an idle
+worker when the node's resources allow (starting one if needed), keeps the request queued
+otherwise, and warns the caller once when no node of the cluster could ever satisfy it.
+Tasks then flow from the caller straight to the leased worker; the agent is not on that path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import uuid
+
+from aray import _protocol as P
+from aray._link import Link, Server, connect
+
+from .pool import WorkerPool
+from .scheduler import LeaseQueue, ResourcePool, feasible_anywhere, format_resources
+
+log = logging.getLogger("aray.node")
+
+#: the marker line a worker prints when it starts a task (see aray._worker.TASK_MARKER)
+TASK_MARKER = "::aray-task::"
+LOG_POLL_INTERVAL = 0.1
+
+
+class WorkerState(enum.Enum):
+    STARTING = 0
+    IDLE = 1
+    LEASED = 2
+    DEAD = 3
+
+
+class Worker:
+    __slots__ = ("worker_id", "pid", "state", "link", "address", "lease", "gpu_ids", "blocked",
+                 "holder", "log_prefix", "log_offsets", "log_task", "log_job", "started")
+
+    def __init__(self, worker_id: str, log_prefix: str) -> None:
+        self.worker_id = worker_id
+        self.pid = 0
+        self.state = WorkerState.STARTING
+        self.link: Link | None = None
+        self.address = ""
+        self.lease: dict = {}
+        self.gpu_ids: list = []
+        self.blocked = False
+        self.holder: Link | None = None  # the caller holding the lease
+        self.log_prefix = log_prefix
+        self.log_offsets = {1: 0, 2: 0}
+        self.log_task = "worker"
+        self.log_job = ""
+        self.started = asyncio.Event()
+
+
+class LeaseRequest:
+    __slots__ = ("link", "msg", "warned")
+
+    def __init__(self, link: Link, msg: P.RequestLease) -> None:
+        self.link = link
+        self.msg = msg
+        self.warned = False
+
+
+class NodeAgent:
+    """The node agent service: a server for callers and workers, a link to the head."""
+
+    def __init__(self, *, token: str, session_dir: str, store_dir: str, resources: dict,
+                 head_address: str, ip: str = "127.0.0.1", node_id: str | None = None,
+                 worker_target: str = "aray._worker:main",
+                 preload: tuple[str, ...] = ("aray._worker",), prestart: int | None = None) -> None:
+        self.node_id = node_id or uuid.uuid4().hex
+        self.token = token
+        self.session_dir = session_dir
+        self.store_dir = store_dir
+        self.ip = ip
+        self.head_address = head_address
+        self.resources = ResourcePool(resources)
+        self.prestart = int(resources.get("CPU", 1)) if prestart is None else prestart
+        self.server = Server(token, self._on_hello, name="node")
+        self.pool = WorkerPool(worker_target, list(preload), self._on_worker_exit)
+        self.workers: dict[str, Worker] = {}
+        self.requests = LeaseQueue()
+        self.drivers: dict[Link, dict] = {}  # driver link -> its Hello info
+        self.cluster_totals: list[dict] = [self.resources.total]
+        self.head: Link | None = None
+        self.address = ""
+        self._tasks: set[asyncio.Task] = set()
+        self._closing = False
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def start(self, address: str) -> str:
+        os.makedirs(os.path.join(self.session_dir, "logs"), exist_ok=True)
+        self.address = await self.server.start(address)
+        await self.pool.warm_up()
+        hello = P.Hello(P.PROTOCOL_VERSION, self.token, "node", self.node_id, os.getpid(), {})
+        self.head = await connect(self.head_address, hello, name="node->head")
+        self.head.on_message = self._dispatch
+        self.head.on_close.append(self._on_head_lost)
+        self._spawn(self.head.run(), "head link")
+        self.head.send(P.RegisterNode(self.node_id, self.address, self.ip, self.resources.total))
+        for _ in range(self.prestart):
+            self._start_worker()
+        self._spawn(self._tail_logs(), "log reader")
+        return self.address
+
+    def _on_head_lost(self, _link: Link) -> None:
+        if not self._closing:
+            log.error("lost the link to the head; this node agent stops")
+            self._spawn(self.aclose(), "stop")
+
+    async def aclose(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        await self.pool.aclose()
+        await self.server.aclose()
+        if self.head is not None:
+            await self.head.aclose()
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+
+    # --- links ---------------------------------------------------------------------------
+    def _on_hello(self, link: Link, hello: P.Hello) -> dict:
+        link.on_message = self._dispatch
+        if hello.role == "worker":
+            worker = self.workers.get(hello.ident)
+            if worker is None:
+                raise ConnectionError(f"unknown worker {hello.ident}")
+            worker.link = link
+            link.on_close.append(lambda _l, w=worker: self._on_worker_link_lost(w))
+        else:
+            if hello.role == "driver":
+                self.drivers[link] = dict(hello.info)
+            link.on_close.append(self._on_caller_gone)
+        return {"node_id": self.node_id, "store_dir": self.store_dir,
+                "session_dir": self.session_dir}
+
+    def _dispatch(self, link: Link, msg) -> None:
+        handler = getattr(self, "_on_" + type(msg).__name__, None)
+        if handler is None:
+            log.warning("node agent: unexpected %s", type(msg).__name__)
+        else:
+            handler(link, msg)
+
+    # --- workers -------------------------------------------------------------------------
+    def _start_worker(self) -> Worker:
+        worker_id = uuid.uuid4().hex[:16]
+        prefix = os.path.join(self.session_dir, "logs", f"worker-{worker_id}")
+        worker = Worker(worker_id, prefix)
+        self.workers[worker_id] = worker
+        config = {"worker_id": worker_id, "token": self.token, "session_dir": self.session_dir,
+                  "node_address": self.address, "store_dir": self.store_dir,
+                  "node_id": self.node_id, "log_prefix": prefix}
+        self._spawn(self._launch(worker, config), f"start worker {worker_id}")
+        return worker
+
+    async def _launch(self, worker: Worker, config: dict) -> None:
+        try:
+            handle = await self.pool.start(worker.worker_id, config)
+        except Exception:
+            log.exception("could not start a worker process")
+            self._forget(worker)
+            return
+        worker.pid = handle.pid
+
+    def _on_WorkerStarted(self, link: Link, msg: P.WorkerStarted) -> None:
+        worker = self.workers.get(msg.worker_id)
+        if worker is None or worker.state is WorkerState.DEAD:
+            return
+        worker.address = msg.address
+        worker.pid = msg.pid
+        if worker.state is WorkerState.STARTING and worker.holder is None:
+            worker.state = WorkerState.IDLE
+            self._schedule()
+        worker.started.set()
+
+    def _on_worker_exit(self, worker_id: str, code: int | None) -> None:
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            return
+        if not self._closing and worker.state is not WorkerState.DEAD:
+            log.info("worker %s (pid %s) exited with code %s", worker_id, worker.pid, code)
+        self._read_logs(worker)  # its last words
+        self._forget(worker)
+
+    def _on_worker_link_lost(self, worker: Worker) -> None:
+        if worker.state is not WorkerState.DEAD and not self._closing:
+            self.pool.kill(worker.worker_id)  # a worker without its link is of no use
+
+    def _forget(self, worker: Worker) -> None:
+        if worker.state is WorkerState.LEASED:
+            self._release(worker)
+        worker.state = WorkerState.DEAD
+        worker.started.set()  # wake a grant waiting for this worker: it sees DEAD
+        self.workers.pop(worker.worker_id, None)
+        self._schedule()
+
+    # --- leases --------------------------------------------------------------------------
+    def _on_RequestLease(self, link: Link, msg: P.RequestLease) -> None:
+        req = LeaseRequest(link, msg)
+        self.requests.push(req)
+        self._schedule()
+        if req in self.requests:
+            self._warn_if_infeasible(req)
+
+    def _warn_if_infeasible(self, req: LeaseRequest) -> None:
+        shape = req.msg.shape
+        if req.warned or feasible_anywhere(shape, self.cluster_totals):
+            return
+        req.warned = True
+        have = {}
+        for total in self.cluster_totals:
+            for k, v in total.items():
+                have[k] = have.get(k, 0) + v
+        req.link.send(P.LeaseInfeasible(req.msg.req_id, (
+            f"The task {req.msg.description} cannot be scheduled right now. It requires "
+            f"{format_resources(shape)} for placement, but no node of the cluster can provide "
+            f"that (the cluster has {format_resources(have)}). It stays pending and runs as soon "
+            "as a node that can run it joins; otherwise, reduce its resource requirements.")))
+
+    def _schedule(self) -> None:
+        """Grant every queued request that fits, to an idle worker or a newly started one."""
+        if self._closing:
+            return
+        idle = [w for w in self.workers.values() if w.state is WorkerState.IDLE]
+        starting = [w for w in self.workers.values()
+                    if w.state is WorkerState.STARTING and w.holder is None]
+        for req, gpu_ids in self.requests.take_grantable(self.resources, lambda r: r.msg.shape):
+            if req.link.closed:
+                self.resources.release(req.msg.shape, gpu_ids)
+            elif idle:
+                self._grant(idle.pop(), req, gpu_ids)
+            else:
+                # reserve a worker that is starting (or start one) and grant once it is up
+                worker = starting.pop() if starting else self._start_worker()
+                worker.holder = req.link
+                self._spawn(self._grant_when_started(worker, req, gpu_ids), "grant")
+
+    async def _grant_when_started(self, worker: Worker, req: LeaseRequest, gpu_ids) -> None:
+        await worker.started.wait()
+        if worker.state is WorkerState.DEAD or req.link.closed:
+            self.resources.release(req.msg.shape, gpu_ids)
+            worker.holder = None
+            if worker.state is not WorkerState.DEAD:
+                worker.state = WorkerState.IDLE
+            self._schedule()
+            return
+        self._grant(worker, req, gpu_ids)
+
+    def _grant(self, worker: Worker, req: LeaseRequest, gpu_ids: list) -> None:
+        worker.state = WorkerState.LEASED
+        worker.lease = dict(req.msg.shape)
+        worker.gpu_ids = gpu_ids
+        worker.holder = req.link
+        worker.blocked = False
+        req.link.send(P.LeaseGranted(req.msg.req_id, worker.worker_id, worker.address,
+                                     self.node_id, gpu_ids))
+        self._report_resources()
+
+    def _release(self, worker: Worker) -> None:
+        shape = dict(worker.lease)
+        if worker.blocked:  # its CPUs were lent out already
+            shape.pop("CPU", None)
+        self.resources.release(shape, worker.gpu_ids)
+        worker.lease, worker.gpu_ids, worker.holder, worker.blocked = {}, [], None, False
+        self._report_resources()
+
+    def _on_ReturnLease(self, link: Link, msg: P.ReturnLease) -> None:
+        worker = self.workers.get(msg.worker_id)
+        if worker is None or worker.state is not WorkerState.LEASED or worker.holder is not link:
+            return
+        self._release(worker)
+        worker.state = WorkerState.IDLE
+        idle = [w for w in self.workers.values() if w.state is WorkerState.IDLE]
+        if len(idle) > max(self.prestart, 1) and not self.requests:
+            worker.state = WorkerState.DEAD  # more idle workers than CPUs: let this one go
+            self.pool.kill(worker.worker_id)
+        self._schedule()
+
+    def _on_caller_gone(self, link: Link) -> None:
+        self.drivers.pop(link, None)
+        self.requests.remove_if(lambda r: r.link is link)
+        for worker in list(self.workers.values()):
+            if worker.holder is link and worker.state is WorkerState.LEASED:
+                # it may still be running the caller's task; nobody wants the result
+                self._release(worker)
+                worker.state = WorkerState.DEAD
+                self.pool.kill(worker.worker_id)
+        self._schedule()
+
+    def _on_WorkerBlocked(self, link: Link, msg: P.WorkerBlocked) -> None:
+        worker = self.workers.get(msg.worker_id)
+        if worker is not None and worker.state is WorkerState.LEASED and not worker.blocked:
+            worker.blocked = True
+            self.resources.lend(worker.lease.get("CPU", 0))
+            self._schedule()
+
+    def _on_WorkerUnblocked(self, link: Link, msg: P.WorkerUnblocked) -> None:
+        worker = self.workers.get(msg.worker_id)
+        if worker is not None and worker.blocked:
+            worker.blocked = False
+            self.resources.reclaim(worker.lease.get("CPU", 0))
+
+    def _on_KillWorker(self, link: Link, msg: P.KillWorker) -> None:
+        worker = self.workers.get(msg.worker_id)
+        if worker is not None and worker.holder is link:
+            self.pool.kill(worker.worker_id)
+
+    def _on_ClusterViewChanged(self, link: Link, msg: P.ClusterViewChanged) -> None:
+        self.cluster_totals = [n[2] for n in msg.nodes] or [self.resources.total]
+        for req in self.requests:
+            self._warn_if_infeasible(req)
+
+    def _report_resources(self) -> None:
+        if self.head is not None and not self.head.closed:
+            self.head.send(P.NodeResourcesChanged(self.node_id, dict(self.resources.available)))
+
+    # --- logs ----------------------------------------------------------------------------
+    async def _tail_logs(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_POLL_INTERVAL)
+            if self.drivers:
+                for worker in list(self.workers.values()):
+                    self._read_logs(worker)
+
+    def _read_logs(self, worker: Worker) -> None:
+        for stream in (1, 2):
+            path = worker.log_prefix + (".out" if stream == 1 else ".err")
+            try:
+                with open(path, "rb") as f:
+                    f.seek(worker.log_offsets[stream])
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            end = data.rfind(b"\n")
+            if end < 0:
+                continue
+            worker.log_offsets[stream] += end + 1
+            batch: list[str] = []
+            for raw in data[: end + 1].decode("utf-8", "replace").splitlines():
+                if raw.startswith(TASK_MARKER):
+                    self._send_logs(worker, stream, batch)
+                    batch = []
+                    worker.log_job, _, worker.log_task = raw[len(TASK_MARKER):].partition("::")
+                    continue
+                batch.append(raw)
+            self._send_logs(worker, stream, batch)
+
+    def _send_logs(self, worker: Worker, stream: int, lines: list[str]) -> None:
+        if not lines:
+            return
+        msg = P.LogLines(worker.pid, worker.log_task, stream, lines)
+        for link, info in self.drivers.items():
+            if info.get("log_to_driver", True) and not link.closed and (
+                    not worker.log_job or info.get("job_id") == worker.log_job):
+                link.send(msg)
+
