@@ -460,9 +460,9 @@ class Core:
         entry = self.objects.entries.get(ref._id)
         return entry is not None and entry.ready
 
-    def future_for(self, ref: ObjectRef, loop) -> asyncio.Future:
+    def future_for(self, ref: ObjectRef, loop, fresh: bool = False) -> asyncio.Future:
         """Any thread: the asyncio future through which ``loop`` awaits ``ref``."""
-        return self.objects.future_for(ref._id, loop, lambda: self.entry_for(ref))
+        return self.objects.future_for(ref._id, loop, lambda: self.entry_for(ref), fresh)
 
     def concurrent_future(self, ref: ObjectRef):
         """Any thread: a concurrent.futures.Future for the value of ``ref``."""

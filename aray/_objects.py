@@ -191,12 +191,16 @@ class ObjectTable:
                 pass
 
     # --- futures (any thread) ----------------------------------------------------------
-    def future_for(self, oid: bytes, loop, get_entry: Callable[[], ObjectEntry]) -> asyncio.Future:
-        """The future through which ``loop`` awaits ``oid``; one per (object, loop)."""
+    def future_for(self, oid: bytes, loop, get_entry: Callable[[], ObjectEntry],
+                   fresh: bool = False) -> asyncio.Future:
+        """The future through which ``loop`` awaits ``oid``; one per (object, loop).
+
+        A cancelled future stays until a ``fresh`` wait replaces it.
+        """
         key = (oid, loop)
         with self._futs_lock:
             fut = self._futs.get(key)
-            if fut is not None and not fut.cancelled():
+            if fut is not None and not (fresh and fut.cancelled()):
                 return fut
             fut = loop.create_future()
             self._futs[key] = fut

@@ -97,11 +97,13 @@ class ObjectRef(Generic[T]):
         return True
 
     # awaiting -----------------------------------------------------------------------
-    def _loop_future(self) -> asyncio.Future:
-        return _global.core().future_for(self, asyncio.get_running_loop())
+    def _loop_future(self, fresh: bool = False) -> asyncio.Future:
+        """This loop's future for the ref. A cancelled one is kept (asyncio reads its result
+        after cancelling) until a new wait starts (``fresh``)."""
+        return _global.core().future_for(self, asyncio.get_running_loop(), fresh)
 
     def __await__(self):
-        return self._loop_future().__await__()
+        return self._loop_future(fresh=True).__await__()
 
     def future(self) -> concurrent.futures.Future:
         """A ``concurrent.futures.Future`` resolved with the value (or its error).
@@ -141,7 +143,7 @@ class ObjectRef(Generic[T]):
         return self._loop_future()._make_cancelled_error()
 
     def add_done_callback(self, fn, *, context=None) -> None:
-        fut = self._loop_future()
+        fut = self._loop_future(fresh=True)
         # asyncio passes the awaited object to callbacks: hand them the ref, not our future
         fut.add_done_callback(_CallWithRef(fn, self), context=context)
 

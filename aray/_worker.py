@@ -181,8 +181,8 @@ class TaskExecutor:
         if link.closed:
             return
         tb = exc.__traceback__
-        # drop aray's own frames from the top of the traceback
-        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        # drop the runtime's own frames (executor, thread pool, asyncio) from the top
+        while tb is not None and _is_runtime_frame(tb.tb_frame.f_code.co_filename):
             tb = tb.tb_next
         text = "".join(traceback.format_exception(type(exc), exc, tb))
         info = RemoteErrorInfo(exc, type(exc).__name__, str(exc), text, msg.name,
@@ -204,6 +204,14 @@ class TaskExecutor:
             sys.stdout.flush()
             sys.stderr.write(line)
             sys.stderr.flush()
+
+
+_RUNTIME_DIRS = (os.path.dirname(asyncio.__file__), os.path.dirname(threading.__file__))
+
+
+def _is_runtime_frame(filename: str) -> bool:
+    return filename == __file__ or (filename.startswith(_RUNTIME_DIRS)
+                                    and "site-packages" not in filename)
 
 
 def _flush_std() -> None:

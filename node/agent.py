@@ -219,10 +219,11 @@ class NodeAgent:
         if req.warned or feasible_anywhere(shape, self.cluster_totals):
             return
         req.warned = True
-        have = {}
+        have: dict = {}
         for total in self.cluster_totals:
             for k, v in total.items():
-                have[k] = have.get(k, 0) + v
+                if k in shape or k in ("CPU", "GPU"):  # what matters for this request
+                    have[k] = have.get(k, 0) + v
         req.link.send(P.LeaseInfeasible(req.msg.req_id, (
             f"The task {req.msg.description} cannot be scheduled right now. It requires "
             f"{format_resources(shape)} for placement, but no node of the cluster can provide "
