@@ -90,7 +90,10 @@ class FunctionDescriptor:
             with self._lock:
                 if self._blob is None:
                     try:
-                        blob = cloudpickle.dumps(self.fn, protocol=5)
+                        # the source file travels along: cloudpickle blanks it in code it
+                        # pickles by value, and tracebacks should point at the user's code
+                        source = getattr(getattr(self.fn, "__code__", None), "co_filename", "")
+                        blob = cloudpickle.dumps((self.fn, source), protocol=5)
                     except Exception as exc:
                         name = getattr(self.fn, "__qualname__", repr(self.fn))
                         raise TypeError(
@@ -134,6 +137,24 @@ class _ShapeQueue:
         self.leases: list[_Lease] = []
         self.requesting = 0
         self.description = ""
+
+
+def load_function(blob: bytes) -> Callable:
+    """Unpickle a FunctionDescriptor blob, pointing blanked code back at its source file."""
+    fn, source = cloudpickle.loads(blob)
+    code = getattr(fn, "__code__", None)
+    if source and code is not None and code.co_filename == "<dynamic-code>":
+        try:
+            fn.__code__ = _with_filename(code, source)
+        except (TypeError, ValueError):
+            pass
+    return fn
+
+
+def _with_filename(code, filename: str):
+    consts = tuple(_with_filename(c, filename) if isinstance(c, type(code)) else c
+                   for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
 
 
 def serialize_args(args: tuple, kwargs: dict, describe: Callable[[], str]):

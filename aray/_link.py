@@ -277,6 +277,9 @@ async def connect(address: str, hello: P.Hello, name: str = "", timeout: float =
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
         await session.close()
         raise ConnectionError(f"cannot reach aray at {address}: {exc or type(exc).__name__}") from None
+    except BaseException:  # cancelled while dialling
+        await session.close()
+        raise
     if reply.type == aiohttp.WSMsgType.BINARY:
         msgs = P.decode(reply.data)
         if msgs and isinstance(msgs[0], P.Welcome):

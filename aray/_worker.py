@@ -25,7 +25,7 @@ import cloudpickle
 
 from . import _global
 from . import _protocol as P
-from ._core import INLINE_THRESHOLD, Core
+from ._core import INLINE_THRESHOLD, Core, load_function
 from ._link import Link
 from ._refs import ArgSlot
 from ._runtime_context import TaskContext, current_task
@@ -137,7 +137,7 @@ class TaskExecutor:
         if fn is None:
             raise RuntimeError("the function of this task never reached the worker")
         if isinstance(fn, bytes):
-            fn = self.functions[fn_id] = cloudpickle.loads(fn)
+            fn = self.functions[fn_id] = load_function(fn)
         return fn
 
     def _arguments(self, msg: P.PushTask) -> tuple[tuple, dict]:

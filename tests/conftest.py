@@ -1,0 +1,108 @@
+"""Shared fixtures: one local cluster for the in-process tests, and a runner for scripts
+that need a cluster of their own (other resources, process lifecycle, stdout)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+import aray
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+def descendants(pid: int) -> list[int]:
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
+    """Wait until none of ``pids`` is alive; return those still alive after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if psutil.pid_exists(p)
+                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if alive:
+            time.sleep(0.05)
+    return alive
+
+
+def runtime_pids() -> list[int]:
+    """The node process of this process's runtime and everything under it."""
+    from aray import _global
+
+    core = _global.core()
+    node_pid = core.cluster.proc.pid
+    return [node_pid, *descendants(node_pid)]
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A 2-CPU local cluster shared by the in-process tests; checked for leaks at the end."""
+    aray.init(num_cpus=2, resources={"Custom": 4})
+    yield
+    pids = runtime_pids()
+    aray.shutdown()
+    assert wait_gone(pids) == [], "processes left behind by aray.shutdown()"
+
+
+PRELUDE = """
+import json, os, sys, time, asyncio
+import psutil
+import aray
+
+def runtime_pids():
+    from aray import _global
+    node = _global.core().cluster.proc.pid
+    return [node] + [p.pid for p in psutil.Process(node).children(recursive=True)]
+
+def report_pids():
+    print("PIDS " + json.dumps(runtime_pids()), flush=True)
+"""
+
+
+class ScriptResult:
+    def __init__(self, proc: subprocess.CompletedProcess) -> None:
+        self.returncode = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.pids: list[int] = []
+        for line in proc.stdout.splitlines():
+            if line.startswith("PIDS "):
+                self.pids = json.loads(line[5:])
+
+    def check(self) -> ScriptResult:
+        assert self.returncode == 0, f"script failed:\n{self.stdout}\n{self.stderr}"
+        return self
+
+    def assert_no_leftovers(self) -> None:
+        assert self.pids, "the script did not report its runtime's pids"
+        assert wait_gone(self.pids) == [], f"processes left behind: {self.pids}"
+
+
+@pytest.fixture
+def run_script(tmp_path):
+    """Run a Python script (with PRELUDE) in a fresh interpreter; returns ScriptResult."""
+
+    def run(code: str, timeout: float = 60, expect_ok: bool = True) -> ScriptResult:
+        path = tmp_path / "script.py"
+        path.write_text(PRELUDE + textwrap.dedent(code))
+        proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
+                              timeout=timeout, cwd=tmp_path, env={**os.environ})
+        result = ScriptResult(proc)
+        return result.check() if expect_ok else result
+
+    return run

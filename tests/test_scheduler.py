@@ -1,0 +1,63 @@
+"""The node agent's resource accounting is plain code: tested without processes."""
+
+from aray.node.scheduler import (
+    LeaseQueue,
+    ResourcePool,
+    feasible_anywhere,
+    fits,
+    format_resources,
+)
+
+
+def test_fits_and_feasible():
+    assert fits({"CPU": 1}, {"CPU": 2})
+    assert not fits({"CPU": 1, "X": 2}, {"CPU": 2, "X": 1})
+    assert fits({}, {})
+    assert feasible_anywhere({"X": 2}, [{"X": 1}, {"X": 3}])
+    assert not feasible_anywhere({"X": 2}, [{"X": 1}, {"CPU": 8}])
+
+
+def test_fractional_resources_add_up_exactly():
+    pool = ResourcePool({"CPU": 1})
+    for _ in range(10):
+        assert pool.fits({"CPU": 0.1})
+        pool.acquire({"CPU": 0.1})
+    assert not pool.fits({"CPU": 0.1})
+    for _ in range(10):
+        pool.release({"CPU": 0.1}, [])
+    assert pool.available["CPU"] == 1.0
+
+
+def test_gpu_ids_are_assigned_and_returned():
+    pool = ResourcePool({"CPU": 4, "GPU": 2})
+    a = pool.acquire({"GPU": 1})
+    b = pool.acquire({"GPU": 1})
+    assert sorted(a + b) == [0, 1]
+    assert not pool.fits({"GPU": 1})
+    pool.release({"GPU": 1}, a)
+    assert pool.acquire({"GPU": 1}) == a
+
+
+def test_lending_cpus_of_a_blocked_worker():
+    pool = ResourcePool({"CPU": 1})
+    pool.acquire({"CPU": 1})
+    assert not pool.fits({"CPU": 1})
+    pool.lend(1)
+    assert pool.fits({"CPU": 1})
+    pool.acquire({"CPU": 1})
+    pool.reclaim(1)  # oversubscribed until one of them finishes
+    assert pool.available["CPU"] == -1
+
+
+def test_lease_queue_lets_small_requests_pass_a_big_one():
+    pool = ResourcePool({"CPU": 2})
+    q = LeaseQueue()
+    q.push(("big", {"CPU": 4}))
+    q.push(("small", {"CPU": 1}))
+    granted = q.take_grantable(pool, lambda item: item[1])
+    assert [item[0] for item, _ in granted] == ["small"]
+    assert [item[0] for item in q] == ["big"]
+
+
+def test_format_resources_hides_node_keys():
+    assert format_resources({"CPU": 1, "node:1.2.3.4": 1}) == "{CPU: 1.0}"

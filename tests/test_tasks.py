@@ -1,0 +1,336 @@
+"""Remote functions on a real local cluster (shared by the tests in this module)."""
+
+import asyncio
+import os
+import pickle
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import aray
+from aray.exceptions import TaskError
+
+pytestmark = pytest.mark.usefixtures("cluster")
+
+
+@aray.remote
+def square(x):
+    return x * x
+
+
+@aray.remote
+def identity(x):
+    return x
+
+
+def test_remote_function_returns_a_ref_at_once():
+    ref = square.remote(4)
+    assert isinstance(ref, aray.ObjectRef)
+    assert aray.get(ref) == 16
+
+
+def test_calling_a_remote_function_directly_is_a_type_error():
+    with pytest.raises(TypeError, match=r"square.remote\(\.\.\.\)"):
+        square(3)
+
+
+def test_options_return_a_new_function_and_leave_the_original():
+    two = identity.options(num_returns=2)
+    a, b = two.remote((1, 2))
+    assert aray.get([a, b]) == [1, 2]
+    assert isinstance(identity.remote(1), aray.ObjectRef)
+    assert identity._options["num_returns"] == 1
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="invalid option 'num_cpu'"):
+        identity.options(num_cpu=1)
+    with pytest.raises(ValueError, match="num_cpus"):
+        identity.options(resources={"CPU": 1})
+    with pytest.raises(ValueError, match=">= 0"):
+        identity.options(num_cpus=-1)
+    with pytest.raises(TypeError):
+        aray.remote(1, 2)
+
+
+def test_async_def_functions_run_on_the_workers_loop():
+    @aray.remote
+    async def later(x):
+        await asyncio.sleep(0.01)
+        return x + 1
+
+    assert aray.get([later.remote(i) for i in range(5)]) == [1, 2, 3, 4, 5]
+
+
+def test_closures_are_pickled_by_value():
+    offset = 10
+
+    @aray.remote
+    def add(x):
+        return x + offset
+
+    assert aray.get(add.remote(1)) == 11
+
+
+def test_refs_as_arguments_are_dependencies():
+    x = identity.remote(1)
+    assert aray.get(identity.remote(x)) == 1
+    assert aray.get(square.remote(square.remote(2))) == 16
+
+
+def test_refs_nested_in_lists_arrive_as_refs():
+    @aray.remote
+    def inspect(items):
+        return [type(i).__name__ for i in items], aray.get(items)
+
+    names, values = aray.get(inspect.remote([aray.put(1), identity.remote(2)]))
+    assert names == ["ObjectRef", "ObjectRef"]
+    assert values == [1, 2]
+
+
+def test_a_failed_dependency_fails_the_task_with_its_error():
+    @aray.remote
+    def fail():
+        raise KeyError("missing")
+
+    with pytest.raises(KeyError, match="missing"):
+        aray.get(identity.remote(fail.remote()))
+
+
+def test_nested_tasks_submit_and_get():
+    @aray.remote
+    def f():
+        return 1
+
+    @aray.remote
+    def g():
+        return [f.remote() for _ in range(4)]
+
+    @aray.remote
+    def h():
+        return aray.get([f.remote() for _ in range(4)])
+
+    assert aray.get(aray.get(g.remote())) == [1, 1, 1, 1]
+    assert aray.get(h.remote()) == [1, 1, 1, 1]
+    # more blocking outer tasks than CPUs: blocked workers lend their CPU
+    assert aray.get([h.remote() for _ in range(6)], timeout=60) == [[1] * 4] * 6
+
+
+def test_errors_are_task_errors_and_instances_of_the_original_type():
+    @aray.remote
+    def boom(msg):
+        raise ValueError(msg)
+
+    with pytest.raises(ValueError) as info:
+        aray.get(boom.remote("bad input"))
+    err = info.value
+    assert isinstance(err, TaskError) and isinstance(err, aray.exceptions.ArayError)
+    assert isinstance(err.cause, ValueError) and err.args == ("bad input",)
+    text = str(err)
+    assert "boom" in text and "pid=" in text and "raise ValueError(msg)" in text
+    again = pickle.loads(pickle.dumps(err))
+    assert isinstance(again, ValueError) and isinstance(again, TaskError)
+
+
+def test_nested_task_errors_keep_the_original_type():
+    @aray.remote
+    def inner():
+        raise ZeroDivisionError("inner")
+
+    @aray.remote
+    def outer():
+        return aray.get(inner.remote())
+
+    with pytest.raises(ZeroDivisionError):
+        aray.get(outer.remote())
+
+
+def test_num_returns():
+    @aray.remote(num_returns=3)
+    def three():
+        return 1, 2, 3
+
+    refs = three.remote()
+    assert len(refs) == 3 and aray.get(refs) == [1, 2, 3]
+
+    @aray.remote(num_returns=0)
+    def nothing():
+        pass
+
+    assert nothing.remote() is None
+
+
+def test_a_wrong_number_of_returns_says_so():
+    with pytest.raises(ValueError, match="num_returns=2 but returned 3 values"):
+        aray.get(identity.options(num_returns=2).remote((1, 2, 3))[0])
+    with pytest.raises(ValueError, match="not a sequence"):
+        aray.get(identity.options(num_returns=2).remote(5)[0])
+
+
+def test_unpicklable_arguments_are_named_at_the_call_site():
+    with pytest.raises(TypeError, match=r"argument 1 of identity.remote\(\) \(lock\)"):
+        identity.remote(1, threading.Lock())
+    with pytest.raises(TypeError, match="keyword argument 'x'"):
+        identity.remote(x=threading.Lock())
+
+
+def test_unpicklable_function_is_refused_at_the_call_site():
+    lock = threading.Lock()
+
+    @aray.remote
+    def uses_lock():
+        return lock.locked()
+
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        uses_lock.remote()
+
+
+def test_large_arguments_and_results_go_through_the_store():
+    arr = np.arange(2_000_000, dtype=np.int64)
+
+    @aray.remote
+    def total(a):
+        return int(a.sum()), a.flags.writeable
+
+    @aray.remote
+    def make(n):
+        return np.ones(n)
+
+    assert aray.get(total.remote(arr)) == (int(arr.sum()), False)
+    big = aray.get(make.remote(1_000_000))
+    assert big.shape == (1_000_000,) and not big.flags.writeable
+
+
+def test_put_once_pass_many():
+    arr = np.zeros(1_000_000)
+    ref = aray.put(arr)
+
+    @aray.remote
+    def size(a):
+        return a.size
+
+    assert aray.get([size.remote(ref) for _ in range(10)]) == [1_000_000] * 10
+
+
+def test_retry_exceptions():
+    marker = f"/tmp/aray-test-retry-{os.getpid()}-{time.time_ns()}"
+
+    @aray.remote(max_retries=2, retry_exceptions=[OSError])
+    def flaky():
+        n = int(open(marker).read()) if os.path.exists(marker) else 0
+        open(marker, "w").write(str(n + 1))
+        if n < 2:
+            raise OSError("transient")
+        return n
+
+    try:
+        assert aray.get(flaky.remote()) == 2
+    finally:
+        os.unlink(marker)
+
+    @aray.remote(max_retries=5, retry_exceptions=[OSError])
+    def wrong_type():
+        raise ValueError("not retried")
+
+    with pytest.raises(ValueError):
+        aray.get(wrong_type.remote())
+
+
+def test_a_crashed_worker_is_retried_then_reported(tmp_path):
+    marker = tmp_path / "attempts"
+
+    @aray.remote(max_retries=2)
+    def crash_twice():
+        n = int(marker.read_text()) if marker.exists() else 0
+        marker.write_text(str(n + 1))
+        if n < 2:
+            os._exit(1)
+        return n
+
+    assert aray.get(crash_twice.remote(), timeout=60) == 2
+
+    @aray.remote(max_retries=0)
+    def crash():
+        os._exit(1)
+
+    with pytest.raises(aray.exceptions.WorkerCrashedError, match="max_retries"):
+        aray.get(crash.remote(), timeout=60)
+    # the cluster still works afterwards
+    assert aray.get(square.remote(3)) == 9
+
+
+def test_cancel_running_queued_and_forced():
+    @aray.remote
+    def sleeper(t):
+        for _ in range(int(t * 100)):
+            time.sleep(0.01)
+        return t
+
+    running = sleeper.remote(30)
+    time.sleep(0.5)
+    aray.cancel(running)
+    with pytest.raises(aray.exceptions.TaskCancelledError):
+        aray.get(running, timeout=30)
+
+    @aray.remote
+    def blocker():
+        time.sleep(30)
+
+    blocked = [blocker.remote() for _ in range(3)]
+    queued = sleeper.options(num_cpus=2).remote(1)  # cannot start while the others run
+    aray.cancel(queued)
+    with pytest.raises(aray.exceptions.TaskCancelledError):
+        aray.get(queued, timeout=30)
+    for ref in blocked:
+        aray.cancel(ref, force=True)
+    for ref in blocked:
+        with pytest.raises(aray.exceptions.TaskCancelledError):
+            aray.get(ref, timeout=30)
+    assert aray.get(square.remote(5), timeout=30) == 25
+
+
+def test_custom_resources_and_cluster_views():
+    @aray.remote(resources={"Custom": 3})
+    def needs_custom(x):
+        return x * x
+
+    assert aray.get(needs_custom.remote(2)) == 4
+    total = aray.cluster_resources()
+    assert total["CPU"] == 2 and total["Custom"] == 4
+    assert any(k.startswith("node:") for k in total)
+    nodes = aray.nodes()
+    assert len(nodes) == 1 and nodes[0]["Alive"] and nodes[0]["Resources"]["CPU"] == 2
+    deadline = time.time() + 10
+    while aray.available_resources().get("CPU") != 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert aray.available_resources()["CPU"] == 2
+
+
+def test_tasks_beyond_capacity_queue_and_all_finish():
+    @aray.remote(num_cpus=1)
+    def slow(i):
+        time.sleep(0.05)
+        return i
+
+    start = time.monotonic()
+    assert aray.get([slow.remote(i) for i in range(8)], timeout=60) == list(range(8))
+    assert time.monotonic() - start >= 0.2 - 0.05  # 8 x 50 ms on 2 CPUs
+
+
+def test_runtime_context_inside_a_task():
+    @aray.remote
+    def where():
+        ctx = aray.get_runtime_context()
+        return ctx.get_node_id(), ctx.get_task_id(), ctx.get_job_id(), ctx.get_actor_id()
+
+    node, task, job, actor = aray.get(where.remote())
+    ctx = aray.get_runtime_context()
+    assert node == ctx.get_node_id() and job == ctx.get_job_id()
+    assert task and ctx.get_task_id() is None and actor is None
+
+
+def test_many_small_tasks():
+    assert sum(aray.get([square.remote(i) for i in range(2000)])) == sum(
+        i * i for i in range(2000))
