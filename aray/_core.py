@@ -234,6 +234,7 @@ class Core:
         self.log_to_driver = log_to_driver
         self.store = ShmDirectory(store_dir)
         self.objects = ObjectTable(loop, self.materialize, self._on_unused)
+        self.objects.bind_thread()  # a core is always made on its loop's thread
         self.refs = self.objects.refs
         # this core's server; known before it listens, so refs made early name their owner
         self.address = "unix:" + os.path.join(
@@ -279,7 +280,6 @@ class Core:
     async def start(self) -> None:
         """Open this core's server and the links to the node agent (and head for drivers)."""
         try:
-            self.objects.bind_thread()
             await self._server.start(self.address)
             info = {"address": self.address, "log_to_driver": self.log_to_driver}
             if self.role == "driver" and self.head_address:

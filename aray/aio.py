@@ -266,7 +266,7 @@ def check_wait_args(object_refs, num_returns, timeout) -> list[ObjectRef]:
         raise TypeError(f"num_returns must be an int, got {num_returns!r}")
     if num_returns < 1 and refs:
         raise ValueError(f"num_returns must be at least 1, got {num_returns}")
-    if num_returns > len(refs):
+    if num_returns > len(refs) and refs:
         raise ValueError(f"num_returns ({num_returns}) cannot be greater than the number of "
                          f"ObjectRefs ({len(refs)})")
     check_timeout(timeout)

@@ -1,0 +1,283 @@
+"""init/shutdown and process cleanup, each in a fresh interpreter with its own cluster."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import PRELUDE, wait_gone
+
+
+def test_init_returns_quickly_and_shutdown_leaves_nothing(run_script):
+    r = run_script("""
+        t0 = time.perf_counter()
+        aray.init(num_cpus=2)
+        assert aray.is_initialized()
+        @aray.remote
+        def f(x):
+            return x * x
+        assert aray.get(f.remote(4)) == 16
+        print("FIRST", time.perf_counter() - t0)
+        from aray import _global
+        store = _global.core().store.path
+        assert os.path.isdir(store)
+        report_pids()
+        aray.shutdown()
+        aray.shutdown()  # twice is fine
+        assert not aray.is_initialized()
+        assert not os.path.exists(store), "store directory left behind"
+        print("OK")
+    """)
+    assert "OK" in r.stdout
+    r.assert_no_leftovers()
+
+
+def test_second_init_and_unknown_keywords(run_script):
+    r = run_script("""
+        aray.init(num_cpus=1)
+        try:
+            aray.init(num_cpus=1)
+        except RuntimeError as e:
+            assert "ignore_reinit_error" in str(e), e
+            print("REINIT")
+        aray.init(num_cpus=1, ignore_reinit_error=True)
+        report_pids()
+        aray.shutdown()
+        try:
+            aray.init(num_cpu=2)
+        except TypeError as e:
+            print("TYPEERROR", e)
+        assert not aray.is_initialized()
+        try:
+            aray.get(aray.put(1))
+        except aray.exceptions.NotInitializedError as e:
+            print("NOTINIT", e)
+    """)
+    assert "REINIT" in r.stdout and "TYPEERROR" in r.stdout and "NOTINIT" in r.stdout
+    assert "aray.init()" in r.stdout
+    r.assert_no_leftovers()
+
+
+@pytest.mark.parametrize("ending", ["exit", "exception"])
+def test_interpreter_exit_without_shutdown_leaves_nothing(run_script, ending):
+    r = run_script(f"""
+        aray.init(num_cpus=2)
+        @aray.remote
+        def f():
+            return 1
+        aray.get([f.remote() for _ in range(4)])
+        report_pids()
+        if {ending!r} == "exception":
+            raise SystemError("unhandled")
+    """, expect_ok=(ending == "exit"))
+    if ending == "exception":
+        assert r.returncode != 0 and "unhandled" in r.stderr
+    r.assert_no_leftovers()
+
+
+def test_sigkilled_driver_leaves_nothing(tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(PRELUDE + """
+aray.init(num_cpus=2)
+@aray.remote
+def f():
+    return 1
+aray.get([f.remote() for _ in range(4)])
+report_pids()
+time.sleep(60)
+""")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while not line.startswith("PIDS "):
+            line = proc.stdout.readline()
+            assert line, "driver ended early"
+        import json
+
+        pids = json.loads(line[5:])
+        assert len(pids) >= 3  # node process, template process, workers
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert wait_gone(pids) == [], "processes outlived a SIGKILLed driver"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_init_inside_a_running_loop_does_not_block_it(run_script):
+    r = run_script("""
+        import threading
+        async def main():
+            ticks = 0
+            async def ticker():
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0.001)
+            t = asyncio.create_task(ticker())
+            aray.init(num_cpus=1)           # returns before the cluster is up
+            @aray.remote
+            def f(x):
+                return x + 1
+            ref = f.remote(1)               # fine before the links are up
+            assert await ref == 2
+            assert not any(th.name == "aray-loop" for th in threading.enumerate())
+            try:
+                aray.get(ref)
+            except RuntimeError as e:
+                assert "await" in str(e), e
+                print("GET-ON-LOOP")
+            assert ticks > 5, ticks          # the loop kept running during start-up
+            report_pids()
+            await aray.aio.shutdown()
+            t.cancel()
+            print("OK")
+        asyncio.run(main())
+    """)
+    assert "GET-ON-LOOP" in r.stdout and "OK" in r.stdout
+    r.assert_no_leftovers()
+
+
+def test_explicit_async_init_and_shutdown(run_script):
+    r = run_script("""
+        async def main():
+            await aray.aio.init(num_cpus=1)
+            @aray.remote
+            async def f(x):
+                await asyncio.sleep(0)
+                return x * 2
+            assert await asyncio.gather(*[f.remote(i) for i in range(3)]) == [0, 2, 4]
+            report_pids()
+            await aray.aio.shutdown()
+            assert not aray.is_initialized()
+            print("OK")
+        asyncio.run(main())
+    """)
+    assert "OK" in r.stdout
+    r.assert_no_leftovers()
+
+
+def test_worker_output_reaches_the_driver_with_a_prefix(run_script):
+    r = run_script("""
+        aray.init(num_cpus=1)
+        @aray.remote
+        def talk(x):
+            print("hello from", x)
+            print("to stderr", file=sys.stderr)
+            return os.getpid()
+        pid = aray.get(talk.remote(7))
+        time.sleep(0.5)
+        print("PID", pid)
+        aray.shutdown()
+    """)
+    pid = r.stdout.split("PID ")[1].split()[0]
+    assert f"(talk pid={pid}) hello from 7" in r.stdout
+    assert f"(talk pid={pid}) to stderr" in r.stderr
+
+
+def test_log_to_driver_false_keeps_worker_output_away(run_script):
+    r = run_script("""
+        aray.init(num_cpus=1, log_to_driver=False)
+        @aray.remote
+        def talk():
+            print("should not appear")
+        aray.get(talk.remote())
+        time.sleep(0.5)
+        aray.shutdown()
+    """)
+    assert "should not appear" not in r.stdout + r.stderr
+
+
+def test_nested_blocking_tasks_do_not_deadlock_on_one_cpu(run_script):
+    r = run_script("""
+        aray.init(num_cpus=1)
+        @aray.remote
+        def leaf(i):
+            return i
+        @aray.remote
+        def middle(i):
+            return sum(aray.get([leaf.remote(i) for _ in range(3)]))
+        @aray.remote
+        def top():
+            return aray.get([middle.remote(i) for i in range(4)])
+        print("RESULT", aray.get([top.remote() for _ in range(3)], timeout=60))
+        report_pids()
+        aray.shutdown()
+    """, timeout=90)
+    assert "RESULT [[0, 3, 6, 9], [0, 3, 6, 9], [0, 3, 6, 9]]" in r.stdout
+    r.assert_no_leftovers()
+
+
+def test_gpu_ids_are_assigned(run_script):
+    r = run_script("""
+        aray.init(num_cpus=2, num_gpus=2)
+        @aray.remote(num_gpus=1)
+        def which():
+            time.sleep(0.2)
+            return aray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES")
+        a, b = aray.get([which.remote(), which.remote()])
+        assert sorted(a[0] + b[0]) == [0, 1], (a, b)
+        assert a[1] == str(a[0][0]) and b[1] == str(b[0][0])
+        assert aray.cluster_resources()["GPU"] == 2
+        assert aray.get_gpu_ids() == []
+        print("OK")
+        aray.shutdown()
+    """)
+    assert "OK" in r.stdout
+
+
+def test_infeasible_task_warns_once_and_stays_pending(run_script):
+    r = run_script("""
+        aray.init(num_cpus=2, resources={"CustomResource1": 1, "CustomResource2": 4})
+        @aray.remote(resources={"CustomResource2": 3})
+        def g(x):
+            return x * x
+        @aray.remote(resources={"CustomResource1": 2})
+        def f(x):
+            return x
+        print("G", aray.get(g.remote(2)))
+        ref = f.remote(2)
+        ready, pending = aray.wait([ref], timeout=1)
+        print("PENDING", len(pending))
+        aray.shutdown()
+    """)
+    assert "G 4" in r.stdout and "PENDING 1" in r.stdout
+    assert r.stderr.count("cannot be scheduled right now") == 1
+    assert "{CPU: 1.0, CustomResource1: 2.0}" in r.stderr
+    assert "CustomResource1: 1.0" in r.stderr
+
+
+def test_main_module_functions_and_classes_travel_by_value(run_script):
+    r = run_script("""
+        class Point:
+            def __init__(self, x):
+                self.x = x
+        def helper(p):
+            return p.x * 10
+        @aray.remote
+        def use(p):
+            return helper(p), type(p).__name__
+        aray.init(num_cpus=1)
+        print("RESULT", aray.get(use.remote(Point(4))))
+        aray.shutdown()
+    """)
+    assert "RESULT (40, 'Point')" in r.stdout
+
+
+def test_bad_init_arguments(run_script):
+    r = run_script("""
+        for kwargs in ({"num_cpus": -1}, {"num_cpus": "two"}, {"resources": {"CPU": 1}},
+                       {"resources": {"x": -1}}):
+            try:
+                aray.init(**kwargs)
+            except (TypeError, ValueError) as e:
+                print("ERR", type(e).__name__, e)
+        assert not aray.is_initialized()
+    """)
+    assert r.stdout.count("ERR") == 4
+    assert "num_cpus must be >= 0" in r.stdout
+    assert "use num_cpus/num_gpus instead of 'CPU'" in r.stdout
