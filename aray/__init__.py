@@ -12,8 +12,7 @@ How the layers stack::
 
 Example:
     >>> import aray
-    >>> aray.init(num_cpus=2, ignore_reinit_error=True)  # doctest: +ELLIPSIS
-    {...}
+    >>> _ = aray.init(num_cpus=2, ignore_reinit_error=True)
     >>> @aray.remote
     ... def f(x):
     ...     return x * x

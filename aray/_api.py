@@ -38,8 +38,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
 
     Example:
         >>> import aray
-        >>> aray.init(num_cpus=2, ignore_reinit_error=True)  # doctest: +ELLIPSIS
-        {...}
+        >>> _ = aray.init(num_cpus=2, ignore_reinit_error=True)
         >>> aray.is_initialized()
         True
     """
@@ -78,8 +77,7 @@ def is_initialized() -> bool:
 
     Example:
         >>> import aray
-        >>> aray.init(num_cpus=1, ignore_reinit_error=True)  # doctest: +ELLIPSIS
-        {...}
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> aray.is_initialized()
         True
     """
@@ -95,8 +93,7 @@ def shutdown() -> None:
 
     Example:
         >>> import aray
-        >>> aray.init(num_cpus=1, ignore_reinit_error=True)  # doctest: +ELLIPSIS
-        {...}
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> aray.shutdown()
         >>> aray.is_initialized()
         False
@@ -139,8 +136,7 @@ def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = Non
 
     Example:
         >>> import aray
-        >>> aray.init(num_cpus=1, ignore_reinit_error=True)  # doctest: +ELLIPSIS
-        {...}
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> @aray.remote
         ... def f(x):
         ...     return x * x
@@ -161,8 +157,7 @@ def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float |
 
     Example:
         >>> import aray
-        >>> aray.init(num_cpus=1, ignore_reinit_error=True)  # doctest: +ELLIPSIS
-        {...}
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> refs = [aray.put(i) for i in range(3)]
         >>> ready, not_ready = aray.wait(refs, num_returns=2)
         >>> len(ready), len(not_ready)
@@ -181,8 +176,7 @@ def put(value: Any) -> ObjectRef:
 
     Example:
         >>> import aray
-        >>> aray.init(num_cpus=1, ignore_reinit_error=True)  # doctest: +ELLIPSIS
-        {...}
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> ref = aray.put("hello")
         >>> aray.get(ref)
         'hello'
@@ -199,8 +193,7 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
 
     Example:
         >>> import aray, time
-        >>> aray.init(num_cpus=1, ignore_reinit_error=True)  # doctest: +ELLIPSIS
-        {...}
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> @aray.remote
         ... def slow():
         ...     time.sleep(30)
@@ -223,8 +216,7 @@ def nodes() -> list[dict]:
 
     Example:
         >>> import aray
-        >>> aray.init(num_cpus=1, ignore_reinit_error=True)  # doctest: +ELLIPSIS
-        {...}
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> len(aray.nodes()) >= 1
         True
     """
@@ -236,8 +228,7 @@ def cluster_resources() -> dict:
 
     Example:
         >>> import aray
-        >>> aray.init(num_cpus=2, ignore_reinit_error=True)  # doctest: +ELLIPSIS
-        {...}
+        >>> _ = aray.init(num_cpus=2, ignore_reinit_error=True)
         >>> aray.cluster_resources()["CPU"] >= 1
         True
     """
@@ -249,8 +240,7 @@ def available_resources() -> dict:
 
     Example:
         >>> import aray
-        >>> aray.init(num_cpus=2, ignore_reinit_error=True)  # doctest: +ELLIPSIS
-        {...}
+        >>> _ = aray.init(num_cpus=2, ignore_reinit_error=True)
         >>> "CPU" in aray.available_resources()
         True
     """
@@ -262,8 +252,7 @@ def get_runtime_context() -> RuntimeContext:
 
     Example:
         >>> import aray
-        >>> aray.init(num_cpus=1, ignore_reinit_error=True)  # doctest: +ELLIPSIS
-        {...}
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> aray.get_runtime_context().get_task_id() is None  # in the driver
         True
     """

@@ -23,8 +23,7 @@ class as_completed:
 
     Example:
         >>> import aray
-        >>> aray.init(num_cpus=2, ignore_reinit_error=True)  # doctest: +ELLIPSIS
-        {...}
+        >>> _ = aray.init(num_cpus=2, ignore_reinit_error=True)
         >>> @aray.remote
         ... def f(x):
         ...     return x

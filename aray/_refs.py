@@ -37,7 +37,7 @@ class ObjectRef(Generic[T]):
 
     Example:
         >>> import aray
-        >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> ref = aray.put([1, 2, 3])
         >>> aray.get(ref)
         [1, 2, 3]
@@ -110,7 +110,7 @@ class ObjectRef(Generic[T]):
 
         Example:
             >>> import aray
-            >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+            >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> aray.put(7).future().result(timeout=10)
             7
         """

@@ -94,7 +94,7 @@ class RemoteFunction(Generic[P, R]):
 
     Example:
         >>> import aray
-        >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> @aray.remote
         ... def square(x):
         ...     return x * x
@@ -131,7 +131,7 @@ class RemoteFunction(Generic[P, R]):
 
         Example:
             >>> import aray
-            >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+            >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> @aray.remote
             ... def pair():
             ...     return 1, 2
@@ -179,7 +179,7 @@ def remote(*args, **options):
 
     Example:
         >>> import aray
-        >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> @aray.remote(num_returns=2)
         ... def split(x):
         ...     return x, -x

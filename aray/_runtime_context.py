@@ -27,7 +27,7 @@ class RuntimeContext:
 
     Example:
         >>> import aray
-        >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> ctx = aray.get_runtime_context()
         >>> len(ctx.get_node_id()) > 0, ctx.get_task_id()
         (True, None)

@@ -208,7 +208,7 @@ async def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None
 
     Example:
         >>> import asyncio, aray
-        >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> refs = [aray.put(i) for i in range(3)]
         >>> asyncio.run(aray.aio.get(refs))
         [0, 1, 2]
@@ -243,7 +243,7 @@ async def wait(object_refs: list[ObjectRef], *, num_returns: int = 1,
 
     Example:
         >>> import asyncio, aray
-        >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> refs = [aray.put(1), aray.put(2)]
         >>> ready, rest = asyncio.run(aray.aio.wait(refs, num_returns=2))
         >>> len(ready), len(rest)
@@ -290,7 +290,7 @@ async def put(value: Any) -> ObjectRef:
 
     Example:
         >>> import asyncio, aray
-        >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> async def main():
         ...     ref = await aray.aio.put({"a": 1})
         ...     return await ref
@@ -302,7 +302,24 @@ async def put(value: Any) -> ObjectRef:
 
 
 async def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
-    """Cancel the task that produces ``ref``; see :func:`aray.cancel`."""
+    """Cancel the task that produces ``ref``; see :func:`aray.cancel`.
+
+    Example:
+        >>> import asyncio, aray, time
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> @aray.remote
+        ... def slow():
+        ...     time.sleep(30)
+        >>> async def main():
+        ...     ref = slow.remote()
+        ...     await aray.aio.cancel(ref)
+        ...     try:
+        ...         await ref
+        ...     except aray.exceptions.TaskCancelledError:
+        ...         return "cancelled"
+        >>> asyncio.run(main())
+        'cancelled'
+    """
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"aray.cancel() expects an ObjectRef, got a {type(ref).__name__}")
     core = _global.core()
@@ -317,7 +334,7 @@ async def nodes() -> list[dict]:
 
     Example:
         >>> import asyncio, aray
-        >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> [n["Alive"] for n in asyncio.run(aray.aio.nodes())]
         [True]
     """
@@ -326,12 +343,26 @@ async def nodes() -> list[dict]:
 
 
 async def cluster_resources() -> dict:
-    """Total resources of the alive nodes, e.g. ``{"CPU": 2.0, ...}``."""
+    """Total resources of the alive nodes, e.g. ``{"CPU": 2.0, ...}``.
+
+    Example:
+        >>> import asyncio, aray
+        >>> _ = aray.init(num_cpus=2, ignore_reinit_error=True)
+        >>> asyncio.run(aray.aio.cluster_resources())["CPU"]
+        2.0
+    """
     return _sum_resources(await nodes(), "Resources")
 
 
 async def available_resources() -> dict:
-    """Resources free right now on the alive nodes (keys with nothing free are left out)."""
+    """Resources free right now on the alive nodes (keys with nothing free are left out).
+
+    Example:
+        >>> import asyncio, aray
+        >>> _ = aray.init(num_cpus=2, ignore_reinit_error=True)
+        >>> "CPU" in asyncio.run(aray.aio.available_resources())
+        True
+    """
     free = _sum_resources(await nodes(), "Available")
     return {k: v for k, v in free.items() if v > 0}
 

@@ -110,7 +110,7 @@ class TaskError(ArayError):
 
     Example:
         >>> import aray
-        >>> aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> @aray.remote
         ... def boom():
         ...     raise ValueError("bad")
