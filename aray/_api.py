@@ -20,7 +20,8 @@ _atexit_registered = False
 def init(address: str | None = None, *, num_cpus: float | None = None,
          num_gpus: float | None = None, resources: dict | None = None,
          object_store_memory: int | None = None, log_to_driver: bool = True,
-         ignore_reinit_error: bool = False) -> dict:
+         ignore_reinit_error: bool = False, token: str | None = None,
+         _redis_password: str | None = None) -> dict:
     """Start a local aray cluster (head, node agent, workers) and connect this process.
 
     Args:
@@ -31,6 +32,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         object_store_memory: object store capacity in bytes (default 30% of RAM).
         log_to_driver: echo workers' stdout/stderr here, prefixed with ``(task pid=N)``.
         ignore_reinit_error: make a second ``init`` a no-op instead of an error.
+        token: the cluster's secret token (generated when not given). ``_redis_password``
+            is accepted as an alias, for scripts written for Ray.
 
     Called from sync code it returns once the cluster is ready. Called inside a running
     event loop it binds aray to that loop, returns at once without blocking it, and every
@@ -45,7 +48,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     global _atexit_registered
     options = dict(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                    object_store_memory=object_store_memory, log_to_driver=log_to_driver,
-                   ignore_reinit_error=ignore_reinit_error)
+                   ignore_reinit_error=ignore_reinit_error, token=token,
+                   _redis_password=_redis_password)
     if not _atexit_registered:
         atexit.register(_shutdown_at_exit)
         _atexit_registered = True

@@ -42,10 +42,11 @@ def store_dir_for(session_dir: str) -> str:
 class LocalCluster:
     """The driver's handle on the node process it started."""
 
-    def __init__(self, *, resources: dict, object_store_memory: int | None = None) -> None:
+    def __init__(self, *, resources: dict, object_store_memory: int | None = None,
+                 token: str | None = None) -> None:
         self.session_dir = new_session_dir()
         self.store_dir = store_dir_for(self.session_dir)
-        self.token = secrets.token_hex(16)
+        self.token = token or secrets.token_hex(16)
         self.head_address = f"unix:{self.session_dir}/sockets/head.sock"
         self.node_address = f"unix:{self.session_dir}/sockets/node.sock"
         self.config = {"token": self.token, "session_dir": self.session_dir,

@@ -45,7 +45,8 @@ __all__ = ["init", "shutdown", "get", "wait", "put", "cancel", "nodes", "cluster
 async def init(address: str | None = None, *, num_cpus: float | None = None,
                num_gpus: float | None = None, resources: dict | None = None,
                object_store_memory: int | None = None, log_to_driver: bool = True,
-               ignore_reinit_error: bool = False) -> dict:
+               ignore_reinit_error: bool = False, token: str | None = None,
+               _redis_password: str | None = None) -> dict:
     """Start a local cluster on the running loop and connect to it.
 
     Same arguments as :func:`aray.init`; returns once the cluster is ready.
@@ -62,14 +63,16 @@ async def init(address: str | None = None, *, num_cpus: float | None = None,
     core = bootstrap(asyncio.get_running_loop(), address, num_cpus=num_cpus,
                      num_gpus=num_gpus, resources=resources,
                      object_store_memory=object_store_memory, log_to_driver=log_to_driver,
-                     ignore_reinit_error=ignore_reinit_error)
+                     ignore_reinit_error=ignore_reinit_error,
+                     token=token or _redis_password)
     await on_runtime(core.loop, connect(core))
     return {"node_id": core.node_id, "session_dir": core.session_dir}
 
 
 def bootstrap(loop: asyncio.AbstractEventLoop, address: str | None, *, num_cpus, num_gpus,
               resources, object_store_memory, log_to_driver: bool,
-              ignore_reinit_error: bool) -> Core:
+              ignore_reinit_error: bool, token: str | None = None,
+              _redis_password: str | None = None) -> Core:
     """The part of init that does not wait: start the node process, make the driver core."""
     from ._local import LocalCluster
 
@@ -81,7 +84,11 @@ def bootstrap(loop: asyncio.AbstractEventLoop, address: str | None, *, num_cpus,
             f"cannot connect to a cluster at {address!r}: this version of aray runs local "
             "clusters only; call aray.init() without an address")
     total = node_resources(num_cpus, num_gpus, resources, object_store_memory)
-    cluster = LocalCluster(resources=total, object_store_memory=object_store_memory)
+    token = token or _redis_password
+    if token is not None and (not isinstance(token, str) or not token):
+        raise TypeError("token must be a non-empty string")
+    cluster = LocalCluster(resources=total, object_store_memory=object_store_memory,
+                           token=token)
     cluster.spawn()
     core = Core(loop=loop, role="driver", token=cluster.token, session_dir=cluster.session_dir,
                 node_address=cluster.node_address, head_address=cluster.head_address,

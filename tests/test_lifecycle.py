@@ -281,3 +281,18 @@ def test_bad_init_arguments(run_script):
     assert r.stdout.count("ERR") == 4
     assert "num_cpus must be >= 0" in r.stdout
     assert "use num_cpus/num_gpus instead of 'CPU'" in r.stdout
+
+
+def test_token_and_redis_password_alias(run_script):
+    r = run_script("""
+        aray.init(num_cpus=1, _redis_password="P.4.redis")
+        from aray import _global
+        assert _global.core().token == "P.4.redis"
+        assert aray.get(aray.put(5)) == 5
+        aray.shutdown()
+        aray.init(num_cpus=1, token="another-secret")
+        assert _global.core().token == "another-secret"
+        aray.shutdown()
+        print("OK")
+    """)
+    assert "OK" in r.stdout
