@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from . import _global, aio
-from ._portal import LoopThread, call, on_loop
+from ._portal import LoopThread, call, on_loop, refuse_on_loop
 from ._refs import ObjectRef
 from ._runtime_context import RuntimeContext, current_task
 
@@ -150,7 +150,11 @@ def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = Non
     refs, single = aio.as_ref_list(object_refs, "get")
     aio.check_timeout(timeout)
     core = _global.core()
-    return call(core.loop, aio.get_values, core, refs, single, timeout, True, what="get")
+    refuse_on_loop(core.loop, "get")
+    values = core.ready_values(refs)  # already here: no need to wake the runtime loop
+    if values is None:
+        return call(core.loop, aio.get_values, core, refs, single, timeout, True, what="get")
+    return values[0] if single else values
 
 
 def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float | None = None,

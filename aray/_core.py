@@ -48,8 +48,11 @@ log = logging.getLogger("aray")
 INLINE_THRESHOLD = 100 * 1024
 #: tasks pushed to one leased worker before waiting for its results
 MAX_IN_FLIGHT_PER_WORKER = 1
-#: outstanding lease requests per resource shape
-MAX_PENDING_LEASES = 64
+#: outstanding lease requests per resource shape (the agent queues the rest of the demand)
+MAX_PENDING_LEASES = 10
+#: an idle lease is kept this long before it goes back to the node agent, so a loop of
+#: ``get(f.remote())`` reuses one worker instead of asking for a lease per task
+LEASE_LINGER = 0.005
 
 
 @dataclasses.dataclass(eq=False)
@@ -114,7 +117,8 @@ class FunctionDescriptor:
 
 
 class _Lease:
-    __slots__ = ("worker_id", "address", "node_id", "gpu_ids", "link", "in_flight", "queue")
+    __slots__ = ("worker_id", "address", "node_id", "gpu_ids", "link", "in_flight", "queue",
+                 "linger")
 
     def __init__(self, grant: P.LeaseGranted, link: Link, queue: _ShapeQueue) -> None:
         self.worker_id = grant.worker_id
@@ -124,6 +128,7 @@ class _Lease:
         self.link = link
         self.in_flight: dict[bytes, TaskSpec] = {}
         self.queue = queue
+        self.linger: asyncio.TimerHandle | None = None
 
 
 class _ShapeQueue:
@@ -476,6 +481,19 @@ class Core:
         if entry.owned and entry.location is not None and entry.location[0] == self.node_id:
             self.store.delete(entry.oid)
 
+    def ready_values(self, refs: list[ObjectRef]) -> list | None:
+        """Any thread: the values of ``refs`` if every one is resolved here already (else
+        None), without a hop to the loop. Resolved entries never change, so reading them
+        from another thread is safe."""
+        entries = self.objects.entries
+        found = []
+        for ref in refs:
+            entry = entries.get(ref._id)
+            if entry is None or not entry.ready:
+                return None
+            found.append(entry)
+        return [self.materialize(e) for e in found]
+
     def is_ready(self, ref: ObjectRef) -> bool:
         """Any thread."""
         entry = self.objects.entries.get(ref._id)
@@ -638,10 +656,18 @@ class Core:
             q.requesting += 1
             self.spawn(self._request_lease(q), name="lease")
         if not q.tasks:
-            for lease in [le for le in q.leases if not le.in_flight]:
-                q.leases.remove(lease)
-                if self.agent is not None and not self.agent.closed:
-                    self.agent.send(P.ReturnLease(lease.worker_id))
+            for lease in q.leases:
+                if not lease.in_flight and lease.linger is None:
+                    lease.linger = self.loop.call_later(LEASE_LINGER, self._return_lease, lease)
+
+    def _return_lease(self, lease: _Lease) -> None:
+        lease.linger = None
+        q = lease.queue
+        if lease.in_flight or q.tasks or lease not in q.leases:
+            return
+        q.leases.remove(lease)
+        if self.agent is not None and not self.agent.closed:
+            self.agent.send(P.ReturnLease(lease.worker_id))
 
     async def _request_lease(self, q: _ShapeQueue) -> None:
         try:
@@ -672,6 +698,9 @@ class Core:
             blob = None
         else:
             sent.add(fn_id)
+        if lease.linger is not None:
+            lease.linger.cancel()
+            lease.linger = None
         lease.in_flight[spec.task_id] = spec
         self._running[spec.task_id] = lease
         lease.link.send(P.PushTask(

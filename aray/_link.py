@@ -131,10 +131,12 @@ class Link:
                 callback(self)
             except Exception:
                 log.exception("error in on_close of link %s", self.name)
-        if not self._ws.closed:
-            await self._ws.close()
-        if self._session is not None:
-            await self._session.close()
+        try:
+            if not self._ws.closed:
+                await self._ws.close()
+        finally:  # even when cancelled while closing: the session must not leak
+            if self._session is not None:
+                await self._session.close()
 
     async def aclose(self) -> None:
         """Flush what is queued, close the websocket and release the link's resources."""

@@ -23,13 +23,18 @@ from .store.shm import ShmDirectory, default_root
 log = logging.getLogger("aray")
 
 # not "/tmp/aray": a directory named like the package would shadow it for code run in /tmp
-SESSION_ROOT = os.environ.get("ARAY_SESSION_ROOT", os.path.join("/tmp", "aray-sessions"))
+DEFAULT_SESSION_ROOT = os.path.join("/tmp", "aray-sessions")
+
+
+def session_root() -> str:
+    """Where session directories live: ``$ARAY_SESSION_ROOT`` or /tmp/aray-sessions."""
+    return os.environ.get("ARAY_SESSION_ROOT") or DEFAULT_SESSION_ROOT
 
 
 def new_session_dir() -> str:
-    """Create ``/tmp/aray-sessions/session_<time>_<pid>`` with ``sockets/`` and ``logs/``."""
+    """Create ``<root>/session_<time>_<pid>_<rand>`` with ``sockets/`` and ``logs/``."""
     name = time.strftime("session_%Y-%m-%d_%H-%M-%S") + f"_{os.getpid()}_{secrets.token_hex(2)}"
-    path = os.path.join(SESSION_ROOT, name)
+    path = os.path.join(session_root(), name)
     os.makedirs(os.path.join(path, "sockets"), mode=0o700)
     os.makedirs(os.path.join(path, "logs"), mode=0o700)
     return path

@@ -44,13 +44,18 @@ def on_loop(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
-def call(loop: asyncio.AbstractEventLoop, fn: Callable[..., Awaitable[T]], *args, what: str,
-         **kwargs) -> T:
-    """Run ``fn(*args, **kwargs)`` on ``loop`` and block this thread for its result."""
+def refuse_on_loop(loop: asyncio.AbstractEventLoop, what: str) -> None:
+    """Blocking calls on the runtime's own loop would deadlock: say what to do instead."""
     if on_loop(loop):
         raise RuntimeError(
             f"aray.{what}() blocks, and it was called on the event loop that runs aray, which "
             f"would deadlock. In async code use `await aray.aio.{what}(...)` (or `await ref`).")
+
+
+def call(loop: asyncio.AbstractEventLoop, fn: Callable[..., Awaitable[T]], *args, what: str,
+         **kwargs) -> T:
+    """Run ``fn(*args, **kwargs)`` on ``loop`` and block this thread for its result."""
+    refuse_on_loop(loop, what)
     if loop.is_closed():
         from .exceptions import NotInitializedError
 

@@ -100,7 +100,8 @@ class NodeAgent:
     async def start(self, address: str) -> str:
         os.makedirs(os.path.join(self.session_dir, "logs"), exist_ok=True)
         self.address = await self.server.start(address)
-        await self.pool.warm_up()
+        # the template process imports the worker module while we connect to the head
+        self._spawn(self.pool.warm_up(), "warm up")
         hello = P.Hello(P.PROTOCOL_VERSION, self.token, "node", self.node_id, os.getpid(), {})
         self.head = await connect(self.head_address, hello, name="node->head")
         self.head.on_message = self._dispatch

@@ -21,6 +21,19 @@ def anyio_backend():
     return "asyncio"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_root():
+    """Session directories (logs, sockets) of every cluster the tests start go to one
+    temporary root, removed at the end; short, since unix socket paths are limited."""
+    import shutil
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="aray-t-")
+    os.environ["ARAY_SESSION_ROOT"] = root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def descendants(pid: int) -> list[int]:
     try:
         return [p.pid for p in psutil.Process(pid).children(recursive=True)]
@@ -50,7 +63,7 @@ def runtime_pids() -> list[int]:
 
 
 @pytest.fixture(scope="session")
-def cluster():
+def cluster(session_root):
     """A 2-CPU local cluster shared by the in-process tests; checked for leaks at the end."""
     aray.init(num_cpus=2, resources={"Custom": 4})
     yield
