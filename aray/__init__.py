@@ -4,7 +4,8 @@ How the layers stack::
 
     public API      aray.remote / get / wait / put / ...   (_api.py: thin sync wrappers)
                     aray.aio.*                              (the coroutines they wrap)
-    core            _core.Core: owner table, task submission, leases (one per process)
+    core            _core.Core: owner table, links, results (one per process)
+                    _tasks / _actor_calls: submission of tasks and actor calls
                     _worker: task execution in worker processes
     protocol/links  _protocol (every message, one codec) and _link (authenticated websockets)
     node agent      aray.node: worker pool, leases, logs      (imports the protocol, the store)

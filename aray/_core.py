@@ -3,11 +3,11 @@
 Every driver and every worker runs one :class:`Core` on one event loop. It
 
 * owns the refs its process creates (task returns, ``put``) in an :class:`ObjectTable`;
-* submits tasks: waits for their dependencies, leases workers from its node agent per
-  resource shape, pushes tasks straight to leased workers and reuses a lease while tasks of
-  that shape are queued (no hop through the head);
-* serves other cores on its own socket: workers receive ``PushTask`` here, owners answer
-  ``GetObject`` for refs they lent out.
+* submits tasks (:mod:`aray._tasks`) and actor calls (:mod:`aray._actor_calls`) straight to
+  the workers that run them (no hop through the head), and collects their results and
+  streams (:mod:`aray._streams`);
+* serves other cores on its own socket: workers receive ``PushTask``/``CallActor`` here,
+  owners answer ``GetObject`` for refs they lent out.
 
 Methods that are safe from any thread say so; everything else runs on :attr:`Core.loop`.
 """
@@ -15,210 +15,33 @@ Methods that are safe from any thread say so; everything else runs on :attr:`Cor
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import hashlib
 import logging
 import os
-import threading
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
 
 from . import _protocol as P
+from ._actor_calls import ActorCall, ActorCaller
 from ._link import Link, Server, connect
 from ._objects import ObjectEntry, ObjectState, ObjectTable, dump_error
-from ._refs import ArgSlot, ObjectRef, new_task_id, return_id
+from ._refs import ObjectRef, new_task_id, return_id
+from ._streams import ObjectRefGenerator, StreamState
+from ._tasks import INLINE_THRESHOLD, TaskSpec, TaskSubmitter
 from .exceptions import (
+    ActorDiedError,
     ObjectLostError,
     OwnerDiedError,
     RemoteErrorInfo,
     TaskCancelledError,
     TaskError,
-    WorkerCrashedError,
     task_error,
 )
 from .store._serialize import deserialize, serialize
 from .store.shm import ShmDirectory
 
 log = logging.getLogger("aray")
-
-#: serialized values above this size go through the object store instead of inline
-INLINE_THRESHOLD = 100 * 1024
-#: tasks pushed to one leased worker before waiting for its results
-MAX_IN_FLIGHT_PER_WORKER = 1
-#: outstanding lease requests per resource shape (the agent queues the rest of the demand)
-MAX_PENDING_LEASES = 10
-#: an idle lease is kept this long before it goes back to the node agent, so a loop of
-#: ``get(f.remote())`` reuses one worker instead of asking for a lease per task
-LEASE_LINGER = 0.005
-
-
-@dataclasses.dataclass(eq=False)
-class TaskSpec:
-    """A task as its caller tracks it until every return value is resolved."""
-
-    task_id: bytes
-    function: FunctionDescriptor
-    name: str
-    args: bytes
-    dep_refs: list[ObjectRef]
-    return_ids: list[bytes]
-    shape: dict
-    max_retries: int
-    retry_exceptions: bool | tuple
-    job_id: str = ""
-    deps: list = dataclasses.field(default_factory=list)  # resolved values, filled at dispatch
-    pinned: list = dataclasses.field(default_factory=list)
-    cancelled: bool = False
-    force_cancelled: bool = False
-
-    @property
-    def shape_key(self) -> tuple:
-        return tuple(sorted(self.shape.items()))
-
-
-class FunctionDescriptor:
-    """A remote function pickled once per process and shipped once per worker link."""
-
-    def __init__(self, fn: Callable) -> None:
-        self.fn = fn
-        self._lock = threading.Lock()
-        self._blob: bytes | None = None
-        self._id: bytes | None = None
-
-    def blob_and_id(self) -> tuple[bytes, bytes]:
-        if self._blob is None:
-            with self._lock:
-                if self._blob is None:
-                    try:
-                        # the source file travels along: cloudpickle blanks it in code it
-                        # pickles by value, and tracebacks should point at the user's code
-                        source = getattr(getattr(self.fn, "__code__", None), "co_filename", "")
-                        blob = cloudpickle.dumps((self.fn, source), protocol=5)
-                    except Exception as exc:
-                        name = getattr(self.fn, "__qualname__", repr(self.fn))
-                        raise TypeError(
-                            f"remote function {name} cannot be pickled: {exc}. A remote function "
-                            "must not capture locks, sockets, open files or similar objects; "
-                            "create those inside the function instead."
-                        ) from exc
-                    self._id = hashlib.blake2b(blob, digest_size=16).digest()
-                    self._blob = blob
-        assert self._id is not None
-        return self._blob, self._id
-
-    def __getstate__(self):
-        return {"fn": self.fn}
-
-    def __setstate__(self, state) -> None:
-        self.__init__(state["fn"])
-
-
-class _Lease:
-    __slots__ = ("worker_id", "address", "node_id", "gpu_ids", "link", "in_flight", "queue",
-                 "linger")
-
-    def __init__(self, grant: P.LeaseGranted, link: Link, queue: _ShapeQueue) -> None:
-        self.worker_id = grant.worker_id
-        self.address = grant.address
-        self.node_id = grant.node_id
-        self.gpu_ids = grant.gpu_ids
-        self.link = link
-        self.in_flight: dict[bytes, TaskSpec] = {}
-        self.queue = queue
-        self.linger: asyncio.TimerHandle | None = None
-
-
-class _ShapeQueue:
-    """Tasks waiting for a worker of one resource shape, and the leases serving them."""
-
-    __slots__ = ("shape", "tasks", "leases", "requesting", "description")
-
-    def __init__(self, shape: dict) -> None:
-        self.shape = shape
-        self.tasks: deque[TaskSpec] = deque()
-        self.leases: list[_Lease] = []
-        self.requesting = 0
-        self.description = ""
-
-
-def load_function(blob: bytes) -> Callable:
-    """Unpickle a FunctionDescriptor blob, pointing blanked code back at its source file."""
-    fn, source = cloudpickle.loads(blob)
-    code = getattr(fn, "__code__", None)
-    if source and code is not None and code.co_filename == "<dynamic-code>":
-        try:
-            fn.__code__ = _with_filename(code, source)
-        except (TypeError, ValueError):
-            pass
-    return fn
-
-
-def _with_filename(code, filename: str):
-    consts = tuple(_with_filename(c, filename) if isinstance(c, type(code)) else c
-                   for c in code.co_consts)
-    return code.replace(co_filename=filename, co_consts=consts)
-
-
-def serialize_args(args: tuple, kwargs: dict, describe: Callable[[], str]):
-    """Pickle task arguments with top-level refs replaced by :class:`ArgSlot`.
-
-    Returns ``(blob, dep_refs)``. Large plain arguments are put into the store by the
-    caller and passed as dependencies, so the task message itself stays small.
-    Raises TypeError naming the argument that cannot be pickled.
-    """
-    deps: list[ObjectRef] = []
-
-    def slot(value):
-        if isinstance(value, ObjectRef):
-            deps.append(value)
-            return ArgSlot(len(deps) - 1)
-        return value
-
-    sargs = tuple(slot(a) for a in args)
-    skwargs = {k: slot(v) for k, v in kwargs.items()}
-    try:
-        ser = serialize((sargs, skwargs))
-    except Exception as exc:
-        raise _unpicklable_argument(args, kwargs, describe(), exc) from exc
-    if ser.total_size > INLINE_THRESHOLD:
-        from . import _global
-
-        core = _global.core()
-
-        def put_large(value):
-            if isinstance(value, ArgSlot):
-                return value
-            one = serialize(value)
-            if one.total_size > INLINE_THRESHOLD // 4:
-                deps.append(core.put_serialized(one))
-                return ArgSlot(len(deps) - 1)
-            return value
-
-        sargs = tuple(put_large(a) for a in sargs)
-        skwargs = {k: put_large(v) for k, v in skwargs.items()}
-        ser = serialize((sargs, skwargs))
-    return ser.to_bytes(), deps
-
-
-def _unpicklable_argument(args, kwargs, where: str, exc: Exception) -> TypeError:
-    named = [(f"argument {i}", a) for i, a in enumerate(args)]
-    named += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
-    for label, value in named:
-        if isinstance(value, ObjectRef):
-            continue
-        try:
-            cloudpickle.dumps(value, protocol=5)
-        except Exception as inner:
-            return TypeError(
-                f"{label} of {where} ({type(value).__name__}) cannot be pickled: {inner}. "
-                "Arguments travel to another process; pass something picklable, or create "
-                "the object inside the task."
-            )
-    return TypeError(f"the arguments of {where} cannot be pickled: {exc}")
-
 
 class Core:
     """The runtime of one process (driver or worker), bound to one event loop."""
@@ -253,9 +76,10 @@ class Core:
         self._server = Server(token, self._on_peer_hello, name=f"core[{role}]")
         self._peers: dict[str, Link] = {}
         self._connecting: dict[str, asyncio.Future] = {}
-        self._queues: dict[tuple, _ShapeQueue] = {}
-        self._running: dict[bytes, _Lease] = {}  # task id -> lease running it
-        self._waiting: dict[bytes, TaskSpec] = {}  # task id -> spec waiting for deps/lease
+        self.tasks = TaskSubmitter(self)
+        self.actors = ActorCaller(self)
+        self._streams: dict[bytes, StreamState] = {}
+        self._head_dial: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self.executor: Any = None  # the worker's task executor (set in worker processes)
         self.on_log_lines: Callable[[P.LogLines], None] | None = None
@@ -321,10 +145,7 @@ class Core:
         if self._closing:
             return
         log.error("lost the link to the aray node agent; the cluster is gone")
-        err = ConnectionError("the aray node agent is gone; the cluster has stopped")
-        for q in self._queues.values():
-            while q.tasks:
-                self._fail_task(q.tasks.popleft(), err)
+        self.tasks.fail_queued(ConnectionError("the aray node agent is gone; the cluster has stopped"))
         if self.role == "worker":
             os._exit(1)  # a worker without its node agent has nothing left to do
 
@@ -380,35 +201,10 @@ class Core:
         for address, peer in list(self._peers.items()):
             if peer is link:
                 del self._peers[address]
-        # tasks running on a worker behind this link: retry or fail them
-        for q in self._queues.values():
-            for lease in [le for le in q.leases if le.link is link]:
-                q.leases.remove(lease)
-                for spec in lease.in_flight.values():
-                    self._running.pop(spec.task_id, None)
-                    self._worker_lost(spec, q)
-                lease.in_flight.clear()
-                if self.agent is not None and not self.agent.closed:
-                    self.agent.send(P.ReturnLease(lease.worker_id))
-        for q in list(self._queues.values()):
-            self._pump(q)
+        self.tasks.on_link_closed(link)
+        self.actors.on_link_closed(link)
         if self.executor is not None:
             self.executor.caller_gone(link)
-
-    def _worker_lost(self, spec: TaskSpec, q: _ShapeQueue) -> None:
-        if spec.cancelled:
-            self._fail_task(spec, TaskCancelledError(spec.name, "its worker was stopped"))
-        elif spec.max_retries != 0:
-            spec.max_retries -= 1
-            log.info("worker running %s died; retrying (%s retries left)", spec.name,
-                     "unlimited" if spec.max_retries < 0 else spec.max_retries)
-            q.tasks.appendleft(spec)
-            self._waiting[spec.task_id] = spec
-        else:
-            self._fail_task(spec, WorkerCrashedError(
-                f"the worker running {spec.name} died unexpectedly and max_retries is used up; "
-                "raise max_retries if the crash is transient, and see the worker logs in "
-                f"{os.path.join(self.session_dir, 'logs')}"))
 
     # --- objects -------------------------------------------------------------------------
     def entry_for(self, ref: ObjectRef) -> ObjectEntry:
@@ -592,213 +388,121 @@ class Core:
         if self._blocked_depth == 0 and self.agent is not None and not self.agent.closed:
             self.agent.send(P.WorkerUnblocked(self.worker_id))
 
-    # --- submitting tasks ----------------------------------------------------------------
-    def submit(self, spec: TaskSpec) -> list[ObjectRef]:
-        """Any thread: register ``spec`` and return its refs at once."""
+    # --- tasks, actor calls and their results ---------------------------------------------
+    def submit(self, spec: TaskSpec) -> list[ObjectRef] | ObjectRefGenerator:
+        """Any thread: accept a task and return its refs (or its stream) at once."""
+        if spec.streaming:
+            self.call_soon(self.open_stream, spec.task_id)
+            self.call_soon(self.tasks.accept, spec)
+            return ObjectRefGenerator(self, spec.task_id)
         refs = [ObjectRef(oid, self.address) for oid in spec.return_ids]
-        self.call_soon(self._accept, spec)
+        self.call_soon(self.tasks.accept, spec)
         return refs
 
-    def _accept(self, spec: TaskSpec) -> None:
-        for oid in spec.return_ids:
-            self.objects.add(oid, owned=True)
-        spec.job_id = self.job_id
-        self._waiting[spec.task_id] = spec
-        if not spec.dep_refs:
-            self._enqueue(spec)
-            return
-        remaining = [len(spec.dep_refs)]
-
-        def dep_ready(_entry) -> None:
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                self._deps_ready(spec)
-
-        for ref in spec.dep_refs:
-            self.objects.when_ready(self.entry_for(ref), dep_ready)
-
-    def _deps_ready(self, spec: TaskSpec) -> None:
-        if spec.task_id not in self._waiting:  # cancelled meanwhile
-            return
-        entries = [self.objects.entries.get(r._id) or self.entry_for(r) for r in spec.dep_refs]
-        for entry in entries:
-            if entry.state is ObjectState.FAILED:
-                self._fail_task(spec, entry.error)
-                return
-        spec.deps = [[e.oid, e.resolved_value()] for e in entries]
-        for e in entries:
-            e.pins += 1
-        spec.pinned = entries
-        self._enqueue(spec)
-
-    def _enqueue(self, spec: TaskSpec) -> None:
-        key = spec.shape_key
-        q = self._queues.get(key)
-        if q is None:
-            q = self._queues[key] = _ShapeQueue(spec.shape)
-        q.description = spec.name
-        q.tasks.append(spec)
-        self._pump(q)
-
-    def _pump(self, q: _ShapeQueue) -> None:
-        """Push queued tasks to leased workers; ask for more leases; return idle ones."""
-        while q.tasks:
-            lease = None
-            for candidate in q.leases:
-                if len(candidate.in_flight) < MAX_IN_FLIGHT_PER_WORKER and (
-                        lease is None or len(candidate.in_flight) < len(lease.in_flight)):
-                    lease = candidate
-            if lease is None:
-                break
-            self._push(lease, q.tasks.popleft())
-        want = min(len(q.tasks), MAX_PENDING_LEASES) - q.requesting
-        for _ in range(max(0, want)):
-            q.requesting += 1
-            self.spawn(self._request_lease(q), name="lease")
-        if not q.tasks:
-            for lease in q.leases:
-                if not lease.in_flight and lease.linger is None:
-                    lease.linger = self.loop.call_later(LEASE_LINGER, self._return_lease, lease)
-
-    def _return_lease(self, lease: _Lease) -> None:
-        lease.linger = None
-        q = lease.queue
-        if lease.in_flight or q.tasks or lease not in q.leases:
-            return
-        q.leases.remove(lease)
-        if self.agent is not None and not self.agent.closed:
-            self.agent.send(P.ReturnLease(lease.worker_id))
-
-    async def _request_lease(self, q: _ShapeQueue) -> None:
-        try:
-            await self.wait_ready()
-            assert self.agent is not None
-            grant = await self.agent.request(lambda r: P.RequestLease(r, q.shape, q.description))
-        except (ConnectionError, OSError):
-            return
-        finally:
-            q.requesting -= 1
-        try:
-            link = await self.peer(grant.address)
-        except (ConnectionError, OSError):  # the worker died before we reached it
-            self.agent.send(P.ReturnLease(grant.worker_id))
-            self._pump(q)
-            return
-        q.leases.append(_Lease(grant, link, q))
-        self._pump(q)
-
-    def _on_lease_infeasible(self, link: Link, msg: P.LeaseInfeasible) -> None:
-        log.warning(msg.message)
-
-    def _push(self, lease: _Lease, spec: TaskSpec) -> None:
-        self._waiting.pop(spec.task_id, None)
-        sent = lease.link.state.setdefault("functions", set())
-        blob, fn_id = spec.function.blob_and_id()
-        if fn_id in sent:
-            blob = None
-        else:
-            sent.add(fn_id)
-        if lease.linger is not None:
-            lease.linger.cancel()
-            lease.linger = None
-        lease.in_flight[spec.task_id] = spec
-        self._running[spec.task_id] = lease
-        lease.link.send(P.PushTask(
-            spec.task_id, fn_id, blob, spec.name, spec.args, spec.deps, spec.return_ids,
-            len(spec.return_ids), spec.job_id, lease.gpu_ids, self.address))
+    def submit_actor_call(self, actor_id: str, call: ActorCall) -> list[ObjectRef] | ObjectRefGenerator:
+        """Any thread: queue a method call for an actor; returns its refs (or stream)."""
+        if call.num_returns < 0:
+            self.call_soon(self.open_stream, call.task_id)
+            self.call_soon(self.actors.submit, actor_id, call)
+            return ObjectRefGenerator(self, call.task_id)
+        refs = [ObjectRef(oid, self.address) for oid in call.return_ids]
+        self.call_soon(self.actors.submit, actor_id, call)
+        return refs
 
     def _on_task_finished(self, link: Link, msg: P.TaskFinished) -> None:
-        lease = self._running.pop(msg.task_id, None)
-        if lease is None:
-            return
-        spec = lease.in_flight.pop(msg.task_id)
-        q = lease.queue
-        if msg.error is not None:
-            error = self._task_error(msg.error)
-            if spec.force_cancelled or spec.cancelled and isinstance(error, TaskCancelledError):
-                self._fail_task(spec, TaskCancelledError(spec.name))
-            elif self._retry_on(spec, error):
-                spec.max_retries -= 1
-                q.tasks.appendleft(spec)
-                self._waiting[spec.task_id] = spec
-            else:
-                self._fail_task(spec, error)
-        else:
-            self._finish_task(spec, msg.results)
-        self._pump(q)
+        if not self.tasks.on_task_finished(msg):
+            self.actors.on_task_finished(msg)
 
-    def _task_error(self, blob: bytes) -> BaseException:
+    def task_error(self, blob: bytes) -> BaseException:
+        """The exception a task's pickled error stands for (a TaskError in most cases)."""
         try:
             info = cloudpickle.loads(blob)
         except Exception as exc:
             return TaskError(RemoteErrorInfo(None, "Exception", f"(unreadable error: {exc})",
                                              "", "?", "", 0))
         if isinstance(info, RemoteErrorInfo):
-            if isinstance(info.cause, TaskCancelledError):
+            if isinstance(info.cause, (TaskCancelledError, ActorDiedError)):
                 return info.cause
             return task_error(info)
         return info if isinstance(info, BaseException) else TaskError(info)
 
-    def _retry_on(self, spec: TaskSpec, error: BaseException) -> bool:
-        if spec.max_retries == 0 or spec.cancelled or not spec.retry_exceptions:
-            return False
-        if spec.retry_exceptions is True:
-            return True
-        cause = getattr(error, "cause", error)
-        return isinstance(cause, spec.retry_exceptions)
-
-    def _finish_task(self, spec: TaskSpec, results: list) -> None:
-        self._release_deps(spec)
-        for oid, value in zip(spec.return_ids, results):
+    def finish_returns(self, return_ids: list[bytes], results: list) -> None:
+        for oid, value in zip(return_ids, results):
             entry = self.objects.entries.get(oid)
             if entry is not None:
                 self.objects.resolve(entry, value)
             elif value[0] == "s" and value[1] == self.node_id:
                 self.store.delete(oid)  # nobody holds a ref to this result any more
 
-    def _fail_task(self, spec: TaskSpec, error: BaseException | None) -> None:
-        self._waiting.pop(spec.task_id, None)
-        self._release_deps(spec)
-        for oid in spec.return_ids:
+    def fail_returns(self, return_ids: list[bytes], error: BaseException | None) -> None:
+        for oid in return_ids:
             entry = self.objects.entries.get(oid)
             if entry is not None:
                 self.objects.fail(entry, error or ObjectLostError("task failed"))
 
-    def _release_deps(self, spec: TaskSpec) -> None:
-        pinned, spec.pinned = spec.pinned, []
-        for entry in pinned:
-            self.objects.unpin(entry)
-        spec.dep_refs = []
-
     def cancel(self, ref: ObjectRef, force: bool) -> None:
-        """Loop only: cancel the task that produces ``ref`` (if this process submitted it)."""
+        """Loop only: cancel the task or actor call that produces ``ref``, if it is ours."""
         task_id = ref._id[:12]
-        spec = self._waiting.get(task_id)
-        if spec is not None:
-            spec.cancelled = True
-            for q in self._queues.values():
-                if spec in q.tasks:
-                    q.tasks.remove(spec)
-            self._fail_task(spec, TaskCancelledError(spec.name))
-            return
-        lease = self._running.get(task_id)
-        if lease is None:
-            return  # finished already, or not ours
-        spec = lease.in_flight[task_id]
-        spec.cancelled = True
-        if force:
-            spec.force_cancelled = True
-            if self.agent is not None:
-                self.agent.send(P.KillWorker(lease.worker_id))
-        else:
-            lease.link.send(P.CancelTask(task_id))
+        if not self.tasks.cancel(task_id, force):
+            self.actors.cancel(task_id)
+
+    # --- streams -----------------------------------------------------------------------
+    def open_stream(self, task_id: bytes) -> None:
+        self._streams[task_id] = StreamState(self.loop)
+
+    def _on_stream_item(self, link: Link, msg: P.StreamItem) -> None:
+        stream = self._streams.get(msg.task_id)
+        if stream is None:
+            return  # the generator was dropped
+        oid = return_id(msg.task_id, msg.index)
+        ref = ObjectRef(oid, self.address)
+        self.objects.resolve(self.objects.add(oid, owned=True), msg.value)
+        stream.add(ref)
+
+    def end_stream(self, task_id: bytes, error: BaseException | None) -> None:
+        stream = self._streams.get(task_id)
+        if stream is not None:
+            stream.finish(error)
+
+    async def stream_next(self, task_id: bytes, index: int) -> ObjectRef:
+        stream = self._streams.get(task_id)
+        if stream is None:
+            raise StopAsyncIteration
+        return await stream.next(index)
+
+    def close_stream(self, task_id: bytes) -> None:
+        self._streams.pop(task_id, None)
+
+    def _on_lease_infeasible(self, link: Link, msg: P.LeaseInfeasible) -> None:
+        log.warning(msg.message)
+
+    def _on_warn(self, link: Link, msg: P.Warn) -> None:
+        log.warning(msg.message)
+
+    async def head_link(self) -> Link:
+        """The link to the head (drivers have one; workers dial it when first needed)."""
+        await self.wait_ready()
+        if self.head is None or self.head.closed:
+            if self._head_dial is None or self._head_dial.done() and (
+                    self._head_dial.exception() is not None):
+                self._head_dial = self.loop.create_task(
+                    self._dial(self.head_address, "core", self.worker_id, {}))
+            self.head = await asyncio.shield(self._head_dial)
+        return self.head
 
     # --- messages a worker's core handles (delegated to its executor) -------------------
     def _on_push_task(self, link: Link, msg: P.PushTask) -> None:
         self.executor.push(link, msg)
 
     def _on_cancel_task(self, link: Link, msg: P.CancelTask) -> None:
-        self.executor.cancel(msg.task_id)
+        actor = getattr(self.executor, "actor", None)
+        (actor or self.executor).cancel(msg.task_id)
+
+    def _on_create_actor(self, link: Link, msg: P.CreateActor) -> None:
+        self.executor.create_actor(link, msg)
+
+    def _on_call_actor(self, link: Link, msg: P.CallActor) -> None:
+        self.executor.call_actor(link, msg)
 
     def _on_log_lines(self, link: Link, msg: P.LogLines) -> None:
         if self.on_log_lines is not None:

@@ -121,6 +121,7 @@ class LeaseInfeasible(NamedTuple):
 
     req_id: int
     message: str
+    actor_id: str  # set when the request places an actor (agent -> head)
 
 
 @_message(23)
@@ -170,9 +171,9 @@ class PushTask(NamedTuple):
     fn_blob: bytes | None  # sent the first time a function crosses this link
     name: str
     args: bytes  # serialized (args, kwargs) with top-level refs replaced by slots
-    deps: list  # one resolved value per slot: see _core.resolved_value
+    deps: list  # [object_id, resolved value] per slot (see aray._objects)
     return_ids: list
-    num_returns: int
+    num_returns: int  # -1 for a streaming generator
     job_id: str
     gpu_ids: list
     owner: str  # address of the caller's core, for refs the task creates
@@ -181,7 +182,7 @@ class PushTask(NamedTuple):
 @_message(41)
 class TaskFinished(NamedTuple):
     task_id: bytes
-    results: list  # one resolved value per return id
+    results: list  # one resolved value per return id (streaming: [] and see StreamItem)
     error: bytes | None  # pickled RemoteErrorInfo
 
 
@@ -202,6 +203,116 @@ class GetObject(NamedTuple):
 class ObjectReply(NamedTuple):
     req_id: int
     value: list  # a resolved value: ["v", data] | ["s", node_id, size] | ["e", pickled error]
+
+
+@_message(45)
+class StreamItem(NamedTuple):
+    """One value yielded by a streaming task or method, sent as soon as it is produced."""
+
+    task_id: bytes
+    index: int
+    value: list  # a resolved value
+
+
+# --- actors -----------------------------------------------------------------------------
+
+
+@_message(60)
+class RegisterActor(NamedTuple):
+    """Caller -> head: reserve an actor id (and its name, if it has one)."""
+
+    req_id: int
+    actor_id: str
+    name: str
+    namespace: str
+    get_if_exists: bool
+    job_id: str
+    meta: dict  # class name, method options, lifetime ... (see _actors.ActorClass)
+
+
+@_message(61, reply=True)
+class ActorRegistered(NamedTuple):
+    req_id: int
+    actor_id: str  # an existing actor's id when get_if_exists found one
+    error: str
+
+
+@_message(62)
+class CreateActor(NamedTuple):
+    """Caller -> head -> node agent -> worker: construct the actor."""
+
+    actor_id: str
+    spec: dict
+
+
+@_message(63)
+class ActorStarted(NamedTuple):
+    """Worker -> node agent -> head: the constructor ran (``error`` if it raised)."""
+
+    actor_id: str
+    worker_id: str
+    address: str
+    pid: int
+    node_id: str
+    error: bytes | None
+
+
+@_message(64)
+class ActorDied(NamedTuple):
+    """Node agent -> head: the actor's worker process is gone."""
+
+    actor_id: str
+    reason: str
+
+
+@_message(65)
+class WaitActor(NamedTuple):
+    """Caller -> head: reply once the actor is alive (or dead)."""
+
+    req_id: int
+    actor_id: str
+
+
+@_message(66)
+class LookupActor(NamedTuple):
+    req_id: int
+    name: str
+    namespace: str  # "" means the namespace of the caller's job
+    job_id: str
+
+
+@_message(67, reply=True)
+class ActorInfo(NamedTuple):
+    req_id: int
+    info: dict  # {} when there is no such actor
+
+
+@_message(68)
+class KillActor(NamedTuple):
+    actor_id: str
+    no_restart: bool
+
+
+@_message(69)
+class CallActor(NamedTuple):
+    """Caller -> actor worker: run one method call."""
+
+    task_id: bytes
+    actor_id: str
+    method: str
+    args: bytes
+    deps: list
+    return_ids: list
+    num_returns: int  # -1 for a streaming method
+    job_id: str
+    owner: str
+
+
+@_message(70)
+class Warn(NamedTuple):
+    """Head -> driver: a warning the user should see (e.g. an infeasible actor)."""
+
+    message: str
 
 
 # --- codec ------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from . import _global
-from ._core import FunctionDescriptor, TaskSpec, serialize_args
+from ._tasks import FunctionDescriptor, TaskSpec, serialize_args
 from ._refs import ObjectRef, new_task_id, return_id
 
 P = ParamSpec("P")

@@ -25,11 +25,12 @@ import cloudpickle
 
 from . import _global
 from . import _protocol as P
-from ._core import INLINE_THRESHOLD, Core, load_function
+from ._core import Core
+from ._tasks import INLINE_THRESHOLD, load_function
 from ._link import Link
-from ._refs import ArgSlot
+from ._refs import ArgSlot, return_id
 from ._runtime_context import TaskContext, current_task
-from .exceptions import RemoteErrorInfo, TaskCancelledError
+from .exceptions import ActorDiedError, RemoteErrorInfo, TaskCancelledError
 from .store._serialize import deserialize, serialize
 
 log = logging.getLogger("aray.worker")
@@ -38,11 +39,112 @@ log = logging.getLogger("aray.worker")
 TASK_MARKER = "::aray-task::"
 
 
-class TaskExecutor:
-    """Runs the tasks pushed to this worker, one at a time, and reports their results."""
+class _Executor:
+    """What task and actor executors share: arguments in, results and errors out."""
 
     def __init__(self, core: Core) -> None:
         self.core = core
+        self._marked = ""
+
+    def _arguments(self, args_blob: bytes, deps: list) -> tuple[tuple, dict]:
+        args, kwargs = deserialize(args_blob)
+        if not deps:
+            return args, kwargs
+        values = [self.core.value_of_resolved(oid, value) for oid, value in deps]
+
+        def fill(v):
+            return values[v.index] if isinstance(v, ArgSlot) else v
+
+        return tuple(fill(a) for a in args), {k: fill(v) for k, v in kwargs.items()}
+
+    def _resolved(self, oid: bytes, value: Any) -> list:
+        ser = serialize(value)
+        if ser.total_size > INLINE_THRESHOLD:
+            self.core.store.write(oid, ser)
+            return ["s", self.core.node_id, ser.total_size]
+        return ["v", ser.to_bytes()]
+
+    def _pack(self, name: str, return_ids: list, num_returns: int, result: Any) -> list:
+        n = num_returns
+        if n == 1:
+            values = [result]
+        elif n == 0:
+            values = []
+        else:
+            try:
+                values = list(result)
+            except TypeError:
+                raise ValueError(
+                    f"{name} has num_returns={n} but returned a {type(result).__name__}, "
+                    f"not a sequence of {n} values") from None
+            if len(values) != n:
+                raise ValueError(f"{name} has num_returns={n} but returned {len(values)} values")
+        return [self._resolved(oid, value) for oid, value in zip(return_ids, values)]
+
+    def _stream_sync(self, link: Link, task_id: bytes, result: Any) -> None:
+        """Send each value a generator yields as it comes (runs on the task's thread)."""
+        send = self.core.loop.call_soon_threadsafe
+        for index, value in enumerate(_iterate(result)):
+            item = P.StreamItem(task_id, index, self._resolved(return_id(task_id, index), value))
+            send(_send_if_open, link, item)
+
+    async def _stream_async(self, link: Link, task_id: bytes, result: Any) -> None:
+        if not inspect.isasyncgen(result):
+            self._stream_sync(link, task_id, result)
+            return
+        index = 0
+        async for value in result:
+            _send_if_open(link, P.StreamItem(task_id, index,
+                                             self._resolved(return_id(task_id, index), value)))
+            index += 1
+
+    def _error_blob(self, name: str, exc: BaseException) -> bytes:
+        tb = exc.__traceback__
+        # drop the runtime's own frames (executor, thread pool, asyncio) from the top
+        while tb is not None and _is_runtime_frame(tb.tb_frame.f_code.co_filename):
+            tb = tb.tb_next
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        info = RemoteErrorInfo(exc, type(exc).__name__, str(exc), text, name,
+                               self.core.node_id, os.getpid())
+        try:
+            return cloudpickle.dumps(info)
+        except Exception:
+            info.cause = None
+            return cloudpickle.dumps(info)
+
+    def _send_error(self, link: Link, task_id: bytes, name: str, exc: BaseException) -> None:
+        _send_if_open(link, P.TaskFinished(task_id, [], self._error_blob(name, exc)))
+
+    def _mark(self, job_id: str, name: str) -> None:
+        """Tell the node agent's log reader which task the following output belongs to."""
+        marker = f"{job_id}::{name}"
+        if marker != self._marked:
+            self._marked = marker
+            line = f"{TASK_MARKER}{marker}\n"
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+def _iterate(result: Any):
+    try:
+        return iter(result)
+    except TypeError:
+        raise TypeError(f"a streaming task must return an iterable (use yield), not a "
+                        f"{type(result).__name__}") from None
+
+
+def _send_if_open(link: Link, msg) -> None:
+    if not link.closed:
+        link.send(msg)
+
+
+class TaskExecutor(_Executor):
+    """Runs the tasks pushed to this worker, one at a time, and reports their results."""
+
+    def __init__(self, core: Core) -> None:
+        super().__init__(core)
         self.functions: dict[bytes, Any] = {}
         self.queue: deque[tuple[Link, P.PushTask]] = deque()
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="aray-task")
@@ -50,7 +152,6 @@ class TaskExecutor:
         self._running_task: asyncio.Task | None = None
         self._thread_id: int | None = None
         self._runner: asyncio.Task | None = None
-        self._marked = ""
 
     # --- messages ----------------------------------------------------------------------
     def push(self, link: Link, msg: P.PushTask) -> None:
@@ -64,7 +165,7 @@ class TaskExecutor:
         for item in self.queue:
             if item[1].task_id == task_id:
                 self.queue.remove(item)
-                self._send_error(item[0], item[1], TaskCancelledError(item[1].name))
+                self._send_error(item[0], task_id, item[1].name, TaskCancelledError(item[1].name))
                 return
         if self.running is None or self.running.task_id != task_id:
             return
@@ -97,40 +198,62 @@ class TaskExecutor:
         token = current_task.set(ctx)
         try:
             fn = self._function(msg.fn_id)
-            if inspect.iscoroutinefunction(fn):
-                args, kwargs = self._arguments(msg)
-                self._mark(msg)
-                self._running_task = self.core.loop.create_task(fn(*args, **kwargs))
-                result = await self._running_task
-                results = self._pack(msg, result)
+            if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+                args, kwargs = self._arguments(msg.args, msg.deps)
+                self._mark(msg.job_id, msg.name)
+                if msg.num_returns < 0:
+                    self._running_task = self.core.loop.create_task(
+                        self._stream_async(link, msg.task_id, fn(*args, **kwargs)))
+                    await self._running_task
+                    results = []
+                else:
+                    self._running_task = self.core.loop.create_task(fn(*args, **kwargs))
+                    result = await self._running_task
+                    results = self._pack(msg.name, msg.return_ids, msg.num_returns, result)
             else:
                 loop = asyncio.get_running_loop()
-                results = await loop.run_in_executor(self.pool, self._run_sync, fn, msg, ctx)
+                results = await loop.run_in_executor(self.pool, self._run_sync, fn, link, msg,
+                                                     ctx)
         except BaseException as exc:  # user code raised (or the task was cancelled)
             if isinstance(exc, asyncio.CancelledError):
                 if self.core.loop.is_closed():
                     raise
                 exc = TaskCancelledError(msg.name)
-            self._send_error(link, msg, exc)
+            self._send_error(link, msg.task_id, msg.name, exc)
             return
         finally:
             current_task.reset(token)
             _flush_std()
-        if not link.closed:
-            link.send(P.TaskFinished(msg.task_id, results, None))
+        _send_if_open(link, P.TaskFinished(msg.task_id, results, None))
 
-    def _run_sync(self, fn, msg: P.PushTask, ctx: TaskContext) -> list:
+    def _run_sync(self, fn, link: Link, msg: P.PushTask, ctx: TaskContext) -> list:
         current_task.set(ctx)
         self._thread_id = threading.get_ident()
         try:
-            args, kwargs = self._arguments(msg)
-            self._mark(msg)
+            args, kwargs = self._arguments(msg.args, msg.deps)
+            self._mark(msg.job_id, msg.name)
             if msg.gpu_ids:
                 os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in msg.gpu_ids)
             result = fn(*args, **kwargs)
-            return self._pack(msg, result)
+            if msg.num_returns < 0:
+                self._stream_sync(link, msg.task_id, result)
+                return []
+            return self._pack(msg.name, msg.return_ids, msg.num_returns, result)
         finally:
             self._thread_id = None
+
+    # --- actors: a worker that receives CreateActor hosts that actor for life -------------
+    def create_actor(self, link: Link, msg: P.CreateActor) -> None:
+        self.actor = ActorExecutor(self.core, msg.actor_id, msg.spec)
+        self.core.spawn(self.actor.start(link), name="actor constructor")
+
+    def call_actor(self, link: Link, msg: P.CallActor) -> None:
+        actor = getattr(self, "actor", None)
+        if actor is None or actor.actor_id != msg.actor_id:
+            self._send_error(link, msg.task_id, msg.method, ActorDiedError(
+                f"actor {msg.actor_id} does not live in this worker (any more)"))
+        else:
+            actor.call(link, msg)
 
     def _function(self, fn_id: bytes):
         fn = self.functions.get(fn_id)
@@ -140,70 +263,130 @@ class TaskExecutor:
             fn = self.functions[fn_id] = load_function(fn)
         return fn
 
-    def _arguments(self, msg: P.PushTask) -> tuple[tuple, dict]:
-        args, kwargs = deserialize(msg.args)
-        if not msg.deps:
-            return args, kwargs
-        values = [self.core.value_of_resolved(oid, value) for oid, value in msg.deps]
 
-        def fill(v):
-            return values[v.index] if isinstance(v, ArgSlot) else v
+class ActorExecutor(_Executor):
+    """Hosts one actor instance and runs calls on it.
 
-        return tuple(fill(a) for a in args), {k: fill(v) for k, v in kwargs.items()}
+    * async actors (any ``async def`` method): every call is an asyncio task on this loop,
+      at most ``max_concurrency`` at once (per concurrency group);
+    * threaded actors (``max_concurrency > 1``): calls run on a pool of that many threads;
+    * plain actors: one call at a time, in arrival order, on one thread.
+    """
 
-    def _pack(self, msg: P.PushTask, result: Any) -> list:
-        n = msg.num_returns
-        if n == 1:
-            values = [result]
-        elif n == 0:
-            values = []
+    def __init__(self, core: Core, actor_id: str, spec: dict) -> None:
+        super().__init__(core)
+        self.actor_id = actor_id
+        self.spec = spec
+        self.class_name = spec["class_name"]
+        self.job_id = spec["job_id"]
+        self.gpu_ids = list(spec.get("gpu_ids") or [])
+        self.is_async = spec["is_async"]
+        self.method_groups: dict[str, str] = spec.get("method_groups") or {}
+        groups = {"": spec["max_concurrency"], **(spec.get("concurrency_groups") or {})}
+        if self.is_async:
+            self.limits = {g: asyncio.Semaphore(n) for g, n in groups.items()}
         else:
-            try:
-                values = list(result)
-            except TypeError:
-                raise ValueError(
-                    f"{msg.name} has num_returns={n} but returned a {type(result).__name__}, "
-                    f"not a sequence of {n} values") from None
-            if len(values) != n:
-                raise ValueError(
-                    f"{msg.name} has num_returns={n} but returned {len(values)} values")
-        out = []
-        for oid, value in zip(msg.return_ids, values):
-            ser = serialize(value)
-            if ser.total_size > INLINE_THRESHOLD:
-                self.core.store.write(oid, ser)
-                out.append(["s", self.core.node_id, ser.total_size])
-            else:
-                out.append(["v", ser.to_bytes()])
-        return out
+            self.pools = {g: ThreadPoolExecutor(n, thread_name_prefix=f"aray-actor-{g or 'main'}")
+                          for g, n in groups.items()}
+        self.instance: Any = None
+        self.calls: dict[bytes, asyncio.Task] = {}
+        if self.gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.gpu_ids)
 
-    def _send_error(self, link: Link, msg: P.PushTask, exc: BaseException) -> None:
-        if link.closed:
-            return
-        tb = exc.__traceback__
-        # drop the runtime's own frames (executor, thread pool, asyncio) from the top
-        while tb is not None and _is_runtime_frame(tb.tb_frame.f_code.co_filename):
-            tb = tb.tb_next
-        text = "".join(traceback.format_exception(type(exc), exc, tb))
-        info = RemoteErrorInfo(exc, type(exc).__name__, str(exc), text, msg.name,
-                               self.core.node_id, os.getpid())
+    def _context(self, task_id: bytes, name: str) -> TaskContext:
+        return TaskContext(task_id, self.job_id, name, self.gpu_ids, self.actor_id)
+
+    async def start(self, agent: Link) -> None:
+        name = f"{self.class_name}.__init__"
+        error = None
         try:
-            blob = cloudpickle.dumps(info)
-        except Exception:
-            info.cause = None
-            blob = cloudpickle.dumps(info)
-        link.send(P.TaskFinished(msg.task_id, [], blob))
+            cls = load_function(self.spec["class_blob"])
+            if self.is_async:  # on the loop, so it may create asyncio objects
+                token = current_task.set(self._context(b"", name))
+                try:
+                    args, kwargs = self._arguments(self.spec["args"], self.spec["deps"])
+                    self._mark(self.job_id, self.class_name)
+                    self.instance = cls(*args, **kwargs)
+                finally:
+                    current_task.reset(token)
+            else:
+                self.instance = await asyncio.get_running_loop().run_in_executor(
+                    self.pools[""], self._construct, cls, name)
+        except BaseException as exc:
+            error = self._error_blob(name, exc)
+        finally:
+            _flush_std()
+        core = self.core
+        _send_if_open(agent, P.ActorStarted(self.actor_id, core.worker_id, core.address,
+                                            os.getpid(), core.node_id, error))
 
-    def _mark(self, msg: P.PushTask) -> None:
-        """Tell the node agent's log reader which task the following output belongs to."""
-        marker = f"{msg.job_id}::{msg.name}"
-        if marker != self._marked:
-            self._marked = marker
-            line = f"{TASK_MARKER}{marker}\n"
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            sys.stderr.write(line)
-            sys.stderr.flush()
+    def _construct(self, cls, name: str):
+        current_task.set(self._context(b"", name))
+        args, kwargs = self._arguments(self.spec["args"], self.spec["deps"])
+        self._mark(self.job_id, self.class_name)
+        return cls(*args, **kwargs)
+
+    def call(self, link: Link, msg: P.CallActor) -> None:
+        group = self.method_groups.get(msg.method, "")
+        if self.is_async:
+            task = self.core.spawn(self._call_async(link, msg, group), name=msg.method)
+            self.calls[msg.task_id] = task
+            task.add_done_callback(lambda _t: self.calls.pop(msg.task_id, None))
+        else:
+            # submitted now, in arrival order: one thread runs calls in submission order
+            fut = asyncio.get_running_loop().run_in_executor(
+                self.pools[group], self._call_sync, link, msg)
+            self.core.spawn(self._reply(link, msg, fut), name=msg.method)
+
+    def cancel(self, task_id: bytes) -> None:
+        task = self.calls.get(task_id)
+        if task is not None:
+            task.cancel()
+
+    def _call_sync(self, link: Link, msg: P.CallActor) -> list:
+        current_task.set(self._context(msg.task_id, f"{self.class_name}.{msg.method}"))
+        args, kwargs = self._arguments(msg.args, msg.deps)
+        self._mark(self.job_id, self.class_name)
+        result = getattr(self.instance, msg.method)(*args, **kwargs)
+        if msg.num_returns < 0:
+            self._stream_sync(link, msg.task_id, result)
+            return []
+        return self._pack(msg.method, msg.return_ids, msg.num_returns, result)
+
+    async def _reply(self, link: Link, msg: P.CallActor, fut) -> None:
+        try:
+            results = await fut
+        except BaseException as exc:
+            self._send_error(link, msg.task_id, f"{self.class_name}.{msg.method}", exc)
+        else:
+            _send_if_open(link, P.TaskFinished(msg.task_id, results, None))
+        finally:
+            _flush_std()
+
+    async def _call_async(self, link: Link, msg: P.CallActor, group: str) -> None:
+        name = f"{self.class_name}.{msg.method}"
+        token = current_task.set(self._context(msg.task_id, name))
+        try:
+            async with self.limits[group]:
+                args, kwargs = self._arguments(msg.args, msg.deps)
+                self._mark(self.job_id, self.class_name)
+                result = getattr(self.instance, msg.method)(*args, **kwargs)
+                if msg.num_returns < 0:
+                    await self._stream_async(link, msg.task_id, result)
+                    results: list = []
+                else:
+                    if inspect.isawaitable(result):
+                        result = await result
+                    results = self._pack(msg.method, msg.return_ids, msg.num_returns, result)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                exc = TaskCancelledError(name)
+            self._send_error(link, msg.task_id, name, exc)
+            return
+        finally:
+            current_task.reset(token)
+            _flush_std()
+        _send_if_open(link, P.TaskFinished(msg.task_id, results, None))
 
 
 _RUNTIME_DIRS = (os.path.dirname(asyncio.__file__), os.path.dirname(threading.__file__))

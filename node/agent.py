@@ -36,7 +36,8 @@ class WorkerState(enum.Enum):
 
 class Worker:
     __slots__ = ("worker_id", "pid", "state", "link", "address", "lease", "gpu_ids", "blocked",
-                 "holder", "log_prefix", "log_offsets", "log_task", "log_job", "started")
+                 "holder", "log_prefix", "log_offsets", "log_task", "log_job", "started",
+                 "actor_id")
 
     def __init__(self, worker_id: str, log_prefix: str) -> None:
         self.worker_id = worker_id
@@ -53,15 +54,19 @@ class Worker:
         self.log_task = "worker"
         self.log_job = ""
         self.started = asyncio.Event()
+        self.actor_id = ""  # set for the life of the worker once it hosts an actor
 
 
 class LeaseRequest:
-    __slots__ = ("link", "msg", "warned")
+    """A caller's request for a worker; ``actor`` is set when the head places an actor."""
 
-    def __init__(self, link: Link, msg: P.RequestLease) -> None:
+    __slots__ = ("link", "msg", "warned", "actor")
+
+    def __init__(self, link: Link, msg: P.RequestLease, actor: P.CreateActor | None = None):
         self.link = link
         self.msg = msg
         self.warned = False
+        self.actor = actor
 
 
 class NodeAgent:
@@ -88,6 +93,7 @@ class NodeAgent:
         self.head: Link | None = None
         self.address = ""
         self._tasks: set[asyncio.Task] = set()
+        self._killed_actors: set[str] = set()
         self._closing = False
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -161,8 +167,8 @@ class NodeAgent:
         worker = Worker(worker_id, prefix)
         self.workers[worker_id] = worker
         config = {"worker_id": worker_id, "token": self.token, "session_dir": self.session_dir,
-                  "node_address": self.address, "store_dir": self.store_dir,
-                  "node_id": self.node_id, "log_prefix": prefix}
+                  "node_address": self.address, "head_address": self.head_address,
+                  "store_dir": self.store_dir, "node_id": self.node_id, "log_prefix": prefix}
         self._spawn(self._launch(worker, config), f"start worker {worker_id}")
         return worker
 
@@ -193,6 +199,9 @@ class NodeAgent:
         if not self._closing and worker.state is not WorkerState.DEAD:
             log.info("worker %s (pid %s) exited with code %s", worker_id, worker.pid, code)
         self._read_logs(worker)  # its last words
+        if worker.actor_id and self.head is not None and not self.head.closed:
+            self.head.send(P.ActorDied(worker.actor_id, (
+                f"its worker process (pid {worker.pid}) exited with code {code}")))
         self._forget(worker)
 
     def _on_worker_link_lost(self, worker: Worker) -> None:
@@ -225,11 +234,13 @@ class NodeAgent:
             for k, v in total.items():
                 if k in shape or k in ("CPU", "GPU"):  # what matters for this request
                     have[k] = have.get(k, 0) + v
+        what = "actor" if req.actor else "task"
         req.link.send(P.LeaseInfeasible(req.msg.req_id, (
-            f"The task {req.msg.description} cannot be scheduled right now. It requires "
+            f"The {what} {req.msg.description} cannot be scheduled right now. It requires "
             f"{format_resources(shape)} for placement, but no node of the cluster can provide "
             f"that (the cluster has {format_resources(have)}). It stays pending and runs as soon "
-            "as a node that can run it joins; otherwise, reduce its resource requirements.")))
+            "as a node that can run it joins; otherwise, reduce its resource requirements."),
+            req.actor.actor_id if req.actor else ""))
 
     def _schedule(self) -> None:
         """Grant every queued request that fits, to an idle worker or a newly started one."""
@@ -256,6 +267,8 @@ class NodeAgent:
             worker.holder = None
             if worker.state is not WorkerState.DEAD:
                 worker.state = WorkerState.IDLE
+            if not req.link.closed:
+                self.requests.push(req)  # the worker died while starting: try another
             self._schedule()
             return
         self._grant(worker, req, gpu_ids)
@@ -266,8 +279,28 @@ class NodeAgent:
         worker.gpu_ids = gpu_ids
         worker.holder = req.link
         worker.blocked = False
-        req.link.send(P.LeaseGranted(req.msg.req_id, worker.worker_id, worker.address,
-                                     self.node_id, gpu_ids))
+        if req.actor is not None and req.actor.actor_id in self._killed_actors:
+            self._release(worker)  # killed while its worker was starting
+            worker.state = WorkerState.IDLE
+            self._killed_actors.discard(req.actor.actor_id)
+            if self.head is not None:
+                self.head.send(P.ActorDied(req.actor.actor_id, "it was killed before it started"))
+            self._schedule()
+            return
+        if req.actor is None:
+            req.link.send(P.LeaseGranted(req.msg.req_id, worker.worker_id, worker.address,
+                                         self.node_id, gpu_ids))
+        else:
+            # the worker is the actor's for life; it keeps only what the actor holds
+            # (by default an actor needs a CPU to be placed but holds none while it lives)
+            hold = req.actor.spec["hold"]
+            self.resources.release({k: v for k, v in worker.lease.items() if k != "GPU"}, [])
+            self.resources.acquire({k: v for k, v in hold.items() if k != "GPU"})
+            worker.lease = dict(hold)
+            worker.actor_id = req.actor.actor_id
+            spec = dict(req.actor.spec, gpu_ids=gpu_ids)
+            assert worker.link is not None
+            worker.link.send(P.CreateActor(req.actor.actor_id, spec))
         self._report_resources()
 
     def _release(self, worker: Worker) -> None:
@@ -318,6 +351,32 @@ class NodeAgent:
         worker = self.workers.get(msg.worker_id)
         if worker is not None and worker.holder is link:
             self.pool.kill(worker.worker_id)
+
+    def _on_CreateActor(self, link: Link, msg: P.CreateActor) -> None:
+        """From the head: find (or start) a worker for this actor and construct it there."""
+        placement = msg.spec["placement"]
+        request = P.RequestLease(0, placement, msg.spec.get("description", "actor"))
+        req = LeaseRequest(link, request, actor=msg)
+        self.requests.push(req)
+        self._schedule()
+        if req in self.requests:
+            self._warn_if_infeasible(req)
+
+    def _on_ActorStarted(self, link: Link, msg: P.ActorStarted) -> None:
+        if self.head is not None and not self.head.closed:
+            self.head.send(msg)
+
+    def _on_KillActor(self, link: Link, msg: P.KillActor) -> None:
+        queued = self.requests.remove_if(
+            lambda r: r.actor is not None and r.actor.actor_id == msg.actor_id)
+        if queued and self.head is not None:
+            self.head.send(P.ActorDied(msg.actor_id, "it was killed before it started"))
+            return
+        for worker in self.workers.values():
+            if worker.actor_id == msg.actor_id:
+                self.pool.kill(worker.worker_id)
+                return
+        self._killed_actors.add(msg.actor_id)  # its worker is still starting
 
     def _on_ClusterViewChanged(self, link: Link, msg: P.ClusterViewChanged) -> None:
         self.cluster_totals = [n[2] for n in msg.nodes] or [self.resources.total]

@@ -7,7 +7,8 @@ import logging
 
 from .. import _protocol as P
 from .._link import Link, Server
-from .state import JobTable, NodeTable
+from ..node.scheduler import fits
+from .state import ActorState, ActorTable, JobTable, NodeTable
 
 log = logging.getLogger("aray.head")
 
@@ -16,8 +17,11 @@ class Head:
     def __init__(self, token: str) -> None:
         self.nodes = NodeTable()
         self.jobs = JobTable()
+        self.actors = ActorTable()
         self.server = Server(token, self._on_hello, name="head")
         self._node_links: dict[Link, str] = {}
+        self._driver_links: dict[str, Link] = {}  # job id -> driver link
+        self._actor_waiters: dict[str, list[tuple[Link, int]]] = {}
 
     async def start(self, address: str) -> str:
         return await self.server.start(address)
@@ -31,9 +35,19 @@ class Head:
             self._node_links[link] = hello.ident
             link.on_close.append(self._on_node_lost)
             return {}
-        job_id = self.jobs.new_job(hello.pid)
-        link.on_close.append(lambda _l: self.jobs.finish(job_id))
-        return {"job_id": job_id}
+        if hello.role != "driver":  # a worker's core: actor lookups only
+            return {}
+        job_id = self.jobs.new_job(hello.pid, hello.info.get("namespace", ""))
+        self._driver_links[job_id] = link
+        link.on_close.append(lambda _l: self._on_job_finished(job_id))
+        return {"job_id": job_id, "namespace": self.jobs.namespace(job_id)}
+
+    def _on_job_finished(self, job_id: str) -> None:
+        self.jobs.finish(job_id)
+        self._driver_links.pop(job_id, None)
+        for record in list(self.actors.actors.values()):
+            if record.job_id == job_id and not record.detached and record.state != ActorState.DEAD:
+                self._kill(record, "its driver (job " + job_id + ") exited", no_restart=True)
 
     def _dispatch(self, link: Link, msg) -> None:
         handler = getattr(self, "_on_" + type(msg).__name__, None)
@@ -59,6 +73,111 @@ class Head:
             self.nodes.mark_dead(node_id)
             log.warning("node %s left the cluster", node_id[:12])
             self._broadcast_view()
+            for record in list(self.actors.actors.values()):
+                if record.node_id == node_id and record.state != ActorState.DEAD:
+                    self._on_ActorDied(link, P.ActorDied(record.actor_id,
+                                                         f"its node {node_id[:12]} died"))
+
+    # --- actors --------------------------------------------------------------------------
+    def _on_RegisterActor(self, link: Link, msg: P.RegisterActor) -> None:
+        namespace = self.jobs.namespace(msg.job_id, msg.namespace)
+        actor_id, error = self.actors.register(msg.actor_id, msg.name, namespace,
+                                               msg.job_id, msg.meta, msg.get_if_exists)
+        link.send(P.ActorRegistered(msg.req_id, actor_id, error))
+
+    def _on_CreateActor(self, link: Link, msg: P.CreateActor) -> None:
+        record = self.actors.actors.get(msg.actor_id)
+        if record is None or record.spec is not None:
+            return  # unknown, or an alias that get_if_exists resolved to an existing actor
+        record.spec = msg.spec
+        self._place(record)
+
+    def _place(self, record) -> None:
+        """Send the actor to a node that can hold it (the agent queues it if busy)."""
+        placement = record.spec["placement"]
+        alive = self.nodes.alive()
+        by_id = {node_id: l for l, node_id in self._node_links.items()}
+        candidates = ([n for n in alive if fits(placement, n.available)]
+                      or [n for n in alive if fits(placement, n.total)] or alive)
+        if not candidates:
+            self.actors.mark_dead(record, "no node is alive to run it")
+            self._wake_actor_waiters(record)
+            return
+        node = candidates[0]
+        record.node_id = node.node_id
+        by_id[node.node_id].send(P.CreateActor(record.actor_id, record.spec))
+
+    def _on_ActorStarted(self, link: Link, msg: P.ActorStarted) -> None:
+        record = self.actors.actors.get(msg.actor_id)
+        if record is None or record.state == ActorState.DEAD:
+            return
+        if msg.error is not None:
+            self.actors.mark_dead(record, "its constructor raised an exception", msg.error)
+            by_id = {node_id: l for l, node_id in self._node_links.items()}
+            if msg.node_id in by_id:  # the worker has nothing left to do
+                by_id[msg.node_id].send(P.KillActor(record.actor_id, True))
+        else:
+            record.state = ActorState.ALIVE
+            record.address, record.worker_id = msg.address, msg.worker_id
+            record.pid, record.node_id = msg.pid, msg.node_id
+        self._wake_actor_waiters(record)
+
+    def _on_ActorDied(self, link: Link, msg: P.ActorDied) -> None:
+        record = self.actors.actors.get(msg.actor_id)
+        if record is None or record.state == ActorState.DEAD:
+            return
+        if record.can_restart() and record.spec is not None:
+            record.restarts += 1
+            record.state = ActorState.RESTARTING
+            record.address = ""
+            log.info("restarting actor %s (%s)", record.actor_id, msg.reason)
+            self._place(record)
+        else:
+            # a kill says why; otherwise the agent's reason (the process died, its node died)
+            self.actors.mark_dead(record, record.death_cause if record.no_restart
+                                  and record.death_cause else msg.reason)
+            self._wake_actor_waiters(record)
+
+    def _on_WaitActor(self, link: Link, msg: P.WaitActor) -> None:
+        record = self.actors.actors.get(msg.actor_id)
+        if record is None:
+            link.send(P.ActorInfo(msg.req_id, {}))
+        elif record.state in (ActorState.ALIVE, ActorState.DEAD):
+            link.send(P.ActorInfo(msg.req_id, record.describe()))
+        else:
+            self._actor_waiters.setdefault(msg.actor_id, []).append((link, msg.req_id))
+
+    def _wake_actor_waiters(self, record) -> None:
+        for link, req_id in self._actor_waiters.pop(record.actor_id, []):
+            if not link.closed:
+                link.send(P.ActorInfo(req_id, record.describe()))
+
+    def _on_LookupActor(self, link: Link, msg: P.LookupActor) -> None:
+        record = self.actors.lookup(msg.name, self.jobs.namespace(msg.job_id, msg.namespace))
+        link.send(P.ActorInfo(msg.req_id, record.describe() if record else {}))
+
+    def _on_KillActor(self, link: Link, msg: P.KillActor) -> None:
+        record = self.actors.actors.get(msg.actor_id)
+        if record is not None and record.state != ActorState.DEAD:
+            self._kill(record, "it was killed with aray.kill()", msg.no_restart)
+
+    def _kill(self, record, cause: str, no_restart: bool) -> None:
+        record.no_restart = record.no_restart or no_restart
+        by_id = {node_id: l for l, node_id in self._node_links.items()}
+        agent = by_id.get(record.node_id)
+        if agent is not None and not agent.closed and record.spec is not None:
+            agent.send(P.KillActor(record.actor_id, record.no_restart))
+            record.death_cause = cause  # kept if the death that follows is final
+        else:
+            self.actors.mark_dead(record, cause)
+            self._wake_actor_waiters(record)
+
+    def _on_LeaseInfeasible(self, link: Link, msg: P.LeaseInfeasible) -> None:
+        """An agent cannot place an actor anywhere: tell the driver of its job."""
+        record = self.actors.actors.get(msg.actor_id)
+        driver = self._driver_links.get(record.job_id) if record else None
+        if driver is not None and not driver.closed:
+            driver.send(P.Warn(msg.message))
 
     def _broadcast_view(self) -> None:
         view = P.ClusterViewChanged(self.nodes.view())

@@ -68,14 +68,101 @@ class JobTable:
         self._next = 1
         self.jobs: dict[str, dict] = {}
 
-    def new_job(self, pid: int) -> str:
+    def new_job(self, pid: int, namespace: str = "") -> str:
+        """A new job id; its namespace is the driver's, or an anonymous one of its own."""
         job_id = self._next.to_bytes(4, "little").hex()
         self._next += 1
         self.jobs[job_id] = {"job_id": job_id, "driver_pid": pid, "start_time": time.time(),
-                             "alive": True}
+                             "alive": True, "namespace": namespace or f"anonymous-{job_id}"}
         return job_id
+
+    def namespace(self, job_id: str, requested: str = "") -> str:
+        if requested:
+            return requested
+        job = self.jobs.get(job_id)
+        return job["namespace"] if job else f"anonymous-{job_id}"
 
     def finish(self, job_id: str) -> None:
         if job_id in self.jobs:
             self.jobs[job_id]["alive"] = False
             self.jobs[job_id]["end_time"] = time.time()
+
+
+class ActorState:
+    PENDING = "PENDING"  # registered, constructor not run yet
+    ALIVE = "ALIVE"
+    RESTARTING = "RESTARTING"
+    DEAD = "DEAD"
+
+
+@dataclasses.dataclass
+class ActorRecord:
+    actor_id: str
+    name: str
+    namespace: str
+    job_id: str
+    meta: dict
+    state: str = ActorState.PENDING
+    spec: dict | None = None
+    address: str = ""
+    worker_id: str = ""
+    node_id: str = ""
+    pid: int = 0
+    restarts: int = 0
+    no_restart: bool = False
+    death_cause: str = ""
+    death_error: bytes | None = None  # the constructor's pickled error, if that killed it
+
+    @property
+    def detached(self) -> bool:
+        return self.meta.get("lifetime") == "detached"
+
+    @property
+    def max_restarts(self) -> int:
+        return int(self.meta.get("max_restarts", 0))
+
+    def can_restart(self) -> bool:
+        return not self.no_restart and (self.max_restarts < 0 or self.restarts < self.max_restarts)
+
+    def describe(self) -> dict:
+        return {"actor_id": self.actor_id, "name": self.name, "namespace": self.namespace,
+                "job_id": self.job_id, "state": self.state, "address": self.address,
+                "node_id": self.node_id, "pid": self.pid, "restarts": self.restarts,
+                "class_name": self.meta.get("class_name", ""), "meta": self.meta,
+                "death_cause": self.death_cause, "death_error": self.death_error}
+
+
+class ActorTable:
+    """Actors by id, and names per namespace. A name is free again once its actor is dead."""
+
+    def __init__(self) -> None:
+        self.actors: dict[str, ActorRecord] = {}
+        self.names: dict[tuple[str, str], str] = {}
+
+    def register(self, actor_id: str, name: str, namespace: str, job_id: str, meta: dict,
+                 get_if_exists: bool) -> tuple[str, str]:
+        """Returns ``(actor_id, error)``: the new id, an existing one, or an error message."""
+        if name:
+            existing = self.names.get((namespace, name))
+            if existing is not None and self.actors[existing].state != ActorState.DEAD:
+                if get_if_exists:
+                    return existing, ""
+                return "", (f"an actor named {name!r} already exists in namespace "
+                            f"{namespace!r}; pick another name, or pass get_if_exists=True "
+                            "to get a handle to it")
+            self.names[(namespace, name)] = actor_id
+        self.actors[actor_id] = ActorRecord(actor_id, name, namespace, job_id, dict(meta))
+        return actor_id, ""
+
+    def lookup(self, name: str, namespace: str) -> ActorRecord | None:
+        actor_id = self.names.get((namespace, name))
+        record = self.actors.get(actor_id) if actor_id else None
+        return record if record is not None and record.state != ActorState.DEAD else None
+
+    def mark_dead(self, record: ActorRecord, cause: str, error: bytes | None = None) -> None:
+        record.state = ActorState.DEAD
+        record.death_cause = cause
+        record.death_error = error
+        record.address = ""
+        if record.name and self.names.get((record.namespace, record.name)) == record.actor_id:
+            del self.names[(record.namespace, record.name)]

@@ -1,0 +1,264 @@
+"""The caller's side of actors: creating them and sending them calls, in order.
+
+Each actor this process calls has an :class:`_ActorQueue`. Calls wait in it until the
+actor's address is known (the head answers ``WaitActor`` once the actor is alive) and
+their arguments are ready; then they go straight to the actor's worker, in submission order.
+When the link to the actor drops, calls in flight are re-sent after a restart (up to the
+actor's ``max_task_retries``) or fail with :class:`~aray.exceptions.ActorDiedError`; calls
+made meanwhile wait for the restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from . import _protocol as P
+from ._link import Link
+from ._objects import ObjectState
+from ._refs import ObjectRef
+from .exceptions import ActorDiedError, RemoteErrorInfo
+
+if TYPE_CHECKING:
+    from ._core import Core
+
+log = logging.getLogger("aray")
+
+RESOLVE_RETRY_DELAY = 0.05
+
+
+@dataclasses.dataclass(eq=False)
+class ActorCall:
+    task_id: bytes
+    method: str
+    args: bytes
+    dep_refs: list[ObjectRef]
+    return_ids: list[bytes]
+    num_returns: int  # -1: streaming
+    retries_left: int
+    deps: list = dataclasses.field(default_factory=list)
+    pinned: list = dataclasses.field(default_factory=list)
+    waiting: bool = False
+
+
+class _ActorQueue:
+    __slots__ = ("actor_id", "target", "link", "resolving", "dead", "pending", "in_flight")
+
+    def __init__(self, actor_id: str) -> None:
+        self.actor_id = actor_id
+        self.target = actor_id  # the id to resolve (another actor's when get_if_exists hit)
+        self.link: Link | None = None
+        self.resolving = False
+        self.dead: BaseException | None = None
+        self.pending: deque[ActorCall] = deque()
+        self.in_flight: dict[bytes, ActorCall] = {}
+
+
+def actor_died_error(info: dict, actor_id: str) -> ActorDiedError:
+    """The error calls to a dead actor raise, with the constructor's traceback if it failed."""
+    name = info.get("class_name") or "actor"
+    cause = info.get("death_cause") or "it is not known to the cluster"
+    message = f"The actor {name} ({actor_id}) is dead: {cause}."
+    blob = info.get("death_error")
+    if blob:
+        try:
+            err: RemoteErrorInfo = cloudpickle.loads(blob)
+            message += f"\n\nThe constructor raised:\n{err.traceback.rstrip()}"
+        except Exception:
+            pass
+    return ActorDiedError(message)
+
+
+class ActorCaller:
+    """Per-process state for calling actors (runs on the core's loop unless noted)."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.queues: dict[str, _ActorQueue] = {}
+        self._by_task: dict[bytes, _ActorQueue] = {}
+
+    def _queue(self, actor_id: str) -> _ActorQueue:
+        q = self.queues.get(actor_id)
+        if q is None:
+            q = self.queues[actor_id] = _ActorQueue(actor_id)
+        return q
+
+    # --- creating -----------------------------------------------------------------------
+    async def register(self, actor_id: str, name: str, namespace: str, get_if_exists: bool,
+                       meta: dict) -> str:
+        """Reserve the actor (and its name) at the head; returns the id to talk to."""
+        head = await self.core.head_link()
+        reply = await head.request(lambda r: P.RegisterActor(
+            r, actor_id, name, namespace, get_if_exists, self.core.job_id, meta))
+        if reply.error:
+            raise ValueError(reply.error)
+        if reply.actor_id != actor_id:
+            self._queue(actor_id).target = reply.actor_id
+        return reply.actor_id
+
+    async def create(self, actor_id: str, registration: asyncio.Future | None,
+                     spec: dict, dep_refs: list[ObjectRef]) -> None:
+        """Register (unless the caller did), wait for the arguments, send the constructor."""
+        try:
+            if registration is not None:
+                target = await registration
+            else:
+                target = await self.register(actor_id, "", "", False, spec["meta"])
+        except Exception as exc:
+            self._queue(actor_id).dead = exc
+            self._pump(self._queue(actor_id))
+            return
+        if target != actor_id:
+            return  # get_if_exists found a live actor: nothing to create
+        entries = [self.core.entry_for(r) for r in dep_refs]
+        if any(not e.ready for e in entries):
+            await self.core.wait_entries(dep_refs, len(dep_refs), None)
+        for entry in entries:
+            if entry.state is ObjectState.FAILED:
+                self._queue(actor_id).dead = ActorDiedError(
+                    f"the actor {spec['class_name']} could not be created: an argument of its "
+                    f"constructor failed: {entry.error}")
+                self._pump(self._queue(actor_id))
+                return
+        spec = dict(spec, deps=[[e.oid, e.resolved_value()] for e in entries])
+        spec.pop("meta", None)
+        head = await self.core.head_link()
+        head.send(P.CreateActor(actor_id, spec))
+
+    # --- calling ------------------------------------------------------------------------
+    def submit(self, actor_id: str, call: ActorCall) -> None:
+        """Loop only (scheduled by ``Core.submit_actor_call``)."""
+        for oid in call.return_ids:
+            self.core.objects.add(oid, owned=True)
+        q = self._queue(actor_id)
+        q.pending.append(call)
+        self._pump(q)
+
+    def _pump(self, q: _ActorQueue) -> None:
+        if q.dead is not None:
+            while q.pending:
+                self._fail(q.pending.popleft(), q.dead)
+            return
+        if q.link is None or q.link.closed:
+            if q.pending and not q.resolving:
+                q.resolving = True
+                self.core.spawn(self._resolve(q), name=f"resolve actor {q.actor_id}")
+            return
+        while q.pending:
+            call = q.pending[0]
+            entries = [self.core.entry_for(r) for r in call.dep_refs]
+            unready = [e for e in entries if not e.ready]
+            if unready:  # later calls wait too: calls run in submission order
+                if not call.waiting:
+                    call.waiting = True
+                    for e in unready:
+                        self.core.objects.when_ready(e, lambda _e, q=q: self._pump(q))
+                return
+            q.pending.popleft()
+            failed = next((e for e in entries if e.state is ObjectState.FAILED), None)
+            if failed is not None:
+                self._fail(call, failed.error)
+                continue
+            call.deps = [[e.oid, e.resolved_value()] for e in entries]
+            for e in entries:
+                e.pins += 1
+            call.pinned, call.dep_refs = entries, []
+            q.in_flight[call.task_id] = call
+            self._by_task[call.task_id] = q
+            q.link.send(P.CallActor(call.task_id, q.target, call.method, call.args, call.deps,
+                                    call.return_ids, call.num_returns, self.core.job_id,
+                                    self.core.address))
+
+    async def _resolve(self, q: _ActorQueue) -> None:
+        try:
+            while True:
+                head = await self.core.head_link()
+                reply = await head.request(lambda r: P.WaitActor(r, q.target))
+                info = reply.info
+                if not info or info["state"] == "DEAD":
+                    q.dead = actor_died_error(info, q.target)
+                    break
+                try:
+                    q.link = await self.core.peer(info["address"])
+                    break
+                except (ConnectionError, OSError):
+                    # the head has not yet heard that this address died: ask again
+                    await asyncio.sleep(RESOLVE_RETRY_DELAY)
+        except (ConnectionError, OSError) as exc:
+            q.dead = ActorDiedError(f"cannot reach the actor {q.target}: {exc}")
+        finally:
+            q.resolving = False
+        self._pump(q)
+
+    def on_task_finished(self, msg: P.TaskFinished) -> bool:
+        """A reply to one of our actor calls? Then resolve its refs and return True."""
+        q = self._by_task.pop(msg.task_id, None)
+        if q is None:
+            return False
+        call = q.in_flight.pop(msg.task_id)
+        self._release(call)
+        if msg.error is not None:
+            error = self.core.task_error(msg.error)
+            self._fail(call, error)
+        else:
+            self.core.finish_returns(call.return_ids, msg.results)
+            self.core.end_stream(call.task_id, None)
+        return True
+
+    def on_link_closed(self, link: Link) -> None:
+        for q in self.queues.values():
+            if q.link is not link:
+                continue
+            q.link = None
+            lost = list(q.in_flight.values())
+            q.in_flight.clear()
+            for call in reversed(lost):  # re-queue in submission order, ahead of newer calls
+                self._by_task.pop(call.task_id, None)
+                if call.retries_left != 0 and call.num_returns >= 0:
+                    call.retries_left -= 1
+                    q.pending.appendleft(call)
+                else:
+                    self._fail(call, ActorDiedError(
+                        f"the actor {q.target} died while running {call.method}(); pass "
+                        "max_task_retries to @aray.remote to re-run interrupted calls after "
+                        "a restart"))
+            self._pump(q)
+
+    def _release(self, call: ActorCall) -> None:
+        for entry in call.pinned:
+            self.core.objects.unpin(entry)
+        call.pinned = []
+
+    def _fail(self, call: ActorCall, error: BaseException | None) -> None:
+        self._release(call)
+        self.core.fail_returns(call.return_ids, error)
+        self.core.end_stream(call.task_id, error)
+
+    def cancel(self, task_id: bytes) -> bool:
+        q = self._by_task.get(task_id)
+        if q is not None and q.link is not None:
+            q.link.send(P.CancelTask(task_id))
+            return True
+        for q in self.queues.values():
+            for call in q.pending:
+                if call.task_id == task_id:
+                    q.pending.remove(call)
+                    from .exceptions import TaskCancelledError
+
+                    self._fail(call, TaskCancelledError(call.method))
+                    return True
+        return False
+
+    async def kill(self, actor_id: str, no_restart: bool) -> None:
+        head = await self.core.head_link()
+        head.send(P.KillActor(self._queue(actor_id).target, no_restart))
+
+    async def lookup(self, name: str, namespace: str) -> dict[str, Any]:
+        head = await self.core.head_link()
+        reply = await head.request(lambda r: P.LookupActor(r, name, namespace, self.core.job_id))
+        return reply.info

@@ -1,0 +1,432 @@
+"""Submitting tasks: dependencies, worker leases per resource shape, and retries.
+
+A task waits until its ObjectRef arguments are ready, then joins the queue of its resource
+shape. The queue asks the node agent for worker leases (a few at a time), pushes tasks
+straight to leased workers, keeps an idle lease a moment for the next task, and gives it
+back when the queue stays empty. A worker that dies takes its running tasks with it: they
+are retried (``max_retries``) or fail with :class:`~aray.exceptions.WorkerCrashedError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import cloudpickle
+
+from . import _protocol as P
+from ._link import Link
+from ._objects import ObjectState
+from ._refs import ArgSlot, ObjectRef
+from .exceptions import TaskCancelledError, WorkerCrashedError
+from .store._serialize import serialize
+
+if TYPE_CHECKING:
+    from ._core import Core
+
+log = logging.getLogger("aray")
+
+#: serialized values above this size go through the object store instead of inline
+INLINE_THRESHOLD = 100 * 1024
+#: tasks pushed to one leased worker before waiting for its results
+MAX_IN_FLIGHT_PER_WORKER = 1
+#: outstanding lease requests per resource shape (the agent queues the rest of the demand)
+MAX_PENDING_LEASES = 10
+#: an idle lease is kept this long before it goes back to the node agent, so a loop of
+#: ``get(f.remote())`` reuses one worker instead of asking for a lease per task
+LEASE_LINGER = 0.005
+
+
+@dataclasses.dataclass(eq=False)
+class TaskSpec:
+    """A task as its caller tracks it until every return value is resolved."""
+
+    task_id: bytes
+    function: FunctionDescriptor
+    name: str
+    args: bytes
+    dep_refs: list[ObjectRef]
+    return_ids: list[bytes]
+    shape: dict
+    max_retries: int
+    retry_exceptions: bool | tuple
+    job_id: str = ""
+    streaming: bool = False
+    deps: list = dataclasses.field(default_factory=list)  # resolved values, filled at dispatch
+    pinned: list = dataclasses.field(default_factory=list)
+    cancelled: bool = False
+    force_cancelled: bool = False
+
+    @property
+    def shape_key(self) -> tuple:
+        return tuple(sorted(self.shape.items()))
+
+
+class FunctionDescriptor:
+    """A remote function pickled once per process and shipped once per worker link."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+        self._lock = threading.Lock()
+        self._blob: bytes | None = None
+        self._id: bytes | None = None
+
+    def blob_and_id(self) -> tuple[bytes, bytes]:
+        if self._blob is None:
+            with self._lock:
+                if self._blob is None:
+                    try:
+                        # the source file travels along: cloudpickle blanks it in code it
+                        # pickles by value, and tracebacks should point at the user's code
+                        source = getattr(getattr(self.fn, "__code__", None), "co_filename", "")
+                        blob = cloudpickle.dumps((self.fn, source), protocol=5)
+                    except Exception as exc:
+                        name = getattr(self.fn, "__qualname__", repr(self.fn))
+                        raise TypeError(
+                            f"remote function {name} cannot be pickled: {exc}. A remote function "
+                            "must not capture locks, sockets, open files or similar objects; "
+                            "create those inside the function instead."
+                        ) from exc
+                    self._id = hashlib.blake2b(blob, digest_size=16).digest()
+                    self._blob = blob
+        assert self._id is not None
+        return self._blob, self._id
+
+    def __getstate__(self):
+        return {"fn": self.fn}
+
+    def __setstate__(self, state) -> None:
+        self.__init__(state["fn"])
+
+
+class _Lease:
+    __slots__ = ("worker_id", "address", "node_id", "gpu_ids", "link", "in_flight", "queue",
+                 "linger")
+
+    def __init__(self, grant: P.LeaseGranted, link: Link, queue: _ShapeQueue) -> None:
+        self.worker_id = grant.worker_id
+        self.address = grant.address
+        self.node_id = grant.node_id
+        self.gpu_ids = grant.gpu_ids
+        self.link = link
+        self.in_flight: dict[bytes, TaskSpec] = {}
+        self.queue = queue
+        self.linger: asyncio.TimerHandle | None = None
+
+
+class _ShapeQueue:
+    """Tasks waiting for a worker of one resource shape, and the leases serving them."""
+
+    __slots__ = ("shape", "tasks", "leases", "requesting", "description")
+
+    def __init__(self, shape: dict) -> None:
+        self.shape = shape
+        self.tasks: deque[TaskSpec] = deque()
+        self.leases: list[_Lease] = []
+        self.requesting = 0
+        self.description = ""
+
+
+def load_function(blob: bytes) -> Callable:
+    """Unpickle a FunctionDescriptor blob, pointing blanked code back at its source file."""
+    fn, source = cloudpickle.loads(blob)
+    code = getattr(fn, "__code__", None)
+    if source and code is not None and code.co_filename == "<dynamic-code>":
+        try:
+            fn.__code__ = _with_filename(code, source)
+        except (TypeError, ValueError):
+            pass
+    return fn
+
+
+def _with_filename(code, filename: str):
+    consts = tuple(_with_filename(c, filename) if isinstance(c, type(code)) else c
+                   for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
+def serialize_args(args: tuple, kwargs: dict, describe: Callable[[], str]):
+    """Pickle task arguments with top-level refs replaced by :class:`ArgSlot`.
+
+    Returns ``(blob, dep_refs)``. Large plain arguments are put into the store by the
+    caller and passed as dependencies, so the task message itself stays small.
+    Raises TypeError naming the argument that cannot be pickled.
+    """
+    deps: list[ObjectRef] = []
+
+    def slot(value):
+        if isinstance(value, ObjectRef):
+            deps.append(value)
+            return ArgSlot(len(deps) - 1)
+        return value
+
+    sargs = tuple(slot(a) for a in args)
+    skwargs = {k: slot(v) for k, v in kwargs.items()}
+    try:
+        ser = serialize((sargs, skwargs))
+    except Exception as exc:
+        raise _unpicklable_argument(args, kwargs, describe(), exc) from exc
+    if ser.total_size > INLINE_THRESHOLD:
+        from . import _global
+
+        core = _global.core()
+
+        def put_large(value):
+            if isinstance(value, ArgSlot):
+                return value
+            one = serialize(value)
+            if one.total_size > INLINE_THRESHOLD // 4:
+                deps.append(core.put_serialized(one))
+                return ArgSlot(len(deps) - 1)
+            return value
+
+        sargs = tuple(put_large(a) for a in sargs)
+        skwargs = {k: put_large(v) for k, v in skwargs.items()}
+        ser = serialize((sargs, skwargs))
+    return ser.to_bytes(), deps
+
+
+def _unpicklable_argument(args, kwargs, where: str, exc: Exception) -> TypeError:
+    named = [(f"argument {i}", a) for i, a in enumerate(args)]
+    named += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for label, value in named:
+        if isinstance(value, ObjectRef):
+            continue
+        try:
+            cloudpickle.dumps(value, protocol=5)
+        except Exception as inner:
+            return TypeError(
+                f"{label} of {where} ({type(value).__name__}) cannot be pickled: {inner}. "
+                "Arguments travel to another process; pass something picklable, or create "
+                "the object inside the task."
+            )
+    return TypeError(f"the arguments of {where} cannot be pickled: {exc}")
+
+
+class TaskSubmitter:
+    """This process's submitted tasks, from ``f.remote()`` until their results arrive."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self._queues: dict[tuple, _ShapeQueue] = {}
+        self._running: dict[bytes, _Lease] = {}  # task id -> lease running it
+        self._waiting: dict[bytes, TaskSpec] = {}  # task id -> spec waiting for deps/lease
+
+    def accept(self, spec: TaskSpec) -> None:
+        """Loop only (scheduled by ``Core.submit``): track ``spec`` until it has run."""
+        for oid in spec.return_ids:
+            self.core.objects.add(oid, owned=True)
+        spec.job_id = self.core.job_id
+        self._waiting[spec.task_id] = spec
+        if not spec.dep_refs:
+            self._enqueue(spec)
+            return
+        remaining = [len(spec.dep_refs)]
+
+        def dep_ready(_entry) -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                self._deps_ready(spec)
+
+        for ref in spec.dep_refs:
+            self.core.objects.when_ready(self.core.entry_for(ref), dep_ready)
+
+    def _deps_ready(self, spec: TaskSpec) -> None:
+        if spec.task_id not in self._waiting:  # cancelled meanwhile
+            return
+        entries = [self.core.objects.entries.get(r._id) or self.core.entry_for(r) for r in spec.dep_refs]
+        for entry in entries:
+            if entry.state is ObjectState.FAILED:
+                self._fail_task(spec, entry.error)
+                return
+        spec.deps = [[e.oid, e.resolved_value()] for e in entries]
+        for e in entries:
+            e.pins += 1
+        spec.pinned = entries
+        spec.dep_refs = []  # the pins hold the objects now
+        self._enqueue(spec)
+
+    def _enqueue(self, spec: TaskSpec) -> None:
+        key = spec.shape_key
+        q = self._queues.get(key)
+        if q is None:
+            q = self._queues[key] = _ShapeQueue(spec.shape)
+        q.description = spec.name
+        q.tasks.append(spec)
+        self._pump(q)
+
+    def _pump(self, q: _ShapeQueue) -> None:
+        """Push queued tasks to leased workers; ask for more leases; return idle ones."""
+        while q.tasks:
+            lease = None
+            for candidate in q.leases:
+                if len(candidate.in_flight) < MAX_IN_FLIGHT_PER_WORKER and (
+                        lease is None or len(candidate.in_flight) < len(lease.in_flight)):
+                    lease = candidate
+            if lease is None:
+                break
+            self._push(lease, q.tasks.popleft())
+        want = min(len(q.tasks), MAX_PENDING_LEASES) - q.requesting
+        for _ in range(max(0, want)):
+            q.requesting += 1
+            self.core.spawn(self._request_lease(q), name="lease")
+        if not q.tasks:
+            for lease in q.leases:
+                if not lease.in_flight and lease.linger is None:
+                    lease.linger = self.core.loop.call_later(LEASE_LINGER, self._return_lease, lease)
+
+    def _return_lease(self, lease: _Lease) -> None:
+        lease.linger = None
+        q = lease.queue
+        if lease.in_flight or q.tasks or lease not in q.leases:
+            return
+        q.leases.remove(lease)
+        if self.core.agent is not None and not self.core.agent.closed:
+            self.core.agent.send(P.ReturnLease(lease.worker_id))
+
+    async def _request_lease(self, q: _ShapeQueue) -> None:
+        try:
+            await self.core.wait_ready()
+            assert self.core.agent is not None
+            grant = await self.core.agent.request(lambda r: P.RequestLease(r, q.shape, q.description))
+        except (ConnectionError, OSError):
+            return
+        finally:
+            q.requesting -= 1
+        try:
+            link = await self.core.peer(grant.address)
+        except (ConnectionError, OSError):  # the worker died before we reached it
+            self.core.agent.send(P.ReturnLease(grant.worker_id))
+            self._pump(q)
+            return
+        q.leases.append(_Lease(grant, link, q))
+        self._pump(q)
+
+    def _push(self, lease: _Lease, spec: TaskSpec) -> None:
+        self._waiting.pop(spec.task_id, None)
+        sent = lease.link.state.setdefault("functions", set())
+        blob, fn_id = spec.function.blob_and_id()
+        if fn_id in sent:
+            blob = None
+        else:
+            sent.add(fn_id)
+        if lease.linger is not None:
+            lease.linger.cancel()
+            lease.linger = None
+        lease.in_flight[spec.task_id] = spec
+        self._running[spec.task_id] = lease
+        lease.link.send(P.PushTask(
+            spec.task_id, fn_id, blob, spec.name, spec.args, spec.deps, spec.return_ids,
+            -1 if spec.streaming else len(spec.return_ids), spec.job_id, lease.gpu_ids,
+            self.core.address))
+
+    def on_task_finished(self, msg: P.TaskFinished) -> bool:
+        """A reply to one of our tasks? Then resolve its refs and return True."""
+        lease = self._running.pop(msg.task_id, None)
+        if lease is None:
+            return False
+        spec = lease.in_flight.pop(msg.task_id)
+        q = lease.queue
+        if msg.error is not None:
+            error = self.core.task_error(msg.error)
+            if spec.force_cancelled or spec.cancelled and isinstance(error, TaskCancelledError):
+                self._fail_task(spec, TaskCancelledError(spec.name))
+            elif self._retry_on(spec, error):
+                spec.max_retries -= 1
+                q.tasks.appendleft(spec)
+                self._waiting[spec.task_id] = spec
+            else:
+                self._fail_task(spec, error)
+        else:
+            self._finish_task(spec, msg.results)
+        self._pump(q)
+        return True
+
+    def _retry_on(self, spec: TaskSpec, error: BaseException) -> bool:
+        if spec.max_retries == 0 or spec.cancelled or not spec.retry_exceptions:
+            return False
+        if spec.retry_exceptions is True:
+            return True
+        cause = getattr(error, "cause", error)
+        return isinstance(cause, spec.retry_exceptions)
+
+    def _finish_task(self, spec: TaskSpec, results: list) -> None:
+        self._release_deps(spec)
+        self.core.finish_returns(spec.return_ids, results)
+        self.core.end_stream(spec.task_id, None)
+
+    def _fail_task(self, spec: TaskSpec, error: BaseException | None) -> None:
+        self._waiting.pop(spec.task_id, None)
+        self._release_deps(spec)
+        self.core.fail_returns(spec.return_ids, error)
+        self.core.end_stream(spec.task_id, error)
+
+    def _release_deps(self, spec: TaskSpec) -> None:
+        pinned, spec.pinned = spec.pinned, []
+        for entry in pinned:
+            self.core.objects.unpin(entry)
+        spec.dep_refs = []
+
+    def cancel(self, task_id: bytes, force: bool) -> bool:
+        """Cancel a task this process submitted; False if it is not (or no longer) ours."""
+        spec = self._waiting.get(task_id)
+        if spec is not None:
+            spec.cancelled = True
+            for q in self._queues.values():
+                if spec in q.tasks:
+                    q.tasks.remove(spec)
+            self._fail_task(spec, TaskCancelledError(spec.name))
+            return True
+        lease = self._running.get(task_id)
+        if lease is None:
+            return False  # finished already, or not ours
+        spec = lease.in_flight[task_id]
+        spec.cancelled = True
+        if force:
+            spec.force_cancelled = True
+            if self.core.agent is not None:
+                self.core.agent.send(P.KillWorker(lease.worker_id))
+        else:
+            lease.link.send(P.CancelTask(task_id))
+        return True
+
+    def on_link_closed(self, link: Link) -> None:
+        """Tasks running on a worker behind ``link`` are retried or fail."""
+        for q in list(self._queues.values()):
+            for lease in [le for le in q.leases if le.link is link]:
+                q.leases.remove(lease)
+                for spec in lease.in_flight.values():
+                    self._running.pop(spec.task_id, None)
+                    self._worker_lost(spec, q)
+                lease.in_flight.clear()
+                if self.core.agent is not None and not self.core.agent.closed:
+                    self.core.agent.send(P.ReturnLease(lease.worker_id))
+            self._pump(q)
+
+    def _worker_lost(self, spec: TaskSpec, q: _ShapeQueue) -> None:
+        if spec.cancelled:
+            self._fail_task(spec, TaskCancelledError(spec.name, "its worker was stopped"))
+        elif spec.max_retries != 0 and not spec.streaming:
+            spec.max_retries -= 1
+            log.info("worker running %s died; retrying (%s retries left)", spec.name,
+                     "unlimited" if spec.max_retries < 0 else spec.max_retries)
+            q.tasks.appendleft(spec)
+            self._waiting[spec.task_id] = spec
+        else:
+            self._fail_task(spec, WorkerCrashedError(
+                f"the worker running {spec.name} died unexpectedly and max_retries is used up; "
+                "raise max_retries if the crash is transient, and see the worker logs in "
+                f"{os.path.join(self.core.session_dir, 'logs')}"))
+
+    def fail_queued(self, error: BaseException) -> None:
+        """The node agent is gone: nothing queued can run any more."""
+        for q in self._queues.values():
+            while q.tasks:
+                self._fail_task(q.tasks.popleft(), error)
