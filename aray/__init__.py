@@ -30,23 +30,30 @@ from ._api import (
     cluster_resources,
     get,
     get_gpu_ids,
+    get_actor,
     get_runtime_context,
     init,
     is_initialized,
+    kill,
     nodes,
     put,
     shutdown,
     wait,
 )
+from ._actors import ActorClass, ActorHandle, method
 from ._as_completed import as_completed
 from ._refs import ObjectRef
 from ._remote import RemoteFunction, remote
 from ._runtime_context import RuntimeContext
+from ._streams import ObjectRefGenerator
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActorClass",
+    "ActorHandle",
     "ObjectRef",
+    "ObjectRefGenerator",
     "RemoteFunction",
     "RuntimeContext",
     "__version__",
@@ -57,10 +64,13 @@ __all__ = [
     "cluster_resources",
     "exceptions",
     "get",
+    "get_actor",
     "get_gpu_ids",
     "get_runtime_context",
     "init",
     "is_initialized",
+    "kill",
+    "method",
     "nodes",
     "put",
     "remote",

@@ -44,6 +44,7 @@ class ActorCall:
     deps: list = dataclasses.field(default_factory=list)
     pinned: list = dataclasses.field(default_factory=list)
     waiting: bool = False
+    interrupted: bool = False  # it was running when the link to the actor dropped
 
 
 class _ActorQueue:
@@ -185,6 +186,7 @@ class ActorCaller:
                     break
                 try:
                     q.link = await self.core.peer(info["address"])
+                    self._after_restart(q)
                     break
                 except (ConnectionError, OSError):
                     # the head has not yet heard that this address died: ask again
@@ -211,6 +213,8 @@ class ActorCaller:
         return True
 
     def on_link_closed(self, link: Link) -> None:
+        """The actor's worker is gone. Its calls wait for the head's word: if the actor is
+        dead they fail with the cause, if it restarted they re-run (``max_task_retries``)."""
         for q in self.queues.values():
             if q.link is not link:
                 continue
@@ -219,15 +223,23 @@ class ActorCaller:
             q.in_flight.clear()
             for call in reversed(lost):  # re-queue in submission order, ahead of newer calls
                 self._by_task.pop(call.task_id, None)
-                if call.retries_left != 0 and call.num_returns >= 0:
-                    call.retries_left -= 1
-                    q.pending.appendleft(call)
-                else:
-                    self._fail(call, ActorDiedError(
-                        f"the actor {q.target} died while running {call.method}(); pass "
-                        "max_task_retries to @aray.remote to re-run interrupted calls after "
-                        "a restart"))
+                self._release(call)
+                call.interrupted = True
+                q.pending.appendleft(call)
             self._pump(q)
+
+    def _after_restart(self, q: _ActorQueue) -> None:
+        """The actor is alive again: interrupted calls re-run only if retries allow."""
+        for call in [c for c in q.pending if c.interrupted]:
+            call.interrupted = False
+            if call.retries_left != 0 and call.num_returns >= 0:
+                call.retries_left -= 1
+            else:
+                q.pending.remove(call)
+                self._fail(call, ActorDiedError(
+                    f"the actor {q.target} died while running {call.method}() and was "
+                    "restarted; pass max_task_retries to @aray.remote to re-run interrupted "
+                    "calls after a restart"))
 
     def _release(self, call: ActorCall) -> None:
         for entry in call.pinned:

@@ -1,8 +1,25 @@
-"""Actors: stateful workers made from classes with ``@aray.remote``."""
+"""Actors: stateful workers made from classes with ``@aray.remote``.
+
+``Cls.remote(*args)`` returns an :class:`ActorHandle` at once; the head places the actor on
+a node, whose agent starts a dedicated worker and runs the constructor there. Method calls
+(``handle.method.remote(...)``) go straight from the caller to that worker.
+"""
 
 from __future__ import annotations
 
-ACTOR_OPTIONS = {
+import asyncio
+import inspect
+import os
+from typing import Any
+
+from . import _global
+from ._actor_calls import ActorCall
+from ._portal import on_loop
+from ._refs import new_task_id, return_id
+from ._remote import _number, resource_shape, validate_resources
+from ._tasks import FunctionDescriptor, serialize_args
+
+ACTOR_OPTIONS: dict[str, Any] = {
     "num_cpus": None,
     "num_gpus": 0,
     "resources": None,
@@ -17,8 +34,266 @@ ACTOR_OPTIONS = {
     "concurrency_groups": None,
 }
 
+METHOD_OPTIONS = {"num_returns": 1, "concurrency_group": None}
 
-def make_actor_class(cls, options: dict):
-    raise NotImplementedError(
-        f"@aray.remote on a class ({cls.__name__}) makes an actor, and actors are not "
-        "available in this version of aray yet")
+
+def validate_actor_options(options: dict) -> dict:
+    for key, value in options.items():
+        if key not in ACTOR_OPTIONS:
+            raise ValueError(f"invalid option {key!r} for an actor; valid options are: "
+                             + ", ".join(sorted(ACTOR_OPTIONS)))
+        if value is None and ACTOR_OPTIONS[key] is None:
+            continue
+        if key in ("num_cpus", "num_gpus", "memory"):
+            _number(key, value)
+        elif key == "resources":
+            validate_resources(value)
+        elif key == "max_concurrency":
+            _number(key, value, integer=True, minimum=1)
+        elif key in ("max_restarts", "max_task_retries"):
+            _number(key, value, integer=True, minimum=-1)
+        elif key in ("name", "namespace") and not isinstance(value, str):
+            raise TypeError(f"{key} must be a string, got {type(value).__name__}")
+        elif key == "lifetime" and value not in (None, "detached", "non_detached"):
+            raise ValueError(f"lifetime must be None or 'detached', got {value!r}")
+        elif key == "get_if_exists" and not isinstance(value, bool):
+            raise TypeError("get_if_exists must be True or False")
+        elif key == "concurrency_groups":
+            if not isinstance(value, dict) or not all(
+                    isinstance(k, str) and isinstance(v, int) and v >= 1 for k, v in value.items()):
+                raise TypeError("concurrency_groups must map group names to a number of "
+                                "concurrent calls >= 1, e.g. {'io': 2}")
+    return options
+
+
+def validate_method_options(options: dict) -> dict:
+    for key, value in options.items():
+        if key not in METHOD_OPTIONS:
+            raise ValueError(f"invalid option {key!r} for an actor method; valid options are: "
+                             + ", ".join(sorted(METHOD_OPTIONS)))
+        if key == "num_returns" and value != "streaming":
+            _number(key, value, integer=True)
+    return options
+
+
+def method(*args, **options):
+    """Set options of one actor method: ``num_returns`` and ``concurrency_group``.
+
+    Example:
+        >>> import aray
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> @aray.remote
+        ... class Pair:
+        ...     @aray.method(num_returns=2)
+        ...     def both(self):
+        ...         return 1, 2
+        >>> a, b = Pair.remote().both.remote()
+        >>> aray.get([a, b])
+        [1, 2]
+    """
+    if args:
+        raise TypeError("@aray.method takes keyword options, e.g. @aray.method(num_returns=2)")
+    validate_method_options(options)
+
+    def decorate(fn):
+        fn.__aray_method__ = dict(options)
+        return fn
+
+    return decorate
+
+
+def _methods(cls) -> dict[str, Any]:
+    found = {}
+    for name in dir(cls):
+        if name.startswith("__") and name != "__call__":
+            continue
+        member = inspect.getattr_static(cls, name, None)
+        fn = member.__func__ if isinstance(member, (staticmethod, classmethod)) else member
+        if inspect.isfunction(fn):
+            found[name] = fn
+    return found
+
+
+class ActorClass:
+    """A class turned into an actor factory by :func:`aray.remote`.
+
+    ``Cls.remote(*args)`` creates an actor and returns its handle at once;
+    ``Cls.options(...)`` returns a copy with other options (``name``, ``namespace``,
+    ``lifetime``, ``get_if_exists``, resources, ``max_concurrency``, ``max_restarts``...).
+
+    Example:
+        >>> import aray
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> @aray.remote
+        ... class Counter:
+        ...     def __init__(self):
+        ...         self.n = 0
+        ...     def incr(self):
+        ...         self.n += 1
+        ...         return self.n
+        >>> c = Counter.remote()
+        >>> aray.get([c.incr.remote(), c.incr.remote()])
+        [1, 2]
+    """
+
+    def __init__(self, cls: type, options: dict, descriptor: FunctionDescriptor | None = None):
+        self._cls = cls
+        self._options = {**ACTOR_OPTIONS, **validate_actor_options(options)}
+        self._descriptor = descriptor or FunctionDescriptor(cls)
+        self.__name__ = cls.__name__
+        self.__qualname__ = cls.__qualname__
+        self.__doc__ = cls.__doc__
+        self.__module__ = cls.__module__
+        methods = _methods(cls)
+        self._is_async = any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
+                             for f in methods.values())
+        groups = self._options["concurrency_groups"] or {}
+        self._method_options: dict[str, dict] = {}
+        for name, fn in methods.items():
+            opts = {**METHOD_OPTIONS, **getattr(fn, "__aray_method__", {})}
+            group = opts["concurrency_group"]
+            if group is not None and group not in groups:
+                raise ValueError(
+                    f"method {cls.__name__}.{name} uses concurrency group {group!r}, which is "
+                    f"not in the actor's concurrency_groups {sorted(groups)}")
+            self._method_options[name] = opts
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"actors cannot be created directly: use {self.__name__}.remote(...) "
+                        f"instead of {self.__name__}(...)")
+
+    def options(self, **options) -> ActorClass:
+        """A copy of this actor class with some options changed."""
+        validate_actor_options(options)
+        merged = {k: v for k, v in self._options.items() if v != ACTOR_OPTIONS[k]}
+        merged.update(options)
+        return ActorClass(self._cls, merged, self._descriptor)
+
+    def _shapes(self) -> tuple[dict, dict]:
+        """(placement, hold): by default an actor needs a CPU to be placed and holds none."""
+        o = self._options
+        if o["num_cpus"] is None:
+            placement = resource_shape(1, o["num_gpus"], o["resources"], o["memory"])
+            hold = resource_shape(0, o["num_gpus"], o["resources"], o["memory"])
+        else:
+            placement = hold = resource_shape(o["num_cpus"], o["num_gpus"], o["resources"],
+                                              o["memory"])
+        return placement, hold
+
+    def _meta(self) -> dict:
+        return {"class_name": self.__name__, "methods": self._method_options,
+                "max_task_retries": int(self._options["max_task_retries"]),
+                "max_restarts": int(self._options["max_restarts"]),
+                "lifetime": self._options["lifetime"]}
+
+    def remote(self, *args, **kwargs) -> ActorHandle:
+        """Create the actor (its constructor runs in a new worker); returns its handle."""
+        core = _global.core()
+        o = self._options
+        blob, _ = self._descriptor.blob_and_id()
+        args_blob, deps = serialize_args(args, kwargs, lambda: f"{self.__name__}.remote()")
+        actor_id = os.urandom(8).hex()
+        meta = self._meta()
+        placement, hold = self._shapes()
+        default_concurrency = 1000 if self._is_async else 1
+        spec = {
+            "class_blob": blob, "class_name": self.__name__, "args": args_blob,
+            "placement": placement, "hold": hold,
+            "max_concurrency": int(o["max_concurrency"] or default_concurrency),
+            "concurrency_groups": o["concurrency_groups"] or {},
+            "method_groups": {m: opts["concurrency_group"] for m, opts in
+                              self._method_options.items() if opts["concurrency_group"]},
+            "is_async": self._is_async, "job_id": core.current_job_id(),
+            "description": f"{self.__name__} (actor {actor_id})", "meta": meta,
+        }
+        registration = None
+        if o["name"]:
+            register = core.actors.register(actor_id, o["name"], o["namespace"] or "",
+                                            bool(o["get_if_exists"]), meta)
+            if on_loop(core.loop):  # cannot block here: a taken name fails the calls later
+                registration = core.spawn(register, name=f"register actor {actor_id}")
+            else:  # fail at the call site if the name is taken
+                target = asyncio.run_coroutine_threadsafe(register, core.loop).result()
+                if target != actor_id:
+                    return ActorHandle(target, meta)
+                registration = core.loop.create_future()
+                core.loop.call_soon_threadsafe(registration.set_result, target)
+        core.call_soon(lambda: core.spawn(core.actors.create(actor_id, registration, spec, deps),
+                                          name=f"create actor {actor_id}"))
+        return ActorHandle(actor_id, meta)
+
+    def __repr__(self) -> str:
+        return f"<aray.ActorClass {self.__name__}>"
+
+
+class ActorHandle:
+    """A reference to a live actor: call its methods with ``handle.method.remote(...)``.
+
+    Handles pickle: pass them to tasks and other actors, and call the actor from there.
+    """
+
+    def __init__(self, actor_id: str, meta: dict) -> None:
+        self._actor_id = actor_id
+        self._meta = meta
+
+    @property
+    def actor_id(self) -> str:
+        return self._actor_id
+
+    def __getattr__(self, name: str) -> ActorMethod:
+        methods = self.__dict__.get("_meta", {}).get("methods", {})
+        if name in methods:
+            return ActorMethod(self, name, methods[name])
+        raise AttributeError(
+            f"actor {self.__dict__.get('_meta', {}).get('class_name', '?')} has no method "
+            f"{name!r}")
+
+    def __reduce__(self):
+        return ActorHandle, (self._actor_id, self._meta)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+    def __repr__(self) -> str:
+        return f"Actor({self._meta.get('class_name')}, {self._actor_id})"
+
+
+class ActorMethod:
+    """``handle.method``: call it with ``.remote(...)``; ``.options(num_returns=...)``."""
+
+    def __init__(self, handle: ActorHandle, name: str, options: dict) -> None:
+        self._handle = handle
+        self._name = name
+        self._options = options
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"actor methods cannot be called directly; use "
+                        f"{self._name}.remote(...) instead of {self._name}(...)")
+
+    def options(self, **options) -> ActorMethod:
+        validate_method_options(options)
+        return ActorMethod(self._handle, self._name, {**self._options, **options})
+
+    def remote(self, *args, **kwargs):
+        """Call the method on the actor; returns its ObjectRef(s) (or a ref generator)."""
+        core = _global.core()
+        meta = self._handle._meta
+        args_blob, deps = serialize_args(
+            args, kwargs, lambda: f"{meta.get('class_name')}.{self._name}.remote()")
+        task_id = new_task_id()
+        streaming = self._options["num_returns"] == "streaming"
+        n = -1 if streaming else int(self._options["num_returns"])
+        call = ActorCall(task_id, self._name, args_blob, deps,
+                         [return_id(task_id, i) for i in range(max(n, 0))], n,
+                         int(meta.get("max_task_retries", 0)))
+        refs = core.submit_actor_call(self._handle._actor_id, call)
+        if streaming or n > 1:
+            return refs
+        return refs[0] if n == 1 else None
+
+
+def make_actor_class(cls: type, options: dict) -> ActorClass:
+    return ActorClass(cls, options)

@@ -21,7 +21,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          num_gpus: float | None = None, resources: dict | None = None,
          object_store_memory: int | None = None, log_to_driver: bool = True,
          ignore_reinit_error: bool = False, token: str | None = None,
-         _redis_password: str | None = None) -> dict:
+         namespace: str | None = None, _redis_password: str | None = None) -> dict:
     """Start a local aray cluster (head, node agent, workers) and connect this process.
 
     Args:
@@ -34,6 +34,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         ignore_reinit_error: make a second ``init`` a no-op instead of an error.
         token: the cluster's secret token (generated when not given). ``_redis_password``
             is accepted as an alias, for scripts written for Ray.
+        namespace: where this job's named actors live (default: a namespace of its own).
 
     Called from sync code it returns once the cluster is ready. Called inside a running
     event loop it binds aray to that loop, returns at once without blocking it, and every
@@ -49,7 +50,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     options = dict(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                    object_store_memory=object_store_memory, log_to_driver=log_to_driver,
                    ignore_reinit_error=ignore_reinit_error, token=token,
-                   _redis_password=_redis_password)
+                   namespace=namespace, _redis_password=_redis_password)
     if not _atexit_registered:
         atexit.register(_shutdown_at_exit)
         _atexit_registered = True
@@ -278,3 +279,48 @@ def get_gpu_ids() -> list:
     """
     task = current_task.get()
     return list(task.gpu_ids) if task is not None else []
+
+
+def get_actor(name: str, namespace: str | None = None):
+    """The handle of the live actor called ``name``; ValueError if there is none.
+
+    Example:
+        >>> import aray
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> @aray.remote
+        ... class Registry:
+        ...     def __init__(self):
+        ...         self.items = []
+        ...     def add(self, x):
+        ...         self.items.append(x)
+        ...         return len(self.items)
+        >>> _ = Registry.options(name="registry").remote()
+        >>> aray.get(aray.get_actor("registry").add.remote("a"))
+        1
+    """
+    return call(_global.core().loop, aio.get_actor, name, namespace, what="get_actor")
+
+
+def kill(actor, *, no_restart: bool = True) -> None:
+    """End an actor at once: its pending and later calls raise ``ActorDiedError``.
+
+    With ``no_restart=False`` an actor created with ``max_restarts`` is restarted instead.
+
+    Example:
+        >>> import aray
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> @aray.remote
+        ... class Worker:
+        ...     def ping(self):
+        ...         return "pong"
+        >>> w = Worker.remote()
+        >>> aray.get(w.ping.remote())
+        'pong'
+        >>> aray.kill(w)
+        >>> try:
+        ...     aray.get(w.ping.remote())
+        ... except aray.exceptions.ActorDiedError:
+        ...     print("dead")
+        dead
+    """
+    call(_global.core().loop, aio.kill, actor, no_restart=no_restart, what="kill")

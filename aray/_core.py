@@ -27,6 +27,7 @@ from ._actor_calls import ActorCall, ActorCaller
 from ._link import Link, Server, connect
 from ._objects import ObjectEntry, ObjectState, ObjectTable, dump_error
 from ._refs import ObjectRef, new_task_id, return_id
+from ._runtime_context import current_task
 from ._streams import ObjectRefGenerator, StreamState
 from ._tasks import INLINE_THRESHOLD, TaskSpec, TaskSubmitter
 from .exceptions import (
@@ -59,6 +60,7 @@ class Core:
         self.node_id = node_id
         self.worker_id = worker_id
         self.job_id = ""
+        self.namespace = ""  # a driver's init(namespace=...); "" lets the head choose
         self.log_to_driver = log_to_driver
         self.store = ShmDirectory(store_dir)
         self.objects = ObjectTable(loop, self.materialize, self._on_unused)
@@ -110,7 +112,8 @@ class Core:
         """Open this core's server and the links to the node agent (and head for drivers)."""
         try:
             await self._server.start(self.address)
-            info = {"address": self.address, "log_to_driver": self.log_to_driver}
+            info = {"address": self.address, "log_to_driver": self.log_to_driver,
+                    "namespace": self.namespace}
             if self.role == "driver" and self.head_address:
                 self.head = await self._dial(self.head_address, "driver", "", info)
                 self.job_id = self.head.peer.info.get("job_id", "")
@@ -150,6 +153,12 @@ class Core:
             os._exit(1)  # a worker without its node agent has nothing left to do
 
     async def stop(self) -> None:
+        if self.role == "driver" and self.log_to_driver and self.agent is not None:
+            try:  # what tasks printed just before shutdown still reaches the terminal
+                async with asyncio.timeout(2):
+                    await self.agent.request(lambda r: P.FlushLogs(r))
+            except (TimeoutError, ConnectionError):
+                pass
         self._closing = True
         for link in list(self._peers.values()):
             await link.aclose()
@@ -412,6 +421,11 @@ class Core:
     def _on_task_finished(self, link: Link, msg: P.TaskFinished) -> None:
         if not self.tasks.on_task_finished(msg):
             self.actors.on_task_finished(msg)
+
+    def current_job_id(self) -> str:
+        """Any thread: the job of the running task, or this driver's job."""
+        task = current_task.get()
+        return task.job_id if task is not None and task.job_id else self.job_id
 
     def task_error(self, blob: bytes) -> BaseException:
         """The exception a task's pickled error stands for (a TaskError in most cases)."""

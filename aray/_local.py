@@ -31,13 +31,42 @@ def session_root() -> str:
     return os.environ.get("ARAY_SESSION_ROOT") or DEFAULT_SESSION_ROOT
 
 
+#: session directories of finished sessions kept for their logs
+KEEP_SESSIONS = 20
+
+
 def new_session_dir() -> str:
-    """Create ``<root>/session_<time>_<pid>_<rand>`` with ``sockets/`` and ``logs/``."""
+    """Create ``<root>/session_<time>_<pid>_<rand>`` with ``sockets/`` and ``logs/``.
+
+    The logs of the last :data:`KEEP_SESSIONS` finished sessions are kept; older ones go.
+    """
+    prune_sessions(KEEP_SESSIONS)
     name = time.strftime("session_%Y-%m-%d_%H-%M-%S") + f"_{os.getpid()}_{secrets.token_hex(2)}"
     path = os.path.join(session_root(), name)
     os.makedirs(os.path.join(path, "sockets"), mode=0o700)
     os.makedirs(os.path.join(path, "logs"), mode=0o700)
     return path
+
+
+def prune_sessions(keep: int) -> None:
+    """Remove all but the newest ``keep`` session directories whose node process is gone."""
+    import shutil
+
+    root = session_root()
+    try:
+        names = sorted(n for n in os.listdir(root) if n.startswith("session_"))
+    except FileNotFoundError:
+        return
+    for name in names[:-keep] if keep else names:
+        path = os.path.join(root, name)
+        try:
+            with open(os.path.join(path, "node.pid")) as f:
+                pid = int(f.read())
+            os.kill(pid, 0)
+            continue  # still running
+        except (OSError, ValueError):
+            pass
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def store_dir_for(session_dir: str) -> str:
@@ -66,8 +95,10 @@ class LocalCluster:
     def spawn(self) -> None:
         err = open(os.path.join(self.session_dir, "logs", "node.err"), "ab")
         try:
+            # -P: the driver's working directory must not shadow the installed package
+            # (a source checkout's aray/ lacks aray.node and aray.store)
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "aray", "_node"], stdin=subprocess.PIPE,
+                [sys.executable, "-P", "-m", "aray", "_node"], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=err, start_new_session=True)
         finally:
             err.close()
@@ -143,6 +174,8 @@ async def _run_node(config: dict) -> None:
     loop = asyncio.get_running_loop()
     store = ShmDirectory(config["store_dir"])
     store.create()
+    with open(os.path.join(config["session_dir"], "node.pid"), "w") as f:
+        f.write(str(os.getpid()))
     head = Head(config["token"])
     agent = None
     stop = asyncio.Event()

@@ -161,6 +161,18 @@ class LogLines(NamedTuple):
     lines: list
 
 
+@_message(29)
+class FlushLogs(NamedTuple):
+    """Driver -> node agent at shutdown: forward what workers printed, then reply."""
+
+    req_id: int
+
+
+@_message(30, reply=True)
+class LogsFlushed(NamedTuple):
+    req_id: int
+
+
 # --- core to core: tasks and objects ----------------------------------------------------
 
 

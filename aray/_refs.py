@@ -122,9 +122,12 @@ class ObjectRef(Generic[T]):
 
     def done(self) -> bool:
         try:
-            return self._loop_future().done()
+            fut = self._loop_future()
         except RuntimeError:  # no running loop: ask the runtime directly
             return _global.core().is_ready(self)
+        if fut.cancelled():  # only this loop's wait was cancelled, not the value
+            return _global.core().is_ready(self)
+        return fut.done()
 
     def result(self) -> Any:
         return self._loop_future().result()

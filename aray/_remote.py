@@ -63,7 +63,7 @@ def validate_task_options(options: dict) -> dict:
                 raise ValueError(f"num_gpus above 1 must be a whole number, got {value!r}")
         elif key == "resources":
             validate_resources(value)
-        elif key == "num_returns":
+        elif key == "num_returns" and value != "streaming":
             _number(key, value, integer=True)
         elif key == "max_retries":
             _number(key, value, integer=True, minimum=-1)
@@ -150,13 +150,18 @@ class RemoteFunction(Generic[P, R]):
         self._descriptor.blob_and_id()  # fail here, not later, if the function cannot pickle
         blob, deps = serialize_args(args, kwargs, lambda: f"{self._name}.remote()")
         task_id = new_task_id()
-        n = int(self._options["num_returns"])
+        streaming = self._options["num_returns"] == "streaming"
+        n = 0 if streaming else int(self._options["num_returns"])
         spec = TaskSpec(
             task_id=task_id, function=self._descriptor, name=self._name, args=blob,
             dep_refs=deps, return_ids=[return_id(task_id, i) for i in range(n)],
-            shape=self._shape, max_retries=int(self._options["max_retries"]),
-            retry_exceptions=self._retry_exceptions)
+            shape=self._shape,
+            max_retries=0 if streaming else int(self._options["max_retries"]),
+            retry_exceptions=self._retry_exceptions, job_id=core.current_job_id(),
+            streaming=streaming)
         refs = core.submit(spec)
+        if streaming:
+            return refs  # type: ignore[return-value]
         if n == 1:
             return refs[0]
         return refs if n > 1 else None  # type: ignore[return-value]

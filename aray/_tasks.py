@@ -85,7 +85,7 @@ class FunctionDescriptor:
                     try:
                         # the source file travels along: cloudpickle blanks it in code it
                         # pickles by value, and tracebacks should point at the user's code
-                        source = getattr(getattr(self.fn, "__code__", None), "co_filename", "")
+                        source = _source_file(self.fn)
                         blob = cloudpickle.dumps((self.fn, source), protocol=5)
                     except Exception as exc:
                         name = getattr(self.fn, "__qualname__", repr(self.fn))
@@ -137,13 +137,29 @@ class _ShapeQueue:
 def load_function(blob: bytes) -> Callable:
     """Unpickle a FunctionDescriptor blob, pointing blanked code back at its source file."""
     fn, source = cloudpickle.loads(blob)
-    code = getattr(fn, "__code__", None)
-    if source and code is not None and code.co_filename == "<dynamic-code>":
-        try:
-            fn.__code__ = _with_filename(code, source)
-        except (TypeError, ValueError):
-            pass
+    if source:
+        functions = [v for v in vars(fn).values()] if isinstance(fn, type) else [fn]
+        for f in functions:  # a class: point each of its methods at the source too
+            f = getattr(f, "__func__", f)
+            code = getattr(f, "__code__", None)
+            if code is not None and code.co_filename == "<dynamic-code>":
+                try:
+                    f.__code__ = _with_filename(code, source)
+                except (TypeError, ValueError, AttributeError):
+                    pass
     return fn
+
+
+def _source_file(obj) -> str:
+    code = getattr(obj, "__code__", None)
+    if code is not None:
+        return code.co_filename
+    if isinstance(obj, type):
+        for value in vars(obj).values():
+            code = getattr(getattr(value, "__func__", value), "__code__", None)
+            if code is not None:
+                return code.co_filename
+    return ""
 
 
 def _with_filename(code, filename: str):
@@ -223,7 +239,7 @@ class TaskSubmitter:
         """Loop only (scheduled by ``Core.submit``): track ``spec`` until it has run."""
         for oid in spec.return_ids:
             self.core.objects.add(oid, owned=True)
-        spec.job_id = self.core.job_id
+        spec.job_id = spec.job_id or self.core.job_id
         self._waiting[spec.task_id] = spec
         if not spec.dep_refs:
             self._enqueue(spec)

@@ -127,6 +127,20 @@ class _Executor:
             sys.stderr.flush()
 
 
+_CUDA_AT_START = os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def set_visible_gpus(gpu_ids: list) -> None:
+    """Show a task only the GPUs it was given; a task without GPUs sees what the worker
+    started with (nothing left over from the previous task)."""
+    if gpu_ids:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
+    elif _CUDA_AT_START is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = _CUDA_AT_START
+
+
 def _iterate(result: Any):
     try:
         return iter(result)
@@ -196,6 +210,7 @@ class TaskExecutor(_Executor):
     async def _execute(self, link: Link, msg: P.PushTask) -> None:
         ctx = TaskContext(msg.task_id, msg.job_id, msg.name, list(msg.gpu_ids))
         token = current_task.set(ctx)
+        set_visible_gpus(msg.gpu_ids)
         try:
             fn = self._function(msg.fn_id)
             if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
@@ -232,8 +247,6 @@ class TaskExecutor(_Executor):
         try:
             args, kwargs = self._arguments(msg.args, msg.deps)
             self._mark(msg.job_id, msg.name)
-            if msg.gpu_ids:
-                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in msg.gpu_ids)
             result = fn(*args, **kwargs)
             if msg.num_returns < 0:
                 self._stream_sync(link, msg.task_id, result)
@@ -290,8 +303,7 @@ class ActorExecutor(_Executor):
                           for g, n in groups.items()}
         self.instance: Any = None
         self.calls: dict[bytes, asyncio.Task] = {}
-        if self.gpu_ids:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.gpu_ids)
+        set_visible_gpus(self.gpu_ids)
 
     def _context(self, task_id: bytes, name: str) -> TaskContext:
         return TaskContext(task_id, self.job_id, name, self.gpu_ids, self.actor_id)
@@ -434,6 +446,7 @@ async def _serve(config: dict) -> None:
     loop = asyncio.get_running_loop()
     core = Core(loop=loop, role="worker", token=config["token"],
                 session_dir=config["session_dir"], node_address=config["node_address"],
+                head_address=config["head_address"],
                 store_dir=config["store_dir"], node_id=config["node_id"],
                 worker_id=config["worker_id"])
     core.executor = TaskExecutor(core)

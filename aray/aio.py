@@ -36,7 +36,7 @@ from .exceptions import GetTimeoutError
 log = logging.getLogger("aray")
 
 __all__ = ["init", "shutdown", "get", "wait", "put", "cancel", "nodes", "cluster_resources",
-           "available_resources"]
+           "available_resources", "get_actor", "kill"]
 
 
 # --- init / shutdown ----------------------------------------------------------------------
@@ -46,7 +46,7 @@ async def init(address: str | None = None, *, num_cpus: float | None = None,
                num_gpus: float | None = None, resources: dict | None = None,
                object_store_memory: int | None = None, log_to_driver: bool = True,
                ignore_reinit_error: bool = False, token: str | None = None,
-               _redis_password: str | None = None) -> dict:
+               namespace: str | None = None, _redis_password: str | None = None) -> dict:
     """Start a local cluster on the running loop and connect to it.
 
     Same arguments as :func:`aray.init`; returns once the cluster is ready.
@@ -64,7 +64,7 @@ async def init(address: str | None = None, *, num_cpus: float | None = None,
                      num_gpus=num_gpus, resources=resources,
                      object_store_memory=object_store_memory, log_to_driver=log_to_driver,
                      ignore_reinit_error=ignore_reinit_error,
-                     token=token or _redis_password)
+                     token=token or _redis_password, namespace=namespace)
     await on_runtime(core.loop, connect(core))
     return {"node_id": core.node_id, "session_dir": core.session_dir}
 
@@ -72,7 +72,7 @@ async def init(address: str | None = None, *, num_cpus: float | None = None,
 def bootstrap(loop: asyncio.AbstractEventLoop, address: str | None, *, num_cpus, num_gpus,
               resources, object_store_memory, log_to_driver: bool,
               ignore_reinit_error: bool, token: str | None = None,
-              _redis_password: str | None = None) -> Core:
+              namespace: str | None = None, _redis_password: str | None = None) -> Core:
     """The part of init that does not wait: start the node process, make the driver core."""
     from ._local import LocalCluster
 
@@ -93,6 +93,9 @@ def bootstrap(loop: asyncio.AbstractEventLoop, address: str | None, *, num_cpus,
     core = Core(loop=loop, role="driver", token=cluster.token, session_dir=cluster.session_dir,
                 node_address=cluster.node_address, head_address=cluster.head_address,
                 store_dir=cluster.store_dir, log_to_driver=log_to_driver)
+    if namespace is not None and (not isinstance(namespace, str) or not namespace):
+        raise TypeError("namespace must be a non-empty string")
+    core.namespace = namespace or ""
     core.cluster = cluster
     core.on_log_lines = print_worker_lines
     _global.set_core(core)
@@ -381,3 +384,60 @@ def _sum_resources(node_list: list[dict], key: str) -> dict:
             for name, amount in node[key].items():
                 total[name] = round(total.get(name, 0.0) + amount, 4)
     return total
+
+
+# --- actors -------------------------------------------------------------------------------
+
+
+async def get_actor(name: str, namespace: str | None = None):
+    """The handle of the live actor called ``name`` (in ``namespace``, default: this job's).
+
+    Raises ValueError when there is no such actor.
+
+    Example:
+        >>> import asyncio, aray
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> @aray.remote
+        ... class Box:
+        ...     def get(self):
+        ...         return "inside"
+        >>> box = Box.options(name="box").remote()
+        >>> async def main():
+        ...     same = await aray.aio.get_actor("box")
+        ...     return await same.get.remote()
+        >>> asyncio.run(main())
+        'inside'
+    """
+    from ._actors import ActorHandle
+
+    if not isinstance(name, str) or not name:
+        raise TypeError("get_actor() needs the actor's name as a non-empty string")
+    core = _global.core()
+    info = await on_runtime(core.loop, core.actors.lookup(name, namespace or ""))
+    if not info:
+        where = f"namespace {namespace!r}" if namespace else "this job's namespace"
+        raise ValueError(
+            f"there is no live actor named {name!r} in {where}. Create one with "
+            f"Cls.options(name={name!r}).remote(), or pass namespace= if it lives elsewhere.")
+    return ActorHandle(info["actor_id"], info["meta"])
+
+
+async def kill(actor, *, no_restart: bool = True) -> None:
+    """End an actor now; see :func:`aray.kill`.
+
+    Example:
+        >>> import asyncio, aray
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> @aray.remote
+        ... class Worker:
+        ...     def ping(self):
+        ...         return "pong"
+        >>> w = Worker.remote()
+        >>> asyncio.run(aray.aio.kill(w))
+    """
+    from ._actors import ActorHandle
+
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"kill() expects an actor handle, got a {type(actor).__name__}")
+    core = _global.core()
+    await on_runtime(core.loop, core.actors.kill(actor.actor_id, no_restart))

@@ -387,6 +387,11 @@ class NodeAgent:
         if self.head is not None and not self.head.closed:
             self.head.send(P.NodeResourcesChanged(self.node_id, dict(self.resources.available)))
 
+    def _on_FlushLogs(self, link: Link, msg: P.FlushLogs) -> None:
+        for worker in list(self.workers.values()):
+            self._read_logs(worker)
+        link.send(P.LogsFlushed(msg.req_id))
+
     # --- logs ----------------------------------------------------------------------------
     async def _tail_logs(self) -> None:
         while True:

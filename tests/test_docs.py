@@ -31,7 +31,7 @@ def run_python(args, cwd, timeout=120):
 @pytest.mark.parametrize("page", [p for p in PAGES if page_code(p).strip()],
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_docs_page_code_runs(page, tmp_path):
-    script = tmp_path / (page.stem + ".py")
+    script = tmp_path / f"page_{page.stem}.py"  # never shadow a module (asyncio.md!)
     script.write_text(page_code(page))
     proc = run_python([str(script)], tmp_path)
     assert proc.returncode == 0, f"{page.name}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

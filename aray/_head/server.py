@@ -3,6 +3,7 @@ for the cluster's state. It is the control plane only: no task passes through it
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from .. import _protocol as P
@@ -11,6 +12,9 @@ from ..node.scheduler import fits
 from .state import ActorState, ActorTable, JobTable, NodeTable
 
 log = logging.getLogger("aray.head")
+
+#: how long a WaitActor for an actor id the head has never heard of is held before "no such actor"
+UNKNOWN_ACTOR_GRACE = 10.0
 
 
 class Head:
@@ -141,11 +145,19 @@ class Head:
     def _on_WaitActor(self, link: Link, msg: P.WaitActor) -> None:
         record = self.actors.actors.get(msg.actor_id)
         if record is None:
-            link.send(P.ActorInfo(msg.req_id, {}))
+            # its creator's RegisterActor may still be on the way: wait a while for it
+            self._actor_waiters.setdefault(msg.actor_id, []).append((link, msg.req_id))
+            asyncio.get_running_loop().call_later(UNKNOWN_ACTOR_GRACE, self._give_up, msg.actor_id)
         elif record.state in (ActorState.ALIVE, ActorState.DEAD):
             link.send(P.ActorInfo(msg.req_id, record.describe()))
         else:
             self._actor_waiters.setdefault(msg.actor_id, []).append((link, msg.req_id))
+
+    def _give_up(self, actor_id: str) -> None:
+        if actor_id not in self.actors.actors:
+            for link, req_id in self._actor_waiters.pop(actor_id, []):
+                if not link.closed:
+                    link.send(P.ActorInfo(req_id, {}))
 
     def _wake_actor_waiters(self, record) -> None:
         for link, req_id in self._actor_waiters.pop(record.actor_id, []):
