@@ -91,11 +91,11 @@ class ActorCaller:
 
     # --- creating -----------------------------------------------------------------------
     async def register(self, actor_id: str, name: str, namespace: str, get_if_exists: bool,
-                       meta: dict) -> str:
+                       meta: dict, job_id: str) -> str:
         """Reserve the actor (and its name) at the head; returns the id to talk to."""
         head = await self.core.head_link()
         reply = await head.request(lambda r: P.RegisterActor(
-            r, actor_id, name, namespace, get_if_exists, self.core.job_id, meta))
+            r, actor_id, name, namespace, get_if_exists, job_id, meta))
         if reply.error:
             raise ValueError(reply.error)
         if reply.actor_id != actor_id:
@@ -109,7 +109,8 @@ class ActorCaller:
             if registration is not None:
                 target = await registration
             else:
-                target = await self.register(actor_id, "", "", False, spec["meta"])
+                target = await self.register(actor_id, "", "", False, spec["meta"],
+                                             spec["job_id"])
         except Exception as exc:
             self._queue(actor_id).dead = exc
             self._pump(self._queue(actor_id))
@@ -270,7 +271,7 @@ class ActorCaller:
         head = await self.core.head_link()
         head.send(P.KillActor(self._queue(actor_id).target, no_restart))
 
-    async def lookup(self, name: str, namespace: str) -> dict[str, Any]:
+    async def lookup(self, name: str, namespace: str, job_id: str) -> dict[str, Any]:
         head = await self.core.head_link()
-        reply = await head.request(lambda r: P.LookupActor(r, name, namespace, self.core.job_id))
+        reply = await head.request(lambda r: P.LookupActor(r, name, namespace, job_id))
         return reply.info

@@ -209,7 +209,7 @@ class ActorClass:
         registration = None
         if o["name"]:
             register = core.actors.register(actor_id, o["name"], o["namespace"] or "",
-                                            bool(o["get_if_exists"]), meta)
+                                            bool(o["get_if_exists"]), meta, spec["job_id"])
             if on_loop(core.loop):  # cannot block here: a taken name fails the calls later
                 registration = core.spawn(register, name=f"register actor {actor_id}")
             else:  # fail at the call site if the name is taken
@@ -230,6 +230,25 @@ class ActorHandle:
     """A reference to a live actor: call its methods with ``handle.method.remote(...)``.
 
     Handles pickle: pass them to tasks and other actors, and call the actor from there.
+
+    Example:
+        >>> import aray
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> @aray.remote
+        ... class Log:
+        ...     def __init__(self):
+        ...         self.lines = []
+        ...     def add(self, line):
+        ...         self.lines.append(line)
+        ...     def read(self):
+        ...         return self.lines
+        >>> @aray.remote
+        ... def work(log, i):
+        ...     aray.get(log.add.remote(f"task {i}"))
+        >>> log = Log.remote()
+        >>> _ = aray.get([work.remote(log, i) for i in range(3)])
+        >>> sorted(aray.get(log.read.remote()))
+        ['task 0', 'task 1', 'task 2']
     """
 
     def __init__(self, actor_id: str, meta: dict) -> None:

@@ -413,7 +413,8 @@ async def get_actor(name: str, namespace: str | None = None):
     if not isinstance(name, str) or not name:
         raise TypeError("get_actor() needs the actor's name as a non-empty string")
     core = _global.core()
-    info = await on_runtime(core.loop, core.actors.lookup(name, namespace or ""))
+    info = await on_runtime(core.loop, core.actors.lookup(name, namespace or "",
+                                                          core.current_job_id()))
     if not info:
         where = f"namespace {namespace!r}" if namespace else "this job's namespace"
         raise ValueError(

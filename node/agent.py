@@ -301,6 +301,8 @@ class NodeAgent:
             spec = dict(req.actor.spec, gpu_ids=gpu_ids)
             assert worker.link is not None
             worker.link.send(P.CreateActor(req.actor.actor_id, spec))
+            # what the placement needed beyond the hold is free again: place the next one
+            asyncio.get_running_loop().call_soon(self._schedule)
         self._report_resources()
 
     def _release(self, worker: Worker) -> None:

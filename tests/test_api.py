@@ -8,10 +8,10 @@ import aray.aio
 import aray.exceptions
 
 EXPECTED = {
-    "ObjectRef", "RemoteFunction", "RuntimeContext", "__version__", "aio", "as_completed",
-    "available_resources", "cancel", "cluster_resources", "exceptions", "get", "get_gpu_ids",
-    "get_runtime_context", "init", "is_initialized", "nodes", "put", "remote", "shutdown",
-    "wait",
+    "ActorClass", "ActorHandle", "ObjectRef", "ObjectRefGenerator", "RemoteFunction",
+    "RuntimeContext", "__version__", "aio", "as_completed", "available_resources", "cancel",
+    "cluster_resources", "exceptions", "get", "get_actor", "get_gpu_ids", "get_runtime_context",
+    "init", "is_initialized", "kill", "method", "nodes", "put", "remote", "shutdown", "wait",
 }
 
 
@@ -80,8 +80,8 @@ def test_docstring_examples_run():
     import subprocess
     import sys
 
-    modules = ["aray", "aray._api", "aray.aio", "aray._refs", "aray._remote",
-               "aray._as_completed", "aray.exceptions", "aray._runtime_context"]
+    modules = ["aray", "aray._api", "aray.aio", "aray._refs", "aray._remote", "aray._actors",
+               "aray._streams", "aray._as_completed", "aray.exceptions", "aray._runtime_context"]
     proc = subprocess.run([sys.executable, "-c", DOCTEST_RUNNER, *modules],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
