@@ -25,7 +25,11 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     """Start a local aray cluster (head, node agent, workers) and connect this process.
 
     Args:
-        address: ``None`` starts a new local cluster.
+        address: ``None`` starts a new local cluster for this program. ``"auto"`` connects
+            to the cluster ``aray start --head`` started on this machine, ``"HOST:PORT"``
+            (or ``"aray://HOST:PORT"``) to the one whose head listens there. The
+            ``ARAY_ADDRESS`` environment variable is used when no address is given; the
+            token comes from ``token=``, ``ARAY_TOKEN`` or the cluster's session directory.
         num_cpus: CPUs to offer (default: the machine's logical CPU count).
         num_gpus: GPUs to offer (default 0).
         resources: custom resources, e.g. ``{"dataset": 1}``.

@@ -184,20 +184,28 @@ class Server:
         self.links: set[Link] = set()
 
     async def start(self, address: str) -> str:
-        kind, host, port = parse_address(address)
+        """Listen on ``address`` (more with :meth:`listen`); returns the bound address."""
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
+        self.address = await self.listen(address)
+        return self.address
+
+    async def listen(self, address: str) -> str:
+        """Also accept links on ``address``; returns it with the port actually bound."""
+        assert self._runner is not None, "start() the server first"
+        kind, host, port = parse_address(address)
         if kind == "unix":
             site = web.UnixSite(self._runner, host)
             await site.start()
             os.chmod(host, 0o600)
-            self.address = address
-        else:
-            site = web.TCPSite(self._runner, host, port, reuse_address=False)
+            return address
+        site = web.TCPSite(self._runner, host, port, reuse_address=False)
+        try:
             await site.start()
-            bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            self.address = f"tcp://{host}:{bound}"
-        return self.address
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"tcp://{host}:{bound}"
 
     async def _ws_handler(self, request: web.Request):
         ws = web.WebSocketResponse(max_msg_size=0, compress=False)

@@ -69,6 +69,62 @@ def prune_sessions(keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def read_cluster(session_dir: str) -> dict:
+    """The addresses and token of the daemon cluster whose session this is."""
+    with open(os.path.join(session_dir, "cluster.json")) as f:
+        info = json.load(f)
+    with open(os.path.join(session_dir, "token")) as f:
+        info["token"] = f.read().strip()
+    return info
+
+
+def running_clusters() -> list[dict]:
+    """Daemon clusters (``aray start``) of this machine whose node process is alive."""
+    found = []
+    try:
+        names = sorted(os.listdir(session_root()))
+    except FileNotFoundError:
+        return found
+    for name in names:
+        path = os.path.join(session_root(), name)
+        if not name.startswith("session_") or os.path.islink(path):
+            continue
+        try:
+            info = read_cluster(path)
+            os.kill(int(info["pid"]), 0)
+        except (OSError, ValueError, KeyError):
+            continue
+        found.append(info)
+    return found
+
+
+def find_cluster(address: str | None) -> dict:
+    """The running cluster for ``address`` ("auto"/None: the latest; "host:port": by head).
+
+    Raises ConnectionError with what to do when there is none on this machine.
+    """
+    clusters = running_clusters()
+    if address in (None, "auto"):
+        if not clusters:
+            raise ConnectionError(
+                "no running aray cluster was found on this machine (address='auto'). Start one "
+                "with `aray start --head`, or call aray.init() without an address to start a "
+                "cluster for this program only.")
+        return max(clusters, key=lambda c: c["session_dir"])
+    from ._link import parse_address
+
+    kind, host, port = parse_address(address)
+    host = "127.0.0.1" if host in ("localhost", "0.0.0.0") else host
+    for info in clusters:
+        if info.get("head_tcp"):
+            _, h, p = parse_address(info["head_tcp"])
+            if p == port and (h == host or h == "0.0.0.0"):
+                return info
+    raise ConnectionError(
+        f"no aray cluster at {address} runs on this machine. Check the address, or start a "
+        f"head there with `aray start --head --port {port}`.")
+
+
 def store_dir_for(session_dir: str) -> str:
     return os.path.join(default_root(), "aray-" + os.path.basename(session_dir))
 
@@ -77,7 +133,8 @@ class LocalCluster:
     """The driver's handle on the node process it started."""
 
     def __init__(self, *, resources: dict, object_store_memory: int | None = None,
-                 token: str | None = None) -> None:
+                 token: str | None = None, daemon: bool = False,
+                 head_tcp: str | None = None) -> None:
         self.session_dir = new_session_dir()
         self.store_dir = store_dir_for(self.session_dir)
         self.token = token or secrets.token_hex(16)
@@ -88,7 +145,8 @@ class LocalCluster:
                        "object_store_memory": object_store_memory,
                        "head_address": self.head_address, "node_address": self.node_address,
                        # workers import the driver's own modules from where the driver does
-                       "code_path": _driver_code_path()}
+                       "code_path": _driver_code_path(),
+                       "daemon": daemon, "head_tcp": head_tcp}
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
 
@@ -120,7 +178,17 @@ class LocalCluster:
                 "the aray node process did not start. Its log says:\n" + self._log_tail())
         self.info = json.loads(line)
         self.proc.stdout.close()
+        if "error" in self.info:
+            self.stop()
+            raise OSError(self.info["error"])
         return self.info
+
+    def detach(self) -> None:
+        """Leave a daemon node process running on its own (``aray start``)."""
+        if self.proc is not None:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+            self.proc = None
 
     def _log_tail(self) -> str:
         try:
@@ -182,27 +250,45 @@ async def _run_node(config: dict) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     try:
-        head_address = await head.start(config["head_address"])
+        try:
+            head_address = await head.start(config["head_address"])
+            head_tcp = (await head.server.listen(config["head_tcp"])
+                        if config.get("head_tcp") else "")
+        except OSError as exc:
+            os.write(1, (json.dumps({"error": str(exc)}) + "\n").encode())
+            return
         agent = NodeAgent(token=config["token"], session_dir=config["session_dir"],
                           store_dir=config["store_dir"], resources=config["resources"],
                           head_address=head_address)
         node_address = await agent.start(config["node_address"])
-        ready = {"head_address": head_address, "node_address": node_address,
-                 "node_id": agent.node_id, "pid": os.getpid()}
+        ready = {"head_address": head_address, "head_tcp": head_tcp,
+                 "node_address": node_address, "node_id": agent.node_id, "pid": os.getpid(),
+                 "session_dir": config["session_dir"], "store_dir": config["store_dir"]}
+        if config.get("daemon"):
+            _write_private(os.path.join(config["session_dir"], "cluster.json"), json.dumps(ready))
         os.write(1, (json.dumps(ready) + "\n").encode())
         _detach_stdout(config["session_dir"])
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        watch = asyncio.ensure_future(reader.read())  # returns at EOF: the driver is gone
-        stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([watch, stopped], return_when=asyncio.FIRST_COMPLETED)
-        watch.cancel()
-        stopped.cancel()
+        waits = [asyncio.ensure_future(stop.wait())]
+        if not config.get("daemon"):
+            reader = asyncio.StreamReader()
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+            waits.append(asyncio.ensure_future(reader.read()))  # EOF: the driver is gone
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
     finally:
         if agent is not None:
             await agent.aclose()
         await head.aclose()
         store.remove_all()
+
+
+def _write_private(path: str, text: str) -> None:
+    """Write a file only this user can read (the token, the cluster's addresses)."""
+    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.rename(path + ".tmp", path)
 
 
 def _detach_stdout(session_dir: str) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import numbers
+import os
 import sys
 from typing import Any
 
@@ -74,29 +75,39 @@ def bootstrap(loop: asyncio.AbstractEventLoop, address: str | None, *, num_cpus,
               ignore_reinit_error: bool, token: str | None = None,
               namespace: str | None = None, _redis_password: str | None = None) -> Core:
     """The part of init that does not wait: start the node process, make the driver core."""
-    from ._local import LocalCluster
+    from ._local import LocalCluster, find_cluster
 
     existing = existing_core(ignore_reinit_error)
     if existing is not None:
         return existing
-    if address not in (None, "local"):
-        raise ConnectionError(
-            f"cannot connect to a cluster at {address!r}: this version of aray runs local "
-            "clusters only; call aray.init() without an address")
-    total = node_resources(num_cpus, num_gpus, resources, object_store_memory)
-    token = token or _redis_password
-    if token is not None and (not isinstance(token, str) or not token):
+    token = token or _redis_password or None
+    if token is not None and not isinstance(token, str):
         raise TypeError("token must be a non-empty string")
-    cluster = LocalCluster(resources=total, object_store_memory=object_store_memory,
-                           token=token)
-    cluster.spawn()
-    core = Core(loop=loop, role="driver", token=cluster.token, session_dir=cluster.session_dir,
-                node_address=cluster.node_address, head_address=cluster.head_address,
-                store_dir=cluster.store_dir, log_to_driver=log_to_driver)
+    address = address or os.environ.get("ARAY_ADDRESS") or None
+    if address not in (None, "local"):
+        if num_cpus is not None or num_gpus is not None or resources or object_store_memory:
+            raise ValueError(
+                "num_cpus, num_gpus, resources and object_store_memory describe a new cluster; "
+                "when connecting to an existing one (address=...) leave them out, and give "
+                "them to `aray start` instead")
+        info = find_cluster(address)
+        token = token or os.environ.get("ARAY_TOKEN") or info["token"]
+        core = Core(loop=loop, role="driver", token=token, session_dir=info["session_dir"],
+                    node_address=info["node_address"], head_address=info["head_address"],
+                    store_dir=info["store_dir"], log_to_driver=log_to_driver)
+    else:
+        total = node_resources(num_cpus, num_gpus, resources, object_store_memory)
+        cluster = LocalCluster(resources=total, object_store_memory=object_store_memory,
+                               token=token)
+        cluster.spawn()
+        core = Core(loop=loop, role="driver", token=cluster.token,
+                    session_dir=cluster.session_dir, node_address=cluster.node_address,
+                    head_address=cluster.head_address, store_dir=cluster.store_dir,
+                    log_to_driver=log_to_driver)
+        core.cluster = cluster
     if namespace is not None and (not isinstance(namespace, str) or not namespace):
         raise TypeError("namespace must be a non-empty string")
     core.namespace = namespace or ""
-    core.cluster = cluster
     core.on_log_lines = print_worker_lines
     _global.set_core(core)
     return core

@@ -1,9 +1,14 @@
-"""The ``aray`` command line."""
+"""The ``aray`` command line: start, stop and inspect clusters on this machine."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import os
+import signal
 import sys
+import time
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,15 +21,220 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"aray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("_node", help=argparse.SUPPRESS)
+
+    start = sub.add_parser("start", help="start a cluster's head node (a daemon)",
+                           description="Start an aray head node on this machine.")
+    start.add_argument("--head", action="store_true", help="start the head of a new cluster")
+    start.add_argument("--address", help="join the cluster whose head is at HOST:PORT")
+    start.add_argument("--port", type=int, default=6379, help="the head's port (default 6379)")
+    start.add_argument("--num-cpus", type=float, help="CPUs to offer (default: all)")
+    start.add_argument("--num-gpus", type=float, help="GPUs to offer (default: 0)")
+    start.add_argument("--resources", default="{}", help='custom resources as JSON, e.g. '
+                       '\'{"dataset": 1}\'')
+    start.add_argument("--object-store-memory", type=int, help="object store bytes")
+    start.add_argument("--token", help="the cluster's secret token (generated when not given)")
+    start.add_argument("--redis-password", help="the same as --token, as in Ray's command line")
+    start.add_argument("--node-ip-address", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only)")
+    start.add_argument("--dashboard-host", default="127.0.0.1", help=argparse.SUPPRESS)
+    start.add_argument("--dashboard-port", type=int, help=argparse.SUPPRESS)
+    start.add_argument("--object-manager-port", type=int, help=argparse.SUPPRESS)
+    start.add_argument("--node-manager-port", type=int, help=argparse.SUPPRESS)
+    start.add_argument("--block", action="store_true",
+                       help="stay in the foreground; Ctrl-C or SIGTERM stops the node")
+
+    stop = sub.add_parser("stop", help="stop every aray node `aray start` began on this machine")
+    stop.add_argument("--force", action="store_true", help="kill at once (SIGKILL)")
+
+    status = sub.add_parser("status", help="nodes and resources of a running cluster")
+    status.add_argument("--address", help="HOST:PORT of the head (default: this machine's)")
+    status.add_argument("--token", help="the cluster's token (default: ARAY_TOKEN or local)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "_node":
         from ._local import node_main
 
         node_main()
         return
-    build_parser().print_help()
-    sys.exit(0 if args.command is None else 2)
+    if args.command is None:
+        parser.print_help()
+        return
+    try:
+        {"start": cmd_start, "stop": cmd_stop, "status": cmd_status}[args.command](args)
+    except (OSError, ValueError, ConnectionError) as exc:
+        print(f"aray {args.command}: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+def cmd_start(args) -> None:
+    from ._local import LocalCluster
+    from .aio import node_resources
+
+    if not args.head:
+        raise ValueError("this version of aray starts head nodes only: use `aray start --head`")
+    try:
+        custom = json.loads(args.resources)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--resources must be JSON, e.g. '{{\"dataset\": 1}}': {exc}") from None
+    resources = node_resources(args.num_cpus, args.num_gpus, custom, args.object_store_memory)
+    token = args.token or args.redis_password
+    cluster = LocalCluster(resources=resources, object_store_memory=args.object_store_memory,
+                           token=token, daemon=True,
+                           head_tcp=f"tcp://{args.node_ip_address}:{args.port}")
+    _write_token(cluster.session_dir, cluster.token)
+    cluster.spawn()
+    try:
+        info = asyncio.run(cluster.wait_ready())
+    except OSError as exc:
+        if "in use" in str(exc):
+            raise OSError(f"port {args.port} is in use: another aray head (or another program) "
+                          "listens there. Stop it with `aray stop`, or pick another --port.") from None
+        raise
+    pid = info["pid"]
+    cluster.detach()
+    _point_latest(cluster.session_dir)
+    address = info["head_tcp"].split("://", 1)[1]
+    print(f"Started an aray head node (pid {pid}).\n"
+          f"  Address: {address}\n"
+          f"  Session: {cluster.session_dir}\n"
+          f"  Token:   in {os.path.join(cluster.session_dir, 'token')} (readable by you only)\n\n"
+          f"Connect from Python on this machine:  aray.init(address=\"auto\")\n"
+          f"See the cluster:                      aray status\n"
+          f"Stop it:                              aray stop", flush=True)
+    if args.block:
+        _block_until_signal(pid)
+
+
+def _write_token(session_dir: str, token: str) -> None:
+    fd = os.open(os.path.join(session_dir, "token"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+
+
+def _point_latest(session_dir: str) -> None:
+    latest = os.path.join(os.path.dirname(session_dir), "session_latest")
+    tmp = latest + ".tmp"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(session_dir, tmp)
+    os.replace(tmp, latest)
+
+
+def _block_until_signal(pid: int) -> None:
+    """--block: stay until Ctrl-C/SIGTERM (then stop the node) or until the node exits."""
+    stop = {"now": False}
+
+    def on_signal(signum, frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stop["now"] and _alive(pid):
+        time.sleep(0.2)
+    if _alive(pid):
+        _stop_pids([pid], force=False)
+        print("Stopped the aray node.")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie is dead for our purposes
+        import psutil
+
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except Exception:
+        return True
+
+
+def _stop_pids(pids: list[int], force: bool, grace: float = 10.0) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL if force else signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def cmd_stop(args) -> None:
+    from ._local import running_clusters
+    from .store.shm import ShmDirectory
+
+    clusters = running_clusters()
+    if not clusters:
+        print("No aray cluster started with `aray start` is running on this machine; "
+              "nothing to stop.")
+        return
+    _stop_pids([int(c["pid"]) for c in clusters], force=args.force)
+    for c in clusters:  # what a killed node could not clean up itself
+        ShmDirectory(c["store_dir"]).remove_all()
+        try:
+            os.unlink(os.path.join(c["session_dir"], "cluster.json"))
+        except FileNotFoundError:
+            pass
+    print(f"Stopped {len(clusters)} aray node{'s' if len(clusters) > 1 else ''}.")
+
+
+def cmd_status(args) -> None:
+    nodes = asyncio.run(_cluster_state(args.address, args.token))
+    alive = [n for n in nodes if n["Alive"]]
+    print(f"{len(alive)} node{'s' if len(alive) != 1 else ''} alive, "
+          f"{len(nodes) - len(alive)} dead")
+    total: dict[str, float] = {}
+    free: dict[str, float] = {}
+    for n in nodes:
+        state = "alive" if n["Alive"] else "dead"
+        print(f"  node {n['NodeID'][:12]}  {n['NodeManagerAddress']:<15} {state}")
+        if n["Alive"]:
+            for k, v in n["Resources"].items():
+                total[k] = total.get(k, 0) + v
+            for k, v in n["Available"].items():
+                free[k] = free.get(k, 0) + v
+    print("Resources (used / total):")
+    for k in sorted(total):
+        if k.startswith("node:"):
+            continue
+        used = total[k] - free.get(k, 0)
+        if k in ("memory", "object_store_memory"):
+            print(f"  {k:<20} {used / 2**30:.2f} / {total[k] / 2**30:.2f} GiB")
+        else:
+            print(f"  {k:<20} {used:g} / {total[k]:g}")
+
+
+async def _cluster_state(address: str | None, token: str | None) -> list[dict]:
+    from . import _protocol as P
+    from ._link import connect
+    from ._local import find_cluster
+
+    if address is None:
+        info = find_cluster("auto")
+        target, token = info["head_address"], token or info["token"]
+    else:
+        try:
+            info = find_cluster(address)
+            target, token = info["head_address"], token or info["token"]
+        except ConnectionError:
+            target = address if "://" in address else f"tcp://{address}"
+    token = token or os.environ.get("ARAY_TOKEN")
+    if not token:
+        raise ValueError("no token for that cluster: pass --token or set ARAY_TOKEN")
+    hello = P.Hello(P.PROTOCOL_VERSION, token, "core", "status", os.getpid(), {})
+    link = await connect(target, hello, name="status")
+    task = asyncio.ensure_future(link.run())
+    try:
+        reply = await link.request(lambda r: P.GetClusterState(r))
+    finally:
+        await link.aclose()
+        await task
+    return reply.nodes

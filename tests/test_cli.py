@@ -1,0 +1,160 @@
+"""`aray start/stop/status` and drivers that connect to a running cluster."""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import wait_gone
+
+ARAY = [sys.executable, "-m", "aray"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(*args, check=True, timeout=60):
+    proc = subprocess.run([*ARAY, *args], capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def driver(code: str, tmp_path, check=True):
+    script = tmp_path / "driver.py"
+    script.write_text("import os, sys, aray\n" + textwrap.dedent(code))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.fixture
+def head(session_root):
+    """A head started with the CLI on a free port; stopped (and checked) afterwards."""
+    port = free_port()
+    out = cli("start", "--head", "--port", str(port), "--num-cpus", "2",
+              "--resources", '{"CustomResource1": 1}').stdout
+    assert f"127.0.0.1:{port}" in out and 'aray.init(address="auto")' in out
+    pid = int(out.split("(pid ")[1].split(")")[0])
+    yield port, pid
+    cli("stop")
+    assert wait_gone([pid]) == []
+
+
+def test_start_status_connect_stop(head, tmp_path, session_root):
+    port, pid = head
+    token_file = os.path.join(session_root, "session_latest", "token")
+    assert oct(os.stat(token_file).st_mode & 0o777) == "0o600"
+    status = cli("status").stdout
+    assert "1 node alive" in status and "CPU" in status and "0 / 2" in status
+    for address in ("auto", f"127.0.0.1:{port}", f"aray://127.0.0.1:{port}"):
+        out = driver(f"""
+            aray.init(address={address!r})
+            @aray.remote
+            def f(x):
+                return x * x
+            print("RESULT", aray.get(f.remote(7)), aray.cluster_resources()["CPU"])
+            aray.shutdown()
+        """, tmp_path).stdout
+        assert "RESULT 49 2.0" in out
+    # the cluster outlives its drivers
+    assert "1 node alive" in cli("status").stdout
+    assert "1 node alive" in cli("status", "--address", f"127.0.0.1:{port}").stdout
+
+
+def test_detached_actors_outlive_their_driver(head, tmp_path):
+    driver("""
+        aray.init(address="auto", namespace="app")
+        @aray.remote
+        class Keeper:
+            def __init__(self):
+                self.n = 0
+            def incr(self):
+                self.n += 1
+                return self.n
+        keeper = Keeper.options(name="keeper", lifetime="detached").remote()
+        temp = Keeper.options(name="temp").remote()
+        assert aray.get([keeper.incr.remote(), temp.incr.remote()]) == [1, 1]
+    """, tmp_path)
+    out = driver("""
+        aray.init(address="auto", namespace="app")
+        print("KEEPER", aray.get(aray.get_actor("keeper").incr.remote()))
+        try:
+            aray.get_actor("temp")
+        except ValueError:
+            print("TEMP GONE")
+        try:
+            aray.get_actor("keeper")  # other namespaces do not see it
+            aray.get_actor("keeper", namespace="elsewhere")
+        except ValueError:
+            print("NOT ELSEWHERE")
+        aray.kill(aray.get_actor("keeper"))
+    """, tmp_path).stdout
+    assert "KEEPER 2" in out and "TEMP GONE" in out and "NOT ELSEWHERE" in out
+
+
+def test_connection_errors_are_clear(head, tmp_path):
+    port, _ = head
+    out = driver("""
+        try:
+            aray.init(address="auto", token="not-the-token")
+        except aray.exceptions.AuthenticationError as e:
+            print("AUTH", e)
+        assert not aray.is_initialized()
+        try:
+            aray.init(address="127.0.0.1:1")
+        except ConnectionError as e:
+            print("NOCLUSTER", e)
+        try:
+            aray.init(address="auto", num_cpus=4)
+        except ValueError as e:
+            print("VALUE", e)
+    """, tmp_path).stdout
+    assert "AUTH" in out and "wrong cluster token" in out
+    assert "NOCLUSTER no aray cluster at 127.0.0.1:1" in out
+    assert "VALUE num_cpus" in out
+    busy = cli("start", "--head", "--port", str(port), check=False)
+    assert busy.returncode == 1 and f"port {port} is in use" in busy.stderr
+    bad = cli("status", "--address", f"127.0.0.1:{port}", "--token", "nope", check=False)
+    assert bad.returncode == 1 and "wrong cluster token" in bad.stderr
+
+
+def test_stop_with_nothing_running_and_auto_without_a_cluster(session_root, tmp_path):
+    assert "nothing to stop" in cli("stop").stdout
+    out = driver("""
+        try:
+            aray.init(address="auto")
+        except ConnectionError as e:
+            print("NONE", e)
+    """, tmp_path).stdout
+    assert "NONE no running aray cluster" in out and "aray start --head" in out
+
+
+def test_block_stays_in_the_foreground_and_stops_on_sigterm(session_root):
+    import signal
+    import time
+
+    port = free_port()
+    proc = subprocess.Popen([*ARAY, "start", "--head", "--block", "--port", str(port)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "Started an aray head node" in line
+        pid = int(line.split("(pid ")[1].split(")")[0])
+        time.sleep(0.5)
+        assert proc.poll() is None  # still in the foreground
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert wait_gone([pid]) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
