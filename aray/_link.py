@@ -182,6 +182,7 @@ class Server:
         self._runner: web.AppRunner | None = None
         self.address = ""
         self.links: set[Link] = set()
+        self._socket_files: list[str] = []
 
     async def start(self, address: str) -> str:
         """Listen on ``address`` (more with :meth:`listen`); returns the bound address."""
@@ -198,6 +199,7 @@ class Server:
             site = web.UnixSite(self._runner, host)
             await site.start()
             os.chmod(host, 0o600)
+            self._socket_files.append(host)
             return address
         site = web.TCPSite(self._runner, host, port, reuse_address=False)
         try:
@@ -239,6 +241,12 @@ class Server:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        for path in self._socket_files:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self._socket_files = []
 
 
 def _check_hello(frame, token: str) -> P.Hello | tuple[int, str]:
