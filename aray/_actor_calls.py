@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import logging
 from collections import deque
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -45,6 +46,7 @@ class ActorCall:
     pinned: list = dataclasses.field(default_factory=list)
     waiting: bool = False
     interrupted: bool = False  # it was running when the link to the actor dropped
+    group: str = ""  # a concurrency group chosen for this call
 
 
 class _ActorQueue:
@@ -102,12 +104,13 @@ class ActorCaller:
             self._queue(actor_id).target = reply.actor_id
         return reply.actor_id
 
-    async def create(self, actor_id: str, registration: asyncio.Future | None,
+    async def create(self, actor_id: str, register: Awaitable[str] | None,
                      spec: dict, dep_refs: list[ObjectRef]) -> None:
-        """Register (unless the caller did), wait for the arguments, send the constructor."""
+        """Register the actor (``register`` does it for a named one; None: an unnamed one),
+        wait for the constructor's arguments, then have the head place the actor."""
         try:
-            if registration is not None:
-                target = await registration
+            if register is not None:
+                target = await register
             else:
                 target = await self.register(actor_id, "", "", False, spec["meta"],
                                              spec["job_id"])
@@ -174,7 +177,7 @@ class ActorCaller:
             self._by_task[call.task_id] = q
             q.link.send(P.CallActor(call.task_id, q.target, call.method, call.args, call.deps,
                                     call.return_ids, call.num_returns, self.core.job_id,
-                                    self.core.address))
+                                    self.core.address, call.group))
 
     async def _resolve(self, q: _ActorQueue) -> None:
         try:

@@ -182,6 +182,7 @@ class ActorClass:
 
     def _meta(self) -> dict:
         return {"class_name": self.__name__, "methods": self._method_options,
+                "concurrency_groups": self._options["concurrency_groups"] or {},
                 "max_task_retries": int(self._options["max_task_retries"]),
                 "max_restarts": int(self._options["max_restarts"]),
                 "lifetime": self._options["lifetime"]}
@@ -206,19 +207,17 @@ class ActorClass:
             "is_async": self._is_async, "job_id": core.current_job_id(),
             "description": f"{self.__name__} (actor {actor_id})", "meta": meta,
         }
-        registration = None
+        register = None
         if o["name"]:
             register = core.actors.register(actor_id, o["name"], o["namespace"] or "",
                                             bool(o["get_if_exists"]), meta, spec["job_id"])
-            if on_loop(core.loop):  # cannot block here: a taken name fails the calls later
-                registration = core.spawn(register, name=f"register actor {actor_id}")
-            else:  # fail at the call site if the name is taken
+            if not on_loop(core.loop):  # fail at the call site if the name is taken
                 target = asyncio.run_coroutine_threadsafe(register, core.loop).result()
                 if target != actor_id:
                     return ActorHandle(target, meta)
-                registration = core.loop.create_future()
-                core.loop.call_soon_threadsafe(registration.set_result, target)
-        core.call_soon(lambda: core.spawn(core.actors.create(actor_id, registration, spec, deps),
+                register = asyncio.sleep(0, result=target)  # registered already
+            # on aray's own loop we cannot block: a taken name fails the calls instead
+        core.call_soon(lambda: core.spawn(core.actors.create(actor_id, register, spec, deps),
                                           name=f"create actor {actor_id}"))
         return ActorHandle(actor_id, meta)
 
@@ -293,7 +292,13 @@ class ActorMethod:
                         f"{self._name}.remote(...) instead of {self._name}(...)")
 
     def options(self, **options) -> ActorMethod:
+        """A copy of this method with ``num_returns`` or ``concurrency_group`` changed."""
         validate_method_options(options)
+        group = options.get("concurrency_group")
+        groups = self._handle._meta.get("concurrency_groups") or {}
+        if group is not None and group not in groups:
+            raise ValueError(f"concurrency group {group!r} is not one of the actor's "
+                             f"concurrency_groups {sorted(groups)}")
         return ActorMethod(self._handle, self._name, {**self._options, **options})
 
     def remote(self, *args, **kwargs):
@@ -307,7 +312,8 @@ class ActorMethod:
         n = -1 if streaming else int(self._options["num_returns"])
         call = ActorCall(task_id, self._name, args_blob, deps,
                          [return_id(task_id, i) for i in range(max(n, 0))], n,
-                         int(meta.get("max_task_retries", 0)))
+                         int(meta.get("max_task_retries", 0)),
+                         group=self._options.get("concurrency_group") or "")
         refs = core.submit_actor_call(self._handle._actor_id, call)
         if streaming or n > 1:
             return refs

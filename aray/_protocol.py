@@ -318,6 +318,7 @@ class CallActor(NamedTuple):
     num_returns: int  # -1 for a streaming method
     job_id: str
     owner: str
+    group: str  # concurrency group for this call ("" = the method's own)
 
 
 @_message(70)

@@ -339,7 +339,7 @@ class ActorExecutor(_Executor):
         return cls(*args, **kwargs)
 
     def call(self, link: Link, msg: P.CallActor) -> None:
-        group = self.method_groups.get(msg.method, "")
+        group = msg.group or self.method_groups.get(msg.method, "")
         if self.is_async:
             task = self.core.spawn(self._call_async(link, msg, group), name=msg.method)
             self.calls[msg.task_id] = task

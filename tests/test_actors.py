@@ -157,6 +157,22 @@ def test_concurrency_groups():
     s = Service.options(max_concurrency=5).remote()
     aray.get([s.fetch.remote() for _ in range(6)] + [s.compute.remote() for _ in range(10)])
     assert aray.get(s.peaks.remote()) == {"io": 2, "default": 5}
+
+    @aray.remote(concurrency_groups={"io": 1})
+    class Threads:
+        @aray.method(concurrency_group="io")
+        def fetch(self):
+            return threading.current_thread().name
+
+        def compute(self):
+            return threading.current_thread().name
+
+    t = Threads.remote()
+    assert "io" in aray.get(t.fetch.remote())
+    assert "main" in aray.get(t.compute.remote())
+    assert "io" in aray.get(t.compute.options(concurrency_group="io").remote())
+    with pytest.raises(ValueError, match="'db' is not one of"):
+        t.compute.options(concurrency_group="db")
     with pytest.raises(ValueError, match="concurrency group 'db'"):
         @aray.remote
         class Broken:
@@ -465,6 +481,30 @@ def test_actor_pool():
         return ordered, sorted(unordered)
 
     assert asyncio.run(amain()) == ([0, 2, 4, 6, 8, 10], [0, 2, 4, 6, 8, 10])
+
+    @aray.remote
+    class Picky:
+        def f(self, x):
+            if x == 1:
+                raise ValueError("no 1")
+            return x
+
+    picky = ActorPool([Picky.remote(), Picky.remote()])
+
+    async def failing():
+        return [x async for x in picky.amap(lambda a, v: a.f.remote(v), range(4))]
+
+    with pytest.raises(ValueError):
+        asyncio.run(failing())
+    with pytest.raises(ValueError):
+        list(picky.map(lambda a, v: a.f.remote(v), [1]))
+    # a failed call gives its actor back: the pool keeps working
+    while picky.has_next():
+        try:
+            picky.get_next(timeout=10)
+        except ValueError:
+            pass
+    assert list(picky.map(lambda a, v: a.f.remote(v), [5, 6, 7])) == [5, 6, 7]
 
 
 @pytest.mark.anyio

@@ -103,7 +103,7 @@ class ActorPool:
             raise GetTimeoutError(f"no result within {timeout} s")
         del self._by_index[self._next_return]
         self._next_return += 1
-        self._release(ref)
+        self._release(ref)  # before the result: a failed call must not keep its actor
         return aray.get(ref)
 
     def get_next_unordered(self, timeout: float | None = None) -> Any:
@@ -142,9 +142,9 @@ class ActorPool:
             ref = self._oldest()
             del self._by_index[self._next_return]
             self._next_return += 1
-            result = await ref
-            self._release(ref)
-            yield result
+            await asyncio.wait([ref])
+            self._release(ref)  # before the result: a failed call must not keep its actor
+            yield await ref
 
     async def amap_unordered(self, fn: Submit, values: Iterable[Any]) -> AsyncIterator[Any]:
         """``map_unordered`` for ``async for``: results as they finish."""
