@@ -328,3 +328,17 @@ def kill(actor, *, no_restart: bool = True) -> None:
         dead
     """
     call(_global.core().loop, aio.kill, actor, no_restart=no_restart, what="kill")
+
+
+def object_store_stats() -> dict:
+    """Figures of this node's object store: ``used_bytes``, ``capacity_bytes``,
+    ``num_objects``, ``spilled_bytes``, ``num_spilled``.
+
+    Example:
+        >>> import aray, numpy as np
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> ref = aray.put(np.zeros(1_000_000))  # 8 MB: goes to shared memory
+        >>> aray.object_store_stats()["used_bytes"] >= 8_000_000
+        True
+    """
+    return call(_global.core().loop, aio.object_store_stats, what="object_store_stats")

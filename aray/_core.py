@@ -33,6 +33,7 @@ from ._tasks import INLINE_THRESHOLD, TaskSpec, TaskSubmitter
 from .exceptions import (
     ActorDiedError,
     ObjectLostError,
+    ObjectStoreFullError,
     OwnerDiedError,
     RemoteErrorInfo,
     TaskCancelledError,
@@ -62,7 +63,8 @@ class Core:
         self.job_id = ""
         self.namespace = ""  # a driver's init(namespace=...); "" lets the head choose
         self.log_to_driver = log_to_driver
-        self.store = ShmDirectory(store_dir)
+        self.store = ShmDirectory(store_dir, os.path.join(session_dir, "spill"))
+        self.store_capacity = 0  # told by the node agent; 0 until then (no check)
         self.objects = ObjectTable(loop, self.materialize, self._on_unused)
         self.objects.bind_thread()  # a core is always made on its loop's thread
         self.refs = self.objects.refs
@@ -120,6 +122,7 @@ class Core:
                 info["job_id"] = self.job_id
             self.agent = await self._dial(self.node_address, self.role, self.worker_id, info)
             self.node_id = self.agent.peer.info.get("node_id", self.node_id)
+            self.store_capacity = int(self.agent.peer.info.get("store_capacity", 0))
             self.agent.on_close.append(self._on_agent_lost)
         except BaseException as exc:
             self.start_error = exc
@@ -284,7 +287,42 @@ class Core:
 
     def _on_unused(self, entry: ObjectEntry) -> None:
         if entry.owned and entry.location is not None and entry.location[0] == self.node_id:
-            self.store.delete(entry.oid)
+            self.delete_stored(entry.oid)
+
+    def store_value(self, oid: bytes, ser) -> list:
+        """Any thread: write a serialized value into this node's store and tell the node
+        agent (which spills older objects if memory is over capacity); returns its resolved
+        value. Raises ObjectStoreFullError for an object larger than the whole store."""
+        size = ser.total_size
+        if self.store_capacity and size > self.store_capacity:
+            raise ObjectStoreFullError(
+                f"an object of {size / 2**20:.1f} MiB does not fit in this node's object store "
+                f"of {self.store_capacity / 2**20:.1f} MiB, even empty. Start aray with a "
+                "larger object_store_memory, or split the object into smaller pieces.")
+        try:
+            self.store.write(oid, ser)
+        except OSError as exc:
+            raise ObjectStoreFullError(
+                f"an object of {size / 2**20:.1f} MiB could not be stored in shared memory "
+                f"nor spilled to disk: {exc}") from None
+        self.call_soon(self._tell_agent, P.ObjectSealed(oid, size))
+        return ["s", self.node_id, size]
+
+    def delete_stored(self, oid: bytes) -> None:
+        """Loop only: remove an object this process owns from the local store."""
+        self.store.delete(oid)
+        self._tell_agent(P.ObjectsDeleted([oid]))
+
+    def _tell_agent(self, msg) -> None:
+        if self.agent is not None and not self.agent.closed:
+            self.agent.send(msg)
+
+    async def store_stats(self) -> tuple[dict, list]:
+        """The node store's figures and its objects (from the node agent)."""
+        await self.wait_ready()
+        assert self.agent is not None
+        reply = await self.agent.request(lambda r: P.GetStoreStats(r))
+        return reply.stats, reply.objects
 
     def ready_values(self, refs: list[ObjectRef]) -> list | None:
         """Any thread: the values of ``refs`` if every one is resolved here already (else
@@ -316,8 +354,7 @@ class Core:
         """Any thread: store an already serialized value; returns the owned ref."""
         oid = return_id(new_task_id(), 0)
         if ser.total_size > INLINE_THRESHOLD:
-            self.store.write(oid, ser)
-            value = ["s", self.node_id, ser.total_size]
+            value = self.store_value(oid, ser)
         else:
             value = ["v", ser.to_bytes()]
         ref = ObjectRef(oid, self.address)
@@ -446,7 +483,7 @@ class Core:
             if entry is not None:
                 self.objects.resolve(entry, value)
             elif value[0] == "s" and value[1] == self.node_id:
-                self.store.delete(oid)  # nobody holds a ref to this result any more
+                self.delete_stored(oid)  # nobody holds a ref to this result any more
 
     def fail_returns(self, return_ids: list[bytes], error: BaseException | None) -> None:
         for oid in return_ids:

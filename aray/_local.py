@@ -240,7 +240,7 @@ async def _run_node(config: dict) -> None:
     from .node.agent import NodeAgent
 
     loop = asyncio.get_running_loop()
-    store = ShmDirectory(config["store_dir"])
+    store = ShmDirectory(config["store_dir"], os.path.join(config["session_dir"], "spill"))
     store.create()
     with open(os.path.join(config["session_dir"], "node.pid"), "w") as f:
         f.write(str(os.getpid()))

@@ -173,6 +173,33 @@ class LogsFlushed(NamedTuple):
     req_id: int
 
 
+@_message(31)
+class ObjectSealed(NamedTuple):
+    """A process wrote an object into this node's store."""
+
+    object_id: bytes
+    size: int
+
+
+@_message(32)
+class ObjectsDeleted(NamedTuple):
+    """The owner deleted these objects from this node's store."""
+
+    object_ids: list
+
+
+@_message(33)
+class GetStoreStats(NamedTuple):
+    req_id: int
+
+
+@_message(34, reply=True)
+class StoreStats(NamedTuple):
+    req_id: int
+    stats: dict
+    objects: list
+
+
 # --- core to core: tasks and objects ----------------------------------------------------
 
 

@@ -60,8 +60,7 @@ class _Executor:
     def _resolved(self, oid: bytes, value: Any) -> list:
         ser = serialize(value)
         if ser.total_size > INLINE_THRESHOLD:
-            self.core.store.write(oid, ser)
-            return ["s", self.core.node_id, ser.total_size]
+            return self.core.store_value(oid, ser)
         return ["v", ser.to_bytes()]
 
     def _pack(self, name: str, return_ids: list, num_returns: int, result: Any) -> list:

@@ -37,7 +37,7 @@ from .exceptions import GetTimeoutError
 log = logging.getLogger("aray")
 
 __all__ = ["init", "shutdown", "get", "wait", "put", "cancel", "nodes", "cluster_resources",
-           "available_resources", "get_actor", "kill"]
+           "available_resources", "get_actor", "kill", "object_store_stats"]
 
 
 # --- init / shutdown ----------------------------------------------------------------------
@@ -153,13 +153,25 @@ def node_resources(num_cpus, num_gpus, resources, object_store_memory) -> dict:
     if object_store_memory is not None:
         _number("object_store_memory", object_store_memory, integer=True, minimum=1)
     mem = psutil.virtual_memory().total
-    store = int(object_store_memory or mem * 0.3)
+    # default: 30% of RAM, but no more than the shared-memory filesystem can hold
+    store = int(object_store_memory or min(mem * 0.3, _shm_free_bytes() or mem))
     total = {"CPU": float(num_cpus), "memory": float(int(mem * 0.7) - store)}
     if num_gpus:
         total["GPU"] = float(num_gpus)
     total["object_store_memory"] = float(store)
     total.update({k: float(v) for k, v in custom.items()})
     return total
+
+
+def _shm_free_bytes() -> int:
+    import shutil
+
+    from .store.shm import default_root
+
+    try:
+        return shutil.disk_usage(default_root()).free
+    except OSError:
+        return 0
 
 
 def print_worker_lines(msg: P.LogLines) -> None:
@@ -453,3 +465,20 @@ async def kill(actor, *, no_restart: bool = True) -> None:
         raise TypeError(f"kill() expects an actor handle, got a {type(actor).__name__}")
     core = _global.core()
     await on_runtime(core.loop, core.actors.kill(actor.actor_id, no_restart))
+
+
+async def object_store_stats() -> dict:
+    """Figures of this node's object store.
+
+    ``used_bytes`` (in shared memory), ``capacity_bytes``, ``num_objects``, and
+    ``spilled_bytes``/``num_spilled`` (moved to disk when memory ran over capacity).
+
+    Example:
+        >>> import asyncio, aray
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> sorted(asyncio.run(aray.aio.object_store_stats()))
+        ['capacity_bytes', 'num_objects', 'num_spilled', 'spilled_bytes', 'used_bytes']
+    """
+    core = _global.core()
+    stats, _objects = await on_runtime(core.loop, core.store_stats())
+    return stats

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", help="stop every aray node `aray start` began on this machine")
     stop.add_argument("--force", action="store_true", help="kill at once (SIGKILL)")
 
+    sub.add_parser("memory", help="objects in this machine's object store, and its use")
+
     status = sub.add_parser("status", help="nodes and resources of a running cluster")
     status.add_argument("--address", help="HOST:PORT of the head (default: this machine's)")
     status.add_argument("--token", help="the cluster's token (default: ARAY_TOKEN or local)")
@@ -64,7 +66,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.print_help()
         return
     try:
-        {"start": cmd_start, "stop": cmd_stop, "status": cmd_status}[args.command](args)
+        commands = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status,
+                    "memory": cmd_memory}
+        commands[args.command](args)
     except (OSError, ValueError, ConnectionError) as exc:
         print(f"aray {args.command}: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -178,7 +182,7 @@ def cmd_stop(args) -> None:
         return
     _stop_pids([int(c["pid"]) for c in clusters], force=args.force)
     for c in clusters:  # what a killed node could not clean up itself
-        ShmDirectory(c["store_dir"]).remove_all()
+        ShmDirectory(c["store_dir"], os.path.join(c["session_dir"], "spill")).remove_all()
         try:
             os.unlink(os.path.join(c["session_dir"], "cluster.json"))
         except FileNotFoundError:
@@ -210,6 +214,36 @@ def cmd_status(args) -> None:
             print(f"  {k:<20} {used / 2**30:.2f} / {total[k] / 2**30:.2f} GiB")
         else:
             print(f"  {k:<20} {used:g} / {total[k]:g}")
+
+
+def cmd_memory(args) -> None:
+    stats, objects = asyncio.run(_store_stats())
+    mib = 2**20
+    print(f"Object store: {stats['used_bytes'] / mib:.1f} MiB used of "
+          f"{stats['capacity_bytes'] / mib:.1f} MiB, {stats['num_objects']} objects "
+          f"({stats['num_spilled']} spilled to disk, {stats['spilled_bytes'] / mib:.1f} MiB)")
+    if objects:
+        print(f"  {'object id':<34} {'size':>12}  where")
+        for obj in sorted(objects, key=lambda o: -o["size"]):
+            where = "disk (spilled)" if obj["spilled"] else "shared memory"
+            print(f"  {obj['object_id']:<34} {obj['size']:>12,}  {where}")
+
+
+async def _store_stats() -> tuple[dict, list]:
+    from . import _protocol as P
+    from ._link import connect
+    from ._local import find_cluster
+
+    info = find_cluster("auto")
+    hello = P.Hello(P.PROTOCOL_VERSION, info["token"], "core", "memory", os.getpid(), {})
+    link = await connect(info["node_address"], hello, name="memory")
+    task = asyncio.ensure_future(link.run())
+    try:
+        reply = await link.request(lambda r: P.GetStoreStats(r))
+    finally:
+        await link.aclose()
+        await task
+    return reply.stats, reply.objects
 
 
 async def _cluster_state(address: str | None, token: str | None) -> list[dict]:

@@ -17,6 +17,9 @@ import uuid
 from aray import _protocol as P
 from aray._link import Link, Server, connect
 
+from aray.store.service import StoreAccounts
+from aray.store.shm import ShmDirectory
+
 from .pool import WorkerPool
 from .scheduler import LeaseQueue, ResourcePool, feasible_anywhere, format_resources
 
@@ -83,6 +86,8 @@ class NodeAgent:
         self.ip = ip
         self.head_address = head_address
         self.resources = ResourcePool(resources)
+        self.store = ShmDirectory(store_dir, os.path.join(session_dir, "spill"))
+        self.accounts = StoreAccounts(int(resources.get("object_store_memory", 0)) or 2**62)
         self.prestart = int(resources.get("CPU", 1)) if prestart is None else prestart
         self.server = Server(token, self._on_hello, name="node")
         self.pool = WorkerPool(worker_target, list(preload), self._on_worker_exit)
@@ -151,7 +156,7 @@ class NodeAgent:
                 self.drivers[link] = dict(hello.info)
             link.on_close.append(self._on_caller_gone)
         return {"node_id": self.node_id, "store_dir": self.store_dir,
-                "session_dir": self.session_dir}
+                "session_dir": self.session_dir, "store_capacity": self.accounts.capacity}
 
     def _dispatch(self, link: Link, msg) -> None:
         handler = getattr(self, "_on_" + type(msg).__name__, None)
@@ -199,6 +204,8 @@ class NodeAgent:
         if not self._closing and worker.state is not WorkerState.DEAD:
             log.info("worker %s (pid %s) exited with code %s", worker_id, worker.pid, code)
         self._read_logs(worker)  # its last words
+        if worker.pid:
+            self.store.remove_temp_files_of(worker.pid)  # what it was writing when it died
         if worker.actor_id and self.head is not None and not self.head.closed:
             self.head.send(P.ActorDied(worker.actor_id, (
                 f"its worker process (pid {worker.pid}) exited with code {code}")))
@@ -388,6 +395,29 @@ class NodeAgent:
     def _report_resources(self) -> None:
         if self.head is not None and not self.head.closed:
             self.head.send(P.NodeResourcesChanged(self.node_id, dict(self.resources.available)))
+
+    # --- object store --------------------------------------------------------------------
+    def _on_ObjectSealed(self, link: Link, msg: P.ObjectSealed) -> None:
+        for object_id in self.accounts.sealed(msg.object_id, msg.size):
+            self._spawn(self._spill(object_id), "spill")
+
+    async def _spill(self, object_id: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            ok = await loop.run_in_executor(None, self.store.spill, object_id)
+        except OSError:
+            log.exception("could not spill object %s", object_id.hex())
+            ok = False
+        self.accounts.spill_done(object_id, ok)
+        if not ok:
+            self.accounts.deleted(object_id)  # it was deleted meanwhile
+
+    def _on_ObjectsDeleted(self, link: Link, msg: P.ObjectsDeleted) -> None:
+        for object_id in msg.object_ids:
+            self.accounts.deleted(object_id)
+
+    def _on_GetStoreStats(self, link: Link, msg: P.GetStoreStats) -> None:
+        link.send(P.StoreStats(msg.req_id, self.accounts.stats(), self.accounts.listing()))
 
     def _on_FlushLogs(self, link: Link, msg: P.FlushLogs) -> None:
         for worker in list(self.workers.values()):

@@ -1,14 +1,18 @@
 """Objects in shared memory: one file per object in a session directory on tmpfs.
 
-Writers create ``.<id>.tmp``, fill it and rename it to ``<id>``: a reader never sees a
+Writers create ``.<id>.<pid>.tmp``, fill it and rename it to ``<id>``: a reader never sees a
 half-written object, and a writer killed mid-way leaves only a temp file that the node agent
 removes. Readers map the file read-only, so values deserialized from it are zero-copy views.
+When shared memory is over capacity the node agent moves objects to a spill directory on
+disk; readers find them there.
 """
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
+import shutil
 
 from ._serialize import Serialized
 
@@ -19,21 +23,44 @@ def default_root() -> str:
 
 
 class ShmDirectory:
-    """A directory of sealed objects, addressed by object id."""
+    """A directory of sealed objects, addressed by object id, with a spill directory on disk.
 
-    def __init__(self, path: str) -> None:
+    An object lives in shared memory (``path``) or, once spilled, on disk (``spill_path``);
+    readers look in both, so spilling never makes an object unreadable.
+    """
+
+    def __init__(self, path: str, spill_path: str = "") -> None:
         self.path = path
+        self.spill_path = spill_path
 
     def create(self) -> None:
         os.makedirs(self.path, mode=0o700, exist_ok=True)
+        if self.spill_path:
+            os.makedirs(self.spill_path, mode=0o700, exist_ok=True)
 
     def _file(self, object_id: bytes) -> str:
         return os.path.join(self.path, object_id.hex())
 
+    def _spilled(self, object_id: bytes) -> str:
+        return os.path.join(self.spill_path, object_id.hex())
+
     def write(self, object_id: bytes, value: Serialized) -> int:
-        """Write and seal an object; returns its size in bytes."""
-        final = self._file(object_id)
-        tmp = os.path.join(self.path, f".{object_id.hex()}.tmp")
+        """Write and seal an object in shared memory; returns its size in bytes.
+
+        When shared memory itself is full, the object goes straight to the spill directory.
+        """
+        try:
+            return self._write_in(self.path, object_id, value)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or not self.spill_path:
+                raise
+            return self._write_in(self.spill_path, object_id, value)
+
+    def _write_in(self, directory: str, object_id: bytes, value: Serialized) -> int:
+        final = os.path.join(directory, object_id.hex())
+        # the temp name carries the writer's pid: the node agent removes what a dead writer
+        # left half-written
+        tmp = os.path.join(directory, f".{object_id.hex()}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
         try:
             chunks = value.chunks()
@@ -49,40 +76,80 @@ class ShmDirectory:
                     else:
                         chunks[0] = memoryview(first)[written:]
                         written = 0
-        finally:
+        except BaseException:
             os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
         os.rename(tmp, final)
         return value.total_size
 
     def read(self, object_id: bytes) -> mmap.mmap:
-        """Map a sealed object read-only. Raises FileNotFoundError if it is not here."""
-        fd = os.open(self._file(object_id), os.O_RDONLY)
+        """Map a sealed object read-only (from memory, else from the spill directory).
+
+        Raises FileNotFoundError if it is in neither.
+        """
+        try:
+            fd = os.open(self._file(object_id), os.O_RDONLY)
+        except FileNotFoundError:
+            if not self.spill_path:
+                raise
+            fd = os.open(self._spilled(object_id), os.O_RDONLY)
         try:
             return mmap.mmap(fd, 0, prot=mmap.PROT_READ)
         finally:
             os.close(fd)
 
     def contains(self, object_id: bytes) -> bool:
-        return os.path.exists(self._file(object_id))
+        return os.path.exists(self._file(object_id)) or bool(
+            self.spill_path and os.path.exists(self._spilled(object_id)))
+
+    def spill(self, object_id: bytes) -> bool:
+        """Move an object from shared memory to disk. Readers that mapped it keep their view;
+        new readers find it on disk. False if the object is gone (deleted meanwhile)."""
+        src = self._file(object_id)
+        tmp = self._spilled(object_id) + ".spilling"
+        try:
+            shutil.copyfile(src, tmp)
+        except FileNotFoundError:
+            return False
+        os.rename(tmp, self._spilled(object_id))  # complete on disk before it leaves memory
+        try:
+            os.unlink(src)
+        except FileNotFoundError:  # deleted while we copied: drop the copy too
+            os.unlink(self._spilled(object_id))
+            return False
+        return True
 
     def delete(self, object_id: bytes) -> None:
-        try:
-            os.unlink(self._file(object_id))
-        except FileNotFoundError:
-            pass
+        for path in (self._file(object_id), self.spill_path and self._spilled(object_id)):
+            if path:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+    def remove_temp_files_of(self, pid: int) -> int:
+        """Remove what a dead writer left half-written; returns how many files."""
+        removed = 0
+        for directory in (self.path, self.spill_path):
+            if not directory:
+                continue
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.startswith(".") and name.endswith(f".{pid}.tmp"):
+                    try:
+                        os.unlink(os.path.join(directory, name))
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
+        return removed
 
     def remove_all(self) -> None:
-        """Delete every object and the directory itself (at node shutdown)."""
-        try:
-            names = os.listdir(self.path)
-        except FileNotFoundError:
-            return
-        for name in names:
-            try:
-                os.unlink(os.path.join(self.path, name))
-            except OSError:
-                pass
-        try:
-            os.rmdir(self.path)
-        except OSError:
-            pass
+        """Delete every object, spilled ones too, and the directories (at node shutdown)."""
+        for directory in (self.path, self.spill_path):
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)

@@ -11,7 +11,8 @@ EXPECTED = {
     "ActorClass", "ActorHandle", "ObjectRef", "ObjectRefGenerator", "RemoteFunction",
     "RuntimeContext", "__version__", "aio", "as_completed", "available_resources", "cancel",
     "cluster_resources", "exceptions", "get", "get_actor", "get_gpu_ids", "get_runtime_context",
-    "init", "is_initialized", "kill", "method", "nodes", "put", "remote", "shutdown", "wait",
+    "init", "is_initialized", "kill", "method", "nodes", "object_store_stats", "put", "remote",
+    "shutdown", "wait",
 }
 
 

@@ -67,6 +67,7 @@ def test_start_status_connect_stop(head, tmp_path, session_root):
         assert "RESULT 49 2.0" in out
     # the cluster outlives its drivers
     assert "1 node alive" in cli("status").stdout
+    assert "Object store: 0.0 MiB used" in cli("memory").stdout
     assert "1 node alive" in cli("status", "--address", f"127.0.0.1:{port}").stdout
 
 

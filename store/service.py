@@ -1,0 +1,79 @@
+"""The node's object store accounting: capacity, what lives in memory, what was spilled.
+
+Plain data and decisions, no I/O: the node agent tells it what was sealed and deleted, and
+it answers which objects to spill so that shared memory stays within ``capacity``. Spilling
+takes the least recently sealed objects first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+
+
+@dataclasses.dataclass
+class StoredObject:
+    object_id: bytes
+    size: int
+    spilled: bool = False
+    spilling: bool = False
+
+
+class StoreAccounts:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.objects: OrderedDict[bytes, StoredObject] = OrderedDict()
+        self.used = 0  # bytes in shared memory
+        self.spilled = 0  # bytes on disk
+
+    def sealed(self, object_id: bytes, size: int) -> list[bytes]:
+        """Record a new object in shared memory; returns the objects to spill to make room."""
+        if object_id in self.objects:
+            return []
+        self.objects[object_id] = StoredObject(object_id, size)
+        self.used += size
+        return self.to_spill()
+
+    def to_spill(self) -> list[bytes]:
+        over = self.used - sum(o.size for o in self.objects.values() if o.spilling) - self.capacity
+        chosen = []
+        for obj in self.objects.values():
+            if over <= 0:
+                break
+            if not obj.spilled and not obj.spilling:
+                obj.spilling = True
+                chosen.append(obj.object_id)
+                over -= obj.size
+        return chosen
+
+    def spill_done(self, object_id: bytes, ok: bool) -> None:
+        obj = self.objects.get(object_id)
+        if obj is None or not obj.spilling:
+            return
+        obj.spilling = False
+        if ok:
+            obj.spilled = True
+            self.used -= obj.size
+            self.spilled += obj.size
+
+    def deleted(self, object_id: bytes) -> None:
+        obj = self.objects.pop(object_id, None)
+        if obj is None:
+            return
+        if obj.spilled:
+            self.spilled -= obj.size
+        else:
+            self.used -= obj.size
+
+    def stats(self) -> dict:
+        return {
+            "used_bytes": self.used,
+            "capacity_bytes": self.capacity,
+            "num_objects": len(self.objects),
+            "spilled_bytes": self.spilled,
+            "num_spilled": sum(1 for o in self.objects.values() if o.spilled),
+        }
+
+    def listing(self) -> list[dict]:
+        return [{"object_id": o.object_id.hex(), "size": o.size, "spilled": o.spilled}
+                for o in self.objects.values()]

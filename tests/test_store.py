@@ -1,0 +1,112 @@
+"""The object store: stats, capacity and spilling, freeing, crash safety, cleanup."""
+
+import numpy as np
+
+from conftest import wait_gone
+
+
+def test_stats_spilling_and_full_errors(run_script):
+    r = run_script("""
+        import numpy as np
+        aray.init(num_cpus=2, object_store_memory=50 * 2**20)
+        stats = aray.object_store_stats()
+        assert stats["capacity_bytes"] == 50 * 2**20 and stats["num_objects"] == 0, stats
+        # hold 100 MB in a 50 MB store: older objects spill to disk and stay readable
+        refs = [aray.put(np.full(10 * 2**20 // 8, i, dtype=np.int64)) for i in range(10)]
+        time.sleep(0.5)
+        stats = aray.object_store_stats()
+        print("STATS", stats)
+        assert stats["num_objects"] == 10
+        assert stats["used_bytes"] <= 50 * 2**20 + 11 * 2**20, stats
+        assert stats["num_spilled"] >= 4 and stats["spilled_bytes"] >= 40 * 2**20, stats
+        @aray.remote
+        def first(a):
+            return int(a[0])
+        assert aray.get([first.remote(r) for r in refs]) == list(range(10))
+        assert [int(aray.get(r)[-1]) for r in refs] == list(range(10))
+        # one object bigger than the whole store: a clear error, nothing else lost
+        try:
+            aray.put(np.zeros(60 * 2**20 // 8))
+        except aray.exceptions.ObjectStoreFullError as e:
+            print("FULL", e)
+        @aray.remote
+        def too_big():
+            return np.zeros(60 * 2**20 // 8)
+        try:
+            aray.get(too_big.remote())
+        except aray.exceptions.ObjectStoreFullError as e:
+            print("FULL-TASK", type(e).__name__)
+        assert aray.get(refs[3])[0] == 3
+        from aray import _global
+        core = _global.core()
+        store, spill = core.store.path, core.store.spill_path
+        del refs
+        time.sleep(0.3)
+        print("AFTER", aray.object_store_stats())
+        assert aray.object_store_stats()["num_objects"] == 0
+        report_pids()
+        aray.shutdown()
+        assert not os.path.exists(store) and not os.path.exists(spill)
+        print("OK")
+    """, timeout=120)
+    assert "FULL an object of 60.0 MiB does not fit" in r.stdout and "50.0 MiB" in r.stdout
+    assert "FULL-TASK" in r.stdout and "OK" in r.stdout
+    r.assert_no_leftovers()
+
+
+def test_dropped_results_are_freed(run_script):
+    r = run_script("""
+        import numpy as np
+        aray.init(num_cpus=2, object_store_memory=20 * 2**20)
+        @aray.remote
+        def make(i):
+            return np.full(2**20 // 8, i)  # 1 MiB
+        for start in range(0, 1000, 50):
+            refs = [make.remote(i) for i in range(start, start + 50)]
+            aray.wait(refs, num_returns=len(refs))
+            del refs
+        time.sleep(0.5)
+        stats = aray.object_store_stats()
+        print("STATS", stats)
+        assert stats["num_objects"] == 0 and stats["used_bytes"] == 0, stats
+        assert stats["num_spilled"] == 0, stats
+        aray.shutdown()
+    """, timeout=180)
+    assert "STATS" in r.stdout
+
+
+def test_a_dead_writers_temp_files_are_removed(run_script):
+    r = run_script("""
+        aray.init(num_cpus=1)
+        @aray.remote
+        def start_writing():
+            from aray import _global
+            store = _global.core().store.path
+            # what a worker killed in the middle of writing leaves behind
+            open(os.path.join(store, f".{'ab' * 16}.{os.getpid()}.tmp"), "w").write("half")
+            os._exit(1)
+        from aray import _global
+        store = _global.core().store.path
+        try:
+            aray.get(start_writing.options(max_retries=0).remote())
+        except aray.exceptions.WorkerCrashedError:
+            pass
+        time.sleep(0.5)
+        print("LEFT", [n for n in os.listdir(store) if n.endswith(".tmp")])
+        aray.shutdown()
+    """)
+    assert "LEFT []" in r.stdout
+
+
+def test_store_reads_are_zero_copy_in_tasks(run_script):
+    r = run_script("""
+        import numpy as np
+        aray.init(num_cpus=1)
+        ref = aray.put(np.arange(2_000_000))
+        @aray.remote
+        def inspect(a):
+            return a.flags.owndata, a.flags.writeable, int(a.sum())
+        print("RESULT", aray.get(inspect.remote(ref)))
+        aray.shutdown()
+    """)
+    assert f"RESULT (False, False, {int(np.arange(2_000_000).sum())})" in r.stdout
