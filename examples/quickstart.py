@@ -1,4 +1,4 @@
-"""aray quickstart: tasks, dependencies, put, wait, and the same work in asyncio."""
+"""aray quickstart: tasks, dependencies, put, wait, an actor, and the same work in asyncio."""
 
 import asyncio
 import time
@@ -27,6 +27,18 @@ def sleep_for(seconds):
     return seconds
 
 
+@aray.remote
+class Counter:
+    """An actor: state that lives in its own worker process."""
+
+    def __init__(self):
+        self.count = 0
+
+    def add(self, n):
+        self.count += n
+        return self.count
+
+
 def sync_demo():
     # .remote() returns an ObjectRef at once; the tasks run in worker processes.
     print("squares:", aray.get([square.remote(i) for i in range(5)]))
@@ -41,6 +53,9 @@ def sync_demo():
         ready, pending = aray.wait(pending, num_returns=1)
         order.append(aray.get(ready[0]))
     print("finished in order:", order)
+    # An actor keeps state between calls; calls from one caller run in order.
+    counter = Counter.remote()
+    print("counter:", aray.get([counter.add.remote(n) for n in (1, 2, 3)]))
 
 
 async def async_demo():
@@ -53,6 +68,8 @@ async def async_demo():
     async for ref in aray.as_completed([sleep_for.remote(s) for s in (0.6, 0.1, 0.3)]):
         order.append(await ref)
     print("finished in order:", order)
+    counter = Counter.remote()
+    print("counter:", await asyncio.gather(*[counter.add.remote(n) for n in (1, 2, 3)]))
 
 
 if __name__ == "__main__":
