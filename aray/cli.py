@@ -231,24 +231,15 @@ def cmd_memory(args) -> None:
 
 async def _store_stats() -> tuple[dict, list]:
     from . import _protocol as P
-    from ._link import connect
     from ._local import find_cluster
 
     info = find_cluster("auto")
-    hello = P.Hello(P.PROTOCOL_VERSION, info["token"], "core", "memory", os.getpid(), {})
-    link = await connect(info["node_address"], hello, name="memory")
-    task = asyncio.ensure_future(link.run())
-    try:
-        reply = await link.request(lambda r: P.GetStoreStats(r))
-    finally:
-        await link.aclose()
-        await task
+    reply = await _ask(info["node_address"], info["token"], lambda r: P.GetStoreStats(r))
     return reply.stats, reply.objects
 
 
 async def _cluster_state(address: str | None, token: str | None) -> list[dict]:
     from . import _protocol as P
-    from ._link import connect
     from ._local import find_cluster
 
     if address is None:
@@ -263,12 +254,20 @@ async def _cluster_state(address: str | None, token: str | None) -> list[dict]:
     token = token or os.environ.get("ARAY_TOKEN")
     if not token:
         raise ValueError("no token for that cluster: pass --token or set ARAY_TOKEN")
-    hello = P.Hello(P.PROTOCOL_VERSION, token, "core", "status", os.getpid(), {})
-    link = await connect(target, hello, name="status")
+    reply = await _ask(target, token, lambda r: P.GetClusterState(r))
+    return reply.nodes
+
+
+async def _ask(address: str, token: str, make):
+    """One request to a head or node agent over a short-lived authenticated link."""
+    from . import _protocol as P
+    from ._link import connect
+
+    hello = P.Hello(P.PROTOCOL_VERSION, token, "core", "cli", os.getpid(), {})
+    link = await connect(address, hello, name="cli")
     task = asyncio.ensure_future(link.run())
     try:
-        reply = await link.request(lambda r: P.GetClusterState(r))
+        return await link.request(make)
     finally:
         await link.aclose()
         await task
-    return reply.nodes
