@@ -5,7 +5,7 @@ Run::
     python benchmarks/bench_core.py [--num-cpus N] [--quick]
 
 Prints the machine, then one line per workload: the best and the median of 3 timed
-repetitions (after one untimed warm-up round), as operations per second or seconds.
+repetitions (after one untimed warm-up round), as operations per second, seconds or MB.
 See benchmarks/README.md for what each number means.
 """
 
@@ -26,6 +26,7 @@ import psutil
 
 REPS = 3
 INIT_RUNS = 3
+W = 38  # width of the name column
 
 # --- helpers --------------------------------------------------------------------------------
 
@@ -84,14 +85,20 @@ def report_rate(name: str, n: int, times: list[float], unit: str = "ops/s",
     """Print ops/s for the best (fastest) and median repetition of ``n`` operations."""
     best, med = min(times), statistics.median(times)
     extra = f"  ({note})" if note else ""
-    print(f"{name:<34} best {fmt_rate(n / best)} {unit}   median {fmt_rate(n / med)} {unit}"
+    print(f"{name:<{W}} best {fmt_rate(n / best)} {unit}   median {fmt_rate(n / med)} {unit}"
           f"   [n={n}, {len(times)} reps, best {best * 1e3:,.1f} ms]{extra}", flush=True)
 
 
 def report_seconds(name: str, times: list[float], note: str = "") -> None:
+    report_value(name, times, "s", ".3f", f"{len(times)} runs", note)
+
+
+def report_value(name: str, values: list[float], unit: str, spec: str, what: str,
+                 note: str = "") -> None:
+    """Print the min and the median of ``values`` (seconds, megabytes...)."""
     extra = f"  ({note})" if note else ""
-    print(f"{name:<34} min  {min(times):>10.3f} s        median {statistics.median(times):>10.3f} s"
-          f"        [{len(times)} runs]{extra}", flush=True)
+    print(f"{name:<{W}} min  {min(values):>10{spec}} {unit:<2}       median "
+          f"{statistics.median(values):>10{spec}} {unit:<2}       [{what}]{extra}", flush=True)
 
 
 def timed(fn, reps: int = REPS) -> list[float]:
@@ -247,6 +254,159 @@ async def run_timed_async(make_coro) -> list[float]:
     return out
 
 
+# --- actors (on the same cluster) -------------------------------------------------------------
+
+N_CREATE = 20  # actors per repetition of "actor creation" / "memory per idle actor"
+
+
+def actor_classes():
+    """The actors of Ray's ``ray_perf.py``: a plain one and an ``async def`` one."""
+    import aray
+
+    @aray.remote
+    class Actor:
+        def small_value(self):
+            return b"ok"
+
+        def small_value_with_arg(self, x):
+            return b"ok"
+
+        def pid(self):
+            return os.getpid()
+
+    @aray.remote
+    class AsyncActor:
+        async def small_value(self):
+            return b"ok"
+
+        async def small_value_with_arg(self, x):
+            return b"ok"
+
+        async def pid(self):
+            return os.getpid()
+
+    return Actor, AsyncActor
+
+
+def kill_actors(handles: list) -> None:
+    import aray
+
+    for h in handles:
+        aray.kill(h)
+
+
+def bench_actors(n: int, num_cpus: int) -> list[int]:
+    """The actor call workloads; returns the pids of the actors' workers (for the leak check)."""
+    import aray
+
+    Actor, AsyncActor = actor_classes()
+    a = Actor.remote()
+    c = Actor.options(max_concurrency=16).remote()
+    aa = AsyncActor.remote()
+    many = [Actor.remote() for _ in range(num_cpus)]
+    amany = [AsyncActor.remote() for _ in range(num_cpus)]
+    everyone = [a, c, aa, *many, *amany]
+    # every actor is up (and its address known to this driver) before anything is timed
+    aray.get([h.small_value.remote() for h in everyone])
+    pids = aray.get([h.pid.remote() for h in everyone])
+
+    def sync_calls(actor):
+        def run():
+            for _ in range(n):
+                aray.get(actor.small_value.remote())
+        return run
+
+    def async_calls(actor):
+        def run():
+            aray.get([actor.small_value.remote() for _ in range(n)])
+        return run
+
+    def round_robin(actors):
+        def run():
+            k = len(actors)
+            aray.get([actors[i % k].small_value.remote() for i in range(n)])
+        return run
+
+    try:
+        report_rate("1:1 actor calls sync", n, timed(sync_calls(a)),
+                    note="for: get(a.small_value.remote())")
+        report_rate("1:1 actor calls async", n, timed(async_calls(a)),
+                    note="get([a.small_value.remote() for ...])")
+        report_rate("1:1 actor calls concurrent", n, timed(async_calls(c)),
+                    note="the same, max_concurrency=16 (threads)")
+        report_rate("1:n actor calls async", n, timed(round_robin(many)),
+                    note=f"round-robin over {len(many)} actors, one get")
+
+        async def gather():
+            return await asyncio.gather(*[a.small_value.remote() for _ in range(n)])
+
+        report_rate("actor calls awaited", n, asyncio.run(run_timed_async(gather)),
+                    note="gather(a.small_value.remote() ...), asyncio.run loop")
+        report_rate("1:1 async-actor calls sync", n, timed(sync_calls(aa)),
+                    note="for: get(aa.small_value.remote()), async def")
+        report_rate("1:1 async-actor calls async", n, timed(async_calls(aa)),
+                    note="get([aa.small_value.remote() for ...]), async def")
+
+        def with_args():
+            aray.get([aa.small_value_with_arg.remote(i) for i in range(n)])
+
+        report_rate("1:1 async-actor calls with args async", n, timed(with_args),
+                    note="get([aa.small_value_with_arg.remote(i) ...])")
+        report_rate("1:n async-actor calls async", n, timed(round_robin(amany)),
+                    note=f"round-robin over {len(amany)} async actors, one get")
+    finally:
+        kill_actors(everyone)
+    alive(pids)  # wait (up to 10 s) for their workers to exit before the next workload
+    return pids
+
+
+def tree_memory() -> tuple[int, int, int]:
+    """(summed RSS, summed USS, number of processes) of the node process and its descendants."""
+    rss = uss = count = 0
+    for pid in runtime_pids():
+        try:
+            info = psutil.Process(pid).memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        rss += info.rss
+        uss += info.uss
+        count += 1
+    return rss, uss, count
+
+
+def bench_actor_creation() -> list[int]:
+    """Create N_CREATE actors and get one call back from each; measure the node's memory with
+    them idle; kill them and wait for their workers to exit. Returns all their pids."""
+    import aray
+
+    Actor, _ = actor_classes()
+    times, rss_mb, uss_mb, procs, all_pids = [], [], [], [], []
+    for rep in range(REPS + 1):  # the first round is the warm-up
+        rss0, uss0, count0 = tree_memory()
+        t = time.perf_counter()
+        handles = [Actor.remote() for _ in range(N_CREATE)]
+        pids = aray.get([h.pid.remote() for h in handles])
+        elapsed = time.perf_counter() - t
+        time.sleep(0.2)  # idle
+        rss1, uss1, count1 = tree_memory()
+        kill_actors(handles)
+        all_pids += pids
+        if alive(pids):
+            raise RuntimeError(f"killed actors still alive after 10 s: {alive(pids, 0)}")
+        if rep:
+            times.append(elapsed)
+            rss_mb.append((rss1 - rss0) / N_CREATE / 1e6)
+            uss_mb.append((uss1 - uss0) / N_CREATE / 1e6)
+            procs.append(count1 - count0)
+    report_rate("actor creation", N_CREATE, times, unit="actors/s",
+                note=f"{N_CREATE} x Actor.remote(), then get one call from each")
+    med = statistics.median
+    report_value("memory per idle actor", rss_mb, "MB", ".1f", f"{N_CREATE} actors, {REPS} runs",
+                 f"summed RSS of the node's process tree, (after - before) / {N_CREATE}; "
+                 f"USS {med(uss_mb):.1f} MB/actor; +{med(procs):.0f} processes")
+    return all_pids
+
+
 # --- awaited tasks with aray bound to the application's loop (aray.aio.init) --------------------
 
 
@@ -272,7 +432,18 @@ async def bench_native_loop(n: int, num_cpus: int) -> list[int]:
         report_rate("async def tasks awaited (aio.init)", n,
                     await run_timed_async(lambda: gather(af)),
                     note="runtime on the asyncio.run loop")
+
+        Actor, _ = actor_classes()
+        a = Actor.remote()
+        await a.small_value.remote()
+
+        async def gather_actor():
+            return await asyncio.gather(*[a.small_value.remote() for _ in range(n)])
+
+        report_rate("actor calls awaited (aio.init)", n, await run_timed_async(gather_actor),
+                    note="runtime on the asyncio.run loop")
     finally:
+        pids = sorted(set(pids) | set(runtime_pids()))  # the actor's worker too
         await aray.aio.shutdown()
     return pids
 
@@ -285,7 +456,7 @@ def main() -> int:
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count() or 1,
                         help="CPUs offered to the local cluster (default: os.cpu_count())")
     parser.add_argument("--quick", action="store_true",
-                        help="n=1000 instead of 5000 (about 10 s instead of about 30 s on 2 cores)")
+                        help="n=1000 instead of 5000 (about 15 s instead of about 50 s on 2 cores)")
     args = parser.parse_args()
     n = 1000 if args.quick else 5000
     n_complete, n_wait = 10_000, 1_000
@@ -306,7 +477,10 @@ def main() -> int:
     pids = runtime_pids()
     try:
         bench_sync_api(n, n_complete, n_wait)
+        pids += bench_actors(n, args.num_cpus)
+        pids += bench_actor_creation()
     finally:
+        pids += runtime_pids()  # workers started since init
         aray.shutdown()
     leaked += alive(pids)
 
