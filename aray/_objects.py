@@ -123,6 +123,8 @@ class ObjectTable:
         self._futs: dict[tuple[bytes, Any], asyncio.Future] = {}
         self._futs_lock = threading.Lock()
         self._loop_thread: int | None = None
+        self._dropped: list[bytes] = []  # ids whose count reached zero off the loop thread
+        self._dropped_lock = threading.Lock()
 
     def bind_thread(self) -> None:
         self._loop_thread = threading.get_ident()
@@ -240,16 +242,27 @@ class ObjectTable:
     def _count_reached_zero(self, oid: bytes) -> None:
         try:
             if self.on_loop_thread():
-                self.loop.call_soon(self._check_unused, oid)
-            else:
-                self.loop.call_soon_threadsafe(self._check_unused, oid)
+                self.loop.call_soon(self._check_unused, [oid])
+                return
+            # from other threads: batch the checks, waking the loop once per batch
+            with self._dropped_lock:
+                self._dropped.append(oid)
+                if len(self._dropped) > 1:
+                    return
+            self.loop.call_soon_threadsafe(self._check_dropped)
         except RuntimeError:  # loop closed at shutdown
             pass
 
-    def _check_unused(self, oid: bytes) -> None:
-        entry = self.entries.get(oid)
-        if entry is not None:
-            self._maybe_unused(entry)
+    def _check_dropped(self) -> None:
+        with self._dropped_lock:
+            dropped, self._dropped = self._dropped, []
+        self._check_unused(dropped)
+
+    def _check_unused(self, oids: list[bytes]) -> None:
+        for oid in oids:
+            entry = self.entries.get(oid)
+            if entry is not None:
+                self._maybe_unused(entry)
 
     def unpin(self, entry: ObjectEntry) -> None:
         entry.pins -= 1

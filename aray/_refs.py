@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import os
 from typing import Any, Generic, TypeVar
 
@@ -23,9 +24,21 @@ T = TypeVar("T")
 ID_SIZE = 16
 
 
+def _fresh_prefix() -> None:
+    global _prefix
+    _prefix = os.urandom(6)
+
+
+_prefix = b""
+_fresh_prefix()
+os.register_at_fork(after_in_child=_fresh_prefix)  # a forked worker must not reuse ids
+_counter = itertools.count()
+
+
 def new_task_id() -> bytes:
-    """A random 12-byte task id; its return objects are ``task_id + index``."""
-    return os.urandom(12)
+    """A 12-byte task id, unique across processes (random prefix + counter); its return
+    objects are ``task_id + index``."""
+    return _prefix + (next(_counter) & 0xFFFFFFFFFFFF).to_bytes(6, "big")
 
 
 def return_id(task_id: bytes, index: int) -> bytes:

@@ -175,6 +175,8 @@ def serialize_args(args: tuple, kwargs: dict, describe: Callable[[], str]):
     caller and passed as dependencies, so the task message itself stays small.
     Raises TypeError naming the argument that cannot be pickled.
     """
+    if not args and not kwargs:
+        return _NO_ARGS, []
     deps: list[ObjectRef] = []
 
     def slot(value):
@@ -207,6 +209,9 @@ def serialize_args(args: tuple, kwargs: dict, describe: Callable[[], str]):
         skwargs = {k: put_large(v) for k, v in skwargs.items()}
         ser = serialize((sargs, skwargs))
     return ser.to_bytes(), deps
+
+
+_NO_ARGS = serialize(((), {})).to_bytes()
 
 
 def _unpicklable_argument(args, kwargs, where: str, exc: Exception) -> TypeError:

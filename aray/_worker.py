@@ -13,7 +13,9 @@ import asyncio
 import ctypes
 import inspect
 import logging
+import gc
 import os
+import queue
 import sys
 import threading
 import traceback
@@ -124,6 +126,20 @@ class _Executor:
             sys.stdout.flush()
             sys.stderr.write(line)
             sys.stderr.flush()
+
+
+class _Lane:
+    """The threads of one concurrency group of a sync actor, fed by one queue in order."""
+
+    def __init__(self, run, threads: int, name: str) -> None:
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        for i in range(threads):
+            threading.Thread(target=self._serve, args=(run,), name=f"{name}_{i}",
+                             daemon=True).start()
+
+    def _serve(self, run) -> None:
+        while True:
+            run(*self.queue.get())
 
 
 _CUDA_AT_START = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -298,8 +314,10 @@ class ActorExecutor(_Executor):
         if self.is_async:
             self.limits = {g: asyncio.Semaphore(n) for g, n in groups.items()}
         else:
-            self.pools = {g: ThreadPoolExecutor(n, thread_name_prefix=f"aray-actor-{g or 'main'}")
+            self.lanes = {g: _Lane(self._run_call, n, f"aray-actor-{g or 'main'}")
                           for g, n in groups.items()}
+        self._replies: list[tuple[Link, Any]] = []  # finished sync calls, sent in batches
+        self._replies_lock = threading.Lock()
         self.instance: Any = None
         self.calls: dict[bytes, asyncio.Task] = {}
         set_visible_gpus(self.gpu_ids)
@@ -321,8 +339,7 @@ class ActorExecutor(_Executor):
                 finally:
                     current_task.reset(token)
             else:
-                self.instance = await asyncio.get_running_loop().run_in_executor(
-                    self.pools[""], self._construct, cls, name)
+                self.instance = await asyncio.to_thread(self._construct, cls, name)
         except BaseException as exc:
             error = self._error_blob(name, exc)
         finally:
@@ -343,11 +360,8 @@ class ActorExecutor(_Executor):
             task = self.core.spawn(self._call_async(link, msg, group), name=msg.method)
             self.calls[msg.task_id] = task
             task.add_done_callback(lambda _t: self.calls.pop(msg.task_id, None))
-        else:
-            # submitted now, in arrival order: one thread runs calls in submission order
-            fut = asyncio.get_running_loop().run_in_executor(
-                self.pools[group], self._call_sync, link, msg)
-            self.core.spawn(self._reply(link, msg, fut), name=msg.method)
+        else:  # queued now, in arrival order: a one-thread lane runs them in that order
+            self.lanes[group].queue.put((link, msg))
 
     def cancel(self, task_id: bytes) -> None:
         task = self.calls.get(task_id)
@@ -364,15 +378,25 @@ class ActorExecutor(_Executor):
             return []
         return self._pack(msg.method, msg.return_ids, msg.num_returns, result)
 
-    async def _reply(self, link: Link, msg: P.CallActor, fut) -> None:
+    def _run_call(self, link: Link, msg: P.CallActor) -> None:
+        """On a lane thread: run one call and queue its reply for the loop."""
         try:
-            results = await fut
+            reply = P.TaskFinished(msg.task_id, self._call_sync(link, msg), None)
         except BaseException as exc:
-            self._send_error(link, msg.task_id, f"{self.class_name}.{msg.method}", exc)
-        else:
-            _send_if_open(link, P.TaskFinished(msg.task_id, results, None))
-        finally:
-            _flush_std()
+            reply = P.TaskFinished(msg.task_id, [], self._error_blob(
+                f"{self.class_name}.{msg.method}", exc))
+        _flush_std()
+        with self._replies_lock:
+            self._replies.append((link, reply))
+            wake = len(self._replies) == 1  # the loop is already due to send the others
+        if wake:
+            self.core.loop.call_soon_threadsafe(self._send_replies)
+
+    def _send_replies(self) -> None:
+        with self._replies_lock:
+            replies, self._replies = self._replies, []
+        for link, reply in replies:
+            _send_if_open(link, reply)
 
     async def _call_async(self, link: Link, msg: P.CallActor, group: str) -> None:
         name = f"{self.class_name}.{msg.method}"
@@ -451,6 +475,9 @@ async def _serve(config: dict) -> None:
     core.executor = TaskExecutor(core)
     _global.set_core(core)
     await core.start()
+    # what exists now (modules, the runtime) lives as long as the worker: keep it out of
+    # every garbage collection, which otherwise grows slow with many calls in flight
+    gc.freeze()
     assert core.agent is not None
     core.agent.send(P.WorkerStarted(config["worker_id"], core.address, os.getpid()))
     gone = loop.create_future()
