@@ -156,6 +156,14 @@ class Core:
             os._exit(1)  # a worker without its node agent has nothing left to do
 
     async def stop(self) -> None:
+        if self.role == "driver" and self.agent is not None and not self.agent.closed:
+            # the job ends: what it stored goes, even objects whose refs were pickled away
+            mine = [e.oid for e in self.objects.entries.values() if e.owned
+                    and e.location is not None and e.location[0] == self.node_id]
+            for oid in mine:
+                self.store.delete(oid)
+            if mine:
+                self.agent.send(P.ObjectsDeleted(mine))
         if self.role == "driver" and self.log_to_driver and self.agent is not None:
             try:  # what tasks printed just before shutdown still reaches the terminal
                 async with asyncio.timeout(2):
@@ -300,12 +308,12 @@ class Core:
                 f"of {self.store_capacity / 2**20:.1f} MiB, even empty. Start aray with a "
                 "larger object_store_memory, or split the object into smaller pieces.")
         try:
-            self.store.write(oid, ser)
+            in_memory = self.store.write(oid, ser)
         except OSError as exc:
             raise ObjectStoreFullError(
                 f"an object of {size / 2**20:.1f} MiB could not be stored in shared memory "
                 f"nor spilled to disk: {exc}") from None
-        self.call_soon(self._tell_agent, P.ObjectSealed(oid, size))
+        self.call_soon(self._tell_agent, P.ObjectSealed(oid, size, not in_memory))
         return ["s", self.node_id, size]
 
     def delete_stored(self, oid: bytes) -> None:

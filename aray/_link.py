@@ -201,7 +201,9 @@ class Server:
             os.chmod(host, 0o600)
             self._socket_files.append(host)
             return address
-        site = web.TCPSite(self._runner, host, port, reuse_address=False)
+        # reuse_address: a restarted head may bind while old connections sit in TIME-WAIT
+        # (Linux still refuses a second listener on the port)
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
         try:
             await site.start()
         except OSError as exc:

@@ -134,7 +134,7 @@ class LocalCluster:
 
     def __init__(self, *, resources: dict, object_store_memory: int | None = None,
                  token: str | None = None, daemon: bool = False,
-                 head_tcp: str | None = None) -> None:
+                 head_tcp: str | None = None, ip: str = "127.0.0.1") -> None:
         self.session_dir = new_session_dir()
         self.store_dir = store_dir_for(self.session_dir)
         self.token = token or secrets.token_hex(16)
@@ -146,7 +146,7 @@ class LocalCluster:
                        "head_address": self.head_address, "node_address": self.node_address,
                        # workers import the driver's own modules from where the driver does
                        "code_path": _driver_code_path(),
-                       "daemon": daemon, "head_tcp": head_tcp}
+                       "daemon": daemon, "head_tcp": head_tcp, "ip": ip}
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
 
@@ -259,7 +259,7 @@ async def _run_node(config: dict) -> None:
             return
         agent = NodeAgent(token=config["token"], session_dir=config["session_dir"],
                           store_dir=config["store_dir"], resources=config["resources"],
-                          head_address=head_address)
+                          head_address=head_address, ip=config.get("ip") or "127.0.0.1")
         node_address = await agent.start(config["node_address"])
         ready = {"head_address": head_address, "head_tcp": head_tcp,
                  "node_address": node_address, "node_id": agent.node_id, "pid": os.getpid(),

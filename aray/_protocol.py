@@ -179,6 +179,7 @@ class ObjectSealed(NamedTuple):
 
     object_id: bytes
     size: int
+    on_disk: bool  # shared memory was full: it went straight to the spill directory
 
 
 @_message(32)

@@ -317,7 +317,13 @@ class TaskSubmitter:
             await self.core.wait_ready()
             assert self.core.agent is not None
             grant = await self.core.agent.request(lambda r: P.RequestLease(r, q.shape, q.description))
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError) as exc:
+            # no node agent (the cluster stopped): nothing queued here can ever run
+            error = exc if isinstance(exc, ConnectionError) else ConnectionError(str(exc))
+            while q.tasks:
+                self._fail_task(q.tasks.popleft(), ConnectionError(
+                    f"cannot run tasks: the aray node agent is unreachable ({error}); "
+                    "the cluster has stopped"))
             return
         finally:
             q.requesting -= 1

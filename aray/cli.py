@@ -20,12 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="In Python: import aray; aray.init(). Docs: the docs/ folder (mkdocs serve).")
     parser.add_argument("--version", action="version", version=f"aray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("_node", help=argparse.SUPPRESS)
 
     start = sub.add_parser("start", help="start a cluster's head node (a daemon)",
                            description="Start an aray head node on this machine.")
     start.add_argument("--head", action="store_true", help="start the head of a new cluster")
-    start.add_argument("--address", help="join the cluster whose head is at HOST:PORT")
+    start.add_argument("--address", help=argparse.SUPPRESS)  # joining: not available yet
     start.add_argument("--port", type=int, default=6379, help="the head's port (default 6379)")
     start.add_argument("--num-cpus", type=float, help="CPUs to offer (default: all)")
     start.add_argument("--num-gpus", type=float, help="GPUs to offer (default: 0)")
@@ -55,13 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "_node":
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_node"]:  # the node process a local cluster starts (not for users)
         from ._local import node_main
 
         node_main()
         return
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return
@@ -87,7 +87,7 @@ def cmd_start(args) -> None:
     resources = node_resources(args.num_cpus, args.num_gpus, custom, args.object_store_memory)
     token = args.token or args.redis_password
     cluster = LocalCluster(resources=resources, object_store_memory=args.object_store_memory,
-                           token=token, daemon=True,
+                           token=token, daemon=True, ip=args.node_ip_address,
                            head_tcp=f"tcp://{args.node_ip_address}:{args.port}")
     _write_token(cluster.session_dir, cluster.token)
     cluster.spawn()
@@ -210,8 +210,8 @@ def cmd_status(args) -> None:
         if k.startswith("node:"):
             continue
         used = total[k] - free.get(k, 0)
-        if k in ("memory", "object_store_memory"):
-            print(f"  {k:<20} {used / 2**30:.2f} / {total[k] / 2**30:.2f} GiB")
+        if k in ("memory", "object_store_memory"):  # sizes, not reservations: see `aray memory`
+            print(f"  {k:<20} {total[k] / 2**30:.2f} GiB")
         else:
             print(f"  {k:<20} {used:g} / {total[k]:g}")
 

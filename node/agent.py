@@ -398,7 +398,7 @@ class NodeAgent:
 
     # --- object store --------------------------------------------------------------------
     def _on_ObjectSealed(self, link: Link, msg: P.ObjectSealed) -> None:
-        for object_id in self.accounts.sealed(msg.object_id, msg.size):
+        for object_id in self.accounts.sealed(msg.object_id, msg.size, msg.on_disk):
             self._spawn(self._spill(object_id), "spill")
 
     async def _spill(self, object_id: bytes) -> None:

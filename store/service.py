@@ -26,11 +26,15 @@ class StoreAccounts:
         self.used = 0  # bytes in shared memory
         self.spilled = 0  # bytes on disk
 
-    def sealed(self, object_id: bytes, size: int) -> list[bytes]:
-        """Record a new object in shared memory; returns the objects to spill to make room."""
+    def sealed(self, object_id: bytes, size: int, on_disk: bool = False) -> list[bytes]:
+        """Record a new object (in shared memory, or ``on_disk`` when memory was full);
+        returns the objects to spill to make room."""
         if object_id in self.objects:
             return []
-        self.objects[object_id] = StoredObject(object_id, size)
+        self.objects[object_id] = StoredObject(object_id, size, spilled=on_disk)
+        if on_disk:
+            self.spilled += size
+            return []
         self.used += size
         return self.to_spill()
 

@@ -44,17 +44,19 @@ class ShmDirectory:
     def _spilled(self, object_id: bytes) -> str:
         return os.path.join(self.spill_path, object_id.hex())
 
-    def write(self, object_id: bytes, value: Serialized) -> int:
-        """Write and seal an object in shared memory; returns its size in bytes.
+    def write(self, object_id: bytes, value: Serialized) -> bool:
+        """Write and seal an object in shared memory; returns False if it went to disk.
 
         When shared memory itself is full, the object goes straight to the spill directory.
         """
         try:
-            return self._write_in(self.path, object_id, value)
+            self._write_in(self.path, object_id, value)
+            return True
         except OSError as exc:
             if exc.errno != errno.ENOSPC or not self.spill_path:
                 raise
-            return self._write_in(self.spill_path, object_id, value)
+        self._write_in(self.spill_path, object_id, value)
+        return False
 
     def _write_in(self, directory: str, object_id: bytes, value: Serialized) -> int:
         final = os.path.join(directory, object_id.hex())

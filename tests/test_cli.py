@@ -41,11 +41,11 @@ def head(session_root):
     """A head started with the CLI on a free port; stopped (and checked) afterwards."""
     port = free_port()
     out = cli("start", "--head", "--port", str(port), "--num-cpus", "2",
-              "--resources", '{"CustomResource1": 1}').stdout
+              "--resources", '{"CustomResource1": 1}', "--node-ip-address", "127.0.0.1").stdout
     assert f"127.0.0.1:{port}" in out and 'aray.init(address="auto")' in out
     pid = int(out.split("(pid ")[1].split(")")[0])
     yield port, pid
-    cli("stop")
+    cli("stop")  # (some tests stop it themselves)
     assert wait_gone([pid]) == []
 
 
@@ -159,3 +159,27 @@ def test_block_stays_in_the_foreground_and_stops_on_sigterm(session_root):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_leaving_driver_frees_its_objects_and_a_stopped_cluster_fails_tasks(head, tmp_path):
+    out = driver("""
+        import numpy as np, subprocess, time
+        aray.init(address="auto")
+        ref = aray.put(np.zeros(1_000_000))
+        @aray.remote
+        def f():
+            return 1
+        assert aray.get(f.remote()) == 1
+        print("USED", aray.object_store_stats()["num_objects"])
+        aray.shutdown()
+        aray.init(address="auto")
+        print("AFTER", aray.object_store_stats()["num_objects"])
+        subprocess.run([sys.executable, "-m", "aray", "stop"], check=True, capture_output=True)
+        t0 = time.monotonic()
+        try:
+            aray.get(f.remote(), timeout=30)
+        except ConnectionError as e:
+            print("FAILED FAST", time.monotonic() - t0 < 10, e)
+    """, tmp_path).stdout
+    assert "USED 1" in out and "AFTER 0" in out
+    assert "FAILED FAST True" in out

@@ -110,3 +110,19 @@ def test_store_reads_are_zero_copy_in_tasks(run_script):
         aray.shutdown()
     """)
     assert f"RESULT (False, False, {int(np.arange(2_000_000).sum())})" in r.stdout
+
+
+def test_store_accounts_spill_oldest_first_and_count_disk_writes():
+    from aray.store.service import StoreAccounts
+
+    acc = StoreAccounts(capacity=100)
+    assert acc.sealed(b"a", 40) == [] and acc.sealed(b"b", 40) == []
+    assert acc.sealed(b"c", 40) == [b"a"]  # 120 > 100: the oldest goes to disk
+    acc.spill_done(b"a", True)
+    assert acc.stats()["used_bytes"] == 80 and acc.stats()["spilled_bytes"] == 40
+    assert acc.sealed(b"d", 30, on_disk=True) == []  # written to disk: memory use unchanged
+    assert acc.stats() == {"used_bytes": 80, "capacity_bytes": 100, "num_objects": 4,
+                           "spilled_bytes": 70, "num_spilled": 2}
+    for oid in (b"a", b"b", b"c", b"d"):
+        acc.deleted(oid)
+    assert acc.stats()["used_bytes"] == 0 and acc.stats()["spilled_bytes"] == 0
