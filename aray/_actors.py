@@ -150,7 +150,11 @@ class ActorClass:
         groups = self._options["concurrency_groups"] or {}
         self._method_options: dict[str, dict] = {}
         for name, fn in methods.items():
-            opts = {**METHOD_OPTIONS, **getattr(fn, "__aray_method__", {})}
+            chosen = getattr(fn, "__aray_method__", {})
+            opts = {**METHOD_OPTIONS, **chosen}
+            if "num_returns" not in chosen and (inspect.isgeneratorfunction(fn)
+                                                or inspect.isasyncgenfunction(fn)):
+                opts["num_returns"] = "streaming"  # generator methods stream, as in Ray
             group = opts["concurrency_group"]
             if group is not None and group not in groups:
                 raise ValueError(

@@ -108,6 +108,9 @@ class RemoteFunction(Generic[P, R]):
                  descriptor: FunctionDescriptor | None = None) -> None:
         self._function = fn
         self._options = {**TASK_OPTIONS, **validate_task_options(options)}
+        if "num_returns" not in options and (inspect.isgeneratorfunction(fn)
+                                             or inspect.isasyncgenfunction(fn)):
+            self._options["num_returns"] = "streaming"  # as in Ray: generators stream
         self._descriptor = descriptor or FunctionDescriptor(fn)
         self._name = self._options["name"] or getattr(fn, "__qualname__", "task")
         opts = self._options

@@ -298,8 +298,8 @@ def test_streaming_from_tasks_and_actors():
     @aray.remote(num_returns="streaming")
     def produce(n):
         for i in range(n):
-            time.sleep(0.05)
             yield i * i
+            time.sleep(0.3)
 
     @aray.remote(num_returns="streaming")
     async def produce_async(n):
@@ -324,7 +324,8 @@ def test_streaming_from_tasks_and_actors():
     start = time.monotonic()
     gen = produce.remote(5)
     first = next(iter(gen))
-    assert aray.get(first) == 0 and time.monotonic() - start < 0.2  # before the task ends
+    assert aray.get(first) == 0
+    assert time.monotonic() - start < 1.2  # well before the task ends (5 x 0.3 s)
     assert [aray.get(r) for r in gen] == [1, 4, 9, 16]
     assert [aray.get(r) for r in produce_async.remote(3)] == [0, 1, 2]
     assert [aray.get(r) for r in Stream.remote().items.remote(4)] == [0, 1, 2, 3]
@@ -343,6 +344,20 @@ def test_streaming_from_tasks_and_actors():
     assert aray.get(next(gen)) == 1
     with pytest.raises(KeyError):
         next(gen)
+
+    # as in Ray, generator functions and methods stream without being told to
+    @aray.remote
+    def plain_generator():
+        yield "a"
+        yield "b"
+
+    @aray.remote
+    class Plain:
+        def items(self):
+            yield from (1, 2)
+
+    assert [aray.get(r) for r in plain_generator.remote()] == ["a", "b"]
+    assert [aray.get(r) for r in Plain.remote().items.remote()] == [1, 2]
 
 
 def test_method_errors_keep_the_actor_alive():
