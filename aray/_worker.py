@@ -67,7 +67,7 @@ class _Executor:
 
     def _pack(self, name: str, return_ids: list, num_returns: int, result: Any) -> list:
         n = num_returns
-        if n == 1:
+        if n == 1 and not inspect.isgenerator(result):
             values = [result]
         elif n == 0:
             values = []
