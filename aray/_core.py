@@ -239,7 +239,6 @@ class Core:
                 "earlier aray session"))
             return entry
         entry = self.objects.add(ref._id, owned=False, owner=ref._owner)
-        entry.fetching = True
         self.spawn(self._fetch_from_owner(entry), name="fetch")
         return entry
 
@@ -352,7 +351,14 @@ class Core:
 
     def future_for(self, ref: ObjectRef, loop, fresh: bool = False) -> asyncio.Future:
         """Any thread: the asyncio future through which ``loop`` awaits ``ref``."""
-        return self.objects.future_for(ref._id, loop, lambda: self.entry_for(ref), fresh)
+        fut = self.objects.future_for(ref._id, loop, lambda: self.entry_for(ref), fresh)
+        if (fresh and self.role == "worker" and loop is self.loop and not fut.done()
+                and current_task.get() is not None):
+            # an async task awaiting another task's result lends its CPU meanwhile, as a
+            # blocking get does: nested async tasks cannot deadlock a small node
+            self._block_enter()
+            fut.add_done_callback(lambda _f: self._block_exit())
+        return fut
 
     def concurrent_future(self, ref: ObjectRef):
         """Any thread: a concurrent.futures.Future for the value of ``ref``."""
@@ -426,21 +432,21 @@ class Core:
             for e in pending:
                 if one_ready in e.callbacks:
                     e.callbacks.remove(one_ready)
-                    self.objects._maybe_unused(e)
+                    self.objects.maybe_unused(e)
 
     def _block_enter(self) -> bool:
         """A worker waiting in a sync get lends its CPU back to the node (see ARCHITECTURE)."""
         if self.role != "worker":
             return False
         self._blocked_depth += 1
-        if self._blocked_depth == 1 and self.agent is not None and not self.agent.closed:
-            self.agent.send(P.WorkerBlocked(self.worker_id))
+        if self._blocked_depth == 1:
+            self._tell_agent(P.WorkerBlocked(self.worker_id))
         return True
 
     def _block_exit(self) -> None:
         self._blocked_depth -= 1
-        if self._blocked_depth == 0 and self.agent is not None and not self.agent.closed:
-            self.agent.send(P.WorkerUnblocked(self.worker_id))
+        if self._blocked_depth == 0:
+            self._tell_agent(P.WorkerUnblocked(self.worker_id))
 
     # --- tasks, actor calls and their results ---------------------------------------------
     def submit(self, spec: TaskSpec) -> list[ObjectRef] | ObjectRefGenerator:

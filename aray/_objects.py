@@ -36,7 +36,7 @@ class ObjectState(enum.Enum):
 
 class ObjectEntry:
     __slots__ = ("oid", "state", "data", "location", "error", "owned", "owner", "callbacks",
-                 "loops", "pins", "fetching")
+                 "loops", "pins")
 
     def __init__(self, oid: bytes, owned: bool, owner: str = "") -> None:
         self.oid = oid
@@ -49,7 +49,6 @@ class ObjectEntry:
         self.callbacks: list[Callable[[ObjectEntry], None]] = []
         self.loops: set = set()  # event loops with a future for this entry
         self.pins = 0  # pending tasks that use this object as an argument
-        self.fetching = False
 
     @property
     def ready(self) -> bool:
@@ -177,7 +176,7 @@ class ObjectTable:
             for loop, fut in futs:
                 if fut is not None:
                     self._settle(entry, loop, fut)
-        self._maybe_unused(entry)
+        self.maybe_unused(entry)
 
     def _settle(self, entry: ObjectEntry, loop, fut: asyncio.Future) -> None:
         try:
@@ -262,13 +261,13 @@ class ObjectTable:
         for oid in oids:
             entry = self.entries.get(oid)
             if entry is not None:
-                self._maybe_unused(entry)
+                self.maybe_unused(entry)
 
     def unpin(self, entry: ObjectEntry) -> None:
         entry.pins -= 1
-        self._maybe_unused(entry)
+        self.maybe_unused(entry)
 
-    def _maybe_unused(self, entry: ObjectEntry) -> None:
+    def maybe_unused(self, entry: ObjectEntry) -> None:
         oid = entry.oid
         if (entry.ready and entry.pins <= 0 and not entry.callbacks
                 and self.refs.count(oid) == 0 and oid not in self.refs.escaped):

@@ -296,3 +296,21 @@ def test_token_and_redis_password_alias(run_script):
         print("OK")
     """)
     assert "OK" in r.stdout
+
+
+def test_async_tasks_awaiting_nested_tasks_do_not_deadlock_on_one_cpu(run_script):
+    r = run_script("""
+        aray.init(num_cpus=1)
+        @aray.remote
+        def leaf(i):
+            return i
+        @aray.remote
+        async def middle(i):
+            return sum(await asyncio.gather(*[leaf.remote(i) for _ in range(3)]))
+        @aray.remote
+        async def top():
+            return await asyncio.gather(*[middle.remote(i) for i in range(3)])
+        print("RESULT", aray.get([top.remote() for _ in range(2)], timeout=60))
+        aray.shutdown()
+    """, timeout=90)
+    assert "RESULT [[0, 3, 6], [0, 3, 6]]" in r.stdout
