@@ -151,7 +151,8 @@ class Core:
         if self._closing:
             return
         log.error("lost the link to the aray node agent; the cluster is gone")
-        self.tasks.fail_queued(ConnectionError("the aray node agent is gone; the cluster has stopped"))
+        self.tasks.fail_queued(
+            ConnectionError("the aray node agent is gone; the cluster has stopped"))
         if self.role == "worker":
             os._exit(1)  # a worker without its node agent has nothing left to do
 
@@ -312,15 +313,16 @@ class Core:
             raise ObjectStoreFullError(
                 f"an object of {size / 2**20:.1f} MiB could not be stored in shared memory "
                 f"nor spilled to disk: {exc}") from None
-        self.call_soon(self._tell_agent, P.ObjectSealed(oid, size, not in_memory))
+        self.call_soon(self.tell_agent, P.ObjectSealed(oid, size, not in_memory))
         return ["s", self.node_id, size]
 
     def delete_stored(self, oid: bytes) -> None:
         """Loop only: remove an object this process owns from the local store."""
         self.store.delete(oid)
-        self._tell_agent(P.ObjectsDeleted([oid]))
+        self.tell_agent(P.ObjectsDeleted([oid]))
 
-    def _tell_agent(self, msg) -> None:
+    def tell_agent(self, msg) -> None:
+        """Loop only: send a message to the node agent if the link is up."""
         if self.agent is not None and not self.agent.closed:
             self.agent.send(msg)
 
@@ -440,13 +442,13 @@ class Core:
             return False
         self._blocked_depth += 1
         if self._blocked_depth == 1:
-            self._tell_agent(P.WorkerBlocked(self.worker_id))
+            self.tell_agent(P.WorkerBlocked(self.worker_id))
         return True
 
     def _block_exit(self) -> None:
         self._blocked_depth -= 1
         if self._blocked_depth == 0:
-            self._tell_agent(P.WorkerUnblocked(self.worker_id))
+            self.tell_agent(P.WorkerUnblocked(self.worker_id))
 
     # --- tasks, actor calls and their results ---------------------------------------------
     def submit(self, spec: TaskSpec) -> list[ObjectRef] | ObjectRefGenerator:
@@ -459,7 +461,8 @@ class Core:
         self.call_soon(self.tasks.accept, spec)
         return refs
 
-    def submit_actor_call(self, actor_id: str, call: ActorCall) -> list[ObjectRef] | ObjectRefGenerator:
+    def submit_actor_call(self, actor_id: str,
+                          call: ActorCall) -> list[ObjectRef] | ObjectRefGenerator:
         """Any thread: queue a method call for an actor; returns its refs (or stream)."""
         if call.num_returns < 0:
             self.call_soon(self.open_stream, call.task_id)

@@ -296,7 +296,8 @@ async def connect(address: str, hello: P.Hello, name: str = "", timeout: float =
             reply = await ws.receive()
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
         await session.close()
-        raise ConnectionError(f"cannot reach aray at {address}: {exc or type(exc).__name__}") from None
+        reason = exc or type(exc).__name__
+        raise ConnectionError(f"cannot reach aray at {address}: {reason}") from None
     except BaseException:  # cancelled while dialling
         await session.close()
         raise

@@ -262,7 +262,7 @@ class TaskSubmitter:
     def _deps_ready(self, spec: TaskSpec) -> None:
         if spec.task_id not in self._waiting:  # cancelled meanwhile
             return
-        entries = [self.core.objects.entries.get(r._id) or self.core.entry_for(r) for r in spec.dep_refs]
+        entries = [self.core.entry_for(r) for r in spec.dep_refs]
         for entry in entries:
             if entry.state is ObjectState.FAILED:
                 self._fail_task(spec, entry.error)
@@ -301,7 +301,8 @@ class TaskSubmitter:
         if not q.tasks:
             for lease in q.leases:
                 if not lease.in_flight and lease.linger is None:
-                    lease.linger = self.core.loop.call_later(LEASE_LINGER, self._return_lease, lease)
+                    lease.linger = self.core.loop.call_later(
+                        LEASE_LINGER, self._return_lease, lease)
 
     def _return_lease(self, lease: _Lease) -> None:
         lease.linger = None
@@ -309,20 +310,19 @@ class TaskSubmitter:
         if lease.in_flight or q.tasks or lease not in q.leases:
             return
         q.leases.remove(lease)
-        if self.core.agent is not None and not self.core.agent.closed:
-            self.core.agent.send(P.ReturnLease(lease.worker_id))
+        self.core.tell_agent(P.ReturnLease(lease.worker_id))
 
     async def _request_lease(self, q: _ShapeQueue) -> None:
         try:
             await self.core.wait_ready()
             assert self.core.agent is not None
-            grant = await self.core.agent.request(lambda r: P.RequestLease(r, q.shape, q.description))
+            grant = await self.core.agent.request(
+                lambda r: P.RequestLease(r, q.shape, q.description))
         except (ConnectionError, OSError) as exc:
             # no node agent (the cluster stopped): nothing queued here can ever run
-            error = exc if isinstance(exc, ConnectionError) else ConnectionError(str(exc))
             while q.tasks:
                 self._fail_task(q.tasks.popleft(), ConnectionError(
-                    f"cannot run tasks: the aray node agent is unreachable ({error}); "
+                    f"cannot run tasks: the aray node agent is unreachable ({exc}); "
                     "the cluster has stopped"))
             return
         finally:
@@ -433,8 +433,7 @@ class TaskSubmitter:
                     self._running.pop(spec.task_id, None)
                     self._worker_lost(spec, q)
                 lease.in_flight.clear()
-                if self.core.agent is not None and not self.core.agent.closed:
-                    self.core.agent.send(P.ReturnLease(lease.worker_id))
+                self.core.tell_agent(P.ReturnLease(lease.worker_id))
             self._pump(q)
 
     def _worker_lost(self, spec: TaskSpec, q: _ShapeQueue) -> None:

@@ -95,8 +95,9 @@ def cmd_start(args) -> None:
         info = asyncio.run(cluster.wait_ready())
     except OSError as exc:
         if "in use" in str(exc):
-            raise OSError(f"port {args.port} is in use: another aray head (or another program) "
-                          "listens there. Stop it with `aray stop`, or pick another --port.") from None
+            raise OSError(f"port {args.port} is in use: another aray head (or another "
+                          "program) listens there. Stop it with `aray stop`, or pick another "
+                          "--port.") from None
         raise
     pid = info["pid"]
     cluster.detach()
