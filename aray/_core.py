@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -115,7 +116,7 @@ class Core:
         try:
             await self._server.start(self.address)
             info = {"address": self.address, "log_to_driver": self.log_to_driver,
-                    "namespace": self.namespace}
+                    "namespace": self.namespace, "code_path": driver_code_path()}
             if self.role == "driver" and self.head_address:
                 self.head = await self._dial(self.head_address, "driver", "", info)
                 self.job_id = self.head.peer.info.get("job_id", "")
@@ -297,7 +298,7 @@ class Core:
         if entry.owned and entry.location is not None and entry.location[0] == self.node_id:
             self.delete_stored(entry.oid)
 
-    def store_value(self, oid: bytes, ser) -> list:
+    def store_value(self, oid: bytes, ser, owner: str = "") -> list:
         """Any thread: write a serialized value into this node's store and tell the node
         agent (which spills older objects if memory is over capacity); returns its resolved
         value. Raises ObjectStoreFullError for an object larger than the whole store."""
@@ -313,7 +314,8 @@ class Core:
             raise ObjectStoreFullError(
                 f"an object of {size / 2**20:.1f} MiB could not be stored in shared memory "
                 f"nor spilled to disk: {exc}") from None
-        self.call_soon(self.tell_agent, P.ObjectSealed(oid, size, not in_memory))
+        self.call_soon(self.tell_agent,
+                       P.ObjectSealed(oid, size, not in_memory, owner or self.address))
         return ["s", self.node_id, size]
 
     def delete_stored(self, oid: bytes) -> None:
@@ -566,6 +568,12 @@ class Core:
         actor = getattr(self.executor, "actor", None)
         (actor or self.executor).cancel(msg.task_id)
 
+    def _on_assign_job(self, link: Link, msg: P.AssignJob) -> None:
+        self.job_id = msg.job_id
+        if msg.code_path and msg.code_path not in sys.path:
+            sys.path.append(msg.code_path)  # the job's own modules, where its driver has them
+        link.send(P.JobAssigned(msg.req_id))
+
     def _on_create_actor(self, link: Link, msg: P.CreateActor) -> None:
         self.executor.create_actor(link, msg)
 
@@ -583,6 +591,13 @@ class Core:
             raise RuntimeError("cluster state is only available to drivers")
         reply = await self.head.request(lambda r: P.GetClusterState(r))
         return reply.nodes
+
+
+def driver_code_path() -> str:
+    """Where the driver's own modules are: its script's directory, or the working one."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
 
 
 def _snake(name: str) -> str:

@@ -144,8 +144,7 @@ class LocalCluster:
                        "store_dir": self.store_dir, "resources": resources,
                        "object_store_memory": object_store_memory,
                        "head_address": self.head_address, "node_address": self.node_address,
-                       # workers import the driver's own modules from where the driver does
-                       "code_path": _driver_code_path(),
+
                        "daemon": daemon, "head_tcp": head_tcp, "ip": ip}
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
@@ -215,20 +214,12 @@ class LocalCluster:
         self.proc = None
 
 
-def _driver_code_path() -> str:
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    return os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
-
-
 # --- the node process ---------------------------------------------------------------------
 
 
 def node_main() -> None:
     """``python -m aray _node``: run head + node agent until stdin closes or SIGTERM."""
     config = json.loads(sys.stdin.readline())
-    if config.get("code_path") and config["code_path"] not in sys.path:
-        sys.path.append(config["code_path"])
     logging.basicConfig(
         filename=os.path.join(config["session_dir"], "logs", "node.log"), level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s -- %(message)s")

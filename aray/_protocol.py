@@ -104,6 +104,7 @@ class RequestLease(NamedTuple):
     req_id: int
     shape: dict  # resource name -> amount
     description: str  # what the lease is for, used in warnings
+    job_id: str  # workers serve one job: they import its code and die with it
 
 
 @_message(21, reply=True)
@@ -180,6 +181,7 @@ class ObjectSealed(NamedTuple):
     object_id: bytes
     size: int
     on_disk: bool  # shared memory was full: it went straight to the spill directory
+    owner: str  # address of the owning core: its objects go when it exits
 
 
 @_message(32)
@@ -199,6 +201,20 @@ class StoreStats(NamedTuple):
     req_id: int
     stats: dict
     objects: list
+
+
+@_message(35)
+class AssignJob(NamedTuple):
+    """Node agent -> a fresh worker: from now on you serve this job (import its code)."""
+
+    req_id: int
+    job_id: str
+    code_path: str
+
+
+@_message(36, reply=True)
+class JobAssigned(NamedTuple):
+    req_id: int
 
 
 # --- core to core: tasks and objects ----------------------------------------------------

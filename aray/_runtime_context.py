@@ -15,6 +15,7 @@ class TaskContext:
     name: str
     gpu_ids: list
     actor_id: str = ""
+    owner: str = ""  # the caller's core: it owns the results
 
 
 #: the task this thread or asyncio task is executing (None in a driver)

@@ -317,7 +317,7 @@ class TaskSubmitter:
             await self.core.wait_ready()
             assert self.core.agent is not None
             grant = await self.core.agent.request(
-                lambda r: P.RequestLease(r, q.shape, q.description))
+                lambda r: P.RequestLease(r, q.shape, q.description, self.core.job_id))
         except (ConnectionError, OSError) as exc:
             # no node agent (the cluster stopped): nothing queued here can ever run
             while q.tasks:

@@ -62,7 +62,8 @@ class _Executor:
     def _resolved(self, oid: bytes, value: Any) -> list:
         ser = serialize(value)
         if ser.total_size > INLINE_THRESHOLD:
-            return self.core.store_value(oid, ser)
+            task = current_task.get()
+            return self.core.store_value(oid, ser, task.owner if task else "")
         return ["v", ser.to_bytes()]
 
     def _pack(self, name: str, return_ids: list, num_returns: int, result: Any) -> list:
@@ -223,9 +224,10 @@ class TaskExecutor(_Executor):
                 self._thread_id = None
 
     async def _execute(self, link: Link, msg: P.PushTask) -> None:
-        ctx = TaskContext(msg.task_id, msg.job_id, msg.name, list(msg.gpu_ids))
+        ctx = TaskContext(msg.task_id, msg.job_id, msg.name, list(msg.gpu_ids), owner=msg.owner)
         token = current_task.set(ctx)
         set_visible_gpus(msg.gpu_ids)
+        self.core.job_id = msg.job_id  # a worker serves one job
         try:
             fn = self._function(msg.fn_id)
             if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
@@ -308,6 +310,7 @@ class ActorExecutor(_Executor):
         self.class_name = spec["class_name"]
         self.job_id = spec["job_id"]
         self.gpu_ids = list(spec.get("gpu_ids") or [])
+        core.job_id = self.job_id
         self.is_async = spec["is_async"]
         self.method_groups: dict[str, str] = spec.get("method_groups") or {}
         groups = {"": spec["max_concurrency"], **(spec.get("concurrency_groups") or {})}
@@ -322,8 +325,8 @@ class ActorExecutor(_Executor):
         self.calls: dict[bytes, asyncio.Task] = {}
         set_visible_gpus(self.gpu_ids)
 
-    def _context(self, task_id: bytes, name: str) -> TaskContext:
-        return TaskContext(task_id, self.job_id, name, self.gpu_ids, self.actor_id)
+    def _context(self, task_id: bytes, name: str, owner: str = "") -> TaskContext:
+        return TaskContext(task_id, self.job_id, name, self.gpu_ids, self.actor_id, owner)
 
     async def start(self, agent: Link) -> None:
         name = f"{self.class_name}.__init__"
@@ -369,7 +372,8 @@ class ActorExecutor(_Executor):
             task.cancel()
 
     def _call_sync(self, link: Link, msg: P.CallActor) -> list:
-        current_task.set(self._context(msg.task_id, f"{self.class_name}.{msg.method}"))
+        current_task.set(self._context(msg.task_id, f"{self.class_name}.{msg.method}",
+                                       msg.owner))
         args, kwargs = self._arguments(msg.args, msg.deps)
         self._mark(self.job_id, self.class_name)
         result = getattr(self.instance, msg.method)(*args, **kwargs)
@@ -400,7 +404,7 @@ class ActorExecutor(_Executor):
 
     async def _call_async(self, link: Link, msg: P.CallActor, group: str) -> None:
         name = f"{self.class_name}.{msg.method}"
-        token = current_task.set(self._context(msg.task_id, name))
+        token = current_task.set(self._context(msg.task_id, name, msg.owner))
         try:
             async with self.limits[group]:
                 args, kwargs = self._arguments(msg.args, msg.deps)

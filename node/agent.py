@@ -40,7 +40,7 @@ class WorkerState(enum.Enum):
 class Worker:
     __slots__ = ("worker_id", "pid", "state", "link", "address", "lease", "gpu_ids", "blocked",
                  "holder", "log_prefix", "log_offsets", "log_task", "log_job", "started",
-                 "actor_id")
+                 "actor_id", "job_id")
 
     def __init__(self, worker_id: str, log_prefix: str) -> None:
         self.worker_id = worker_id
@@ -58,6 +58,7 @@ class Worker:
         self.log_job = ""
         self.started = asyncio.Event()
         self.actor_id = ""  # set for the life of the worker once it hosts an actor
+        self.job_id = ""  # the job it serves ("" until its first lease): workers are per job
 
 
 class LeaseRequest:
@@ -70,6 +71,10 @@ class LeaseRequest:
         self.msg = msg
         self.warned = False
         self.actor = actor
+
+    @property
+    def job_id(self) -> str:
+        return self.actor.spec.get("job_id", "") if self.actor else self.msg.job_id
 
 
 class NodeAgent:
@@ -94,6 +99,7 @@ class NodeAgent:
         self.workers: dict[str, Worker] = {}
         self.requests = LeaseQueue()
         self.drivers: dict[Link, dict] = {}  # driver link -> its Hello info
+        self.code_paths: dict[str, str] = {}  # job id -> where its driver's modules are
         self.cluster_totals: list[dict] = [self.resources.total]
         self.head: Link | None = None
         self.address = ""
@@ -154,6 +160,8 @@ class NodeAgent:
         else:
             if hello.role == "driver":
                 self.drivers[link] = dict(hello.info)
+                if hello.info.get("job_id"):
+                    self.code_paths[hello.info["job_id"]] = hello.info.get("code_path", "")
             link.on_close.append(self._on_caller_gone)
         return {"node_id": self.node_id, "store_dir": self.store_dir,
                 "session_dir": self.session_dir, "store_capacity": self.accounts.capacity}
@@ -167,6 +175,7 @@ class NodeAgent:
 
     # --- workers -------------------------------------------------------------------------
     def _start_worker(self) -> Worker:
+        """Start a fresh worker; its first lease assigns it to a job."""
         worker_id = uuid.uuid4().hex[:16]
         prefix = os.path.join(self.session_dir, "logs", f"worker-{worker_id}")
         worker = Worker(worker_id, prefix)
@@ -209,6 +218,8 @@ class NodeAgent:
         if worker.actor_id and self.head is not None and not self.head.closed:
             self.head.send(P.ActorDied(worker.actor_id, (
                 f"its worker process (pid {worker.pid}) exited with code {code}")))
+        if worker.address:
+            self._delete_objects_of(worker.address)  # fate-sharing: its objects die with it
         self._forget(worker)
 
     def _on_worker_link_lost(self, worker: Worker) -> None:
@@ -259,16 +270,29 @@ class NodeAgent:
         for req, gpu_ids in self.requests.take_grantable(self.resources, lambda r: r.msg.shape):
             if req.link.closed:
                 self.resources.release(req.msg.shape, gpu_ids)
-            elif idle:
-                self._grant(idle.pop(), req, gpu_ids)
-            else:
-                # reserve a worker that is starting (or start one) and grant once it is up
-                worker = starting.pop() if starting else self._start_worker()
-                worker.holder = req.link
-                self._spawn(self._grant_when_started(worker, req, gpu_ids), "grant")
+                continue
+            worker = _pick(idle, req.job_id)
+            if worker is not None and worker.job_id == req.job_id:
+                self._grant(worker, req, gpu_ids)  # the common case: at once
+                continue
+            if worker is not None:  # an idle fresh worker: it must join the job first
+                worker.state = WorkerState.LEASED
+            else:  # reserve a worker that is starting (or start one)
+                worker = _pick(starting, req.job_id) or self._start_worker()
+            worker.holder = req.link
+            self._spawn(self._grant_when_ready(worker, req, gpu_ids), "grant")
 
-    async def _grant_when_started(self, worker: Worker, req: LeaseRequest, gpu_ids) -> None:
+    async def _grant_when_ready(self, worker: Worker, req: LeaseRequest, gpu_ids) -> None:
+        """Grant once the worker is up and serves the request's job."""
         await worker.started.wait()
+        if worker.state is not WorkerState.DEAD and not worker.job_id and req.job_id:
+            worker.job_id = req.job_id
+            try:
+                assert worker.link is not None
+                await worker.link.request(lambda r: P.AssignJob(
+                    r, req.job_id, self.code_paths.get(req.job_id, "")))
+            except (ConnectionError, AssertionError):
+                worker.state = WorkerState.DEAD
         if worker.state is WorkerState.DEAD or req.link.closed:
             self.resources.release(req.msg.shape, gpu_ids)
             worker.holder = None
@@ -281,6 +305,7 @@ class NodeAgent:
         self._grant(worker, req, gpu_ids)
 
     def _grant(self, worker: Worker, req: LeaseRequest, gpu_ids: list) -> None:
+        worker.job_id = worker.job_id or req.job_id
         worker.state = WorkerState.LEASED
         worker.lease = dict(req.msg.shape)
         worker.gpu_ids = gpu_ids
@@ -325,16 +350,16 @@ class NodeAgent:
         if worker is None or worker.state is not WorkerState.LEASED or worker.holder is not link:
             return
         self._release(worker)
+        # it stays, even beyond the number of CPUs: it may own objects its job still uses;
+        # the job's end takes it
         worker.state = WorkerState.IDLE
-        idle = [w for w in self.workers.values() if w.state is WorkerState.IDLE]
-        if len(idle) > max(self.prestart, 1) and not self.requests:
-            worker.state = WorkerState.DEAD  # more idle workers than CPUs: let this one go
-            self.pool.kill(worker.worker_id)
         self._schedule()
 
     def _on_caller_gone(self, link: Link) -> None:
-        self.drivers.pop(link, None)
+        driver = self.drivers.pop(link, None)
         self.requests.remove_if(lambda r: r.link is link)
+        if driver is not None:
+            self._job_finished(driver.get("job_id", ""), driver.get("address", ""))
         for worker in list(self.workers.values()):
             if worker.holder is link and worker.state is WorkerState.LEASED:
                 # it may still be running the caller's task; nobody wants the result
@@ -342,6 +367,30 @@ class NodeAgent:
                 worker.state = WorkerState.DEAD
                 self.pool.kill(worker.worker_id)
         self._schedule()
+
+    def _job_finished(self, job_id: str, driver_address: str) -> None:
+        """A driver left: its objects go, and so do the workers that served its job (they
+        hold its objects and imported its code). Actors are the head's to end."""
+        if driver_address:
+            self._delete_objects_of(driver_address)
+        self.code_paths.pop(job_id, None)
+        if not job_id:
+            return
+        for worker in list(self.workers.values()):
+            if worker.job_id == job_id and not worker.actor_id:
+                if worker.state is WorkerState.LEASED:
+                    self._release(worker)
+                worker.state = WorkerState.DEAD
+                self.pool.kill(worker.worker_id)
+        fresh = sum(1 for w in self.workers.values()
+                    if not w.job_id and w.state is not WorkerState.DEAD)
+        for _ in range(max(0, self.prestart - fresh)):
+            self._start_worker()
+
+    def _delete_objects_of(self, owner: str) -> None:
+        for object_id in self.accounts.owned_by(owner):
+            self.store.delete(object_id)
+            self.accounts.deleted(object_id)
 
     def _on_WorkerBlocked(self, link: Link, msg: P.WorkerBlocked) -> None:
         worker = self.workers.get(msg.worker_id)
@@ -364,7 +413,8 @@ class NodeAgent:
     def _on_CreateActor(self, link: Link, msg: P.CreateActor) -> None:
         """From the head: find (or start) a worker for this actor and construct it there."""
         placement = msg.spec["placement"]
-        request = P.RequestLease(0, placement, msg.spec.get("description", "actor"))
+        request = P.RequestLease(0, placement, msg.spec.get("description", "actor"),
+                                 msg.spec.get("job_id", ""))
         req = LeaseRequest(link, request, actor=msg)
         self.requests.push(req)
         self._schedule()
@@ -398,7 +448,7 @@ class NodeAgent:
 
     # --- object store --------------------------------------------------------------------
     def _on_ObjectSealed(self, link: Link, msg: P.ObjectSealed) -> None:
-        for object_id in self.accounts.sealed(msg.object_id, msg.size, msg.on_disk):
+        for object_id in self.accounts.sealed(msg.object_id, msg.size, msg.on_disk, msg.owner):
             self._spawn(self._spill(object_id), "spill")
 
     async def _spill(self, object_id: bytes) -> None:
@@ -464,3 +514,11 @@ class NodeAgent:
                     not worker.log_job or info.get("job_id") == worker.log_job):
                 link.send(msg)
 
+
+def _pick(workers: list[Worker], job_id: str) -> Worker | None:
+    """Take a worker for ``job_id`` from ``workers``: one of that job, else a fresh one."""
+    for wanted in (job_id, ""):
+        for i, worker in enumerate(workers):
+            if worker.job_id == wanted:
+                return workers.pop(i)
+    return None

@@ -17,6 +17,7 @@ class StoredObject:
     size: int
     spilled: bool = False
     spilling: bool = False
+    owner: str = ""  # the process that owns it; its objects go when it exits
 
 
 class StoreAccounts:
@@ -26,12 +27,13 @@ class StoreAccounts:
         self.used = 0  # bytes in shared memory
         self.spilled = 0  # bytes on disk
 
-    def sealed(self, object_id: bytes, size: int, on_disk: bool = False) -> list[bytes]:
+    def sealed(self, object_id: bytes, size: int, on_disk: bool = False,
+               owner: str = "") -> list[bytes]:
         """Record a new object (in shared memory, or ``on_disk`` when memory was full);
         returns the objects to spill to make room."""
         if object_id in self.objects:
             return []
-        self.objects[object_id] = StoredObject(object_id, size, spilled=on_disk)
+        self.objects[object_id] = StoredObject(object_id, size, spilled=on_disk, owner=owner)
         if on_disk:
             self.spilled += size
             return []
@@ -69,6 +71,10 @@ class StoreAccounts:
         else:
             self.used -= obj.size
 
+    def owned_by(self, owner: str) -> list[bytes]:
+        """The objects of an owner (to delete them once it has exited)."""
+        return [o.object_id for o in self.objects.values() if o.owner == owner]
+
     def stats(self) -> dict:
         return {
             "used_bytes": self.used,
@@ -79,5 +85,5 @@ class StoreAccounts:
         }
 
     def listing(self) -> list[dict]:
-        return [{"object_id": o.object_id.hex(), "size": o.size, "spilled": o.spilled}
-                for o in self.objects.values()]
+        return [{"object_id": o.object_id.hex(), "size": o.size, "spilled": o.spilled,
+                 "owner": o.owner} for o in self.objects.values()]

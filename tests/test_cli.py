@@ -183,3 +183,51 @@ def test_a_leaving_driver_frees_its_objects_and_a_stopped_cluster_fails_tasks(he
     """, tmp_path).stdout
     assert "USED 1" in out and "AFTER 0" in out
     assert "FAILED FAST True" in out
+
+
+def test_jobs_get_their_own_workers_code_and_cleanup(head, tmp_path):
+    """Each driver's tasks import its own modules; when it leaves, its workers and every
+    object it or they owned go (also when it is killed)."""
+    for name, value in (("one", 1), ("two", 2)):
+        job_dir = tmp_path / name
+        job_dir.mkdir()
+        (job_dir / "helpers.py").write_text(f"def value():\n    return {value}\n")
+        out = driver("""
+            import numpy as np, psutil
+            import helpers
+            aray.init(address="auto")
+            @aray.remote
+            def use():
+                return helpers.value(), os.getpid()
+            @aray.remote
+            def make():
+                return aray.put(np.ones(1_000_000))  # owned by the worker
+            value, pid = aray.get(use.remote())
+            inner = aray.get(make.remote())
+            assert aray.get(inner).sum() == 1_000_000
+            print("VALUE", value, "PID", pid, "OBJECTS", aray.object_store_stats()["num_objects"])
+        """, job_dir).stdout
+        assert f"VALUE {value}" in out and "OBJECTS 1" in out
+        pid = int(out.split("PID ")[1].split()[0])
+        assert wait_gone([pid]) == [], "the job's worker outlived its job"
+    assert "0 objects" in cli("memory").stdout
+
+    script = tmp_path / "killed.py"
+    script.write_text(textwrap.dedent("""
+        import time, numpy as np, aray
+        aray.init(address="auto")
+        ref = aray.put(np.ones(1_000_000))
+        print("READY", flush=True)
+        time.sleep(60)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "READY"
+    assert "1 objects" in cli("memory").stdout
+    proc.kill()
+    proc.wait()
+    import time
+
+    deadline = time.time() + 10
+    while "0 objects" not in cli("memory").stdout and time.time() < deadline:
+        time.sleep(0.2)
+    assert "0 objects" in cli("memory").stdout
