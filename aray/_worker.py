@@ -60,7 +60,13 @@ class _Executor:
         return tuple(fill(a) for a in args), {k: fill(v) for k, v in kwargs.items()}
 
     def _resolved(self, oid: bytes, value: Any) -> list:
-        ser = serialize(value)
+        try:
+            ser = serialize(value)
+        except Exception as exc:
+            task = current_task.get()
+            raise TypeError(
+                f"{task.name if task else 'the task'} returned a {type(value).__name__}, which "
+                f"cannot be pickled ({exc}); return something picklable instead") from exc
         if ser.total_size > INLINE_THRESHOLD:
             task = current_task.get()
             return self.core.store_value(oid, ser, task.owner if task else "")

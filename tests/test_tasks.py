@@ -176,6 +176,15 @@ def test_unpicklable_arguments_are_named_at_the_call_site():
         identity.remote(x=threading.Lock())
 
 
+def test_an_unpicklable_result_is_a_clear_error():
+    @aray.remote
+    def give_lock():
+        return threading.Lock()
+
+    with pytest.raises(TypeError, match="give_lock returned a lock, which cannot be pickled"):
+        aray.get(give_lock.remote())
+
+
 def test_unpicklable_function_is_refused_at_the_call_site():
     lock = threading.Lock()
 
