@@ -1,0 +1,86 @@
+"""Object store benchmark: large put/get against the machine's copy bandwidth, and churn.
+
+    python benchmarks/bench_store.py [--gib 1] [--churn 100000]
+
+* memcpy: ``np.copyto`` into an array whose pages are already touched (the bound for a put)
+* put / get of one large array (get from the same node maps shared memory: no copy)
+* churn: many tasks each returning 1 MiB, dropped as they finish, in a 100 MiB store
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+
+import aray
+
+
+def best_of(n: int, fn) -> float:
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gib", type=float, default=1.0, help="size of the large array")
+    parser.add_argument("--churn", type=int, default=20_000, help="tasks in the churn test")
+    args = parser.parse_args()
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    print(f"machine: {os.cpu_count()} CPUs, {cpu}; Python {platform.python_version()}")
+
+    n = int(args.gib * 2**30) // 8
+    a = np.ones(n)
+    dst = np.empty_like(a)
+    np.copyto(dst, a)  # touch every page of the destination first
+    copy = best_of(3, lambda: np.copyto(dst, a))
+    del dst
+    print(f"memcpy (touched pages)  {a.nbytes / copy / 1e9:6.2f} GB/s")
+
+    aray.init(num_cpus=2)
+    puts, gets = [], []
+    for _ in range(3):
+        start = time.perf_counter()
+        ref = aray.put(a)
+        puts.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        b = aray.get(ref)
+        gets.append(time.perf_counter() - start)
+        del ref, b
+    print(f"put {args.gib:g} GiB             {a.nbytes / min(puts) / 1e9:6.2f} GB/s  "
+          f"({a.nbytes / min(puts) / (a.nbytes / copy):.2f}x memcpy)")
+    print(f"get {args.gib:g} GiB             {min(gets) * 1e3:6.2f} ms (zero-copy map)")
+    aray.shutdown()
+
+    aray.init(num_cpus=2, object_store_memory=100 * 2**20)
+
+    @aray.remote
+    def make(i):
+        return np.full(2**20 // 8, i)  # 1 MiB
+
+    start = time.perf_counter()
+    window: list = []
+    for i in range(args.churn):
+        window.append(make.remote(i))
+        if len(window) >= 40:
+            ready, window = aray.wait(window, num_returns=20)
+    aray.wait(window, num_returns=len(window))
+    del window
+    took = time.perf_counter() - start
+    stats = aray.object_store_stats()
+    print(f"churn: {args.churn} x 1 MiB results in a 100 MiB store: {took:.1f} s "
+          f"({args.churn / took:,.0f} tasks/s); at the end {stats['num_objects']} objects, "
+          f"{stats['num_spilled']} spilled")
+    aray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
