@@ -178,7 +178,10 @@ def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float |
     """
     refs = aio.check_wait_args(object_refs, num_returns, timeout)
     core = _global.core()
-    return call(core.loop, aio.wait_refs, core, refs, num_returns, timeout, True, what="wait")
+    refuse_on_loop(core.loop, "wait")
+    # every ref ready already (or none given): no need to wake the runtime loop
+    return aio.split_ready(core, refs, num_returns, force=not refs) or call(
+        core.loop, aio.wait_refs, core, refs, num_returns, timeout, True, what="wait")
 
 
 def put(value: Any) -> ObjectRef:

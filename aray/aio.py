@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import numbers
+import operator
 import os
 import sys
 from typing import Any
@@ -214,15 +215,17 @@ def as_ref_list(value: Any, what: str) -> tuple[list[ObjectRef], bool]:
     if isinstance(value, ObjectRef):
         return [value], True
     if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            if not isinstance(item, ObjectRef):
-                raise TypeError(
-                    f"aray.{what}() expects ObjectRefs, but item {i} of the list is a "
-                    f"{type(item).__name__} ({item!r:.60})")
-        return list(value), False
+        if set(map(type, value)) <= {ObjectRef}:  # C-speed for long lists
+            return list(value), False
+        i, item = next((i, x) for i, x in enumerate(value) if not isinstance(x, ObjectRef))
+        raise TypeError(f"aray.{what}() expects ObjectRefs, but item {i} of the list is a "
+                        f"{type(item).__name__} ({item!r:.60})")
     raise TypeError(
         f"aray.{what}() expects an ObjectRef or a list of ObjectRefs, got a "
         f"{type(value).__name__} ({value!r:.60})")
+
+
+_ref_id = operator.attrgetter("_id")
 
 
 def check_timeout(timeout: Any) -> None:
@@ -284,7 +287,8 @@ async def wait(object_refs: list[ObjectRef], *, num_returns: int = 1,
     """
     refs = check_wait_args(object_refs, num_returns, timeout)
     core = _global.core()
-    return await on_runtime(core.loop, wait_refs(core, refs, num_returns, timeout, False))
+    return split_ready(core, refs, num_returns) or await on_runtime(
+        core.loop, wait_refs(core, refs, num_returns, timeout, False))
 
 
 def check_wait_args(object_refs, num_returns, timeout) -> list[ObjectRef]:
@@ -292,7 +296,7 @@ def check_wait_args(object_refs, num_returns, timeout) -> list[ObjectRef]:
         raise TypeError("aray.wait() expects a list of ObjectRefs, not a single ObjectRef; "
                         "use aray.wait([ref])")
     refs, _ = as_ref_list(object_refs, "wait")
-    if len(set(refs)) != len(refs):
+    if len(set(map(_ref_id, refs))) != len(refs):
         raise ValueError("aray.wait() requires a list of unique ObjectRefs; this one has "
                          "duplicates")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int):
@@ -313,9 +317,29 @@ async def wait_refs(core: Core, refs: list[ObjectRef], num_returns: int, timeout
         return [], []
     await core.wait_ready()
     await core.wait_entries(refs, num_returns, timeout, blocking)
-    ready = [r for r in refs if core.is_ready(r)][:num_returns]
-    chosen = set(ready)
-    return ready, [r for r in refs if r not in chosen]
+    return split_ready(core, refs, num_returns, force=True)  # type: ignore[return-value]
+
+
+def split_ready(core: Core, refs: list[ObjectRef], num_returns: int,
+                force: bool = False) -> tuple[list[ObjectRef], list[ObjectRef]] | None:
+    """``(ready, not_ready)`` as ``wait`` returns them. From another thread (not ``force``)
+    only when every ref is ready already, else None: refs submitted a moment ago may not be
+    registered on the loop yet, so a partial view could pick the wrong ones."""
+    entries = core.objects.entries
+    flags = [(e := entries.get(r._id)) is not None and e.ready for r in refs]
+    n_ready = sum(flags)
+    if n_ready < len(refs) and not force:
+        return None
+    if n_ready == len(refs) and num_returns >= n_ready:
+        return list(refs), []
+    ready: list[ObjectRef] = []
+    not_ready: list[ObjectRef] = []
+    for ref, is_ready in zip(refs, flags):
+        if is_ready and len(ready) < num_returns:
+            ready.append(ref)
+        else:
+            not_ready.append(ref)
+    return ready, not_ready
 
 
 async def put(value: Any) -> ObjectRef:
