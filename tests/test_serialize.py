@@ -41,3 +41,21 @@ def test_store_reads_are_zero_copy_and_read_only(tmp_path):
 def test_non_contiguous_arrays_still_round_trip():
     arr = np.arange(100).reshape(10, 10).T
     np.testing.assert_array_equal(deserialize(serialize(arr).to_bytes()), arr)
+
+
+def test_arrow_tables_are_zero_copy_from_the_store(tmp_path):
+    import pyarrow as pa
+
+    store = ShmDirectory(str(tmp_path / "store"))
+    store.create()
+    table = pa.table({"a": np.arange(500_000), "b": np.random.rand(500_000)})
+    oid = b"\x02" * 16
+    store.write(oid, serialize({"table": table, "batch": table.to_batches()[0]}))
+    mapped = store.read(oid)
+    start = np.frombuffer(mapped, dtype=np.uint8).ctypes.data
+    back = deserialize(mapped)
+    assert back["table"].equals(table) and back["batch"].num_rows == 500_000
+    for column in back["table"].columns:  # every data buffer points into the mapping
+        data = column.chunk(0).buffers()[1]
+        assert start <= data.address < start + len(mapped)
+    store.remove_all()
