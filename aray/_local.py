@@ -250,7 +250,8 @@ async def _run_node(config: dict) -> None:
             return
         agent = NodeAgent(token=config["token"], session_dir=config["session_dir"],
                           store_dir=config["store_dir"], resources=config["resources"],
-                          head_address=head_address, ip=config.get("ip") or "127.0.0.1")
+                          head_address=head_address, ip=config.get("ip") or "127.0.0.1",
+                          shared=bool(config.get("daemon")))
         node_address = await agent.start(config["node_address"])
         ready = {"head_address": head_address, "head_tcp": head_tcp,
                  "node_address": node_address, "node_id": agent.node_id, "pid": os.getpid(),

@@ -83,7 +83,8 @@ class NodeAgent:
     def __init__(self, *, token: str, session_dir: str, store_dir: str, resources: dict,
                  head_address: str, ip: str = "127.0.0.1", node_id: str | None = None,
                  worker_target: str = "aray._worker:main",
-                 preload: tuple[str, ...] = ("aray._worker",), prestart: int | None = None) -> None:
+                 preload: tuple[str, ...] = ("aray._worker",), prestart: int | None = None,
+                 shared: bool = False) -> None:
         self.node_id = node_id or uuid.uuid4().hex
         self.token = token
         self.session_dir = session_dir
@@ -94,6 +95,7 @@ class NodeAgent:
         self.store = ShmDirectory(store_dir, os.path.join(session_dir, "spill"))
         self.accounts = StoreAccounts(int(resources.get("object_store_memory", 0)) or 2**62)
         self.prestart = int(resources.get("CPU", 1)) if prestart is None else prestart
+        self.shared = shared  # serves many jobs (aray start): keep fresh workers ready
         self.server = Server(token, self._on_hello, name="node")
         self.pool = WorkerPool(worker_target, list(preload), self._on_worker_exit)
         self.workers: dict[str, Worker] = {}
@@ -382,10 +384,11 @@ class NodeAgent:
                     self._release(worker)
                 worker.state = WorkerState.DEAD
                 self.pool.kill(worker.worker_id)
-        fresh = sum(1 for w in self.workers.values()
-                    if not w.job_id and w.state is not WorkerState.DEAD)
-        for _ in range(max(0, self.prestart - fresh)):
-            self._start_worker()
+        if self.shared:  # the next job should not wait for workers to start
+            fresh = sum(1 for w in self.workers.values()
+                        if not w.job_id and w.state is not WorkerState.DEAD)
+            for _ in range(max(0, self.prestart - fresh)):
+                self._start_worker()
 
     def _delete_objects_of(self, owner: str) -> None:
         for object_id in self.accounts.owned_by(owner):
