@@ -206,7 +206,7 @@ def cmd_status(args) -> None:
                 total[k] = total.get(k, 0) + v
             for k, v in n["Available"].items():
                 free[k] = free.get(k, 0) + v
-    print("Resources (used / total):")
+    print("Resources (in use / total; sizes: total):")
     for k in sorted(total):
         if k.startswith("node:"):
             continue
@@ -220,8 +220,9 @@ def cmd_status(args) -> None:
 def cmd_memory(args) -> None:
     stats, objects = asyncio.run(_store_stats())
     mib = 2**20
+    count = stats["num_objects"]
     print(f"Object store: {stats['used_bytes'] / mib:.1f} MiB used of "
-          f"{stats['capacity_bytes'] / mib:.1f} MiB, {stats['num_objects']} objects "
+          f"{stats['capacity_bytes'] / mib:.1f} MiB, {count} object{'' if count == 1 else 's'} "
           f"({stats['num_spilled']} spilled to disk, {stats['spilled_bytes'] / mib:.1f} MiB)")
     if objects:
         print(f"  {'object id':<34} {'size':>12}  where")

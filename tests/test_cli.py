@@ -222,7 +222,7 @@ def test_jobs_get_their_own_workers_code_and_cleanup(head, tmp_path):
     """))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "READY"
-    assert "1 objects" in cli("memory").stdout
+    assert "1 object " in cli("memory").stdout
     proc.kill()
     proc.wait()
     import time
