@@ -11,7 +11,7 @@ How the layers stack::
     node agent      aray.node: worker pool, leases, logs      (imports the protocol, the store)
     store           aray.store: serialization, shared memory  (imports nothing of aray)
 
-Example:
+Examples:
     >>> import aray
     >>> _ = aray.init(num_cpus=2, ignore_reinit_error=True)
     >>> @aray.remote
@@ -48,6 +48,8 @@ from ._remote import RemoteFunction, remote
 from ._runtime_context import RuntimeContext
 from ._streams import ObjectRefGenerator
 
+from . import util  # noqa: E402  (after the API it builds on, as in Ray: aray.util.ActorPool)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -77,5 +79,6 @@ __all__ = [
     "put",
     "remote",
     "shutdown",
+    "util",
     "wait",
 ]

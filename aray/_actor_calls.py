@@ -258,7 +258,7 @@ class ActorCaller:
     def cancel(self, task_id: bytes) -> bool:
         q = self._by_task.get(task_id)
         if q is not None and q.link is not None:
-            q.link.send(P.CancelTask(task_id))
+            q.link.send(P.CancelTask(task_id, True))
             return True
         for q in self.queues.values():
             for call in q.pending:

@@ -79,7 +79,7 @@ def validate_method_options(options: dict) -> dict:
 def method(*args, **options):
     """Set options of one actor method: ``num_returns`` and ``concurrency_group``.
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> @aray.remote
@@ -121,7 +121,7 @@ class ActorClass:
     ``Cls.options(...)`` returns a copy with other options (``name``, ``namespace``,
     ``lifetime``, ``get_if_exists``, resources, ``max_concurrency``, ``max_restarts``...).
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> @aray.remote
@@ -234,7 +234,7 @@ class ActorHandle:
 
     Handles pickle: pass them to tasks and other actors, and call the actor from there.
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> @aray.remote

@@ -44,7 +44,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     event loop it binds aray to that loop, returns at once without blocking it, and every
     operation waits for the cluster to be up.
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=2, ignore_reinit_error=True)
         >>> aray.is_initialized()
@@ -84,7 +84,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
 def is_initialized() -> bool:
     """Whether ``aray.init()`` has been called (and not shut down) in this process.
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> aray.is_initialized()
@@ -100,7 +100,7 @@ def shutdown() -> None:
     ``await aray.aio.shutdown()``; a sync call there stops the cluster without waiting for
     the loop.
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> aray.shutdown()
@@ -143,7 +143,7 @@ def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = Non
     code, ``await ref`` or ``await aray.aio.get(...)`` instead. Inside a task, a blocked
     ``get`` lends the task's CPU back to its node, so nested tasks cannot deadlock.
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> @aray.remote
@@ -168,7 +168,7 @@ def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float |
 
     Returns ``(ready, not_ready)`` with the input order kept; ``timeout`` is in seconds.
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> refs = [aray.put(i) for i in range(3)]
@@ -190,7 +190,7 @@ def put(value: Any) -> ObjectRef:
     Like ``f.remote()``, ``put`` never waits for the runtime loop: it serializes in the
     calling thread and hands the object over.
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> ref = aray.put("hello")
@@ -205,9 +205,11 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
 
     A queued task is dropped; a running one gets :class:`~aray.exceptions.TaskCancelledError`
     raised inside it (``force=True`` kills its worker instead). ``get`` on the ref then raises
-    ``TaskCancelledError``. Cancelled tasks are not retried.
+    ``TaskCancelledError``. Cancelled tasks are not retried. With ``recursive`` (the default)
+    the tasks it submitted are cancelled too; a killed worker always takes the workers it
+    leased for its own tasks with it.
 
-    Example:
+    Examples:
         >>> import aray, time
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> @aray.remote
@@ -224,13 +226,13 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"aray.cancel() expects an ObjectRef, got a {type(ref).__name__}")
     core = _global.core()
-    core.call_soon(core.cancel, ref, force)
+    core.call_soon(core.cancel, ref, force, recursive)
 
 
 def nodes() -> list[dict]:
     """The cluster's nodes, one dict each, with Ray's keys (``NodeID``, ``Alive``, ...).
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> len(aray.nodes()) >= 1
@@ -242,7 +244,7 @@ def nodes() -> list[dict]:
 def cluster_resources() -> dict:
     """Total resources of the cluster, e.g. ``{"CPU": 2.0, "memory": ..., ...}``.
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=2, ignore_reinit_error=True)
         >>> aray.cluster_resources()["CPU"] >= 1
@@ -254,7 +256,7 @@ def cluster_resources() -> dict:
 def available_resources() -> dict:
     """Resources free right now (resources with nothing free are left out).
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=2, ignore_reinit_error=True)
         >>> "CPU" in aray.available_resources()
@@ -266,7 +268,7 @@ def available_resources() -> dict:
 def get_runtime_context() -> RuntimeContext:
     """Where the calling code runs: node, job, task and actor ids.
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> aray.get_runtime_context().get_task_id() is None  # in the driver
@@ -279,7 +281,7 @@ def get_runtime_context() -> RuntimeContext:
 def get_gpu_ids() -> list:
     """The GPU ids assigned to the running task (``[]`` in a driver or without GPUs).
 
-    Example:
+    Examples:
         >>> import aray
         >>> aray.get_gpu_ids()
         []
@@ -291,7 +293,7 @@ def get_gpu_ids() -> list:
 def get_actor(name: str, namespace: str | None = None):
     """The handle of the live actor called ``name``; ValueError if there is none.
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> @aray.remote
@@ -313,7 +315,7 @@ def kill(actor, *, no_restart: bool = True) -> None:
 
     With ``no_restart=False`` an actor created with ``max_restarts`` is restarted instead.
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> @aray.remote
@@ -337,7 +339,7 @@ def object_store_stats() -> dict:
     """Figures of this node's object store: ``used_bytes``, ``capacity_bytes``,
     ``num_objects``, ``spilled_bytes``, ``num_spilled``.
 
-    Example:
+    Examples:
         >>> import aray, numpy as np
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> ref = aray.put(np.zeros(1_000_000))  # 8 MB: goes to shared memory

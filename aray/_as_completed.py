@@ -21,7 +21,7 @@ class as_completed:
     :class:`~aray.exceptions.GetTimeoutError` if refs remain. It costs O(1) per ref, so it
     stays fast with tens of thousands of refs, unlike a loop of ``wait(num_returns=1)``.
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=2, ignore_reinit_error=True)
         >>> @aray.remote

@@ -510,10 +510,10 @@ class Core:
             if entry is not None:
                 self.objects.fail(entry, error or ObjectLostError("task failed"))
 
-    def cancel(self, ref: ObjectRef, force: bool) -> None:
+    def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> None:
         """Loop only: cancel the task or actor call that produces ``ref``, if it is ours."""
         task_id = ref._id[:12]
-        if not self.tasks.cancel(task_id, force):
+        if not self.tasks.cancel(task_id, force, recursive):
             self.actors.cancel(task_id)
 
     # --- streams -----------------------------------------------------------------------
@@ -567,6 +567,8 @@ class Core:
     def _on_cancel_task(self, link: Link, msg: P.CancelTask) -> None:
         actor = getattr(self.executor, "actor", None)
         (actor or self.executor).cancel(msg.task_id)
+        if msg.recursive:
+            self.tasks.cancel_children(msg.task_id)
 
     def _on_assign_job(self, link: Link, msg: P.AssignJob) -> None:
         self.job_id = msg.job_id
@@ -586,10 +588,8 @@ class Core:
 
     # --- cluster information ------------------------------------------------------------
     async def cluster_state(self) -> list[dict]:
-        await self.wait_ready()
-        if self.head is None:
-            raise RuntimeError("cluster state is only available to drivers")
-        reply = await self.head.request(lambda r: P.GetClusterState(r))
+        head = await self.head_link()
+        reply = await head.request(lambda r: P.GetClusterState(r))
         return reply.nodes
 
 

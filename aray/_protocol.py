@@ -245,6 +245,7 @@ class TaskFinished(NamedTuple):
 @_message(42)
 class CancelTask(NamedTuple):
     task_id: bytes
+    recursive: bool  # also cancel the tasks it submitted
 
 
 @_message(43)

@@ -48,7 +48,7 @@ def return_id(task_id: bytes, index: int) -> bytes:
 class ObjectRef(Generic[T]):
     """A reference to a (possibly not yet computed) remote value.
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> ref = aray.put([1, 2, 3])
@@ -121,7 +121,7 @@ class ObjectRef(Generic[T]):
     def future(self) -> concurrent.futures.Future:
         """A ``concurrent.futures.Future`` resolved with the value (or its error).
 
-        Example:
+        Examples:
             >>> import aray
             >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> aray.put(7).future().result(timeout=10)

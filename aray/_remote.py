@@ -10,6 +10,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 from . import _global
 from ._tasks import FunctionDescriptor, TaskSpec, serialize_args
 from ._refs import ObjectRef, new_task_id, return_id
+from ._runtime_context import current_task
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -85,6 +86,11 @@ def resource_shape(num_cpus: float, num_gpus: float, resources: dict | None,
     return {k: v for k, v in shape.items() if v > 0}
 
 
+def _current_task_id() -> bytes:
+    task = current_task.get()
+    return task.task_id if task is not None else b""
+
+
 class RemoteFunction(Generic[P, R]):
     """A function that runs as a task on the cluster; made by :func:`aray.remote`.
 
@@ -92,7 +98,7 @@ class RemoteFunction(Generic[P, R]):
     ``f.options(...)`` returns a copy with other options. Calling ``f(...)`` directly is an
     error: it would run nowhere.
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> @aray.remote
@@ -132,7 +138,7 @@ class RemoteFunction(Generic[P, R]):
     def options(self, **options) -> RemoteFunction[P, R]:
         """A copy of this remote function with some options changed.
 
-        Example:
+        Examples:
             >>> import aray
             >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> @aray.remote
@@ -161,7 +167,7 @@ class RemoteFunction(Generic[P, R]):
             shape=self._shape,
             max_retries=0 if streaming else int(self._options["max_retries"]),
             retry_exceptions=self._retry_exceptions, job_id=core.current_job_id(),
-            streaming=streaming)
+            streaming=streaming, parent=_current_task_id())
         refs = core.submit(spec)
         if streaming:
             return refs  # type: ignore[return-value]
@@ -185,7 +191,7 @@ def remote(*args, **options):
     num_returns=2, max_retries=0, resources={"GPU_MEMORY": 1})``). Both plain and
     ``async def`` functions work.
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> @aray.remote(num_returns=2)

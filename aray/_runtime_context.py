@@ -26,7 +26,7 @@ current_task: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVa
 class RuntimeContext:
     """Facts about the current process and task, from :func:`aray.get_runtime_context`.
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> ctx = aray.get_runtime_context()

@@ -55,7 +55,7 @@ class ObjectRefGenerator:
     with ``aray.get(ref)`` / ``await ref``. An error raised by the generator is raised by
     the loop after the refs yielded before it.
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> @aray.remote(num_returns="streaming")

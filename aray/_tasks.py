@@ -59,6 +59,7 @@ class TaskSpec:
     retry_exceptions: bool | tuple
     job_id: str = ""
     streaming: bool = False
+    parent: bytes = b""  # the task that submitted this one (in a worker), for recursive cancel
     deps: list = dataclasses.field(default_factory=list)  # resolved values, filled at dispatch
     pinned: list = dataclasses.field(default_factory=list)
     cancelled: bool = False
@@ -401,7 +402,15 @@ class TaskSubmitter:
             self.core.objects.unpin(entry)
         spec.dep_refs = []
 
-    def cancel(self, task_id: bytes, force: bool) -> bool:
+    def cancel_children(self, parent: bytes) -> None:
+        """Cancel what a cancelled task submitted (and, through them, their children)."""
+        specs = [s for s in self._waiting.values() if s.parent == parent]
+        specs += [s for lease in self._running.values() for s in lease.in_flight.values()
+                  if s.parent == parent]
+        for spec in specs:
+            self.cancel(spec.task_id, force=False, recursive=True)
+
+    def cancel(self, task_id: bytes, force: bool, recursive: bool = True) -> bool:
         """Cancel a task this process submitted; False if it is not (or no longer) ours."""
         spec = self._waiting.get(task_id)
         if spec is not None:
@@ -421,7 +430,7 @@ class TaskSubmitter:
             if self.core.agent is not None:
                 self.core.agent.send(P.KillWorker(lease.worker_id))
         else:
-            lease.link.send(P.CancelTask(task_id))
+            lease.link.send(P.CancelTask(task_id, recursive))
         return True
 
     def on_link_closed(self, link: Link) -> None:

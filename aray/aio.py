@@ -4,7 +4,7 @@ Every coroutine here works from any event loop: when the runtime lives on anothe
 sync ``aray.init()`` runs it on a private thread), the work hops to the runtime loop and the
 result comes back.
 
-Example:
+Examples:
     >>> import asyncio, aray
     >>> async def main():
     ...     await aray.aio.init(num_cpus=1)
@@ -53,7 +53,7 @@ async def init(address: str | None = None, *, num_cpus: float | None = None,
 
     Same arguments as :func:`aray.init`; returns once the cluster is ready.
 
-    Example:
+    Examples:
         >>> import asyncio, aray
         >>> async def main():
         ...     info = await aray.aio.init(num_cpus=1)
@@ -189,7 +189,7 @@ def print_worker_lines(msg: P.LogLines) -> None:
 async def shutdown() -> None:
     """Stop the runtime: close links, stop the local cluster and its workers.
 
-    Example:
+    Examples:
         >>> import asyncio, aray
         >>> async def main():
         ...     await aray.aio.init(num_cpus=1)
@@ -242,7 +242,7 @@ async def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None
     Raises the task's error (a :class:`~aray.exceptions.TaskError` that is also the original
     exception type) or :class:`~aray.exceptions.GetTimeoutError` after ``timeout`` seconds.
 
-    Example:
+    Examples:
         >>> import asyncio, aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> refs = [aray.put(i) for i in range(3)]
@@ -277,7 +277,7 @@ async def wait(object_refs: list[ObjectRef], *, num_returns: int = 1,
     Returns ``(ready, not_ready)``: ``ready`` holds at most ``num_returns`` refs, both lists
     keep the input order, and together they hold every input ref.
 
-    Example:
+    Examples:
         >>> import asyncio, aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> refs = [aray.put(1), aray.put(2)]
@@ -345,7 +345,7 @@ def split_ready(core: Core, refs: list[ObjectRef], num_returns: int,
 async def put(value: Any) -> ObjectRef:
     """Store ``value`` (serialized once) and return a ref to it.
 
-    Example:
+    Examples:
         >>> import asyncio, aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> async def main():
@@ -361,7 +361,7 @@ async def put(value: Any) -> ObjectRef:
 async def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that produces ``ref``; see :func:`aray.cancel`.
 
-    Example:
+    Examples:
         >>> import asyncio, aray, time
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> @aray.remote
@@ -380,7 +380,7 @@ async def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True)
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"aray.cancel() expects an ObjectRef, got a {type(ref).__name__}")
     core = _global.core()
-    core.call_soon(core.cancel, ref, force)
+    core.call_soon(core.cancel, ref, force, recursive)
 
 
 # --- cluster ------------------------------------------------------------------------------
@@ -389,7 +389,7 @@ async def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True)
 async def nodes() -> list[dict]:
     """One dict per node (``NodeID``, ``Alive``, ``NodeManagerAddress``, ``Resources``).
 
-    Example:
+    Examples:
         >>> import asyncio, aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> [n["Alive"] for n in asyncio.run(aray.aio.nodes())]
@@ -402,7 +402,7 @@ async def nodes() -> list[dict]:
 async def cluster_resources() -> dict:
     """Total resources of the alive nodes, e.g. ``{"CPU": 2.0, ...}``.
 
-    Example:
+    Examples:
         >>> import asyncio, aray
         >>> _ = aray.init(num_cpus=2, ignore_reinit_error=True)
         >>> asyncio.run(aray.aio.cluster_resources())["CPU"]
@@ -414,7 +414,7 @@ async def cluster_resources() -> dict:
 async def available_resources() -> dict:
     """Resources free right now on the alive nodes (keys with nothing free are left out).
 
-    Example:
+    Examples:
         >>> import asyncio, aray
         >>> _ = aray.init(num_cpus=2, ignore_reinit_error=True)
         >>> "CPU" in asyncio.run(aray.aio.available_resources())
@@ -441,7 +441,7 @@ async def get_actor(name: str, namespace: str | None = None):
 
     Raises ValueError when there is no such actor.
 
-    Example:
+    Examples:
         >>> import asyncio, aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> @aray.remote
@@ -473,7 +473,7 @@ async def get_actor(name: str, namespace: str | None = None):
 async def kill(actor, *, no_restart: bool = True) -> None:
     """End an actor now; see :func:`aray.kill`.
 
-    Example:
+    Examples:
         >>> import asyncio, aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> @aray.remote
@@ -497,7 +497,7 @@ async def object_store_stats() -> dict:
     ``used_bytes`` (in shared memory), ``capacity_bytes``, ``num_objects``, and
     ``spilled_bytes``/``num_spilled`` (moved to disk when memory ran over capacity).
 
-    Example:
+    Examples:
         >>> import asyncio, aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> sorted(asyncio.run(aray.aio.object_store_stats()))

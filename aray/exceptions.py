@@ -16,7 +16,7 @@
     ├── AuthenticationError     wrong or missing cluster token (also a ``ConnectionError``)
     └── NotInitializedError     an operation needs ``aray.init()`` first (also a ``RuntimeError``)
 
-Example:
+Examples:
     >>> import aray
     >>> issubclass(aray.exceptions.GetTimeoutError, TimeoutError)
     True
@@ -108,7 +108,7 @@ class TaskError(ArayError):
     remote traceback with the function name, node and pid; ``err.cause`` is the original
     exception (``None`` if it could not be pickled).
 
-    Example:
+    Examples:
         >>> import aray
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> @aray.remote

@@ -1,11 +1,10 @@
 """A Griffe extension for the API reference: reads aray's docstrings the way they are written.
 
-aray's docstrings are Google style, with ``Example:`` sections and a few reST touches. Griffe's
-Google parser knows only ``Examples:`` (plural) as a section of examples; it renders
-``Example:`` as an admonition whose ``>>>`` lines turn into nested block quotes. This
+aray's docstrings are Google style, with ``Examples:`` sections and a few reST touches. This
 extension adjusts the text Griffe reads (never the source files):
 
-- a line ``Example:`` becomes ``Examples:``, so doctests render as Python code;
+- a stray ``Example:`` line becomes ``Examples:`` (Griffe's Google parser knows only the
+  plural, and would render the doctest lines as nested block quotes);
 - reST roles such as ``:func:`aray.init``` and ``:class:`~aray.exceptions.TaskError```
   become links to the reference (names outside ``aray`` become plain code);
 - a reST literal block (a paragraph ending with ``::``, or a lone ``::`` line, then an

@@ -227,6 +227,8 @@ class NodeAgent:
     def _on_worker_link_lost(self, worker: Worker) -> None:
         if worker.state is not WorkerState.DEAD and not self._closing:
             self.pool.kill(worker.worker_id)  # a worker without its link is of no use
+        if worker.link is not None and not self._closing:
+            self._on_caller_gone(worker.link)  # and the workers it leased go with it
 
     def _forget(self, worker: Worker) -> None:
         if worker.state is WorkerState.LEASED:

@@ -12,7 +12,7 @@ EXPECTED = {
     "RuntimeContext", "__version__", "aio", "as_completed", "available_resources", "cancel",
     "cluster_resources", "exceptions", "get", "get_actor", "get_gpu_ids", "get_runtime_context",
     "init", "is_initialized", "kill", "method", "nodes", "object_store_stats", "put", "remote",
-    "shutdown", "wait",
+    "shutdown", "util", "wait",
 }
 
 

@@ -335,6 +335,12 @@ def test_runtime_context_inside_a_task():
         return ctx.get_node_id(), ctx.get_task_id(), ctx.get_job_id(), ctx.get_actor_id()
 
     node, task, job, actor = aray.get(where.remote())
+
+    @aray.remote
+    def cluster_view():  # tasks see the cluster as the driver does
+        return aray.cluster_resources()["CPU"], len(aray.nodes())
+
+    assert aray.get(cluster_view.remote()) == (2.0, 1)
     ctx = aray.get_runtime_context()
     assert node == ctx.get_node_id() and job == ctx.get_job_id()
     assert task and ctx.get_task_id() is None and actor is None
@@ -343,3 +349,31 @@ def test_runtime_context_inside_a_task():
 def test_many_small_tasks():
     assert sum(aray.get([square.remote(i) for i in range(2000)])) == sum(
         i * i for i in range(2000))
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_cancel_is_recursive(tmp_path, force):
+    ticks = tmp_path / "ticks"
+
+    @aray.remote(num_cpus=0)
+    def child(path):
+        for _ in range(100):
+            with open(path, "a") as f:
+                f.write(".")
+            time.sleep(0.05)
+
+    @aray.remote(num_cpus=0)
+    def parent(path):
+        return aray.get(child.remote(path))
+
+    ref = parent.remote(str(ticks))
+    deadline = time.time() + 10
+    while (not ticks.exists() or len(ticks.read_text()) < 3) and time.time() < deadline:
+        time.sleep(0.05)
+    aray.cancel(ref, force=force)
+    with pytest.raises(aray.exceptions.TaskCancelledError):
+        aray.get(ref, timeout=30)
+    time.sleep(0.5)  # let the child notice
+    before = len(ticks.read_text())
+    time.sleep(0.5)
+    assert len(ticks.read_text()) == before, "the child kept running"

@@ -21,7 +21,7 @@ class ActorPool:
     in submission order (``map``, ``get_next``) or as they finish (``map_unordered``,
     ``get_next_unordered``); ``amap``/``amap_unordered`` do the same with ``async for``.
 
-    Example:
+    Examples:
         >>> import aray
         >>> from aray.util import ActorPool
         >>> _ = aray.init(num_cpus=2, ignore_reinit_error=True)
