@@ -30,7 +30,7 @@ def test_every_message_round_trips(cls):
 
 
 def test_a_frame_carries_many_messages_in_order():
-    msgs = [P.ReturnLease(f"w{i}") for i in range(100)] + [P.CancelTask(b"t")]
+    msgs = [P.ReturnLease(f"w{i}") for i in range(100)] + [P.CancelTask(b"t", True)]
     assert P.decode(P.encode(msgs)) == msgs
 
 
