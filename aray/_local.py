@@ -48,10 +48,29 @@ def new_session_dir() -> str:
     return path
 
 
+def _alive(pid_file: str) -> bool:
+    try:
+        with open(pid_file) as f:
+            os.kill(int(f.read()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def prune_sessions(keep: int) -> None:
-    """Remove all but the newest ``keep`` session directories whose node process is gone."""
+    """Remove all but the newest ``keep`` session directories whose node process is gone,
+    and the shared-memory stores of every node that died without removing its own."""
     import shutil
 
+    shm = default_root()
+    try:
+        stores = [n for n in os.listdir(shm) if n.startswith("aray-session_")]
+    except OSError:
+        stores = []
+    for name in stores:
+        path = os.path.join(shm, name)
+        if not _alive(os.path.join(path, NODE_PID_FILE)):
+            shutil.rmtree(path, ignore_errors=True)
     root = session_root()
     try:
         names = sorted(n for n in os.listdir(root) if n.startswith("session_"))
@@ -59,14 +78,8 @@ def prune_sessions(keep: int) -> None:
         return
     for name in names[:-keep] if keep else names:
         path = os.path.join(root, name)
-        try:
-            with open(os.path.join(path, "node.pid")) as f:
-                pid = int(f.read())
-            os.kill(pid, 0)
-            continue  # still running
-        except (OSError, ValueError):
-            pass
-        shutil.rmtree(path, ignore_errors=True)
+        if not _alive(os.path.join(path, "node.pid")):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def read_cluster(session_dir: str) -> dict:
@@ -123,6 +136,10 @@ def find_cluster(address: str | None) -> dict:
     raise ConnectionError(
         f"no aray cluster at {address} runs on this machine. Check the address, or start a "
         f"head there with `aray start --head --port {port}`.")
+
+
+#: in a node's store directory: the node's pid, so a store left by a killed node is found
+NODE_PID_FILE = ".node.pid"
 
 
 def store_dir_for(session_dir: str) -> str:
@@ -233,8 +250,10 @@ async def _run_node(config: dict) -> None:
     loop = asyncio.get_running_loop()
     store = ShmDirectory(config["store_dir"], os.path.join(config["session_dir"], "spill"))
     store.create()
-    with open(os.path.join(config["session_dir"], "node.pid"), "w") as f:
-        f.write(str(os.getpid()))
+    for pid_file in (os.path.join(config["session_dir"], "node.pid"),
+                     os.path.join(config["store_dir"], NODE_PID_FILE)):
+        with open(pid_file, "w") as f:
+            f.write(str(os.getpid()))
     head = Head(config["token"])
     agent = None
     stop = asyncio.Event()

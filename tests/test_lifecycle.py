@@ -314,3 +314,26 @@ def test_async_tasks_awaiting_nested_tasks_do_not_deadlock_on_one_cpu(run_script
         aray.shutdown()
     """, timeout=90)
     assert "RESULT [[0, 3, 6], [0, 3, 6]]" in r.stdout
+
+
+def test_a_killed_nodes_store_is_removed_by_the_next_init(run_script):
+    r = run_script("""
+        import signal
+        aray.init(num_cpus=1)
+        from aray import _global
+        core = _global.core()
+        store, node = core.store.path, core.cluster.proc.pid
+        report_pids()
+        os.kill(node, signal.SIGKILL)  # no chance to clean up after itself
+        time.sleep(0.5)
+        assert os.path.isdir(store)
+        try:
+            aray.shutdown()
+        except Exception:
+            pass
+        aray.init(num_cpus=1)
+        print("GONE", not os.path.exists(store))
+        aray.shutdown()
+    """)
+    assert "GONE True" in r.stdout
+    r.assert_no_leftovers()
