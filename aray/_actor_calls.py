@@ -272,7 +272,7 @@ class ActorCaller:
 
     async def kill(self, actor_id: str, no_restart: bool) -> None:
         head = await self.core.head_link()
-        head.send(P.KillActor(self._queue(actor_id).target, no_restart))
+        await head.request(lambda r: P.KillActor(r, self._queue(actor_id).target, no_restart))
 
     async def lookup(self, name: str, namespace: str, job_id: str) -> dict[str, Any]:
         head = await self.core.head_link()

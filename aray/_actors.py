@@ -260,6 +260,7 @@ class ActorHandle:
 
     @property
     def actor_id(self) -> str:
+        """The actor's id (hex), the same inside it from ``get_runtime_context()``."""
         return self._actor_id
 
     def __getattr__(self, name: str) -> ActorMethod:

@@ -346,6 +346,9 @@ class ActorInfo(NamedTuple):
 
 @_message(68)
 class KillActor(NamedTuple):
+    """Caller -> head (replied with ActorInfo once the actor is down) -> node agent (0)."""
+
+    req_id: int
     actor_id: str
     no_restart: bool
 

@@ -82,13 +82,16 @@ class ObjectRef(Generic[T]):
 
     # identity -----------------------------------------------------------------------
     def binary(self) -> bytes:
+        """The object id as 16 bytes."""
         return self._id
 
     def hex(self) -> str:
+        """The object id in hex (what ``repr`` shows)."""
         return self._id.hex()
 
     @property
     def owner_address(self) -> str:
+        """The address of the process that owns the object (it created the ref)."""
         return self._owner
 
     def __repr__(self) -> str:
@@ -131,9 +134,19 @@ class ObjectRef(Generic[T]):
 
     # asyncio's future protocol, on the running loop's view of this ref ---------------
     def get_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop: every loop has its own view of a ref (asyncio protocol)."""
         return asyncio.get_running_loop()
 
     def done(self) -> bool:
+        """Whether the value (or its error) is ready.
+
+        Examples:
+            >>> import aray
+            >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+            >>> ref = aray.put(1)
+            >>> aray.get(ref), ref.done()
+            (1, True)
+        """
         try:
             fut = self._loop_future()
         except RuntimeError:  # no running loop: ask the runtime directly
@@ -143,12 +156,15 @@ class ObjectRef(Generic[T]):
         return fut.done()
 
     def result(self) -> Any:
+        """The value, on a loop whose wait has finished (asyncio protocol); prefer ``await``."""
         return self._loop_future().result()
 
     def exception(self) -> BaseException | None:
+        """The error, if the task failed (asyncio protocol, on the running loop)."""
         return self._loop_future().exception()
 
     def cancelled(self) -> bool:
+        """Whether this loop's wait was cancelled (the task itself is not affected)."""
         return self._loop_future().cancelled()
 
     def cancel(self, msg: Any = None) -> bool:
@@ -159,11 +175,13 @@ class ObjectRef(Generic[T]):
         return self._loop_future()._make_cancelled_error()
 
     def add_done_callback(self, fn, *, context=None) -> None:
+        """Call ``fn(ref)`` on the running loop once the value is ready (asyncio protocol)."""
         fut = self._loop_future(fresh=True)
         # asyncio passes the awaited object to callbacks: hand them the ref, not our future
         fut.add_done_callback(_CallWithRef(fn, self), context=context)
 
     def remove_done_callback(self, fn) -> int:
+        """Undo :meth:`add_done_callback` (asyncio protocol)."""
         return self._loop_future().remove_done_callback(_CallWithRef(fn, self))
 
 

@@ -59,12 +59,15 @@ class RuntimeContext:
 
     @property
     def node_id(self) -> str:
+        """Same as :meth:`get_node_id`."""
         return self.get_node_id()
 
     @property
     def job_id(self) -> str:
+        """Same as :meth:`get_job_id`."""
         return self.get_job_id()
 
     def get_gpu_ids(self) -> list:
+        """The GPU ids of the running task (``[]`` in a driver)."""
         task = current_task.get()
         return list(task.gpu_ids) if task is not None else []

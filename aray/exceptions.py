@@ -129,10 +129,12 @@ class TaskError(ArayError):
 
     @property
     def cause(self) -> BaseException | None:
+        """The exception the task raised (None if it could not be pickled)."""
         return self.info.cause
 
     @property
     def function_name(self) -> str:
+        """The task or method that raised."""
         return self.info.function
 
     def __str__(self) -> str:

@@ -26,6 +26,7 @@ class Head:
         self._node_links: dict[Link, str] = {}
         self._driver_links: dict[str, Link] = {}  # job id -> driver link
         self._actor_waiters: dict[str, list[tuple[Link, int]]] = {}
+        self._kill_waiters: dict[str, list[tuple[Link, int]]] = {}
 
     async def start(self, address: str) -> str:
         return await self.server.start(address)
@@ -119,7 +120,7 @@ class Head:
             self.actors.mark_dead(record, "its constructor raised an exception", msg.error)
             by_id = {node_id: l for l, node_id in self._node_links.items()}
             if msg.node_id in by_id:  # the worker has nothing left to do
-                by_id[msg.node_id].send(P.KillActor(record.actor_id, True))
+                by_id[msg.node_id].send(P.KillActor(0, record.actor_id, True))
         else:
             record.state = ActorState.ALIVE
             record.address, record.worker_id = msg.address, msg.worker_id
@@ -135,6 +136,7 @@ class Head:
             record.state = ActorState.RESTARTING
             record.address = ""
             log.info("restarting actor %s (%s)", record.actor_id, msg.reason)
+            self._wake_actor_waiters(record)  # those waiting for a kill to take effect
             self._place(record)
         else:
             # a kill says why; otherwise the agent's reason (the process died, its node died)
@@ -160,7 +162,12 @@ class Head:
                     link.send(P.ActorInfo(req_id, {}))
 
     def _wake_actor_waiters(self, record) -> None:
-        for link, req_id in self._actor_waiters.pop(record.actor_id, []):
+        waiters = []
+        if record.state in (ActorState.ALIVE, ActorState.DEAD):  # WaitActor: usable or gone
+            waiters += self._actor_waiters.pop(record.actor_id, [])
+        if record.state in (ActorState.DEAD, ActorState.RESTARTING):  # KillActor: down
+            waiters += self._kill_waiters.pop(record.actor_id, [])
+        for link, req_id in waiters:
             if not link.closed:
                 link.send(P.ActorInfo(req_id, record.describe()))
 
@@ -169,16 +176,21 @@ class Head:
         link.send(P.ActorInfo(msg.req_id, record.describe() if record else {}))
 
     def _on_KillActor(self, link: Link, msg: P.KillActor) -> None:
+        """Kill an actor; the reply comes once it is down (dead, or restarting), so calls
+        made after ``aray.kill()`` returns cannot reach the old instance."""
         record = self.actors.actors.get(msg.actor_id)
-        if record is not None and record.state != ActorState.DEAD:
-            self._kill(record, "it was killed with aray.kill()", msg.no_restart)
+        if record is None or record.state == ActorState.DEAD:
+            link.send(P.ActorInfo(msg.req_id, record.describe() if record else {}))
+            return
+        self._kill_waiters.setdefault(msg.actor_id, []).append((link, msg.req_id))
+        self._kill(record, "it was killed with aray.kill()", msg.no_restart)
 
     def _kill(self, record, cause: str, no_restart: bool) -> None:
         record.no_restart = record.no_restart or no_restart
         by_id = {node_id: l for l, node_id in self._node_links.items()}
         agent = by_id.get(record.node_id)
         if agent is not None and not agent.closed and record.spec is not None:
-            agent.send(P.KillActor(record.actor_id, record.no_restart))
+            agent.send(P.KillActor(0, record.actor_id, record.no_restart))
             record.death_cause = cause  # kept if the death that follows is final
         else:
             self.actors.mark_dead(record, cause)
