@@ -23,23 +23,13 @@ import textwrap
 import time
 
 import psutil
+from compare import cpu_model  # benchmarks/ is on sys.path when this script runs
 
 REPS = 3
 INIT_RUNS = 3
 W = 38  # width of the name column
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def descendants(pid: int) -> list[int]:
@@ -260,32 +250,12 @@ N_CREATE = 20  # actors per repetition of "actor creation" / "memory per idle ac
 
 
 def actor_classes():
-    """The actors of Ray's ``ray_perf.py``: a plain one and an ``async def`` one."""
+    """The actors of Ray's ``ray_perf.py``, as ``compare.py`` runs them (``_workloads.py``)."""
     import aray
+    from _workloads import define
 
-    @aray.remote
-    class Actor:
-        def small_value(self):
-            return b"ok"
-
-        def small_value_with_arg(self, x):
-            return b"ok"
-
-        def pid(self):
-            return os.getpid()
-
-    @aray.remote
-    class AsyncActor:
-        async def small_value(self):
-            return b"ok"
-
-        async def small_value_with_arg(self, x):
-            return b"ok"
-
-        async def pid(self):
-            return os.getpid()
-
-    return Actor, AsyncActor
+    _, actor, async_actor = define(aray)
+    return actor, async_actor
 
 
 def kill_actors(handles: list) -> None:

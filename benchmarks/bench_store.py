@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 import aray
+from compare import cpu_model  # benchmarks/ is on sys.path when this script runs
 
 
 def best_of(n: int, fn) -> float:
@@ -33,9 +34,7 @@ def main() -> None:
     parser.add_argument("--gib", type=float, default=1.0, help="size of the large array")
     parser.add_argument("--churn", type=int, default=20_000, help="tasks in the churn test")
     args = parser.parse_args()
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    print(f"machine: {os.cpu_count()} CPUs, {cpu}; Python {platform.python_version()}")
+    print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}; Python {platform.python_version()}")
 
     n = int(args.gib * 2**30) // 8
     a = np.ones(n)
