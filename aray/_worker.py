@@ -135,6 +135,12 @@ class _Executor:
             sys.stderr.flush()
 
 
+def _raise_in_thread(thread_id: int, exc_type: type) -> None:
+    """Raise ``exc_type`` inside another thread at its next Python bytecode."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
+                                               ctypes.py_object(exc_type))
+
+
 class _Lane:
     """The threads of one concurrency group of a sync actor, fed by one queue in order."""
 
@@ -208,9 +214,7 @@ class TaskExecutor(_Executor):
         if self._running_task is not None:
             self._running_task.cancel()
         elif self._thread_id is not None:
-            # raise TaskCancelledError inside the task's thread at its next bytecode
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(self._thread_id), ctypes.py_object(TaskCancelledError))
+            _raise_in_thread(self._thread_id, TaskCancelledError)
 
     def caller_gone(self, link: Link) -> None:
         """Drop queued tasks of a caller whose link closed: nobody waits for them."""
@@ -326,7 +330,9 @@ class ActorExecutor(_Executor):
             self.lanes = {g: _Lane(self._run_call, n, f"aray-actor-{g or 'main'}")
                           for g, n in groups.items()}
         self._replies: list[tuple[Link, Any]] = []  # finished sync calls, sent in batches
-        self._replies_lock = threading.Lock()
+        self._replies_lock = threading.Lock()  # also guards the two below
+        self._threads: dict[bytes, int] = {}  # running sync call -> its thread
+        self._cancelled: set[bytes] = set()  # queued sync calls cancelled before they ran
         self.instance: Any = None
         self.calls: dict[bytes, asyncio.Task] = {}
         set_visible_gpus(self.gpu_ids)
@@ -376,6 +382,13 @@ class ActorExecutor(_Executor):
         task = self.calls.get(task_id)
         if task is not None:
             task.cancel()
+            return
+        with self._replies_lock:
+            thread = self._threads.get(task_id)
+            if thread is None:  # still queued on its lane: it will not run
+                self._cancelled.add(task_id)
+        if thread is not None:
+            _raise_in_thread(thread, TaskCancelledError)
 
     def _call_sync(self, link: Link, msg: P.CallActor) -> list:
         current_task.set(self._context(msg.task_id, f"{self.class_name}.{msg.method}",
@@ -390,13 +403,21 @@ class ActorExecutor(_Executor):
 
     def _run_call(self, link: Link, msg: P.CallActor) -> None:
         """On a lane thread: run one call and queue its reply for the loop."""
+        with self._replies_lock:
+            cancelled = msg.task_id in self._cancelled
+            self._cancelled.discard(msg.task_id)
+            if not cancelled:
+                self._threads[msg.task_id] = threading.get_ident()
         try:
+            if cancelled:
+                raise TaskCancelledError(f"{self.class_name}.{msg.method}")
             reply = P.TaskFinished(msg.task_id, self._call_sync(link, msg), None)
         except BaseException as exc:
             reply = P.TaskFinished(msg.task_id, [], self._error_blob(
                 f"{self.class_name}.{msg.method}", exc))
         _flush_std()
         with self._replies_lock:
+            self._threads.pop(msg.task_id, None)
             self._replies.append((link, reply))
             wake = len(self._replies) == 1  # the loop is already due to send the others
         if wake:

@@ -554,3 +554,27 @@ def test_actors_die_with_their_driver_and_infeasible_actors_warn(run_script):
     r.assert_no_leftovers()
     assert not psutil.pid_exists(actor_pid) or (
         psutil.Process(actor_pid).status() == psutil.STATUS_ZOMBIE)
+
+
+def test_cancelling_calls_of_a_sync_actor():
+    @aray.remote
+    class Busy:
+        def spin(self, seconds):
+            end = time.time() + seconds
+            while time.time() < end:
+                pass
+            return "finished"
+
+        def quick(self):
+            return "quick"
+
+    b = Busy.remote()
+    running = b.spin.remote(30)
+    queued = b.spin.remote(30)
+    time.sleep(0.5)
+    aray.cancel(queued)
+    aray.cancel(running)
+    for ref in (running, queued):
+        with pytest.raises(aray.exceptions.TaskCancelledError):
+            aray.get(ref, timeout=20)
+    assert aray.get(b.quick.remote(), timeout=20) == "quick"  # the actor lives on
