@@ -158,14 +158,7 @@ class Core:
             os._exit(1)  # a worker without its node agent has nothing left to do
 
     async def stop(self) -> None:
-        if self.role == "driver" and self.agent is not None and not self.agent.closed:
-            # the job ends: what it stored goes, even objects whose refs were pickled away
-            mine = [e.oid for e in self.objects.entries.values() if e.owned
-                    and e.location is not None and e.location[0] == self.node_id]
-            for oid in mine:
-                self.store.delete(oid)
-            if mine:
-                self.agent.send(P.ObjectsDeleted(mine))
+        # what this driver owned in the store, the node agent deletes once the link closes
         if self.role == "driver" and self.log_to_driver and self.agent is not None:
             try:  # what tasks printed just before shutdown still reaches the terminal
                 async with asyncio.timeout(2):
