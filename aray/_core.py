@@ -42,6 +42,7 @@ from .exceptions import (
     task_error,
 )
 from .store._serialize import deserialize, serialize
+from .store.arena import MIN_SIZE as ARENA_MIN_SIZE
 from .store.shm import ShmDirectory
 
 log = logging.getLogger("aray")
@@ -270,12 +271,12 @@ class Core:
         return self.read_stored(entry.oid, entry.location)
 
     def read_stored(self, oid: bytes, location) -> Any:
-        node_id, _size = location
+        node_id, size, offset = location
         if node_id != self.node_id:
             raise ObjectLostError(
                 f"object {oid.hex()} lives on node {node_id[:12]}, which this process cannot reach")
         try:
-            return deserialize(self.store.read(oid))
+            return deserialize(self.store.read(oid, offset, size))
         except FileNotFoundError:
             raise ObjectLostError(f"object {oid.hex()} is no longer in the object store") from None
 
@@ -284,7 +285,7 @@ class Core:
         if value[0] == "v":
             return deserialize(value[1])
         if value[0] == "s":
-            return self.read_stored(oid, (value[1], value[2]))
+            return self.read_stored(oid, value[1:])
         raise ValueError("an error value has no payload")
 
     def _on_unused(self, entry: ObjectEntry) -> None:
@@ -301,19 +302,41 @@ class Core:
                 f"an object of {size / 2**20:.1f} MiB does not fit in this node's object store "
                 f"of {self.store_capacity / 2**20:.1f} MiB, even empty. Start aray with a "
                 "larger object_store_memory, or split the object into smaller pieces.")
+        offset = self._arena_region(oid, size)
         try:
-            in_memory = self.store.write(oid, ser)
+            if offset >= 0:
+                self.store.arena.write(offset, oid, ser)
+                in_memory = True
+            else:
+                in_memory = self.store.write(oid, ser)
         except OSError as exc:
             raise ObjectStoreFullError(
                 f"an object of {size / 2**20:.1f} MiB could not be stored in shared memory "
                 f"nor spilled to disk: {exc}") from None
         self.call_soon(self.tell_agent,
-                       P.ObjectSealed(oid, size, not in_memory, owner or self.address))
-        return ["s", self.node_id, size]
+                       P.ObjectSealed(oid, size, not in_memory, owner or self.address, offset))
+        return ["s", self.node_id, size, offset]
+
+    def _arena_region(self, oid: bytes, size: int) -> int:
+        """Any thread: an arena region for a large object, or -1 for a file of its own.
+
+        Asking the agent is a round trip, so only objects worth it ask, and never from the
+        loop thread (which must not block on its own link).
+        """
+        agent = self.agent
+        if (size < ARENA_MIN_SIZE or agent is None or agent.closed or not self.store_capacity
+                or self.objects.on_loop_thread()):
+            return -1
+        reply = asyncio.run_coroutine_threadsafe(
+            agent.request(lambda r: P.AllocObject(r, oid, size)), self.loop)
+        try:
+            return reply.result().offset
+        except Exception:  # the agent went away: a file still works
+            return -1
 
     def delete_stored(self, oid: bytes) -> None:
-        """Loop only: remove an object this process owns from the local store."""
-        self.store.delete(oid)
+        """Loop only: have the node agent remove an object this process owns from the store
+        (its file or arena region, and any spilled copy)."""
         self.tell_agent(P.ObjectsDeleted([oid]))
 
     def tell_agent(self, msg) -> None:

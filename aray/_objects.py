@@ -10,7 +10,8 @@ Invariants:
   no pending task pins it and the ref never escaped this process inside a pickle.
 
 A *resolved value* is how a value travels between processes: ``["v", data]`` (inline
-serialized bytes), ``["s", node_id, size]`` (in the object store of that node) or
+serialized bytes), ``["s", node_id, size, offset]`` (in the object store of that node, at
+``offset`` in its arena or, for -1, in a file of its own) or
 ``["e", pickled_error]``.
 """
 
@@ -42,7 +43,7 @@ class ObjectEntry:
         self.oid = oid
         self.state = ObjectState.PENDING
         self.data: bytes | None = None
-        self.location: tuple[str, int] | None = None  # (node_id, size) in a store
+        self.location: tuple[str, int, int] | None = None  # (node_id, size, offset) in a store
         self.error: BaseException | None = None
         self.owned = owned
         self.owner = owner
@@ -61,7 +62,7 @@ class ObjectEntry:
         if self.data is not None:
             return ["v", self.data]
         assert self.location is not None
-        return ["s", self.location[0], self.location[1]]
+        return ["s", *self.location]
 
 
 def dump_error(err: BaseException | None) -> bytes:
@@ -146,7 +147,7 @@ class ObjectTable:
             entry.data = value[1]
             entry.state = ObjectState.READY
         elif kind == "s":
-            entry.location = (value[1], value[2])
+            entry.location = (value[1], value[2], value[3])
             entry.state = ObjectState.READY
         else:
             entry.error = load_error(value[1])

@@ -182,6 +182,7 @@ class ObjectSealed(NamedTuple):
     size: int
     on_disk: bool  # shared memory was full: it went straight to the spill directory
     owner: str  # address of the owning core: its objects go when it exits
+    offset: int  # its region in the arena, or -1 for an object in a file of its own
 
 
 @_message(32)
@@ -189,6 +190,21 @@ class ObjectsDeleted(NamedTuple):
     """The owner deleted these objects from this node's store."""
 
     object_ids: list
+
+
+@_message(37)
+class AllocObject(NamedTuple):
+    """A writer asks the node agent for an arena region for a large object."""
+
+    req_id: int
+    object_id: bytes
+    size: int
+
+
+@_message(38, reply=True)
+class ObjectAllocated(NamedTuple):
+    req_id: int
+    offset: int  # -1: no region free, write a file of its own
 
 
 @_message(33)
@@ -259,7 +275,7 @@ class GetObject(NamedTuple):
 @_message(44, reply=True)
 class ObjectReply(NamedTuple):
     req_id: int
-    value: list  # a resolved value: ["v", data] | ["s", node_id, size] | ["e", pickled error]
+    value: list  # a resolved value: ["v", data] | ["s", node_id, size, offset] | ["e", error]
 
 
 @_message(45)

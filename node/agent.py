@@ -18,7 +18,9 @@ from aray import _protocol as P
 from aray._link import Link, Server, connect
 
 from aray.store.service import StoreAccounts
-from aray.store.shm import ShmDirectory
+from aray.store.arena import ArenaSpace
+from aray.store.arena import supported as arena_supported
+from aray.store.shm import ARENA_FILE, ShmDirectory
 
 from .pool import WorkerPool
 from .scheduler import LeaseQueue, ResourcePool, feasible_anywhere, format_resources
@@ -94,6 +96,8 @@ class NodeAgent:
         self.resources = ResourcePool(resources)
         self.store = ShmDirectory(store_dir, os.path.join(session_dir, "spill"))
         self.accounts = StoreAccounts(int(resources.get("object_store_memory", 0)) or 2**62)
+        self.arena: ArenaSpace | None = None  # made in start(), sized like the store
+        self._allocated: dict[bytes, tuple[int, int, Link]] = {}  # region not yet sealed
         self.prestart = int(resources.get("CPU", 1)) if prestart is None else prestart
         self.shared = shared  # serves many jobs (aray start): keep fresh workers ready
         self.server = Server(token, self._on_hello, name="node")
@@ -118,6 +122,9 @@ class NodeAgent:
 
     async def start(self, address: str) -> str:
         os.makedirs(os.path.join(self.session_dir, "logs"), exist_ok=True)
+        if arena_supported() and self.accounts.capacity < 2**62:
+            self.arena = ArenaSpace(os.path.join(self.store_dir, ARENA_FILE),
+                                    self.accounts.capacity)
         self.address = await self.server.start(address)
         # the template process imports the worker module while we connect to the head
         self._spawn(self.pool.warm_up(), "warm up")
@@ -145,6 +152,8 @@ class NodeAgent:
         await self.server.aclose()
         if self.head is not None:
             await self.head.aclose()
+        if self.arena is not None:
+            self.arena.close()
         current = asyncio.current_task()
         for task in list(self._tasks):
             if task is not current:
@@ -217,6 +226,8 @@ class NodeAgent:
         self._read_logs(worker)  # its last words
         if worker.pid:
             self.store.remove_temp_files_of(worker.pid)  # what it was writing when it died
+        if worker.link is not None:
+            self._free_unsealed(worker.link)
         if worker.actor_id and self.head is not None and not self.head.closed:
             self.head.send(P.ActorDied(worker.actor_id, (
                 f"its worker process (pid {worker.pid}) exited with code {code}")))
@@ -361,6 +372,7 @@ class NodeAgent:
 
     def _on_caller_gone(self, link: Link) -> None:
         driver = self.drivers.pop(link, None)
+        self._free_unsealed(link)
         self.requests.remove_if(lambda r: r.link is link)
         if driver is not None:
             self._job_finished(driver.get("job_id", ""), driver.get("address", ""))
@@ -394,8 +406,14 @@ class NodeAgent:
 
     def _delete_objects_of(self, owner: str) -> None:
         for object_id in self.accounts.owned_by(owner):
-            self.store.delete(object_id)
-            self.accounts.deleted(object_id)
+            self._drop_object(object_id)
+
+    def _drop_object(self, object_id: bytes) -> None:
+        obj = self.accounts.deleted(object_id)
+        self.store.delete(object_id)
+        # a region being copied to disk is freed when the copy is done (see _spill)
+        if obj is not None and obj.offset >= 0 and not obj.spilling and self.arena is not None:
+            self.arena.release(obj.offset, obj.size)
 
     def _on_WorkerBlocked(self, link: Link, msg: P.WorkerBlocked) -> None:
         worker = self.workers.get(msg.worker_id)
@@ -452,27 +470,67 @@ class NodeAgent:
             self.head.send(P.NodeResourcesChanged(self.node_id, dict(self.resources.available)))
 
     # --- object store --------------------------------------------------------------------
+    def _on_AllocObject(self, link: Link, msg: P.AllocObject) -> None:
+        offset = -1 if self.arena is None else self.arena.allocate(msg.size)
+        if offset >= 0:
+            self._allocated[msg.object_id] = (offset, msg.size, link)
+        link.send(P.ObjectAllocated(msg.req_id, offset))
+
+    def _free_unsealed(self, link: Link) -> None:
+        """Regions a writer was given and never sealed (it died or left): free them."""
+        for object_id, (offset, size, writer) in list(self._allocated.items()):
+            if writer is link and self.arena is not None:
+                del self._allocated[object_id]
+                self.arena.release(offset, size)
+
     def _on_ObjectSealed(self, link: Link, msg: P.ObjectSealed) -> None:
-        for object_id in self.accounts.sealed(msg.object_id, msg.size, msg.on_disk, msg.owner):
+        self._allocated.pop(msg.object_id, None)
+        if msg.object_id in self.accounts.objects:
+            # written twice (a retried task): keep the first copy
+            if msg.offset >= 0 and self.arena is not None:
+                self.arena.release(msg.offset, msg.size)
+            return
+        for object_id in self.accounts.sealed(msg.object_id, msg.size, msg.on_disk, msg.owner,
+                                              msg.offset):
             self._spawn(self._spill(object_id), "spill")
 
     async def _spill(self, object_id: bytes) -> None:
         loop = asyncio.get_running_loop()
+        obj = self.accounts.objects[object_id]
+        region = obj.offset
         try:
-            ok = await loop.run_in_executor(None, self.store.spill, object_id)
+            if region >= 0:
+                assert self.arena is not None
+                await loop.run_in_executor(None, self.store.spill_from_arena, object_id,
+                                           self.arena, region, obj.size)
+                ok = True
+            else:
+                ok = await loop.run_in_executor(None, self.store.spill, object_id)
         except OSError:
             log.exception("could not spill object %s", object_id.hex())
             ok = False
-        self.accounts.spill_done(object_id, ok)
-        if not ok:
-            self.accounts.deleted(object_id)  # it was deleted meanwhile
+        deleted = self.accounts.objects.get(object_id) is not obj
+        if region >= 0 and (ok or deleted):
+            assert self.arena is not None
+            self.arena.release(region, obj.size)  # readers that mapped it keep their view
+            obj.offset = -1
+            if deleted:
+                self.store.delete(object_id)  # deleted while we copied: drop the copy
+        if deleted or (not ok and region < 0):
+            self.accounts.deleted(object_id)  # (file) deleted meanwhile
+        else:
+            self.accounts.spill_done(object_id, ok)
 
     def _on_ObjectsDeleted(self, link: Link, msg: P.ObjectsDeleted) -> None:
         for object_id in msg.object_ids:
-            self.accounts.deleted(object_id)
+            self._drop_object(object_id)
 
     def _on_GetStoreStats(self, link: Link, msg: P.GetStoreStats) -> None:
-        link.send(P.StoreStats(msg.req_id, self.accounts.stats(), self.accounts.listing()))
+        stats = self.accounts.stats()
+        # arena regions taken, whether by live objects, unsealed writes or pinned freed ones
+        stats["arena_bytes"] = self.arena.size if self.arena is not None else 0
+        stats["arena_in_use_bytes"] = self.arena.allocator.in_use if self.arena is not None else 0
+        link.send(P.StoreStats(msg.req_id, stats, self.accounts.listing()))
 
     def _on_FlushLogs(self, link: Link, msg: P.FlushLogs) -> None:
         for worker in list(self.workers.values()):

@@ -18,6 +18,7 @@ class StoredObject:
     spilled: bool = False
     spilling: bool = False
     owner: str = ""  # the process that owns it; its objects go when it exits
+    offset: int = -1  # its region in the arena while it is in memory there, else -1
 
 
 class StoreAccounts:
@@ -28,12 +29,13 @@ class StoreAccounts:
         self.spilled = 0  # bytes on disk
 
     def sealed(self, object_id: bytes, size: int, on_disk: bool = False,
-               owner: str = "") -> list[bytes]:
+               owner: str = "", offset: int = -1) -> list[bytes]:
         """Record a new object (in shared memory, or ``on_disk`` when memory was full);
         returns the objects to spill to make room."""
         if object_id in self.objects:
             return []
-        self.objects[object_id] = StoredObject(object_id, size, spilled=on_disk, owner=owner)
+        self.objects[object_id] = StoredObject(object_id, size, spilled=on_disk, owner=owner,
+                                               offset=offset)
         if on_disk:
             self.spilled += size
             return []
@@ -62,14 +64,16 @@ class StoreAccounts:
             self.used -= obj.size
             self.spilled += obj.size
 
-    def deleted(self, object_id: bytes) -> None:
+    def deleted(self, object_id: bytes) -> StoredObject | None:
+        """Forget an object; returns what was known of it (None if nothing)."""
         obj = self.objects.pop(object_id, None)
         if obj is None:
-            return
+            return None
         if obj.spilled:
             self.spilled -= obj.size
         else:
             self.used -= obj.size
+        return obj
 
     def owned_by(self, owner: str) -> list[bytes]:
         """The objects of an owner (to delete them once it has exited)."""

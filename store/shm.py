@@ -1,10 +1,11 @@
-"""Objects in shared memory: one file per object in a session directory on tmpfs.
+"""Objects in shared memory: large ones in the node's arena (see :mod:`aray.store.arena`),
+the others one file per object, in a session directory on tmpfs.
 
-Writers create ``.<id>.<pid>.tmp``, fill it and rename it to ``<id>``: a reader never sees a
+Writers of files create ``.<id>.<pid>.tmp``, fill it and rename it to ``<id>``: a reader never sees a
 half-written object, and a writer killed mid-way leaves only a temp file that the node agent
 removes. Readers map the file read-only, so values deserialized from it are zero-copy views.
 When shared memory is over capacity the node agent moves objects to a spill directory on
-disk; readers find them there.
+disk; readers find them there, whether the object had a file or an arena region.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import os
 import shutil
 
 from ._serialize import Serialized
+from .arena import ArenaClient
+
+ARENA_FILE = "arena"
 
 
 def default_root() -> str:
@@ -32,6 +36,7 @@ class ShmDirectory:
     def __init__(self, path: str, spill_path: str = "") -> None:
         self.path = path
         self.spill_path = spill_path
+        self.arena = ArenaClient(os.path.join(path, ARENA_FILE))
 
     def create(self) -> None:
         os.makedirs(self.path, mode=0o700, exist_ok=True)
@@ -86,21 +91,35 @@ class ShmDirectory:
         os.rename(tmp, final)
         return value.total_size
 
-    def read(self, object_id: bytes) -> mmap.mmap:
-        """Map a sealed object read-only (from memory, else from the spill directory).
+    def read(self, object_id: bytes, offset: int = -1, size: int = 0):
+        """Map a sealed object read-only: from its arena region (``offset`` >= 0) or its own
+        file in memory, else from the spill directory.
 
-        Raises FileNotFoundError if it is in neither.
+        Raises FileNotFoundError if it is in none of them.
         """
-        try:
-            fd = os.open(self._file(object_id), os.O_RDONLY)
-        except FileNotFoundError:
-            if not self.spill_path:
-                raise
-            fd = os.open(self._spilled(object_id), os.O_RDONLY)
-        try:
-            return mmap.mmap(fd, 0, prot=mmap.PROT_READ)
-        finally:
-            os.close(fd)
+        if offset >= 0:
+            try:
+                return self.arena.read(offset, object_id, size)
+            except FileNotFoundError:
+                pass  # spilled (or deleted) since its location was known
+        for path in (self._file(object_id), self.spill_path and self._spilled(object_id)):
+            if not path:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                return mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+            finally:
+                os.close(fd)
+        raise FileNotFoundError(f"object {object_id.hex()} is not in the store")
+
+    def spill_from_arena(self, object_id: bytes, arena, offset: int, size: int) -> None:
+        """Copy an arena object to disk (the caller frees its region afterwards)."""
+        tmp = self._spilled(object_id) + ".spilling"
+        arena.copy_out(offset, size, tmp)
+        os.rename(tmp, self._spilled(object_id))
 
     def contains(self, object_id: bytes) -> bool:
         return os.path.exists(self._file(object_id)) or bool(
