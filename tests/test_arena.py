@@ -81,8 +81,8 @@ def test_puts_reuse_arena_pages_and_views_outlive_their_refs(run_script):
         # 40 x 32 MiB through a 100 MiB arena: regions are freed and reused, nothing spills
         for i in range(40):
             ref = aray.put(np.full(32 * 2**20, i, dtype=np.uint8))
-            assert _global.core().entry_for(ref).location[2] >= 0, "not in the arena"
             assert int(aray.get(ref)[-1]) == i
+            assert _global.core().entry_for(ref).location[2] >= 0, "not in the arena"
             del ref
         time.sleep(0.3)
         stats = aray.object_store_stats()
@@ -121,6 +121,7 @@ def test_a_region_given_to_a_writer_that_dies_is_freed(run_script):
         import numpy as np
         ref = aray.put(np.ones(48 * 2**20, dtype=np.uint8))  # needs the region back
         from aray import _global
+        aray.wait([ref])
         print("IN-ARENA", _global.core().entry_for(ref).location[2] >= 0)
         aray.shutdown()
     """, timeout=60)
