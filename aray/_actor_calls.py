@@ -44,6 +44,7 @@ class ActorCall:
     retries_left: int
     deps: list = dataclasses.field(default_factory=list)
     pinned: list = dataclasses.field(default_factory=list)
+    held: list = dataclasses.field(default_factory=list)  # refs pickled inside the args
     waiting: bool = False
     interrupted: bool = False  # it was running when the link to the actor dropped
     group: str = ""  # a concurrency group chosen for this call
@@ -249,6 +250,7 @@ class ActorCaller:
         for entry in call.pinned:
             self.core.objects.unpin(entry)
         call.pinned = []
+        call.held = []
 
     def _fail(self, call: ActorCall, error: BaseException | None) -> None:
         self._release(call)

@@ -196,7 +196,8 @@ class ActorClass:
         core = _global.core()
         o = self._options
         blob, _ = self._descriptor.blob_and_id()
-        args_blob, deps = serialize_args(args, kwargs, lambda: f"{self.__name__}.remote()")
+        args_blob, deps, held = serialize_args(args, kwargs, lambda: f"{self.__name__}.remote()")
+        core.kept.extend(held)  # a restarted actor runs its constructor again
         actor_id = os.urandom(8).hex()
         meta = self._meta()
         placement, hold = self._shapes()
@@ -310,7 +311,7 @@ class ActorMethod:
         """Call the method on the actor; returns its ObjectRef(s) (or a ref generator)."""
         core = _global.core()
         meta = self._handle._meta
-        args_blob, deps = serialize_args(
+        args_blob, deps, held = serialize_args(
             args, kwargs, lambda: f"{meta.get('class_name')}.{self._name}.remote()")
         task_id = new_task_id()
         streaming = self._options["num_returns"] == "streaming"
@@ -318,7 +319,7 @@ class ActorMethod:
         call = ActorCall(task_id, self._name, args_blob, deps,
                          [return_id(task_id, i) for i in range(max(n, 0))], n,
                          int(meta.get("max_task_retries", 0)),
-                         group=self._options.get("concurrency_group") or "")
+                         group=self._options.get("concurrency_group") or "", held=held)
         refs = core.submit_actor_call(self._handle._actor_id, call)
         if streaming or n > 1:
             return refs

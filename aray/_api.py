@@ -337,7 +337,9 @@ def kill(actor, *, no_restart: bool = True) -> None:
 
 def object_store_stats() -> dict:
     """Figures of this node's object store: ``used_bytes``, ``capacity_bytes``,
-    ``num_objects``, ``spilled_bytes``, ``num_spilled``.
+    ``num_objects``, ``spilled_bytes``, ``num_spilled``, and ``arena_bytes`` /
+    ``arena_in_use_bytes`` (the arena that holds large objects, and how much of it is taken,
+    counting regions still pinned by readers).
 
     Examples:
         >>> import aray, numpy as np

@@ -26,8 +26,8 @@ import cloudpickle
 from . import _protocol as P
 from ._actor_calls import ActorCall, ActorCaller
 from ._link import Link, Server, connect
-from ._objects import ObjectEntry, ObjectState, ObjectTable, dump_error
-from ._refs import ObjectRef, new_task_id, return_id
+from ._objects import ObjectEntry, ObjectState, ObjectTable, contained_refs, dump_error
+from ._refs import ObjectRef, collect_refs, new_task_id, return_id
 from ._runtime_context import current_task
 from ._streams import ObjectRefGenerator, StreamState
 from ._tasks import INLINE_THRESHOLD, TaskSpec, TaskSubmitter
@@ -70,6 +70,9 @@ class Core:
         self.objects = ObjectTable(loop, self.materialize, self._on_unused)
         self.objects.bind_thread()  # a core is always made on its loop's thread
         self.refs = self.objects.refs
+        self._unacked = 0  # AddBorrower requests sent and not yet answered
+        self._after_acks: list = []  # sends that wait for them (see after_registrations)
+        self.kept: list = []  # refs pickled into actor constructor args: kept for the job
         # this core's server; known before it listens, so refs made early name their owner
         self.address = "unix:" + os.path.join(
             session_dir, "sockets", f"{role[0]}{os.getpid()}-{os.urandom(3).hex()}.sock")
@@ -226,17 +229,111 @@ class Core:
     def entry_for(self, ref: ObjectRef) -> ObjectEntry:
         """The entry for ``ref``; a borrowed ref gets one that asks its owner. Loop only."""
         entry = self.objects.entries.get(ref._id)
-        if entry is not None:
-            return entry
-        if ref._owner == self.address or not ref._owner:
+        if entry is None and (ref._owner == self.address or not ref._owner):
             entry = self.objects.add(ref._id, owned=True)
             self.objects.fail(entry, ObjectLostError(
                 f"object {ref.hex()} is gone: its owner released it, or it belongs to an "
                 "earlier aray session"))
             return entry
-        entry = self.objects.add(ref._id, owned=False, owner=ref._owner)
-        self.spawn(self._fetch_from_owner(entry), name="fetch")
+        if entry is None:
+            entry = self._borrowed_entry(ref._id, ref._owner)
+        if not entry.owned and not entry.ready and not entry.fetching:
+            entry.fetching = True
+            self.spawn(self._fetch_from_owner(entry), name="fetch")
         return entry
+
+    # --- borrowing (see the _objects module) ---------------------------------------------
+    def borrowed(self, ref: ObjectRef) -> None:
+        """Loop only: this process unpickled a ref owned by another; register with its owner."""
+        if ref._id not in self.objects.entries:
+            self._borrowed_entry(ref._id, ref._owner)
+
+    def _borrowed_entry(self, oid: bytes, owner: str) -> ObjectEntry:
+        entry = self.objects.add(oid, owned=False, owner=owner)
+        if not entry.owned and not entry.registered:
+            entry.registered = True
+            self.register_for(oid, owner)
+        return entry
+
+    def register_for(self, oid: bytes, owner: str) -> None:
+        """Loop only: count one more holder of ``oid`` at its owner (this process, or a
+        caller this process returns the ref to); pair with :meth:`unregister`."""
+        if owner == self.address:
+            entry = self.objects.entries.get(oid)
+            if entry is not None:
+                entry.pins += 1
+            return
+        self._unacked += 1
+        self.spawn(self._register(owner, oid), name="add borrower")
+
+    async def _register(self, owner: str, oid: bytes) -> None:
+        try:
+            link = await self.peer(owner)
+            await link.request(lambda r: P.AddBorrower(r, oid))
+        except (ConnectionError, OSError):
+            pass  # the owner is gone, and the object with it
+        finally:
+            self._unacked -= 1
+            if self._unacked == 0:
+                waiting, self._after_acks = self._after_acks, []
+                for fn in waiting:
+                    fn()
+
+    def after_registrations(self, fn) -> None:
+        """Loop only: call ``fn`` once every AddBorrower sent so far is answered.
+
+        What this process sends after registering (a task's result, a RemoveBorrower) may
+        let another process release the object; the owner must have counted us first.
+        """
+        if self._unacked == 0:
+            fn()
+        else:
+            self._after_acks.append(fn)
+
+    def unregister(self, oid: bytes, owner: str) -> None:
+        """Loop only: one holder counted by :meth:`register_for` let go."""
+        if owner == self.address:
+            entry = self.objects.entries.get(oid)
+            if entry is not None:
+                self.objects.unpin(entry)
+            return
+        self.after_registrations(lambda: self.spawn(self._send_remove(owner, oid)))
+
+    async def _send_remove(self, owner: str, oid: bytes) -> None:
+        try:
+            (await self.peer(owner)).send(P.RemoveBorrower(oid))
+        except (ConnectionError, OSError):
+            pass
+
+    def _on_add_borrower(self, link: Link, msg: P.AddBorrower) -> None:
+        entry = self.objects.entries.get(msg.object_id)
+        if entry is not None and entry.owned:
+            entry.pins += 1
+        link.send(P.BorrowerAdded(msg.req_id))
+
+    def _on_remove_borrower(self, link: Link, msg: P.RemoveBorrower) -> None:
+        entry = self.objects.entries.get(msg.object_id)
+        if entry is not None and entry.owned:
+            self.objects.unpin(entry)
+
+    def accept_value(self, oid: bytes, value: list) -> None:
+        """Loop only: a task's result for ``oid`` arrived. Refs inside it were registered
+        for us by the worker; hold them while the result lives (our own registration takes
+        over from the worker's)."""
+        entry = self.objects.entries.get(oid)
+        contained = contained_refs(value)
+        held = [ObjectRef(c_oid, c_owner) for c_oid, c_owner in contained]
+        for ref in held:
+            if ref._owner != self.address:
+                self.borrowed(ref)
+        if entry is not None:
+            self.objects.resolve(entry, value)
+            if held:
+                entry.contains = held
+        elif value[0] == "s" and value[1] == self.node_id:
+            self.delete_stored(oid)  # nobody holds a ref to this result any more
+        for ref in held:
+            self.unregister(ref._id, ref._owner)
 
     async def _fetch_from_owner(self, entry: ObjectEntry) -> None:
         try:
@@ -289,8 +386,11 @@ class Core:
         raise ValueError("an error value has no payload")
 
     def _on_unused(self, entry: ObjectEntry) -> None:
+        entry.contains = None  # the refs inside it are free to go
         if entry.owned and entry.location is not None and entry.location[0] == self.node_id:
             self.delete_stored(entry.oid)
+        if entry.registered:
+            self.unregister(entry.oid, entry.owner)
 
     def store_value(self, oid: bytes, ser, owner: str = "") -> list:
         """Any thread: write a serialized value into this node's store and tell the node
@@ -384,15 +484,16 @@ class Core:
         """Any thread: a concurrent.futures.Future for the value of ``ref``."""
         return self.objects.concurrent_future(lambda: self.entry_for(ref))
 
-    def put_serialized(self, ser) -> ObjectRef:
-        """Any thread: store an already serialized value; returns the owned ref."""
+    def put_serialized(self, ser, contained: list = ()) -> ObjectRef:
+        """Any thread: store an already serialized value (which pickled the refs
+        ``contained``); returns the owned ref."""
         oid = return_id(new_task_id(), 0)
         if ser.total_size > INLINE_THRESHOLD:
             value = self.store_value(oid, ser)
         else:
             value = ["v", ser.to_bytes()]
         ref = ObjectRef(oid, self.address)
-        self.call_soon(self._register_put, oid, value)
+        self.call_soon(self._register_put, oid, value, list(contained))
         return ref
 
     def put(self, value: Any) -> ObjectRef:
@@ -400,14 +501,16 @@ class Core:
         if isinstance(value, ObjectRef):
             raise TypeError("aray.put() of an ObjectRef is not allowed; pass the ref itself")
         try:
-            ser = serialize(value)
+            ser, contained = collect_refs(serialize, value)
         except Exception as exc:
             raise TypeError(
                 f"aray.put(): a {type(value).__name__} cannot be pickled: {exc}") from exc
-        return self.put_serialized(ser)
+        return self.put_serialized(ser, contained)
 
-    def _register_put(self, oid: bytes, value: list) -> None:
-        self.objects.resolve(self.objects.add(oid, owned=True), value)
+    def _register_put(self, oid: bytes, value: list, contained: list) -> None:
+        entry = self.objects.add(oid, owned=True)
+        self.objects.resolve(entry, value)
+        entry.contains = contained or None
 
     def call_soon(self, fn, *args) -> None:
         """Any thread: run ``fn(*args)`` on the loop, in order with other such calls."""
@@ -514,11 +617,7 @@ class Core:
 
     def finish_returns(self, return_ids: list[bytes], results: list) -> None:
         for oid, value in zip(return_ids, results):
-            entry = self.objects.entries.get(oid)
-            if entry is not None:
-                self.objects.resolve(entry, value)
-            elif value[0] == "s" and value[1] == self.node_id:
-                self.delete_stored(oid)  # nobody holds a ref to this result any more
+            self.accept_value(oid, value)
 
     def fail_returns(self, return_ids: list[bytes], error: BaseException | None) -> None:
         for oid in return_ids:
@@ -542,7 +641,8 @@ class Core:
             return  # the generator was dropped
         oid = return_id(msg.task_id, msg.index)
         ref = ObjectRef(oid, self.address)
-        self.objects.resolve(self.objects.add(oid, owned=True), msg.value)
+        self.objects.add(oid, owned=True)
+        self.accept_value(oid, msg.value)
         stream.add(ref)
 
     def end_stream(self, task_id: bytes, error: BaseException | None) -> None:

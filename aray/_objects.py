@@ -6,8 +6,16 @@ Invariants:
 * An entry resolves exactly once: PENDING -> READY (inline ``data`` or a store ``location``)
   or PENDING -> FAILED (``error``).
 * Local reference counts are kept by :class:`RefCounter` from any thread (ObjectRefs are
-  created and dropped everywhere); the entry is deleted on the loop once the count is zero,
-  no pending task pins it and the ref never escaped this process inside a pickle.
+  created and dropped everywhere); the entry is deleted on the loop once the count is zero
+  and nothing pins it (see ``ObjectEntry.pins``). A ref pickled by user code, outside the
+  runtime's own serialization, is kept until shutdown: nobody can tell when that pickle dies.
+
+Borrowing: a process that unpickles a ref owned by another registers with the owner
+(``AddBorrower``) and unregisters when its entry goes (``RemoveBorrower``); the owner keeps the
+object while any registration stands. A value that contains refs holds them while it lives
+(``contains``). A task returning a value with refs inside registers its caller with their
+owners before it reports, so they cannot be freed in between; the caller's own registration
+then takes over. See ``Core.borrowed`` and ``Core.register_for``.
 
 A *resolved value* is how a value travels between processes: ``["v", data]`` (inline
 serialized bytes), ``["s", node_id, size, offset]`` (in the object store of that node, at
@@ -37,7 +45,7 @@ class ObjectState(enum.Enum):
 
 class ObjectEntry:
     __slots__ = ("oid", "state", "data", "location", "error", "owned", "owner", "callbacks",
-                 "loops", "pins")
+                 "loops", "pins", "contains", "registered", "fetching")
 
     def __init__(self, oid: bytes, owned: bool, owner: str = "") -> None:
         self.oid = oid
@@ -49,7 +57,13 @@ class ObjectEntry:
         self.owner = owner
         self.callbacks: list[Callable[[ObjectEntry], None]] = []
         self.loops: set = set()  # event loops with a future for this entry
-        self.pins = 0  # pending tasks that use this object as an argument
+        # what keeps it alive besides local refs: pending tasks that take it as an argument,
+        # and (owned objects) each registration of a borrower process or of a stored value
+        # that contains a ref to it
+        self.pins = 0
+        self.contains: list | None = None  # refs pickled inside this value, held while it lives
+        self.registered = False  # borrowed: the owner counts this process as a borrower
+        self.fetching = False  # borrowed: its value was asked of the owner
 
     @property
     def ready(self) -> bool:
@@ -63,6 +77,16 @@ class ObjectEntry:
             return ["v", self.data]
         assert self.location is not None
         return ["s", *self.location]
+
+
+def contained_refs(value: list) -> list:
+    """The ``[object_id, owner]`` pairs of refs pickled inside a task's resolved result
+    (a trailing element a worker adds when there are any)."""
+    if value[0] == "v" and len(value) > 2:
+        return value[2]
+    if value[0] == "s" and len(value) > 4:
+        return value[4]
+    return []
 
 
 def dump_error(err: BaseException | None) -> bytes:
@@ -270,7 +294,8 @@ class ObjectTable:
 
     def maybe_unused(self, entry: ObjectEntry) -> None:
         oid = entry.oid
-        if (entry.ready and entry.pins <= 0 and not entry.callbacks
+        # a borrowed entry may go before its value came: the owner has it
+        if ((entry.ready or not entry.owned) and entry.pins <= 0 and not entry.callbacks
                 and self.refs.count(oid) == 0 and oid not in self.refs.escaped):
             del self.entries[oid]
             if entry.loops:

@@ -278,6 +278,27 @@ class ObjectReply(NamedTuple):
     value: list  # a resolved value: ["v", data] | ["s", node_id, size, offset] | ["e", error]
 
 
+@_message(46)
+class AddBorrower(NamedTuple):
+    """To an object's owner: keep it, one more holder has a ref (the sender, or a caller the
+    sender returns it to)."""
+
+    req_id: int
+    object_id: bytes
+
+
+@_message(47, reply=True)
+class BorrowerAdded(NamedTuple):
+    req_id: int
+
+
+@_message(48)
+class RemoveBorrower(NamedTuple):
+    """To an object's owner: one holder that registered with AddBorrower let go."""
+
+    object_id: bytes
+
+
 @_message(45)
 class StreamItem(NamedTuple):
     """One value yielded by a streaming task or method, sent as soon as it is produced."""

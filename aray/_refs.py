@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import os
+import threading
 from typing import Any, Generic, TypeVar
 
 from . import _global
@@ -104,9 +105,14 @@ class ObjectRef(Generic[T]):
         return isinstance(other, ObjectRef) and other._id == self._id
 
     def __reduce__(self):
-        core = _global.core_or_none()
-        if core is not None:
-            core.refs.escaped.add(self._id)
+        collected = getattr(_collecting, "refs", None)
+        if collected is not None:
+            collected.append(self)  # the runtime holds it while the pickle lives
+        else:
+            # pickled by user code: the runtime cannot tell when that pickle is gone
+            core = _global.core_or_none()
+            if core is not None:
+                core.refs.escaped.add(self._id)
         return _rebuild_ref, (self._id, self._owner)
 
     def __bool__(self) -> bool:
@@ -205,7 +211,25 @@ class _CallWithRef:
 
 
 def _rebuild_ref(object_id: bytes, owner: str) -> ObjectRef:
-    return ObjectRef(object_id, owner)
+    ref: ObjectRef = ObjectRef(object_id, owner)
+    core = _global.core_or_none()
+    if core is not None and owner and owner != core.address:
+        core.call_soon(core.borrowed, ref)  # tell the owner this process holds it too
+    return ref
+
+
+_collecting = threading.local()
+
+
+def collect_refs(fn, *args):
+    """Call ``fn(*args)`` (a pickling function) and return ``(result, refs)``: the
+    ObjectRefs it pickled, which the caller keeps alive for as long as the pickle lives."""
+    outer = getattr(_collecting, "refs", None)
+    _collecting.refs = refs = []
+    try:
+        return fn(*args), refs
+    finally:
+        _collecting.refs = outer
 
 
 class ArgSlot:

@@ -157,13 +157,13 @@ class RemoteFunction(Generic[P, R]):
         """Submit a task running this function; returns its ObjectRef(s) at once."""
         core = _global.core()
         self._descriptor.blob_and_id()  # fail here, not later, if the function cannot pickle
-        blob, deps = serialize_args(args, kwargs, lambda: f"{self._name}.remote()")
+        blob, deps, held = serialize_args(args, kwargs, lambda: f"{self._name}.remote()")
         task_id = new_task_id()
         streaming = self._options["num_returns"] == "streaming"
         n = 0 if streaming else int(self._options["num_returns"])
         spec = TaskSpec(
             task_id=task_id, function=self._descriptor, name=self._name, args=blob,
-            dep_refs=deps, return_ids=[return_id(task_id, i) for i in range(n)],
+            dep_refs=deps, held=held, return_ids=[return_id(task_id, i) for i in range(n)],
             shape=self._shape,
             max_retries=0 if streaming else int(self._options["max_retries"]),
             retry_exceptions=self._retry_exceptions, job_id=core.current_job_id(),

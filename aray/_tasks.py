@@ -24,7 +24,7 @@ import cloudpickle
 from . import _protocol as P
 from ._link import Link
 from ._objects import ObjectState
-from ._refs import ArgSlot, ObjectRef
+from ._refs import ArgSlot, ObjectRef, collect_refs
 from .exceptions import TaskCancelledError, WorkerCrashedError
 from .store._serialize import serialize
 
@@ -62,6 +62,7 @@ class TaskSpec:
     parent: bytes = b""  # the task that submitted this one (in a worker), for recursive cancel
     deps: list = dataclasses.field(default_factory=list)  # resolved values, filled at dispatch
     pinned: list = dataclasses.field(default_factory=list)
+    held: list = dataclasses.field(default_factory=list)  # refs pickled inside the args
     cancelled: bool = False
     force_cancelled: bool = False
 
@@ -172,12 +173,14 @@ def _with_filename(code, filename: str):
 def serialize_args(args: tuple, kwargs: dict, describe: Callable[[], str]):
     """Pickle task arguments with top-level refs replaced by :class:`ArgSlot`.
 
-    Returns ``(blob, dep_refs)``. Large plain arguments are put into the store by the
-    caller and passed as dependencies, so the task message itself stays small.
+    Returns ``(blob, dep_refs, held)``: ``held`` are the refs pickled inside the arguments,
+    which the caller keeps until the task is done (the worker registers as their borrower
+    meanwhile). Large plain arguments are put into the store by the caller and passed as
+    dependencies, so the task message itself stays small.
     Raises TypeError naming the argument that cannot be pickled.
     """
     if not args and not kwargs:
-        return _NO_ARGS, []
+        return _NO_ARGS, [], []
     deps: list[ObjectRef] = []
 
     def slot(value):
@@ -189,7 +192,7 @@ def serialize_args(args: tuple, kwargs: dict, describe: Callable[[], str]):
     sargs = tuple(slot(a) for a in args)
     skwargs = {k: slot(v) for k, v in kwargs.items()}
     try:
-        ser = serialize((sargs, skwargs))
+        ser, held = collect_refs(serialize, (sargs, skwargs))
     except Exception as exc:
         raise _unpicklable_argument(args, kwargs, describe(), exc) from exc
     if ser.total_size > INLINE_THRESHOLD:
@@ -200,16 +203,16 @@ def serialize_args(args: tuple, kwargs: dict, describe: Callable[[], str]):
         def put_large(value):
             if isinstance(value, ArgSlot):
                 return value
-            one = serialize(value)
+            one, inside = collect_refs(serialize, value)
             if one.total_size > INLINE_THRESHOLD // 4:
-                deps.append(core.put_serialized(one))
+                deps.append(core.put_serialized(one, inside))
                 return ArgSlot(len(deps) - 1)
             return value
 
         sargs = tuple(put_large(a) for a in sargs)
         skwargs = {k: put_large(v) for k, v in skwargs.items()}
-        ser = serialize((sargs, skwargs))
-    return ser.to_bytes(), deps
+        ser, held = collect_refs(serialize, (sargs, skwargs))
+    return ser.to_bytes(), deps, held
 
 
 _NO_ARGS = serialize(((), {})).to_bytes()
@@ -401,6 +404,7 @@ class TaskSubmitter:
         for entry in pinned:
             self.core.objects.unpin(entry)
         spec.dep_refs = []
+        spec.held = []
 
     def cancel_children(self, parent: bytes) -> None:
         """Cancel what a cancelled task submitted (and, through them, their children)."""

@@ -30,7 +30,7 @@ from . import _protocol as P
 from ._core import Core
 from ._tasks import INLINE_THRESHOLD, load_function
 from ._link import Link
-from ._refs import ArgSlot, return_id
+from ._refs import ArgSlot, collect_refs, return_id
 from ._runtime_context import TaskContext, current_task
 from .exceptions import ActorDiedError, RemoteErrorInfo, TaskCancelledError
 from .store._serialize import deserialize, serialize
@@ -61,16 +61,34 @@ class _Executor:
 
     def _resolved(self, oid: bytes, value: Any) -> list:
         try:
-            ser = serialize(value)
+            ser, contained = collect_refs(serialize, value)
         except Exception as exc:
             task = current_task.get()
             raise TypeError(
                 f"{task.name if task else 'the task'} returned a {type(value).__name__}, which "
                 f"cannot be pickled ({exc}); return something picklable instead") from exc
+        task = current_task.get()
         if ser.total_size > INLINE_THRESHOLD:
-            task = current_task.get()
-            return self.core.store_value(oid, ser, task.owner if task else "")
-        return ["v", ser.to_bytes()]
+            resolved = self.core.store_value(oid, ser, task.owner if task else "")
+        else:
+            resolved = ["v", ser.to_bytes()]
+        if contained:
+            # the caller will hold these refs; count it as a holder before we report, so
+            # nobody frees them in between (the refs stay alive until the call runs)
+            self.core.call_soon(self._register_refs, contained)
+            resolved.append([[r._id, r._owner] for r in contained])
+        return resolved
+
+    def _register_refs(self, refs: list) -> None:
+        for ref in refs:
+            self.core.register_for(ref._id, ref._owner)
+
+    def _reply(self, link: Link, msg) -> None:
+        """Loop only: send a result once the registrations it depends on are answered."""
+        if self.core._unacked == 0:
+            _send_if_open(link, msg)
+        else:
+            self.core.after_registrations(lambda: _send_if_open(link, msg))
 
     def _pack(self, name: str, return_ids: list, num_returns: int, result: Any) -> list:
         n = num_returns
@@ -94,7 +112,7 @@ class _Executor:
         send = self.core.loop.call_soon_threadsafe
         for index, value in enumerate(_iterate(result)):
             item = P.StreamItem(task_id, index, self._resolved(return_id(task_id, index), value))
-            send(_send_if_open, link, item)
+            send(self._reply, link, item)
 
     async def _stream_async(self, link: Link, task_id: bytes, result: Any) -> None:
         if not inspect.isasyncgen(result):
@@ -102,7 +120,7 @@ class _Executor:
             return
         index = 0
         async for value in result:
-            _send_if_open(link, P.StreamItem(task_id, index,
+            self._reply(link, P.StreamItem(task_id, index,
                                              self._resolved(return_id(task_id, index), value)))
             index += 1
 
@@ -121,7 +139,7 @@ class _Executor:
             return cloudpickle.dumps(info)
 
     def _send_error(self, link: Link, task_id: bytes, name: str, exc: BaseException) -> None:
-        _send_if_open(link, P.TaskFinished(task_id, [], self._error_blob(name, exc)))
+        self._reply(link, P.TaskFinished(task_id, [], self._error_blob(name, exc)))
 
     def _mark(self, job_id: str, name: str) -> None:
         """Tell the node agent's log reader which task the following output belongs to."""
@@ -266,7 +284,7 @@ class TaskExecutor(_Executor):
         finally:
             current_task.reset(token)
             _flush_std()
-        _send_if_open(link, P.TaskFinished(msg.task_id, results, None))
+        self._reply(link, P.TaskFinished(msg.task_id, results, None))
 
     def _run_sync(self, fn, link: Link, msg: P.PushTask, ctx: TaskContext) -> list:
         current_task.set(ctx)
@@ -427,7 +445,7 @@ class ActorExecutor(_Executor):
         with self._replies_lock:
             replies, self._replies = self._replies, []
         for link, reply in replies:
-            _send_if_open(link, reply)
+            self._reply(link, reply)
 
     async def _call_async(self, link: Link, msg: P.CallActor, group: str) -> None:
         name = f"{self.class_name}.{msg.method}"
@@ -452,7 +470,7 @@ class ActorExecutor(_Executor):
         finally:
             current_task.reset(token)
             _flush_std()
-        _send_if_open(link, P.TaskFinished(msg.task_id, results, None))
+        self._reply(link, P.TaskFinished(msg.task_id, results, None))
 
 
 _RUNTIME_DIRS = (os.path.dirname(asyncio.__file__), os.path.dirname(threading.__file__))
