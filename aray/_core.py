@@ -15,6 +15,7 @@ Methods that are safe from any thread say so; everything else runs on :attr:`Cor
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import sys
@@ -25,7 +26,7 @@ import cloudpickle
 
 from . import _protocol as P
 from ._actor_calls import ActorCall, ActorCaller
-from ._link import Link, Server, connect
+from ._link import Link, Server, bind_tcp, connect
 from ._objects import ObjectEntry, ObjectState, ObjectTable, contained_refs, dump_error
 from ._refs import ObjectRef, collect_refs, new_task_id, return_id
 from ._runtime_context import current_task
@@ -47,13 +48,16 @@ from .store.shm import ShmDirectory
 
 log = logging.getLogger("aray")
 
+#: how many copies of other nodes' objects a process remembers the place of
+MAX_COPIES_KNOWN = 10_000
+
 class Core:
     """The runtime of one process (driver or worker), bound to one event loop."""
 
     def __init__(self, *, loop: asyncio.AbstractEventLoop, role: str, token: str,
                  session_dir: str, node_address: str, head_address: str = "",
                  store_dir: str, node_id: str = "", worker_id: str = "",
-                 log_to_driver: bool = True) -> None:
+                 log_to_driver: bool = True, tcp_host: str = "") -> None:
         self.loop = loop
         self.role = role
         self.token = token
@@ -67,15 +71,23 @@ class Core:
         self.log_to_driver = log_to_driver
         self.store = ShmDirectory(store_dir, os.path.join(session_dir, "spill"))
         self.store_capacity = 0  # told by the node agent; 0 until then (no check)
-        self.objects = ObjectTable(loop, self.materialize, self._on_unused)
+        self.objects = ObjectTable(loop, self.materialize, self._on_unused, self._prepare)
         self.objects.bind_thread()  # a core is always made on its loop's thread
         self.refs = self.objects.refs
         self._unacked = 0  # AddBorrower requests sent and not yet answered
         self._after_acks: list = []  # sends that wait for them (see after_registrations)
         self.kept: list = []  # refs pickled into actor constructor args: kept for the job
-        # this core's server; known before it listens, so refs made early name their owner
-        self.address = "unix:" + os.path.join(
-            session_dir, "sockets", f"{role[0]}{os.getpid()}-{os.urandom(3).hex()}.sock")
+        # objects of other nodes this node has a copy of: oid -> offset of the copy
+        self._copies: collections.OrderedDict[bytes, int] = collections.OrderedDict()
+        self._fetch_errors: dict[bytes, str] = {}  # why a copy could not be had
+        # this core's server; known before it listens, so refs made early name their owner.
+        # In a cluster of several nodes (tcp_host) other machines must reach it: TCP.
+        self._tcp_socket = None
+        if tcp_host:
+            self._tcp_socket, self.address = bind_tcp(tcp_host)
+        else:
+            self.address = "unix:" + os.path.join(
+                session_dir, "sockets", f"{role[0]}{os.getpid()}-{os.urandom(3).hex()}.sock")
         self.cluster: Any = None  # the LocalCluster a driver started, if any
         self.loop_thread: Any = None  # the private LoopThread of a sync init, if any
         self.ready = asyncio.Event()
@@ -118,7 +130,7 @@ class Core:
     async def start(self) -> None:
         """Open this core's server and the links to the node agent (and head for drivers)."""
         try:
-            await self._server.start(self.address)
+            await self._server.start(self.address, self._tcp_socket)
             info = {"address": self.address, "log_to_driver": self.log_to_driver,
                     "namespace": self.namespace, "code_path": driver_code_path()}
             if self.role == "driver" and self.head_address:
@@ -196,7 +208,11 @@ class Core:
         if pending is None:
             pending = self._connecting[address] = self.loop.create_future()
             try:
-                link = await self._dial(address, "core", "", {"address": self.address})
+                # job and code path: a node agent reached by spillback starts workers for
+                # this job, which import its modules
+                link = await self._dial(address, "core", "", {
+                    "address": self.address, "job_id": self.job_id,
+                    "code_path": driver_code_path() if self.role == "driver" else ""})
                 link.on_close.append(self._on_peer_closed)
                 self._peers[address] = link
                 pending.set_result(link)
@@ -330,8 +346,8 @@ class Core:
             self.objects.resolve(entry, value)
             if held:
                 entry.contains = held
-        elif value[0] == "s" and value[1] == self.node_id:
-            self.delete_stored(oid)  # nobody holds a ref to this result any more
+        elif value[0] == "s":
+            self.delete_stored(oid, value[1])  # nobody holds a ref to this result any more
         for ref in held:
             self.unregister(ref._id, ref._owner)
 
@@ -368,14 +384,60 @@ class Core:
         return self.read_stored(entry.oid, entry.location)
 
     def read_stored(self, oid: bytes, location) -> Any:
-        node_id, size, offset = location
-        if node_id != self.node_id:
-            raise ObjectLostError(
-                f"object {oid.hex()} lives on node {node_id[:12]}, which this process cannot reach")
+        node_id, size, offset = location[:3]
+        if node_id != self.node_id:  # read this node's copy
+            if oid not in self._copies:
+                if self.objects.on_loop_thread():  # fetch() ran, and failed
+                    raise ObjectLostError(self._fetch_errors.get(oid) or (
+                        f"object {oid.hex()} of node {node_id[:12]} could not be fetched"))
+                asyncio.run_coroutine_threadsafe(self.fetch(oid, location), self.loop).result()
+            offset = self._copies[oid]
         try:
             return deserialize(self.store.read(oid, offset, size))
         except FileNotFoundError:
             raise ObjectLostError(f"object {oid.hex()} is no longer in the object store") from None
+
+    # --- objects of other nodes ------------------------------------------------------------
+    def _prepare(self, entry: ObjectEntry):
+        """For the object table: what to await before reading ``entry`` on the loop."""
+        return self.fetch(entry.oid, entry.location) if self.needs_fetch(entry) else None
+
+    def needs_fetch(self, entry: ObjectEntry) -> bool:
+        """Any thread: is ``entry`` stored on another node, with no copy here yet?"""
+        loc = entry.location
+        return loc is not None and loc[0] != self.node_id and entry.oid not in self._copies
+
+    async def fetch(self, oid: bytes, location) -> None:
+        """Loop only: have this node's agent pull a copy of an object stored on another node
+        (once per node, however many processes ask)."""
+        if oid in self._copies or location[0] == self.node_id:
+            return
+        await self.wait_ready()
+        assert self.agent is not None
+        reply = await self.agent.request(
+            lambda r: P.PullObject(r, oid, location[0], location[1]))
+        if reply.error:
+            self._fetch_errors[oid] = reply.error
+            while len(self._fetch_errors) > MAX_COPIES_KNOWN:
+                self._fetch_errors.pop(next(iter(self._fetch_errors)))
+            raise ObjectLostError(reply.error)
+        self._copies[oid] = reply.offset
+        while len(self._copies) > MAX_COPIES_KNOWN:
+            self._copies.popitem(last=False)
+
+    async def fetch_entries(self, entries: list[ObjectEntry]) -> None:
+        """Loop only: fetch every entry that is stored on another node (errors are left
+        for the read to raise)."""
+        wanted = [e for e in entries if e.state is ObjectState.READY and self.needs_fetch(e)]
+        if wanted:
+            await asyncio.gather(*(self.fetch(e.oid, e.location) for e in wanted),
+                                 return_exceptions=True)
+
+    async def fetch_values(self, deps: list) -> None:
+        """Loop only: fetch the task arguments (``[oid, resolved value]``) of other nodes."""
+        remote = [(oid, v[1:4]) for oid, v in deps if v[0] == "s" and v[1] != self.node_id]
+        if remote:
+            await asyncio.gather(*(self.fetch(oid, loc) for oid, loc in remote))
 
     def value_of_resolved(self, oid: bytes, value: list) -> Any:
         """Deserialize a resolved value received from another process (worker side)."""
@@ -387,8 +449,9 @@ class Core:
 
     def _on_unused(self, entry: ObjectEntry) -> None:
         entry.contains = None  # the refs inside it are free to go
-        if entry.owned and entry.location is not None and entry.location[0] == self.node_id:
-            self.delete_stored(entry.oid)
+        self._copies.pop(entry.oid, None)
+        if entry.owned and entry.location is not None:
+            self.delete_stored(entry.oid, entry.location[0])
         if entry.registered:
             self.unregister(entry.oid, entry.owner)
 
@@ -434,10 +497,10 @@ class Core:
         except Exception:  # the agent went away: a file still works
             return -1
 
-    def delete_stored(self, oid: bytes) -> None:
-        """Loop only: have the node agent remove an object this process owns from the store
-        (its file or arena region, and any spilled copy)."""
-        self.tell_agent(P.ObjectsDeleted([oid]))
+    def delete_stored(self, oid: bytes, node_id: str) -> None:
+        """Loop only: have the node agents remove an object this process owns from the store
+        of ``node_id`` (its file or arena region, any spilled copy, copies on other nodes)."""
+        self.tell_agent(P.ObjectsDeleted([oid], "" if node_id == self.node_id else node_id))
 
     def tell_agent(self, msg) -> None:
         """Loop only: send a message to the node agent if the link is up."""
@@ -459,7 +522,7 @@ class Core:
         found = []
         for ref in refs:
             entry = entries.get(ref._id)
-            if entry is None or not entry.ready:
+            if entry is None or not entry.ready or self.needs_fetch(entry):
                 return None
             found.append(entry)
         return [self.materialize(e) for e in found]

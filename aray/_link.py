@@ -18,6 +18,7 @@ import hmac
 import itertools
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -184,16 +185,22 @@ class Server:
         self.links: set[Link] = set()
         self._socket_files: list[str] = []
 
-    async def start(self, address: str) -> str:
+    async def start(self, address: str, sock: socket.socket | None = None) -> str:
         """Listen on ``address`` (more with :meth:`listen`); returns the bound address."""
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        self.address = await self.listen(address)
+        self.address = await self.listen(address, sock)
         return self.address
 
-    async def listen(self, address: str) -> str:
-        """Also accept links on ``address``; returns it with the port actually bound."""
+    async def listen(self, address: str, sock: socket.socket | None = None) -> str:
+        """Also accept links on ``address``; returns it with the port actually bound.
+
+        ``sock``: a TCP socket already bound to ``address`` (see :func:`bind_tcp`).
+        """
         assert self._runner is not None, "start() the server first"
+        if sock is not None:
+            await web.SockSite(self._runner, sock).start()
+            return address
         kind, host, port = parse_address(address)
         if kind == "unix":
             site = web.UnixSite(self._runner, host)
@@ -271,6 +278,19 @@ def _check_hello(frame, token: str) -> P.Hello | tuple[int, str]:
             f"protocol version {hello.version} does not match the cluster's {P.PROTOCOL_VERSION}"
         )
     return hello
+
+
+def bind_tcp(host: str) -> tuple[socket.socket, str]:
+    """A TCP socket bound to a free port of ``host`` and its ``tcp://`` address: a process
+    knows the address others will reach it at before its server runs."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, 0))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}: {exc.strerror}") from None
+    return sock, f"tcp://{host}:{sock.getsockname()[1]}"
 
 
 # --- client -----------------------------------------------------------------------------

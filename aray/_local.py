@@ -123,12 +123,14 @@ def find_cluster(address: str | None) -> dict:
                 "no running aray cluster was found on this machine (address='auto'). Start one "
                 "with `aray start --head`, or call aray.init() without an address to start a "
                 "cluster for this program only.")
-        return max(clusters, key=lambda c: c["session_dir"])
+        # the newest head; a node that joined another head serves as well
+        return max(clusters, key=lambda c: (c.get("is_head", True), c["session_dir"]))
     from ._link import parse_address
 
     kind, host, port = parse_address(address)
     host = "127.0.0.1" if host in ("localhost", "0.0.0.0") else host
-    for info in clusters:
+    # a node of this machine in that cluster (its head first): its agent serves the driver
+    for info in sorted(clusters, key=lambda c: not c.get("is_head", True)):
         if info.get("head_tcp"):
             _, h, p = parse_address(info["head_tcp"])
             if p == port and (h == host or h == "0.0.0.0"):
@@ -151,7 +153,7 @@ class LocalCluster:
 
     def __init__(self, *, resources: dict, object_store_memory: int | None = None,
                  token: str | None = None, daemon: bool = False,
-                 head_tcp: str | None = None, ip: str = "127.0.0.1") -> None:
+                 head_tcp: str | None = None, ip: str = "127.0.0.1", join: str = "") -> None:
         self.session_dir = new_session_dir()
         self.store_dir = store_dir_for(self.session_dir)
         self.token = token or secrets.token_hex(16)
@@ -161,8 +163,7 @@ class LocalCluster:
                        "store_dir": self.store_dir, "resources": resources,
                        "object_store_memory": object_store_memory,
                        "head_address": self.head_address, "node_address": self.node_address,
-
-                       "daemon": daemon, "head_tcp": head_tcp, "ip": ip}
+                       "daemon": daemon, "head_tcp": head_tcp, "ip": ip, "join": join}
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
 
@@ -254,32 +255,40 @@ async def _run_node(config: dict) -> None:
                      os.path.join(config["store_dir"], NODE_PID_FILE)):
         with open(pid_file, "w") as f:
             f.write(str(os.getpid()))
-    head = Head(config["token"])
+    # joining an existing cluster: no head here, and the agent dials the cluster's head
+    joining = config.get("join", "")
+    head = None if joining else Head(config["token"])
+    # a node of a cluster others may join (aray start) listens on TCP for other nodes
+    tcp_host = (config.get("ip") or "127.0.0.1") if (config.get("daemon") or joining) else ""
     agent = None
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     try:
         try:
-            head_address = await head.start(config["head_address"])
-            head_tcp = (await head.server.listen(config["head_tcp"])
-                        if config.get("head_tcp") else "")
-        except OSError as exc:
+            if head is not None:
+                head_address = await head.start(config["head_address"])
+                head_tcp = (await head.server.listen(config["head_tcp"])
+                            if config.get("head_tcp") else "")
+            else:
+                head_address = head_tcp = joining
+            agent = NodeAgent(token=config["token"], session_dir=config["session_dir"],
+                              store_dir=config["store_dir"], resources=config["resources"],
+                              head_address=head_address, ip=config.get("ip") or "127.0.0.1",
+                              shared=bool(config.get("daemon")), tcp_host=tcp_host)
+            node_address = await agent.start(config["node_address"])
+        except (OSError, ConnectionError) as exc:
             os.write(1, (json.dumps({"error": str(exc)}) + "\n").encode())
             return
-        agent = NodeAgent(token=config["token"], session_dir=config["session_dir"],
-                          store_dir=config["store_dir"], resources=config["resources"],
-                          head_address=head_address, ip=config.get("ip") or "127.0.0.1",
-                          shared=bool(config.get("daemon")))
-        node_address = await agent.start(config["node_address"])
         ready = {"head_address": head_address, "head_tcp": head_tcp,
                  "node_address": node_address, "node_id": agent.node_id, "pid": os.getpid(),
-                 "session_dir": config["session_dir"], "store_dir": config["store_dir"]}
+                 "session_dir": config["session_dir"], "store_dir": config["store_dir"],
+                 "is_head": head is not None, "tcp_host": tcp_host}
         if config.get("daemon"):
             _write_private(os.path.join(config["session_dir"], "cluster.json"), json.dumps(ready))
         os.write(1, (json.dumps(ready) + "\n").encode())
         _detach_stdout(config["session_dir"])
-        waits = [asyncio.ensure_future(stop.wait())]
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(agent.stopped.wait())]
         if not config.get("daemon"):
             reader = asyncio.StreamReader()
             await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -290,7 +299,8 @@ async def _run_node(config: dict) -> None:
     finally:
         if agent is not None:
             await agent.aclose()
-        await head.aclose()
+        if head is not None:
+            await head.aclose()
         store.remove_all()
 
 

@@ -138,12 +138,16 @@ class ObjectTable:
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  materialize: Callable[[ObjectEntry], Any],
-                 on_unused: Callable[[ObjectEntry], None]) -> None:
+                 on_unused: Callable[[ObjectEntry], None],
+                 prepare: Callable[[ObjectEntry], Any] = lambda e: None) -> None:
         self.loop = loop
         self.entries: dict[bytes, ObjectEntry] = {}
         self.refs = RefCounter(self._count_reached_zero)
         self._materialize = materialize
         self._on_unused = on_unused
+        # a coroutine to await before a resolved entry can be read here (or None): fetching
+        # a copy of an object stored on another node
+        self._prepare = prepare
         self._futs: dict[tuple[bytes, Any], asyncio.Future] = {}
         self._futs_lock = threading.Lock()
         self._loop_thread: int | None = None
@@ -203,7 +207,11 @@ class ObjectTable:
                     self._settle(entry, loop, fut)
         self.maybe_unused(entry)
 
-    def _settle(self, entry: ObjectEntry, loop, fut: asyncio.Future) -> None:
+    def _settle(self, entry: ObjectEntry, loop, fut: asyncio.Future,
+                prepared: bool = False) -> None:
+        if not prepared and self._after_prepare(
+                entry, lambda: self._settle(entry, loop, fut, True)):
+            return
         try:
             value, error = self._materialize(entry), None
         except BaseException as exc:  # the stored error, or a failure to read the value
@@ -215,6 +223,18 @@ class ObjectTable:
                 loop.call_soon_threadsafe(_set_future, fut, value, error)
             except RuntimeError:  # that loop is closed: nobody is waiting any more
                 pass
+
+    def _after_prepare(self, entry: ObjectEntry, then: Callable[[], None]) -> bool:
+        """Loop only: if ``entry`` needs preparing before it is read, start that and call
+        ``then`` once it is done (whatever the outcome: the read reports errors)."""
+        if entry.state is not ObjectState.READY:
+            return False
+        prep = self._prepare(entry)
+        if prep is None:
+            return False
+        task = self.loop.create_task(prep)
+        task.add_done_callback(lambda t: (t.cancelled() or t.exception(), then()))
+        return True
 
     # --- futures (any thread) ----------------------------------------------------------
     def future_for(self, oid: bytes, loop, get_entry: Callable[[], ObjectEntry],
@@ -248,7 +268,9 @@ class ObjectTable:
         def attach() -> None:
             entry = get_entry()
 
-            def done(e: ObjectEntry) -> None:
+            def done(e: ObjectEntry, prepared: bool = False) -> None:
+                if not prepared and self._after_prepare(e, lambda: done(e, True)):
+                    return
                 try:
                     cfut.set_result(self._materialize(e))
                 except BaseException as exc:

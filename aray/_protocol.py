@@ -82,7 +82,15 @@ class NodeResourcesChanged(NamedTuple):
 class ClusterViewChanged(NamedTuple):
     """Head -> node agents: every alive node's totals, for infeasibility and spillback."""
 
-    nodes: list  # [[node_id, address, total_resources], ...]
+    nodes: list  # [[node_id, address, total_resources, available_resources], ...]
+
+
+@_message(15)
+class JobFinished(NamedTuple):
+    """Head -> node agents: a driver left; its workers and objects go on every node."""
+
+    job_id: str
+    driver_address: str
 
 
 @_message(13)
@@ -105,6 +113,15 @@ class RequestLease(NamedTuple):
     shape: dict  # resource name -> amount
     description: str  # what the lease is for, used in warnings
     job_id: str  # workers serve one job: they import its code and die with it
+    spilled: bool  # sent here by another node's spillback: queue it, do not send it on
+
+
+@_message(19, reply=True)
+class LeaseSpillback(NamedTuple):
+    """Agent -> requester: ask the agent at ``address`` instead (it can run the request)."""
+
+    req_id: int
+    address: str
 
 
 @_message(21, reply=True)
@@ -187,9 +204,11 @@ class ObjectSealed(NamedTuple):
 
 @_message(32)
 class ObjectsDeleted(NamedTuple):
-    """The owner deleted these objects from this node's store."""
+    """The owner deleted these objects; to the agent of the node that stores them (any
+    node agent forwards to the right one)."""
 
     object_ids: list
+    node_id: str  # the node whose store holds them ("" for the receiving agent's own)
 
 
 @_message(37)
@@ -205,6 +224,40 @@ class AllocObject(NamedTuple):
 class ObjectAllocated(NamedTuple):
     req_id: int
     offset: int  # -1: no region free, write a file of its own
+
+
+@_message(39)
+class PullObject(NamedTuple):
+    """A core asks its node agent for a local copy of an object stored on another node."""
+
+    req_id: int
+    object_id: bytes
+    node_id: str  # where it is
+    size: int
+
+
+@_message(49, reply=True)
+class ObjectPulled(NamedTuple):
+    req_id: int
+    offset: int  # of the local copy in the arena, -1 for a file of its own
+    error: str  # why there is no copy ("" if there is)
+
+
+@_message(50)
+class ReadObject(NamedTuple):
+    """Node agent -> node agent: a chunk of an object's bytes (for a pull)."""
+
+    req_id: int
+    object_id: bytes
+    start: int
+    length: int
+
+
+@_message(51, reply=True)
+class ObjectChunk(NamedTuple):
+    req_id: int
+    data: bytes
+    error: str
 
 
 @_message(33)

@@ -109,15 +109,17 @@ class FunctionDescriptor:
 
 
 class _Lease:
-    __slots__ = ("worker_id", "address", "node_id", "gpu_ids", "link", "in_flight", "queue",
-                 "linger")
+    __slots__ = ("worker_id", "address", "node_id", "gpu_ids", "link", "agent", "in_flight",
+                 "queue", "linger")
 
-    def __init__(self, grant: P.LeaseGranted, link: Link, queue: _ShapeQueue) -> None:
+    def __init__(self, grant: P.LeaseGranted, link: Link, agent: Link,
+                 queue: _ShapeQueue) -> None:
         self.worker_id = grant.worker_id
         self.address = grant.address
         self.node_id = grant.node_id
         self.gpu_ids = grant.gpu_ids
-        self.link = link
+        self.link = link  # to the worker
+        self.agent = agent  # to the node agent that granted it (this node's, or another's)
         self.in_flight: dict[bytes, TaskSpec] = {}
         self.queue = queue
         self.linger: asyncio.TimerHandle | None = None
@@ -314,14 +316,20 @@ class TaskSubmitter:
         if lease.in_flight or q.tasks or lease not in q.leases:
             return
         q.leases.remove(lease)
-        self.core.tell_agent(P.ReturnLease(lease.worker_id))
+        _send_if_open(lease.agent, P.ReturnLease(lease.worker_id))
 
     async def _request_lease(self, q: _ShapeQueue) -> None:
         try:
             await self.core.wait_ready()
             assert self.core.agent is not None
-            grant = await self.core.agent.request(
-                lambda r: P.RequestLease(r, q.shape, q.description, self.core.job_id))
+            agent, spilled = self.core.agent, False
+            while True:
+                grant = await agent.request(lambda r: P.RequestLease(
+                    r, q.shape, q.description, self.core.job_id, spilled))
+                if not isinstance(grant, P.LeaseSpillback):
+                    break
+                # another node can run it: ask that node's agent
+                agent, spilled = await self.core.peer(grant.address), True
         except (ConnectionError, OSError) as exc:
             # no node agent (the cluster stopped): nothing queued here can ever run
             while q.tasks:
@@ -334,10 +342,10 @@ class TaskSubmitter:
         try:
             link = await self.core.peer(grant.address)
         except (ConnectionError, OSError):  # the worker died before we reached it
-            self.core.agent.send(P.ReturnLease(grant.worker_id))
+            _send_if_open(agent, P.ReturnLease(grant.worker_id))
             self._pump(q)
             return
-        q.leases.append(_Lease(grant, link, q))
+        q.leases.append(_Lease(grant, link, agent, q))
         self._pump(q)
 
     def _push(self, lease: _Lease, spec: TaskSpec) -> None:
@@ -432,7 +440,7 @@ class TaskSubmitter:
         if force:
             spec.force_cancelled = True
             if self.core.agent is not None:
-                self.core.agent.send(P.KillWorker(lease.worker_id))
+                _send_if_open(lease.agent, P.KillWorker(lease.worker_id))
         else:
             lease.link.send(P.CancelTask(task_id, recursive))
         return True
@@ -446,7 +454,7 @@ class TaskSubmitter:
                     self._running.pop(spec.task_id, None)
                     self._worker_lost(spec, q)
                 lease.in_flight.clear()
-                self.core.tell_agent(P.ReturnLease(lease.worker_id))
+                _send_if_open(lease.agent, P.ReturnLease(lease.worker_id))
             self._pump(q)
 
     def _worker_lost(self, spec: TaskSpec, q: _ShapeQueue) -> None:
@@ -469,3 +477,8 @@ class TaskSubmitter:
         for q in self._queues.values():
             while q.tasks:
                 self._fail_task(q.tasks.popleft(), error)
+
+
+def _send_if_open(link: Link, msg) -> None:
+    if not link.closed:
+        link.send(msg)

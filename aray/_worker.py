@@ -259,6 +259,7 @@ class TaskExecutor(_Executor):
         try:
             fn = self._function(msg.fn_id)
             if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+                await self.core.fetch_values(msg.deps)  # on the loop: pull before reading
                 args, kwargs = self._arguments(msg.args, msg.deps)
                 self._mark(msg.job_id, msg.name)
                 if msg.num_returns < 0:
@@ -366,6 +367,7 @@ class ActorExecutor(_Executor):
             if self.is_async:  # on the loop, so it may create asyncio objects
                 token = current_task.set(self._context(b"", name))
                 try:
+                    await self.core.fetch_values(self.spec["deps"])
                     args, kwargs = self._arguments(self.spec["args"], self.spec["deps"])
                     self._mark(self.job_id, self.class_name)
                     self.instance = cls(*args, **kwargs)
@@ -452,6 +454,7 @@ class ActorExecutor(_Executor):
         token = current_task.set(self._context(msg.task_id, name, msg.owner))
         try:
             async with self.limits[group]:
+                await self.core.fetch_values(msg.deps)
                 args, kwargs = self._arguments(msg.args, msg.deps)
                 self._mark(self.job_id, self.class_name)
                 result = getattr(self.instance, msg.method)(*args, **kwargs)
@@ -520,7 +523,7 @@ async def _serve(config: dict) -> None:
                 session_dir=config["session_dir"], node_address=config["node_address"],
                 head_address=config["head_address"],
                 store_dir=config["store_dir"], node_id=config["node_id"],
-                worker_id=config["worker_id"])
+                worker_id=config["worker_id"], tcp_host=config.get("tcp_host", ""))
     core.executor = TaskExecutor(core)
     _global.set_core(core)
     await core.start()

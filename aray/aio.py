@@ -95,7 +95,8 @@ def bootstrap(loop: asyncio.AbstractEventLoop, address: str | None, *, num_cpus,
         token = token or os.environ.get("ARAY_TOKEN") or info["token"]
         core = Core(loop=loop, role="driver", token=token, session_dir=info["session_dir"],
                     node_address=info["node_address"], head_address=info["head_address"],
-                    store_dir=info["store_dir"], log_to_driver=log_to_driver)
+                    store_dir=info["store_dir"], log_to_driver=log_to_driver,
+                    tcp_host=info.get("tcp_host", ""))
     else:
         total = node_resources(num_cpus, num_gpus, resources, object_store_memory)
         cluster = LocalCluster(resources=total, object_store_memory=object_store_memory,
@@ -265,7 +266,9 @@ async def get_values(core: Core, refs: list[ObjectRef], single: bool, timeout: f
         raise GetTimeoutError(
             f"aray.get() timed out after {timeout} s: {missing} of {len(refs)} objects are not "
             "ready yet. Raise the timeout, or use aray.wait() to take what is ready.")
-    values = [core.materialize(core.entry_for(r)) for r in refs]
+    entries = [core.entry_for(r) for r in refs]
+    await core.fetch_entries(entries)  # copies of what lives on other nodes
+    values = [core.materialize(e) for e in entries]
     return values[0] if single else values
 
 

@@ -21,10 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"aray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    start = sub.add_parser("start", help="start a cluster's head node (a daemon)",
-                           description="Start an aray head node on this machine.")
+    start = sub.add_parser("start", help="start a node (a daemon): a cluster's head, or one "
+                           "that joins a cluster", description="Start an aray node on this "
+                           "machine: the head of a new cluster (--head), or a node that joins "
+                           "the cluster whose head is at --address.")
     start.add_argument("--head", action="store_true", help="start the head of a new cluster")
-    start.add_argument("--address", help=argparse.SUPPRESS)  # joining: not available yet
+    start.add_argument("--address", help="HOST:PORT of the head of the cluster to join")
     start.add_argument("--port", type=int, default=6379, help="the head's port (default 6379)")
     start.add_argument("--num-cpus", type=float, help="CPUs to offer (default: all)")
     start.add_argument("--num-gpus", type=float, help="GPUs to offer (default: 0)")
@@ -78,17 +80,25 @@ def cmd_start(args) -> None:
     from ._local import LocalCluster
     from .aio import node_resources
 
-    if not args.head:
-        raise ValueError("this version of aray starts head nodes only: use `aray start --head`")
+    if args.head == bool(args.address):
+        raise ValueError("say what to start: `aray start --head` for a new cluster, or "
+                         "`aray start --address HOST:PORT` to join the cluster of that head")
     try:
         custom = json.loads(args.resources)
     except json.JSONDecodeError as exc:
         raise ValueError(f"--resources must be JSON, e.g. '{{\"dataset\": 1}}': {exc}") from None
     resources = node_resources(args.num_cpus, args.num_gpus, custom, args.object_store_memory)
     token = args.token or args.redis_password
+    join = ""
+    if args.address:
+        join = _head_address(args.address)
+        token = token or os.environ.get("ARAY_TOKEN") or _local_token(args.address)
+        if not token:
+            raise ValueError(f"no token for the cluster at {args.address}: pass --token (the "
+                             "head printed where to find it) or set ARAY_TOKEN")
     cluster = LocalCluster(resources=resources, object_store_memory=args.object_store_memory,
                            token=token, daemon=True, ip=args.node_ip_address,
-                           head_tcp=f"tcp://{args.node_ip_address}:{args.port}")
+                           head_tcp=f"tcp://{args.node_ip_address}:{args.port}", join=join)
     _write_token(cluster.session_dir, cluster.token)
     cluster.spawn()
     try:
@@ -103,15 +113,46 @@ def cmd_start(args) -> None:
     cluster.detach()
     _point_latest(cluster.session_dir)
     address = info["head_tcp"].split("://", 1)[1]
-    print(f"Started an aray head node (pid {pid}).\n"
-          f"  Address: {address}\n"
-          f"  Session: {cluster.session_dir}\n"
-          f"  Token:   in {os.path.join(cluster.session_dir, 'token')} (readable by you only)\n\n"
-          f"Connect from Python on this machine:  aray.init(address=\"auto\")\n"
-          f"See the cluster:                      aray status\n"
-          f"Stop it:                              aray stop", flush=True)
+    if join:
+        print(f"Started an aray node (pid {pid}) in the cluster at {address}.\n"
+              f"  Session: {cluster.session_dir}\n\n"
+              f"See the cluster:  aray status --address {address}\n"
+              f"Stop this node:   aray stop", flush=True)
+    else:
+        print(f"Started an aray head node (pid {pid}).\n"
+              f"  Address: {address}\n"
+              f"  Session: {cluster.session_dir}\n"
+              f"  Token:   in {os.path.join(cluster.session_dir, 'token')} (readable by you "
+              "only)\n\n"
+              f"Connect from Python on this machine:  aray.init(address=\"auto\")\n"
+              f"Add a node (another machine too):     aray start --address {address} "
+              "--token TOKEN\n"
+              f"See the cluster:                      aray status\n"
+              f"Stop it:                              aray stop", flush=True)
     if args.block:
         _block_until_signal(pid)
+
+
+def _head_address(address: str) -> str:
+    """``HOST:PORT`` (or ``tcp://``/``aray://`` forms) as the head's tcp:// address."""
+    from ._link import parse_address
+
+    if "://" not in address:
+        address = "tcp://" + address
+    kind, host, port = parse_address(address)
+    if kind != "tcp" or not port:
+        raise ValueError(f"--address must be HOST:PORT, like 127.0.0.1:6379, not {address!r}")
+    return f"tcp://{host}:{port}"
+
+
+def _local_token(address: str) -> str:
+    """The token of the head at ``address`` when that head runs on this machine."""
+    from ._local import find_cluster
+
+    try:
+        return find_cluster(address)["token"]
+    except ConnectionError:
+        return ""
 
 
 def _write_token(session_dir: str, token: str) -> None:

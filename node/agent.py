@@ -23,7 +23,11 @@ from aray.store.arena import supported as arena_supported
 from aray.store.shm import ARENA_FILE, ShmDirectory
 
 from .pool import WorkerPool
-from .scheduler import LeaseQueue, ResourcePool, feasible_anywhere, format_resources
+from .scheduler import LeaseQueue, ResourcePool, feasible_anywhere, fits, format_resources
+
+#: objects travel between nodes in chunks of PULL_CHUNK bytes, PULL_WINDOW at a time
+PULL_CHUNK = 4 * 2**20
+PULL_WINDOW = 4
 
 log = logging.getLogger("aray.node")
 
@@ -86,7 +90,7 @@ class NodeAgent:
                  head_address: str, ip: str = "127.0.0.1", node_id: str | None = None,
                  worker_target: str = "aray._worker:main",
                  preload: tuple[str, ...] = ("aray._worker",), prestart: int | None = None,
-                 shared: bool = False) -> None:
+                 shared: bool = False, tcp_host: str = "") -> None:
         self.node_id = node_id or uuid.uuid4().hex
         self.token = token
         self.session_dir = session_dir
@@ -100,6 +104,11 @@ class NodeAgent:
         self._allocated: dict[bytes, tuple[int, int, Link]] = {}  # region not yet sealed
         self.prestart = int(resources.get("CPU", 1)) if prestart is None else prestart
         self.shared = shared  # serves many jobs (aray start): keep fresh workers ready
+        # in a cluster of several nodes: the host this node's agent and workers listen on
+        # (TCP), so that processes of other nodes reach them
+        self.tcp_host = tcp_host
+        self.public_address = ""  # the agent's TCP address in such a cluster
+        self.stopped = asyncio.Event()
         self.server = Server(token, self._on_hello, name="node")
         self.pool = WorkerPool(worker_target, list(preload), self._on_worker_exit)
         self.workers: dict[str, Worker] = {}
@@ -107,6 +116,10 @@ class NodeAgent:
         self.drivers: dict[Link, dict] = {}  # driver link -> its Hello info
         self.code_paths: dict[str, str] = {}  # job id -> where its driver's modules are
         self.cluster_totals: list[dict] = [self.resources.total]
+        self.others: list[list] = []  # other nodes: [node_id, address, total, free]
+        self._agents: dict[str, asyncio.Future] = {}  # links to other nodes' agents
+        self._pulls: dict[bytes, asyncio.Future] = {}  # copies being pulled from other nodes
+        self._copies: dict[bytes, set[Link]] = {}  # our objects other nodes hold copies of
         self.head: Link | None = None
         self.address = ""
         self._tasks: set[asyncio.Task] = set()
@@ -126,6 +139,8 @@ class NodeAgent:
             self.arena = ArenaSpace(os.path.join(self.store_dir, ARENA_FILE),
                                     self.accounts.capacity)
         self.address = await self.server.start(address)
+        if self.tcp_host:
+            self.public_address = await self.server.listen(f"tcp://{self.tcp_host}:0")
         # the template process imports the worker module while we connect to the head
         self._spawn(self.pool.warm_up(), "warm up")
         hello = P.Hello(P.PROTOCOL_VERSION, self.token, "node", self.node_id, os.getpid(), {})
@@ -133,7 +148,8 @@ class NodeAgent:
         self.head.on_message = self._dispatch
         self.head.on_close.append(self._on_head_lost)
         self._spawn(self.head.run(), "head link")
-        self.head.send(P.RegisterNode(self.node_id, self.address, self.ip, self.resources.total))
+        self.head.send(P.RegisterNode(self.node_id, self.public_address or self.address,
+                                      self.ip, self.resources.total))
         for _ in range(self.prestart):
             self._start_worker()
         self._spawn(self._tail_logs(), "log reader")
@@ -158,6 +174,7 @@ class NodeAgent:
         for task in list(self._tasks):
             if task is not current:
                 task.cancel()
+        self.stopped.set()
 
     # --- links ---------------------------------------------------------------------------
     def _on_hello(self, link: Link, hello: P.Hello) -> dict:
@@ -171,8 +188,8 @@ class NodeAgent:
         else:
             if hello.role == "driver":
                 self.drivers[link] = dict(hello.info)
-                if hello.info.get("job_id"):
-                    self.code_paths[hello.info["job_id"]] = hello.info.get("code_path", "")
+            if hello.info.get("job_id") and hello.info.get("code_path"):
+                self.code_paths.setdefault(hello.info["job_id"], hello.info["code_path"])
             link.on_close.append(self._on_caller_gone)
         return {"node_id": self.node_id, "store_dir": self.store_dir,
                 "session_dir": self.session_dir, "store_capacity": self.accounts.capacity}
@@ -193,7 +210,8 @@ class NodeAgent:
         self.workers[worker_id] = worker
         config = {"worker_id": worker_id, "token": self.token, "session_dir": self.session_dir,
                   "node_address": self.address, "head_address": self.head_address,
-                  "store_dir": self.store_dir, "node_id": self.node_id, "log_prefix": prefix}
+                  "store_dir": self.store_dir, "node_id": self.node_id, "log_prefix": prefix,
+                  "tcp_host": self.tcp_host}
         self._spawn(self._launch(worker, config), f"start worker {worker_id}")
         return worker
 
@@ -251,11 +269,33 @@ class NodeAgent:
 
     # --- leases --------------------------------------------------------------------------
     def _on_RequestLease(self, link: Link, msg: P.RequestLease) -> None:
+        if not msg.spilled:
+            target = self._spill_target(msg.shape)
+            if target:
+                link.send(P.LeaseSpillback(msg.req_id, target))
+                return
         req = LeaseRequest(link, msg)
         self.requests.push(req)
         self._schedule()
         if req in self.requests:
             self._warn_if_infeasible(req)
+
+    def _spill_target(self, shape: dict) -> str:
+        """The agent address of another node to send a request to, or "" to keep it here.
+
+        A request this node can never satisfy goes to a node that can (one with the
+        resources free now, if any); one that must wait here goes where it can run now.
+        """
+        if not self.others:
+            return ""
+        if not fits(shape, self.resources.total):
+            able = [n for n in self.others if fits(shape, n[2])]
+            free = [n for n in able if fits(shape, n[3])]
+            return (free or able or [["", ""]])[0][1]
+        if self.resources.fits(shape) and not self.requests:
+            return ""
+        free = [n for n in self.others if fits(shape, n[3])]
+        return free[0][1] if free else ""
 
     def _warn_if_infeasible(self, req: LeaseRequest) -> None:
         shape = req.msg.shape
@@ -384,6 +424,11 @@ class NodeAgent:
                 self.pool.kill(worker.worker_id)
         self._schedule()
 
+    def _on_JobFinished(self, link: Link, msg: P.JobFinished) -> None:
+        """From the head: a driver left the cluster (its own node knew already)."""
+        if not any(d.get("job_id") == msg.job_id for d in self.drivers.values()):
+            self._job_finished(msg.job_id, msg.driver_address)
+
     def _job_finished(self, job_id: str, driver_address: str) -> None:
         """A driver left: its objects go, and so do the workers that served its job (they
         hold its objects and imported its code). Actors are the head's to end."""
@@ -409,6 +454,9 @@ class NodeAgent:
             self._drop_object(object_id)
 
     def _drop_object(self, object_id: bytes) -> None:
+        for holder in self._copies.pop(object_id, ()):  # copies on other nodes go too
+            if not holder.closed:
+                holder.send(P.ObjectsDeleted([object_id], ""))
         obj = self.accounts.deleted(object_id)
         self.store.delete(object_id)
         # a region being copied to disk is freed when the copy is done (see _spill)
@@ -437,7 +485,7 @@ class NodeAgent:
         """From the head: find (or start) a worker for this actor and construct it there."""
         placement = msg.spec["placement"]
         request = P.RequestLease(0, placement, msg.spec.get("description", "actor"),
-                                 msg.spec.get("job_id", ""))
+                                 msg.spec.get("job_id", ""), True)
         req = LeaseRequest(link, request, actor=msg)
         self.requests.push(req)
         self._schedule()
@@ -462,6 +510,12 @@ class NodeAgent:
 
     def _on_ClusterViewChanged(self, link: Link, msg: P.ClusterViewChanged) -> None:
         self.cluster_totals = [n[2] for n in msg.nodes] or [self.resources.total]
+        self.others = [n for n in msg.nodes if n[0] != self.node_id]
+        # what can never run here but can on a node that joined: send it there
+        for req in self.requests.remove_if(
+                lambda r: r.actor is None and not fits(r.msg.shape, self.resources.total)
+                and self._spill_target(r.msg.shape) != ""):
+            req.link.send(P.LeaseSpillback(req.msg.req_id, self._spill_target(req.msg.shape)))
         for req in self.requests:
             self._warn_if_infeasible(req)
 
@@ -522,8 +576,122 @@ class NodeAgent:
             self.accounts.spill_done(object_id, ok)
 
     def _on_ObjectsDeleted(self, link: Link, msg: P.ObjectsDeleted) -> None:
+        if msg.node_id and msg.node_id != self.node_id:  # stored on another node
+            address = next((n[1] for n in self.others if n[0] == msg.node_id), None)
+            if address is not None:
+                self._spawn(self._forward(address, P.ObjectsDeleted(msg.object_ids, "")),
+                            "forward")
+            return
         for object_id in msg.object_ids:
             self._drop_object(object_id)
+
+    async def _forward(self, address: str, msg) -> None:
+        try:
+            (await self._agent_link(address)).send(msg)
+        except (ConnectionError, OSError):
+            pass  # that node is gone, and its store with it
+
+    # --- objects of other nodes ----------------------------------------------------------
+    def _on_PullObject(self, link: Link, msg: P.PullObject) -> None:
+        self._spawn(self._answer_pull(link, msg), "pull")
+
+    async def _answer_pull(self, link: Link, msg: P.PullObject) -> None:
+        try:
+            offset, error = await self._local_copy(msg.object_id, msg.node_id, msg.size), ""
+        except (LookupError, ConnectionError, OSError) as exc:
+            offset, error = -1, str(exc)
+        if not link.closed:
+            link.send(P.ObjectPulled(msg.req_id, offset, error))
+
+    async def _local_copy(self, object_id: bytes, node_id: str, size: int) -> int:
+        """This node's copy of an object (pulled once, however many ask): its arena offset."""
+        obj = self.accounts.objects.get(object_id)
+        if obj is not None:
+            return obj.offset
+        pull = self._pulls.get(object_id)
+        if pull is None:
+            pull = self._pulls[object_id] = asyncio.ensure_future(
+                self._pull(object_id, node_id, size))
+            pull.add_done_callback(lambda _f: self._pulls.pop(object_id, None))
+        return await asyncio.shield(pull)
+
+    async def _pull(self, object_id: bytes, node_id: str, size: int) -> int:
+        address = next((n[1] for n in self.others if n[0] == node_id), None)
+        if address is None:
+            raise LookupError(f"object {object_id.hex()} was on node {node_id[:12]}, which has "
+                              "left the cluster")
+        link = await self._agent_link(address)
+        arena = self.arena
+        offset = arena.allocate(size) if arena is not None else -1
+        if offset < 0:
+            fd, tmp = self.store.begin_file(object_id)
+
+        def write(start: int, data: bytes) -> None:
+            if arena is not None and offset >= 0:
+                arena.write_at(offset, start, data)
+            else:
+                os.pwrite(fd, data, start)
+        window = asyncio.Semaphore(PULL_WINDOW)
+
+        async def chunk(start: int) -> None:
+            async with window:  # at most PULL_WINDOW chunks in memory at once
+                reply = await link.request(lambda r: P.ReadObject(
+                    r, object_id, start, min(PULL_CHUNK, size - start)))
+                if reply.error:
+                    raise LookupError(reply.error)
+                write(start, reply.data)
+
+        ok = False
+        try:
+            await asyncio.gather(*(chunk(s) for s in range(0, size, PULL_CHUNK)))
+            ok = True
+        finally:
+            if offset >= 0:
+                assert self.arena is not None
+                if ok:
+                    self.arena.seal(offset, object_id, size)
+                else:
+                    self.arena.release(offset, size)
+            else:
+                self.store.end_file(object_id, fd, tmp, ok)
+        for spill in self.accounts.sealed(object_id, size, False, "", offset):
+            self._spawn(self._spill(spill), "spill")
+        return offset
+
+    async def _agent_link(self, address: str) -> Link:
+        """The link to another node's agent, dialled once."""
+        pending = self._agents.get(address)
+        if pending is not None and pending.done() and (
+                pending.exception() is not None or pending.result().closed):
+            pending = None
+        if pending is None:
+            pending = self._agents[address] = asyncio.ensure_future(self._dial_agent(address))
+        return await asyncio.shield(pending)
+
+    async def _dial_agent(self, address: str) -> Link:
+        hello = P.Hello(P.PROTOCOL_VERSION, self.token, "node", self.node_id, os.getpid(), {})
+        link = await connect(address, hello, name=f"node->{address}")
+        link.on_message = self._dispatch
+        self._spawn(link.run(), f"link {address}")
+        return link
+
+    def _on_ReadObject(self, link: Link, msg: P.ReadObject) -> None:
+        obj = self.accounts.objects.get(msg.object_id)
+        data, error = b"", ""
+        try:
+            if obj is None:
+                raise FileNotFoundError
+            if obj.offset >= 0:
+                assert self.arena is not None
+                data = self.arena.read_at(obj.offset, msg.start, msg.length)
+            else:
+                data = self.store.read_range(msg.object_id, msg.start, msg.length)
+        except FileNotFoundError:
+            error = (f"object {msg.object_id.hex()} is no longer on node {self.node_id[:12]}: "
+                     "its owner freed it")
+        if obj is not None and msg.start == 0:
+            self._copies.setdefault(msg.object_id, set()).add(link)
+        link.send(P.ObjectChunk(msg.req_id, data, error))
 
     def _on_GetStoreStats(self, link: Link, msg: P.GetStoreStats) -> None:
         stats = self.accounts.stats()

@@ -156,6 +156,23 @@ class ArenaSpace:
                 del self._parked[offset]
                 self.allocator.free(offset, nbytes)
 
+    def read_at(self, offset: int, start: int, length: int) -> bytes:
+        """Bytes ``[start, start + length)`` of the object in the region at ``offset``."""
+        assert self._map is not None
+        base = offset + HEADER + start
+        return self._map[base : base + length]
+
+    def write_at(self, offset: int, start: int, data) -> None:
+        """Write part of an object that arrives in pieces (a copy pulled from another node)."""
+        assert self._map is not None
+        base = offset + HEADER + start
+        self._map[base : base + len(data)] = data
+
+    def seal(self, offset: int, object_id: bytes, size: int) -> None:
+        """Mark a region written with :meth:`write_at` as holding ``object_id``."""
+        assert self._map is not None
+        self._map[offset : offset + HEADER] = _header(object_id, size)
+
     def copy_out(self, offset: int, size: int, dest: str) -> None:
         """Write an object's bytes to the file ``dest`` (to spill it)."""
         assert self._map is not None

@@ -121,6 +121,33 @@ class ShmDirectory:
         arena.copy_out(offset, size, tmp)
         os.rename(tmp, self._spilled(object_id))
 
+    def read_range(self, object_id: bytes, start: int, length: int) -> bytes:
+        """Bytes of an object in a file of its own (in memory or spilled)."""
+        for path in (self._file(object_id), self.spill_path and self._spilled(object_id)):
+            if not path:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                return os.pread(fd, length, start)
+            finally:
+                os.close(fd)
+        raise FileNotFoundError(f"object {object_id.hex()} is not in the store")
+
+    def begin_file(self, object_id: bytes) -> tuple[int, str]:
+        """Open a temp file to write an object in pieces; :meth:`end_file` seals it."""
+        tmp = os.path.join(self.path, f".{object_id.hex()}.{os.getpid()}.tmp")
+        return os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600), tmp
+
+    def end_file(self, object_id: bytes, fd: int, tmp: str, ok: bool) -> None:
+        os.close(fd)
+        if ok:
+            os.rename(tmp, self._file(object_id))
+        else:
+            os.unlink(tmp)
+
     def contains(self, object_id: bytes) -> bool:
         return os.path.exists(self._file(object_id)) or bool(
             self.spill_path and os.path.exists(self._spilled(object_id)))

@@ -15,6 +15,8 @@ log = logging.getLogger("aray.head")
 
 #: how long a WaitActor for an actor id the head has never heard of is held before "no such actor"
 UNKNOWN_ACTOR_GRACE = 10.0
+#: how often, at most, node agents hear of the other nodes' free resources
+VIEW_INTERVAL = 0.02
 
 
 class Head:
@@ -27,6 +29,7 @@ class Head:
         self._driver_links: dict[str, Link] = {}  # job id -> driver link
         self._actor_waiters: dict[str, list[tuple[Link, int]]] = {}
         self._kill_waiters: dict[str, list[tuple[Link, int]]] = {}
+        self._view_timer: asyncio.TimerHandle | None = None
 
     async def start(self, address: str) -> str:
         return await self.server.start(address)
@@ -44,12 +47,16 @@ class Head:
             return {}
         job_id = self.jobs.new_job(hello.pid, hello.info.get("namespace", ""))
         self._driver_links[job_id] = link
-        link.on_close.append(lambda _l: self._on_job_finished(job_id))
+        address = hello.info.get("address", "")
+        link.on_close.append(lambda _l: self._on_job_finished(job_id, address))
         return {"job_id": job_id, "namespace": self.jobs.namespace(job_id)}
 
-    def _on_job_finished(self, job_id: str) -> None:
+    def _on_job_finished(self, job_id: str, driver_address: str) -> None:
         self.jobs.finish(job_id)
         self._driver_links.pop(job_id, None)
+        for node_link in self._node_links:
+            if not node_link.closed:
+                node_link.send(P.JobFinished(job_id, driver_address))
         for record in list(self.actors.actors.values()):
             if record.job_id == job_id and not record.detached and record.state != ActorState.DEAD:
                 self._kill(record, "its driver (job " + job_id + ") exited", no_restart=True)
@@ -68,6 +75,11 @@ class Head:
 
     def _on_NodeResourcesChanged(self, link: Link, msg: P.NodeResourcesChanged) -> None:
         self.nodes.update_available(msg.node_id, msg.available)
+        if len(self._node_links) > 1 and self._view_timer is None:
+            # agents spill work to nodes with free resources: keep them informed, at most
+            # every VIEW_INTERVAL seconds
+            self._view_timer = asyncio.get_running_loop().call_later(
+                VIEW_INTERVAL, self._broadcast_view)
 
     def _on_GetClusterState(self, link: Link, msg: P.GetClusterState) -> None:
         link.send(P.ClusterState(msg.req_id, self.nodes.describe()))
@@ -204,6 +216,9 @@ class Head:
             driver.send(P.Warn(msg.message))
 
     def _broadcast_view(self) -> None:
+        if self._view_timer is not None:
+            self._view_timer.cancel()
+            self._view_timer = None
         view = P.ClusterViewChanged(self.nodes.view())
         for link in self._node_links:
             if not link.closed:

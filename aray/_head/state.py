@@ -40,8 +40,8 @@ class NodeTable:
         return [n for n in self.nodes.values() if n.alive]
 
     def view(self) -> list:
-        """What node agents need to know of each other: [node_id, address, totals]."""
-        return [[n.node_id, n.address, n.total] for n in self.alive()]
+        """What node agents need to know of each other: [node_id, address, totals, free]."""
+        return [[n.node_id, n.address, n.total, n.available] for n in self.alive()]
 
     def describe(self) -> list[dict]:
         """One dict per node with Ray's keys (``NodeID``, ``Alive``, ``Resources`` ...)."""
