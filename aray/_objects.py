@@ -232,8 +232,15 @@ class ObjectTable:
         prep = self._prepare(entry)
         if prep is None:
             return False
-        task = self.loop.create_task(prep)
-        task.add_done_callback(lambda t: (t.cancelled() or t.exception(), then()))
+        entry.pins += 1  # whoever waits may hold no ref (``await f.remote()``)
+
+        def done(task: asyncio.Task) -> None:
+            if not task.cancelled():
+                task.exception()  # the read that follows reports it
+            then()
+            self.unpin(entry)
+
+        self.loop.create_task(prep).add_done_callback(done)
         return True
 
     # --- futures (any thread) ----------------------------------------------------------

@@ -93,6 +93,13 @@ class JobFinished(NamedTuple):
     driver_address: str
 
 
+@_message(16)
+class Heartbeat(NamedTuple):
+    """Node agent -> head, every HEARTBEAT_INTERVAL seconds: this node is alive."""
+
+    node_id: str
+
+
 @_message(13)
 class GetClusterState(NamedTuple):
     req_id: int

@@ -35,6 +35,8 @@ log = logging.getLogger("aray")
 
 #: serialized values above this size go through the object store instead of inline
 INLINE_THRESHOLD = 100 * 1024
+#: after a node that a request was sent to has gone, wait this long before asking again
+SPILLBACK_RETRY_DELAY = 0.2
 #: tasks pushed to one leased worker before waiting for its results
 MAX_IN_FLIGHT_PER_WORKER = 1
 #: outstanding lease requests per resource shape (the agent queues the rest of the demand)
@@ -324,12 +326,19 @@ class TaskSubmitter:
             assert self.core.agent is not None
             agent, spilled = self.core.agent, False
             while True:
-                grant = await agent.request(lambda r: P.RequestLease(
-                    r, q.shape, q.description, self.core.job_id, spilled))
-                if not isinstance(grant, P.LeaseSpillback):
-                    break
-                # another node can run it: ask that node's agent
-                agent, spilled = await self.core.peer(grant.address), True
+                try:
+                    grant = await agent.request(lambda r: P.RequestLease(
+                        r, q.shape, q.description, self.core.job_id, spilled))
+                    if not isinstance(grant, P.LeaseSpillback):
+                        break
+                    # another node can run it: ask that node's agent
+                    agent, spilled = await self.core.peer(grant.address), True
+                except (ConnectionError, OSError):
+                    if agent is self.core.agent:
+                        raise
+                    # that node went away: ask ours again, once it had time to hear of it
+                    agent, spilled = self.core.agent, False
+                    await asyncio.sleep(SPILLBACK_RETRY_DELAY)
         except (ConnectionError, OSError) as exc:
             # no node agent (the cluster stopped): nothing queued here can ever run
             while q.tasks:

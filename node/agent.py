@@ -153,7 +153,14 @@ class NodeAgent:
         for _ in range(self.prestart):
             self._start_worker()
         self._spawn(self._tail_logs(), "log reader")
+        self._spawn(self._heartbeat(self.head.peer.info.get("heartbeat_interval", 1.0)),
+                    "heartbeat")
         return self.address
+
+    async def _heartbeat(self, interval: float) -> None:
+        while self.head is not None and not self.head.closed:
+            self.head.send(P.Heartbeat(self.node_id))
+            await asyncio.sleep(interval)
 
     def _on_head_lost(self, _link: Link) -> None:
         if not self._closing:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 
 from .. import _protocol as P
 from .._link import Link, Server
@@ -17,6 +19,9 @@ log = logging.getLogger("aray.head")
 UNKNOWN_ACTOR_GRACE = 10.0
 #: how often, at most, node agents hear of the other nodes' free resources
 VIEW_INTERVAL = 0.02
+#: node agents send a heartbeat this often; a node silent for NODE_TIMEOUT seconds is dead
+HEARTBEAT_INTERVAL = 1.0
+NODE_TIMEOUT = float(os.environ.get("ARAY_NODE_TIMEOUT", "10"))
 
 
 class Head:
@@ -30,19 +35,41 @@ class Head:
         self._actor_waiters: dict[str, list[tuple[Link, int]]] = {}
         self._kill_waiters: dict[str, list[tuple[Link, int]]] = {}
         self._view_timer: asyncio.TimerHandle | None = None
+        self._last_heard: dict[str, float] = {}  # node id -> time of its last heartbeat
+        self._watchdog: asyncio.Task | None = None
 
     async def start(self, address: str) -> str:
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch_nodes())
         return await self.server.start(address)
 
     async def aclose(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         await self.server.aclose()
+
+    async def _watch_nodes(self) -> None:
+        """A node whose agent stopped sending heartbeats (hung, or cut off by the network)
+        is dead, as if its link had dropped: close that link."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            now = time.monotonic()
+            for link, node_id in list(self._node_links.items()):
+                if now - self._last_heard.get(node_id, now) > NODE_TIMEOUT:
+                    log.warning("node %s sent no heartbeat for %.0f s: marked dead",
+                                node_id[:12], NODE_TIMEOUT)
+                    self._on_node_lost(link)
+                    asyncio.get_running_loop().create_task(link.aclose())
+
+    def _on_Heartbeat(self, link: Link, msg: P.Heartbeat) -> None:
+        self._last_heard[msg.node_id] = time.monotonic()
 
     def _on_hello(self, link: Link, hello: P.Hello) -> dict:
         link.on_message = self._dispatch
         if hello.role == "node":
             self._node_links[link] = hello.ident
+            self._last_heard[hello.ident] = time.monotonic()
             link.on_close.append(self._on_node_lost)
-            return {}
+            return {"heartbeat_interval": HEARTBEAT_INTERVAL}
         if hello.role != "driver":  # a worker's core: actor lookups only
             return {}
         job_id = self.jobs.new_job(hello.pid, hello.info.get("namespace", ""))

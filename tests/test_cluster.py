@@ -1,0 +1,322 @@
+"""Clusters of several nodes, started with the CLI as real processes on loopback: joining,
+scheduling across nodes, objects that move between nodes, jobs that end everywhere, and
+nodes that die."""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import pytest
+
+from conftest import descendants, wait_gone
+from test_cli import free_port
+
+
+class Cluster:
+    """Nodes started with `aray start` in a session root of their own."""
+
+    def __init__(self) -> None:
+        self.root = tempfile.mkdtemp(prefix="aray-c-")
+        self.env = {**os.environ, "ARAY_SESSION_ROOT": self.root}
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+
+    def cli(self, *args, check=True):
+        proc = subprocess.run([sys.executable, "-m", "aray", *args], capture_output=True,
+                              text=True, timeout=60, env=self.env)
+        if check:
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+    def start_head(self, *args) -> dict:
+        self.cli("start", "--head", "--port", str(self.port), *args)
+        return self.node_infos()[-1]
+
+    def join(self, *args) -> dict:
+        out = self.cli("start", "--address", self.address, *args).stdout
+        assert f"in the cluster at {self.address}" in out
+        pid = int(out.split("(pid ")[1].split(")")[0])
+        return next(i for i in self.node_infos() if i["pid"] == pid)
+
+    def node_infos(self) -> list[dict]:
+        infos = []
+        for path in sorted(glob.glob(os.path.join(self.root, "session_*", "cluster.json"))):
+            if os.path.islink(os.path.dirname(path)):  # session_latest
+                continue
+            with open(path) as f:
+                infos.append(json.load(f))
+        return infos
+
+    def pids(self) -> list[int]:
+        pids = []
+        for info in self.node_infos():
+            pids += [info["pid"], *descendants(info["pid"])]
+        return pids
+
+    def driver(self, code: str, tmp_path, check=True, timeout=90):
+        script = tmp_path / "driver.py"
+        script.write_text("import os, sys, time, aray\n" + textwrap.dedent(code))
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              timeout=timeout, cwd=tmp_path, env=self.env)
+        if check:
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+    def stop(self) -> None:
+        pids = self.pids()
+        self.cli("stop", check=False)
+        assert wait_gone(pids) == [], "processes left behind by aray stop"
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A head with 1 CPU and a second node with 1 CPU and the resource "special"."""
+    c = Cluster()
+    c.head = c.start_head("--num-cpus", "1")
+    c.second = c.join("--num-cpus", "1", "--resources", '{"special": 2}')
+    yield c
+    c.stop()
+
+
+def test_nodes_join_and_are_listed(two_nodes, tmp_path):
+    out = two_nodes.cli("status", "--address", two_nodes.address).stdout
+    assert "2 nodes alive, 0 dead" in out and "special              0 / 2" in out
+    r = two_nodes.driver(f"""
+        aray.init(address="{two_nodes.address}")
+        nodes = aray.nodes()
+        print("NODES", sorted(n["NodeID"] for n in nodes if n["Alive"]))
+        print("TOTAL", aray.cluster_resources()["CPU"], aray.cluster_resources()["special"])
+    """, tmp_path)
+    ids = sorted([two_nodes.head["node_id"], two_nodes.second["node_id"]])
+    assert f"NODES {ids}" in r.stdout and "TOTAL 2.0 2.0" in r.stdout
+
+
+def test_tasks_and_actors_run_where_the_resources_are(two_nodes, tmp_path):
+    r = two_nodes.driver("""
+        aray.init(address="auto")
+        here = aray.get_runtime_context().get_node_id()
+
+        @aray.remote
+        def where(delay=0.0):
+            time.sleep(delay)
+            return aray.get_runtime_context().get_node_id()
+
+        # one CPU per node: four slow tasks use both nodes
+        spread = set(aray.get([where.remote(1.0) for _ in range(4)]))
+        print("SPREAD", len(spread))
+        special = set(aray.get([where.options(resources={"special": 1}).remote()
+                                for _ in range(3)]))
+        print("SPECIAL", special != {here} and len(special) == 1)
+
+        @aray.remote(resources={"special": 1})
+        class Counter:
+            def __init__(self):
+                self.n = 0
+            def add(self):
+                self.n += 1
+                return self.n, aray.get_runtime_context().get_node_id()
+        c = Counter.remote()
+        print("ACTOR", [aray.get(c.add.remote())[0] for _ in range(3)],
+              aray.get(c.add.remote())[1] in special)
+    """, tmp_path)
+    assert "SPREAD 2" in r.stdout and "SPECIAL True" in r.stdout
+    assert "ACTOR [1, 2, 3] True" in r.stdout
+
+
+def test_objects_move_between_nodes_once_per_node(two_nodes, tmp_path):
+    r = two_nodes.driver("""
+        import asyncio
+        import numpy as np
+        aray.init(address="auto")
+
+        @aray.remote(resources={"special": 1})
+        def make(n):
+            return np.arange(n, dtype=np.int64)
+
+        @aray.remote(resources={"special": 1})
+        def total(a):
+            return int(a.sum())
+
+        # made on the second node, read here: 80 MB in chunks
+        a = aray.get(make.remote(10_000_000))
+        print("GET", int(a.sum()) == 10_000_000 * 9_999_999 // 2, a.flags.writeable)
+        # put here, read there by three tasks: one copy on that node
+        ref = aray.put(np.ones(3_000_000))
+        print("SUMS", aray.get([total.remote(ref) for _ in range(3)]))
+
+        async def main():
+            x = await make.remote(1_000_000)
+            return int(x[-1])
+        print("AWAIT", asyncio.run(main()))
+
+        # wait(fetch_local=False) does not pull; get does
+        def stored():
+            return aray.object_store_stats()["num_objects"]
+        time.sleep(0.5)  # copies of the objects above that were freed are gone
+        before = stored()
+        far = make.remote(2_000_000)
+        ready, _ = aray.wait([far], fetch_local=False)
+        after_wait = stored()
+        value = aray.get(far)
+        print("COPIES", after_wait - before, stored() - before)
+    """, tmp_path)
+    assert "GET True False" in r.stdout and "SUMS [3000000, 3000000, 3000000]" in r.stdout
+    assert "AWAIT 999999" in r.stdout and "COPIES 0 1" in r.stdout
+
+
+def test_a_finished_job_leaves_nothing_on_any_node(two_nodes, tmp_path):
+    import asyncio
+
+    from aray import _protocol as P
+    from aray.cli import _ask
+
+    two_nodes.driver("""
+        import numpy as np
+        aray.init(address="auto")
+        @aray.remote(resources={"special": 1})
+        def make():
+            return np.zeros(1_000_000)
+        refs = [make.remote() for _ in range(3)]
+        aray.wait(refs, num_returns=3)
+        print(aray.get(refs[0]).shape)
+    """, tmp_path)
+    token = open(os.path.join(os.path.dirname(glob.glob(
+        os.path.join(two_nodes.root, "session_*", "cluster.json"))[0]), "token")).read()
+
+    async def stored(info):
+        reply = await _ask(info["node_address"], token, lambda r: P.GetStoreStats(r))
+        return reply.stats["num_objects"]
+
+    import time
+    deadline = time.monotonic() + 5
+    counts = None
+    while time.monotonic() < deadline:
+        counts = [asyncio.run(stored(i)) for i in (two_nodes.head, two_nodes.second)]
+        if counts == [0, 0]:
+            break
+        time.sleep(0.1)
+    assert counts == [0, 0], f"objects left on the nodes: {counts}"
+
+
+def test_a_pending_task_runs_when_a_node_that_can_run_it_joins(tmp_path):
+    c = Cluster()
+    try:
+        c.start_head("--num-cpus", "1")
+        proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent("""
+                import aray
+                aray.init(address="auto")
+                @aray.remote(resources={"late": 1})
+                def f():
+                    return aray.get_runtime_context().get_node_id()
+                print("RESULT", aray.get(f.remote(), timeout=60), flush=True)
+            """)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=c.env)
+        import time
+        time.sleep(2)  # the task is pending: no node has "late"
+        assert proc.poll() is None
+        late = c.join("--num-cpus", "1", "--resources", '{"late": 1}')
+        out, err = proc.communicate(timeout=60)
+        assert f"RESULT {late['node_id']}" in out, out + err
+        assert "cannot be scheduled right now" in err  # the warning while it waited
+    finally:
+        c.stop()
+
+
+def test_a_dead_node_is_noticed_and_its_work_moves(tmp_path):
+    c = Cluster()
+    try:
+        c.start_head("--num-cpus", "1")
+        second = c.join("--num-cpus", "1", "--resources", '{"special": 1}')
+        doomed = [second["pid"], *descendants(second["pid"])]
+        r = c.driver(f"""
+            import numpy as np
+            aray.init(address="auto")
+            here = aray.get_runtime_context().get_node_id()
+
+            @aray.remote(max_retries=2)
+            def slow(i):
+                time.sleep(3)
+                return i, aray.get_runtime_context().get_node_id()
+
+            @aray.remote(resources={{"special": 1}})
+            def make():
+                return np.ones(1_000_000)
+
+            @aray.remote
+            class Where:
+                def node(self):
+                    return aray.get_runtime_context().get_node_id()
+
+            lost = make.remote()
+            aray.wait([lost])
+            actor = Where.options(resources={{"special": 0.5}}).remote()
+            print("ACTOR-ON", aray.get(actor.node.remote()) == "{second['node_id']}", flush=True)
+            refs = [slow.remote(i) for i in range(2)]  # one per node
+            time.sleep(1)
+            os.kill({second['pid']}, 9)  # the second node's agent dies mid-task
+            results = aray.get(refs, timeout=60)
+            print("RESULTS", [i for i, _ in results], all(n == here for _, n in results))
+            alive = {{n["NodeID"]: n["Alive"] for n in aray.nodes()}}
+            print("SECOND-ALIVE", alive["{second['node_id']}"])
+            try:
+                aray.get(lost, timeout=30)
+            except aray.exceptions.ObjectLostError as e:
+                print("LOST", "{second['node_id'][:12]}" in str(e))
+            try:
+                aray.get(actor.node.remote(), timeout=30)
+            except aray.exceptions.ActorDiedError as e:
+                print("ACTOR-DIED", "{second['node_id'][:12]}" in str(e))
+        """, tmp_path)
+        assert "ACTOR-ON True" in r.stdout, r.stdout + r.stderr
+        assert "RESULTS [0, 1] True" in r.stdout, r.stdout + r.stderr
+        assert "SECOND-ALIVE False" in r.stdout and "LOST True" in r.stdout
+        assert "ACTOR-DIED True" in r.stdout
+        # the dead node's workers and worker template exit by themselves
+        assert wait_gone(doomed) == [], "processes of the dead node outlived it"
+    finally:
+        c.stop()
+
+
+def test_joining_with_a_wrong_token_or_address_is_refused(tmp_path):
+    c = Cluster()
+    try:
+        c.start_head("--num-cpus", "1")
+        bad = c.cli("start", "--address", c.address, "--token", "wrong", check=False)
+        assert bad.returncode == 1 and "wrong cluster token" in bad.stderr, bad.stderr
+        nowhere = c.cli("start", "--address", f"127.0.0.1:{free_port()}", "--token", "x",
+                        check=False)
+        assert nowhere.returncode == 1 and "cannot reach aray" in nowhere.stderr
+        both = c.cli("start", "--head", "--address", c.address, check=False)
+        assert both.returncode == 1 and "say what to start" in both.stderr
+        assert len(c.node_infos()) == 1
+    finally:
+        c.stop()
+
+
+def test_a_node_that_stops_answering_is_marked_dead(tmp_path):
+    import time
+
+    c = Cluster()
+    c.env["ARAY_NODE_TIMEOUT"] = "2"  # seconds without a heartbeat (default 10)
+    try:
+        c.start_head("--num-cpus", "1")
+        second = c.join("--num-cpus", "1")
+        tree = [second["pid"], *descendants(second["pid"])]
+        os.kill(second["pid"], signal.SIGSTOP)  # hung: its sockets stay open
+        try:
+            time.sleep(4)
+            out = c.cli("status", "--address", c.address).stdout
+            assert "1 node alive, 1 dead" in out, out
+        finally:
+            os.kill(second["pid"], signal.SIGCONT)
+        # once it runs again it finds itself cut off, and stops with its workers
+        assert wait_gone(tree, timeout=15) == []
+    finally:
+        c.stop()
