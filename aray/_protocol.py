@@ -95,9 +95,11 @@ class JobFinished(NamedTuple):
 
 @_message(16)
 class Heartbeat(NamedTuple):
-    """Node agent -> head, every HEARTBEAT_INTERVAL seconds: this node is alive."""
+    """Node agent -> head, every HEARTBEAT_INTERVAL seconds: this node is alive, and how
+    its store and queue look (for ``aray status``)."""
 
     node_id: str
+    status: dict  # {"store": store stats, "pending": [[shape, count, infeasible], ...]}
 
 
 @_message(13)

@@ -256,6 +256,24 @@ def cmd_status(args) -> None:
             print(f"  {k:<20} {total[k] / 2**30:.2f} GiB")
         else:
             print(f"  {k:<20} {used:g} / {total[k]:g}")
+    stores = [n.get("ObjectStore") or {} for n in alive]
+    used_mib = sum(st.get("used_bytes", 0) for st in stores) / 2**20
+    cap_mib = sum(st.get("capacity_bytes", 0) for st in stores) / 2**20
+    objects = sum(st.get("num_objects", 0) for st in stores)
+    spilled = sum(st.get("num_spilled", 0) for st in stores)
+    print(f"Object store: {used_mib:.1f} MiB used of {cap_mib:.1f} MiB, {objects} objects "
+          f"({spilled} spilled to disk)")
+    demands: dict[str, list] = {}
+    for n in alive:
+        for shape, count, infeasible in n.get("PendingDemands") or []:
+            key = ", ".join(f"{k}: {v:g}" for k, v in sorted(shape.items()))
+            entry = demands.setdefault(key, [0, infeasible])
+            entry[0] += count
+            entry[1] = entry[1] and infeasible
+    print("Pending demands:" + ("" if demands else " none"))
+    for key, (count, infeasible) in sorted(demands.items()):
+        note = "  (infeasible: no node can run it)" if infeasible else ""
+        print(f"  {{{key}}}: {count} pending{note}")
 
 
 def cmd_memory(args) -> None:

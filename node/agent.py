@@ -159,8 +159,18 @@ class NodeAgent:
 
     async def _heartbeat(self, interval: float) -> None:
         while self.head is not None and not self.head.closed:
-            self.head.send(P.Heartbeat(self.node_id))
+            self.head.send(P.Heartbeat(self.node_id, self._status()))
             await asyncio.sleep(interval)
+
+    def _status(self) -> dict:
+        """What ``aray status`` shows of this node beyond its resources."""
+        pending: dict[str, list] = {}
+        for req in self.requests:
+            key = format_resources(req.msg.shape)
+            entry = pending.setdefault(key, [req.msg.shape, 0, False])
+            entry[1] += 1
+            entry[2] = entry[2] or not feasible_anywhere(req.msg.shape, self.cluster_totals)
+        return {"store": self.accounts.stats(), "pending": list(pending.values())}
 
     def _on_head_lost(self, _link: Link) -> None:
         if not self._closing:
@@ -293,16 +303,19 @@ class NodeAgent:
         A request this node can never satisfy goes to a node that can (one with the
         resources free now, if any); one that must wait here goes where it can run now.
         """
-        if not self.others:
+        if not self.others or self.resources.fits(shape):
             return ""
-        if not fits(shape, self.resources.total):
-            able = [n for n in self.others if fits(shape, n[2])]
-            free = [n for n in able if fits(shape, n[3])]
-            return (free or able or [["", ""]])[0][1]
-        if self.resources.fits(shape) and not self.requests:
-            return ""
-        free = [n for n in self.others if fits(shape, n[3])]
-        return free[0][1] if free else ""
+        able = [n for n in self.others if fits(shape, n[2])]
+        free = [n for n in able if fits(shape, n[3])]
+        if free:
+            # count it as taken there until the head's next view says otherwise, so that a
+            # burst of requests does not all go to the same node
+            for k, v in shape.items():
+                free[0][3][k] = free[0][3].get(k, 0.0) - v
+            return free[0][1]
+        if able and not fits(shape, self.resources.total):
+            return able[0][1]  # it can never run here: wait there
+        return ""
 
     def _warn_if_infeasible(self, req: LeaseRequest) -> None:
         shape = req.msg.shape

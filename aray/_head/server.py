@@ -62,6 +62,7 @@ class Head:
 
     def _on_Heartbeat(self, link: Link, msg: P.Heartbeat) -> None:
         self._last_heard[msg.node_id] = time.monotonic()
+        self.nodes.update_status(msg.node_id, msg.status)
 
     def _on_hello(self, link: Link, hello: P.Hello) -> dict:
         link.on_message = self._dispatch

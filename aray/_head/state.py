@@ -15,6 +15,7 @@ class NodeInfo:
     available: dict
     alive: bool = True
     joined_at: float = dataclasses.field(default_factory=time.time)
+    status: dict = dataclasses.field(default_factory=dict)  # from its last heartbeat
 
 
 class NodeTable:
@@ -30,6 +31,11 @@ class NodeTable:
         node = self.nodes.get(node_id)
         if node is not None:
             node.available = dict(available)
+
+    def update_status(self, node_id: str, status: dict) -> None:
+        node = self.nodes.get(node_id)
+        if node is not None:
+            node.status = status
 
     def mark_dead(self, node_id: str) -> None:
         node = self.nodes.get(node_id)
@@ -59,6 +65,8 @@ class NodeTable:
                 "AgentAddress": n.address,
                 "Resources": resources,
                 "Available": dict(n.available) if n.alive else {},
+                "ObjectStore": n.status.get("store", {}) if n.alive else {},
+                "PendingDemands": n.status.get("pending", []) if n.alive else [],
             })
         return out
 
