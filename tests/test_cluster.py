@@ -221,6 +221,9 @@ def test_a_pending_task_runs_when_a_node_that_can_run_it_joins(tmp_path):
         import time
         time.sleep(2)  # the task is pending: no node has "late"
         assert proc.poll() is None
+        status = c.cli("status").stdout
+        assert "{CPU: 1, late: 1}: 1 pending  (infeasible: no node can run it)" in status, status
+        assert "Object store: 0.0 MiB used of" in status
         late = c.join("--num-cpus", "1", "--resources", '{"late": 1}')
         out, err = proc.communicate(timeout=60)
         assert f"RESULT {late['node_id']}" in out, out + err
