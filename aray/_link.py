@@ -26,6 +26,7 @@ import aiohttp
 from aiohttp import web
 
 from . import _protocol as P
+from . import _tls as tls
 from .exceptions import AuthenticationError
 
 log = logging.getLogger("aray.link")
@@ -199,7 +200,7 @@ class Server:
         """
         assert self._runner is not None, "start() the server first"
         if sock is not None:
-            await web.SockSite(self._runner, sock).start()
+            await web.SockSite(self._runner, sock, ssl_context=tls.server_context()).start()
             return address
         kind, host, port = parse_address(address)
         if kind == "unix":
@@ -210,7 +211,8 @@ class Server:
             return address
         # reuse_address: a restarted head may bind while old connections sit in TIME-WAIT
         # (Linux still refuses a second listener on the port)
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        site = web.TCPSite(self._runner, host, port, reuse_address=True,
+                           ssl_context=tls.server_context())
         try:
             await site.start()
         except OSError as exc:
@@ -306,8 +308,9 @@ async def connect(address: str, hello: P.Hello, name: str = "", timeout: float =
         connector = aiohttp.UnixConnector(path=host)
         url = "http://localhost/link"
     else:
-        connector = aiohttp.TCPConnector()
-        url = f"http://{host}:{port}/link"
+        context = tls.client_context()
+        connector = aiohttp.TCPConnector(ssl=context if context is not None else False)
+        url = f"{'https' if context is not None else 'http'}://{host}:{port}/link"
     session = aiohttp.ClientSession(connector=connector)
     try:
         async with asyncio.timeout(timeout):

@@ -277,7 +277,7 @@ async def _run_node(config: dict) -> None:
                               head_address=head_address, ip=config.get("ip") or "127.0.0.1",
                               shared=bool(config.get("daemon")), tcp_host=tcp_host)
             node_address = await agent.start(config["node_address"])
-        except (OSError, ConnectionError) as exc:
+        except (OSError, ConnectionError, ValueError) as exc:
             os.write(1, (json.dumps({"error": str(exc)}) + "\n").encode())
             return
         ready = {"head_address": head_address, "head_tcp": head_tcp,

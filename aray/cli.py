@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--node-manager-port", type=int, help=argparse.SUPPRESS)
     start.add_argument("--block", action="store_true",
                        help="stay in the foreground; Ctrl-C or SIGTERM stops the node")
+    for name, env in (("cert", "CERT"), ("key", "KEY"), ("ca", "CA")):
+        start.add_argument(f"--tls-{name}", metavar="PEM",
+                           help=f"TLS for the node's TCP links: its {name} "
+                                f"(default: $ARAY_TLS_{env}; give all three or none)")
 
     stop = sub.add_parser("stop", help="stop every aray node `aray start` began on this machine")
     stop.add_argument("--force", action="store_true", help="kill at once (SIGKILL)")
@@ -88,6 +92,13 @@ def cmd_start(args) -> None:
     except json.JSONDecodeError as exc:
         raise ValueError(f"--resources must be JSON, e.g. '{{\"dataset\": 1}}': {exc}") from None
     resources = node_resources(args.num_cpus, args.num_gpus, custom, args.object_store_memory)
+    from . import _tls
+
+    for name, env in (("cert", "ARAY_TLS_CERT"), ("key", "ARAY_TLS_KEY"), ("ca", "ARAY_TLS_CA")):
+        path = getattr(args, f"tls_{name}")
+        if path:  # the node process and its workers inherit the environment
+            os.environ[env] = os.path.abspath(path)
+    _tls.settings()  # all three or none, and the files exist: say so now
     token = args.token or args.redis_password
     join = ""
     if args.address:

@@ -323,3 +323,36 @@ def test_a_node_that_stops_answering_is_marked_dead(tmp_path):
         assert wait_gone(tree, timeout=15) == []
     finally:
         c.stop()
+
+
+def test_tls_links_between_nodes(tmp_path):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    node_cert = ca.issue_cert("127.0.0.1")
+    paths = {}
+    for name, blob in (("ca", ca.cert_pem), ("key", node_cert.private_key_pem),
+                       ("cert", node_cert.cert_chain_pems[0])):
+        paths[name] = str(tmp_path / f"{name}.pem")
+        blob.write_to_path(paths[name])
+    c = Cluster()
+    tls_flags = ["--tls-cert", paths["cert"], "--tls-key", paths["key"], "--tls-ca", paths["ca"]]
+    try:
+        c.start_head("--num-cpus", "1", *tls_flags)
+        # a node without TLS cannot join a TLS cluster
+        plain = c.cli("start", "--address", c.address, check=False)
+        assert plain.returncode == 1 and "cannot reach aray" in plain.stderr, plain.stderr
+        c.join("--num-cpus", "1", "--resources", '{"special": 1}', *tls_flags)
+        c.env.update(ARAY_TLS_CERT=paths["cert"], ARAY_TLS_KEY=paths["key"],
+                     ARAY_TLS_CA=paths["ca"])
+        r = c.driver("""
+            import numpy as np
+            aray.init(address="auto")
+            @aray.remote(resources={"special": 1})
+            def make():
+                return np.arange(1_000_000)
+            print("SUM", int(aray.get(make.remote()).sum()))
+        """, tmp_path)
+        assert f"SUM {sum(range(1_000_000))}" in r.stdout
+        assert "2 nodes alive" in c.cli("status", "--address", c.address).stdout
+    finally:
+        c.stop()
