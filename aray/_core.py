@@ -762,7 +762,7 @@ class Core:
         self.executor.call_actor(link, msg)
 
     def _on_log_lines(self, link: Link, msg: P.LogLines) -> None:
-        if self.on_log_lines is not None:
+        if self.on_log_lines is not None and self.log_to_driver:
             self.on_log_lines(msg)
 
     # --- cluster information ------------------------------------------------------------

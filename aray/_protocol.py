@@ -180,12 +180,14 @@ class KillWorker(NamedTuple):
 
 @_message(28)
 class LogLines(NamedTuple):
-    """Lines a worker printed, forwarded by its node agent to the driver of the job."""
+    """Lines a worker printed, forwarded by its node agent to the driver of the job (through
+    the head when the driver is on another node)."""
 
     pid: int
     name: str
     stream: int  # 1 stdout, 2 stderr
     lines: list
+    job_id: str
 
 
 @_message(29)

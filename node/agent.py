@@ -729,7 +729,7 @@ class NodeAgent:
     async def _tail_logs(self) -> None:
         while True:
             await asyncio.sleep(LOG_POLL_INTERVAL)
-            if self.drivers:
+            if self.drivers or self.others:  # someone here, or elsewhere, may read them
                 for worker in list(self.workers.values()):
                     self._read_logs(worker)
 
@@ -759,11 +759,15 @@ class NodeAgent:
     def _send_logs(self, worker: Worker, stream: int, lines: list[str]) -> None:
         if not lines:
             return
-        msg = P.LogLines(worker.pid, worker.log_task, stream, lines)
+        msg = P.LogLines(worker.pid, worker.log_task, stream, lines, worker.log_job)
+        local = False
         for link, info in self.drivers.items():
-            if info.get("log_to_driver", True) and not link.closed and (
-                    not worker.log_job or info.get("job_id") == worker.log_job):
-                link.send(msg)
+            if not worker.log_job or info.get("job_id") == worker.log_job:
+                local = True
+                if info.get("log_to_driver", True) and not link.closed:
+                    link.send(msg)
+        if not local and worker.log_job and self.head is not None and not self.head.closed:
+            self.head.send(msg)  # its driver is on another node: the head knows the way
 
 
 def _pick(workers: list[Worker], job_id: str) -> Worker | None:

@@ -130,6 +130,20 @@ def test_tasks_and_actors_run_where_the_resources_are(two_nodes, tmp_path):
     assert "ACTOR [1, 2, 3] True" in r.stdout
 
 
+def test_output_of_tasks_on_other_nodes_reaches_the_driver(two_nodes, tmp_path):
+    r = two_nodes.driver("""
+        aray.init(address="auto")
+        @aray.remote(resources={"special": 1})
+        def shout(i):
+            print("hello from the second node", i)
+        aray.get([shout.remote(i) for i in range(3)])
+        time.sleep(1)  # lines are read every 0.1 s and travel through the head
+    """, tmp_path)
+    for i in range(3):
+        assert f"hello from the second node {i}" in r.stdout, r.stdout + r.stderr
+    assert "(shout pid=" in r.stdout
+
+
 def test_objects_move_between_nodes_once_per_node(two_nodes, tmp_path):
     r = two_nodes.driver("""
         import asyncio

@@ -60,6 +60,12 @@ class Head:
                     self._on_node_lost(link)
                     asyncio.get_running_loop().create_task(link.aclose())
 
+    def _on_LogLines(self, link: Link, msg: P.LogLines) -> None:
+        """A worker's output for a driver on another node than the worker's."""
+        driver = self._driver_links.get(msg.job_id)
+        if driver is not None and not driver.closed:
+            driver.send(msg)
+
     def _on_Heartbeat(self, link: Link, msg: P.Heartbeat) -> None:
         self._last_heard[msg.node_id] = time.monotonic()
         self.nodes.update_status(msg.node_id, msg.status)
