@@ -18,6 +18,7 @@ import asyncio
 import collections
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +51,8 @@ log = logging.getLogger("aray")
 
 #: how many copies of other nodes' objects a process remembers the place of
 MAX_COPIES_KNOWN = 10_000
+#: a driver in client mode downloads objects in chunks of this size
+DOWNLOAD_CHUNK = 4 * 2**20
 
 class Core:
     """The runtime of one process (driver or worker), bound to one event loop."""
@@ -57,9 +60,13 @@ class Core:
     def __init__(self, *, loop: asyncio.AbstractEventLoop, role: str, token: str,
                  session_dir: str, node_address: str, head_address: str = "",
                  store_dir: str, node_id: str = "", worker_id: str = "",
-                 log_to_driver: bool = True, tcp_host: str = "") -> None:
+                 log_to_driver: bool = True, tcp_host: str = "",
+                 client: bool = False) -> None:
         self.loop = loop
         self.role = role
+        # a driver outside the cluster (aray://): no node of its own, so no object store;
+        # its objects stay in its memory and others' are downloaded over the links
+        self.client = client
         self.token = token
         self.session_dir = session_dir
         self.node_address = node_address
@@ -77,8 +84,9 @@ class Core:
         self._unacked = 0  # AddBorrower requests sent and not yet answered
         self._after_acks: list = []  # sends that wait for them (see after_registrations)
         self.kept: list = []  # refs pickled into actor constructor args: kept for the job
-        # objects of other nodes this node has a copy of: oid -> offset of the copy
-        self._copies: collections.OrderedDict[bytes, int] = collections.OrderedDict()
+        # objects of other nodes this node has a copy of: oid -> offset of the copy (in client
+        # mode, the downloaded bytes)
+        self._copies: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
         self._fetch_errors: dict[bytes, str] = {}  # why a copy could not be had
         # this core's server; known before it listens, so refs made early name their owner.
         # In a cluster of several nodes (tcp_host) other machines must reach it: TCP.
@@ -137,15 +145,26 @@ class Core:
                 self.head = await self._dial(self.head_address, "driver", "", info)
                 self.job_id = self.head.peer.info.get("job_id", "")
                 info["job_id"] = self.job_id
+            if self.client:  # the agent of the head's node serves it
+                self.node_address = await self._head_node_agent()
             self.agent = await self._dial(self.node_address, self.role, self.worker_id, info)
-            self.node_id = self.agent.peer.info.get("node_id", self.node_id)
-            self.store_capacity = int(self.agent.peer.info.get("store_capacity", 0))
+            if not self.client:
+                self.node_id = self.agent.peer.info.get("node_id", self.node_id)
+                self.store_capacity = int(self.agent.peer.info.get("store_capacity", 0))
             self.agent.on_close.append(self._on_agent_lost)
         except BaseException as exc:
             self.start_error = exc
             raise
         finally:
             self.ready.set()
+
+    async def _head_node_agent(self) -> str:
+        assert self.head is not None
+        nodes = (await self.head.request(lambda r: P.GetClusterState(r))).nodes
+        alive = [n for n in nodes if n["Alive"]]
+        if not alive:
+            raise ConnectionError(f"the aray cluster at {self.head_address} has no node alive")
+        return alive[0]["AgentAddress"]
 
     def fail_start(self, exc: BaseException) -> None:
         """Starting failed before :meth:`start` could run: operations raise ``exc``."""
@@ -188,6 +207,8 @@ class Core:
             if link is not None:
                 await link.aclose()
         await self._server.aclose()
+        if self.client:  # its private scratch directory
+            shutil.rmtree(self.session_dir, ignore_errors=True)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -391,7 +412,10 @@ class Core:
                     raise ObjectLostError(self._fetch_errors.get(oid) or (
                         f"object {oid.hex()} of node {node_id[:12]} could not be fetched"))
                 asyncio.run_coroutine_threadsafe(self.fetch(oid, location), self.loop).result()
-            offset = self._copies[oid]
+            copy = self._copies[oid]
+            if isinstance(copy, bytes):  # client mode: downloaded
+                return deserialize(copy)
+            offset = copy
         try:
             return deserialize(self.store.read(oid, offset, size))
         except FileNotFoundError:
@@ -414,16 +438,51 @@ class Core:
             return
         await self.wait_ready()
         assert self.agent is not None
-        reply = await self.agent.request(
-            lambda r: P.PullObject(r, oid, location[0], location[1]))
-        if reply.error:
-            self._fetch_errors[oid] = reply.error
+        if self.client:
+            error = await self._download(oid, location)
+        else:
+            reply = await self.agent.request(
+                lambda r: P.PullObject(r, oid, location[0], location[1]))
+            error = reply.error
+            if not error:
+                self._copies[oid] = reply.offset
+        if error:
+            self._fetch_errors[oid] = error
             while len(self._fetch_errors) > MAX_COPIES_KNOWN:
                 self._fetch_errors.pop(next(iter(self._fetch_errors)))
-            raise ObjectLostError(reply.error)
-        self._copies[oid] = reply.offset
+            raise ObjectLostError(error)
         while len(self._copies) > MAX_COPIES_KNOWN:
             self._copies.popitem(last=False)
+
+    async def _download(self, oid: bytes, location) -> str:
+        """Client mode: the object's bytes, in chunks, from the agent of its node; returns
+        an error message ("" when it worked). The bytes replace the copy in a store."""
+        node_id, size = location[0], location[1]
+        nodes = await self.cluster_state()
+        address = next((n["AgentAddress"] for n in nodes
+                        if n["NodeID"] == node_id and n["Alive"]), None)
+        if address is None:
+            return f"object {oid.hex()} was on node {node_id[:12]}, which has left the cluster"
+        data = bytearray(size)
+        try:
+            link = await self.peer(address)
+            for start in range(0, size, DOWNLOAD_CHUNK):
+                reply = await link.request(lambda r, s=start: P.ReadObject(
+                    r, oid, s, min(DOWNLOAD_CHUNK, size - s)))
+                if reply.error:
+                    return reply.error
+                data[start:start + len(reply.data)] = reply.data
+        except (ConnectionError, OSError) as exc:
+            return f"could not download object {oid.hex()} from node {node_id[:12]}: {exc}"
+        self._copies[oid] = bytes(data)
+        while len(self._copies) > MAX_COPIES_KNOWN:
+            self._copies.popitem(last=False)
+        return ""
+
+    def _on_objects_deleted(self, link: Link, msg: P.ObjectsDeleted) -> None:
+        """Client mode: a node agent says objects we downloaded were freed by their owner."""
+        for oid in msg.object_ids:
+            self._copies.pop(oid, None)
 
     async def fetch_entries(self, entries: list[ObjectEntry]) -> None:
         """Loop only: fetch every entry that is stored on another node (errors are left
@@ -551,7 +610,7 @@ class Core:
         """Any thread: store an already serialized value (which pickled the refs
         ``contained``); returns the owned ref."""
         oid = return_id(new_task_id(), 0)
-        if ser.total_size > INLINE_THRESHOLD:
+        if ser.total_size > INLINE_THRESHOLD and not self.client:
             value = self.store_value(oid, ser)
         else:
             value = ["v", ser.to_bytes()]

@@ -91,12 +91,15 @@ def bootstrap(loop: asyncio.AbstractEventLoop, address: str | None, *, num_cpus,
                 "num_cpus, num_gpus, resources and object_store_memory describe a new cluster; "
                 "when connecting to an existing one (address=...) leave them out, and give "
                 "them to `aray start` instead")
-        info = find_cluster(address)
-        token = token or os.environ.get("ARAY_TOKEN") or info["token"]
-        core = Core(loop=loop, role="driver", token=token, session_dir=info["session_dir"],
-                    node_address=info["node_address"], head_address=info["head_address"],
-                    store_dir=info["store_dir"], log_to_driver=log_to_driver,
-                    tcp_host=info.get("tcp_host", ""))
+        if address.startswith("aray://"):
+            core = client_core(loop, address, token, log_to_driver)
+        else:
+            info = find_cluster(address)
+            token = token or os.environ.get("ARAY_TOKEN") or info["token"]
+            core = Core(loop=loop, role="driver", token=token,
+                        session_dir=info["session_dir"], node_address=info["node_address"],
+                        head_address=info["head_address"], store_dir=info["store_dir"],
+                        log_to_driver=log_to_driver, tcp_host=info.get("tcp_host", ""))
     else:
         total = node_resources(num_cpus, num_gpus, resources, object_store_memory)
         cluster = LocalCluster(resources=total, object_store_memory=object_store_memory,
@@ -113,6 +116,31 @@ def bootstrap(loop: asyncio.AbstractEventLoop, address: str | None, *, num_cpus,
     core.on_log_lines = print_worker_lines
     _global.set_core(core)
     return core
+
+
+def client_core(loop, address: str, token: str | None, log_to_driver: bool) -> Core:
+    """A driver in client mode (``aray://HOST:PORT``): it joins no node; the head's node
+    agent leases it workers, and objects travel over the links."""
+    import socket
+    import tempfile
+
+    from ._link import parse_address
+
+    _, host, port = parse_address(address)
+    token = token or os.environ.get("ARAY_TOKEN")
+    if not token:
+        raise ValueError(f"connecting to {address} needs the cluster's token: pass "
+                         "aray.init(address=..., token=...) or set ARAY_TOKEN")
+    # listen where the cluster can call back: the address this machine reaches the head from
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                       socket.SOCK_DGRAM) as probe:
+        probe.connect((host, port))
+        local_ip = probe.getsockname()[0]
+    session_dir = tempfile.mkdtemp(prefix="aray-client-")
+    return Core(loop=loop, role="driver", token=token, session_dir=session_dir,
+                node_address="", head_address=f"tcp://{host}:{port}",
+                store_dir=os.path.join(session_dir, "store"), node_id="client-" + os.urandom(8).hex(),
+                log_to_driver=log_to_driver, tcp_host=local_ip, client=True)
 
 
 def existing_core(ignore_reinit_error: bool) -> Core | None:

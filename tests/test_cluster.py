@@ -185,6 +185,40 @@ def test_objects_move_between_nodes_once_per_node(two_nodes, tmp_path):
     assert "AWAIT 999999" in r.stdout and "COPIES 0 1" in r.stdout
 
 
+def test_a_driver_outside_the_cluster_in_client_mode(two_nodes, tmp_path):
+    token_file = os.path.join(two_nodes.head["session_dir"], "token")
+    code = f"""
+        import numpy as np
+        try:
+            aray.init(address="aray://{two_nodes.address}")
+        except ValueError as e:
+            print("NO-TOKEN", "token" in str(e))
+        aray.init(address="aray://{two_nodes.address}", token=open({token_file!r}).read())
+        @aray.remote(resources={{"special": 1}})
+        def make(n):
+            print("making", n)
+            return np.arange(n)
+        @aray.remote
+        def total(a):
+            return int(a.sum())
+        a = aray.get(make.remote(3_000_000))  # downloaded from the second node
+        print("GOT", int(a.sum()) == 3_000_000 * 2_999_999 // 2)
+        big = aray.put(np.ones(2_000_000))  # kept here, sent with the task
+        print("SUM", aray.get(total.remote(big)))
+        time.sleep(0.5)
+    """
+    env = {k: v for k, v in two_nodes.env.items() if k != "ARAY_TOKEN"}
+    # no session root of its own: a client needs nothing of this machine's clusters
+    env["ARAY_SESSION_ROOT"] = str(tmp_path / "none")
+    script = tmp_path / "client.py"
+    script.write_text("import os, time, aray\n" + textwrap.dedent(code))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "NO-TOKEN True" in r.stdout and "GOT True" in r.stdout
+    assert "SUM 2000000" in r.stdout and "making 3000000" in r.stdout
+
+
 def test_a_finished_job_leaves_nothing_on_any_node(two_nodes, tmp_path):
     import asyncio
 
