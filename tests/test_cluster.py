@@ -404,3 +404,92 @@ def test_tls_links_between_nodes(tmp_path):
         assert "2 nodes alive" in c.cli("status", "--address", c.address).stdout
     finally:
         c.stop()
+
+
+def _netns_available() -> bool:
+    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("unshare"):
+        return False
+    name = f"aray-probe-{os.getpid()}"
+    ok = subprocess.run(["ip", "netns", "add", name], capture_output=True).returncode == 0
+    if ok:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return ok
+
+
+@pytest.fixture
+def other_machine():
+    """A network namespace with its own address (10.213.N.2; this side is 10.213.N.1),
+    in which a command runs with a private session root and /dev/shm: a second machine, as
+    far as aray can tell."""
+    if not _netns_available():
+        pytest.skip("needs root and network namespaces")
+    n = os.getpid() % 200 + 20
+    ns, host_if, ns_if = f"aray-t{n}", f"arayh{n}", f"arayn{n}"
+    here, there = f"10.213.{n}.1", f"10.213.{n}.2"
+    setup = [["ip", "netns", "add", ns],
+             ["ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if],
+             ["ip", "link", "set", ns_if, "netns", ns],
+             ["ip", "addr", "add", f"{here}/24", "dev", host_if],
+             ["ip", "link", "set", host_if, "up"],
+             ["ip", "netns", "exec", ns, "ip", "addr", "add", f"{there}/24", "dev", ns_if],
+             ["ip", "netns", "exec", ns, "ip", "link", "set", ns_if, "up"],
+             ["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]]
+    try:
+        for cmd in setup:
+            subprocess.run(cmd, check=True, capture_output=True)
+
+        private = tempfile.mkdtemp(prefix="aray-there-")  # its own session root...
+
+        def run(args: list[str], **kwargs) -> subprocess.Popen:
+            # ... and /dev/shm, each a tmpfs only that mount namespace sees
+            inner = (f"mount -t tmpfs tmpfs {private} && mount -t tmpfs tmpfs /dev/shm && "
+                     f'ARAY_SESSION_ROOT={private} exec "$@"')
+            return subprocess.Popen(["ip", "netns", "exec", ns, "unshare", "--mount",
+                                     "--propagation", "private", "sh", "-c", inner, "sh",
+                                     *args], **kwargs)
+
+        yield here, there, run
+        shutil.rmtree(private, ignore_errors=True)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+
+
+def test_a_node_on_another_machine(other_machine, tmp_path):
+    here, there, run_there = other_machine
+    c = Cluster()
+    c.address = f"{here}:{c.port}"
+    node = None
+    try:
+        c.head = c.start_head("--num-cpus", "1", "--node-ip-address", here)
+        token = open(os.path.join(c.head["session_dir"], "token")).read()
+        node = run_there([sys.executable, "-m", "aray", "start", "--address", c.address,
+                          "--token", token, "--node-ip-address", there, "--num-cpus", "1",
+                          "--resources", '{"there": 1}', "--block"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        import time
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if "2 nodes alive" in c.cli("status", "--address", c.address).stdout:
+                break
+            time.sleep(0.3)
+        r = c.driver(f"""
+            import numpy as np
+            aray.init(address="{c.address}")
+            print("IPS", sorted(n["NodeManagerAddress"] for n in aray.nodes()))
+            @aray.remote(resources={{"there": 1}})
+            def far(a):
+                print("far away")
+                return a * 2
+            x = aray.put(np.arange(1_000_000))  # lives here; the other node pulls it
+            y = aray.get(far.remote(x))  # made there; pulled here
+            print("OK", int(y.sum()) == 2 * int(np.arange(1_000_000).sum()))
+            time.sleep(0.5)
+        """, tmp_path)
+        assert f"IPS {sorted([here, there])}" in r.stdout, r.stdout + r.stderr
+        assert "OK True" in r.stdout and "far away" in r.stdout
+    finally:
+        if node is not None:
+            node.terminate()  # --block: stops that node and its workers
+            node.wait(timeout=30)
+        c.stop()
