@@ -412,6 +412,9 @@ class Core:
                     raise ObjectLostError(self._fetch_errors.get(oid) or (
                         f"object {oid.hex()} of node {node_id[:12]} could not be fetched"))
                 asyncio.run_coroutine_threadsafe(self.fetch(oid, location), self.loop).result()
+                entry = self.objects.entries.get(oid)
+                if entry is not None and entry.location != tuple(location[:3]):  # rebuilt
+                    return self.materialize(entry)
             copy = self._copies[oid]
             if isinstance(copy, bytes):  # client mode: downloaded
                 return deserialize(copy)
@@ -447,6 +450,11 @@ class Core:
             if not error:
                 self._copies[oid] = reply.offset
         if error:
+            entry = self.objects.entries.get(oid)
+            if entry is not None and entry.owned and await self.tasks.reconstruct(oid):
+                if entry.state is ObjectState.READY:  # rebuilt: maybe on another node
+                    return await self.fetch(oid, entry.location)
+                return  # the task failed this time: reading raises its error
             self._fetch_errors[oid] = error
             while len(self._fetch_errors) > MAX_COPIES_KNOWN:
                 self._fetch_errors.pop(next(iter(self._fetch_errors)))
@@ -509,6 +517,7 @@ class Core:
     def _on_unused(self, entry: ObjectEntry) -> None:
         entry.contains = None  # the refs inside it are free to go
         self._copies.pop(entry.oid, None)
+        self.tasks.lineage.pop(entry.oid, None)
         if entry.owned and entry.location is not None:
             self.delete_stored(entry.oid, entry.location[0])
         if entry.registered:

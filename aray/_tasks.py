@@ -247,6 +247,7 @@ class TaskSubmitter:
         self._queues: dict[tuple, _ShapeQueue] = {}
         self._running: dict[bytes, _Lease] = {}  # task id -> lease running it
         self._waiting: dict[bytes, TaskSpec] = {}  # task id -> spec waiting for deps/lease
+        self.lineage: dict[bytes, TaskSpec] = {}  # stored result id -> the task that made it
 
     def accept(self, spec: TaskSpec) -> None:
         """Loop only (scheduled by ``Core.submit``): track ``spec`` until it has run."""
@@ -409,6 +410,34 @@ class TaskSubmitter:
         self._release_deps(spec)
         self.core.finish_returns(spec.return_ids, results)
         self.core.end_stream(spec.task_id, None)
+        if any(v[0] == "s" for v in results):
+            # its results live in a node's store: if that node dies, running the task
+            # again rebuilds them (kept while the results are referenced)
+            for oid in spec.return_ids:
+                self.lineage[oid] = spec
+
+    async def reconstruct(self, oid: bytes) -> bool:
+        """Run again the task that made ``oid`` (whose stored copy was lost); True once
+        its results are resolved again (or failed), False if there is no such task."""
+        spec = self.lineage.get(oid)
+        if spec is None:
+            return False
+        if spec.task_id not in self._waiting and spec.task_id not in self._running:
+            log.warning("object %s was lost with its node; running %s again to rebuild it",
+                        oid.hex(), spec.name)
+            for rid in spec.return_ids:  # the results resolve anew
+                entry = self.core.objects.entries.get(rid)
+                if entry is not None:
+                    entry.state, entry.location, entry.data = ObjectState.PENDING, None, None
+            spec.cancelled = spec.force_cancelled = False
+            self._waiting[spec.task_id] = spec
+            self._enqueue(spec)
+        entry = self.core.objects.entries.get(oid)
+        if entry is not None and not entry.ready:
+            done = self.core.loop.create_future()
+            self.core.objects.when_ready(entry, lambda _e: done.done() or done.set_result(None))
+            await done
+        return True
 
     def _fail_task(self, spec: TaskSpec, error: BaseException | None) -> None:
         self._waiting.pop(spec.task_id, None)

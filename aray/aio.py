@@ -126,8 +126,15 @@ def client_core(loop, address: str, token: str | None, log_to_driver: bool) -> C
 
     from ._link import parse_address
 
+    from ._local import find_cluster
+
     _, host, port = parse_address(address)
     token = token or os.environ.get("ARAY_TOKEN")
+    if not token:  # a head on this machine: its session has the token
+        try:
+            token = find_cluster(address)["token"]
+        except ConnectionError:
+            pass
     if not token:
         raise ValueError(f"connecting to {address} needs the cluster's token: pass "
                          "aray.init(address=..., token=...) or set ARAY_TOKEN")

@@ -290,45 +290,58 @@ def test_a_dead_node_is_noticed_and_its_work_moves(tmp_path):
             import numpy as np
             aray.init(address="auto")
             here = aray.get_runtime_context().get_node_id()
+            there = "{second['node_id']}"
+
+            def node():
+                return aray.get_runtime_context().get_node_id()
 
             @aray.remote(max_retries=2)
-            def slow(i):
-                time.sleep(3)
-                return i, aray.get_runtime_context().get_node_id()
-
-            @aray.remote(resources={{"special": 1}})
-            def make():
-                return np.ones(1_000_000)
+            def slow(i, delay):
+                time.sleep(delay)
+                return i, node()
 
             @aray.remote
-            class Where:
-                def node(self):
-                    return aray.get_runtime_context().get_node_id()
+            def make():
+                return np.full(1_000_000, 7.0), node()
 
-            lost = make.remote()
-            aray.wait([lost])
-            actor = Where.options(resources={{"special": 0.5}}).remote()
-            print("ACTOR-ON", aray.get(actor.node.remote()) == "{second['node_id']}", flush=True)
-            refs = [slow.remote(i) for i in range(2)]  # one per node
+            @aray.remote(resources={{"special": 0.5}})
+            class Keeper:
+                def node(self):
+                    return node()
+                def array(self):
+                    return np.ones(1_000_000)
+
+            # the head's CPU is busy, so `make` runs on the second node
+            busy = slow.remote(-1, 2)
+            remade = make.options(num_returns=2).remote()
+            print("MADE-THERE", aray.get(remade[1]) == there, flush=True)
+            keeper = Keeper.remote()
+            print("ACTOR-THERE", aray.get(keeper.node.remote()) == there, flush=True)
+            lost = keeper.array.remote()  # an actor's result: no task to run again
+            aray.wait([lost, busy], num_returns=2)
+            refs = [slow.remote(i, 3) for i in range(2)]  # one per node
             time.sleep(1)
             os.kill({second['pid']}, 9)  # the second node's agent dies mid-task
             results = aray.get(refs, timeout=60)
             print("RESULTS", [i for i, _ in results], all(n == here for _, n in results))
             alive = {{n["NodeID"]: n["Alive"] for n in aray.nodes()}}
-            print("SECOND-ALIVE", alive["{second['node_id']}"])
+            print("SECOND-ALIVE", alive[there])
+            # rebuilt by running `make` again, here
+            print("REBUILT", float(aray.get(remade[0], timeout=60).sum()) == 7e6)
             try:
                 aray.get(lost, timeout=30)
             except aray.exceptions.ObjectLostError as e:
-                print("LOST", "{second['node_id'][:12]}" in str(e))
+                print("LOST", there[:12] in str(e))
             try:
-                aray.get(actor.node.remote(), timeout=30)
+                aray.get(keeper.node.remote(), timeout=30)
             except aray.exceptions.ActorDiedError as e:
-                print("ACTOR-DIED", "{second['node_id'][:12]}" in str(e))
+                print("ACTOR-DIED", there[:12] in str(e))
         """, tmp_path)
-        assert "ACTOR-ON True" in r.stdout, r.stdout + r.stderr
-        assert "RESULTS [0, 1] True" in r.stdout, r.stdout + r.stderr
-        assert "SECOND-ALIVE False" in r.stdout and "LOST True" in r.stdout
-        assert "ACTOR-DIED True" in r.stdout
+        out = r.stdout + r.stderr
+        assert "MADE-THERE True" in r.stdout and "ACTOR-THERE True" in r.stdout, out
+        assert "RESULTS [0, 1] True" in r.stdout, out
+        assert "SECOND-ALIVE False" in r.stdout and "REBUILT True" in r.stdout, out
+        assert "LOST True" in r.stdout and "ACTOR-DIED True" in r.stdout, out
         # the dead node's workers and worker template exit by themselves
         assert wait_gone(doomed) == [], "processes of the dead node outlived it"
     finally:
