@@ -102,6 +102,14 @@ class Heartbeat(NamedTuple):
     status: dict  # {"store": store stats, "pending": [[shape, count, infeasible], ...]}
 
 
+@_message(17)
+class WithdrawActor(NamedTuple):
+    """Head -> node agent: forget a queued actor that this node cannot hold; a node that
+    can has joined, and the head places it there."""
+
+    actor_id: str
+
+
 @_message(13)
 class GetClusterState(NamedTuple):
     req_id: int

@@ -512,6 +512,10 @@ class NodeAgent:
         if req in self.requests:
             self._warn_if_infeasible(req)
 
+    def _on_WithdrawActor(self, link: Link, msg: P.WithdrawActor) -> None:
+        self.requests.remove_if(
+            lambda r: r.actor is not None and r.actor.actor_id == msg.actor_id)
+
     def _on_ActorStarted(self, link: Link, msg: P.ActorStarted) -> None:
         if self.head is not None and not self.head.closed:
             self.head.send(msg)

@@ -264,17 +264,25 @@ def test_a_pending_task_runs_when_a_node_that_can_run_it_joins(tmp_path):
                 @aray.remote(resources={"late": 1})
                 def f():
                     return aray.get_runtime_context().get_node_id()
+                @aray.remote(resources={"late": 0.5})
+                class Late:
+                    def node(self):
+                        return aray.get_runtime_context().get_node_id()
+                late = Late.remote()
                 print("RESULT", aray.get(f.remote(), timeout=60), flush=True)
+                print("ACTOR", aray.get(late.node.remote(), timeout=60), flush=True)
             """)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=c.env)
         import time
         time.sleep(2)  # the task is pending: no node has "late"
         assert proc.poll() is None
         status = c.cli("status").stdout
         assert "{CPU: 1, late: 1}: 1 pending  (infeasible: no node can run it)" in status, status
+        assert "{CPU: 1, late: 0.5}: 1 pending  (infeasible" in status, status
         assert "Object store: 0.0 MiB used of" in status
-        late = c.join("--num-cpus", "1", "--resources", '{"late": 1}')
+        late = c.join("--num-cpus", "1", "--resources", '{"late": 2}')
         out, err = proc.communicate(timeout=60)
         assert f"RESULT {late['node_id']}" in out, out + err
+        assert f"ACTOR {late['node_id']}" in out, out + err
         assert "cannot be scheduled right now" in err  # the warning while it waited
     finally:
         c.stop()

@@ -106,6 +106,19 @@ class Head:
         self.nodes.join(msg.node_id, msg.address, msg.ip, msg.resources)
         log.info("node %s joined with %s", msg.node_id[:12], msg.resources)
         self._broadcast_view()
+        # actors waiting on a node that can never hold them move to the new one if it can
+        links = {node_id: l for l, node_id in self._node_links.items()}
+        for record in self.actors.actors.values():
+            if (record.state in (ActorState.PENDING, ActorState.RESTARTING)
+                    and record.spec is not None and record.node_id != msg.node_id
+                    and fits(record.spec["placement"], msg.resources)):
+                node = self.nodes.nodes.get(record.node_id)
+                if node is None or not node.alive or not fits(record.spec["placement"],
+                                                              node.total):
+                    old = links.get(record.node_id)
+                    if old is not None and not old.closed:
+                        old.send(P.WithdrawActor(record.actor_id))
+                    self._place(record)
 
     def _on_NodeResourcesChanged(self, link: Link, msg: P.NodeResourcesChanged) -> None:
         self.nodes.update_available(msg.node_id, msg.available)
