@@ -1,23 +1,23 @@
-"""A cluster started with the command line, two drivers, and a detached actor between them.
+"""A cluster of two nodes started with the command line, and a program that uses both.
 
 What it does, as you would by hand in a terminal:
 
-1. `aray start --head --port <a free port> --num-cpus 2` starts a cluster that runs in
-   the background until `aray stop`.
-2. This script joins it with `aray.init(address="auto", namespace="demo")`, runs tasks, and
-   creates a detached named actor, which outlives the driver that created it. Then it
-   disconnects; the cluster keeps running.
-3. A second driver (another Python process) joins, finds the actor by its name, and uses it.
-4. `aray status` and `aray memory` show the cluster's nodes, resources and object store.
-5. `aray stop` stops the cluster, in a `finally:` block so that it always runs.
+1. `aray start --head --port <a free port> --num-cpus 1` starts the head node of a cluster,
+   which runs in the background until `aray stop`.
+2. `aray start --address 127.0.0.1:<port> --num-cpus 1 --resources '{"second": 1}'` starts
+   a second node that joins it. Here both nodes run on this machine; on another machine,
+   the same command (with the head's address, and `--token`) adds that machine.
+3. This script connects with `aray.init(address="127.0.0.1:<port>")`, lists the nodes, and
+   runs tasks on each: a plain task runs on the driver's node, and a task that asks for the
+   custom resource "second" runs on the node that has it.
+4. A task on the second node makes an 8 MB numpy array; `aray.get` on the driver copies
+   it from the second node's object store to the store of the driver's node.
+5. `aray status` shows both nodes, and `aray stop` stops them, in a `finally:` block so
+   that it always runs.
 
 Everything it starts gets `ARAY_SESSION_ROOT` set to a fresh temporary directory: the
-commands and `aray.init(address="auto")` find clusters through that directory, so this
-script never sees, joins or stops a cluster that something else started.
-
-One node only: the task this example comes from asks for a 2-node local cluster, but in
-this version of aray a cluster runs on one machine with one node (`aray start --address`,
-which would join a second node, does not exist yet). So it is a 1-node cluster.
+commands and `aray.init(address=...)` find nodes through that directory, so this script
+never sees, joins or stops a cluster that something else started.
 
 Run it with:
 
@@ -25,6 +25,7 @@ Run it with:
 """
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -32,7 +33,8 @@ import sys
 import tempfile
 import textwrap
 
-SESSION_ROOT = tempfile.mkdtemp(prefix="aray-example-cluster-")
+# short: the unix sockets of the nodes live under it, and their paths have a length limit
+SESSION_ROOT = tempfile.mkdtemp(prefix="aray-ex-")
 os.environ["ARAY_SESSION_ROOT"] = SESSION_ROOT  # for this process, and all it starts
 ENV = dict(os.environ)
 
@@ -49,7 +51,7 @@ def free_port():
 
 def aray_cli(*args):
     """Run `aray ARGS...` (as `python -m aray`, from this interpreter) and print its output."""
-    print(f"$ aray {' '.join(args)}")
+    print(f"$ aray {shlex.join(args)}")
     proc = subprocess.run([sys.executable, "-m", "aray", *args], env=ENV,
                           capture_output=True, text=True, timeout=60)
     print(textwrap.indent((proc.stdout + proc.stderr).rstrip(), "    "))
@@ -57,56 +59,52 @@ def aray_cli(*args):
     return proc.stdout
 
 
-@aray.remote
-def square(x):
-    return x * x
+def node_id():
+    return aray.get_runtime_context().get_node_id()[:8]
 
 
 @aray.remote
-class Guestbook:
-    """A detached actor: it lives on after its driver leaves, until killed or `aray stop`."""
-
-    def __init__(self):
-        self.names = []
-        # An object owned by the actor stays in the store as long as the actor lives.
-        self.table = aray.put(np.arange(1_000_000))  # 8 MB
-
-    def sign(self, name):
-        self.names.append(name)
-        return list(self.names)
+def where():
+    """The node this task runs on."""
+    return node_id()
 
 
-SECOND_DRIVER = """
-import aray
-aray.init(address="auto", namespace="demo")
-guestbook = aray.get_actor("guestbook")  # created by the first driver, which has left
-print("second driver: the guestbook holds", aray.get(guestbook.sign.remote("second driver")))
-aray.shutdown()
-"""
+@aray.remote(resources={"second": 1})
+def make_array(n):
+    """An array made on the node that has the resource "second"."""
+    return node_id(), np.arange(n, dtype=np.float64)
 
 
 def main():
     port = free_port()
-    aray_cli("start", "--head", "--port", str(port), "--num-cpus", "2")
+    aray_cli("start", "--head", "--port", str(port), "--num-cpus", "1")
+    aray_cli("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1",
+             "--resources", '{"second": 1}')
 
-    # The first driver: this process.
-    aray.init(address="auto", namespace="demo")
-    print("first driver: the cluster has", aray.cluster_resources()["CPU"], "CPUs;",
-          "squares:", aray.get([square.remote(i) for i in range(8)]))
-    guestbook = Guestbook.options(name="guestbook", lifetime="detached").remote()
-    print("first driver: the guestbook holds", aray.get(guestbook.sign.remote("first driver")))
-    aray.shutdown()  # leaves the cluster running, and the detached actor in it
-    print("first driver: disconnected")
+    aray.init(address=f"127.0.0.1:{port}")
+    print("the driver runs on node", node_id())
+    for node in aray.nodes():
+        custom = {k: v for k, v in node["Resources"].items()
+                  if k not in ("CPU", "memory", "object_store_memory")
+                  and not k.startswith("node:")}
+        print(f"node {node['NodeID'][:8]}: alive={node['Alive']}, "
+              f"{node['Resources']['CPU']:g} CPU, other resources {custom}")
+    print("cluster CPUs:", aray.cluster_resources()["CPU"])
 
-    # The second driver: another process, with the same session root and namespace.
-    second = subprocess.run([sys.executable, "-c", SECOND_DRIVER], env=ENV,
-                            capture_output=True, text=True, timeout=60)
-    print(second.stdout.rstrip())
-    if second.returncode != 0:
-        sys.exit(f"the second driver failed:\n{second.stderr}")
+    # A plain task fits on the driver's node, so it runs there; one that asks for
+    # "second" runs on the node that has it.
+    print("a plain task ran on node", aray.get(where.remote()))
+    print('tasks that need "second" ran on nodes',
+          aray.get([where.options(resources={"second": 1}).remote() for _ in range(3)]))
+
+    # The array is stored on the second node (it is larger than 100 KiB); reading it here
+    # pulls a copy into the object store of the driver's node.
+    made_on, array = aray.get(make_array.remote(1_000_000))
+    print(f"an array of {array.nbytes:,} bytes made on node {made_on}, "
+          f"read on node {node_id()}: sum = {array.sum():.0f}")
+    aray.shutdown()  # the driver leaves; the nodes keep running
 
     aray_cli("status")
-    aray_cli("memory")
 
 
 if __name__ == "__main__":
@@ -115,5 +113,5 @@ if __name__ == "__main__":
     finally:
         if aray.is_initialized():
             aray.shutdown()
-        aray_cli("stop")  # stops the cluster, its workers and the detached actor
+        aray_cli("stop")  # stops both nodes and their workers
         shutil.rmtree(SESSION_ROOT, ignore_errors=True)
