@@ -108,17 +108,17 @@ class RefCounter:
     """Thread-safe counts of live ObjectRef instances per object id in this process."""
 
     def __init__(self, on_zero: Callable[[bytes], None]) -> None:
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self._counts: dict[bytes, int] = {}
         self._on_zero = on_zero
         self.escaped: set[bytes] = set()  # ids pickled into something: kept until shutdown
 
     def incr(self, oid: bytes) -> None:
-        with self._lock:
+        with self.lock:
             self._counts[oid] = self._counts.get(oid, 0) + 1
 
     def decr(self, oid: bytes) -> None:
-        with self._lock:
+        with self.lock:
             n = self._counts.get(oid, 0) - 1
             if n > 0:
                 self._counts[oid] = n
@@ -324,14 +324,20 @@ class ObjectTable:
     def maybe_unused(self, entry: ObjectEntry) -> None:
         oid = entry.oid
         # a borrowed entry may go before its value came: the owner has it
-        if ((entry.ready or not entry.owned) and entry.pins <= 0 and not entry.callbacks
-                and self.refs.count(oid) == 0 and oid not in self.refs.escaped):
+        if not ((entry.ready or not entry.owned) and entry.pins <= 0 and not entry.callbacks
+                and oid not in self.refs.escaped):
+            return
+        # atomic with ref creation: a thread that makes a ref and then finds the entry
+        # (unpickling a borrowed ref) knows it stays
+        with self.refs.lock:
+            if self.refs.count(oid) != 0:
+                return
             del self.entries[oid]
-            if entry.loops:
-                with self._futs_lock:
-                    for loop in entry.loops:
-                        self._futs.pop((oid, loop), None)
-            self._on_unused(entry)
+        if entry.loops:
+            with self._futs_lock:
+                for loop in entry.loops:
+                    self._futs.pop((oid, loop), None)
+        self._on_unused(entry)
 
 
 def _set_future(fut: asyncio.Future, value, error) -> None:

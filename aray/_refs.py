@@ -213,7 +213,8 @@ class _CallWithRef:
 def _rebuild_ref(object_id: bytes, owner: str) -> ObjectRef:
     ref: ObjectRef = ObjectRef(object_id, owner)
     core = _global.core_or_none()
-    if core is not None and owner and owner != core.address:
+    if (core is not None and owner and owner != core.address
+            and object_id not in core.objects.entries):  # (known here: registered already)
         core.call_soon(core.borrowed, ref)  # tell the owner this process holds it too
     return ref
 

@@ -53,6 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("memory", help="objects in this machine's object store, and its use")
 
+    bench = sub.add_parser(
+        "microbenchmark", help="Ray's microbenchmark workloads, and aray's own, on a local "
+        "cluster", description="Run the workloads of `ray microbenchmark` (same names, same "
+        "definitions) and aray's asyncio ones on a new local cluster, and print one line "
+        "each: NAME per second MEAN +- STD over the timed rounds.")
+    bench.add_argument("--filter", default=os.environ.get("TESTS_TO_RUN", ""),
+                       help="only the workloads whose name contains this (default: "
+                            "$TESTS_TO_RUN, as in Ray; empty: all)")
+    bench.add_argument("--num-cpus", type=int, help="CPUs of the cluster (default: all)")
+    bench.add_argument("--rounds", type=int, default=3, help="timed rounds per workload")
+    bench.add_argument("--scale", type=float, default=1.0,
+                       help="multiply the operations per round (0.1 for a quick look)")
+    bench.add_argument("--json", metavar="FILE", help="also write the results there")
+
     status = sub.add_parser("status", help="nodes and resources of a running cluster")
     status.add_argument("--address", help="HOST:PORT of the head (default: this machine's)")
     status.add_argument("--token", help="the cluster's token (default: ARAY_TOKEN or local)")
@@ -73,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         commands = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status,
-                    "memory": cmd_memory}
+                    "memory": cmd_memory, "microbenchmark": cmd_microbenchmark}
         commands[args.command](args)
     except (OSError, ValueError, ConnectionError) as exc:
         print(f"aray {args.command}: {exc}", file=sys.stderr)
@@ -285,6 +299,20 @@ def cmd_status(args) -> None:
     for key, (count, infeasible) in sorted(demands.items()):
         note = "  (infeasible: no node can run it)" if infeasible else ""
         print(f"  {{{key}}}: {count} pending{note}")
+
+
+def cmd_microbenchmark(args) -> None:
+    import platform
+
+    from ._perf import microbenchmark
+
+    print(f"aray microbenchmark: {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+          f"{args.rounds} timed rounds per workload", flush=True)
+    results = microbenchmark(args.filter, args.num_cpus, args.rounds, args.scale,
+                             write=lambda line: print(line, flush=True))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
 
 
 def cmd_memory(args) -> None:

@@ -34,7 +34,7 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-WORKLOADS = HERE / "_workloads.py"
+WORKLOADS = ROOT / "aray" / "_perf.py"  # standalone: it runs on Ray's interpreter too
 DOCS_PAGE = ROOT / "docs" / "benchmarks.md"
 MKDOCS = ROOT / "mkdocs.yml"
 DEFAULT_VENV = "/tmp/aray-ray-venv"
@@ -45,7 +45,7 @@ ROUNDS = 2  # timed rounds per process, after one untimed warm-up round
 
 @dataclass
 class Workload:
-    key: str  # the name in _workloads.py
+    key: str  # the key in aray/_perf.py
     n: int  # operations per timed round (full run)
     n_quick: int
     what: str  # how n is counted, for the docs
@@ -65,43 +65,67 @@ WORKLOADS_LIST = [
     Workload("init", 1, 1, "one init per process"),
     Workload("get_calls", 10_000, 5_000, "gets per round"),
     Workload("put_calls", 10_000, 5_000, "puts per round"),
+    Workload("multi_put_calls", 10_000, 5_000, "puts per round"),
+    Workload("put_gigabytes", 3, 2, "puts of 800 MB per round"),
+    Workload("get_containing_10k_refs", 10, 5, "gets per round"),
     Workload("tasks_sync", 1_000, 500, "tasks per round"),
     Workload("tasks_async", 5_000, 2_000, "tasks per round"),
     Workload("tasks_and_get_batch", 5, 3, "batches of 1,000 tasks per round"),
-    Workload("wait_1k_refs", 500, 200, "wait calls per round"),
+    Workload("multi_tasks_async", 10_000, 4_000, "tasks per round"),
+    Workload("wait_1k_refs", 3, 2, "batches of 1,000 tasks per round"),
     Workload("actor_sync", 1_000, 500, "calls per round"),
     Workload("actor_async", 5_000, 2_000, "calls per round"),
     Workload("actor_concurrent", 5_000, 2_000, "calls per round"),
     Workload("actor_1n_async", 5_000, 2_000, "calls per round"),
+    Workload("actor_nn_async", 5_000, 2_000, "calls per round"),
     Workload("async_actor_sync", 1_000, 500, "calls per round"),
     Workload("async_actor_async", 5_000, 2_000, "calls per round"),
     Workload("async_actor_args_async", 5_000, 2_000, "calls per round"),
+    Workload("async_actor_1n_async", 5_000, 2_000, "calls per round"),
+    Workload("async_actor_nn_async", 5_000, 2_000, "calls per round"),
+    Workload("tasks_awaited", 5_000, 2_000, "tasks per round"),
+    Workload("actor_calls_awaited", 5_000, 2_000, "calls per round"),
+    Workload("tasks_queued", 1, 1, "1k, 10k and 100k tasks, one round each"),
     Workload("actor_memory", 10, 10, "actors"),
 ]
 BY_KEY = {w.key: w for w in WORKLOADS_LIST}
+
+
+def _rate(name: str, unit: str, workload: str, digits: int = 0) -> Row:
+    return Row(name, name, unit, True, workload, digits)
+
 
 ROWS = [
     Row("init to first result", "init to first result", "s", False, "init", 2),
     Row("idle memory", "idle memory (RSS)", "MB", False, "init"),
     Row("idle memory (PSS)", "idle memory (PSS)", "MB", False, "init"),
-    Row("get calls", "single client get calls", "gets/s", True, "get_calls"),
-    Row("put calls", "single client put calls", "puts/s", True, "put_calls"),
-    Row("tasks sync", "single client tasks sync", "tasks/s", True, "tasks_sync"),
-    Row("tasks async", "single client tasks async", "tasks/s", True, "tasks_async"),
-    Row("tasks and get batch", "single client tasks and get batch", "batches/s", True,
-        "tasks_and_get_batch", 1),
-    Row("wait 1k refs", "single client wait 1k refs", "waits/s", True, "wait_1k_refs"),
-    Row("1:1 actor calls sync", "1:1 actor calls sync", "calls/s", True, "actor_sync"),
-    Row("1:1 actor calls async", "1:1 actor calls async", "calls/s", True, "actor_async"),
-    Row("1:1 actor calls concurrent", "1:1 actor calls concurrent", "calls/s", True,
-        "actor_concurrent"),
-    Row("1:n actor calls async", "1:n actor calls async", "calls/s", True, "actor_1n_async"),
-    Row("1:1 async-actor calls sync", "1:1 async-actor calls sync", "calls/s", True,
-        "async_actor_sync"),
-    Row("1:1 async-actor calls async", "1:1 async-actor calls async", "calls/s", True,
-        "async_actor_async"),
-    Row("1:1 async-actor calls with args async", "1:1 async-actor calls with args async",
-        "calls/s", True, "async_actor_args_async"),
+    _rate("single client get calls", "gets/s", "get_calls"),
+    _rate("single client put calls", "puts/s", "put_calls"),
+    _rate("multi client put calls", "puts/s", "multi_put_calls"),
+    _rate("single client put gigabytes", "GB/s", "put_gigabytes", 1),
+    _rate("memcpy gigabytes (touched pages)", "GB/s", "put_gigabytes", 1),
+    _rate("single client get object containing 10k refs", "gets/s", "get_containing_10k_refs",
+          1),
+    _rate("single client tasks sync", "tasks/s", "tasks_sync"),
+    _rate("single client tasks async", "tasks/s", "tasks_async"),
+    _rate("single client tasks and get batch", "batches/s", "tasks_and_get_batch", 1),
+    _rate("multi client tasks async", "tasks/s", "multi_tasks_async"),
+    _rate("single client wait 1k refs", "batches/s", "wait_1k_refs", 2),
+    _rate("1:1 actor calls sync", "calls/s", "actor_sync"),
+    _rate("1:1 actor calls async", "calls/s", "actor_async"),
+    _rate("1:1 actor calls concurrent", "calls/s", "actor_concurrent"),
+    _rate("1:n actor calls async", "calls/s", "actor_1n_async"),
+    _rate("n:n actor calls async", "calls/s", "actor_nn_async"),
+    _rate("1:1 async-actor calls sync", "calls/s", "async_actor_sync"),
+    _rate("1:1 async-actor calls async", "calls/s", "async_actor_async"),
+    _rate("1:1 async-actor calls with args async", "calls/s", "async_actor_args_async"),
+    _rate("1:n async-actor calls async", "calls/s", "async_actor_1n_async"),
+    _rate("n:n async-actor calls async", "calls/s", "async_actor_nn_async"),
+    _rate("tasks awaited (asyncio.gather)", "tasks/s", "tasks_awaited"),
+    _rate("actor calls awaited (asyncio.gather)", "calls/s", "actor_calls_awaited"),
+    _rate("tasks async, 1k queued", "tasks/s", "tasks_queued"),
+    _rate("tasks async, 10k queued", "tasks/s", "tasks_queued"),
+    _rate("tasks async, 100k queued", "tasks/s", "tasks_queued"),
     Row("memory per idle actor", "memory per idle actor (RSS)", "MB", False, "actor_memory", 1),
     Row("memory per idle actor (PSS)", "memory per idle actor (PSS)", "MB", False,
         "actor_memory", 1),
@@ -282,7 +306,7 @@ class Runner:
         self.shutdown_s: dict[str, list[float]] = {s: [] for s in SIDES}
 
     def run(self, side: str, workload: Workload, n: int) -> dict | None:
-        cmd = [str(self.pythons[side]), str(WORKLOADS), side, workload.key, str(n),
+        cmd = [str(self.pythons[side]), "-P", str(WORKLOADS), side, workload.key, str(n),
                str(self.num_cpus), str(self.rounds)]
         env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
         seen: dict[int, float] = {}
@@ -402,13 +426,7 @@ def slower_rows(rows: list[list[str]]) -> list[str]:
     return out
 
 
-WHY = {
-    "single client wait 1k refs":
-        "aray's `wait` is pure Python: it checks the arguments (a `set` of the refs, hashed by "
-        "a Python `__hash__`), hops to the runtime's loop thread, and walks the 1,000 refs "
-        "several times (entries, readiness, the ready set, the rest), about 0.6 us per ref "
-        "and pass plus about 80 us for the thread hop; Ray does the same in C++.",
-}
+WHY: dict[str, str] = {}  # a workload's name -> why aray is behind there, when it is
 
 
 def machine_line(m: dict, versions: dict, num_cpus: int) -> str:
@@ -442,6 +460,10 @@ prints them side by side. The numbers below come from one such run.
 python benchmarks/compare.py{mode} --write-docs
 ```
 
+To run the same workloads on aray alone, as Ray's `ray microbenchmark` does, use
+`aray microbenchmark` (`--filter TEXT` for some of them, `--scale 0.1` for a quick look); it
+prints one line per workload, `NAME per second MEAN +- STD`, with Ray's names.
+
 The script creates a virtual environment for Ray on first use (`python -m venv
 /tmp/aray-ray-venv`, then `pip install ray numpy psutil`; `--ray-venv PATH` puts it
 elsewhere), so Ray never becomes a dependency of aray; aray runs with the interpreter that
@@ -463,6 +485,7 @@ is MB (10^6 bytes), less is better.
 
 {markdown_table(rows)}
 
+{put_vs_memcpy(rows)}
 {slower_text(rows)}
 ## Reading the numbers
 
@@ -480,8 +503,9 @@ is MB (10^6 bytes), less is better.
 
 ## How it is measured
 
-- **Same code, same resources.** `benchmarks/_workloads.py` holds the workloads once; it
-  imports `ray` or `aray` by the name given on its command line. Both sides start a local
+- **Same code, same resources.** `aray/_perf.py` holds the workloads once; it imports `ray`
+  or `aray` by the name given on its command line (and nothing of aray otherwise, so it
+  runs on Ray's interpreter). Both sides start a local
   cluster with `init(num_cpus={args.num_cpus})` and their default settings otherwise (Ray
   starts its dashboard, monitors and {args.num_cpus} prestarted workers with it).
 - **A fresh process per measurement.** Each workload runs in a new interpreter per side and
@@ -500,27 +524,55 @@ is MB (10^6 bytes), less is better.
 | idle memory (PSS) | the same sum in PSS (proportional set size: pages shared by several processes are divided among them, so the sum is what the processes really take together; RSS counts a shared page in every process that maps it) |
 | single client get calls | `get(ref)` of one small ready ref (n = {n['get_calls']:,}) |
 | single client put calls | `put(0)` (n = {n['put_calls']:,}) |
+| multi client put calls | one `put(0)`, made by tasks of 100 puts each, 10 tasks at a time (n = {n['multi_put_calls']:,}) |
+| single client put gigabytes | GB per second of `put(np.zeros(100 * 1024 * 1024, dtype=np.int64))` (800 MB; n = {n['put_gigabytes']} puts). The array is Ray's: made by `np.zeros`, so its pages are the kernel's zero page until written, and reading it costs little |
+| memcpy gigabytes (touched pages) | in the same process, GB per second of `np.copyto(dst, arr)` from that array into one whose pages are already touched: the machine's copy bandwidth, the bound for a put |
+| single client get object containing 10k refs | `get(ref)` of a task's result that is a list of 10,000 refs (each from `put(1)` in the task) (n = {n['get_containing_10k_refs']}) |
 | single client tasks sync | `get(f.remote())`, one round trip per task (n = {n['tasks_sync']:,}) |
 | single client tasks async | `get([f.remote() for _ in range(n)])` (n = {n['tasks_async']:,}) |
 | single client tasks and get batch | one batch `get([f.remote() for _ in range(1000)])`, counted as one operation as in Ray (n = {n['tasks_and_get_batch']} batches) |
-| single client wait 1k refs | one `wait(refs, num_returns=len(refs))` on the refs of 1,000 finished tasks (n = {n['wait_1k_refs']} calls). Ray's workload of this name submits 1,000 tasks and calls `wait(not_ready)` until none is left; this one measures `wait` alone. |
+| multi client tasks async | one task, submitted by one of 4 actors that each submit n/4 tasks and get them (n = {n['multi_tasks_async']:,}) |
+| single client wait 1k refs | one batch: submit 1,000 tasks, then `ready, not_ready = wait(not_ready)` until none is left, counted as one operation as in Ray (n = {n['wait_1k_refs']} batches) |
 | 1:1 actor calls sync | `get(a.small_value.remote())`, one round trip per call (n = {n['actor_sync']:,}) |
 | 1:1 actor calls async | `get([a.small_value.remote() for _ in range(n)])` (n = {n['actor_async']:,}) |
 | 1:1 actor calls concurrent | the same on an actor created with `.options(max_concurrency=16)` (a threaded actor) (n = {n['actor_concurrent']:,}) |
-| 1:n actor calls async | `get([actors[i % k].small_value.remote() for i in range(n)])` over k = {args.num_cpus} actors, from the driver (Ray's workload of this name sends them from a client actor) (n = {n['actor_1n_async']:,}) |
+| 1:n actor calls async | one call, made by a client actor that calls each of k actors n/k times and gets the results; k is half the machine's CPUs (at least 1), as in Ray (n = {n['actor_1n_async']:,}) |
+| n:n actor calls async | one call, made by one of 4 tasks that each call k actors n/4 times in all (n = {n['actor_nn_async']:,}) |
 | 1:1 async-actor calls sync | `get(aa.small_value.remote())` on an actor whose methods are `async def` (n = {n['async_actor_sync']:,}) |
 | 1:1 async-actor calls async | `get([aa.small_value.remote() for _ in range(n)])` (n = {n['async_actor_async']:,}) |
 | 1:1 async-actor calls with args async | `get([aa.small_value_with_arg.remote(i) for i in range(n)])` (n = {n['async_actor_args_async']:,}) |
+| 1:n async-actor calls async | 1:n actor calls async with async actors (n = {n['async_actor_1n_async']:,}) |
+| n:n async-actor calls async | n:n actor calls async with async actors (n = {n['async_actor_nn_async']:,}) |
+| tasks awaited (asyncio.gather) | in `asyncio.run`: `await asyncio.gather(*[f.remote() for _ in range(n)])`; the refs of both runtimes are awaitable (n = {n['tasks_awaited']:,}) |
+| actor calls awaited (asyncio.gather) | the same with `a.small_value.remote()` (n = {n['actor_calls_awaited']:,}) |
+| tasks async, 1k/10k/100k queued | single client tasks async with n = 1,000, 10,000 and 100,000 tasks queued at once, one round each: how the cost per task grows with the queue |
 | memory per idle actor (RSS, PSS) | {n['actor_memory']} actors created (one call answered by each), idle for 2 s: the summed RSS (or PSS) of the whole process tree, minus the same sum before they were created, divided by {n['actor_memory']}. An idle worker that was already running and became an actor's process counts for that actor. One value per repetition. |
 
 The trivial task is `def small_value(): return b"ok"`; the actors are those of Ray's
-`ray_perf.py` (`small_value` returns `b"ok"`). Ray's "multi client" and "n:n" workloads,
-which need several client processes, are not included;
-`python benchmarks/bench_core.py` measures more of aray alone (see `benchmarks/README.md`).
+`ray_perf.py` (`small_value` returns `b"ok"`; `Actor` and the client actors are created with
+`num_cpus=0`, as there). The workloads are written once, in `aray/_perf.py`, which is also
+what `aray microbenchmark` runs; `python benchmarks/bench_core.py` measures more of aray
+alone (see `benchmarks/README.md`).
 """
     DOCS_PAGE.write_text(page)
     add_to_nav()
     print(f"wrote {DOCS_PAGE.relative_to(ROOT)}", flush=True)
+
+
+def put_vs_memcpy(rows) -> str:
+    """Each side's put bandwidth over the copy bandwidth measured in the same process."""
+    by = {r[0]: r for r in rows}
+    put, copy = by.get("single client put gigabytes"), by.get("memcpy gigabytes (touched pages)")
+    parts = []
+    for name, col in (("aray", 4), ("Ray", 2)):
+        try:
+            parts.append(f"{name} {float(put[col]) / float(copy[col]):.2f}")
+        except (TypeError, ValueError, ZeroDivisionError):
+            pass
+    if not parts:
+        return ""
+    return ("Put bandwidth over the machine's copy bandwidth, from the best rounds: "
+            + ", ".join(parts) + ".\n")
 
 
 def slower_text(rows) -> str:

@@ -1,0 +1,49 @@
+"""`aray microbenchmark`, and the workload script that benchmarks/compare.py runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import aray._perf as perf
+
+
+def test_microbenchmark_cli_prints_rays_names(tmp_path):
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "aray", "microbenchmark", "--filter", "tasks sync",
+         "--scale", "0.02", "--rounds", "2", "--num-cpus", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("single client tasks sync per second ") and " +- " in line
+               for line in lines), proc.stdout
+    results = json.loads(out.read_text())
+    assert len(results["single client tasks sync"]) == 2
+    assert all(v > 0 for v in results["single client tasks sync"])
+    bad = subprocess.run([sys.executable, "-m", "aray", "microbenchmark", "--filter", "nope"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "no workload matches 'nope'" in bad.stderr
+
+
+def test_the_workload_script_runs_standalone(tmp_path):
+    # as compare.py runs it on either runtime: by path, with -P, one workload per process
+    proc = subprocess.run(
+        [sys.executable, "-P", perf.__file__, "aray", "get_containing_10k_refs", "2", "1", "1"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert result["runtime"] == "aray"
+    assert result["results"]["single client get object containing 10k refs"][0] > 0
+    assert result["pids"], "it reports the runtime's processes for the leak check"
+
+
+def test_every_workload_reports_under_its_name():
+    names = [label for _, _, label in perf.WORKLOADS.values()]
+    assert len(set(names)) == len(names)
+    for ray_name in ("single client get calls", "single client put gigabytes",
+                     "single client get object containing 10k refs",
+                     "multi client tasks async", "n:n actor calls async",
+                     "n:n async-actor calls async", "1:n async-actor calls async"):
+        assert ray_name in names
+    assert os.path.basename(perf.__file__) == "_perf.py"
