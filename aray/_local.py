@@ -1,6 +1,6 @@
 """A local cluster: the node process (head + node agent) that ``aray.init()`` starts.
 
-Parent side, :class:`LocalCluster` starts ``python -m aray _node`` in its own session, sends
+Parent side, :class:`LocalCluster` starts a node process (:data:`NODE_BOOT`) in its own session, sends
 it its configuration (including the token) on stdin, reads one "ready" line with the
 addresses from its stdout, and keeps stdin open. The child treats EOF on stdin as "my driver
 is gone" and shuts down, so even a SIGKILLed driver leaves no process behind.
@@ -173,7 +173,7 @@ class LocalCluster:
             # -P: the driver's working directory must not shadow the installed package
             # (a source checkout's aray/ lacks aray.node and aray.store)
             self.proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", "aray", "_node"], stdin=subprocess.PIPE,
+                [sys.executable, "-P", "-c", NODE_BOOT], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=err, start_new_session=True)
         finally:
             err.close()
@@ -234,9 +234,22 @@ class LocalCluster:
 
 # --- the node process ---------------------------------------------------------------------
 
+#: what the node process runs (``python -P -c NODE_BOOT``). It starts the worker template
+#: first, before importing aray: the template's own imports of the worker module then run at
+#: the same time as the node's, instead of after them, and the first worker is ready sooner.
+NODE_BOOT = """\
+import multiprocessing
+from multiprocessing import forkserver
+multiprocessing.get_context("forkserver").set_forkserver_preload(["aray._worker"])
+forkserver.ensure_running()
+from aray._local import node_main
+node_main()
+"""
+
 
 def node_main() -> None:
-    """``python -m aray _node``: run head + node agent until stdin closes or SIGTERM."""
+    """The node process (see :data:`NODE_BOOT`): run head + node agent until stdin closes or
+    SIGTERM."""
     config = json.loads(sys.stdin.readline())
     logging.basicConfig(
         filename=os.path.join(config["session_dir"], "logs", "node.log"), level=logging.INFO,

@@ -75,11 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_node"]:  # the node process a local cluster starts (not for users)
-        from ._local import node_main
-
-        node_main()
-        return
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -102,7 +102,12 @@ class NodeAgent:
         self.accounts = StoreAccounts(int(resources.get("object_store_memory", 0)) or 2**62)
         self.arena: ArenaSpace | None = None  # made in start(), sized like the store
         self._allocated: dict[bytes, tuple[int, int, Link]] = {}  # region not yet sealed
-        self.prestart = int(resources.get("CPU", 1)) if prestart is None else prestart
+        if prestart is None:
+            # a cluster that serves many jobs (aray start) keeps a worker per CPU ready; the
+            # one aray.init() starts for a program begins with one and adds them on demand
+            cpus = int(resources.get("CPU", 1))
+            prestart = cpus if shared else min(cpus, 1)
+        self.prestart = prestart
         self.shared = shared  # serves many jobs (aray start): keep fresh workers ready
         # in a cluster of several nodes: the host this node's agent and workers listen on
         # (TCP), so that processes of other nodes reach them
