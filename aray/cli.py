@@ -318,10 +318,10 @@ def cmd_memory(args) -> None:
           f"{stats['capacity_bytes'] / mib:.1f} MiB, {count} object{'' if count == 1 else 's'} "
           f"({stats['num_spilled']} spilled to disk, {stats['spilled_bytes'] / mib:.1f} MiB)")
     if objects:
-        print(f"  {'object id':<34} {'size':>12}  where")
+        print(f"  {'object id':<34} {'size':>12}  {'where':<15} owner")
         for obj in sorted(objects, key=lambda o: -o["size"]):
             where = "disk (spilled)" if obj["spilled"] else "shared memory"
-            print(f"  {obj['object_id']:<34} {obj['size']:>12,}  {where}")
+            print(f"  {obj['object_id']:<34} {obj['size']:>12,}  {where:<15} {obj['owner']}")
 
 
 async def _store_stats() -> tuple[dict, list]:

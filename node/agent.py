@@ -727,7 +727,23 @@ class NodeAgent:
         # arena regions taken, whether by live objects, unsealed writes or pinned freed ones
         stats["arena_bytes"] = self.arena.size if self.arena is not None else 0
         stats["arena_in_use_bytes"] = self.arena.allocator.in_use if self.arena is not None else 0
-        link.send(P.StoreStats(msg.req_id, stats, self.accounts.listing()))
+        listing = self.accounts.listing()
+        for obj in listing:
+            obj["owner"] = self._describe_owner(obj["owner"])
+        link.send(P.StoreStats(msg.req_id, stats, listing))
+
+    def _describe_owner(self, address: str) -> str:
+        """Who owns an object, for people: a driver or worker of this node by pid."""
+        if not address:
+            return "copy of another node's object"
+        for link, info in self.drivers.items():
+            if info.get("address") == address:
+                return f"driver pid {getattr(link.peer, 'pid', '?')}"
+        for worker in self.workers.values():
+            if worker.address == address:
+                what = f"actor {worker.actor_id[:8]}" if worker.actor_id else "worker"
+                return f"{what} pid {worker.pid}"
+        return address
 
     def _on_FlushLogs(self, link: Link, msg: P.FlushLogs) -> None:
         for worker in list(self.workers.values()):

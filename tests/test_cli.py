@@ -222,7 +222,8 @@ def test_jobs_get_their_own_workers_code_and_cleanup(head, tmp_path):
     """))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "READY"
-    assert "1 object " in cli("memory").stdout
+    memory = cli("memory").stdout
+    assert "1 object " in memory and f"driver pid {proc.pid}" in memory, memory
     proc.kill()
     proc.wait()
     import time
