@@ -28,7 +28,9 @@ import cloudpickle
 from . import _protocol as P
 from ._actor_calls import ActorCall, ActorCaller
 from ._link import Link, Server, bind_tcp, connect
-from ._objects import ObjectEntry, ObjectState, ObjectTable, contained_refs, dump_error
+from ._borrowing import Borrowing
+from ._fetch import Fetching
+from ._objects import ObjectEntry, ObjectState, ObjectTable, dump_error
 from ._refs import ObjectRef, collect_refs, new_task_id, return_id
 from ._runtime_context import current_task
 from ._streams import ObjectRefGenerator, StreamState
@@ -49,12 +51,8 @@ from .store.shm import ShmDirectory
 
 log = logging.getLogger("aray")
 
-#: how many copies of other nodes' objects a process remembers the place of
-MAX_COPIES_KNOWN = 10_000
-#: a driver in client mode downloads objects in chunks of this size
-DOWNLOAD_CHUNK = 4 * 2**20
 
-class Core:
+class Core(Borrowing, Fetching):
     """The runtime of one process (driver or worker), bound to one event loop."""
 
     def __init__(self, *, loop: asyncio.AbstractEventLoop, role: str, token: str,
@@ -279,99 +277,6 @@ class Core:
             self.spawn(self._fetch_from_owner(entry), name="fetch")
         return entry
 
-    # --- borrowing (see the _objects module) ---------------------------------------------
-    def borrowed(self, ref: ObjectRef) -> None:
-        """Loop only: this process unpickled a ref owned by another; register with its owner."""
-        if ref._id not in self.objects.entries:
-            self._borrowed_entry(ref._id, ref._owner)
-
-    def _borrowed_entry(self, oid: bytes, owner: str) -> ObjectEntry:
-        entry = self.objects.add(oid, owned=False, owner=owner)
-        if not entry.owned and not entry.registered:
-            entry.registered = True
-            self.register_for(oid, owner)
-        return entry
-
-    def register_for(self, oid: bytes, owner: str) -> None:
-        """Loop only: count one more holder of ``oid`` at its owner (this process, or a
-        caller this process returns the ref to); pair with :meth:`unregister`."""
-        if owner == self.address:
-            entry = self.objects.entries.get(oid)
-            if entry is not None:
-                entry.pins += 1
-            return
-        self._unacked += 1
-        self.spawn(self._register(owner, oid), name="add borrower")
-
-    async def _register(self, owner: str, oid: bytes) -> None:
-        try:
-            link = await self.peer(owner)
-            await link.request(lambda r: P.AddBorrower(r, oid))
-        except (ConnectionError, OSError):
-            pass  # the owner is gone, and the object with it
-        finally:
-            self._unacked -= 1
-            if self._unacked == 0:
-                waiting, self._after_acks = self._after_acks, []
-                for fn in waiting:
-                    fn()
-
-    def after_registrations(self, fn) -> None:
-        """Loop only: call ``fn`` once every AddBorrower sent so far is answered.
-
-        What this process sends after registering (a task's result, a RemoveBorrower) may
-        let another process release the object; the owner must have counted us first.
-        """
-        if self._unacked == 0:
-            fn()
-        else:
-            self._after_acks.append(fn)
-
-    def unregister(self, oid: bytes, owner: str) -> None:
-        """Loop only: one holder counted by :meth:`register_for` let go."""
-        if owner == self.address:
-            entry = self.objects.entries.get(oid)
-            if entry is not None:
-                self.objects.unpin(entry)
-            return
-        self.after_registrations(lambda: self.spawn(self._send_remove(owner, oid)))
-
-    async def _send_remove(self, owner: str, oid: bytes) -> None:
-        try:
-            (await self.peer(owner)).send(P.RemoveBorrower(oid))
-        except (ConnectionError, OSError):
-            pass
-
-    def _on_add_borrower(self, link: Link, msg: P.AddBorrower) -> None:
-        entry = self.objects.entries.get(msg.object_id)
-        if entry is not None and entry.owned:
-            entry.pins += 1
-        link.send(P.BorrowerAdded(msg.req_id))
-
-    def _on_remove_borrower(self, link: Link, msg: P.RemoveBorrower) -> None:
-        entry = self.objects.entries.get(msg.object_id)
-        if entry is not None and entry.owned:
-            self.objects.unpin(entry)
-
-    def accept_value(self, oid: bytes, value: list) -> None:
-        """Loop only: a task's result for ``oid`` arrived. Refs inside it were registered
-        for us by the worker; hold them while the result lives (our own registration takes
-        over from the worker's)."""
-        entry = self.objects.entries.get(oid)
-        contained = contained_refs(value)
-        held = [ObjectRef(c_oid, c_owner) for c_oid, c_owner in contained]
-        for ref in held:
-            if ref._owner != self.address:
-                self.borrowed(ref)
-        if entry is not None:
-            self.objects.resolve(entry, value)
-            if held:
-                entry.contains = held
-        elif value[0] == "s":
-            self.delete_stored(oid, value[1])  # nobody holds a ref to this result any more
-        for ref in held:
-            self.unregister(ref._id, ref._owner)
-
     async def _fetch_from_owner(self, entry: ObjectEntry) -> None:
         try:
             link = await self.peer(entry.owner)
@@ -423,88 +328,6 @@ class Core:
             return deserialize(self.store.read(oid, offset, size))
         except FileNotFoundError:
             raise ObjectLostError(f"object {oid.hex()} is no longer in the object store") from None
-
-    # --- objects of other nodes ------------------------------------------------------------
-    def _prepare(self, entry: ObjectEntry):
-        """For the object table: what to await before reading ``entry`` on the loop."""
-        return self.fetch(entry.oid, entry.location) if self.needs_fetch(entry) else None
-
-    def needs_fetch(self, entry: ObjectEntry) -> bool:
-        """Any thread: is ``entry`` stored on another node, with no copy here yet?"""
-        loc = entry.location
-        return loc is not None and loc[0] != self.node_id and entry.oid not in self._copies
-
-    async def fetch(self, oid: bytes, location) -> None:
-        """Loop only: have this node's agent pull a copy of an object stored on another node
-        (once per node, however many processes ask)."""
-        if oid in self._copies or location[0] == self.node_id:
-            return
-        await self.wait_ready()
-        assert self.agent is not None
-        if self.client:
-            error = await self._download(oid, location)
-        else:
-            reply = await self.agent.request(
-                lambda r: P.PullObject(r, oid, location[0], location[1]))
-            error = reply.error
-            if not error:
-                self._copies[oid] = reply.offset
-        if error:
-            entry = self.objects.entries.get(oid)
-            if entry is not None and entry.owned and await self.tasks.reconstruct(oid):
-                if entry.state is ObjectState.READY:  # rebuilt: maybe on another node
-                    return await self.fetch(oid, entry.location)
-                return  # the task failed this time: reading raises its error
-            self._fetch_errors[oid] = error
-            while len(self._fetch_errors) > MAX_COPIES_KNOWN:
-                self._fetch_errors.pop(next(iter(self._fetch_errors)))
-            raise ObjectLostError(error)
-        while len(self._copies) > MAX_COPIES_KNOWN:
-            self._copies.popitem(last=False)
-
-    async def _download(self, oid: bytes, location) -> str:
-        """Client mode: the object's bytes, in chunks, from the agent of its node; returns
-        an error message ("" when it worked). The bytes replace the copy in a store."""
-        node_id, size = location[0], location[1]
-        nodes = await self.cluster_state()
-        address = next((n["AgentAddress"] for n in nodes
-                        if n["NodeID"] == node_id and n["Alive"]), None)
-        if address is None:
-            return f"object {oid.hex()} was on node {node_id[:12]}, which has left the cluster"
-        data = bytearray(size)
-        try:
-            link = await self.peer(address)
-            for start in range(0, size, DOWNLOAD_CHUNK):
-                reply = await link.request(lambda r, s=start: P.ReadObject(
-                    r, oid, s, min(DOWNLOAD_CHUNK, size - s)))
-                if reply.error:
-                    return reply.error
-                data[start:start + len(reply.data)] = reply.data
-        except (ConnectionError, OSError) as exc:
-            return f"could not download object {oid.hex()} from node {node_id[:12]}: {exc}"
-        self._copies[oid] = bytes(data)
-        while len(self._copies) > MAX_COPIES_KNOWN:
-            self._copies.popitem(last=False)
-        return ""
-
-    def _on_objects_deleted(self, link: Link, msg: P.ObjectsDeleted) -> None:
-        """Client mode: a node agent says objects we downloaded were freed by their owner."""
-        for oid in msg.object_ids:
-            self._copies.pop(oid, None)
-
-    async def fetch_entries(self, entries: list[ObjectEntry]) -> None:
-        """Loop only: fetch every entry that is stored on another node (errors are left
-        for the read to raise)."""
-        wanted = [e for e in entries if e.state is ObjectState.READY and self.needs_fetch(e)]
-        if wanted:
-            await asyncio.gather(*(self.fetch(e.oid, e.location) for e in wanted),
-                                 return_exceptions=True)
-
-    async def fetch_values(self, deps: list) -> None:
-        """Loop only: fetch the task arguments (``[oid, resolved value]``) of other nodes."""
-        remote = [(oid, v[1:4]) for oid, v in deps if v[0] == "s" and v[1] != self.node_id]
-        if remote:
-            await asyncio.gather(*(self.fetch(oid, loc) for oid, loc in remote))
 
     def value_of_resolved(self, oid: bytes, value: list) -> Any:
         """Deserialize a resolved value received from another process (worker side)."""

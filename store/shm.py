@@ -102,17 +102,20 @@ class ShmDirectory:
                 return self.arena.read(offset, object_id, size)
             except FileNotFoundError:
                 pass  # spilled (or deleted) since its location was known
+        fd = self._open(object_id)
+        try:
+            return mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+
+    def _open(self, object_id: bytes) -> int:
+        """A read-only descriptor of an object's own file, in memory or spilled."""
         for path in (self._file(object_id), self.spill_path and self._spilled(object_id)):
-            if not path:
-                continue
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                return mmap.mmap(fd, 0, prot=mmap.PROT_READ)
-            finally:
-                os.close(fd)
+            if path:
+                try:
+                    return os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    pass
         raise FileNotFoundError(f"object {object_id.hex()} is not in the store")
 
     def spill_from_arena(self, object_id: bytes, arena, offset: int, size: int) -> None:
@@ -123,18 +126,11 @@ class ShmDirectory:
 
     def read_range(self, object_id: bytes, start: int, length: int) -> bytes:
         """Bytes of an object in a file of its own (in memory or spilled)."""
-        for path in (self._file(object_id), self.spill_path and self._spilled(object_id)):
-            if not path:
-                continue
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                return os.pread(fd, length, start)
-            finally:
-                os.close(fd)
-        raise FileNotFoundError(f"object {object_id.hex()} is not in the store")
+        fd = self._open(object_id)
+        try:
+            return os.pread(fd, length, start)
+        finally:
+            os.close(fd)
 
     def begin_file(self, object_id: bytes) -> tuple[int, str]:
         """Open a temp file to write an object in pieces; :meth:`end_file` seals it."""

@@ -1,0 +1,110 @@
+"""Objects stored on other nodes: copies pulled to this node before they are read.
+
+A process reads an object of another node from a copy in its own node's store, which that
+node's agent pulls once (``PullObject``) however many processes ask. A driver in client mode
+has no store: it downloads the bytes from the agent of the object's node (``ReadObject``).
+When the copy cannot be had because the node is gone, the owner of a task's result runs the
+task again (lineage) and reads the new copy.
+
+A mixin of :class:`aray._core.Core`, which provides ``objects``, ``agent``, ``tasks``,
+``peer``, ``cluster_state``, ``client``, ``node_id`` and ``wait_ready``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from . import _protocol as P
+from ._link import Link
+from ._objects import ObjectEntry, ObjectState
+from .exceptions import ObjectLostError
+
+#: how many copies of other nodes' objects a process remembers the place of
+MAX_COPIES_KNOWN = 10_000
+#: a driver in client mode downloads objects in chunks of this size
+DOWNLOAD_CHUNK = 4 * 2**20
+
+
+class Fetching:
+    """Loop-only methods; ``_copies`` and ``_fetch_errors`` are set by the core."""
+
+    def _prepare(self, entry: ObjectEntry):
+        """For the object table: what to await before reading ``entry`` on the loop."""
+        return self.fetch(entry.oid, entry.location) if self.needs_fetch(entry) else None
+
+    def needs_fetch(self, entry: ObjectEntry) -> bool:
+        """Any thread: is ``entry`` stored on another node, with no copy here yet?"""
+        loc = entry.location
+        return loc is not None and loc[0] != self.node_id and entry.oid not in self._copies
+
+    async def fetch(self, oid: bytes, location) -> None:
+        """Loop only: have this node's agent pull a copy of an object stored on another node
+        (once per node, however many processes ask)."""
+        if oid in self._copies or location[0] == self.node_id:
+            return
+        await self.wait_ready()
+        assert self.agent is not None
+        if self.client:
+            error = await self._download(oid, location)
+        else:
+            reply = await self.agent.request(
+                lambda r: P.PullObject(r, oid, location[0], location[1]))
+            error = reply.error
+            if not error:
+                self._copies[oid] = reply.offset
+        if error:
+            entry = self.objects.entries.get(oid)
+            if entry is not None and entry.owned and await self.tasks.reconstruct(oid):
+                if entry.state is ObjectState.READY:  # rebuilt: maybe on another node
+                    return await self.fetch(oid, entry.location)
+                return  # the task failed this time: reading raises its error
+            self._fetch_errors[oid] = error
+            while len(self._fetch_errors) > MAX_COPIES_KNOWN:
+                self._fetch_errors.pop(next(iter(self._fetch_errors)))
+            raise ObjectLostError(error)
+        while len(self._copies) > MAX_COPIES_KNOWN:
+            self._copies.popitem(last=False)
+
+    async def _download(self, oid: bytes, location) -> str:
+        """Client mode: the object's bytes, in chunks, from the agent of its node; returns
+        an error message ("" when it worked). The bytes replace the copy in a store."""
+        node_id, size = location[0], location[1]
+        nodes = await self.cluster_state()
+        address = next((n["AgentAddress"] for n in nodes
+                        if n["NodeID"] == node_id and n["Alive"]), None)
+        if address is None:
+            return f"object {oid.hex()} was on node {node_id[:12]}, which has left the cluster"
+        data = bytearray(size)
+        try:
+            link = await self.peer(address)
+            for start in range(0, size, DOWNLOAD_CHUNK):
+                reply = await link.request(lambda r, s=start: P.ReadObject(
+                    r, oid, s, min(DOWNLOAD_CHUNK, size - s)))
+                if reply.error:
+                    return reply.error
+                data[start:start + len(reply.data)] = reply.data
+        except (ConnectionError, OSError) as exc:
+            return f"could not download object {oid.hex()} from node {node_id[:12]}: {exc}"
+        self._copies[oid] = bytes(data)
+        while len(self._copies) > MAX_COPIES_KNOWN:
+            self._copies.popitem(last=False)
+        return ""
+
+    def _on_objects_deleted(self, link: Link, msg: P.ObjectsDeleted) -> None:
+        """Client mode: a node agent says objects we downloaded were freed by their owner."""
+        for oid in msg.object_ids:
+            self._copies.pop(oid, None)
+
+    async def fetch_entries(self, entries: list[ObjectEntry]) -> None:
+        """Loop only: fetch every entry that is stored on another node (errors are left
+        for the read to raise)."""
+        wanted = [e for e in entries if e.state is ObjectState.READY and self.needs_fetch(e)]
+        if wanted:
+            await asyncio.gather(*(self.fetch(e.oid, e.location) for e in wanted),
+                                 return_exceptions=True)
+
+    async def fetch_values(self, deps: list) -> None:
+        """Loop only: fetch the task arguments (``[oid, resolved value]``) of other nodes."""
+        remote = [(oid, v[1:4]) for oid, v in deps if v[0] == "s" and v[1] != self.node_id]
+        if remote:
+            await asyncio.gather(*(self.fetch(oid, loc) for oid, loc in remote))
