@@ -110,6 +110,21 @@ class WithdrawActor(NamedTuple):
     actor_id: str
 
 
+@_message(18)
+class GetState(NamedTuple):
+    """Ask the head for one of its tables: "nodes", "actors" or "jobs"."""
+
+    req_id: int
+    kind: str
+
+
+@_message(5, reply=True)
+class StateRows(NamedTuple):
+    req_id: int
+    rows: list  # one dict per node, actor or job
+    error: str
+
+
 @_message(13)
 class GetClusterState(NamedTuple):
     req_id: int

@@ -53,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("memory", help="objects in this machine's object store, and its use")
 
+    listing = sub.add_parser("list", help="the nodes, actors or jobs of a running cluster",
+                             description="List what the head of a cluster started with "
+                             "`aray start` knows of its nodes, actors or jobs.")
+    listing.add_argument("kind", choices=["nodes", "actors", "jobs"])
+    listing.add_argument("--address", default="auto",
+                         help="HOST:PORT of the head (default: this machine's)")
+    listing.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                         help="only rows where KEY is VALUE (KEY!=VALUE: is not); repeatable")
+
     bench = sub.add_parser(
         "microbenchmark", help="Ray's microbenchmark workloads, and aray's own, on a local "
         "cluster", description="Run the workloads of `ray microbenchmark` (same names, same "
@@ -82,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         commands = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status,
-                    "memory": cmd_memory, "microbenchmark": cmd_microbenchmark}
+                    "memory": cmd_memory, "microbenchmark": cmd_microbenchmark,
+                    "list": cmd_list}
         commands[args.command](args)
     except (OSError, ValueError, ConnectionError) as exc:
         print(f"aray {args.command}: {exc}", file=sys.stderr)
@@ -294,6 +304,40 @@ def cmd_status(args) -> None:
     for key, (count, infeasible) in sorted(demands.items()):
         note = "  (infeasible: no node can run it)" if infeasible else ""
         print(f"  {{{key}}}: {count} pending{note}")
+
+
+LIST_COLUMNS = {
+    "nodes": ["NodeID", "Alive", "NodeManagerAddress", "Resources"],
+    "actors": ["actor_id", "class_name", "name", "state", "node_id", "pid", "restarts"],
+    "jobs": ["job_id", "driver_pid", "namespace", "alive"],
+}
+
+
+def cmd_list(args) -> None:
+    from .util.state import _rows
+
+    filters = []
+    for text in args.filter:
+        key, op, value = text.partition("!=") if "!=" in text else text.partition("=")
+        if not op or not key:
+            raise ValueError(f"--filter wants KEY=VALUE or KEY!=VALUE, not {text!r}")
+        filters.append((key, op, value))
+    rows = _rows(args.kind, filters, args.address)
+    columns = LIST_COLUMNS[args.kind]
+
+    def cell(row: dict, column: str) -> str:
+        value = row.get(column, "")
+        if isinstance(value, dict):  # resources; memory sizes in GiB
+            return ", ".join(
+                f"{k}: {v / 2**30:.1f} GiB" if k in ("memory", "object_store_memory")
+                else f"{k}: {v:g}" for k, v in sorted(value.items()) if not k.startswith("node:"))
+        return str(value)
+
+    table = [columns] + [[cell(row, c) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    for line in table:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
+    print(f"({len(rows)} {args.kind if len(rows) != 1 else args.kind[:-1]})")
 
 
 def cmd_microbenchmark(args) -> None:

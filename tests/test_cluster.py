@@ -514,3 +514,35 @@ def test_a_node_on_another_machine(other_machine, tmp_path):
             node.terminate()  # --block: stops that node and its workers
             node.wait(timeout=30)
         c.stop()
+
+
+def test_state_api_and_aray_list(two_nodes, tmp_path):
+    r = two_nodes.driver("""
+        from aray.util.state import list_actors, list_jobs, list_nodes
+        aray.init(address="auto")
+        @aray.remote(resources={"special": 1})
+        class Far:
+            def pid(self):
+                return os.getpid()
+        far = Far.options(name="far").remote()
+        pid = aray.get(far.pid.remote())
+        (row,) = list_actors(filters=[("name", "=", "far")])
+        print("ACTOR", row["state"], row["pid"] == pid, row["class_name"], row["node_id"])
+        print("NODES", len(list_nodes(filters=[("Alive", "=", True)])))
+        print("JOB", [j["alive"] for j in list_jobs(filters=[("driver_pid", "=", os.getpid())])])
+        sys.stdout.flush()
+        import subprocess
+        out = subprocess.run([sys.executable, "-m", "aray", "list", "actors", "--filter",
+                              "name=far"], capture_output=True, text=True).stdout
+        print("CLI", "ALIVE" in out and "Far" in out and "(1 actor)" in out)
+        out = subprocess.run([sys.executable, "-m", "aray", "list", "nodes"],
+                             capture_output=True, text=True).stdout
+        print("CLI-NODES", "(2 nodes)" in out and "special: 2" in out)
+    """, tmp_path)
+    assert f"ACTOR ALIVE True Far {two_nodes.second['node_id']}" in r.stdout, r.stdout + r.stderr
+    assert "NODES 2" in r.stdout and "JOB [True]" in r.stdout
+    assert "CLI True" in r.stdout and "CLI-NODES True" in r.stdout
+    out = two_nodes.cli("list", "jobs").stdout
+    assert "False" in out  # the driver above has ended
+    bad = two_nodes.cli("list", "actors", "--filter", "oops", check=False)
+    assert bad.returncode == 1 and "KEY=VALUE" in bad.stderr

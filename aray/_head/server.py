@@ -128,6 +128,19 @@ class Head:
             self._view_timer = asyncio.get_running_loop().call_later(
                 VIEW_INTERVAL, self._broadcast_view)
 
+    def _on_GetState(self, link: Link, msg: P.GetState) -> None:
+        """The head's tables for the state API (``aray.util.state``, ``aray list``)."""
+        rows, error = [], ""
+        if msg.kind == "nodes":
+            rows = self.nodes.describe()
+        elif msg.kind == "actors":
+            rows = [r.describe(public=True) for r in self.actors.actors.values()]
+        elif msg.kind == "jobs":
+            rows = [dict(job) for job in self.jobs.jobs.values()]
+        else:
+            error = f"unknown state kind {msg.kind!r}: nodes, actors or jobs"
+        link.send(P.StateRows(msg.req_id, rows, error))
+
     def _on_GetClusterState(self, link: Link, msg: P.GetClusterState) -> None:
         link.send(P.ClusterState(msg.req_id, self.nodes.describe()))
 

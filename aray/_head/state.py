@@ -132,12 +132,19 @@ class ActorRecord:
     def can_restart(self) -> bool:
         return not self.no_restart and (self.max_restarts < 0 or self.restarts < self.max_restarts)
 
-    def describe(self) -> dict:
-        return {"actor_id": self.actor_id, "name": self.name, "namespace": self.namespace,
-                "job_id": self.job_id, "state": self.state, "address": self.address,
-                "node_id": self.node_id, "pid": self.pid, "restarts": self.restarts,
-                "class_name": self.meta.get("class_name", ""), "meta": self.meta,
-                "death_cause": self.death_cause, "death_error": self.death_error}
+    def describe(self, public: bool = False) -> dict:
+        """This actor as a dict; ``public``: what the state API shows (nothing pickled)."""
+        out = {"actor_id": self.actor_id, "name": self.name, "namespace": self.namespace,
+               "job_id": self.job_id, "state": self.state, "address": self.address,
+               "node_id": self.node_id, "pid": self.pid, "restarts": self.restarts,
+               "class_name": self.meta.get("class_name", ""), "death_cause": self.death_cause}
+        if public:
+            out["detached"] = self.detached
+            out["max_restarts"] = self.max_restarts
+        else:
+            out["meta"] = self.meta
+            out["death_error"] = self.death_error
+        return out
 
 
 class ActorTable:

@@ -1,0 +1,124 @@
+"""The state API: what the cluster's head knows of its nodes, actors and jobs.
+
+Each function returns a list of dicts, one per node, actor or job, read from the head of
+the cluster this program is connected to (after :func:`aray.init`), or else from the cluster
+``address`` names (``"auto"``: the one ``aray start`` started on this machine). The same
+data is printed by ``aray list nodes|actors|jobs``.
+
+``filters`` keeps the rows that match every ``(key, op, value)`` given, where ``op`` is
+``"="`` or ``"!="``, as in Ray's state API: ``list_actors(filters=[("state", "=",
+"ALIVE")])``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .. import _global
+from .. import _protocol as P
+from .._portal import call
+
+__all__ = ["list_actors", "list_jobs", "list_nodes"]
+
+Filter = tuple[str, str, Any]
+
+
+def list_nodes(filters: list[Filter] | None = None, *, address: str | None = None) -> list[dict]:
+    """Every node of the cluster, dead ones too, with Ray's keys (``NodeID``, ``Alive``,
+    ``NodeManagerAddress``, ``Resources``, ...) as in :func:`aray.nodes`.
+
+    Examples:
+        >>> import aray
+        >>> from aray.util.state import list_nodes
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> [node["Alive"] for node in list_nodes()]
+        [True]
+    """
+    return _rows("nodes", filters, address)
+
+
+def list_actors(filters: list[Filter] | None = None, *,
+                address: str | None = None) -> list[dict]:
+    """Every actor the head knows, with ``actor_id``, ``class_name``, ``name``,
+    ``namespace``, ``job_id``, ``state`` (``PENDING``, ``ALIVE``, ``RESTARTING``, ``DEAD``),
+    ``node_id``, ``pid``, ``restarts``, ``max_restarts``, ``detached`` and ``death_cause``.
+
+    Examples:
+        >>> import aray
+        >>> from aray.util.state import list_actors
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> @aray.remote
+        ... class Counter:
+        ...     def ping(self):
+        ...         return "pong"
+        >>> counter = Counter.options(name="state-doc-counter").remote()
+        >>> aray.get(counter.ping.remote())
+        'pong'
+        >>> [a["state"] for a in list_actors(filters=[("name", "=", "state-doc-counter")])]
+        ['ALIVE']
+    """
+    return _rows("actors", filters, address)
+
+
+def list_jobs(filters: list[Filter] | None = None, *, address: str | None = None) -> list[dict]:
+    """Every job (a driver that connected): ``job_id``, ``driver_pid``, ``namespace``,
+    ``alive``, ``start_time`` and, once it ended, ``end_time`` (seconds since the epoch).
+
+    Examples:
+        >>> import aray, os
+        >>> from aray.util.state import list_jobs
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> [job["alive"] for job in list_jobs(filters=[("driver_pid", "=", os.getpid())])]
+        [True]
+    """
+    return _rows("jobs", filters, address)
+
+
+def _rows(kind: str, filters: list[Filter] | None, address: str | None) -> list[dict]:
+    checked = _check_filters(filters)
+    core = _global.core_or_none()
+    if address is None and core is not None:
+        rows = call(core.loop, _from_core, core, kind, what=f"list_{kind}")
+    else:
+        rows = asyncio.run(_from_cluster(kind, address or "auto"))
+    return [row for row in rows if all(_matches(row, f) for f in checked)]
+
+
+async def _from_core(core, kind: str) -> list[dict]:
+    head = await core.head_link()
+    reply = await head.request(lambda r: P.GetState(r, kind))
+    if reply.error:
+        raise ValueError(reply.error)
+    return reply.rows
+
+
+async def _from_cluster(kind: str, address: str) -> list[dict]:
+    import os
+
+    from .._local import find_cluster
+    from ..cli import _ask
+
+    info = find_cluster(address)
+    token = os.environ.get("ARAY_TOKEN") or info["token"]
+    reply = await _ask(info["head_address"], token, lambda r: P.GetState(r, kind))
+    if reply.error:
+        raise ValueError(reply.error)
+    return reply.rows
+
+
+def _check_filters(filters: list[Filter] | None) -> list[Filter]:
+    out = []
+    for f in filters or []:
+        if not (isinstance(f, (tuple, list)) and len(f) == 3 and f[1] in ("=", "!=")):
+            raise ValueError(f"a filter is (key, '=' or '!=', value), not {f!r}")
+        out.append(tuple(f))
+    return out
+
+
+def _matches(row: dict, f: Filter) -> bool:
+    key, op, value = f
+    have = row.get(key)
+    # values given as text (from the command line) match numbers and flags written alike
+    equal = have == value or (isinstance(value, str) and str(have) == value)
+    return equal if op == "=" else not equal
