@@ -19,6 +19,8 @@ import collections
 import logging
 import os
 import shutil
+import threading
+import time
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +33,7 @@ from ._link import Link, Server, bind_tcp, connect
 from ._borrowing import Borrowing
 from ._fetch import Fetching
 from ._objects import ObjectEntry, ObjectState, ObjectTable, dump_error
-from ._refs import ObjectRef, collect_refs, new_task_id, return_id
+from ._refs import TASK_ID_SIZE, ObjectRef, collect_refs, new_task_id, return_id
 from ._runtime_context import current_task
 from ._streams import ObjectRefGenerator, StreamState
 from ._tasks import INLINE_THRESHOLD, TaskSpec, TaskSubmitter
@@ -50,6 +52,9 @@ from .store.arena import MIN_SIZE as ARENA_MIN_SIZE
 from .store.shm import ShmDirectory
 
 log = logging.getLogger("aray")
+
+#: how often task events are sent to the head, at most
+TASK_EVENTS_INTERVAL = 0.1
 
 
 class Core(Borrowing, Fetching):
@@ -86,6 +91,11 @@ class Core(Borrowing, Fetching):
         # mode, the downloaded bytes)
         self._copies: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
         self._fetch_errors: dict[bytes, str] = {}  # why a copy could not be had
+        # for the head's task table (see task_started): events to send, tasks running here
+        self._task_events: list = []
+        self._running_tasks: dict[bytes, tuple] = {}
+        self._task_events_on = False
+        self._task_events_lock = threading.Lock()
         # this core's server; known before it listens, so refs made early name their owner.
         # In a cluster of several nodes (tcp_host) other machines must reach it: TCP.
         self._tcp_socket = None
@@ -655,6 +665,73 @@ class Core(Borrowing, Fetching):
     def _on_log_lines(self, link: Link, msg: P.LogLines) -> None:
         if self.on_log_lines is not None and self.log_to_driver:
             self.on_log_lines(msg)
+
+    # --- task events (the state API's task table) -----------------------------------------
+    # Cheap on the hot path: a task's start is a dict entry, its end one event; what is
+    # still waiting or running is reported by a batch every TASK_EVENTS_INTERVAL seconds.
+    def task_started(self, task_id: bytes, name: str, job_id: str, kind: str) -> None:
+        """Any thread (worker): a task or actor call starts running here."""
+        with self._task_events_lock:
+            self._running_tasks[task_id] = (time.time(), name, job_id, kind)
+        self._wake_task_events()
+
+    def task_ended(self, task_id: bytes, error: str = "") -> None:
+        """Any thread (worker): a task or actor call ended (``error``: why it failed)."""
+        now = time.time()
+        with self._task_events_lock:
+            started = self._running_tasks.pop(task_id, None)
+            fields = {"error": error} if error else {}
+            if started is not None:
+                fields.update(started_at=started[0], name=started[1], job_id=started[2],
+                              type=started[3])
+            self._task_events.append([task_id, "FAILED" if error else "FINISHED", now, fields])
+        self._wake_task_events()
+
+    def _wake_task_events(self) -> None:
+        with self._task_events_lock:
+            if self._task_events_on:
+                return
+            self._task_events_on = True
+        try:
+            self.loop.call_soon_threadsafe(self.spawn, self._report_tasks(), "task events")
+        except RuntimeError:  # the loop is closed: nobody will read them
+            pass
+
+    async def _report_tasks(self) -> None:
+        """Loop: every interval, send the head what became of tasks, while anything is
+        waiting or running here; then stop until woken again."""
+        running_sent: set[bytes] = set()  # running tasks already reported
+        pending_sent: set[bytes] = set()  # (task id + state) of waiting tasks reported
+        while not self._closing:
+            await asyncio.sleep(TASK_EVENTS_INTERVAL)
+            now = time.time()
+            with self._task_events_lock:
+                events, self._task_events = self._task_events, []
+                running = dict(self._running_tasks)
+                idle = not running and not self.tasks.waiting_count()
+                if idle:
+                    self._task_events_on = False
+            for task_id, (since, name, job_id, kind) in running.items():
+                if task_id not in running_sent:
+                    running_sent.add(task_id)
+                    events.append([task_id, "RUNNING", since,
+                                   {"name": name, "job_id": job_id, "type": kind}])
+            events += self.tasks.pending_events(pending_sent, now)
+            running_sent.intersection_update(running)
+            waiting = self.tasks.waiting_ids()
+            pending_sent = {key for key in pending_sent if key[:TASK_ID_SIZE] in waiting}
+            if events:
+                source = ({"node_id": self.node_id, "worker_pid": os.getpid()}
+                          if self.role == "worker" else {})
+                await self._send_to_head(P.TaskEvents(events, source))
+            if idle:
+                return
+
+    async def _send_to_head(self, msg) -> None:
+        try:
+            (await self.head_link()).send(msg)
+        except (ConnectionError, OSError):
+            pass  # the head is gone: so is the table
 
     # --- cluster information ------------------------------------------------------------
     async def cluster_state(self) -> list[dict]:

@@ -112,7 +112,8 @@ class WithdrawActor(NamedTuple):
 
 @_message(18)
 class GetState(NamedTuple):
-    """Ask the head for one of its tables: "nodes", "actors" or "jobs"."""
+    """Ask the head for one of its tables: "nodes", "actors", "jobs", "tasks", or
+    "task_summary" (one row: counts per task name and state)."""
 
     req_id: int
     kind: str
@@ -123,6 +124,19 @@ class StateRows(NamedTuple):
     req_id: int
     rows: list  # one dict per node, actor or job
     error: str
+
+
+@_message(6)
+class TaskEvents(NamedTuple):
+    """Core -> head, batched: what became of tasks (for the state API).
+
+    Each event is ``[task_id, state, time, fields]``; a task's submitter sends the
+    ``PENDING_*`` states of tasks still waiting at a batch's time, the worker that runs it
+    ``RUNNING`` (if it still runs then) and ``FINISHED``/``FAILED``.
+    """
+
+    events: list
+    source: dict  # fields of every event of the batch (a worker's node_id and worker_pid)
 
 
 @_message(13)

@@ -255,6 +255,7 @@ class TaskSubmitter:
             self.core.objects.add(oid, owned=True)
         spec.job_id = spec.job_id or self.core.job_id
         self._waiting[spec.task_id] = spec
+        self.core._wake_task_events()
         if not spec.dep_refs:
             self._enqueue(spec)
             return
@@ -415,6 +416,25 @@ class TaskSubmitter:
             # again rebuilds them (kept while the results are referenced)
             for oid in spec.return_ids:
                 self.lineage[oid] = spec
+
+    def waiting_count(self) -> int:
+        return len(self._waiting)
+
+    def waiting_ids(self) -> set[bytes]:
+        return set(self._waiting)
+
+    def pending_events(self, reported: set[bytes], now: float) -> list:
+        """Task events for the tasks waiting here (for arguments, or for a worker) that
+        ``reported`` does not hold yet; adds them to it."""
+        events = []
+        for task_id, spec in self._waiting.items():
+            state = "PENDING_ARGS_AVAIL" if spec.dep_refs else "PENDING_NODE_ASSIGNMENT"
+            key = task_id + state.encode()  # a task is reported again when its state moves
+            if key not in reported:
+                reported.add(key)
+                events.append([task_id, state, now, {"name": spec.name, "job_id": spec.job_id,
+                                                     "type": "NORMAL_TASK"}])
+        return events
 
     async def reconstruct(self, oid: bytes) -> bool:
         """Run again the task that made ``oid`` (whose stored copy was lost); True once

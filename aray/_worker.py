@@ -83,8 +83,13 @@ class _Executor:
         for ref in refs:
             self.core.register_for(ref._id, ref._owner)
 
+    def _started(self, task_id: bytes, name: str, job_id: str, kind: str) -> None:
+        self.core.task_started(task_id, name, job_id, kind)
+
     def _reply(self, link: Link, msg) -> None:
         """Loop only: send a result once the registrations it depends on are answered."""
+        if isinstance(msg, P.TaskFinished) and msg.error is None:
+            self.core.task_ended(msg.task_id)
         if self.core._unacked == 0:
             _send_if_open(link, msg)
         else:
@@ -124,7 +129,7 @@ class _Executor:
                                              self._resolved(return_id(task_id, index), value)))
             index += 1
 
-    def _error_blob(self, name: str, exc: BaseException) -> bytes:
+    def _error_blob(self, name: str, exc: BaseException, task_id: bytes = b"") -> bytes:
         tb = exc.__traceback__
         # drop the runtime's own frames (executor, thread pool, asyncio) from the top
         while tb is not None and _is_runtime_frame(tb.tb_frame.f_code.co_filename):
@@ -132,6 +137,8 @@ class _Executor:
         text = "".join(traceback.format_exception(type(exc), exc, tb))
         info = RemoteErrorInfo(exc, type(exc).__name__, str(exc), text, name,
                                self.core.node_id, os.getpid())
+        if task_id:
+            self.core.task_ended(task_id, f"{type(exc).__name__}: {exc}")
         try:
             return cloudpickle.dumps(info)
         except Exception:
@@ -139,7 +146,7 @@ class _Executor:
             return cloudpickle.dumps(info)
 
     def _send_error(self, link: Link, task_id: bytes, name: str, exc: BaseException) -> None:
-        self._reply(link, P.TaskFinished(task_id, [], self._error_blob(name, exc)))
+        self._reply(link, P.TaskFinished(task_id, [], self._error_blob(name, exc, task_id)))
 
     def _mark(self, job_id: str, name: str) -> None:
         """Tell the node agent's log reader which task the following output belongs to."""
@@ -254,6 +261,7 @@ class TaskExecutor(_Executor):
     async def _execute(self, link: Link, msg: P.PushTask) -> None:
         ctx = TaskContext(msg.task_id, msg.job_id, msg.name, list(msg.gpu_ids), owner=msg.owner)
         token = current_task.set(ctx)
+        self._started(msg.task_id, msg.name, msg.job_id, "NORMAL_TASK")
         set_visible_gpus(msg.gpu_ids)
         self.core.job_id = msg.job_id  # a worker serves one job
         try:
@@ -413,6 +421,7 @@ class ActorExecutor(_Executor):
     def _call_sync(self, link: Link, msg: P.CallActor) -> list:
         current_task.set(self._context(msg.task_id, f"{self.class_name}.{msg.method}",
                                        msg.owner))
+        self._started(msg.task_id, f"{self.class_name}.{msg.method}", self.job_id, "ACTOR_TASK")
         args, kwargs = self._arguments(msg.args, msg.deps)
         self._mark(self.job_id, self.class_name)
         result = getattr(self.instance, msg.method)(*args, **kwargs)
@@ -434,7 +443,7 @@ class ActorExecutor(_Executor):
             reply = P.TaskFinished(msg.task_id, self._call_sync(link, msg), None)
         except BaseException as exc:
             reply = P.TaskFinished(msg.task_id, [], self._error_blob(
-                f"{self.class_name}.{msg.method}", exc))
+                f"{self.class_name}.{msg.method}", exc, msg.task_id))
         _flush_std()
         with self._replies_lock:
             self._threads.pop(msg.task_id, None)
@@ -452,6 +461,7 @@ class ActorExecutor(_Executor):
     async def _call_async(self, link: Link, msg: P.CallActor, group: str) -> None:
         name = f"{self.class_name}.{msg.method}"
         token = current_task.set(self._context(msg.task_id, name, msg.owner))
+        self._started(msg.task_id, name, self.job_id, "ACTOR_TASK")
         try:
             async with self.limits[group]:
                 await self.core.fetch_values(msg.deps)

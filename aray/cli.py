@@ -53,14 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("memory", help="objects in this machine's object store, and its use")
 
-    listing = sub.add_parser("list", help="the nodes, actors or jobs of a running cluster",
-                             description="List what the head of a cluster started with "
-                             "`aray start` knows of its nodes, actors or jobs.")
-    listing.add_argument("kind", choices=["nodes", "actors", "jobs"])
+    listing = sub.add_parser("list", help="the nodes, actors, jobs or tasks of a running "
+                             "cluster", description="List what the head of a cluster started "
+                             "with `aray start` knows of its nodes, actors, jobs or tasks.")
+    listing.add_argument("kind", choices=["nodes", "actors", "jobs", "tasks"])
     listing.add_argument("--address", default="auto",
                          help="HOST:PORT of the head (default: this machine's)")
     listing.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                          help="only rows where KEY is VALUE (KEY!=VALUE: is not); repeatable")
+
+    summary = sub.add_parser("summary", help="tasks of a running cluster, counted by name "
+                             "and state")
+    summary.add_argument("kind", choices=["tasks"])
+    summary.add_argument("--address", default="auto",
+                         help="HOST:PORT of the head (default: this machine's)")
+
+    timeline = sub.add_parser("timeline", help="write the cluster's recent tasks as a Chrome "
+                              "trace (open it in chrome://tracing or ui.perfetto.dev)")
+    timeline.add_argument("file", help="the JSON file to write")
+    timeline.add_argument("--address", default="auto",
+                          help="HOST:PORT of the head (default: this machine's)")
 
     bench = sub.add_parser(
         "microbenchmark", help="Ray's microbenchmark workloads, and aray's own, on a local "
@@ -92,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         commands = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status,
                     "memory": cmd_memory, "microbenchmark": cmd_microbenchmark,
-                    "list": cmd_list}
+                    "list": cmd_list, "summary": cmd_summary, "timeline": cmd_timeline}
         commands[args.command](args)
     except (OSError, ValueError, ConnectionError) as exc:
         print(f"aray {args.command}: {exc}", file=sys.stderr)
@@ -310,6 +322,8 @@ LIST_COLUMNS = {
     "nodes": ["NodeID", "Alive", "NodeManagerAddress", "Resources"],
     "actors": ["actor_id", "class_name", "name", "state", "node_id", "pid", "restarts"],
     "jobs": ["job_id", "driver_pid", "namespace", "alive"],
+    "tasks": ["task_id", "name", "type", "state", "node_id", "worker_pid", "duration_s",
+              "error"],
 }
 
 
@@ -327,6 +341,10 @@ def cmd_list(args) -> None:
 
     def cell(row: dict, column: str) -> str:
         value = row.get(column, "")
+        if isinstance(value, float):
+            return f"{value:.3f}"
+        if column == "node_id" and len(str(value)) > 12 and args.kind == "tasks":
+            return str(value)[:12]
         if isinstance(value, dict):  # resources; memory sizes in GiB
             return ", ".join(
                 f"{k}: {v / 2**30:.1f} GiB" if k in ("memory", "object_store_memory")
@@ -338,6 +356,40 @@ def cmd_list(args) -> None:
     for line in table:
         print("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
     print(f"({len(rows)} {args.kind if len(rows) != 1 else args.kind[:-1]})")
+
+
+def cmd_summary(args) -> None:
+    from .util.state import _rows
+
+    counts = _rows("task_summary", None, args.address)[0]
+    states = ["PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "RUNNING", "FINISHED", "FAILED"]
+    width = max([len(name) for name in counts] + [4])
+    print(f"{'name':<{width}}  " + "  ".join(f"{s:>{len(s)}}" for s in states))
+    for name in sorted(counts):
+        print(f"{name:<{width}}  " + "  ".join(f"{counts[name].get(s, 0):>{len(s)}}"
+                                               for s in states))
+    print(f"({sum(sum(c.values()) for c in counts.values())} tasks)")
+
+
+def cmd_timeline(args) -> None:
+    """A Chrome trace: one complete event ("ph": "X") per task that ran, a process row per
+    node and a thread row per worker."""
+    from .util.state import _rows
+
+    events = []
+    for task in _rows("tasks", None, args.address):
+        if task.get("started_at") is None or task.get("ended_at") is None:
+            continue
+        events.append({
+            "name": task["name"], "cat": task["type"], "ph": "X",
+            "ts": task["started_at"] * 1e6, "dur": (task["ended_at"] - task["started_at"]) * 1e6,
+            "pid": f"node {task['node_id'][:12]}", "tid": f"worker {task['worker_pid']}",
+            "args": {"task_id": task["task_id"], "state": task["state"],
+                     "job_id": task["job_id"], "error": task["error"]}})
+    with open(args.file, "w") as f:
+        json.dump(events, f)
+    print(f"Wrote {len(events)} tasks to {args.file}; open it in chrome://tracing or "
+          "https://ui.perfetto.dev")
 
 
 def cmd_microbenchmark(args) -> None:

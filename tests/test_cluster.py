@@ -546,3 +546,49 @@ def test_state_api_and_aray_list(two_nodes, tmp_path):
     assert "False" in out  # the driver above has ended
     bad = two_nodes.cli("list", "actors", "--filter", "oops", check=False)
     assert bad.returncode == 1 and "KEY=VALUE" in bad.stderr
+
+
+def test_task_table_summary_and_timeline(two_nodes, tmp_path):
+    r = two_nodes.driver("""
+        from aray.util.state import list_tasks, summarize_tasks
+        aray.init(address="auto")
+        @aray.remote(resources={"special": 1})
+        def slow():
+            time.sleep(1.0)
+        @aray.remote
+        def fails():
+            raise KeyError("missing")
+        @aray.remote
+        class Counter:
+            def add(self):
+                return 1
+        running = [slow.remote(), slow.remote()]  # on the second node, which has "special"
+        failed = fails.remote()
+        c = Counter.remote()
+        aray.get(c.add.remote())
+        time.sleep(0.6)
+        mine = [t for t in list_tasks() if t["job_id"] == aray.get_runtime_context().get_job_id()]
+        states = {t["name"]: t["state"] for t in mine}
+        print("RUNNING", any(t["name"] == "slow" and t["state"] == "RUNNING" for t in mine))
+        print("FAILED", states.get("fails"), [t["error"] for t in mine if t["name"] == "fails"])
+        print("ACTOR", states.get("Counter.add"))
+        aray.get(running)
+        time.sleep(0.4)
+        print("SUMMARY", summarize_tasks()["slow"])
+        (one,) = [t for t in list_tasks(filters=[("name", "=", "slow")])][:1]
+        print("WHERE", one["node_id"], one["worker_pid"] > 0, one["duration_s"] >= 1.0)
+    """, tmp_path)
+    out = r.stdout + r.stderr
+    assert "RUNNING True" in r.stdout, out
+    assert "FAILED FAILED [\"KeyError: 'missing'\"]" in r.stdout, out
+    assert "ACTOR FINISHED" in r.stdout and "SUMMARY {'FINISHED': 2}" in r.stdout, out
+    assert f"WHERE {two_nodes.second['node_id']} True True" in r.stdout, out
+    listed = two_nodes.cli("list", "tasks", "--filter", "name=fails").stdout
+    assert "FAILED" in listed and "KeyError" in listed and "(1 task)" in listed
+    summary = two_nodes.cli("summary", "tasks").stdout
+    assert "slow" in summary and "FINISHED" in summary
+    trace = tmp_path / "trace.json"
+    two_nodes.cli("timeline", str(trace))
+    events = json.loads(trace.read_text())
+    slow = [e for e in events if e["name"] == "slow"]
+    assert len(slow) >= 2 and all(e["ph"] == "X" and e["dur"] >= 1e6 for e in slow)

@@ -11,7 +11,7 @@ import time
 from .. import _protocol as P
 from .._link import Link, Server
 from ..node.scheduler import fits
-from .state import ActorState, ActorTable, JobTable, NodeTable
+from .state import ActorState, ActorTable, JobTable, NodeTable, TaskTable
 
 log = logging.getLogger("aray.head")
 
@@ -29,6 +29,7 @@ class Head:
         self.nodes = NodeTable()
         self.jobs = JobTable()
         self.actors = ActorTable()
+        self.tasks = TaskTable()
         self.server = Server(token, self._on_hello, name="head")
         self._node_links: dict[Link, str] = {}
         self._driver_links: dict[str, Link] = {}  # job id -> driver link
@@ -59,6 +60,9 @@ class Head:
                                 node_id[:12], NODE_TIMEOUT)
                     self._on_node_lost(link)
                     asyncio.get_running_loop().create_task(link.aclose())
+
+    def _on_TaskEvents(self, link: Link, msg: P.TaskEvents) -> None:
+        self.tasks.apply(msg.events, msg.source)
 
     def _on_LogLines(self, link: Link, msg: P.LogLines) -> None:
         """A worker's output for a driver on another node than the worker's."""
@@ -137,8 +141,12 @@ class Head:
             rows = [r.describe(public=True) for r in self.actors.actors.values()]
         elif msg.kind == "jobs":
             rows = [dict(job) for job in self.jobs.jobs.values()]
+        elif msg.kind == "tasks":
+            rows = self.tasks.rows()
+        elif msg.kind == "task_summary":
+            rows = [self.tasks.summary()]
         else:
-            error = f"unknown state kind {msg.kind!r}: nodes, actors or jobs"
+            error = f"unknown state kind {msg.kind!r}: nodes, actors, jobs or tasks"
         link.send(P.StateRows(msg.req_id, rows, error))
 
     def _on_GetClusterState(self, link: Link, msg: P.GetClusterState) -> None:

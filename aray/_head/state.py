@@ -181,3 +181,71 @@ class ActorTable:
         record.address = ""
         if record.name and self.names.get((record.namespace, record.name)) == record.actor_id:
             del self.names[(record.namespace, record.name)]
+
+
+#: the order of a task's states: an event never moves a task back
+TASK_STATES = ["PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "RUNNING", "FINISHED", "FAILED"]
+_RANK = {state: i for i, state in enumerate(TASK_STATES)}
+_RANK["FAILED"] = _RANK["FINISHED"]
+
+
+class TaskTable:
+    """Tasks by id, built from the events of their submitters and workers; keeps the most
+    recent ``limit`` tasks that ended (and every task that has not)."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self.tasks: dict[str, dict] = {}  # in order of first event
+        self.ended = 0
+
+    def apply(self, events: list, source: dict | None = None) -> None:
+        """Merge a batch of events (``[task_id, state, time, fields]``); ``source``: fields
+        of every event of the batch (the reporting worker's node and pid)."""
+        for task_id, state, when, fields in events:
+            key = task_id.hex()
+            task = self.tasks.get(key)
+            if task is None:
+                task = self.tasks[key] = {
+                    "task_id": key, "name": "", "job_id": "", "type": "NORMAL_TASK",
+                    "state": state, "node_id": "", "worker_pid": 0, "error": "",
+                    # first heard of when it ran: it was submitted no later than that
+                    "submitted_at": fields.get("started_at") or when, "started_at": None,
+                    "ended_at": None}
+            was_ended = task["ended_at"] is not None
+            for k, v in (*(source or {}).items(), *fields.items()):
+                if v or k not in task:
+                    task[k] = v
+            if state == "RUNNING":
+                task["started_at"] = when
+            elif state in ("FINISHED", "FAILED"):
+                task["ended_at"] = when
+            if _RANK.get(state, 0) >= _RANK.get(task["state"], 0):
+                task["state"] = state
+            if not was_ended and task["ended_at"] is not None:
+                self.ended += 1
+        while self.ended > self.limit:
+            self._drop_oldest_ended()
+
+    def _drop_oldest_ended(self) -> None:
+        for key, task in self.tasks.items():
+            if task["ended_at"] is not None:
+                del self.tasks[key]
+                self.ended -= 1
+                return
+
+    def rows(self) -> list[dict]:
+        out = []
+        for task in self.tasks.values():
+            row = dict(task)
+            if task["started_at"] is not None and task["ended_at"] is not None:
+                row["duration_s"] = task["ended_at"] - task["started_at"]
+            out.append(row)
+        return out
+
+    def summary(self) -> dict:
+        """Counts per task name and state."""
+        out: dict[str, dict[str, int]] = {}
+        for task in self.tasks.values():
+            by_state = out.setdefault(task["name"] or "?", {})
+            by_state[task["state"]] = by_state.get(task["state"], 0) + 1
+        return out

@@ -1,9 +1,9 @@
-"""The state API: what the cluster's head knows of its nodes, actors and jobs.
+"""The state API: what the cluster's head knows of its nodes, actors, jobs and tasks.
 
 Each function returns a list of dicts, one per node, actor or job, read from the head of
 the cluster this program is connected to (after :func:`aray.init`), or else from the cluster
 ``address`` names (``"auto"``: the one ``aray start`` started on this machine). The same
-data is printed by ``aray list nodes|actors|jobs``.
+data is printed by ``aray list nodes|actors|jobs|tasks`` and ``aray summary tasks``.
 
 ``filters`` keeps the rows that match every ``(key, op, value)`` given, where ``op`` is
 ``"="`` or ``"!="``, as in Ray's state API: ``list_actors(filters=[("state", "=",
@@ -19,7 +19,7 @@ from .. import _global
 from .. import _protocol as P
 from .._portal import call
 
-__all__ = ["list_actors", "list_jobs", "list_nodes"]
+__all__ = ["list_actors", "list_jobs", "list_nodes", "list_tasks", "summarize_tasks"]
 
 Filter = tuple[str, str, Any]
 
@@ -73,6 +73,53 @@ def list_jobs(filters: list[Filter] | None = None, *, address: str | None = None
         [True]
     """
     return _rows("jobs", filters, address)
+
+
+def list_tasks(filters: list[Filter] | None = None, *, address: str | None = None) -> list[dict]:
+    """The cluster's tasks and actor calls: every one that has not ended, and the last
+    100,000 that have. Each has ``task_id``, ``name``, ``type`` (``NORMAL_TASK`` or
+    ``ACTOR_TASK``), ``job_id``, ``state`` (``PENDING_ARGS_AVAIL``: waiting for its
+    arguments; ``PENDING_NODE_ASSIGNMENT``: waiting for a worker; ``RUNNING``; ``FINISHED``;
+    ``FAILED``), ``node_id``, ``worker_pid``, ``error``, and the times (seconds since the
+    epoch) ``submitted_at``, ``started_at``, ``ended_at``, plus ``duration_s`` once it ended.
+
+    Tasks report their states in batches, every 0.1 s: a task that just changed may still
+    show its previous state.
+
+    Examples:
+        >>> import aray, time
+        >>> from aray.util.state import list_tasks
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> @aray.remote
+        ... def state_doc_task():
+        ...     return 1
+        >>> aray.get(state_doc_task.remote())
+        1
+        >>> time.sleep(0.5)
+        >>> [t["state"] for t in list_tasks(filters=[("name", "=", "state_doc_task")])]
+        ['FINISHED']
+    """
+    return _rows("tasks", filters, address)
+
+
+def summarize_tasks(*, address: str | None = None) -> dict[str, dict[str, int]]:
+    """How many tasks of each name are in each state: ``{name: {state: count}}``, over the
+    tasks :func:`list_tasks` knows.
+
+    Examples:
+        >>> import aray, time
+        >>> from aray.util.state import summarize_tasks
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> @aray.remote
+        ... def state_doc_summary():
+        ...     return 1
+        >>> aray.get([state_doc_summary.remote() for _ in range(3)])
+        [1, 1, 1]
+        >>> time.sleep(0.5)
+        >>> summarize_tasks()["state_doc_summary"]
+        {'FINISHED': 3}
+    """
+    return _rows("task_summary", None, address)[0]
 
 
 def _rows(kind: str, filters: list[Filter] | None, address: str | None) -> list[dict]:
