@@ -33,7 +33,7 @@ from ._link import Link, Server, bind_tcp, connect
 from ._borrowing import Borrowing
 from ._fetch import Fetching
 from ._objects import ObjectEntry, ObjectState, ObjectTable, dump_error
-from ._refs import TASK_ID_SIZE, ObjectRef, collect_refs, new_task_id, return_id
+from ._refs import ObjectRef, collect_refs, new_task_id, return_id
 from ._runtime_context import current_task
 from ._streams import ObjectRefGenerator, StreamState
 from ._tasks import INLINE_THRESHOLD, TaskSpec, TaskSubmitter
@@ -701,7 +701,6 @@ class Core(Borrowing, Fetching):
         """Loop: every interval, send the head what became of tasks, while anything is
         waiting or running here; then stop until woken again."""
         running_sent: set[bytes] = set()  # running tasks already reported
-        pending_sent: set[bytes] = set()  # (task id + state) of waiting tasks reported
         while not self._closing:
             await asyncio.sleep(TASK_EVENTS_INTERVAL)
             now = time.time()
@@ -716,10 +715,8 @@ class Core(Borrowing, Fetching):
                     running_sent.add(task_id)
                     events.append([task_id, "RUNNING", since,
                                    {"name": name, "job_id": job_id, "type": kind}])
-            events += self.tasks.pending_events(pending_sent, now)
+            events += self.tasks.pending_events(now)
             running_sent.intersection_update(running)
-            waiting = self.tasks.waiting_ids()
-            pending_sent = {key for key in pending_sent if key[:TASK_ID_SIZE] in waiting}
             if events:
                 source = ({"node_id": self.node_id, "worker_pid": os.getpid()}
                           if self.role == "worker" else {})

@@ -23,7 +23,6 @@ from . import _global
 T = TypeVar("T")
 
 ID_SIZE = 16
-TASK_ID_SIZE = 12  # an object id is its task's id and a 4-byte return index
 
 
 def _fresh_prefix() -> None:

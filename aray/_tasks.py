@@ -248,6 +248,7 @@ class TaskSubmitter:
         self._running: dict[bytes, _Lease] = {}  # task id -> lease running it
         self._waiting: dict[bytes, TaskSpec] = {}  # task id -> spec waiting for deps/lease
         self.lineage: dict[bytes, TaskSpec] = {}  # stored result id -> the task that made it
+        self._unreported: list[TaskSpec] = []  # waiting tasks whose state the head lacks
 
     def accept(self, spec: TaskSpec) -> None:
         """Loop only (scheduled by ``Core.submit``): track ``spec`` until it has run."""
@@ -255,6 +256,7 @@ class TaskSubmitter:
             self.core.objects.add(oid, owned=True)
         spec.job_id = spec.job_id or self.core.job_id
         self._waiting[spec.task_id] = spec
+        self._unreported.append(spec)
         self.core._wake_task_events()
         if not spec.dep_refs:
             self._enqueue(spec)
@@ -282,6 +284,7 @@ class TaskSubmitter:
             e.pins += 1
         spec.pinned = entries
         spec.dep_refs = []  # the pins hold the objects now
+        self._unreported.append(spec)  # now waiting for a worker
         self._enqueue(spec)
 
     def _enqueue(self, spec: TaskSpec) -> None:
@@ -420,20 +423,16 @@ class TaskSubmitter:
     def waiting_count(self) -> int:
         return len(self._waiting)
 
-    def waiting_ids(self) -> set[bytes]:
-        return set(self._waiting)
-
-    def pending_events(self, reported: set[bytes], now: float) -> list:
-        """Task events for the tasks waiting here (for arguments, or for a worker) that
-        ``reported`` does not hold yet; adds them to it."""
+    def pending_events(self, now: float) -> list:
+        """Task events for the tasks that started waiting here (for arguments, or for a
+        worker) since the last call and wait still: each task at most once per state."""
+        specs, self._unreported = self._unreported, []
         events = []
-        for task_id, spec in self._waiting.items():
-            state = "PENDING_ARGS_AVAIL" if spec.dep_refs else "PENDING_NODE_ASSIGNMENT"
-            key = task_id + state.encode()  # a task is reported again when its state moves
-            if key not in reported:
-                reported.add(key)
-                events.append([task_id, state, now, {"name": spec.name, "job_id": spec.job_id,
-                                                     "type": "NORMAL_TASK"}])
+        for spec in specs:
+            if spec.task_id in self._waiting:
+                state = "PENDING_ARGS_AVAIL" if spec.dep_refs else "PENDING_NODE_ASSIGNMENT"
+                events.append([spec.task_id, state, now, {
+                    "name": spec.name, "job_id": spec.job_id, "type": "NORMAL_TASK"}])
         return events
 
     async def reconstruct(self, oid: bytes) -> bool:

@@ -202,9 +202,10 @@ def test_a_driver_outside_the_cluster_in_client_mode(two_nodes, tmp_path):
         def total(a):
             return int(a.sum())
         a = aray.get(make.remote(3_000_000))  # downloaded from the second node
-        print("GOT", int(a.sum()) == 3_000_000 * 2_999_999 // 2)
+        # one string per line: worker output is printed from another thread meanwhile
+        print(f"GOT {{int(a.sum()) == 3_000_000 * 2_999_999 // 2}}")
         big = aray.put(np.ones(2_000_000))  # kept here, sent with the task
-        print("SUM", aray.get(total.remote(big)))
+        print(f"SUM {{aray.get(total.remote(big))}}")
         time.sleep(0.5)
     """
     env = {k: v for k, v in two_nodes.env.items() if k != "ARAY_TOKEN"}
@@ -497,14 +498,14 @@ def test_a_node_on_another_machine(other_machine, tmp_path):
         r = c.driver(f"""
             import numpy as np
             aray.init(address="{c.address}")
-            print("IPS", sorted(n["NodeManagerAddress"] for n in aray.nodes()))
+            print(f"IPS {{sorted(n['NodeManagerAddress'] for n in aray.nodes())}}")
             @aray.remote(resources={{"there": 1}})
             def far(a):
                 print("far away")
                 return a * 2
             x = aray.put(np.arange(1_000_000))  # lives here; the other node pulls it
             y = aray.get(far.remote(x))  # made there; pulled here
-            print("OK", int(y.sum()) == 2 * int(np.arange(1_000_000).sum()))
+            print(f"OK {{int(y.sum()) == 2 * int(np.arange(1_000_000).sum())}}")
             time.sleep(0.5)
         """, tmp_path)
         assert f"IPS {sorted([here, there])}" in r.stdout, r.stdout + r.stderr
@@ -566,8 +567,13 @@ def test_task_table_summary_and_timeline(two_nodes, tmp_path):
         failed = fails.remote()
         c = Counter.remote()
         aray.get(c.add.remote())
-        time.sleep(0.6)
-        mine = [t for t in list_tasks() if t["job_id"] == aray.get_runtime_context().get_job_id()]
+        job = aray.get_runtime_context().get_job_id()
+        deadline = time.time() + 5  # the second node may first start a worker for this job
+        while time.time() < deadline:
+            time.sleep(0.2)
+            mine = [t for t in list_tasks() if t["job_id"] == job]
+            if any(t["name"] == "slow" and t["state"] == "RUNNING" for t in mine):
+                break
         states = {t["name"]: t["state"] for t in mine}
         print("RUNNING", any(t["name"] == "slow" and t["state"] == "RUNNING" for t in mine))
         print("FAILED", states.get("fails"), [t["error"] for t in mine if t["name"] == "fails"])
