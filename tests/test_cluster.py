@@ -563,19 +563,22 @@ def test_task_table_summary_and_timeline(two_nodes, tmp_path):
         class Counter:
             def add(self):
                 return 1
+        job = aray.get_runtime_context().get_job_id()
         running = [slow.remote(), slow.remote()]  # on the second node, which has "special"
+        deadline = time.time() + 10  # the second node may first start a worker for this job
+        seen = False
+        while time.time() < deadline and not seen:
+            time.sleep(0.1)
+            seen = any(t["name"] == "slow" and t["state"] == "RUNNING" and t["job_id"] == job
+                       for t in list_tasks())
+        print("RUNNING", seen)
         failed = fails.remote()
         c = Counter.remote()
         aray.get(c.add.remote())
-        job = aray.get_runtime_context().get_job_id()
-        deadline = time.time() + 5  # the second node may first start a worker for this job
-        while time.time() < deadline:
-            time.sleep(0.2)
-            mine = [t for t in list_tasks() if t["job_id"] == job]
-            if any(t["name"] == "slow" and t["state"] == "RUNNING" for t in mine):
-                break
+        aray.wait([failed])
+        time.sleep(0.4)
+        mine = [t for t in list_tasks() if t["job_id"] == job]
         states = {t["name"]: t["state"] for t in mine}
-        print("RUNNING", any(t["name"] == "slow" and t["state"] == "RUNNING" for t in mine))
         print("FAILED", states.get("fails"), [t["error"] for t in mine if t["name"] == "fails"])
         print("ACTOR", states.get("Counter.add"))
         aray.get(running)
