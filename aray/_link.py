@@ -52,6 +52,11 @@ class Link:
         self._writer_task: asyncio.Task | None = None
         self.state: dict = {}  # owner-specific per-link data (e.g. functions already sent)
 
+    def send_if_open(self, msg) -> None:
+        """Queue a message unless the link has closed (the peer is gone: nobody to tell)."""
+        if not self.closed:
+            self.send(msg)
+
     def send(self, msg) -> None:
         """Queue a message; it leaves with everything else queued in this loop iteration."""
         if self.closed:

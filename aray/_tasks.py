@@ -323,7 +323,7 @@ class TaskSubmitter:
         if lease.in_flight or q.tasks or lease not in q.leases:
             return
         q.leases.remove(lease)
-        _send_if_open(lease.agent, P.ReturnLease(lease.worker_id))
+        lease.agent.send_if_open(P.ReturnLease(lease.worker_id))
 
     async def _request_lease(self, q: _ShapeQueue) -> None:
         try:
@@ -356,7 +356,7 @@ class TaskSubmitter:
         try:
             link = await self.core.peer(grant.address)
         except (ConnectionError, OSError):  # the worker died before we reached it
-            _send_if_open(agent, P.ReturnLease(grant.worker_id))
+            agent.send_if_open(P.ReturnLease(grant.worker_id))
             self._pump(q)
             return
         q.leases.append(_Lease(grant, link, agent, q))
@@ -497,7 +497,7 @@ class TaskSubmitter:
         if force:
             spec.force_cancelled = True
             if self.core.agent is not None:
-                _send_if_open(lease.agent, P.KillWorker(lease.worker_id))
+                lease.agent.send_if_open(P.KillWorker(lease.worker_id))
         else:
             lease.link.send(P.CancelTask(task_id, recursive))
         return True
@@ -511,7 +511,7 @@ class TaskSubmitter:
                     self._running.pop(spec.task_id, None)
                     self._worker_lost(spec, q)
                 lease.in_flight.clear()
-                _send_if_open(lease.agent, P.ReturnLease(lease.worker_id))
+                lease.agent.send_if_open(P.ReturnLease(lease.worker_id))
             self._pump(q)
 
     def _worker_lost(self, spec: TaskSpec, q: _ShapeQueue) -> None:
@@ -534,8 +534,3 @@ class TaskSubmitter:
         for q in self._queues.values():
             while q.tasks:
                 self._fail_task(q.tasks.popleft(), error)
-
-
-def _send_if_open(link: Link, msg) -> None:
-    if not link.closed:
-        link.send(msg)

@@ -91,9 +91,9 @@ class _Executor:
         if isinstance(msg, P.TaskFinished) and msg.error is None:
             self.core.task_ended(msg.task_id)
         if self.core._unacked == 0:
-            _send_if_open(link, msg)
+            link.send_if_open(msg)
         else:
-            self.core.after_registrations(lambda: _send_if_open(link, msg))
+            self.core.after_registrations(lambda: link.send_if_open(msg))
 
     def _pack(self, name: str, return_ids: list, num_returns: int, result: Any) -> list:
         n = num_returns
@@ -200,11 +200,6 @@ def _iterate(result: Any):
     except TypeError:
         raise TypeError(f"a streaming task must return an iterable (use yield), not a "
                         f"{type(result).__name__}") from None
-
-
-def _send_if_open(link: Link, msg) -> None:
-    if not link.closed:
-        link.send(msg)
 
 
 class TaskExecutor(_Executor):
@@ -388,7 +383,7 @@ class ActorExecutor(_Executor):
         finally:
             _flush_std()
         core = self.core
-        _send_if_open(agent, P.ActorStarted(self.actor_id, core.worker_id, core.address,
+        agent.send_if_open(P.ActorStarted(self.actor_id, core.worker_id, core.address,
                                             os.getpid(), core.node_id, error))
 
     def _construct(self, cls, name: str):
