@@ -21,7 +21,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          num_gpus: float | None = None, resources: dict | None = None,
          object_store_memory: int | None = None, log_to_driver: bool = True,
          ignore_reinit_error: bool = False, token: str | None = None,
-         namespace: str | None = None, _redis_password: str | None = None) -> dict:
+         namespace: str | None = None, include_dashboard: bool | None = None,
+         dashboard_host: str = "127.0.0.1", dashboard_port: int | None = None,
+         _redis_password: str | None = None) -> dict:
     """Start a local aray cluster (head, node agent, workers) and connect this process.
 
     Args:
@@ -39,6 +41,13 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         token: the cluster's secret token (generated when not given). ``_redis_password``
             is accepted as an alias, for scripts written for Ray.
         namespace: where this job's named actors live (default: a namespace of its own).
+        include_dashboard: ``False`` starts the new cluster without its dashboard.
+        dashboard_host: where the dashboard listens (default loopback only).
+        dashboard_port: the dashboard's port; by default 8265, or any free port if 8265 is
+            taken; ``0`` for any free port.
+
+    Returns a dict with ``node_id``, ``session_dir`` and ``dashboard_url``. A new cluster's
+    dashboard URL is also printed to stderr, with the token, as a link that logs in.
 
     Called from sync code it returns once the cluster is ready. Called inside a running
     event loop it binds aray to that loop, returns at once without blocking it, and every
@@ -54,7 +63,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     options = dict(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                    object_store_memory=object_store_memory, log_to_driver=log_to_driver,
                    ignore_reinit_error=ignore_reinit_error, token=token,
-                   namespace=namespace, _redis_password=_redis_password)
+                   namespace=namespace, include_dashboard=include_dashboard,
+                   dashboard_host=dashboard_host, dashboard_port=dashboard_port,
+                   _redis_password=_redis_password)
     if not _atexit_registered:
         atexit.register(_shutdown_at_exit)
         _atexit_registered = True
@@ -67,10 +78,10 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         core = aio.bootstrap(loop, address, **options)
         if core is not existing:
             core.spawn(aio.connect(core), name="connect")
-        return {"node_id": core.node_id, "session_dir": core.session_dir}
+        return aio.init_info(core)
     core = aio.existing_core(ignore_reinit_error)
     if core is not None:
-        return {"node_id": core.node_id, "session_dir": core.session_dir}
+        return aio.init_info(core)
     thread = LoopThread()
     try:
         info = call(thread.loop, aio.init, address, what="init", **options)

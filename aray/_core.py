@@ -105,6 +105,7 @@ class Core(Borrowing, Fetching):
             self.address = "unix:" + os.path.join(
                 session_dir, "sockets", f"{role[0]}{os.getpid()}-{os.urandom(3).hex()}.sock")
         self.cluster: Any = None  # the LocalCluster a driver started, if any
+        self.dashboard_url = ""  # the cluster's dashboard, if it has one (drivers only)
         self.loop_thread: Any = None  # the private LoopThread of a sync init, if any
         self.ready = asyncio.Event()
         self.start_error: BaseException | None = None

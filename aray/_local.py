@@ -153,7 +153,8 @@ class LocalCluster:
 
     def __init__(self, *, resources: dict, object_store_memory: int | None = None,
                  token: str | None = None, daemon: bool = False,
-                 head_tcp: str | None = None, ip: str = "127.0.0.1", join: str = "") -> None:
+                 head_tcp: str | None = None, ip: str = "127.0.0.1", join: str = "",
+                 dashboard: dict | None = None) -> None:
         self.session_dir = new_session_dir()
         self.store_dir = store_dir_for(self.session_dir)
         self.token = token or secrets.token_hex(16)
@@ -163,7 +164,9 @@ class LocalCluster:
                        "store_dir": self.store_dir, "resources": resources,
                        "object_store_memory": object_store_memory,
                        "head_address": self.head_address, "node_address": self.node_address,
-                       "daemon": daemon, "head_tcp": head_tcp, "ip": ip, "join": join}
+                       "daemon": daemon, "head_tcp": head_tcp, "ip": ip, "join": join,
+                       # {"host": ..., "port": ... or None for the default}; None: no dashboard
+                       "dashboard": dashboard}
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
 
@@ -273,7 +276,7 @@ async def _run_node(config: dict) -> None:
     head = None if joining else Head(config["token"])
     # a node of a cluster others may join (aray start) listens on TCP for other nodes
     tcp_host = (config.get("ip") or "127.0.0.1") if (config.get("daemon") or joining) else ""
-    agent = None
+    agent = dashboard = None
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
@@ -290,13 +293,23 @@ async def _run_node(config: dict) -> None:
                               head_address=head_address, ip=config.get("ip") or "127.0.0.1",
                               shared=bool(config.get("daemon")), tcp_host=tcp_host)
             node_address = await agent.start(config["node_address"])
+            dashboard_url = ""
+            if head is not None:
+                head.local_node_id = agent.node_id
+                if config.get("dashboard"):
+                    from ._head.dashboard import Dashboard
+
+                    dashboard = Dashboard(head, config["token"])
+                    dashboard_url = await dashboard.start(config["dashboard"]["host"],
+                                                          config["dashboard"]["port"])
         except (OSError, ConnectionError, ValueError) as exc:
             os.write(1, (json.dumps({"error": str(exc)}) + "\n").encode())
             return
         ready = {"head_address": head_address, "head_tcp": head_tcp,
                  "node_address": node_address, "node_id": agent.node_id, "pid": os.getpid(),
                  "session_dir": config["session_dir"], "store_dir": config["store_dir"],
-                 "is_head": head is not None, "tcp_host": tcp_host}
+                 "is_head": head is not None, "tcp_host": tcp_host,
+                 "dashboard_url": dashboard_url}
         if config.get("daemon"):
             _write_private(os.path.join(config["session_dir"], "cluster.json"), json.dumps(ready))
         os.write(1, (json.dumps(ready) + "\n").encode())
@@ -310,6 +323,8 @@ async def _run_node(config: dict) -> None:
         for w in waits:
             w.cancel()
     finally:
+        if dashboard is not None:
+            await dashboard.aclose()
         if agent is not None:
             await agent.aclose()
         if head is not None:

@@ -23,6 +23,10 @@ CLOSE_BAD_TOKEN = 4001
 CLOSE_BAD_VERSION = 4002
 CLOSE_BAD_HELLO = 4003
 
+#: the line a worker writes to its log files when it starts a task (then ``JOB::NAME``), so
+#: that its node agent knows whose task printed what follows
+TASK_MARKER = "::aray-task::"
+
 _BY_TAG: dict[int, type] = {}
 
 
@@ -99,7 +103,8 @@ class Heartbeat(NamedTuple):
     its store and queue look (for ``aray status``)."""
 
     node_id: str
-    status: dict  # {"store": store stats, "pending": [[shape, count, infeasible], ...]}
+    status: dict  # {"store": store stats, "pending": [[shape, count, infeasible], ...],
+    #                "host": {"cpu_percent", "memory_total", "memory_used", "memory_percent"}}
 
 
 @_message(17)
@@ -112,8 +117,9 @@ class WithdrawActor(NamedTuple):
 
 @_message(18)
 class GetState(NamedTuple):
-    """Ask the head for one of its tables: "nodes", "actors", "jobs", "tasks", or
-    "task_summary" (one row: counts per task name and state)."""
+    """Ask the head for one of its tables: "nodes", "actors", "jobs", "tasks", "objects"
+    (gathered from every node's store), or "task_summary" (one row: counts per task name
+    and state)."""
 
     req_id: int
     kind: str
@@ -318,6 +324,38 @@ class StoreStats(NamedTuple):
     req_id: int
     stats: dict
     objects: list
+
+
+@_message(71)
+class ListLogs(NamedTuple):
+    """Head -> node agent: the worker log files of this node (for the dashboard)."""
+
+    req_id: int
+
+
+@_message(72, reply=True)
+class LogFiles(NamedTuple):
+    req_id: int
+    files: list  # [{"file", "pid", "stream", "size", "alive", "modified"}, ...]
+
+
+@_message(73)
+class ReadLog(NamedTuple):
+    """Head -> node agent: bytes of one log file from ``offset`` (negative: from the end)."""
+
+    req_id: int
+    file: str
+    offset: int
+    limit: int
+
+
+@_message(74, reply=True)
+class LogData(NamedTuple):
+    req_id: int
+    data: bytes
+    offset: int  # where the next read starts
+    size: int
+    error: str
 
 
 @_message(35)

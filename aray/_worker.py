@@ -37,8 +37,6 @@ from .store._serialize import deserialize, serialize
 
 log = logging.getLogger("aray.worker")
 
-#: a line a worker prints when it starts a task, so its node agent can prefix later output
-TASK_MARKER = "::aray-task::"
 
 
 class _Executor:
@@ -153,7 +151,7 @@ class _Executor:
         marker = f"{job_id}::{name}"
         if marker != self._marked:
             self._marked = marker
-            line = f"{TASK_MARKER}{marker}\n"
+            line = f"{P.TASK_MARKER}{marker}\n"
             sys.stdout.write(line)
             sys.stdout.flush()
             sys.stderr.write(line)

@@ -48,7 +48,9 @@ async def init(address: str | None = None, *, num_cpus: float | None = None,
                num_gpus: float | None = None, resources: dict | None = None,
                object_store_memory: int | None = None, log_to_driver: bool = True,
                ignore_reinit_error: bool = False, token: str | None = None,
-               namespace: str | None = None, _redis_password: str | None = None) -> dict:
+               namespace: str | None = None, include_dashboard: bool | None = None,
+               dashboard_host: str = "127.0.0.1", dashboard_port: int | None = None,
+               _redis_password: str | None = None) -> dict:
     """Start a local cluster on the running loop and connect to it.
 
     Same arguments as :func:`aray.init`; returns once the cluster is ready.
@@ -60,37 +62,50 @@ async def init(address: str | None = None, *, num_cpus: float | None = None,
         ...     await aray.aio.shutdown()
         ...     return sorted(info)
         >>> asyncio.run(main())
-        ['node_id', 'session_dir']
+        ['dashboard_url', 'node_id', 'session_dir']
     """
     core = bootstrap(asyncio.get_running_loop(), address, num_cpus=num_cpus,
                      num_gpus=num_gpus, resources=resources,
                      object_store_memory=object_store_memory, log_to_driver=log_to_driver,
                      ignore_reinit_error=ignore_reinit_error,
-                     token=token or _redis_password, namespace=namespace)
+                     token=token or _redis_password, namespace=namespace,
+                     include_dashboard=include_dashboard, dashboard_host=dashboard_host,
+                     dashboard_port=dashboard_port)
     await on_runtime(core.loop, connect(core))
-    return {"node_id": core.node_id, "session_dir": core.session_dir}
+    return init_info(core)
+
+
+def init_info(core: Core) -> dict:
+    """What ``init`` returns: the node, the session directory and the dashboard's URL
+    ("" when there is none, or while a cluster started from inside a loop is starting)."""
+    return {"node_id": core.node_id, "session_dir": core.session_dir,
+            "dashboard_url": core.dashboard_url}
 
 
 def bootstrap(loop: asyncio.AbstractEventLoop, address: str | None, *, num_cpus, num_gpus,
               resources, object_store_memory, log_to_driver: bool,
               ignore_reinit_error: bool, token: str | None = None,
-              namespace: str | None = None, _redis_password: str | None = None) -> Core:
+              namespace: str | None = None, include_dashboard: bool | None = None,
+              dashboard_host: str = "127.0.0.1", dashboard_port: int | None = None,
+              _redis_password: str | None = None) -> Core:
     """The part of init that does not wait: start the node process, make the driver core."""
     from ._local import LocalCluster, find_cluster
 
     existing = existing_core(ignore_reinit_error)
     if existing is not None:
         return existing
+    dashboard = dashboard_config(include_dashboard, dashboard_host, dashboard_port)
     token = token or _redis_password or None
     if token is not None and not isinstance(token, str):
         raise TypeError("token must be a non-empty string")
     address = address or os.environ.get("ARAY_ADDRESS") or None
     if address not in (None, "local"):
-        if num_cpus is not None or num_gpus is not None or resources or object_store_memory:
+        if (num_cpus is not None or num_gpus is not None or resources or object_store_memory
+                or dashboard_port is not None):
             raise ValueError(
-                "num_cpus, num_gpus, resources and object_store_memory describe a new cluster; "
-                "when connecting to an existing one (address=...) leave them out, and give "
-                "them to `aray start` instead")
+                "num_cpus, num_gpus, resources, object_store_memory and dashboard_port describe "
+                "a new cluster; when connecting to an existing one (address=...) leave them "
+                "out, and give them to `aray start` instead")
         if address.startswith("aray://"):
             core = client_core(loop, address, token, log_to_driver)
         else:
@@ -100,10 +115,11 @@ def bootstrap(loop: asyncio.AbstractEventLoop, address: str | None, *, num_cpus,
                         session_dir=info["session_dir"], node_address=info["node_address"],
                         head_address=info["head_address"], store_dir=info["store_dir"],
                         log_to_driver=log_to_driver, tcp_host=info.get("tcp_host", ""))
+            core.dashboard_url = info.get("dashboard_url", "")
     else:
         total = node_resources(num_cpus, num_gpus, resources, object_store_memory)
         cluster = LocalCluster(resources=total, object_store_memory=object_store_memory,
-                               token=token)
+                               token=token, dashboard=dashboard)
         cluster.spawn()
         core = Core(loop=loop, role="driver", token=cluster.token,
                     session_dir=cluster.session_dir, node_address=cluster.node_address,
@@ -164,7 +180,11 @@ async def connect(core: Core) -> None:
     """Wait for the node process, then open the driver's links (on the runtime loop)."""
     try:
         if core.cluster is not None:
-            await core.cluster.wait_ready()
+            info = await core.cluster.wait_ready()
+            core.dashboard_url = info.get("dashboard_url", "")
+            if core.dashboard_url:  # a link that logs in at once, as `aray start` prints
+                print(f"aray: dashboard at {core.dashboard_url}/?token={core.cluster.token}",
+                      file=sys.stderr, flush=True)
         await core.start()
     except BaseException as exc:
         core.fail_start(exc)
@@ -174,6 +194,21 @@ async def connect(core: Core) -> None:
         if core.cluster is not None:
             await asyncio.get_running_loop().run_in_executor(None, core.cluster.stop)
         raise
+
+
+def dashboard_config(include: bool | None, host: str, port: int | None) -> dict | None:
+    """The dashboard settings of a new cluster, checked: ``None`` for no dashboard."""
+    if include is not None and not isinstance(include, bool):
+        raise TypeError(f"include_dashboard must be True, False or None, not {include!r}")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                             or not 0 <= port <= 65535):
+        raise ValueError(f"dashboard_port must be a port number from 0 (any free port) to "
+                         f"65535, not {port!r}")
+    if not isinstance(host, str) or not host:
+        raise ValueError(f"dashboard_host must be a host name or IP address, not {host!r}")
+    if include is False:
+        return None
+    return {"host": host, "port": port}
 
 
 def node_resources(num_cpus, num_gpus, resources, object_store_memory) -> dict:

@@ -37,8 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--redis-password", help="the same as --token, as in Ray's command line")
     start.add_argument("--node-ip-address", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only)")
-    start.add_argument("--dashboard-host", default="127.0.0.1", help=argparse.SUPPRESS)
-    start.add_argument("--dashboard-port", type=int, help=argparse.SUPPRESS)
+    start.add_argument("--dashboard-host", default="127.0.0.1",
+                       help="where the head's dashboard listens (default 127.0.0.1: this "
+                            "machine only; 0.0.0.0: every interface)")
+    start.add_argument("--dashboard-port", type=int,
+                       help="the dashboard's port (default 8265, or a free one if taken)")
+    start.add_argument("--include-dashboard", type=_flag, default=True, metavar="BOOL",
+                       help="false: start the head without its dashboard")
     start.add_argument("--object-manager-port", type=int, help=argparse.SUPPRESS)
     start.add_argument("--node-manager-port", type=int, help=argparse.SUPPRESS)
     start.add_argument("--block", action="store_true",
@@ -53,10 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("memory", help="objects in this machine's object store, and its use")
 
-    listing = sub.add_parser("list", help="the nodes, actors, jobs or tasks of a running "
-                             "cluster", description="List what the head of a cluster started "
-                             "with `aray start` knows of its nodes, actors, jobs or tasks.")
-    listing.add_argument("kind", choices=["nodes", "actors", "jobs", "tasks"])
+    listing = sub.add_parser("list", help="the nodes, actors, jobs, tasks or objects of a "
+                             "running cluster", description="List what the head of a cluster "
+                             "started with `aray start` knows of its nodes, actors, jobs, "
+                             "tasks or objects.")
+    listing.add_argument("kind", choices=["nodes", "actors", "jobs", "tasks", "objects"])
     listing.add_argument("--address", default="auto",
                          help="HOST:PORT of the head (default: this machine's)")
     listing.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
@@ -94,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flag(text: str) -> bool:
+    """A command-line boolean, as Ray's ``--include-dashboard`` takes it."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -113,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def cmd_start(args) -> None:
     from ._local import LocalCluster
-    from .aio import node_resources
+    from .aio import dashboard_config, node_resources
 
     if args.head == bool(args.address):
         raise ValueError("say what to start: `aray start --head` for a new cluster, or "
@@ -138,15 +154,18 @@ def cmd_start(args) -> None:
         if not token:
             raise ValueError(f"no token for the cluster at {args.address}: pass --token (the "
                              "head printed where to find it) or set ARAY_TOKEN")
+    dashboard = None if join else dashboard_config(args.include_dashboard, args.dashboard_host,
+                                                   args.dashboard_port)
     cluster = LocalCluster(resources=resources, object_store_memory=args.object_store_memory,
                            token=token, daemon=True, ip=args.node_ip_address,
-                           head_tcp=f"tcp://{args.node_ip_address}:{args.port}", join=join)
+                           head_tcp=f"tcp://{args.node_ip_address}:{args.port}", join=join,
+                           dashboard=dashboard)
     _write_token(cluster.session_dir, cluster.token)
     cluster.spawn()
     try:
         info = asyncio.run(cluster.wait_ready())
     except OSError as exc:
-        if "in use" in str(exc):
+        if "in use" in str(exc) and "dashboard" not in str(exc):
             raise OSError(f"port {args.port} is in use: another aray head (or another "
                           "program) listens there. Stop it with `aray stop`, or pick another "
                           "--port.") from None
@@ -161,11 +180,15 @@ def cmd_start(args) -> None:
               f"See the cluster:  aray status --address {address}\n"
               f"Stop this node:   aray stop", flush=True)
     else:
+        dashboard_line = ""
+        if info.get("dashboard_url"):
+            dashboard_line = (f"  Dashboard: {info['dashboard_url']}/?token={cluster.token}\n"
+                              "             (this link logs in; keep it to yourself)\n")
         print(f"Started an aray head node (pid {pid}).\n"
               f"  Address: {address}\n"
               f"  Session: {cluster.session_dir}\n"
               f"  Token:   in {os.path.join(cluster.session_dir, 'token')} (readable by you "
-              "only)\n\n"
+              "only)\n" + dashboard_line + "\n"
               f"Connect from Python on this machine:  aray.init(address=\"auto\")\n"
               f"Add a node (another machine too):     aray start --address {address} "
               "--token TOKEN\n"
@@ -324,6 +347,7 @@ LIST_COLUMNS = {
     "jobs": ["job_id", "driver_pid", "namespace", "alive"],
     "tasks": ["task_id", "name", "type", "state", "node_id", "worker_pid", "duration_s",
               "error"],
+    "objects": ["object_id", "size", "owner", "nodes", "spilled"],
 }
 
 
@@ -345,6 +369,8 @@ def cmd_list(args) -> None:
             return f"{value:.3f}"
         if column == "node_id" and len(str(value)) > 12 and args.kind == "tasks":
             return str(value)[:12]
+        if column == "nodes":  # where an object's copies are
+            return ",".join(node_id[:12] for node_id in value)
         if isinstance(value, dict):  # resources; memory sizes in GiB
             return ", ".join(
                 f"{k}: {v / 2**30:.1f} GiB" if k in ("memory", "object_store_memory")

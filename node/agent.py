@@ -22,6 +22,7 @@ from aray.store.arena import ArenaSpace
 from aray.store.arena import supported as arena_supported
 from aray.store.shm import ARENA_FILE, ShmDirectory
 
+from .logs import list_log_files, read_log
 from .pool import WorkerPool
 from .scheduler import LeaseQueue, ResourcePool, feasible_anywhere, fits, format_resources
 
@@ -31,8 +32,6 @@ PULL_WINDOW = 4
 
 log = logging.getLogger("aray.node")
 
-#: the marker line a worker prints when it starts a task (see aray._worker.TASK_MARKER)
-TASK_MARKER = "::aray-task::"
 LOG_POLL_INTERVAL = 0.1
 
 
@@ -117,6 +116,7 @@ class NodeAgent:
         self.server = Server(token, self._on_hello, name="node")
         self.pool = WorkerPool(worker_target, list(preload), self._on_worker_exit)
         self.workers: dict[str, Worker] = {}
+        self.worker_pids: dict[str, int] = {}  # every worker's pid, kept for its log files
         self.requests = LeaseQueue()
         self.drivers: dict[Link, dict] = {}  # driver link -> its Hello info
         self.code_paths: dict[str, str] = {}  # job id -> where its driver's modules are
@@ -175,7 +175,8 @@ class NodeAgent:
             entry = pending.setdefault(key, [req.msg.shape, 0, False])
             entry[1] += 1
             entry[2] = entry[2] or not feasible_anywhere(req.msg.shape, self.cluster_totals)
-        return {"store": self.accounts.stats(), "pending": list(pending.values())}
+        return {"store": self.accounts.stats(), "pending": list(pending.values()),
+                "host": host_stats()}
 
     def _on_head_lost(self, _link: Link) -> None:
         if not self._closing:
@@ -252,6 +253,7 @@ class NodeAgent:
             return
         worker.address = msg.address
         worker.pid = msg.pid
+        self.worker_pids[worker.worker_id] = msg.pid
         if worker.state is WorkerState.STARTING and worker.holder is None:
             worker.state = WorkerState.IDLE
             self._schedule()
@@ -745,6 +747,16 @@ class NodeAgent:
                 return f"{what} pid {worker.pid}"
         return address
 
+    def _on_ListLogs(self, link: Link, msg: P.ListLogs) -> None:
+        files = list_log_files(os.path.join(self.session_dir, "logs"), self.worker_pids,
+                               set(self.workers))
+        link.send(P.LogFiles(msg.req_id, files))
+
+    def _on_ReadLog(self, link: Link, msg: P.ReadLog) -> None:
+        data, offset, size, error = read_log(os.path.join(self.session_dir, "logs"), msg.file,
+                                             msg.offset, msg.limit)
+        link.send(P.LogData(msg.req_id, data, offset, size, error))
+
     def _on_FlushLogs(self, link: Link, msg: P.FlushLogs) -> None:
         for worker in list(self.workers.values()):
             self._read_logs(worker)
@@ -773,10 +785,10 @@ class NodeAgent:
             worker.log_offsets[stream] += end + 1
             batch: list[str] = []
             for raw in data[: end + 1].decode("utf-8", "replace").splitlines():
-                if raw.startswith(TASK_MARKER):
+                if raw.startswith(P.TASK_MARKER):
                     self._send_logs(worker, stream, batch)
                     batch = []
-                    worker.log_job, _, worker.log_task = raw[len(TASK_MARKER):].partition("::")
+                    worker.log_job, _, worker.log_task = raw[len(P.TASK_MARKER):].partition("::")
                     continue
                 batch.append(raw)
             self._send_logs(worker, stream, batch)
@@ -793,6 +805,15 @@ class NodeAgent:
                     link.send(msg)
         if not local and worker.log_job and self.head is not None and not self.head.closed:
             self.head.send(msg)  # its driver is on another node: the head knows the way
+
+
+def host_stats() -> dict:
+    """The machine's CPU and memory use, for the dashboard (CPU: since the last call)."""
+    import psutil
+
+    mem = psutil.virtual_memory()
+    return {"cpu_percent": psutil.cpu_percent(None), "memory_total": mem.total,
+            "memory_used": mem.total - mem.available, "memory_percent": mem.percent}
 
 
 def _pick(workers: list[Worker], job_id: str) -> Worker | None:

@@ -11,6 +11,7 @@ import time
 from .. import _protocol as P
 from .._link import Link, Server
 from ..node.scheduler import fits
+from . import views
 from .state import ActorState, ActorTable, JobTable, NodeTable, TaskTable
 
 log = logging.getLogger("aray.head")
@@ -31,7 +32,9 @@ class Head:
         self.actors = ActorTable()
         self.tasks = TaskTable()
         self.server = Server(token, self._on_hello, name="head")
-        self._node_links: dict[Link, str] = {}
+        self.node_links: dict[Link, str] = {}  # node agents' links -> their node ids
+        self.local_node_id = ""  # the node whose process runs the head
+        self._requests: set[asyncio.Task] = set()  # state requests that ask the nodes
         self._driver_links: dict[str, Link] = {}  # job id -> driver link
         self._actor_waiters: dict[str, list[tuple[Link, int]]] = {}
         self._kill_waiters: dict[str, list[tuple[Link, int]]] = {}
@@ -46,6 +49,8 @@ class Head:
     async def aclose(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
+        for task in list(self._requests):
+            task.cancel()
         await self.server.aclose()
 
     async def _watch_nodes(self) -> None:
@@ -54,7 +59,7 @@ class Head:
         while True:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
             now = time.monotonic()
-            for link, node_id in list(self._node_links.items()):
+            for link, node_id in list(self.node_links.items()):
                 if now - self._last_heard.get(node_id, now) > NODE_TIMEOUT:
                     log.warning("node %s sent no heartbeat for %.0f s: marked dead",
                                 node_id[:12], NODE_TIMEOUT)
@@ -77,7 +82,7 @@ class Head:
     def _on_hello(self, link: Link, hello: P.Hello) -> dict:
         link.on_message = self._dispatch
         if hello.role == "node":
-            self._node_links[link] = hello.ident
+            self.node_links[link] = hello.ident
             self._last_heard[hello.ident] = time.monotonic()
             link.on_close.append(self._on_node_lost)
             return {"heartbeat_interval": HEARTBEAT_INTERVAL}
@@ -92,7 +97,7 @@ class Head:
     def _on_job_finished(self, job_id: str, driver_address: str) -> None:
         self.jobs.finish(job_id)
         self._driver_links.pop(job_id, None)
-        for node_link in self._node_links:
+        for node_link in self.node_links:
             if not node_link.closed:
                 node_link.send(P.JobFinished(job_id, driver_address))
         for record in list(self.actors.actors.values()):
@@ -111,7 +116,7 @@ class Head:
         log.info("node %s joined with %s", msg.node_id[:12], msg.resources)
         self._broadcast_view()
         # actors waiting on a node that can never hold them move to the new one if it can
-        links = {node_id: l for l, node_id in self._node_links.items()}
+        links = {node_id: l for l, node_id in self.node_links.items()}
         for record in self.actors.actors.values():
             if (record.state in (ActorState.PENDING, ActorState.RESTARTING)
                     and record.spec is not None and record.node_id != msg.node_id
@@ -126,34 +131,49 @@ class Head:
 
     def _on_NodeResourcesChanged(self, link: Link, msg: P.NodeResourcesChanged) -> None:
         self.nodes.update_available(msg.node_id, msg.available)
-        if len(self._node_links) > 1 and self._view_timer is None:
+        if len(self.node_links) > 1 and self._view_timer is None:
             # agents spill work to nodes with free resources: keep them informed, at most
             # every VIEW_INTERVAL seconds
             self._view_timer = asyncio.get_running_loop().call_later(
                 VIEW_INTERVAL, self._broadcast_view)
 
+    def node_link(self, node_id: str) -> Link | None:
+        """The link to a live node's agent."""
+        for link, known in self.node_links.items():
+            if known == node_id and not link.closed:
+                return link
+        return None
+
     def _on_GetState(self, link: Link, msg: P.GetState) -> None:
         """The head's tables for the state API (``aray.util.state``, ``aray list``)."""
         rows, error = [], ""
         if msg.kind == "nodes":
-            rows = self.nodes.describe()
+            rows = views.nodes(self)
         elif msg.kind == "actors":
             rows = [r.describe(public=True) for r in self.actors.actors.values()]
         elif msg.kind == "jobs":
-            rows = [dict(job) for job in self.jobs.jobs.values()]
+            rows = views.jobs(self)
         elif msg.kind == "tasks":
             rows = self.tasks.rows()
         elif msg.kind == "task_summary":
             rows = [self.tasks.summary()]
+        elif msg.kind == "objects":  # the nodes know them: answer once they have
+            task = asyncio.get_running_loop().create_task(self._send_objects(link, msg.req_id))
+            self._requests.add(task)
+            task.add_done_callback(self._requests.discard)
+            return
         else:
-            error = f"unknown state kind {msg.kind!r}: nodes, actors, jobs or tasks"
+            error = f"unknown state kind {msg.kind!r}: nodes, actors, jobs, tasks or objects"
         link.send(P.StateRows(msg.req_id, rows, error))
 
+    async def _send_objects(self, link: Link, req_id: int) -> None:
+        link.send_if_open(P.StateRows(req_id, await views.objects(self), ""))
+
     def _on_GetClusterState(self, link: Link, msg: P.GetClusterState) -> None:
-        link.send(P.ClusterState(msg.req_id, self.nodes.describe()))
+        link.send(P.ClusterState(msg.req_id, views.nodes(self)))
 
     def _on_node_lost(self, link: Link) -> None:
-        node_id = self._node_links.pop(link, None)
+        node_id = self.node_links.pop(link, None)
         if node_id is not None:
             self.nodes.mark_dead(node_id)
             log.warning("node %s left the cluster", node_id[:12])
@@ -181,7 +201,7 @@ class Head:
         """Send the actor to a node that can hold it (the agent queues it if busy)."""
         placement = record.spec["placement"]
         alive = self.nodes.alive()
-        by_id = {node_id: l for l, node_id in self._node_links.items()}
+        by_id = {node_id: l for l, node_id in self.node_links.items()}
         candidates = ([n for n in alive if fits(placement, n.available)]
                       or [n for n in alive if fits(placement, n.total)] or alive)
         if not candidates:
@@ -198,7 +218,7 @@ class Head:
             return
         if msg.error is not None:
             self.actors.mark_dead(record, "its constructor raised an exception", msg.error)
-            by_id = {node_id: l for l, node_id in self._node_links.items()}
+            by_id = {node_id: l for l, node_id in self.node_links.items()}
             if msg.node_id in by_id:  # the worker has nothing left to do
                 by_id[msg.node_id].send(P.KillActor(0, record.actor_id, True))
         else:
@@ -267,7 +287,7 @@ class Head:
 
     def _kill(self, record, cause: str, no_restart: bool) -> None:
         record.no_restart = record.no_restart or no_restart
-        by_id = {node_id: l for l, node_id in self._node_links.items()}
+        by_id = {node_id: l for l, node_id in self.node_links.items()}
         agent = by_id.get(record.node_id)
         if agent is not None and not agent.closed and record.spec is not None:
             agent.send(P.KillActor(0, record.actor_id, record.no_restart))
@@ -288,6 +308,6 @@ class Head:
             self._view_timer.cancel()
             self._view_timer = None
         view = P.ClusterViewChanged(self.nodes.view())
-        for link in self._node_links:
+        for link in self.node_links:
             if not link.closed:
                 link.send(view)

@@ -49,8 +49,9 @@ class NodeTable:
         """What node agents need to know of each other: [node_id, address, totals, free]."""
         return [[n.node_id, n.address, n.total, n.available] for n in self.alive()]
 
-    def describe(self) -> list[dict]:
-        """One dict per node with Ray's keys (``NodeID``, ``Alive``, ``Resources`` ...)."""
+    def describe(self, head_node: str = "") -> list[dict]:
+        """One dict per node with Ray's keys (``NodeID``, ``Alive``, ``Resources`` ...);
+        ``head_node``: the id of the node the head runs on."""
         out = []
         for n in self.nodes.values():
             resources = dict(n.total)
@@ -67,6 +68,8 @@ class NodeTable:
                 "Available": dict(n.available) if n.alive else {},
                 "ObjectStore": n.status.get("store", {}) if n.alive else {},
                 "PendingDemands": n.status.get("pending", []) if n.alive else [],
+                "Host": n.status.get("host", {}) if n.alive else {},
+                "is_head": n.node_id == head_node,
             })
         return out
 
@@ -197,10 +200,13 @@ class TaskTable:
         self.limit = limit
         self.tasks: dict[str, dict] = {}  # in order of first event
         self.ended = 0
+        self.version = 0  # changes with every batch applied (summaries are cached by it)
+        self._summary: tuple[int, dict] = (-1, {})
 
     def apply(self, events: list, source: dict | None = None) -> None:
         """Merge a batch of events (``[task_id, state, time, fields]``); ``source``: fields
         of every event of the batch (the reporting worker's node and pid)."""
+        self.version += 1
         for task_id, state, when, fields in events:
             key = task_id.hex()
             task = self.tasks.get(key)
@@ -233,9 +239,10 @@ class TaskTable:
                 self.ended -= 1
                 return
 
-    def rows(self) -> list[dict]:
+    def rows(self, tasks=None) -> list[dict]:
+        """Tasks as the state API shows them (all, or those of ``tasks``)."""
         out = []
-        for task in self.tasks.values():
+        for task in self.tasks.values() if tasks is None else tasks:
             row = dict(task)
             if task["started_at"] is not None and task["ended_at"] is not None:
                 row["duration_s"] = task["ended_at"] - task["started_at"]
@@ -243,9 +250,11 @@ class TaskTable:
         return out
 
     def summary(self) -> dict:
-        """Counts per task name and state."""
-        out: dict[str, dict[str, int]] = {}
-        for task in self.tasks.values():
-            by_state = out.setdefault(task["name"] or "?", {})
-            by_state[task["state"]] = by_state.get(task["state"], 0) + 1
-        return out
+        """Counts per task name and state (worked out again only after a change)."""
+        if self._summary[0] != self.version:
+            out: dict[str, dict[str, int]] = {}
+            for task in self.tasks.values():
+                by_state = out.setdefault(task["name"] or "?", {})
+                by_state[task["state"]] = by_state.get(task["state"], 0) + 1
+            self._summary = (self.version, out)
+        return self._summary[1]

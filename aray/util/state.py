@@ -3,7 +3,8 @@
 Each function returns a list of dicts, one per node, actor or job, read from the head of
 the cluster this program is connected to (after :func:`aray.init`), or else from the cluster
 ``address`` names (``"auto"``: the one ``aray start`` started on this machine). The same
-data is printed by ``aray list nodes|actors|jobs|tasks`` and ``aray summary tasks``.
+data is printed by ``aray list nodes|actors|jobs|tasks|objects`` and ``aray summary tasks``,
+and served by the dashboard's JSON API.
 
 ``filters`` keeps the rows that match every ``(key, op, value)`` given, where ``op`` is
 ``"="`` or ``"!="``, as in Ray's state API: ``list_actors(filters=[("state", "=",
@@ -19,7 +20,8 @@ from .. import _global
 from .. import _protocol as P
 from .._portal import call
 
-__all__ = ["list_actors", "list_jobs", "list_nodes", "list_tasks", "summarize_tasks"]
+__all__ = ["list_actors", "list_jobs", "list_nodes", "list_objects", "list_tasks",
+           "summarize_tasks"]
 
 Filter = tuple[str, str, Any]
 
@@ -100,6 +102,26 @@ def list_tasks(filters: list[Filter] | None = None, *, address: str | None = Non
         ['FINISHED']
     """
     return _rows("tasks", filters, address)
+
+
+def list_objects(filters: list[Filter] | None = None, *,
+                 address: str | None = None) -> list[dict]:
+    """Every object in the cluster's object stores, once each, gathered from every live
+    node: ``object_id``, ``size`` (bytes), ``owner`` (the process that made it, e.g.
+    ``driver pid 4242``), ``nodes`` (ids of the nodes holding a copy, the first one's
+    first) and ``spilled`` (a copy is on disk). Small objects kept inline by their owner are
+    not in a store, so they are not listed.
+
+    Examples:
+        >>> import aray, numpy as np
+        >>> from aray.util.state import list_objects
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> ref = aray.put(np.zeros(1_000_000))
+        >>> [row["size"] > 8_000_000 for row in list_objects()
+        ...  if row["object_id"] == ref.hex()]
+        [True]
+    """
+    return _rows("objects", filters, address)
 
 
 def summarize_tasks(*, address: str | None = None) -> dict[str, dict[str, int]]:

@@ -1,0 +1,169 @@
+"""What the head shows of the cluster: the rows and summaries behind the state API
+(``aray.util.state``, ``aray list``), the dashboard's JSON API and ``/metrics``.
+
+Tables the head keeps (nodes, jobs, actors, tasks) are read directly; objects and log
+files live on the nodes, so those views ask every node's agent over its link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from .. import _protocol as P
+from .state import TASK_STATES
+
+if TYPE_CHECKING:
+    from .server import Head
+
+#: a node that does not answer within this many seconds is left out of a listing
+NODE_ANSWER_TIMEOUT = 5.0
+#: the most rows one page of the JSON API holds
+MAX_PAGE = 1000
+
+
+def page(rows, offset: int, limit: int, total: int) -> dict:
+    """The JSON API's envelope for one page of rows."""
+    return {"total": total, "offset": offset, "limit": limit, "rows": rows}
+
+
+def _window(offset: int, limit: int) -> tuple[int, int]:
+    return max(0, offset), max(0, min(limit, MAX_PAGE))
+
+
+def nodes(head: Head) -> list[dict]:
+    return head.nodes.describe(head.local_node_id)
+
+
+def tasks(head: Head, *, state: str = "", name: str = "", job_id: str = "",
+          offset: int = 0, limit: int = 100) -> dict:
+    """One page of tasks, newest first; ``name`` matches a part of the name. Only the page's
+    rows are copied, so a page costs little even with 100,000 tasks in the table."""
+    offset, limit = _window(offset, limit)
+    matching = [t for t in reversed(head.tasks.tasks.values())
+                if (not state or t["state"] == state) and (not name or name in t["name"])
+                and (not job_id or t["job_id"] == job_id)]
+    return page(head.tasks.rows(matching[offset:offset + limit]), offset, limit, len(matching))
+
+
+def actors(head: Head, *, state: str = "", offset: int = 0, limit: int = 100) -> dict:
+    offset, limit = _window(offset, limit)
+    matching = [r for r in reversed(head.actors.actors.values()) if not state or r.state == state]
+    return page([r.describe(public=True) for r in matching[offset:offset + limit]],
+                offset, limit, len(matching))
+
+
+def jobs(head: Head) -> list[dict]:
+    return [dict(job) for job in head.jobs.jobs.values()]
+
+
+def summary(head: Head) -> dict:
+    """Counts for the overview: nodes, jobs, actors and tasks by state, and the cluster's
+    resources and object store use summed over its live nodes."""
+    by_name = head.tasks.summary()
+    task_states = dict.fromkeys(TASK_STATES, 0)
+    for counts in by_name.values():
+        for state, n in counts.items():
+            task_states[state] = task_states.get(state, 0) + n
+    actor_states: dict[str, int] = {}
+    for record in head.actors.actors.values():
+        actor_states[record.state] = actor_states.get(record.state, 0) + 1
+    alive = head.nodes.alive()
+    total: dict[str, float] = {}
+    available: dict[str, float] = {}
+    store = dict.fromkeys(["used_bytes", "capacity_bytes", "num_objects", "spilled_bytes",
+                           "num_spilled"], 0)
+    for node in alive:
+        for k, v in node.total.items():
+            total[k] = total.get(k, 0) + v
+        for k, v in node.available.items():
+            available[k] = available.get(k, 0) + v
+        for k, v in node.status.get("store", {}).items():
+            if k in store:
+                store[k] += v
+    return {
+        "nodes": {"alive": len(alive), "dead": len(head.nodes.nodes) - len(alive)},
+        "jobs": {"alive": sum(1 for j in head.jobs.jobs.values() if j["alive"]),
+                 "total": len(head.jobs.jobs)},
+        "actors": {"by_state": actor_states, "total": len(head.actors.actors)},
+        "tasks": {"by_state": task_states, "by_name": by_name, "total": len(head.tasks.tasks)},
+        "object_store": store,
+        "resources": {"total": total, "available": available},
+    }
+
+
+def timeline(head: Head, seconds: float = 60.0, max_rows: int = 2000) -> dict:
+    """Tasks that ran during the last ``seconds``: one row per task with its worker and its
+    start and end (``None`` while it runs), the most recent ``max_rows`` of them."""
+    now = time.time()
+    since = now - seconds
+    rows = []
+    for task in reversed(head.tasks.tasks.values()):
+        start, end = task["started_at"], task["ended_at"]
+        if start is None or (end is not None and end < since):
+            continue
+        rows.append({"task_id": task["task_id"], "name": task["name"], "state": task["state"],
+                     "node_id": task["node_id"], "worker_pid": task["worker_pid"],
+                     "start": start, "end": end})
+        if len(rows) >= max_rows:
+            break
+    return {"now": now, "rows": rows}
+
+
+async def _ask_nodes(head: Head, make) -> list[tuple[str, object]]:
+    """Send ``make(req_id)`` to every live node's agent; ``[(node_id, reply)]`` of those that
+    answered in time."""
+    links = [(node_id, link) for link, node_id in list(head.node_links.items())
+             if not link.closed]
+
+    async def one(link):
+        try:
+            return await asyncio.wait_for(link.request(make), NODE_ANSWER_TIMEOUT)
+        except (asyncio.TimeoutError, ConnectionError):
+            return None
+
+    replies = await asyncio.gather(*(one(link) for _, link in links))
+    return [(node_id, reply) for (node_id, _), reply in zip(links, replies) if reply is not None]
+
+
+async def objects(head: Head) -> list[dict]:
+    """Every object in the cluster's stores, once per object: ``object_id``, ``size``,
+    ``owner`` (who made it), ``nodes`` (the nodes that hold a copy, the owner's first) and
+    ``spilled`` (some copy is on disk)."""
+    merged: dict[str, dict] = {}
+    for node_id, reply in await _ask_nodes(head, lambda r: P.GetStoreStats(r)):
+        for obj in reply.objects:
+            row = merged.setdefault(obj["object_id"], {
+                "object_id": obj["object_id"], "size": obj["size"], "owner": "", "nodes": [],
+                "spilled": False})
+            primary = not obj["owner"].startswith("copy of")
+            if primary:
+                row["owner"] = obj["owner"]
+                row["nodes"].insert(0, node_id)
+            else:
+                row["nodes"].append(node_id)
+            row["spilled"] = row["spilled"] or obj["spilled"]
+    return list(merged.values())
+
+
+async def log_files(head: Head) -> list[dict]:
+    """The worker log files of every live node, each with its ``node_id``."""
+    out = []
+    for node_id, reply in await _ask_nodes(head, lambda r: P.ListLogs(r)):
+        out += [dict(f, node_id=node_id) for f in reply.files]
+    return out
+
+
+async def read_log(head: Head, node_id: str, file: str, offset: int, limit: int) -> dict:
+    """``{"data", "offset", "size"}`` of one node's log file; raises LookupError when the
+    node or the file is unknown."""
+    link = head.node_link(node_id)
+    if link is None:
+        raise LookupError(f"no live node with id {node_id!r}")
+    reply = await asyncio.wait_for(link.request(lambda r: P.ReadLog(r, file, offset, limit)),
+                                   NODE_ANSWER_TIMEOUT)
+    if reply.error:
+        raise LookupError(reply.error)
+    return {"data": reply.data.decode("utf-8", "replace"), "offset": reply.offset,
+            "size": reply.size}

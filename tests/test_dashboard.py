@@ -1,0 +1,404 @@
+"""The dashboard of a real head: its JSON API, login, websocket updates, log streaming,
+/metrics, and the pages in a real browser (Debian's chromium, driven by playwright)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import time
+
+import aiohttp
+import pytest
+
+import aray
+from aray import _global
+from aray.util.state import list_objects
+
+from test_cluster import Cluster, free_port
+
+pytestmark = pytest.mark.anyio
+
+API_PATHS = ["/api/summary", "/api/nodes", "/api/tasks", "/api/actors", "/api/objects",
+             "/api/jobs", "/api/timeline", "/api/logs", "/metrics"]
+
+
+@aray.remote
+def dash_square(x):
+    return x * x
+
+
+@aray.remote
+def dash_fails():
+    raise ValueError("dash boom")
+
+
+@aray.remote
+class DashCounter:
+    def ping(self):
+        return "pong"
+
+    def say(self, word):
+        print(f"dash says {word}")
+        return word
+
+
+@pytest.fixture(scope="module")
+def work(cluster):
+    """The shared cluster with some history: finished and failed tasks, an actor, a stored
+    object; returns what the tests look for."""
+    assert aray.get([dash_square.remote(i) for i in range(30)]) == [i * i for i in range(30)]
+    with pytest.raises(ValueError, match="dash boom"):
+        aray.get(dash_fails.remote())
+    counter = DashCounter.options(name="dash-counter").remote()
+    assert aray.get(counter.ping.remote()) == "pong"
+    assert aray.get(counter.say.remote("hello")) == "hello"
+    big = aray.put(b"x" * 2_000_000)
+    core = _global.core()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # task events go to the head in batches
+        summary = aray.util.state.summarize_tasks()
+        if summary.get("dash_square", {}).get("FINISHED") == 30 and "dash_fails" in summary:
+            break
+        time.sleep(0.1)
+    time.sleep(1.2)  # and a heartbeat brings the host's CPU and memory
+    yield {"url": core.dashboard_url, "token": core.token, "node_id": core.node_id,
+           "object": big.hex(), "actor": counter}
+
+
+def browser_like():
+    """A client session that keeps cookies of hosts given by IP address, as browsers do."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def get_json(session, url, token, expect=200):
+    async with session.get(url, headers=bearer(token)) as r:
+        assert r.status == expect, await r.text()
+        return await r.json()
+
+
+async def test_everything_needs_the_token(work):
+    url = work["url"]
+    async with aiohttp.ClientSession() as s:
+        for path in API_PATHS:
+            for headers in ({}, bearer("wrong-token"), {"Cookie": "aray_session=forged"}):
+                async with s.get(url + path, headers=headers) as r:
+                    assert r.status == 401, path
+                    body = await r.text()
+                    assert work["node_id"] not in body and "dash_square" not in body
+                    assert "token" in json.loads(body)["error"]
+        # the page itself: a login form, nothing of the cluster
+        async with s.get(url + "/") as r:
+            assert r.status == 401
+            body = await r.text()
+            assert '<form method="post" action="/login">' in body
+            assert work["node_id"] not in body
+            assert r.headers["X-Frame-Options"] == "DENY"
+            assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+        async with s.get(url + "/?token=wrong") as r:
+            assert r.status == 401 and "not the token of this cluster" in await r.text()
+        # the websocket closes at once, saying why
+        async with s.ws_connect(url + "/ws") as ws:
+            msg = await ws.receive(timeout=5)
+            assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4401
+
+
+async def test_login_link_sets_a_strict_httponly_cookie(work):
+    url, token = work["url"], work["token"]
+    async with browser_like() as s:
+        async with s.get(url + f"/?token={token}", allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == "/"  # the token leaves the URL
+            cookie = r.headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        value = re.search(r"aray_session=([^;]+)", cookie).group(1)
+        assert token not in value  # the cookie proves the token without being it
+        async with s.get(url + "/") as r:  # the session's cookie jar sends it
+            assert r.status == 200 and "app.js" in await r.text()
+        async with s.get(url + "/api/summary") as r:
+            assert r.status == 200
+        async with s.post(url + "/logout", allow_redirects=False) as r:
+            assert r.status == 303
+        async with s.get(url + "/api/summary") as r:
+            assert r.status == 401
+    async with browser_like() as s:  # the login form
+        async with s.post(url + "/login", data={"token": "nope"}) as r:
+            assert r.status == 401 and "Wrong token" in await r.text()
+        async with s.post(url + "/login", data={"token": token}, allow_redirects=False) as r:
+            assert r.status == 303 and "aray_session=" in r.headers["Set-Cookie"]
+
+
+async def test_api_shows_nodes_tasks_actors_objects_jobs(work):
+    url, token = work["url"], work["token"]
+    async with aiohttp.ClientSession() as s:
+        summary = await get_json(s, url + "/api/summary", token)
+        assert summary["nodes"] == {"alive": 1, "dead": 0}
+        assert summary["tasks"]["by_name"]["dash_square"]["FINISHED"] == 30
+        assert summary["tasks"]["by_name"]["dash_fails"] == {"FAILED": 1}
+        assert summary["actors"]["by_state"]["ALIVE"] >= 1
+        assert summary["jobs"]["alive"] >= 1
+        assert summary["resources"]["total"]["CPU"] == 2
+        assert summary["object_store"]["used_bytes"] >= 2_000_000
+
+        nodes = (await get_json(s, url + "/api/nodes", token))["rows"]
+        assert [n["NodeID"] for n in nodes] == [work["node_id"]]
+        node = nodes[0]
+        assert node["Alive"] and node["is_head"] and node["Resources"]["Custom"] == 4
+        assert 0 <= node["Host"]["cpu_percent"] <= 100
+        assert 0 < node["Host"]["memory_used"] < node["Host"]["memory_total"]
+        assert node["ObjectStore"]["num_objects"] >= 1
+
+        # tasks: newest first, paginated, filtered by state and by a part of the name
+        page = await get_json(s, url + "/api/tasks?name=dash_sq&limit=7&offset=7", token)
+        assert page["total"] == 30 and len(page["rows"]) == 7 and page["offset"] == 7
+        first = await get_json(s, url + "/api/tasks?name=dash_sq&limit=7", token)
+        assert not {t["task_id"] for t in first["rows"]} & {t["task_id"] for t in page["rows"]}
+        assert first["rows"][0]["submitted_at"] >= page["rows"][-1]["submitted_at"]
+        task = first["rows"][0]
+        assert task["node_id"] == work["node_id"] and task["worker_pid"] > 0
+        assert task["duration_s"] >= 0
+        failed = (await get_json(s, url + "/api/tasks?state=FAILED", token))["rows"]
+        assert [t["name"] for t in failed if t["name"] == "dash_fails"] == ["dash_fails"]
+        assert "dash boom" in next(t for t in failed if t["name"] == "dash_fails")["error"]
+
+        actors = (await get_json(s, url + "/api/actors", token))["rows"]
+        actor = next(a for a in actors if a["name"] == "dash-counter")
+        assert actor["class_name"] == "DashCounter" and actor["state"] == "ALIVE"
+        assert actor["pid"] > 0 and actor["node_id"] == work["node_id"]
+
+        objects = await get_json(s, url + "/api/objects", token)
+        obj = next(o for o in objects["rows"] if o["object_id"] == work["object"])
+        assert obj["size"] >= 2_000_000 and obj["nodes"] == [work["node_id"]]
+        assert obj["owner"] == f"driver pid {os.getpid()}" and obj["spilled"] is False
+        assert objects["total_bytes"] >= obj["size"]
+
+        jobs = (await get_json(s, url + "/api/jobs", token))["rows"]
+        assert any(j["driver_pid"] == os.getpid() and j["alive"] for j in jobs)
+
+        timeline = await get_json(s, url + "/api/timeline?seconds=600", token)
+        assert any(r["name"] == "dash_square" and r["end"] >= r["start"]
+                   for r in timeline["rows"])
+
+        # bad input: named
+        async with s.get(url + "/api/tasks?limit=many", headers=bearer(token)) as r:
+            assert r.status == 400 and "limit must be an integer" in (await r.json())["error"]
+        async with s.get(url + f"/api/logs/{work['node_id']}/..%2Fnode.log",
+                         headers=bearer(token)) as r:
+            assert r.status == 404 and "no such log file" in (await r.json())["error"]
+        async with s.get(url + "/api/logs/nosuchnode/worker-1.out", headers=bearer(token)) as r:
+            assert r.status == 404 and "no live node" in (await r.json())["error"]
+
+    # the same objects in Python
+    assert any(o["object_id"] == work["object"] for o in list_objects())
+
+
+async def test_metrics_in_prometheus_format(work):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as s:
+        async with s.get(work["url"] + "/metrics", headers=bearer(work["token"])) as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+            text = await r.text()
+    samples = {(m.name, tuple(sorted(sample.labels.items()))): sample.value
+               for m in text_string_to_metric_families(text) for sample in m.samples}
+    node = work["node_id"]
+    assert samples[("aray_tasks", (("name", "dash_square"), ("state", "FINISHED")))] == 30
+    assert samples[("aray_tasks", (("name", "dash_fails"), ("state", "FAILED")))] == 1
+    assert samples[("aray_actors", (("state", "ALIVE"),))] >= 1
+    assert samples[("aray_nodes", (("state", "alive"),))] == 1
+    assert samples[("aray_resource_total", (("node_id", node), ("resource", "CPU")))] == 2
+    assert samples[("aray_object_store_used_bytes", (("node_id", node),))] >= 2_000_000
+    assert samples[("aray_node_memory_total_bytes", (("node_id", node),))] > 0
+
+
+async def test_websocket_pushes_updates_and_streams_logs(work):
+    import asyncio
+
+    url, token = work["url"], work["token"]
+    async with aiohttp.ClientSession() as s:
+        actors = (await get_json(s, url + "/api/actors", token))["rows"]
+        pid = next(a["pid"] for a in actors if a["name"] == "dash-counter")
+        logs = (await get_json(s, url + "/api/logs", token))["rows"]
+        # the actor's worker printed "dash says hello" to its stdout file
+        row = next(r for r in logs if r["pid"] == pid and r["stream"] == "out")
+        assert row["node_id"] == work["node_id"] and row["alive"]
+        data = await get_json(s, url + f"/api/logs/{row['node_id']}/{row['file']}", token)
+        assert "dash says hello" in data["data"]
+        assert "--- task DashCounter (job " in data["data"]  # whose task printed it
+        async with s.ws_connect(url + "/ws", headers=bearer(token)) as ws:
+            update = await ws.receive_json(timeout=5)
+            assert update["type"] == "update"
+            assert update["nodes"][0]["NodeID"] == work["node_id"]
+            assert update["summary"]["tasks"]["by_name"]["dash_square"]["FINISHED"] == 30
+            await ws.send_json({"type": "tail", "node_id": row["node_id"],
+                                "file": row["file"], "offset": data["offset"]})
+            # output printed after the page started following the file reaches it
+            ref = work["actor"].say.remote("streamed live")
+            await asyncio.get_running_loop().run_in_executor(None, aray.get, ref)
+            seen = ""
+            deadline = time.monotonic() + 20
+            while "dash says streamed live" not in seen and time.monotonic() < deadline:
+                msg = await ws.receive_json(timeout=20)
+                if msg["type"] == "log":
+                    assert msg["file"] == row["file"]
+                    seen += msg["data"]
+            assert "dash says streamed live" in seen
+            assert (await ws.receive_json(timeout=5))["type"] in ("update", "log")
+
+
+def test_task_pages_stay_small_with_100k_tasks():
+    """100,000 ended tasks (the table's limit) plus running ones: a page copies only its
+    rows, the summary counts them all, and the oldest ended ones leave first."""
+    from aray._head import views
+    from aray._head.server import Head
+
+    head = Head("t")
+    now = time.time()
+    for start in range(0, 100_500, 500):
+        events = []
+        for i in range(start, start + 500):
+            tid = i.to_bytes(12, "little")
+            state = "FAILED" if i % 1000 == 0 else "FINISHED"
+            events.append([tid, "RUNNING", now, {"name": f"t{i % 3}", "job_id": "01"}])
+            events.append([tid, state, now + 0.01, {"error": "boom" if state == "FAILED" else ""}])
+        head.tasks.apply(events)
+    head.tasks.apply([[b"r" * 12, "RUNNING", now, {"name": "long"}]])
+    assert len(head.tasks.tasks) == 100_001  # 500 ended ones dropped
+    page = views.tasks(head, limit=50, offset=100)
+    assert page["total"] == 100_001 and len(page["rows"]) == 50
+    assert views.tasks(head, state="RUNNING")["rows"][0]["name"] == "long"
+    failed = views.tasks(head, state="FAILED", limit=1000)
+    assert failed["total"] == 100 and {r["error"] for r in failed["rows"]} == {"boom"}
+    assert views.tasks(head, name="t1", limit=5)["total"] == sum(
+        1 for t in head.tasks.tasks.values() if t["name"] == "t1")
+    summary = views.summary(head)["tasks"]
+    assert summary["by_state"]["FINISHED"] + summary["by_state"]["FAILED"] == 100_000
+    assert views.tasks(head, limit=10**9)["limit"] == views.MAX_PAGE
+
+
+async def test_aray_start_prints_a_login_link(tmp_path):
+    c = Cluster()
+    port = free_port()
+    try:
+        out = c.cli("start", "--head", "--port", str(c.port), "--num-cpus", "1",
+                    "--dashboard-port", str(port)).stdout
+        link = re.search(r"Dashboard: (http://\S+)", out).group(1)
+        assert link.startswith(f"http://127.0.0.1:{port}/?token=")
+        async with browser_like() as s:
+            async with s.get(link) as r:  # follows the redirect with the cookie
+                assert r.status == 200 and str(r.url) == f"http://127.0.0.1:{port}/"
+            async with s.get(f"http://127.0.0.1:{port}/api/nodes") as r:
+                assert r.status == 200 and (await r.json())["rows"][0]["is_head"]
+        # a second head cannot take a dashboard port that is in use: it says so
+        other = Cluster()
+        try:
+            proc = other.cli("start", "--head", "--port", str(other.port),
+                             "--dashboard-port", str(port), check=False)
+            assert proc.returncode != 0
+            assert f"the dashboard cannot listen on 127.0.0.1:{port}" in proc.stderr
+            assert other.node_infos() == []
+        finally:
+            other.stop()
+        # the CLI lists objects across the cluster
+        c.driver("""
+            import subprocess
+            aray.init(address="auto")
+            ref = aray.put(b"y" * 1_000_000)
+            for _ in range(50):
+                out = subprocess.run([sys.executable, "-m", "aray", "list", "objects"],
+                                     capture_output=True, text=True, check=True).stdout
+                if ref.hex() in out and f"driver pid {os.getpid()}" in out:
+                    break
+                time.sleep(0.2)
+            else:
+                sys.exit("aray list objects does not show the object: " + out)
+            """, tmp_path)
+    finally:
+        c.stop()
+    c = Cluster()
+    try:  # --include-dashboard false: no dashboard, no link
+        out = c.cli("start", "--head", "--port", str(c.port), "--num-cpus", "1",
+                    "--include-dashboard", "false").stdout
+        assert "Dashboard:" not in out and c.node_infos()[0]["dashboard_url"] == ""
+    finally:
+        c.stop()
+
+
+def test_init_options(run_script):
+    result = run_script("""
+        import urllib.request
+        info = aray.init(num_cpus=1, include_dashboard=False)
+        assert info["dashboard_url"] == "", info
+        aray.shutdown()
+        info = aray.init(num_cpus=1, dashboard_port=0)
+        print("URL", info["dashboard_url"])
+        try:
+            urllib.request.urlopen(info["dashboard_url"] + "/api/nodes")
+        except urllib.error.HTTPError as exc:
+            print("STATUS", exc.code)
+        report_pids()
+        aray.shutdown()
+        for bad in (dict(dashboard_port=70000), dict(dashboard_port="80"),
+                    dict(include_dashboard="yes")):
+            try:
+                aray.init(num_cpus=1, **bad)
+            except (TypeError, ValueError) as exc:
+                print("BAD", exc)
+        """)
+    result.assert_no_leftovers()
+    assert "STATUS 401" in result.stdout
+    url = re.search(r"URL (\S+)", result.stdout).group(1)
+    assert f"aray: dashboard at {url}/?token=" in result.stderr
+    assert result.stdout.count("BAD ") == 3 and "dashboard_port must be a port" in result.stdout
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium (apt-get install "
+                    "chromium; .ci/run installs it)")
+def test_dashboard_in_a_browser(work, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    url, token = work["url"], work["token"]
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=flags)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(url + "/")
+            page.fill("#token", token)  # the login page
+            page.click("button[type=submit]")
+            page.wait_for_selector(f".node-card[data-node-id='{work['node_id']}']", timeout=15000)
+            assert page.url == url + "/" or page.url.startswith(url + "/#")
+            page.wait_for_selector("#timeline svg", timeout=15000)
+            page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
+            page.goto(url + "/#tasks")
+            page.wait_for_selector("#task-rows tr td.name", timeout=15000)
+            page.fill("input[type=search], #task-filter, input[name=name]", "dash_square")
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#task-rows td.name')]"
+                ".some(td => td.textContent === 'dash_square')", timeout=15000)
+            page.screenshot(path=str(tmp_path / "tasks.png"), full_page=True)
+            assert errors == []
+        finally:
+            browser.close()
+    assert (tmp_path / "overview.png").stat().st_size > 10_000
+    # a login link logs in and leaves the address bar without the token
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=flags)
+        try:
+            page = browser.new_page()
+            page.goto(url + f"/?token={token}")
+            page.wait_for_selector(".node-card", timeout=15000)
+            assert "token" not in page.url
+        finally:
+            browser.close()
