@@ -357,6 +357,14 @@ def test_init_options(run_script):
     assert result.stdout.count("BAD ") == 3 and "dashboard_port must be a port" in result.stdout
 
 
+def _log_files(url: str, token: str) -> list[dict]:
+    import urllib.request
+
+    request = urllib.request.Request(url + "/api/logs", headers=bearer(token))
+    with urllib.request.urlopen(request) as response:
+        return json.load(response)["rows"]
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -383,11 +391,25 @@ def test_dashboard_in_a_browser(work, tmp_path):
             page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
             page.goto(url + "/#tasks")
             page.wait_for_selector("#task-rows tr td.name", timeout=15000)
-            page.fill("input[type=search], #task-filter, input[name=name]", "dash_square")
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('#task-rows td.name')]"
-                ".some(td => td.textContent === 'dash_square')", timeout=15000)
+            page.fill("#task-name-filter", "dash_square")
+            page.wait_for_function(  # only dash_square's rows are left
+                "() => { const names = [...document.querySelectorAll('#task-rows td.name')]"
+                ".map(td => td.textContent); return names.length === 30 && "
+                "names.every(n => n === 'dash_square'); }", timeout=15000)
             page.screenshot(path=str(tmp_path / "tasks.png"), full_page=True)
+            # the actor's worker log, opened from the logs page
+            pid = next(a["pid"] for a in aray.util.state.list_actors()
+                       if a["name"] == "dash-counter")
+            log_file = next(r["file"] for r in _log_files(url, token)
+                            if r["pid"] == pid and r["stream"] == "out")
+            page.goto(url + "/#logs")
+            page.click(f"#log-files .log-file[data-file='{log_file}']")
+            page.wait_for_function("() => document.querySelector('#log-view').textContent"
+                                   ".includes('dash says hello')", timeout=15000)
+            aray.get(work["actor"].say.remote("in the browser"))  # followed as it prints
+            page.wait_for_function("() => document.querySelector('#log-view').textContent"
+                                   ".includes('dash says in the browser')", timeout=15000)
+            page.screenshot(path=str(tmp_path / "logs.png"), full_page=True)
             assert errors == []
         finally:
             browser.close()
