@@ -35,6 +35,8 @@ STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 PUSH_INTERVAL = 1.0
 #: how often a followed log file is read for new output
 TAIL_INTERVAL = 0.5
+#: the most tasks an update's timeline holds (the most recent ones)
+TIMELINE_ROWS = 1000
 #: the websocket close code that tells a page it is not (or no longer) logged in
 CLOSE_UNAUTHORIZED = 4401
 
@@ -265,7 +267,8 @@ class Dashboard:
     # --- live updates --------------------------------------------------------------------
     def _update(self) -> dict:
         return {"type": "update", "summary": views.summary(self.head),
-                "nodes": views.nodes(self.head), "timeline": views.timeline(self.head)}
+                "nodes": views.nodes(self.head),
+                "timeline": views.timeline(self.head, max_rows=TIMELINE_ROWS)}
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         origin = request.headers.get("Origin")
