@@ -304,6 +304,53 @@ async def test_aray_start_prints_a_login_link(tmp_path):
             assert other.node_infos() == []
         finally:
             other.stop()
+        # a second node: the dashboard shows its objects, copies and logs too
+        far = c.join("--num-cpus", "1", "--resources", '{"far": 1}')
+        head_id = c.node_infos()[0]["node_id"]
+        out = c.driver("""
+            import json, urllib.request
+            from aray import _global
+            aray.init(address="auto")
+            core = _global.core()
+
+            def api(path):
+                request = urllib.request.Request(
+                    core.dashboard_url + path,
+                    headers={"Authorization": f"Bearer {core.token}"})
+                with urllib.request.urlopen(request) as response:
+                    return json.load(response)
+
+            @aray.remote(resources={"far": 1})
+            def make():
+                print("made far away", flush=True)
+                return b"z" * 3_000_000
+
+            ref = make.remote()
+            assert len(aray.get(ref)) == 3_000_000  # a copy comes to this node
+            for _ in range(100):
+                rows = [o for o in api("/api/objects")["rows"] if o["object_id"] == ref.hex()]
+                if rows and len(rows[0]["nodes"]) == 2:
+                    break
+                time.sleep(0.1)
+            print("OBJECT", json.dumps(rows))
+            print("NODES", json.dumps([[n["NodeID"], n["Alive"], n["is_head"]]
+                                       for n in api("/api/nodes")["rows"]]))
+            logs = api("/api/logs")["rows"]
+            print("LOGNODES", json.dumps(sorted({r["node_id"] for r in logs})))
+            for row in logs:
+                if row["node_id"] == %r and row["stream"] == "out" and row["size"]:
+                    text = api(f"/api/logs/{row['node_id']}/{row['file']}")["data"]
+                    if "made far away" in text:
+                        print("FARLOG ok")
+            """ % far["node_id"], tmp_path).stdout
+        rows = json.loads(re.search(r"OBJECT (.*)", out).group(1))
+        assert rows[0]["nodes"] == [far["node_id"], head_id], out  # where it was made first
+        assert rows[0]["owner"].startswith("driver pid ") and rows[0]["size"] >= 3_000_000
+        assert sorted(json.loads(re.search(r"NODES (.*)", out).group(1))) == sorted(
+            [[head_id, True, True], [far["node_id"], True, False]])
+        assert json.loads(re.search(r"LOGNODES (.*)", out).group(1)) == sorted(
+            [head_id, far["node_id"]])
+        assert "FARLOG ok" in out
         # the CLI lists objects across the cluster
         c.driver("""
             import subprocess

@@ -88,9 +88,9 @@ class Head:
             return {"heartbeat_interval": HEARTBEAT_INTERVAL}
         if hello.role != "driver":  # a worker's core: actor lookups only
             return {}
-        job_id = self.jobs.new_job(hello.pid, hello.info.get("namespace", ""))
-        self._driver_links[job_id] = link
         address = hello.info.get("address", "")
+        job_id = self.jobs.new_job(hello.pid, hello.info.get("namespace", ""), address)
+        self._driver_links[job_id] = link
         link.on_close.append(lambda _l: self._on_job_finished(job_id, address))
         return {"job_id": job_id, "namespace": self.jobs.namespace(job_id)}
 

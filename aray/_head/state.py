@@ -79,12 +79,14 @@ class JobTable:
         self._next = 1
         self.jobs: dict[str, dict] = {}
 
-    def new_job(self, pid: int, namespace: str = "") -> str:
-        """A new job id; its namespace is the driver's, or an anonymous one of its own."""
+    def new_job(self, pid: int, namespace: str = "", address: str = "") -> str:
+        """A new job id; its namespace is the driver's, or an anonymous one of its own.
+        ``address``: where the driver's core listens (it owns the job's objects)."""
         job_id = self._next.to_bytes(4, "little").hex()
         self._next += 1
         self.jobs[job_id] = {"job_id": job_id, "driver_pid": pid, "start_time": time.time(),
-                             "alive": True, "namespace": namespace or f"anonymous-{job_id}"}
+                             "alive": True, "namespace": namespace or f"anonymous-{job_id}",
+                             "driver_address": address}
         return job_id
 
     def namespace(self, job_id: str, requested: str = "") -> str:

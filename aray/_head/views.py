@@ -132,6 +132,9 @@ async def objects(head: Head) -> list[dict]:
     ``owner`` (who made it), ``nodes`` (the nodes that hold a copy, the owner's first) and
     ``spilled`` (some copy is on disk)."""
     merged: dict[str, dict] = {}
+    # a node names the owners among its own processes; drivers elsewhere, the head names
+    drivers = {job["driver_address"]: f"driver pid {job['driver_pid']}"
+               for job in head.jobs.jobs.values() if job["driver_address"]}
     for node_id, reply in await _ask_nodes(head, lambda r: P.GetStoreStats(r)):
         for obj in reply.objects:
             row = merged.setdefault(obj["object_id"], {
@@ -139,7 +142,7 @@ async def objects(head: Head) -> list[dict]:
                 "spilled": False})
             primary = not obj["owner"].startswith("copy of")
             if primary:
-                row["owner"] = obj["owner"]
+                row["owner"] = drivers.get(obj["owner"], obj["owner"])
                 row["nodes"].insert(0, node_id)
             else:
                 row["nodes"].append(node_id)

@@ -64,8 +64,9 @@ def list_actors(filters: list[Filter] | None = None, *,
 
 
 def list_jobs(filters: list[Filter] | None = None, *, address: str | None = None) -> list[dict]:
-    """Every job (a driver that connected): ``job_id``, ``driver_pid``, ``namespace``,
-    ``alive``, ``start_time`` and, once it ended, ``end_time`` (seconds since the epoch).
+    """Every job (a driver that connected): ``job_id``, ``driver_pid``, ``driver_address``
+    (where its core listens), ``namespace``, ``alive``, ``start_time`` and, once it ended,
+    ``end_time`` (seconds since the epoch).
 
     Examples:
         >>> import aray, os
