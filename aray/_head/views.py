@@ -44,7 +44,15 @@ def tasks(head: Head, *, state: str = "", name: str = "", job_id: str = "",
     matching = [t for t in reversed(head.tasks.tasks.values())
                 if (not state or t["state"] == state) and (not name or name in t["name"])
                 and (not job_id or t["job_id"] == job_id)]
+    # the table is in the order the head first heard of each task, which is nearly the
+    # order of submission (a task that never waited is first heard of when it ends), so
+    # this sort has little to do
+    matching.sort(key=_submitted, reverse=True)
     return page(head.tasks.rows(matching[offset:offset + limit]), offset, limit, len(matching))
+
+
+def _submitted(task: dict) -> float:
+    return task["submitted_at"]
 
 
 def actors(head: Head, *, state: str = "", offset: int = 0, limit: int = 100) -> dict:
