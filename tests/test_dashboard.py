@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import time
 
 import aiohttp
@@ -391,17 +390,20 @@ def test_init_options(run_script):
         report_pids()
         aray.shutdown()
         for bad in (dict(dashboard_port=70000), dict(dashboard_port="80"),
-                    dict(include_dashboard="yes")):
+                    dict(include_dashboard="yes"), dict(dashboard_host="no.such.host.invalid")):
             try:
                 aray.init(num_cpus=1, **bad)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, OSError) as exc:
                 print("BAD", exc)
+        print("INITIALIZED", aray.is_initialized())
         """)
     result.assert_no_leftovers()
     assert "STATUS 401" in result.stdout
     url = re.search(r"URL (\S+)", result.stdout).group(1)
     assert f"aray: dashboard at {url}/?token=" in result.stderr
-    assert result.stdout.count("BAD ") == 3 and "dashboard_port must be a port" in result.stdout
+    assert result.stdout.count("BAD ") == 4 and "dashboard_port must be a port" in result.stdout
+    assert "the dashboard cannot listen on no.such.host.invalid:8265" in result.stdout
+    assert "INITIALIZED False" in result.stdout
 
 
 def _log_files(url: str, token: str) -> list[dict]:

@@ -11,6 +11,7 @@ is HttpOnly and SameSite=Strict, so scripts and other sites cannot use it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import hmac
 import html
@@ -122,12 +123,16 @@ class Dashboard:
                 await site.start()
                 break
             except OSError as exc:
-                if attempt != 0 and port is None:
+                in_use = exc.errno == errno.EADDRINUSE
+                if in_use and port is None and attempt != 0:
                     continue
                 await self._runner.cleanup()
+                advice = ("Pick another port (--dashboard-port, or dashboard_port= in "
+                          "aray.init), or turn the dashboard off." if in_use else
+                          "Check the dashboard host (--dashboard-host, or dashboard_host= in "
+                          "aray.init): an address or name of this machine.")
                 raise OSError(exc.errno, f"the dashboard cannot listen on {host}:{attempt}: "
-                              f"{exc.strerror}. Pick another --dashboard-port, or turn "
-                              "the dashboard off.") from None
+                              f"{exc.strerror}. {advice}") from None
         bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{bound}"
