@@ -13,18 +13,21 @@ from aray import _protocol as P
 _LOG_NAME = re.compile(r"^worker-([0-9a-f]+)\.(out|err)$")
 #: the most one read returns
 MAX_READ = 1 << 20
+#: the most files a listing names (the most recently written ones)
+MAX_FILES = 1000
 
 
 def list_log_files(logs_dir: str, pids: dict[str, int], alive: set[str]) -> list[dict]:
     """One dict per worker log file: ``file``, ``pid``, ``stream`` ("out" or "err"),
-    ``size``, ``alive`` and ``modified`` (seconds since the epoch). ``pids`` maps worker ids
-    to their pids (kept after a worker exits); ``alive`` holds the ids of running workers."""
+    ``size``, ``alive`` and ``modified`` (seconds since the epoch), the most recently
+    written first (at most MAX_FILES). ``pids`` maps worker ids to their pids (kept after a
+    worker exits); ``alive`` holds the ids of running workers."""
     out = []
     try:
         names = os.listdir(logs_dir)
     except FileNotFoundError:
         return out
-    for name in sorted(names):
+    for name in names:
         match = _LOG_NAME.match(name)
         if match is None:
             continue
@@ -35,7 +38,8 @@ def list_log_files(logs_dir: str, pids: dict[str, int], alive: set[str]) -> list
         worker_id, stream = match.groups()
         out.append({"file": name, "pid": pids.get(worker_id, 0), "stream": stream,
                     "size": st.st_size, "alive": worker_id in alive, "modified": st.st_mtime})
-    return out
+    out.sort(key=lambda f: -f["modified"])
+    return out[:MAX_FILES]
 
 
 def read_log(logs_dir: str, name: str, offset: int, limit: int) -> tuple[bytes, int, int, str]:
