@@ -309,7 +309,9 @@ def test_a_dead_node_is_noticed_and_its_work_moves(tmp_path):
                 time.sleep(delay)
                 return i, node()
 
-            @aray.remote
+            # a shape of its own: tasks of one shape share a queue, and `busy` could then
+            # start on whichever node's worker came first
+            @aray.remote(num_cpus=0.5)
             def make():
                 return np.full(1_000_000, 7.0), node()
 
