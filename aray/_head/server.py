@@ -116,7 +116,6 @@ class Head:
         log.info("node %s joined with %s", msg.node_id[:12], msg.resources)
         self._broadcast_view()
         # actors waiting on a node that can never hold them move to the new one if it can
-        links = {node_id: l for l, node_id in self.node_links.items()}
         for record in self.actors.actors.values():
             if (record.state in (ActorState.PENDING, ActorState.RESTARTING)
                     and record.spec is not None and record.node_id != msg.node_id
@@ -124,8 +123,8 @@ class Head:
                 node = self.nodes.nodes.get(record.node_id)
                 if node is None or not node.alive or not fits(record.spec["placement"],
                                                               node.total):
-                    old = links.get(record.node_id)
-                    if old is not None and not old.closed:
+                    old = self.node_link(record.node_id)
+                    if old is not None:
                         old.send(P.WithdrawActor(record.actor_id))
                     self._place(record)
 
@@ -201,7 +200,6 @@ class Head:
         """Send the actor to a node that can hold it (the agent queues it if busy)."""
         placement = record.spec["placement"]
         alive = self.nodes.alive()
-        by_id = {node_id: l for l, node_id in self.node_links.items()}
         candidates = ([n for n in alive if fits(placement, n.available)]
                       or [n for n in alive if fits(placement, n.total)] or alive)
         if not candidates:
@@ -210,7 +208,9 @@ class Head:
             return
         node = candidates[0]
         record.node_id = node.node_id
-        by_id[node.node_id].send(P.CreateActor(record.actor_id, record.spec))
+        link = self.node_link(node.node_id)
+        if link is not None:  # else its node is dying, and re-places its actors then
+            link.send(P.CreateActor(record.actor_id, record.spec))
 
     def _on_ActorStarted(self, link: Link, msg: P.ActorStarted) -> None:
         record = self.actors.actors.get(msg.actor_id)
@@ -218,9 +218,9 @@ class Head:
             return
         if msg.error is not None:
             self.actors.mark_dead(record, "its constructor raised an exception", msg.error)
-            by_id = {node_id: l for l, node_id in self.node_links.items()}
-            if msg.node_id in by_id:  # the worker has nothing left to do
-                by_id[msg.node_id].send(P.KillActor(0, record.actor_id, True))
+            agent = self.node_link(msg.node_id)
+            if agent is not None:  # the worker has nothing left to do
+                agent.send(P.KillActor(0, record.actor_id, True))
         else:
             record.state = ActorState.ALIVE
             record.address, record.worker_id = msg.address, msg.worker_id
@@ -287,9 +287,8 @@ class Head:
 
     def _kill(self, record, cause: str, no_restart: bool) -> None:
         record.no_restart = record.no_restart or no_restart
-        by_id = {node_id: l for l, node_id in self.node_links.items()}
-        agent = by_id.get(record.node_id)
-        if agent is not None and not agent.closed and record.spec is not None:
+        agent = self.node_link(record.node_id)
+        if agent is not None and record.spec is not None:
             agent.send(P.KillActor(0, record.actor_id, record.no_restart))
             record.death_cause = cause  # kept if the death that follows is final
         else:
