@@ -239,9 +239,7 @@ class Dashboard:
 
     async def _api_objects(self, request: web.Request) -> web.Response:
         rows = sorted(await views.objects(self.head), key=lambda o: -o["size"])
-        offset, limit = _int(request, "offset", 0), _int(request, "limit", 100)
-        body = views.page(rows[max(0, offset):max(0, offset) + max(0, limit)], offset, limit,
-                          len(rows))
+        body = views.page_of(rows, _int(request, "offset", 0), _int(request, "limit", 100))
         body["total_bytes"] = sum(o["size"] for o in rows)
         return web.json_response(body)
 

@@ -28,8 +28,11 @@ def page(rows, offset: int, limit: int, total: int) -> dict:
     return {"total": total, "offset": offset, "limit": limit, "rows": rows}
 
 
-def _window(offset: int, limit: int) -> tuple[int, int]:
-    return max(0, offset), max(0, min(limit, MAX_PAGE))
+def page_of(rows: list, offset: int, limit: int, convert=list) -> dict:
+    """The envelope of ``rows[offset:offset + limit]`` (at most MAX_PAGE rows), made into
+    what the API shows by ``convert``; only the page's rows are converted."""
+    offset, limit = max(0, offset), max(0, min(limit, MAX_PAGE))
+    return page(convert(rows[offset:offset + limit]), offset, limit, len(rows))
 
 
 def nodes(head: Head) -> list[dict]:
@@ -40,7 +43,6 @@ def tasks(head: Head, *, state: str = "", name: str = "", job_id: str = "",
           offset: int = 0, limit: int = 100) -> dict:
     """One page of tasks, newest first; ``name`` matches a part of the name. Only the page's
     rows are copied, so a page costs little even with 100,000 tasks in the table."""
-    offset, limit = _window(offset, limit)
     matching = [t for t in reversed(head.tasks.tasks.values())
                 if (not state or t["state"] == state) and (not name or name in t["name"])
                 and (not job_id or t["job_id"] == job_id)]
@@ -48,7 +50,7 @@ def tasks(head: Head, *, state: str = "", name: str = "", job_id: str = "",
     # order of submission (a task that never waited is first heard of when it ends), so
     # this sort has little to do
     matching.sort(key=_submitted, reverse=True)
-    return page(head.tasks.rows(matching[offset:offset + limit]), offset, limit, len(matching))
+    return page_of(matching, offset, limit, head.tasks.rows)
 
 
 def _submitted(task: dict) -> float:
@@ -56,10 +58,9 @@ def _submitted(task: dict) -> float:
 
 
 def actors(head: Head, *, state: str = "", offset: int = 0, limit: int = 100) -> dict:
-    offset, limit = _window(offset, limit)
     matching = [r for r in reversed(head.actors.actors.values()) if not state or r.state == state]
-    return page([r.describe(public=True) for r in matching[offset:offset + limit]],
-                offset, limit, len(matching))
+    return page_of(matching, offset, limit,
+                   lambda records: [r.describe(public=True) for r in records])
 
 
 def jobs(head: Head) -> list[dict]:
