@@ -41,6 +41,21 @@ def descendants(pid: int) -> list[int]:
         return []
 
 
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, message: str = ""):
+    """Poll ``predicate()`` until it returns something truthy and return that; fail the test
+    with ``message`` (and the last value seen) if ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {message or predicate!r} "
+                f"(last value: {value!r})")
+        time.sleep(interval)
+
+
 def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
     """Wait until none of ``pids`` is alive; return those still alive after ``timeout``."""
     deadline = time.monotonic() + timeout
