@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from . import _protocol as P
-from ._link import Link
+from ._link import CONTROL_TIMEOUT, Link
 from ._objects import ObjectState
 from ._refs import ObjectRef
 from .exceptions import ActorDiedError, RemoteErrorInfo
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("aray")
 
 RESOLVE_RETRY_DELAY = 0.05
+#: aray.kill() waits this long for the actor to be down
+KILL_TIMEOUT = 60.0
 
 
 @dataclasses.dataclass(eq=False)
@@ -98,7 +100,7 @@ class ActorCaller:
         """Reserve the actor (and its name) at the head; returns the id to talk to."""
         head = await self.core.head_link()
         reply = await head.request(lambda r: P.RegisterActor(
-            r, actor_id, name, namespace, get_if_exists, job_id, meta))
+            r, actor_id, name, namespace, get_if_exists, job_id, meta), timeout=CONTROL_TIMEOUT)
         if reply.error:
             raise ValueError(reply.error)
         if reply.actor_id != actor_id:
@@ -184,7 +186,9 @@ class ActorCaller:
         try:
             while True:
                 head = await self.core.head_link()
-                reply = await head.request(lambda r: P.WaitActor(r, q.target))
+                # answered once the actor is alive or dead, which takes as long as the
+                # cluster needs to find room for it; a head that dies closes the link
+                reply = await head.request(lambda r: P.WaitActor(r, q.target), timeout=None)
                 info = reply.info
                 if not info or info["state"] == "DEAD":
                     q.dead = actor_died_error(info, q.target)
@@ -274,9 +278,13 @@ class ActorCaller:
 
     async def kill(self, actor_id: str, no_restart: bool) -> None:
         head = await self.core.head_link()
-        await head.request(lambda r: P.KillActor(r, self._queue(actor_id).target, no_restart))
+        # answered once the actor is down; a node that does not answer is declared dead
+        # within the head's node timeout, which ends its actors too
+        await head.request(lambda r: P.KillActor(r, self._queue(actor_id).target, no_restart),
+                           timeout=KILL_TIMEOUT)
 
     async def lookup(self, name: str, namespace: str, job_id: str) -> dict[str, Any]:
         head = await self.core.head_link()
-        reply = await head.request(lambda r: P.LookupActor(r, name, namespace, job_id))
+        reply = await head.request(lambda r: P.LookupActor(r, name, namespace, job_id),
+                                   timeout=CONTROL_TIMEOUT)
         return reply.info

@@ -15,7 +15,7 @@ A mixin of :class:`aray._core.Core`, which provides ``objects``, ``address``, ``
 from __future__ import annotations
 
 from . import _protocol as P
-from ._link import Link
+from ._link import CONTROL_TIMEOUT, Link
 from ._objects import ObjectEntry, contained_refs
 from ._refs import ObjectRef
 
@@ -49,7 +49,7 @@ class Borrowing:
     async def _register(self, owner: str, oid: bytes) -> None:
         try:
             link = await self.peer(owner)
-            await link.request(lambda r: P.AddBorrower(r, oid))
+            await link.request(lambda r: P.AddBorrower(r, oid), timeout=CONTROL_TIMEOUT)
         except (ConnectionError, OSError):
             pass  # the owner is gone, and the object with it
         finally:

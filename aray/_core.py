@@ -29,7 +29,7 @@ import cloudpickle
 
 from . import _protocol as P
 from ._actor_calls import ActorCall, ActorCaller
-from ._link import Link, Server, bind_tcp, connect
+from ._link import CONTROL_TIMEOUT, Link, Server, bind_tcp, connect
 from ._borrowing import Borrowing
 from ._fetch import Fetching
 from ._objects import ObjectEntry, ObjectState, ObjectTable, dump_error
@@ -169,7 +169,8 @@ class Core(Borrowing, Fetching):
 
     async def _head_node_agent(self) -> str:
         assert self.head is not None
-        nodes = (await self.head.request(lambda r: P.GetClusterState(r))).nodes
+        nodes = (await self.head.request(lambda r: P.GetClusterState(r),
+                                         timeout=CONTROL_TIMEOUT)).nodes
         alive = [n for n in nodes if n["Alive"]]
         if not alive:
             raise ConnectionError(f"the aray cluster at {self.head_address} has no node alive")
@@ -206,7 +207,7 @@ class Core(Borrowing, Fetching):
         if self.role == "driver" and self.log_to_driver and self.agent is not None:
             try:  # what tasks printed just before shutdown still reaches the terminal
                 async with asyncio.timeout(2):
-                    await self.agent.request(lambda r: P.FlushLogs(r))
+                    await self.agent.request(lambda r: P.FlushLogs(r), timeout=None)
             except (TimeoutError, ConnectionError):
                 pass
         self._closing = True
@@ -255,12 +256,12 @@ class Core(Borrowing, Fetching):
             return link
         return await asyncio.shield(pending)
 
-    def _dispatch(self, link: Link, msg) -> None:
+    def _dispatch(self, link: Link, msg):
         handler = self._handlers.get(type(msg))
         if handler is None:
             log.warning("unexpected %s on link %s", type(msg).__name__, link.name)
         else:
-            handler(link, msg)
+            return handler(link, msg)
 
     def _on_peer_closed(self, link: Link) -> None:
         for address, peer in list(self._peers.items()):
@@ -291,7 +292,9 @@ class Core(Borrowing, Fetching):
     async def _fetch_from_owner(self, entry: ObjectEntry) -> None:
         try:
             link = await self.peer(entry.owner)
-            reply = await link.request(lambda r: P.GetObject(r, entry.oid))
+            # answered once the object is ready, however long its task runs; if the
+            # owner's node dies, the link closes (NodeDied) and this raises
+            reply = await link.request(lambda r: P.GetObject(r, entry.oid), timeout=None)
         except (ConnectionError, OSError):
             self.objects.fail(entry, OwnerDiedError(
                 f"the owner of object {entry.oid.hex()} ({entry.owner}) has exited, so the "
@@ -393,7 +396,8 @@ class Core(Borrowing, Fetching):
                 or self.objects.on_loop_thread()):
             return -1
         reply = asyncio.run_coroutine_threadsafe(
-            agent.request(lambda r: P.AllocObject(r, oid, size)), self.loop)
+            agent.request(lambda r: P.AllocObject(r, oid, size), timeout=CONTROL_TIMEOUT),
+            self.loop)
         try:
             return reply.result().offset
         except Exception:  # the agent went away: a file still works
@@ -413,7 +417,7 @@ class Core(Borrowing, Fetching):
         """The node store's figures and its objects (from the node agent)."""
         await self.wait_ready()
         assert self.agent is not None
-        reply = await self.agent.request(lambda r: P.GetStoreStats(r))
+        reply = await self.agent.request(lambda r: P.GetStoreStats(r), timeout=CONTROL_TIMEOUT)
         return reply.stats, reply.objects
 
     def ready_values(self, refs: list[ObjectRef]) -> list | None:
@@ -734,7 +738,7 @@ class Core(Borrowing, Fetching):
     # --- cluster information ------------------------------------------------------------
     async def cluster_state(self) -> list[dict]:
         head = await self.head_link()
-        reply = await head.request(lambda r: P.GetClusterState(r))
+        reply = await head.request(lambda r: P.GetClusterState(r), timeout=CONTROL_TIMEOUT)
         return reply.nodes
 
 

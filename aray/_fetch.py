@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 
 from . import _protocol as P
-from ._link import Link
+from ._link import CHUNK_TIMEOUT, Link
 from ._objects import ObjectEntry, ObjectState
 from .exceptions import ObjectLostError
 
@@ -47,8 +47,9 @@ class Fetching:
         if self.client:
             error = await self._download(oid, location)
         else:
+            # as long as the transfer takes: the agent gives each chunk a deadline
             reply = await self.agent.request(
-                lambda r: P.PullObject(r, oid, location[0], location[1]))
+                lambda r: P.PullObject(r, oid, location[0], location[1]), timeout=None)
             error = reply.error
             if not error:
                 self._copies[oid] = reply.offset
@@ -79,7 +80,7 @@ class Fetching:
             link = await self.peer(address)
             for start in range(0, size, DOWNLOAD_CHUNK):
                 reply = await link.request(lambda r, s=start: P.ReadObject(
-                    r, oid, s, min(DOWNLOAD_CHUNK, size - s)))
+                    r, oid, s, min(DOWNLOAD_CHUNK, size - s)), timeout=CHUNK_TIMEOUT)
                 if reply.error:
                     return reply.error
                 data[start:start + len(reply.data)] = reply.data

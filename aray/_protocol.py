@@ -14,14 +14,17 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import base64
+
 import msgpack
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
-#: websocket close codes used by the handshake
-CLOSE_BAD_TOKEN = 4001
-CLOSE_BAD_VERSION = 4002
-CLOSE_BAD_HELLO = 4003
+#: the HTTP header of the upgrade request that carries the client's Hello, and its
+#: largest size: all an unauthenticated peer may send (see aray._link)
+HELLO_HEADER = "Aray-Hello"
+HELLO_MAX = 4096
+HELLO_HEADER_MAX = (HELLO_MAX + 2) // 3 * 4
 
 #: the line a worker writes to its log files when it starts a task (then ``JOB::NAME``), so
 #: that its node agent knows whose task printed what follows
@@ -36,6 +39,8 @@ def _message(tag: int, *, reply: bool = False):
             raise RuntimeError(f"message tag {tag} used twice")
         cls.TAG = tag
         cls.REPLY = reply
+        # a request: answered by a reply with the same req_id (0: nobody waits for it)
+        cls.REQUEST = not reply and cls._fields[:1] == ("req_id",)
         _BY_TAG[tag] = cls
         return cls
 
@@ -47,7 +52,8 @@ def _message(tag: int, *, reply: bool = False):
 
 @_message(1)
 class Hello(NamedTuple):
-    """First frame of every link: who connects, with which protocol version and token."""
+    """Who connects, with which protocol version and token: the ``Aray-Hello`` header of
+    the upgrade request that opens every link (see :func:`encode_hello`)."""
 
     version: int
     token: str
@@ -59,10 +65,19 @@ class Hello(NamedTuple):
 
 @_message(2)
 class Welcome(NamedTuple):
-    """The server's answer to a good Hello."""
+    """The server's answer to a good Hello: the first frame of every link."""
 
     version: int
     info: dict
+
+
+@_message(3, reply=True)
+class RequestFailed(NamedTuple):
+    """The answer to a request whose handler raised: the requester raises it."""
+
+    req_id: int
+    error: str  # "TypeName: message"
+    traceback: str
 
 
 # --- head: nodes, jobs, cluster view ----------------------------------------------------
@@ -567,6 +582,28 @@ def decode(frame: bytes) -> list:
         return [_BY_TAG[item[0]](*item[1:]) for item in items]
     except Exception as exc:  # malformed msgpack, unknown tag, wrong arity
         raise ValueError(f"malformed aray frame: {exc}") from None
+
+
+def encode_hello(hello: Hello) -> str:
+    """A Hello as the value of the ``Aray-Hello`` header (msgpack, base64)."""
+    data = msgpack.packb(list(hello), use_bin_type=True)
+    if len(data) > HELLO_MAX:
+        raise ValueError(f"a Hello of {len(data)} bytes is larger than {HELLO_MAX}")
+    return base64.b64encode(data).decode("ascii")
+
+
+def decode_hello(text: str) -> Hello:
+    """The Hello in an ``Aray-Hello`` header; raises ValueError on anything malformed.
+    Only small, plain values come out: nothing is unpickled."""
+    try:
+        if len(text) > HELLO_HEADER_MAX:
+            raise ValueError("too long")
+        hello = Hello(*msgpack.unpackb(base64.b64decode(text, validate=True), raw=False))
+        if not isinstance(hello.info, dict) or not isinstance(hello.role, str):
+            raise ValueError("wrong field types")
+        return hello
+    except Exception as exc:
+        raise ValueError(f"malformed Hello: {exc}") from None
 
 
 def message_types() -> dict[int, type]:

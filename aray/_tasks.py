@@ -332,8 +332,10 @@ class TaskSubmitter:
             agent, spilled = self.core.agent, False
             while True:
                 try:
+                    # granted when the node has room, however long that takes; if that
+                    # node dies, the link closes (NodeDied) and we ask our own again
                     grant = await agent.request(lambda r: P.RequestLease(
-                        r, q.shape, q.description, self.core.job_id, spilled))
+                        r, q.shape, q.description, self.core.job_id, spilled), timeout=None)
                     if not isinstance(grant, P.LeaseSpillback):
                         break
                     # another node can run it: ask that node's agent

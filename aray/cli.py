@@ -478,13 +478,13 @@ async def _cluster_state(address: str | None, token: str | None) -> list[dict]:
 async def _ask(address: str, token: str, make):
     """One request to a head or node agent over a short-lived authenticated link."""
     from . import _protocol as P
-    from ._link import connect
+    from ._link import CONTROL_TIMEOUT, connect
 
     hello = P.Hello(P.PROTOCOL_VERSION, token, "core", "cli", os.getpid(), {})
     link = await connect(address, hello, name="cli")
     task = asyncio.ensure_future(link.run())
     try:
-        return await link.request(make)
+        return await link.request(make, timeout=CONTROL_TIMEOUT)
     finally:
         await link.aclose()
         await task

@@ -14,6 +14,9 @@
     │   └── OwnerDiedError      the process that owned the object exited
     ├── ObjectStoreFullError    an object does not fit in the object store
     ├── AuthenticationError     wrong or missing cluster token (also a ``ConnectionError``)
+    ├── RequestTimeoutError     another aray process did not answer in time (also a
+    │                           ``ConnectionError`` and a ``TimeoutError``)
+    ├── AraySystemError         aray itself failed in another process (carries its traceback)
     └── NotInitializedError     an operation needs ``aray.init()`` first (also a ``RuntimeError``)
 
 Examples:
@@ -78,6 +81,16 @@ class ObjectStoreFullError(ArayError):
 
 class AuthenticationError(ArayError, ConnectionError):
     """The cluster refused the connection: wrong or missing token."""
+
+
+class RequestTimeoutError(ArayError, ConnectionError, TimeoutError):
+    """Another aray process (a node agent, the head, an object's owner) did not answer a
+    request within its deadline: it is hung, overloaded, or its machine is cut off."""
+
+
+class AraySystemError(ArayError):
+    """aray itself failed: another process of the cluster raised while handling a request
+    from this one. The message carries that process's traceback; please report it."""
 
 
 class NotInitializedError(ArayError, RuntimeError):

@@ -15,7 +15,7 @@ import os
 import uuid
 
 from aray import _protocol as P
-from aray._link import Link, Server, connect
+from aray._link import CHUNK_TIMEOUT, CONTROL_TIMEOUT, Link, Server, connect
 
 from aray.store.service import StoreAccounts
 from aray.store.arena import ArenaSpace
@@ -217,12 +217,12 @@ class NodeAgent:
         return {"node_id": self.node_id, "store_dir": self.store_dir,
                 "session_dir": self.session_dir, "store_capacity": self.accounts.capacity}
 
-    def _dispatch(self, link: Link, msg) -> None:
+    def _dispatch(self, link: Link, msg):
         handler = getattr(self, "_on_" + type(msg).__name__, None)
         if handler is None:
             log.warning("node agent: unexpected %s", type(msg).__name__)
         else:
-            handler(link, msg)
+            return handler(link, msg)
 
     # --- workers -------------------------------------------------------------------------
     def _start_worker(self) -> Worker:
@@ -372,7 +372,7 @@ class NodeAgent:
             try:
                 assert worker.link is not None
                 await worker.link.request(lambda r: P.AssignJob(
-                    r, req.job_id, self.code_paths.get(req.job_id, "")))
+                    r, req.job_id, self.code_paths.get(req.job_id, "")), timeout=CONTROL_TIMEOUT)
             except (ConnectionError, AssertionError):
                 worker.state = WorkerState.DEAD
         if worker.state is WorkerState.DEAD or req.link.closed:
@@ -623,8 +623,8 @@ class NodeAgent:
             pass  # that node is gone, and its store with it
 
     # --- objects of other nodes ----------------------------------------------------------
-    def _on_PullObject(self, link: Link, msg: P.PullObject) -> None:
-        self._spawn(self._answer_pull(link, msg), "pull")
+    def _on_PullObject(self, link: Link, msg: P.PullObject):
+        return self._answer_pull(link, msg)  # run by the link, which answers if it fails
 
     async def _answer_pull(self, link: Link, msg: P.PullObject) -> None:
         try:
@@ -667,7 +667,7 @@ class NodeAgent:
         async def chunk(start: int) -> None:
             async with window:  # at most PULL_WINDOW chunks in memory at once
                 reply = await link.request(lambda r: P.ReadObject(
-                    r, object_id, start, min(PULL_CHUNK, size - start)))
+                    r, object_id, start, min(PULL_CHUNK, size - start)), timeout=CHUNK_TIMEOUT)
                 if reply.error:
                     raise LookupError(reply.error)
                 write(start, reply.data)

@@ -41,7 +41,7 @@ async def test_handshake_and_request_reply(server):
     link = await connect(server.address, hello())
     task = asyncio.ensure_future(link.run())
     assert link.peer.info == {"hi": "there"}
-    reply = await link.request(lambda r: P.GetClusterState(r))
+    reply = await link.request(lambda r: P.GetClusterState(r), timeout=5)
     assert reply.nodes == [{"n": 1}]
     for i in range(50):
         link.send(P.ReturnLease(str(i)))
@@ -61,8 +61,10 @@ async def test_wrong_and_missing_token_are_refused(server):
 
 
 async def test_garbage_and_unauthenticated_pickles_are_refused(server):
-    """A raw client sending junk or a pickle first gets closed; nothing is unpickled."""
+    """A raw client sending junk or a pickle instead of a Hello is refused before the
+    upgrade; nothing is unpickled."""
     marker = server.address[5:] + ".pwned"
+    import base64
     import pickle
 
     class Evil:
@@ -70,21 +72,20 @@ async def test_garbage_and_unauthenticated_pickles_are_refused(server):
             return (open, (marker, "w"))
 
     async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=server.address[5:])) as s:
-        for payload in (b"\xff\x00garbage", pickle.dumps(Evil()),
-                        P.encode([P.PushTask(b"t", b"f", pickle.dumps(Evil()), "n", b"", [], [],
-                                             1, "", [], "")])):
-            ws = await s.ws_connect("http://localhost/link")
-            await ws.send_bytes(payload)
-            msg = await ws.receive()
-            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
-            assert ws.close_code == P.CLOSE_BAD_HELLO
-            await ws.close()
+        for header in (None, "\xff garbage", base64.b64encode(pickle.dumps(Evil())).decode(),
+                       base64.b64encode(P.encode([P.PushTask(
+                           b"t", b"f", pickle.dumps(Evil()), "n", b"", [], [], 1, "", [],
+                           "")])).decode()):
+            headers = {} if header is None else {P.HELLO_HEADER: header}
+            with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                await s.ws_connect("http://localhost/link", headers=headers)
+            assert info.value.status == 400
     assert not os.path.exists(marker)
     assert server.received == []
     # and the server keeps serving good clients
     link = await connect(server.address, hello())
     task = asyncio.ensure_future(link.run())
-    assert (await link.request(lambda r: P.GetClusterState(r))).nodes == [{"n": 1}]
+    assert (await link.request(lambda r: P.GetClusterState(r), timeout=5)).nodes == [{"n": 1}]
     await link.aclose()
     await task
 
@@ -100,3 +101,129 @@ def test_parse_address():
     assert parse_address("aray://h:1") == ("tcp", "h", 1)
     with pytest.raises(ValueError, match="bad address"):
         parse_address("nonsense")
+
+
+# --- failures: every request gets one answer, every failure closes the link loudly ------
+
+
+@pytest.fixture
+async def faulty(tmp_path):
+    """A server whose handlers fail in each of the ways a handler can."""
+
+    def on_hello(link, h):
+        def on_message(link, msg):
+            if isinstance(msg, P.GetClusterState):
+                raise KeyError("no such table")  # a handler that raises
+            if isinstance(msg, P.GetStoreStats):
+                async def later():
+                    await asyncio.sleep(0)
+                    raise RuntimeError("failed later")
+                return later()  # an async handler that raises
+            if isinstance(msg, P.ListLogs):
+                return None  # a handler that never replies
+            if isinstance(msg, P.FlushLogs):
+                link.send(P.LogsFlushed(msg.req_id))
+
+        link.on_message = on_message
+        return {}
+
+    srv = Server("secret", on_hello, name="faulty", handshake_timeout=0.5,
+                 max_unauthenticated=4)
+    await srv.start(f"unix:{tmp_path}/f.sock")
+    yield srv
+    await srv.aclose()
+
+
+async def test_a_handler_that_raises_answers_with_its_error(faulty):
+    from aray.exceptions import AraySystemError
+
+    link = await connect(faulty.address, hello())
+    task = asyncio.ensure_future(link.run())
+    with pytest.raises(AraySystemError, match="KeyError: 'no such table'") as info:
+        await link.request(lambda r: P.GetClusterState(r), timeout=5)
+    assert "Traceback" in str(info.value) and "GetClusterState" in str(info.value)
+    with pytest.raises(AraySystemError, match="RuntimeError: failed later"):
+        await link.request(lambda r: P.GetStoreStats(r), timeout=5)
+    # the link is still good
+    await link.request(lambda r: P.FlushLogs(r), timeout=5)
+    await link.aclose()
+    await task
+
+
+async def test_a_request_without_answer_times_out(faulty):
+    from aray.exceptions import RequestTimeoutError
+
+    link = await connect(faulty.address, hello())
+    task = asyncio.ensure_future(link.run())
+    with pytest.raises(RequestTimeoutError, match="ListLogs within 0.2 s"):
+        await link.request(lambda r: P.ListLogs(r), timeout=0.2)
+    assert isinstance(RequestTimeoutError("x"), ConnectionError)
+    await link.aclose()
+    await task
+
+
+async def test_a_message_that_will_not_encode_closes_the_link_and_fails_pending(faulty):
+    link = await connect(faulty.address, hello(), name="to-faulty")
+    task = asyncio.ensure_future(link.run())
+    pending = asyncio.ensure_future(link.request(lambda r: P.ListLogs(r), timeout=None))
+    await asyncio.sleep(0.05)
+    link.send(P.ReturnLease(2**70))  # msgpack cannot encode it
+    with pytest.raises(ConnectionError, match="to-faulty.*writer failed.*ReturnLease"):
+        await asyncio.wait_for(pending, 5)
+    assert link.closed
+    with pytest.raises(ConnectionError, match="closed"):
+        link.send(P.ReturnLease("w"))
+    await asyncio.wait_for(task, 5)
+
+
+async def test_an_oversized_hello_is_refused_unread(faulty):
+    big = P.Hello(P.PROTOCOL_VERSION, "secret", "core", "x" * 100_000, os.getpid(), {})
+    with pytest.raises(ValueError, match="larger than"):
+        P.encode_hello(big)
+    async with aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=faulty.address[5:])) as s:
+        with pytest.raises(aiohttp.ClientError):
+            await s.ws_connect("http://localhost/link",
+                               headers={P.HELLO_HEADER: "A" * 1_000_000})
+
+
+async def test_silent_and_slow_connections_are_closed_and_capped(faulty):
+    """A connection that never finishes its handshake is closed after the deadline; past
+    the cap, new ones are dropped at once; a good client still gets through afterwards."""
+    path = faulty.address[5:]
+
+    async def closed_by_server(reader) -> bool:
+        try:
+            return await asyncio.wait_for(reader.read(), 5) == b""
+        except ConnectionError:  # reset, rather than closed in order
+            return True
+
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    silent = [await asyncio.open_unix_connection(path) for _ in range(3)]
+    # a slowloris: the request line, then a header byte now and then
+    slow_r, slow_w = await asyncio.open_unix_connection(path)
+    slow_w.write(b"GET /link HTTP/1.1\r\nHost: x\r\n")
+    await asyncio.sleep(0.1)
+    # the cap (4) is reached: these are dropped at once
+    extra = [await asyncio.open_unix_connection(path) for _ in range(3)]
+    for reader, writer in extra:
+        assert await closed_by_server(reader)
+    assert loop.time() - start < 0.5
+    for _ in range(20):
+        try:
+            slow_w.write(b"X")
+            await slow_w.drain()
+        except ConnectionError:
+            break
+        await asyncio.sleep(0.1)
+    for reader, writer in silent + [(slow_r, slow_w)]:
+        assert await closed_by_server(reader)
+    assert loop.time() - start < 3
+    for _, writer in silent + extra + [(slow_r, slow_w)]:
+        writer.close()
+    link = await connect(faulty.address, hello())
+    task = asyncio.ensure_future(link.run())
+    await link.request(lambda r: P.FlushLogs(r), timeout=5)
+    await link.aclose()
+    await task

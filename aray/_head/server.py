@@ -34,7 +34,6 @@ class Head:
         self.server = Server(token, self._on_hello, name="head")
         self.node_links: dict[Link, str] = {}  # node agents' links -> their node ids
         self.local_node_id = ""  # the node whose process runs the head
-        self._requests: set[asyncio.Task] = set()  # state requests that ask the nodes
         self._driver_links: dict[str, Link] = {}  # job id -> driver link
         self._actor_waiters: dict[str, list[tuple[Link, int]]] = {}
         self._kill_waiters: dict[str, list[tuple[Link, int]]] = {}
@@ -49,8 +48,6 @@ class Head:
     async def aclose(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
-        for task in list(self._requests):
-            task.cancel()
         await self.server.aclose()
 
     async def _watch_nodes(self) -> None:
@@ -104,12 +101,12 @@ class Head:
             if record.job_id == job_id and not record.detached and record.state != ActorState.DEAD:
                 self._kill(record, "its driver (job " + job_id + ") exited", no_restart=True)
 
-    def _dispatch(self, link: Link, msg) -> None:
+    def _dispatch(self, link: Link, msg):
         handler = getattr(self, "_on_" + type(msg).__name__, None)
         if handler is None:
             log.warning("head: unexpected %s", type(msg).__name__)
         else:
-            handler(link, msg)
+            return handler(link, msg)
 
     def _on_RegisterNode(self, link: Link, msg: P.RegisterNode) -> None:
         self.nodes.join(msg.node_id, msg.address, msg.ip, msg.resources)
@@ -143,7 +140,7 @@ class Head:
                 return link
         return None
 
-    def _on_GetState(self, link: Link, msg: P.GetState) -> None:
+    def _on_GetState(self, link: Link, msg: P.GetState):
         """The head's tables for the state API (``aray.util.state``, ``aray list``)."""
         rows, error = [], ""
         if msg.kind == "nodes":
@@ -157,10 +154,7 @@ class Head:
         elif msg.kind == "task_summary":
             rows = [self.tasks.summary()]
         elif msg.kind == "objects":  # the nodes know them: answer once they have
-            task = asyncio.get_running_loop().create_task(self._send_objects(link, msg.req_id))
-            self._requests.add(task)
-            task.add_done_callback(self._requests.discard)
-            return
+            return self._send_objects(link, msg.req_id)  # run by the link
         else:
             error = f"unknown state kind {msg.kind!r}: nodes, actors, jobs, tasks or objects"
         link.send(P.StateRows(msg.req_id, rows, error))

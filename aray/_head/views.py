@@ -128,7 +128,7 @@ async def _ask_nodes(head: Head, make) -> list[tuple[str, object]]:
 
     async def one(link):
         try:
-            return await asyncio.wait_for(link.request(make), NODE_ANSWER_TIMEOUT)
+            return await link.request(make, timeout=NODE_ANSWER_TIMEOUT)
         except (asyncio.TimeoutError, ConnectionError):
             return None
 
@@ -173,8 +173,8 @@ async def read_log(head: Head, node_id: str, file: str, offset: int, limit: int)
     link = head.node_link(node_id)
     if link is None:
         raise LookupError(f"no live node with id {node_id!r}")
-    reply = await asyncio.wait_for(link.request(lambda r: P.ReadLog(r, file, offset, limit)),
-                                   NODE_ANSWER_TIMEOUT)
+    reply = await link.request(lambda r: P.ReadLog(r, file, offset, limit),
+                               timeout=NODE_ANSWER_TIMEOUT)
     if reply.error:
         raise LookupError(reply.error)
     return {"data": reply.data.decode("utf-8", "replace"), "offset": reply.offset,

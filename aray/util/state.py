@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import _global
 from .. import _protocol as P
+from .._link import CONTROL_TIMEOUT
 from .._portal import call
 
 __all__ = ["list_actors", "list_jobs", "list_nodes", "list_objects", "list_tasks",
@@ -157,7 +158,8 @@ def _rows(kind: str, filters: list[Filter] | None, address: str | None) -> list[
 
 async def _from_core(core, kind: str) -> list[dict]:
     head = await core.head_link()
-    reply = await head.request(lambda r: P.GetState(r, kind))
+    # objects are gathered from every node, each given NODE_ANSWER_TIMEOUT by the head
+    reply = await head.request(lambda r: P.GetState(r, kind), timeout=CONTROL_TIMEOUT)
     if reply.error:
         raise ValueError(reply.error)
     return reply.rows
