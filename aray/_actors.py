@@ -16,7 +16,7 @@ from . import _global
 from ._actor_calls import ActorCall
 from ._portal import on_loop
 from ._refs import new_task_id, return_id
-from ._remote import _number, resource_shape, validate_resources
+from ._remote import _number, check_num_returns, resource_shape, validate_resources
 from ._tasks import FunctionDescriptor, serialize_args
 
 ACTOR_OPTIONS: dict[str, Any] = {
@@ -37,43 +37,61 @@ ACTOR_OPTIONS: dict[str, Any] = {
 METHOD_OPTIONS = {"num_returns": 1, "concurrency_group": None}
 
 
+#: the most calls an actor runs at once (each thread of a threaded actor is started ahead)
+MAX_CONCURRENCY = 100_000
+
+
 def validate_actor_options(options: dict) -> dict:
+    """Check an actor's options; returns them with numbers as plain ints and floats."""
+    out = {}
     for key, value in options.items():
         if key not in ACTOR_OPTIONS:
             raise ValueError(f"invalid option {key!r} for an actor; valid options are: "
                              + ", ".join(sorted(ACTOR_OPTIONS)))
         if value is None and ACTOR_OPTIONS[key] is None:
+            out[key] = value
             continue
         if key in ("num_cpus", "num_gpus", "memory"):
-            _number(key, value)
+            value = _number(key, value)
         elif key == "resources":
-            validate_resources(value)
+            value = validate_resources(value)
         elif key == "max_concurrency":
-            _number(key, value, integer=True, minimum=1)
+            value = _number(key, value, integer=True, minimum=1, maximum=MAX_CONCURRENCY)
         elif key in ("max_restarts", "max_task_retries"):
-            _number(key, value, integer=True, minimum=-1)
-        elif key in ("name", "namespace") and not isinstance(value, str):
-            raise TypeError(f"{key} must be a string, got {type(value).__name__}")
+            value = _number(key, value, integer=True, minimum=-1)
+        elif key in ("name", "namespace"):
+            if not isinstance(value, str):
+                raise TypeError(f"{key} must be a string, got {type(value).__name__}")
+            value = str(value)
         elif key == "lifetime" and value not in (None, "detached", "non_detached"):
             raise ValueError(f"lifetime must be None or 'detached', got {value!r}")
         elif key == "get_if_exists" and not isinstance(value, bool):
             raise TypeError("get_if_exists must be True or False")
         elif key == "concurrency_groups":
-            if not isinstance(value, dict) or not all(
-                    isinstance(k, str) and isinstance(v, int) and v >= 1 for k, v in value.items()):
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
                 raise TypeError("concurrency_groups must map group names to a number of "
                                 "concurrent calls >= 1, e.g. {'io': 2}")
-    return options
+            value = {str(k): _number(f"concurrency_groups[{k!r}]", v, integer=True, minimum=1,
+                                     maximum=MAX_CONCURRENCY) for k, v in value.items()}
+        out[key] = value
+    return out
 
 
 def validate_method_options(options: dict) -> dict:
+    """Check an actor method's options; returns them with plain numbers."""
+    out = {}
     for key, value in options.items():
         if key not in METHOD_OPTIONS:
             raise ValueError(f"invalid option {key!r} for an actor method; valid options are: "
                              + ", ".join(sorted(METHOD_OPTIONS)))
-        if key == "num_returns" and value != "streaming":
-            _number(key, value, integer=True)
-    return options
+        if key == "num_returns":
+            value = check_num_returns(value)
+        elif key == "concurrency_group" and value is not None:
+            if not isinstance(value, str):
+                raise TypeError(f"concurrency_group must be a string, got {value!r}")
+            value = str(value)
+        out[key] = value
+    return out
 
 
 def method(*args, **options):
@@ -93,7 +111,7 @@ def method(*args, **options):
     """
     if args:
         raise TypeError("@aray.method takes keyword options, e.g. @aray.method(num_returns=2)")
-    validate_method_options(options)
+    options = validate_method_options(options)
 
     def decorate(fn):
         fn.__aray_method__ = dict(options)
@@ -168,9 +186,8 @@ class ActorClass:
 
     def options(self, **options) -> ActorClass:
         """A copy of this actor class with some options changed."""
-        validate_actor_options(options)
         merged = {k: v for k, v in self._options.items() if v != ACTOR_OPTIONS[k]}
-        merged.update(options)
+        merged.update(validate_actor_options(options))
         return ActorClass(self._cls, merged, self._descriptor)
 
     def _shapes(self) -> tuple[dict, dict]:
@@ -299,7 +316,7 @@ class ActorMethod:
 
     def options(self, **options) -> ActorMethod:
         """A copy of this method with ``num_returns`` or ``concurrency_group`` changed."""
-        validate_method_options(options)
+        options = validate_method_options(options)
         group = options.get("concurrency_group")
         groups = self._handle._meta.get("concurrency_groups") or {}
         if group is not None and group not in groups:

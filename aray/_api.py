@@ -237,7 +237,7 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"aray.cancel() expects an ObjectRef, got a {type(ref).__name__}")
     core = _global.core()
-    core.call_soon(core.cancel, ref, force, recursive)
+    core.call_soon(core.cancel, ref, bool(force), bool(recursive))
 
 
 def nodes() -> list[dict]:

@@ -77,6 +77,7 @@ class Core(Borrowing, Fetching):
         self.node_id = node_id
         self.worker_id = worker_id
         self.job_id = ""
+        self.cluster_id = ""  # the cluster's id, as the head names it (set at start)
         self.namespace = ""  # a driver's init(namespace=...); "" lets the head choose
         self.log_to_driver = log_to_driver
         self.store = ShmDirectory(store_dir, os.path.join(session_dir, "spill"))
@@ -111,7 +112,9 @@ class Core(Borrowing, Fetching):
         self.start_error: BaseException | None = None
         self.agent: Link | None = None
         self.head: Link | None = None
-        self._server = Server(token, self._on_peer_hello, name=f"core[{role}]")
+        # quiet: what a worker logs reaches its user's terminal, which strangers knocking
+        # on its port must not fill
+        self._server = Server(token, self._on_peer_hello, name=f"core[{role}]", quiet=True)
         self._peers: dict[str, Link] = {}
         self._connecting: dict[str, asyncio.Future] = {}
         self.tasks = TaskSubmitter(self)
@@ -149,7 +152,8 @@ class Core(Borrowing, Fetching):
         try:
             await self._server.start(self.address, self._tcp_socket)
             info = {"address": self.address, "log_to_driver": self.log_to_driver,
-                    "namespace": self.namespace, "code_path": driver_code_path()}
+                    "namespace": self.namespace, "code_path": driver_code_path(),
+                    "node_id": self.node_id}
             if self.role == "driver" and self.head_address:
                 self.head = await self._dial(self.head_address, "driver", "", info)
                 self.job_id = self.head.peer.info.get("job_id", "")
@@ -161,6 +165,7 @@ class Core(Borrowing, Fetching):
                 self.node_id = self.agent.peer.info.get("node_id", self.node_id)
                 self.store_capacity = int(self.agent.peer.info.get("store_capacity", 0))
             self.agent.on_close.append(self._on_agent_lost)
+            self.cluster_id = self.agent.peer.info.get("cluster_id", "")
         except BaseException as exc:
             self.start_error = exc
             raise
@@ -242,7 +247,7 @@ class Core(Borrowing, Fetching):
                 # job and code path: a node agent reached by spillback starts workers for
                 # this job, which import its modules
                 link = await self._dial(address, "core", "", {
-                    "address": self.address, "job_id": self.job_id,
+                    "address": self.address, "job_id": self.job_id, "node_id": self.node_id,
                     "code_path": driver_code_path() if self.role == "driver" else ""})
                 link.on_close.append(self._on_peer_closed)
                 self._peers[address] = link
@@ -262,6 +267,15 @@ class Core(Borrowing, Fetching):
             log.warning("unexpected %s on link %s", type(msg).__name__, link.name)
         else:
             return handler(link, msg)
+
+    def _on_node_died(self, link: Link, msg: P.NodeDied) -> None:
+        """The head declared a node dead: drop every link to its processes (a hung machine
+        keeps its sockets open), so tasks retry elsewhere and actor calls wait for a restart."""
+        if msg.node_id == self.node_id:
+            return  # our own agent's link tells us, if it is so
+        for peer in [*self._peers.values(), *self._server.links]:
+            if peer.peer_node == msg.node_id:
+                peer.abort(f"its node {msg.node_id[:12]} died: {msg.reason}")
 
     def _on_peer_closed(self, link: Link) -> None:
         for address, peer in list(self._peers.items()):
@@ -289,6 +303,17 @@ class Core(Borrowing, Fetching):
             self.spawn(self._fetch_from_owner(entry), name="fetch")
         return entry
 
+    def foreign_ref(self, ref: ObjectRef, cluster: str) -> None:
+        """Loop only: ``ref`` was unpickled here but made by another cluster (``cluster``):
+        an earlier aray session, most often. Its value cannot be had: say so at once."""
+        if ref._id in self.objects.entries:
+            return
+        entry = self.objects.add(ref._id, owned=False, owner=ref._owner)
+        self.objects.fail(entry, ObjectLostError(
+            f"object {ref.hex()} belongs to another aray cluster ({cluster}), most likely an "
+            "earlier session: refs do not outlive the cluster that made them. Put the value "
+            "again in this session, or keep that cluster running while its refs are used."))
+
     async def _fetch_from_owner(self, entry: ObjectEntry) -> None:
         try:
             link = await self.peer(entry.owner)
@@ -298,7 +323,8 @@ class Core(Borrowing, Fetching):
         except (ConnectionError, OSError):
             self.objects.fail(entry, OwnerDiedError(
                 f"the owner of object {entry.oid.hex()} ({entry.owner}) has exited, so the "
-                "object is lost. Keep the process that created a ref alive while others use it."))
+                "object is lost (or the ref belongs to an earlier aray session). Keep the "
+                "process that created a ref alive while others use it."))
             return
         self.objects.resolve(entry, reply.value)
 

@@ -237,10 +237,15 @@ class LocalCluster:
 
 # --- the node process ---------------------------------------------------------------------
 
-#: what the node process runs (``python -P -c NODE_BOOT``). It starts the worker template
+#: what the node process runs (``python -P -c NODE_BOOT``). It raises its soft limit of
+#: open files to the hard one (its workers inherit it), then starts the worker template
 #: first, before importing aray: the template's own imports of the worker module then run at
 #: the same time as the node's, instead of after them, and the first worker is ready sooner.
 NODE_BOOT = """\
+import resource
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if soft != hard:  # a node holds a descriptor per link: take all the system allows
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 import multiprocessing
 from multiprocessing import forkserver
 multiprocessing.get_context("forkserver").set_forkserver_preload(["aray._worker"])

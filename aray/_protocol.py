@@ -122,6 +122,16 @@ class Heartbeat(NamedTuple):
     #                "host": {"cpu_percent", "memory_total", "memory_used", "memory_percent"}}
 
 
+@_message(75)
+class NodeDied(NamedTuple):
+    """Head -> node agents -> their drivers and workers: the head declared this node dead
+    (its link dropped, or it sent no heartbeat for the node timeout). Every process closes
+    its links to that node's agent and workers, so what waits on them fails over now."""
+
+    node_id: str
+    reason: str
+
+
 @_message(17)
 class WithdrawActor(NamedTuple):
     """Head -> node agent: forget a queued actor that this node cannot hold; a node that

@@ -105,15 +105,14 @@ class ObjectRef(Generic[T]):
         return isinstance(other, ObjectRef) and other._id == self._id
 
     def __reduce__(self):
+        core = _global.core_or_none()
         collected = getattr(_collecting, "refs", None)
         if collected is not None:
             collected.append(self)  # the runtime holds it while the pickle lives
-        else:
+        elif core is not None:
             # pickled by user code: the runtime cannot tell when that pickle is gone
-            core = _global.core_or_none()
-            if core is not None:
-                core.refs.escaped.add(self._id)
-        return _rebuild_ref, (self._id, self._owner)
+            core.refs.escaped.add(self._id)
+        return _rebuild_ref, (self._id, self._owner, core.cluster_id if core else "")
 
     def __bool__(self) -> bool:
         return True
@@ -210,10 +209,12 @@ class _CallWithRef:
         return hash(self.fn)
 
 
-def _rebuild_ref(object_id: bytes, owner: str) -> ObjectRef:
+def _rebuild_ref(object_id: bytes, owner: str, cluster: str = "") -> ObjectRef:
     ref: ObjectRef = ObjectRef(object_id, owner)
     core = _global.core_or_none()
-    if (core is not None and owner and owner != core.address
+    if core is not None and cluster and core.cluster_id and cluster != core.cluster_id:
+        core.call_soon(core.foreign_ref, ref, cluster)  # its value cannot be had here
+    elif (core is not None and owner and owner != core.address
             and object_id not in core.objects.entries):  # (known here: registered already)
         core.call_soon(core.borrowed, ref)  # tell the owner this process holds it too
     return ref

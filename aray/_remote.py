@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar
@@ -27,55 +28,86 @@ TASK_OPTIONS = {
 }
 
 
-def _number(name: str, value: Any, *, integer: bool = False, minimum: float = 0) -> None:
+#: the largest count an option takes (retries, restarts, return values): more is a mistake
+MAX_COUNT = 10**9
+#: the most values one task or method may return
+MAX_RETURNS = 1_000_000
+
+
+def _number(name: str, value: Any, *, integer: bool = False, minimum: float = 0,
+            maximum: float | None = None) -> Any:
+    """Check a numeric option and return it as a plain ``int`` or ``float`` (a numpy
+    number would not travel in aray's messages). NaN, infinities and values out of
+    range are refused with a ValueError that names the option."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     if integer and int(value) != value:
         raise ValueError(f"{name} must be a whole number, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if integer and maximum is None:
+        maximum = MAX_COUNT
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
+    return int(value) if integer else float(value)
 
 
 def validate_resources(resources: Any, what: str = "resources") -> dict:
+    """Check a dict of custom resources; returns it with plain float amounts."""
     if resources is None:
         return {}
     if not isinstance(resources, dict):
         raise TypeError(f"{what} must be a dict of name -> amount, got {type(resources).__name__}")
+    out = {}
     for key, amount in resources.items():
         if not isinstance(key, str) or not key:
             raise TypeError(f"{what} keys must be non-empty strings, got {key!r}")
         if key in ("CPU", "GPU"):
             raise ValueError(
                 f"use num_cpus/num_gpus instead of {key!r} in {what} (e.g. num_cpus=2)")
-        _number(f"{what}[{key!r}]", amount)
-    return dict(resources)
+        out[str(key)] = _number(f"{what}[{key!r}]", amount)
+    return out
+
+
+def check_num_returns(value: Any) -> Any:
+    """``num_returns``: a whole number from 0 to MAX_RETURNS, or "streaming"."""
+    if value == "streaming" and isinstance(value, str):
+        return "streaming"
+    return _number("num_returns", value, integer=True, maximum=MAX_RETURNS)
 
 
 def validate_task_options(options: dict) -> dict:
-    """Check ``@aray.remote``/``.options`` keywords for a task; returns them unchanged."""
+    """Check ``@aray.remote``/``.options`` keywords for a task; returns them with numbers
+    as plain ints and floats."""
+    out = {}
     for key, value in options.items():
         if key not in TASK_OPTIONS:
             raise ValueError(
                 f"invalid option {key!r} for a remote function; valid options are: "
                 + ", ".join(sorted(TASK_OPTIONS)))
         if key in ("num_cpus", "num_gpus", "memory"):
-            _number(key, value)
+            value = _number(key, value)
             if key == "num_gpus" and value > 1 and int(value) != value:
                 raise ValueError(f"num_gpus above 1 must be a whole number, got {value!r}")
         elif key == "resources":
-            validate_resources(value)
-        elif key == "num_returns" and value != "streaming":
-            _number(key, value, integer=True)
+            value = validate_resources(value)
+        elif key == "num_returns":
+            value = check_num_returns(value)
         elif key == "max_retries":
-            _number(key, value, integer=True, minimum=-1)
+            value = _number(key, value, integer=True, minimum=-1)
         elif key == "retry_exceptions":
             if not (isinstance(value, bool) or (
                     isinstance(value, (list, tuple)) and value
                     and all(inspect.isclass(t) and issubclass(t, BaseException) for t in value))):
                 raise TypeError("retry_exceptions must be a bool or a list of exception types")
-        elif key == "name" and value is not None and not isinstance(value, str):
-            raise TypeError(f"name must be a string, got {type(value).__name__}")
-    return options
+        elif key == "name" and value is not None:
+            if not isinstance(value, str):
+                raise TypeError(f"name must be a string, got {type(value).__name__}")
+            value = str(value)
+        out[key] = value
+    return out
 
 
 def resource_shape(num_cpus: float, num_gpus: float, resources: dict | None,
@@ -148,9 +180,8 @@ class RemoteFunction(Generic[P, R]):
             >>> aray.get([a, b])
             [1, 2]
         """
-        validate_task_options(options)
         merged = {k: v for k, v in self._options.items() if v != TASK_OPTIONS[k]}
-        merged.update(options)
+        merged.update(validate_task_options(options))
         return RemoteFunction(self._function, merged, self._descriptor)
 
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> ObjectRef[R]:

@@ -223,7 +223,8 @@ def node_resources(num_cpus, num_gpus, resources, object_store_memory) -> dict:
     num_gpus = 0 if num_gpus is None else num_gpus
     _number("num_gpus", num_gpus, integer=True)
     if object_store_memory is not None:
-        _number("object_store_memory", object_store_memory, integer=True, minimum=1)
+        object_store_memory = _number("object_store_memory", object_store_memory,
+                                      integer=True, minimum=1, maximum=2**62)
     mem = psutil.virtual_memory().total
     # default: 30% of RAM, but no more than the shared-memory filesystem can hold
     store = int(object_store_memory or min(mem * 0.3, _shm_free_bytes() or mem))
@@ -453,7 +454,7 @@ async def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True)
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"aray.cancel() expects an ObjectRef, got a {type(ref).__name__}")
     core = _global.core()
-    core.call_soon(core.cancel, ref, force, recursive)
+    core.call_soon(core.cancel, ref, bool(force), bool(recursive))
 
 
 # --- cluster ------------------------------------------------------------------------------
@@ -561,7 +562,7 @@ async def kill(actor, *, no_restart: bool = True) -> None:
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() expects an actor handle, got a {type(actor).__name__}")
     core = _global.core()
-    await on_runtime(core.loop, core.actors.kill(actor.actor_id, no_restart))
+    await on_runtime(core.loop, core.actors.kill(actor.actor_id, bool(no_restart)))
 
 
 async def object_store_stats() -> dict:

@@ -16,6 +16,7 @@ import uuid
 
 from aray import _protocol as P
 from aray._link import CHUNK_TIMEOUT, CONTROL_TIMEOUT, Link, Server, connect
+from aray._periodic import every
 
 from aray.store.service import StoreAccounts
 from aray.store.arena import ArenaSpace
@@ -126,6 +127,7 @@ class NodeAgent:
         self._pulls: dict[bytes, asyncio.Future] = {}  # copies being pulled from other nodes
         self._copies: dict[bytes, set[Link]] = {}  # our objects other nodes hold copies of
         self.head: Link | None = None
+        self.cluster_id = ""  # the head's name for the cluster (see Head.cluster_id)
         self.address = ""
         self._tasks: set[asyncio.Task] = set()
         self._killed_actors: set[str] = set()
@@ -152,20 +154,20 @@ class NodeAgent:
         self.head = await connect(self.head_address, hello, name="node->head")
         self.head.on_message = self._dispatch
         self.head.on_close.append(self._on_head_lost)
+        self.cluster_id = self.head.peer.info.get("cluster_id", "")
         self._spawn(self.head.run(), "head link")
         self.head.send(P.RegisterNode(self.node_id, self.public_address or self.address,
                                       self.ip, self.resources.total))
         for _ in range(self.prestart):
             self._start_worker()
         self._spawn(self._tail_logs(), "log reader")
-        self._spawn(self._heartbeat(self.head.peer.info.get("heartbeat_interval", 1.0)),
-                    "heartbeat")
+        self._spawn(every(self.head.peer.info.get("heartbeat_interval", 1.0),
+                          self._send_heartbeat, name="heartbeat", log=log), "heartbeat")
         return self.address
 
-    async def _heartbeat(self, interval: float) -> None:
-        while self.head is not None and not self.head.closed:
-            self.head.send(P.Heartbeat(self.node_id, self._status()))
-            await asyncio.sleep(interval)
+    def _send_heartbeat(self) -> None:
+        if self.head is not None:
+            self.head.send_if_open(P.Heartbeat(self.node_id, self._status()))
 
     def _status(self) -> dict:
         """What ``aray status`` shows of this node beyond its resources."""
@@ -215,7 +217,8 @@ class NodeAgent:
                 self.code_paths.setdefault(hello.info["job_id"], hello.info["code_path"])
             link.on_close.append(self._on_caller_gone)
         return {"node_id": self.node_id, "store_dir": self.store_dir,
-                "session_dir": self.session_dir, "store_capacity": self.accounts.capacity}
+                "session_dir": self.session_dir, "store_capacity": self.accounts.capacity,
+                "cluster_id": self.cluster_id}
 
     def _dispatch(self, link: Link, msg):
         handler = getattr(self, "_on_" + type(msg).__name__, None)
@@ -538,6 +541,21 @@ class NodeAgent:
                 self.pool.kill(worker.worker_id)
                 return
         self._killed_actors.add(msg.actor_id)  # its worker is still starting
+
+    def _on_NodeDied(self, link: Link, msg: P.NodeDied) -> None:
+        """From the head: a node is dead. Drop the links to its agent and processes, and
+        tell the drivers and workers of this node, which hold links of their own there."""
+        for peer in self.server.links:
+            if peer.peer_node == msg.node_id or (peer.peer.role == "node"
+                                                 and peer.peer.ident == msg.node_id):
+                peer.abort(f"its node {msg.node_id[:12]} died: {msg.reason}")
+            elif peer.peer.role in ("driver", "worker"):
+                peer.send_if_open(msg)
+        for pending in list(self._agents.values()):
+            if pending.done() and not pending.cancelled() and pending.exception() is None:
+                agent = pending.result()
+                if agent.peer_node == msg.node_id:
+                    agent.abort(f"its node {msg.node_id[:12]} died: {msg.reason}")
 
     def _on_ClusterViewChanged(self, link: Link, msg: P.ClusterViewChanged) -> None:
         self.cluster_totals = [n[2] for n in msg.nodes] or [self.resources.total]

@@ -7,9 +7,11 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 
 from .. import _protocol as P
 from .._link import Link, Server
+from .._periodic import every
 from ..node.scheduler import fits
 from . import views
 from .state import ActorState, ActorTable, JobTable, NodeTable, TaskTable
@@ -27,6 +29,9 @@ NODE_TIMEOUT = float(os.environ.get("ARAY_NODE_TIMEOUT", "10"))
 
 class Head:
     def __init__(self, token: str) -> None:
+        # names this cluster in every ref it makes: a ref of another cluster (or of an
+        # earlier session) is known for what it is
+        self.cluster_id = uuid.uuid4().hex[:16]
         self.nodes = NodeTable()
         self.jobs = JobTable()
         self.actors = ActorTable()
@@ -42,7 +47,9 @@ class Head:
         self._watchdog: asyncio.Task | None = None
 
     async def start(self, address: str) -> str:
-        self._watchdog = asyncio.get_running_loop().create_task(self._watch_nodes())
+        self._watchdog = asyncio.get_running_loop().create_task(every(
+            HEARTBEAT_INTERVAL, self._check_heartbeats, name="node watchdog", log=log,
+            first_delay=HEARTBEAT_INTERVAL))
         return await self.server.start(address)
 
     async def aclose(self) -> None:
@@ -50,18 +57,16 @@ class Head:
             self._watchdog.cancel()
         await self.server.aclose()
 
-    async def _watch_nodes(self) -> None:
+    def _check_heartbeats(self) -> None:
         """A node whose agent stopped sending heartbeats (hung, or cut off by the network)
-        is dead, as if its link had dropped: close that link."""
-        while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
-            now = time.monotonic()
-            for link, node_id in list(self.node_links.items()):
-                if now - self._last_heard.get(node_id, now) > NODE_TIMEOUT:
-                    log.warning("node %s sent no heartbeat for %.0f s: marked dead",
-                                node_id[:12], NODE_TIMEOUT)
-                    self._on_node_lost(link)
-                    asyncio.get_running_loop().create_task(link.aclose())
+        is dead, as if its link had dropped: drop that link (without waiting on the peer)."""
+        now = time.monotonic()
+        for link, node_id in list(self.node_links.items()):
+            if now - self._last_heard.get(node_id, now) > NODE_TIMEOUT:
+                log.warning("node %s sent no heartbeat for %.0f s: marked dead",
+                            node_id[:12], NODE_TIMEOUT)
+                self._on_node_lost(link, f"it sent no heartbeat for {NODE_TIMEOUT:g} s")
+                link.abort(f"no heartbeat for {NODE_TIMEOUT:g} s")
 
     def _on_TaskEvents(self, link: Link, msg: P.TaskEvents) -> None:
         self.tasks.apply(msg.events, msg.source)
@@ -82,14 +87,15 @@ class Head:
             self.node_links[link] = hello.ident
             self._last_heard[hello.ident] = time.monotonic()
             link.on_close.append(self._on_node_lost)
-            return {"heartbeat_interval": HEARTBEAT_INTERVAL}
+            return {"heartbeat_interval": HEARTBEAT_INTERVAL, "cluster_id": self.cluster_id}
         if hello.role != "driver":  # a worker's core: actor lookups only
             return {}
         address = hello.info.get("address", "")
         job_id = self.jobs.new_job(hello.pid, hello.info.get("namespace", ""), address)
         self._driver_links[job_id] = link
         link.on_close.append(lambda _l: self._on_job_finished(job_id, address))
-        return {"job_id": job_id, "namespace": self.jobs.namespace(job_id)}
+        return {"job_id": job_id, "namespace": self.jobs.namespace(job_id),
+                "cluster_id": self.cluster_id}
 
     def _on_job_finished(self, job_id: str, driver_address: str) -> None:
         self.jobs.finish(job_id)
@@ -165,11 +171,15 @@ class Head:
     def _on_GetClusterState(self, link: Link, msg: P.GetClusterState) -> None:
         link.send(P.ClusterState(msg.req_id, views.nodes(self)))
 
-    def _on_node_lost(self, link: Link) -> None:
+    def _on_node_lost(self, link: Link, reason: str = "its link to the head dropped") -> None:
         node_id = self.node_links.pop(link, None)
         if node_id is not None:
             self.nodes.mark_dead(node_id)
-            log.warning("node %s left the cluster", node_id[:12])
+            log.warning("node %s left the cluster: %s", node_id[:12], reason)
+            # every process drops its links to that node, so nothing waits on a hung one
+            died = P.NodeDied(node_id, reason)
+            for other in self.node_links:
+                other.send_if_open(died)
             self._broadcast_view()
             for record in list(self.actors.actors.values()):
                 if record.node_id == node_id and record.state != ActorState.DEAD:
