@@ -96,3 +96,156 @@ def test_a_hung_node_is_declared_dead_and_its_work_moves(cluster, tmp_path):
     assert result["object"] != second["node_id"]
     assert result["actor"][0] == 1 and result["actor"][1] != second["node_id"]  # restarted
     assert result["seconds"] < 30, result
+
+
+# --- bad input gets a clear error, and nothing breaks -------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1])
+def test_resources_that_are_not_finite_and_positive_are_refused(bad):
+    import aray
+
+    for options in ({"num_cpus": bad}, {"num_gpus": bad}, {"resources": {"Custom": bad}},
+                    {"memory": bad}):
+        with pytest.raises(ValueError, match=list(options)[0]):
+            aray.remote(**options)(lambda: 1)
+        with pytest.raises(ValueError, match=list(options)[0]):
+            aray.remote(**options)(type("A", (), {}))
+    with pytest.raises(ValueError, match="num_cpus"):
+        aray.init(num_cpus=bad)
+
+
+def test_values_that_would_not_encode_are_refused_or_made_plain(run_script):
+    """numpy numbers in options travel as plain numbers; integers beyond any sensible
+    count are refused where they are given; the cluster keeps answering."""
+    r = run_script("""
+        import numpy as np
+        aray.init(num_cpus=1)
+
+        @aray.remote
+        class Pair:
+            @aray.method(num_returns=np.int64(2))
+            def both(self):
+                return 1, 2
+
+        a, b = Pair.options(max_concurrency=np.int32(2)).remote().both.remote()
+        print("PAIR", aray.get([a, b], timeout=30))
+
+        @aray.remote(num_returns=np.int64(2), max_retries=np.int8(1))
+        def two():
+            return 3, 4
+        print("TWO", aray.get(list(two.remote()), timeout=30))
+        for make in (lambda: aray.method(num_returns=2**70),
+                     lambda: two.options(max_retries=2**70),
+                     lambda: two.options(num_returns=10**12)):
+            try:
+                make()
+            except ValueError as exc:
+                print("REFUSED", str(exc).split(" must")[0])
+        print("NODES", len(aray.nodes()))
+        aray.shutdown()
+    """, timeout=90)
+    assert "PAIR [1, 2]" in r.stdout and "TWO [3, 4]" in r.stdout
+    assert r.stdout.count("REFUSED") == 3 and "NODES 1" in r.stdout
+
+
+def test_a_ref_from_an_earlier_session_says_so(run_script):
+    r = run_script("""
+        import pickle
+        aray.init(num_cpus=1)
+        blob = pickle.dumps(aray.put(123))
+        aray.shutdown()
+        aray.init(num_cpus=1)
+        start = time.time()
+        try:
+            aray.get(pickle.loads(blob), timeout=15)
+        except aray.exceptions.ObjectLostError as exc:
+            print("ERROR", exc)
+        print("SECONDS", time.time() - start)
+        aray.shutdown()
+    """, timeout=90)
+    assert "earlier session" in r.stdout
+    assert float(r.stdout.split("SECONDS ")[1]) < 5
+
+
+# --- before the token is checked ----------------------------------------------------------
+
+
+def _head_rss(c: Cluster) -> int:
+    return psutil.Process(c.node_infos()[0]["pid"]).memory_info().rss
+
+
+def _connect_raw(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    return s
+
+
+def test_a_huge_first_frame_is_refused_without_being_read(cluster):
+    """Five clients that each send 100 MB before authenticating do not grow the head: the
+    handshake's header is capped at a few KiB, and nothing else is read before it."""
+    import aiohttp  # noqa: F401 (the websocket frame below is written by hand)
+
+    cluster.start_head("--num-cpus", "1")
+    before = _head_rss(cluster)
+    chunk = b"\x00" * (1 << 20)
+
+    def flood(kind: str) -> int:
+        s = _connect_raw(cluster.port)
+        if kind == "header":  # one endless header line
+            head = b"GET /link HTTP/1.1\r\nHost: x\r\nAray-Hello: "
+        else:  # a bare upgrade (no Hello), then a 100 MB websocket frame
+            head = (b"GET /link HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                    b"\x82\x7f" + (100 << 20).to_bytes(8, "big"))
+        sent = 0
+        try:
+            s.sendall(head)
+            for _ in range(100):
+                s.sendall(chunk)
+                sent += len(chunk)
+        except OSError:  # refused: the head closed the connection
+            pass
+        finally:
+            s.close()
+        return sent
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(5) as pool:
+        sent = list(pool.map(flood, ["header", "frame", "header", "frame", "header"]))
+    assert all(n < 100 << 20 for n in sent), sent  # each was cut off before the end
+    assert _head_rss(cluster) - before < 30 << 20
+    out = cluster.cli("status", "--address", cluster.address).stdout
+    assert "1 node alive" in out
+
+
+def test_idle_connections_and_a_full_fd_table_do_not_take_a_node_down(cluster, tmp_path):
+    """1,100 idle connections to a head whose open-files limit is 512: those past the cap
+    are dropped at once, the rest after the handshake deadline; the node stays alive and
+    serves tasks throughout."""
+    head = cluster.start_head("--num-cpus", "1")
+    node = psutil.Process(head["pid"])
+    node.rlimit(psutil.RLIMIT_NOFILE, (512, 512))
+    sockets = []
+    for _ in range(1100):
+        try:
+            sockets.append(_connect_raw(cluster.port))
+        except OSError:
+            pass
+    try:
+        r = cluster.driver(f"""
+            aray.init(address="{cluster.address}")
+            @aray.remote
+            def one():
+                return 1
+            print("SUM", sum(aray.get([one.remote() for _ in range(20)], timeout=60)))
+        """, tmp_path, timeout=120)
+        assert "SUM 20" in r.stdout
+    finally:
+        for s in sockets:
+            s.close()
+    # heart-beating all along: the node was never declared dead
+    out = cluster.cli("status", "--address", cluster.address).stdout
+    assert "1 node alive, 0 dead" in out
