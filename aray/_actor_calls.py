@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("aray")
 
 RESOLVE_RETRY_DELAY = 0.05
+#: queues of dead actors kept (their error answers later calls at once); older ones go,
+#: and a call to such an actor asks the head again
+MAX_DEAD_QUEUES = 10_000
 #: aray.kill() waits this long for the actor to be down
 KILL_TIMEOUT = 60.0
 
@@ -87,6 +90,7 @@ class ActorCaller:
         self.core = core
         self.queues: dict[str, _ActorQueue] = {}
         self._by_task: dict[bytes, _ActorQueue] = {}
+        self._dead: dict[str, None] = {}  # ids of dead actors' queues, oldest first
 
     def _queue(self, actor_id: str) -> _ActorQueue:
         q = self.queues.get(actor_id)
@@ -151,6 +155,13 @@ class ActorCaller:
         if q.dead is not None:
             while q.pending:
                 self._fail(q.pending.popleft(), q.dead)
+            self._dead[q.actor_id] = None
+            while len(self._dead) > MAX_DEAD_QUEUES:
+                old = next(iter(self._dead))
+                del self._dead[old]
+                stale = self.queues.get(old)
+                if stale is not None and not stale.in_flight:
+                    del self.queues[old]
             return
         if q.link is None or q.link.closed:
             if q.pending and not q.resolving:
@@ -205,6 +216,11 @@ class ActorCaller:
         finally:
             q.resolving = False
         self._pump(q)
+
+    def link_running(self, task_id: bytes) -> Link | None:
+        """The link to the actor running the call ``task_id``, if it was sent."""
+        q = self._by_task.get(task_id)
+        return q.link if q is not None else None
 
     def on_task_finished(self, msg: P.TaskFinished) -> bool:
         """A reply to one of our actor calls? Then resolve its refs and return True."""

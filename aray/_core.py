@@ -15,7 +15,6 @@ Methods that are safe from any thread say so; everything else runs on :attr:`Cor
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
 import shutil
@@ -31,11 +30,11 @@ from . import _protocol as P
 from ._actor_calls import ActorCall, ActorCaller
 from ._link import CONTROL_TIMEOUT, Link, Server, bind_tcp, connect
 from ._borrowing import Borrowing
-from ._fetch import Fetching
+from ._fetch import CopyCache, Fetching
 from ._objects import ObjectEntry, ObjectState, ObjectTable, dump_error
 from ._refs import ObjectRef, collect_refs, new_task_id, return_id
 from ._runtime_context import current_task
-from ._streams import ObjectRefGenerator, StreamState
+from ._streams import ObjectRefGenerator, StreamState, StreamWindow
 from ._tasks import INLINE_THRESHOLD, TaskSpec, TaskSubmitter
 from .exceptions import (
     ActorDiedError,
@@ -90,7 +89,7 @@ class Core(Borrowing, Fetching):
         self.kept: list = []  # refs pickled into actor constructor args: kept for the job
         # objects of other nodes this node has a copy of: oid -> offset of the copy (in client
         # mode, the downloaded bytes)
-        self._copies: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
+        self._copies = CopyCache()
         self._fetch_errors: dict[bytes, str] = {}  # why a copy could not be had
         # for the head's task table (see task_started): events to send, tasks running here
         self._task_events: list = []
@@ -119,7 +118,8 @@ class Core(Borrowing, Fetching):
         self._connecting: dict[str, asyncio.Future] = {}
         self.tasks = TaskSubmitter(self)
         self.actors = ActorCaller(self)
-        self._streams: dict[bytes, StreamState] = {}
+        self._streams: dict[bytes, StreamState] = {}  # streams this process consumes
+        self.stream_windows: dict[bytes, StreamWindow] = {}  # streams this worker produces
         self._head_dial: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self.executor: Any = None  # the worker's task executor (set in worker processes)
@@ -283,6 +283,9 @@ class Core(Borrowing, Fetching):
                 del self._peers[address]
         self.tasks.on_link_closed(link)
         self.actors.on_link_closed(link)
+        for window in list(self.stream_windows.values()):
+            if window.link is link:  # its consumer is gone: let the producer finish
+                window.consumed_up_to(P.STREAM_DONE)
         if self.executor is not None:
             self.executor.caller_gone(link)
 
@@ -352,7 +355,8 @@ class Core(Borrowing, Fetching):
     def read_stored(self, oid: bytes, location) -> Any:
         node_id, size, offset = location[:3]
         if node_id != self.node_id:  # read this node's copy
-            if oid not in self._copies:
+            copy = self._copies.get(oid)
+            if copy is None:
                 if self.objects.on_loop_thread():  # fetch() ran, and failed
                     raise ObjectLostError(self._fetch_errors.get(oid) or (
                         f"object {oid.hex()} of node {node_id[:12]} could not be fetched"))
@@ -360,7 +364,9 @@ class Core(Borrowing, Fetching):
                 entry = self.objects.entries.get(oid)
                 if entry is not None and entry.location != tuple(location[:3]):  # rebuilt
                     return self.materialize(entry)
-            copy = self._copies[oid]
+                copy = self._copies.get(oid)
+                if copy is None:  # pushed out by other copies meanwhile: a rare race
+                    return self.read_stored(oid, location)
             if isinstance(copy, bytes):  # client mode: downloaded
                 return deserialize(copy)
             offset = copy
@@ -379,7 +385,7 @@ class Core(Borrowing, Fetching):
 
     def _on_unused(self, entry: ObjectEntry) -> None:
         entry.contains = None  # the refs inside it are free to go
-        self._copies.pop(entry.oid, None)
+        self._copies.pop(entry.oid)
         self.tasks.lineage.pop(entry.oid, None)
         if entry.owned and entry.location is not None:
             self.delete_stored(entry.oid, entry.location[0])
@@ -649,10 +655,25 @@ class Core(Borrowing, Fetching):
         stream = self._streams.get(task_id)
         if stream is None:
             raise StopAsyncIteration
-        return await stream.next(index)
+        ref = await stream.next(index)
+        if stream.report_due():
+            self._tell_producer(task_id, stream.taken)
+        return ref
 
     def close_stream(self, task_id: bytes) -> None:
-        self._streams.pop(task_id, None)
+        stream = self._streams.pop(task_id, None)
+        if stream is not None and not stream.done:
+            self._tell_producer(task_id, P.STREAM_DONE)
+
+    def _tell_producer(self, task_id: bytes, count: int) -> None:
+        link = self.tasks.link_running(task_id) or self.actors.link_running(task_id)
+        if link is not None:
+            link.send_if_open(P.StreamConsumed(task_id, count))
+
+    def _on_stream_consumed(self, link: Link, msg: P.StreamConsumed) -> None:
+        window = self.stream_windows.get(msg.task_id)
+        if window is not None:
+            window.consumed_up_to(msg.count)
 
     def _on_lease_infeasible(self, link: Link, msg: P.LeaseInfeasible) -> None:
         log.warning(msg.message)

@@ -13,6 +13,7 @@ A mixin of :class:`aray._core.Core`, which provides ``objects``, ``agent``, ``ta
 from __future__ import annotations
 
 import asyncio
+import collections
 
 from . import _protocol as P
 from ._link import CHUNK_TIMEOUT, Link
@@ -21,12 +22,51 @@ from .exceptions import ObjectLostError
 
 #: how many copies of other nodes' objects a process remembers the place of
 MAX_COPIES_KNOWN = 10_000
+#: a driver in client mode keeps at most this many bytes of downloaded objects
+MAX_DOWNLOADED_BYTES = 256 * 2**20
 #: a driver in client mode downloads objects in chunks of this size
 DOWNLOAD_CHUNK = 4 * 2**20
 
 
+class CopyCache:
+    """Where this process finds its copies of other nodes' objects: an offset in its own
+    node's store, or (client mode) the downloaded bytes. Bounded by count and by bytes
+    held; the oldest go first (they are fetched again if read again)."""
+
+    def __init__(self, max_count: int = MAX_COPIES_KNOWN,
+                 max_bytes: int = MAX_DOWNLOADED_BYTES) -> None:
+        self._copies: collections.OrderedDict[bytes, object] = collections.OrderedDict()
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self.bytes = 0  # of downloaded copies held
+
+    def __contains__(self, oid: bytes) -> bool:
+        return oid in self._copies
+
+    def __len__(self) -> int:
+        return len(self._copies)
+
+    def get(self, oid: bytes):
+        return self._copies.get(oid)
+
+    def put(self, oid: bytes, copy) -> None:
+        self.pop(oid)
+        self._copies[oid] = copy
+        if isinstance(copy, bytes):
+            self.bytes += len(copy)
+        while len(self._copies) > 1 and (len(self._copies) > self.max_count
+                                         or self.bytes > self.max_bytes):
+            self.pop(next(iter(self._copies)))
+
+    def pop(self, oid: bytes) -> None:
+        copy = self._copies.pop(oid, None)
+        if isinstance(copy, bytes):
+            self.bytes -= len(copy)
+
+
 class Fetching:
-    """Loop-only methods; ``_copies`` and ``_fetch_errors`` are set by the core."""
+    """Loop-only methods; ``_copies`` (a CopyCache) and ``_fetch_errors`` are set by the
+    core."""
 
     def _prepare(self, entry: ObjectEntry):
         """For the object table: what to await before reading ``entry`` on the loop."""
@@ -52,7 +92,7 @@ class Fetching:
                 lambda r: P.PullObject(r, oid, location[0], location[1]), timeout=None)
             error = reply.error
             if not error:
-                self._copies[oid] = reply.offset
+                self._copies.put(oid, reply.offset)
         if error:
             entry = self.objects.entries.get(oid)
             if entry is not None and entry.owned and await self.tasks.reconstruct(oid):
@@ -63,8 +103,6 @@ class Fetching:
             while len(self._fetch_errors) > MAX_COPIES_KNOWN:
                 self._fetch_errors.pop(next(iter(self._fetch_errors)))
             raise ObjectLostError(error)
-        while len(self._copies) > MAX_COPIES_KNOWN:
-            self._copies.popitem(last=False)
 
     async def _download(self, oid: bytes, location) -> str:
         """Client mode: the object's bytes, in chunks, from the agent of its node; returns
@@ -86,15 +124,13 @@ class Fetching:
                 data[start:start + len(reply.data)] = reply.data
         except (ConnectionError, OSError) as exc:
             return f"could not download object {oid.hex()} from node {node_id[:12]}: {exc}"
-        self._copies[oid] = bytes(data)
-        while len(self._copies) > MAX_COPIES_KNOWN:
-            self._copies.popitem(last=False)
+        self._copies.put(oid, bytes(data))
         return ""
 
     def _on_objects_deleted(self, link: Link, msg: P.ObjectsDeleted) -> None:
         """Client mode: a node agent says objects we downloaded were freed by their owner."""
         for oid in msg.object_ids:
-            self._copies.pop(oid, None)
+            self._copies.pop(oid)
 
     async def fetch_entries(self, entries: list[ObjectEntry]) -> None:
         """Loop only: fetch every entry that is stored on another node (errors are left

@@ -95,6 +95,7 @@ class Link:
         self._handler_tasks: set[asyncio.Task] = set()
         self._sending_since: float | None = None  # when the frame being written started
         self._closing_task: asyncio.Task | None = None
+        self.stall_timeout = STALL_TIMEOUT
         self.state: dict = {}  # owner-specific per-link data (e.g. functions already sent)
 
     @property
@@ -122,7 +123,7 @@ class Link:
             raise ConnectionError(f"link {self.name} is closed{self._why()}")
         outbox = self._outbox
         if len(outbox) >= OUTBOX_LIMIT and self._stalled():
-            self.abort(f"the peer has read nothing for {STALL_TIMEOUT:.0f} s with "
+            self.abort(f"the peer has read nothing for {self.stall_timeout:g} s with "
                        f"{len(outbox)} messages queued")
             raise ConnectionError(f"link {self.name} is closed{self._why()}")
         outbox.append(msg)
@@ -131,7 +132,7 @@ class Link:
 
     def _stalled(self) -> bool:
         since = self._sending_since
-        return since is not None and time.monotonic() - since > STALL_TIMEOUT
+        return since is not None and time.monotonic() - since > self.stall_timeout
 
     def _why(self) -> str:
         return f" ({self.close_reason})" if self.close_reason else ""
@@ -178,6 +179,8 @@ class Link:
         reason = "the peer closed the link"
         try:
             async for frame in self._ws:
+                if self.closed:  # aborted: what the peer says now is not heard
+                    break
                 if frame.type != aiohttp.WSMsgType.BINARY:
                     if frame.type == aiohttp.WSMsgType.ERROR:
                         reason = f"receive failed: {self._ws.exception()}"
@@ -250,12 +253,18 @@ class Link:
         """Close the link now, without sending what is queued: fail every pending request
         with a ConnectionError naming the peer and ``reason``, tell the owners, and close
         the socket in the background (a hung peer cannot hold this up)."""
-        if self._closing_task is None and not self.closed:
-            self._closing_task = asyncio.ensure_future(self._close(reason, flush=False))
+        if not self.closed:
+            self._mark_closed(reason)
+            self._closing_task = asyncio.ensure_future(self._close_socket([]))
 
     async def _close(self, reason: str, flush: bool) -> None:
-        if self.closed:
-            return
+        if not self.closed:
+            queued = self._mark_closed(reason)
+            await self._close_socket(queued if flush else [])
+
+    def _mark_closed(self, reason: str) -> list:
+        """The link is closed from now on: what waits on it fails, its owners hear of it.
+        Returns what was queued and not sent."""
         self.closed = True
         self.close_reason = reason
         writer, current = self._writer_task, asyncio.current_task()
@@ -273,9 +282,12 @@ class Link:
                 callback(self)
             except Exception:
                 log.exception("error in on_close of link %s", self.name)
+        return queued
+
+    async def _close_socket(self, queued: list) -> None:
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
-                if flush and queued and not self._ws.closed:  # what was said before the end
+                if queued and not self._ws.closed:  # what was said before the end
                     await self._ws.send_bytes(P.encode(queued))
                 if not self._ws.closed:
                     await self._ws.close()
@@ -288,8 +300,8 @@ class Link:
 
     async def aclose(self) -> None:
         """Flush what is queued, close the websocket and release the link's resources."""
-        if self._closing_task is not None:
-            await asyncio.shield(self._closing_task)
+        if self._closing_task is not None:  # aborted: wait for the socket to go
+            await asyncio.wait([self._closing_task])
         await self._close("closed by this side", flush=True)
 
 

@@ -472,6 +472,20 @@ class StreamItem(NamedTuple):
     value: list  # a resolved value
 
 
+@_message(52)
+class StreamConsumed(NamedTuple):
+    """Caller -> the worker running a stream: the consumer has taken the first ``count``
+    items (``STREAM_DONE``: it dropped the generator). A producer runs at most
+    ``aray._streams.STREAM_WINDOW`` items ahead of this."""
+
+    task_id: bytes
+    count: int
+
+
+#: StreamConsumed.count of a consumer that is gone: produce without waiting
+STREAM_DONE = 2**62
+
+
 # --- actors -----------------------------------------------------------------------------
 
 

@@ -531,6 +531,11 @@ class TaskSubmitter:
                 "raise max_retries if the crash is transient, and see the worker logs in "
                 f"{os.path.join(self.core.session_dir, 'logs')}"))
 
+    def link_running(self, task_id: bytes) -> Link | None:
+        """The link to the worker running ``task_id``, if it runs now."""
+        lease = self._running.get(task_id)
+        return lease.link if lease is not None else None
+
     def fail_queued(self, error: BaseException) -> None:
         """The node agent is gone: nothing queued can run any more."""
         for q in self._queues.values():

@@ -32,6 +32,7 @@ from ._tasks import INLINE_THRESHOLD, load_function
 from ._link import Link
 from ._refs import ArgSlot, collect_refs, return_id
 from ._runtime_context import TaskContext, current_task
+from ._streams import StreamWindow
 from .exceptions import ActorDiedError, RemoteErrorInfo, TaskCancelledError
 from .store._serialize import deserialize, serialize
 
@@ -110,22 +111,41 @@ class _Executor:
                 raise ValueError(f"{name} has num_returns={n} but returned {len(values)} values")
         return [self._resolved(oid, value) for oid, value in zip(return_ids, values)]
 
-    def _stream_sync(self, link: Link, task_id: bytes, result: Any) -> None:
-        """Send each value a generator yields as it comes (runs on the task's thread)."""
+    def _stream_sync(self, link: Link, task_id: bytes, result: Any,
+                     on_loop: bool = False) -> None:
+        """Send each value a generator yields as it comes (runs on the task's thread, or
+        ``on_loop``: a sync generator of an async actor, which cannot wait for its
+        consumer without stopping the loop that hears from it)."""
         send = self.core.loop.call_soon_threadsafe
-        for index, value in enumerate(_iterate(result)):
-            item = P.StreamItem(task_id, index, self._resolved(return_id(task_id, index), value))
-            send(self._reply, link, item)
+        window = self._open_window(link, task_id)
+        try:
+            for index, value in enumerate(_iterate(result)):
+                item = P.StreamItem(task_id, index,
+                                    self._resolved(return_id(task_id, index), value))
+                send(self._reply, link, item)
+                if not on_loop:
+                    window.wait_sync(index + 1)
+        finally:
+            self.core.stream_windows.pop(task_id, None)
 
     async def _stream_async(self, link: Link, task_id: bytes, result: Any) -> None:
         if not inspect.isasyncgen(result):
-            self._stream_sync(link, task_id, result)
+            self._stream_sync(link, task_id, result, on_loop=True)
             return
+        window = self._open_window(link, task_id)
         index = 0
-        async for value in result:
-            self._reply(link, P.StreamItem(task_id, index,
-                                             self._resolved(return_id(task_id, index), value)))
-            index += 1
+        try:
+            async for value in result:
+                self._reply(link, P.StreamItem(
+                    task_id, index, self._resolved(return_id(task_id, index), value)))
+                index += 1
+                await window.wait_async(index)
+        finally:
+            self.core.stream_windows.pop(task_id, None)
+
+    def _open_window(self, link: Link, task_id: bytes) -> StreamWindow:
+        window = self.core.stream_windows[task_id] = StreamWindow(link)
+        return window
 
     def _error_blob(self, name: str, exc: BaseException, task_id: bytes = b"") -> bytes:
         tb = exc.__traceback__

@@ -34,6 +34,8 @@ PULL_WINDOW = 4
 log = logging.getLogger("aray.node")
 
 LOG_POLL_INTERVAL = 0.1
+#: pids of workers that exited, kept to name their log files (the most recent ones)
+MAX_WORKER_PIDS = 10_000
 
 
 class WorkerState(enum.Enum):
@@ -130,7 +132,7 @@ class NodeAgent:
         self.cluster_id = ""  # the head's name for the cluster (see Head.cluster_id)
         self.address = ""
         self._tasks: set[asyncio.Task] = set()
-        self._killed_actors: set[str] = set()
+        self._killed_actors: dict[str, None] = {}  # killed before their worker started
         self._closing = False
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -257,6 +259,9 @@ class NodeAgent:
         worker.address = msg.address
         worker.pid = msg.pid
         self.worker_pids[worker.worker_id] = msg.pid
+        for old in list(self.worker_pids)[:max(0, len(self.worker_pids) - MAX_WORKER_PIDS)]:
+            if old not in self.workers:
+                del self.worker_pids[old]
         if worker.state is WorkerState.STARTING and worker.holder is None:
             worker.state = WorkerState.IDLE
             self._schedule()
@@ -399,7 +404,7 @@ class NodeAgent:
         if req.actor is not None and req.actor.actor_id in self._killed_actors:
             self._release(worker)  # killed while its worker was starting
             worker.state = WorkerState.IDLE
-            self._killed_actors.discard(req.actor.actor_id)
+            self._killed_actors.pop(req.actor.actor_id, None)
             if self.head is not None:
                 self.head.send(P.ActorDied(req.actor.actor_id, "it was killed before it started"))
             self._schedule()
@@ -540,7 +545,10 @@ class NodeAgent:
             if worker.actor_id == msg.actor_id:
                 self.pool.kill(worker.worker_id)
                 return
-        self._killed_actors.add(msg.actor_id)  # its worker is still starting
+        # its worker may still be starting (or it was never here): remember a bounded few
+        self._killed_actors[msg.actor_id] = None
+        while len(self._killed_actors) > MAX_WORKER_PIDS:
+            del self._killed_actors[next(iter(self._killed_actors))]
 
     def _on_NodeDied(self, link: Link, msg: P.NodeDied) -> None:
         """From the head: a node is dead. Drop the links to its agent and processes, and

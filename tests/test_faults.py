@@ -104,6 +104,7 @@ def test_a_hung_node_is_declared_dead_and_its_work_moves(cluster, tmp_path):
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1])
 def test_resources_that_are_not_finite_and_positive_are_refused(bad):
     import aray
+    from aray.aio import node_resources  # what aray.init and aray start check with
 
     for options in ({"num_cpus": bad}, {"num_gpus": bad}, {"resources": {"Custom": bad}},
                     {"memory": bad}):
@@ -112,7 +113,21 @@ def test_resources_that_are_not_finite_and_positive_are_refused(bad):
         with pytest.raises(ValueError, match=list(options)[0]):
             aray.remote(**options)(type("A", (), {}))
     with pytest.raises(ValueError, match="num_cpus"):
-        aray.init(num_cpus=bad)
+        node_resources(bad, None, None, None)
+    with pytest.raises(ValueError, match="Custom"):
+        node_resources(1, None, {"Custom": bad}, None)
+
+
+def test_init_and_start_refuse_nan_cpus(run_script, cluster):
+    r = run_script("""
+        try:
+            aray.init(num_cpus=float("nan"))
+        except ValueError as exc:
+            print("REFUSED", exc)
+    """)
+    assert "REFUSED num_cpus must be a finite number" in r.stdout
+    out = cluster.cli("start", "--head", "--num-cpus", "nan", check=False)
+    assert out.returncode != 0 and "num_cpus must be a finite number" in out.stdout + out.stderr
 
 
 def test_values_that_would_not_encode_are_refused_or_made_plain(run_script):
@@ -249,3 +264,39 @@ def test_idle_connections_and_a_full_fd_table_do_not_take_a_node_down(cluster, t
     # heart-beating all along: the node was never declared dead
     out = cluster.cli("status", "--address", cluster.address).stdout
     assert "1 node alive, 0 dead" in out
+
+
+# --- bounded state ------------------------------------------------------------------------
+
+
+def test_a_stream_runs_at_most_a_window_ahead_of_its_consumer(run_script):
+    """A generator that yields far faster than its consumer takes is held back: the
+    caller never holds more than the window of unconsumed refs; dropping the generator
+    lets the producer finish and frees its worker."""
+    r = run_script("""
+        from aray._streams import STREAM_WINDOW
+        aray.init(num_cpus=1)
+
+        @aray.remote(num_returns="streaming")
+        def numbers(n):
+            for i in range(n):
+                yield i
+
+        gen = numbers.remote(50_000)
+        stream = aray._global.core()._streams[gen._task_id]
+        time.sleep(2)
+        print("HELD", len(stream.items), "WINDOW", STREAM_WINDOW)
+        print("SUM", sum(aray.get(ref) for ref in gen) == sum(range(50_000)))
+        gen = numbers.remote(50_000)
+        next(gen)
+        del gen
+
+        @aray.remote
+        def one():
+            return 1
+        print("FREE", aray.get(one.remote(), timeout=30))
+        aray.shutdown()
+    """, timeout=120)
+    held = int(r.stdout.split("HELD ")[1].split()[0])
+    window = int(r.stdout.split("WINDOW ")[1].split()[0])
+    assert held <= window and "SUM True" in r.stdout and "FREE 1" in r.stdout

@@ -227,3 +227,47 @@ async def test_silent_and_slow_connections_are_closed_and_capped(faulty):
     await link.request(lambda r: P.FlushLogs(r), timeout=5)
     await link.aclose()
     await task
+
+
+async def wait_for_link(links, timeout=5.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not links:
+        assert loop.time() < deadline, "no link came up"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_peer_that_reads_nothing_is_cut_off(tmp_path):
+    """Sending to a peer that has stopped reading fills the socket, then the outbox; once
+    the writer has waited past the stall timeout with the outbox full, the link closes
+    with a clear error instead of queueing for ever."""
+    from aray import _link
+
+    links = []
+
+    def on_hello(link, h):
+        link.stall_timeout = 0.5
+        links.append(link)
+        return {}
+
+    srv = Server("secret", on_hello, name="sender")
+    await srv.start(f"unix:{tmp_path}/s.sock")
+    try:
+        reader, writer = await asyncio.open_unix_connection(f"{tmp_path}/s.sock")
+        writer.write(("GET /link HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                      "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                      f"{P.HELLO_HEADER}: {P.encode_hello(hello())}\r\n\r\n").encode())
+        assert b"101" in await reader.readuntil(b"\r\n\r\n")
+        # this client never reads again
+        await wait_for_link(links)
+        link = links[0]
+        with pytest.raises(ConnectionError, match="read nothing"):
+            for _ in range(100):
+                for _ in range(_link.OUTBOX_LIMIT):
+                    link.send(P.LogLines(1, "t", 1, ["x" * 1000], "j"))
+                await asyncio.sleep(0.1)
+        assert link.closed
+        writer.close()
+    finally:
+        await srv.aclose()

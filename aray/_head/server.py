@@ -88,6 +88,7 @@ class Head:
             self._last_heard[hello.ident] = time.monotonic()
             link.on_close.append(self._on_node_lost)
             return {"heartbeat_interval": HEARTBEAT_INTERVAL, "cluster_id": self.cluster_id}
+        link.on_close.append(self._forget_waiters)
         if hello.role != "driver":  # a worker's core: actor lookups only
             return {}
         address = hello.info.get("address", "")
@@ -99,6 +100,7 @@ class Head:
 
     def _on_job_finished(self, job_id: str, driver_address: str) -> None:
         self.jobs.finish(job_id)
+        self.tasks.finish_job(job_id)
         self._driver_links.pop(job_id, None)
         for node_link in self.node_links:
             if not node_link.closed:
@@ -175,6 +177,7 @@ class Head:
         node_id = self.node_links.pop(link, None)
         if node_id is not None:
             self.nodes.mark_dead(node_id)
+            self._last_heard.pop(node_id, None)
             log.warning("node %s left the cluster: %s", node_id[:12], reason)
             # every process drops its links to that node, so nothing waits on a hung one
             died = P.NodeDied(node_id, reason)
@@ -258,6 +261,16 @@ class Head:
             link.send(P.ActorInfo(msg.req_id, record.describe()))
         else:
             self._actor_waiters.setdefault(msg.actor_id, []).append((link, msg.req_id))
+
+    def _forget_waiters(self, link: Link) -> None:
+        """A caller left: nobody is waiting for its WaitActor and KillActor replies."""
+        for waiters in (self._actor_waiters, self._kill_waiters):
+            for actor_id in [a for a, w in waiters.items() if any(x[0] is link for x in w)]:
+                kept = [x for x in waiters[actor_id] if x[0] is not link]
+                if kept:
+                    waiters[actor_id] = kept
+                else:
+                    del waiters[actor_id]
 
     def _give_up(self, actor_id: str) -> None:
         if actor_id not in self.actors.actors:

@@ -1,9 +1,26 @@
-"""The head's tables as plain data: nodes and jobs. No I/O, testable on its own."""
+"""The head's tables as plain data: nodes, jobs, actors and tasks. No I/O, testable on its
+own. Every table is bounded: what has ended (dead nodes, finished jobs, dead actors, ended
+tasks) is kept for the state API up to a limit, the oldest going first."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+
+#: how many ended rows each table keeps for the state API
+MAX_DEAD_NODES = 1_000
+MAX_FINISHED_JOBS = 10_000
+MAX_DEAD_ACTORS = 10_000
+MAX_ENDED_TASKS = 100_000
+
+
+def _bound(order: dict, table: dict, limit: int) -> None:
+    """Drop the oldest keys of ``order`` (ended rows, oldest first) from ``table`` until
+    at most ``limit`` remain."""
+    while len(order) > limit:
+        key = next(iter(order))
+        del order[key]
+        table.pop(key, None)
 
 
 @dataclasses.dataclass
@@ -19,8 +36,10 @@ class NodeInfo:
 
 
 class NodeTable:
-    def __init__(self) -> None:
+    def __init__(self, max_dead: int = MAX_DEAD_NODES) -> None:
         self.nodes: dict[str, NodeInfo] = {}
+        self._dead: dict[str, None] = {}  # dead node ids, oldest first
+        self.max_dead = max_dead
 
     def join(self, node_id: str, address: str, ip: str, total: dict) -> NodeInfo:
         info = NodeInfo(node_id, address, ip, dict(total), dict(total))
@@ -41,6 +60,8 @@ class NodeTable:
         node = self.nodes.get(node_id)
         if node is not None:
             node.alive = False
+            self._dead[node_id] = None
+            _bound(self._dead, self.nodes, self.max_dead)
 
     def alive(self) -> list[NodeInfo]:
         return [n for n in self.nodes.values() if n.alive]
@@ -75,9 +96,11 @@ class NodeTable:
 
 
 class JobTable:
-    def __init__(self) -> None:
+    def __init__(self, max_finished: int = MAX_FINISHED_JOBS) -> None:
         self._next = 1
         self.jobs: dict[str, dict] = {}
+        self._finished: dict[str, None] = {}  # finished job ids, oldest first
+        self.max_finished = max_finished
 
     def new_job(self, pid: int, namespace: str = "", address: str = "") -> str:
         """A new job id; its namespace is the driver's, or an anonymous one of its own.
@@ -99,6 +122,8 @@ class JobTable:
         if job_id in self.jobs:
             self.jobs[job_id]["alive"] = False
             self.jobs[job_id]["end_time"] = time.time()
+            self._finished[job_id] = None
+            _bound(self._finished, self.jobs, self.max_finished)
 
 
 class ActorState:
@@ -153,11 +178,14 @@ class ActorRecord:
 
 
 class ActorTable:
-    """Actors by id, and names per namespace. A name is free again once its actor is dead."""
+    """Actors by id, and names per namespace. A name is free again once its actor is dead;
+    the most recent ``max_dead`` dead actors are kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_dead: int = MAX_DEAD_ACTORS) -> None:
         self.actors: dict[str, ActorRecord] = {}
         self.names: dict[tuple[str, str], str] = {}
+        self._dead: dict[str, None] = {}  # dead actor ids, oldest first
+        self.max_dead = max_dead
 
     def register(self, actor_id: str, name: str, namespace: str, job_id: str, meta: dict,
                  get_if_exists: bool) -> tuple[str, str]:
@@ -186,6 +214,8 @@ class ActorTable:
         record.address = ""
         if record.name and self.names.get((record.namespace, record.name)) == record.actor_id:
             del self.names[(record.namespace, record.name)]
+        self._dead[record.actor_id] = None
+        _bound(self._dead, self.actors, self.max_dead)
 
 
 #: the order of a task's states: an event never moves a task back
@@ -196,14 +226,19 @@ _RANK["FAILED"] = _RANK["FINISHED"]
 
 class TaskTable:
     """Tasks by id, built from the events of their submitters and workers; keeps the most
-    recent ``limit`` tasks that ended (and every task that has not)."""
+    recent ``limit`` tasks that ended (and every task that has not: when a job finishes,
+    its tasks that never ended are marked failed, and count as ended). O(1) per event."""
 
-    def __init__(self, limit: int = 100_000) -> None:
+    def __init__(self, limit: int = MAX_ENDED_TASKS) -> None:
         self.limit = limit
         self.tasks: dict[str, dict] = {}  # in order of first event
-        self.ended = 0
+        self._ended: dict[str, None] = {}  # ids of ended tasks, in the order they ended
         self.version = 0  # changes with every batch applied (summaries are cached by it)
         self._summary: tuple[int, dict] = (-1, {})
+
+    @property
+    def ended(self) -> int:
+        return len(self._ended)
 
     def apply(self, events: list, source: dict | None = None) -> None:
         """Merge a batch of events (``[task_id, state, time, fields]``); ``source``: fields
@@ -230,16 +265,20 @@ class TaskTable:
             if _RANK.get(state, 0) >= _RANK.get(task["state"], 0):
                 task["state"] = state
             if not was_ended and task["ended_at"] is not None:
-                self.ended += 1
-        while self.ended > self.limit:
-            self._drop_oldest_ended()
+                self._ended[key] = None
+        _bound(self._ended, self.tasks, self.limit)
 
-    def _drop_oldest_ended(self) -> None:
+    def finish_job(self, job_id: str, now: float | None = None) -> None:
+        """The job's driver is gone: its tasks that never ended never will (its workers
+        went with it). Mark them failed, so that they age out like the others."""
+        now = time.time() if now is None else now
+        self.version += 1
         for key, task in self.tasks.items():
-            if task["ended_at"] is not None:
-                del self.tasks[key]
-                self.ended -= 1
-                return
+            if task["job_id"] == job_id and task["ended_at"] is None:
+                task["state"], task["ended_at"] = "FAILED", now
+                task["error"] = task["error"] or "its driver exited before it ended"
+                self._ended[key] = None
+        _bound(self._ended, self.tasks, self.limit)
 
     def rows(self, tasks=None) -> list[dict]:
         """Tasks as the state API shows them (all, or those of ``tasks``)."""
