@@ -13,6 +13,9 @@ from aray import _protocol as P
 _LOG_NAME = re.compile(r"^worker-([0-9a-f]+)\.(out|err)$")
 #: the most one read returns
 MAX_READ = 1 << 20
+#: the largest offset, either way, a read may ask for: more than any file holds, small enough
+#: for a message (msgpack carries 64-bit integers) and for a JavaScript number to keep exactly
+MAX_OFFSET = 1 << 53
 #: the most files a listing names (the most recently written ones)
 MAX_FILES = 1000
 
@@ -44,8 +47,9 @@ def list_log_files(logs_dir: str, pids: dict[str, int], alive: set[str]) -> list
 
 def read_log(logs_dir: str, name: str, offset: int, limit: int) -> tuple[bytes, int, int, str]:
     """``(data, next_offset, size, error)`` for up to ``limit`` bytes of the log file
-    ``name`` from ``offset``; a negative offset counts from the end of the file. Only the
-    names :func:`list_log_files` gives are readable."""
+    ``name`` from ``offset``; a negative offset counts from the end of the file, and an
+    offset past either end means that end. ``limit`` 0 means MAX_READ. Only the names
+    :func:`list_log_files` gives are readable."""
     if not _LOG_NAME.match(name):
         return b"", 0, 0, (f"no such log file: {name!r} (worker log files are named "
                            "worker-ID.out or worker-ID.err)")

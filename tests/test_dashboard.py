@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
 
 import aiohttp
@@ -67,13 +68,27 @@ def work(cluster):
            "object": big.hex(), "actor": counter}
 
 
-def browser_like():
-    """A client session that keeps cookies of hosts given by IP address, as browsers do."""
-    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+def browser_like(source: str = "127.0.0.1"):
+    """A client session that keeps cookies of hosts given by IP address, as browsers do.
+    It connects from ``source``: tests that send wrong tokens use a loopback address of their
+    own, so that the dashboard's limit on failed logins never refuses another test."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                 connector=aiohttp.TCPConnector(local_addr=(source, 0)))
 
 
 def bearer(token):
     return {"Authorization": f"Bearer {token}"}
+
+
+async def next_not_update(ws, timeout: float = 10.0) -> aiohttp.WSMessage:
+    """The socket's next message that is not a pushed update (those come every second), or
+    its close; fails the test if none comes within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        msg = await ws.receive(timeout=left)
+        if msg.type != aiohttp.WSMsgType.TEXT or json.loads(msg.data)["type"] != "update":
+            return msg
+    raise AssertionError(f"nothing but updates on the socket for {timeout} s")
 
 
 async def get_json(session, url, token, expect=200):
@@ -84,7 +99,7 @@ async def get_json(session, url, token, expect=200):
 
 async def test_everything_needs_the_token(work):
     url = work["url"]
-    async with aiohttp.ClientSession() as s:
+    async with browser_like("127.0.0.2") as s:
         for path in API_PATHS:
             for headers in ({}, bearer("wrong-token"), {"Cookie": "aray_session=forged"}):
                 async with s.get(url + path, headers=headers) as r:
@@ -106,6 +121,14 @@ async def test_everything_needs_the_token(work):
         async with s.ws_connect(url + "/ws") as ws:
             msg = await ws.receive(timeout=5)
             assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4401
+    # a token with bytes that are not UTF-8 is just a wrong one (from an address of its own:
+    # the wrong tokens above are as many as one address may send in a minute)
+    host, port = url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), source_address=("127.0.0.5", 0)) as raw:
+        raw.settimeout(10)
+        raw.sendall(b"GET /api/summary HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                    b"Authorization: Bearer \xff\xfe\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.1 401 ")
 
 
 async def test_login_link_sets_a_strict_httponly_cookie(work):
@@ -125,11 +148,194 @@ async def test_login_link_sets_a_strict_httponly_cookie(work):
             assert r.status == 303
         async with s.get(url + "/api/summary") as r:
             assert r.status == 401
-    async with browser_like() as s:  # the login form
+    async with browser_like("127.0.0.4") as s:  # the login form
         async with s.post(url + "/login", data={"token": "nope"}) as r:
             assert r.status == 401 and "Wrong token" in await r.text()
         async with s.post(url + "/login", data={"token": token}, allow_redirects=False) as r:
             assert r.status == 303 and "aray_session=" in r.headers["Set-Cookie"]
+            other = re.search(r"aray_session=([^;]+)", r.headers["Set-Cookie"]).group(1)
+    assert other != value  # every login is a session of its own
+
+
+async def test_logging_out_ends_the_session_for_every_copy_of_the_cookie(work):
+    url, token = work["url"], work["token"]
+    async with browser_like() as s:
+        async with s.post(url + "/login", data={"token": token}, allow_redirects=False) as r:
+            assert r.status == 303
+            assert "Max-Age=43200" in r.headers["Set-Cookie"]  # SESSION_TTL: 12 h
+            session = re.search(r"aray_session=([^;]+)", r.headers["Set-Cookie"]).group(1)
+        copied = {"Cookie": f"aray_session={session}"}  # what a stolen cookie would send
+        async with aiohttp.ClientSession() as thief:
+            async with thief.get(url + "/api/summary", headers=copied) as r:
+                assert r.status == 200
+            async with thief.ws_connect(url + "/ws", headers=copied) as open_ws:
+                assert (await open_ws.receive_json(timeout=5))["type"] == "update"
+                async with s.post(url + "/logout", allow_redirects=False) as r:
+                    assert r.status == 303
+                # the socket opened with the session closes too, within a push interval
+                msg = await next_not_update(open_ws)
+                assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4401
+            # the copy of the cookie is refused everywhere
+            async with thief.get(url + "/api/summary", headers=copied) as r:
+                assert r.status == 401
+            async with thief.get(url + "/", headers=copied) as r:
+                assert r.status == 401 and 'action="/login"' in await r.text()
+            async with thief.ws_connect(url + "/ws", headers=copied) as ws:
+                msg = await ws.receive(timeout=5)
+                assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4401
+
+
+class FakeClock:
+    """A clock for the dashboard's bookkeeping that moves only when a test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sessions_expire_revoke_and_stay_bounded():
+    from aray._head.dashboard import Sessions
+
+    clock = FakeClock()
+    sessions = Sessions(clock, ttl=100, limit=3)
+    first = sessions.create()
+    assert len(first) == 43 and sessions.valid(first)  # 32 random bytes, URL-safe base64
+    assert not any(sessions.valid(s) for s in (first[:-1], first + "x", ""))
+    clock.now = 99.9
+    assert sessions.valid(first)
+    clock.now = 100
+    assert not sessions.valid(first)  # expired
+    second, third = sessions.create(), sessions.create()
+    sessions.revoke(second)
+    assert not sessions.valid(second) and sessions.valid(third)
+    sessions.revoke("never was")
+    made = [sessions.create() for _ in range(5)]
+    assert len(sessions) == 3 and not sessions.valid(third)  # the oldest went first
+    assert all(sessions.valid(s) for s in made[-3:]) and not sessions.valid(made[0])
+    clock.now = 1000  # a login after every session expired finds the table empty
+    sessions.create()
+    assert len(sessions) == 1
+
+
+def test_login_limiter_counts_failures_per_address_in_a_window():
+    from aray._head.dashboard import LoginLimiter
+
+    clock = FakeClock()
+    limiter = LoginLimiter(clock, max_failures=3, window=60, max_addresses=4)
+    for t in (0, 10, 20):
+        assert limiter.retry_after("a") == 0
+        clock.now = t
+        limiter.failed("a")
+    assert limiter.retry_after("a") == 40  # until the failure at 0 is a window old
+    assert limiter.retry_after("b") == 0  # per address
+    clock.now = 59
+    assert limiter.retry_after("a") == 1
+    clock.now = 60
+    assert limiter.retry_after("a") == 0  # the window slid past the first failure
+    limiter.failed("a")  # 10, 20, 60: blocked until 70
+    assert limiter.retry_after("a") == 10
+    clock.now = 200  # every failure is old now
+    assert limiter.retry_after("a") == 0
+    # a spray of addresses: at most max_addresses remembered, the longest ago forgotten
+    for address in ("a", "a", "a", "b", "c", "d", "e"):
+        limiter.failed(address)
+    assert len(limiter) == 4 and limiter.retry_after("a") == 0
+    clock.now = 300  # failures out of the window are dropped as new ones come
+    limiter.failed("f")
+    assert len(limiter) == 1
+
+
+async def test_wrong_tokens_from_one_address_are_refused_for_a_while(work):
+    from aray._head.dashboard import LOGIN_FAILURES, LOGIN_WINDOW
+
+    url, token = work["url"], work["token"]
+    async with browser_like("127.0.0.3") as s:
+        async with s.post(url + "/login", data={"token": token}) as r:  # a session first
+            assert r.status == 200
+        guesses = [lambda: s.post(url + "/login", data={"token": "guess"}),
+                   lambda: s.get(url + "/?token=guess"),
+                   lambda: s.get(url + "/api/summary", headers=bearer("guess"))]
+        for i in range(LOGIN_FAILURES):  # each way of sending a token counts
+            async with guesses[i % 3]() as r:
+                assert r.status == 401, i
+        # now even the right token is refused from this address, every way it comes
+        async with s.get(url + "/api/summary", headers=bearer(token)) as r:
+            assert r.status == 429
+            assert 1 <= int(r.headers["Retry-After"]) <= LOGIN_WINDOW
+            assert "too many wrong tokens" in (await r.json())["error"]
+        async with s.post(url + "/login", data={"token": token}) as r:
+            assert r.status == 429 and "Too many wrong tokens" in await r.text()
+            assert "Retry-After" in r.headers
+        async with s.get(url + f"/?token={token}") as r:
+            assert r.status == 429
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await s.ws_connect(url + "/ws", headers=bearer(token))
+        assert refused.value.status == 429
+        # the session made before is not a guess: it still works
+        async with s.get(url + "/api/summary") as r:
+            assert r.status == 200
+    async with aiohttp.ClientSession() as s:  # other addresses are not refused
+        await get_json(s, url + "/api/summary", token)
+
+
+async def test_parameters_out_of_range_answer_400(work):
+    url, token, node = work["url"], work["token"], work["node_id"]
+    async with aiohttp.ClientSession() as s:
+        log = next(r for r in (await get_json(s, url + "/api/logs", token))["rows"]
+                   if r["size"])
+        log_path = f"/api/logs/{node}/{log['file']}"
+        long = "x" * 257
+        bad = [  # (path, parameter, the range the error names)
+            *[(f"/api/{what}?offset={v}", "offset", "from 0 to 1000000000")
+              for what in ("tasks", "actors", "objects")
+              for v in ("-1", "1000000001", "1.5", "1e3", "abc", "0x10", "1_0", "%205",
+                        str(10**30))],
+            *[(f"/api/{what}?limit={v}", "limit", "from 0 to 1000")
+              for what in ("tasks", "actors", "objects") for v in ("-5", "1001", "2.0")],
+            *[(f"/api/timeline?seconds={v}", "seconds", "from 1 to 86400")
+              for v in ("0", "-60", "86401", "60.5", "inf")],
+            *[(f"{log_path}?offset={v}", "offset",
+               "from -9007199254740992 to 9007199254740992")
+              for v in (str(2**53 + 1), str(-2**53 - 1), "1.5", "nan", str(10**30))],
+            *[(f"{log_path}?limit={v}", "limit", "from 0 to 1048576")
+              for v in ("-1", str(2**20 + 1), "big")],
+            *[(f"/api/tasks?{name}={long}", name, "at most 256 characters")
+              for name in ("state", "name", "job_id")],
+            (f"/api/actors?state={long}", "state", "at most 256 characters"),
+            (f"/api/logs/{long}/{log['file']}", "node_id", "at most 256 characters"),
+            (f"/api/logs/{node}/{long}", "file", "at most 256 characters"),
+        ]
+        for path, name, allowed in bad:
+            async with s.get(url + path, headers=bearer(token)) as r:
+                assert r.status == 400, path
+                error = (await r.json())["error"]
+                assert error.startswith(f"{name} must be ") and allowed in error, (path, error)
+        # the ends of each range are allowed
+        for path in ("/api/tasks?offset=1000000000&limit=1000", "/api/actors?limit=0",
+                     "/api/objects?offset=0&limit=1000", "/api/timeline?seconds=1",
+                     "/api/timeline?seconds=86400", f"/api/tasks?name={'x' * 256}",
+                     f"{log_path}?offset={2**53}&limit={2**20}", f"{log_path}?offset=-{2**53}"):
+            await get_json(s, url + path, token)
+        assert (await get_json(s, url + f"{log_path}?offset=-{2**53}&limit=5", token))[
+            "offset"] == 5  # from the start of the file
+        # a tail command with a bad field: an error on the socket, which goes on working
+        async with s.ws_connect(url + "/ws", headers=bearer(token)) as ws:
+            for fields, error in [({"offset": 1.5}, "offset must be an integer"),
+                                  ({"offset": True}, "offset must be an integer"),
+                                  ({"offset": "abc"}, "offset must be an integer"),
+                                  ({"offset": 10**30}, "offset must be an integer"),
+                                  ({"node_id": 7}, "node_id must be a string"),
+                                  ({"file": long}, "file must be a string")]:
+                await ws.send_json({"type": "tail", "node_id": node, "file": log["file"],
+                                    "offset": 0, **fields})
+                msg = json.loads((await next_not_update(ws)).data)
+                assert msg["type"] == "error" and error in msg["error"], (fields, msg)
+            await ws.send_json({"type": "tail", "node_id": node, "file": log["file"],
+                                "offset": -10})
+            msg = json.loads((await next_not_update(ws)).data)
+            assert msg["type"] == "log" and msg["file"] == log["file"] and not msg.get("error")
 
 
 async def test_api_shows_nodes_tasks_actors_objects_jobs(work):
@@ -473,3 +679,66 @@ def test_dashboard_in_a_browser(work, tmp_path):
             assert "token" not in page.url
         finally:
             browser.close()
+
+
+def test_out_of_range_log_offsets_leave_the_cluster_working(run_script):
+    """An offset no message to a node can carry answers 400 (over HTTP) or an error on the
+    socket (a tail command), and the head's link to its node keeps working: an actor made
+    afterwards starts."""
+    result = run_script("""
+        import urllib.error, urllib.request
+        import aiohttp
+        from aray import _global
+        aray.init(num_cpus=1, dashboard_port=0)
+        core = _global.core()
+        url, headers = core.dashboard_url, {"Authorization": f"Bearer {core.token}"}
+        logs = json.load(urllib.request.urlopen(urllib.request.Request(
+            url + "/api/logs", headers=headers)))["rows"]
+        while not logs:  # the pool's first worker has its log files
+            time.sleep(0.1)
+            logs = json.load(urllib.request.urlopen(urllib.request.Request(
+                url + "/api/logs", headers=headers)))["rows"]
+        path = f"/api/logs/{logs[0]['node_id']}/{logs[0]['file']}"
+        for query in ("offset=" + str(10**30), "offset=-" + str(10**30), "limit=" + str(10**30)):
+            try:
+                urllib.request.urlopen(urllib.request.Request(url + path + "?" + query,
+                                                              headers=headers))
+                print("HTTP 200", query)
+            except urllib.error.HTTPError as exc:
+                print("HTTP", exc.code, exc.read().decode()[:300])
+
+        async def tail():
+            async with aiohttp.ClientSession() as s:
+                async with s.ws_connect(url + "/ws", headers=headers) as ws:
+                    await ws.send_json({"type": "tail", "node_id": logs[0]["node_id"],
+                                        "file": logs[0]["file"], "offset": 10**30})
+                    while True:
+                        msg = await ws.receive_json(timeout=10)
+                        if msg["type"] != "update":
+                            print("WS", json.dumps(msg))
+                            return
+        try:
+            asyncio.run(tail())
+        except asyncio.TimeoutError:
+            print("WS no answer")
+
+        @aray.remote
+        class Probe:
+            def ping(self):
+                return "pong"
+
+        try:
+            print("ACTOR", aray.get(Probe.remote().ping.remote(), timeout=20))
+        except Exception as exc:
+            print("ACTOR failed:", type(exc).__name__, exc)
+        report_pids()
+        aray.shutdown()
+        """, timeout=90)
+    result.assert_no_leftovers()
+    out = result.stdout
+    assert "ACTOR pong" in out, out
+    assert out.count("HTTP 400") == 3, out
+    assert "offset must be an integer from -9007199254740992 to 9007199254740992" in out
+    assert "limit must be an integer from 0 to 1048576" in out
+    ws = json.loads(re.search(r"WS (\{.*\})", out).group(1))
+    assert ws["type"] == "error" and "offset must be an integer" in ws["error"], out

@@ -4,24 +4,33 @@ updates to open pages.
 
 Everything but the static files and the login page needs the cluster token: an
 ``Authorization: Bearer TOKEN`` header (API clients, Prometheus), or the session cookie
-that logging in sets. The cookie holds a value derived from the token, not the token, and
-is HttpOnly and SameSite=Strict, so scripts and other sites cannot use it.
+that logging in sets. The cookie holds a random session id that the dashboard keeps for
+SESSION_TTL seconds or until logging out, not the token; it is HttpOnly and
+SameSite=Strict, so scripts and other sites cannot use it. An address that sends a wrong
+token LOGIN_FAILURES times within LOGIN_WINDOW seconds is refused (429) for a while, and
+every parameter is checked against its range (400) before anything is asked of a node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
 import hmac
 import html
 import json
 import logging
+import math
 import os
+import re
+import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
+from ..node.logs import MAX_OFFSET, MAX_READ
 from . import views
 
 if TYPE_CHECKING:
@@ -40,6 +49,27 @@ TAIL_INTERVAL = 0.5
 TIMELINE_ROWS = 1000
 #: the websocket close code that tells a page it is not (or no longer) logged in
 CLOSE_UNAUTHORIZED = 4401
+
+#: how long a login lasts, in seconds
+SESSION_TTL = 12 * 3600.0
+#: the most sessions kept at once: a login past this many ends the oldest session
+MAX_SESSIONS = 1000
+#: wrong tokens one client address may send within LOGIN_WINDOW seconds; then it must wait
+LOGIN_FAILURES = 10
+LOGIN_WINDOW = 60.0
+#: the most client addresses whose failed logins are remembered
+MAX_ADDRESSES = 10_000
+
+# The range of every integer parameter, both ends included. Pages: offsets up to 10**9
+# rows, at most MAX_PAGE a page. Logs: the offsets and lengths a node reads (a negative
+# offset counts from the end; limit 0 means MAX_READ). Timeline: up to a day.
+PAGE_OFFSET = (0, 10**9)
+PAGE_LIMIT = (0, views.MAX_PAGE)
+LOG_OFFSET = (-MAX_OFFSET, MAX_OFFSET)
+LOG_LIMIT = (0, MAX_READ)
+TIMELINE_SECONDS = (1, 86400)
+#: the longest string parameter (state, name, job_id, node_id, file)
+MAX_STRING = 256
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": ("default-src 'self'; script-src 'self'; style-src 'self'; "
@@ -72,14 +102,134 @@ def _redirect(to: str) -> web.Response:
     return web.Response(status=303, headers={"Location": to})
 
 
-def _int(request: web.Request, name: str, default: int) -> int:
-    value = request.query.get(name, "")
-    try:
-        return int(value) if value else default
-    except ValueError:
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"{name} must be an integer, "
-                                                  f"not {value!r}"}),
-                                 content_type="application/json") from None
+class BadParam(ValueError):
+    """A parameter out of its range; the dashboard answers 400 (or, on the websocket, an
+    error message) with this text, which names the parameter and its range."""
+
+
+#: an integer as a query string spells it: no sign but '-', no spaces, no '_', no exponent
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def int_param(source: Mapping, name: str, default: int, bounds: tuple[int, int]) -> int:
+    """``source[name]`` (a query's string, or a number of a websocket command) as an integer
+    within ``bounds``; ``default`` when it is missing or empty. Raises BadParam otherwise:
+    for junk, floats, booleans and anything out of range."""
+    value = source.get(name)
+    if value is None or value == "":
+        return default
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
+        value = int(value)
+    low, high = bounds
+    if type(value) is int and low <= value <= high:  # type(): True is an int, not a number
+        return value
+    raise BadParam(f"{name} must be an integer from {low} to {high}, not {_shown(value)}")
+
+
+def str_param(source: Mapping, name: str) -> str:
+    """``source[name]`` as a string of at most MAX_STRING characters, ``""`` when missing;
+    raises BadParam for anything else."""
+    value = source.get(name, "")
+    if isinstance(value, str) and len(value) <= MAX_STRING:
+        return value
+    raise BadParam(f"{name} must be a string of at most {MAX_STRING} characters, "
+                   f"not {_shown(value)}")
+
+
+def _window(query: Mapping) -> tuple[int, int]:
+    """The ``offset`` and ``limit`` of a page of rows."""
+    return int_param(query, "offset", 0, PAGE_OFFSET), int_param(query, "limit", 100, PAGE_LIMIT)
+
+
+class Sessions:
+    """Logged-in browsers: random session ids, each with its expiry, at most ``limit`` at
+    once (a new one past that ends the oldest). No I/O: ``clock`` tells the time."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, ttl: float = SESSION_TTL,
+                 limit: int = MAX_SESSIONS) -> None:
+        self._clock, self.ttl, self._limit = clock, ttl, limit
+        self._expiry: OrderedDict[str, float] = OrderedDict()  # oldest first
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def create(self) -> str:
+        """A new session, valid for ``ttl`` seconds; returns its id (256 random bits)."""
+        now = self._clock()
+        # every session lives as long, so the expired ones are the oldest, at the front
+        while self._expiry and next(iter(self._expiry.values())) <= now:
+            self._expiry.popitem(last=False)
+        session = secrets.token_urlsafe(32)
+        self._expiry[session] = now + self.ttl
+        while len(self._expiry) > self._limit:
+            self._expiry.popitem(last=False)
+        return session
+
+    def valid(self, session: str) -> bool:
+        """Whether ``session`` is the id of a live session."""
+        # a dict lookup of the exact string, not a constant-time compare: the ids are 256
+        # random bits, so whatever the lookup's timing tells brings no guess closer
+        expiry = self._expiry.get(session)
+        if expiry is not None and self._clock() >= expiry:
+            del self._expiry[session]
+            return False
+        return expiry is not None
+
+    def revoke(self, session: str) -> None:
+        """End a session (logging out); unknown ids are ignored."""
+        self._expiry.pop(session, None)
+
+
+class TooManyLogins(Exception):
+    """An address that failed to log in too often tried again; it may in ``retry_after`` s."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after
+
+
+class LoginLimiter:
+    """Failed logins per client address, in a sliding window: an address with
+    ``max_failures`` failures in the last ``window`` seconds must wait until the oldest of
+    them is that old. At most ``max_addresses`` addresses are remembered (the one that failed
+    longest ago is forgotten first), so a spray of addresses cannot grow the table. A right
+    token does not clear the count: other clients behind the same address (all of loopback)
+    would clear it for a guesser. No I/O: ``clock`` tells the time."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 max_failures: int = LOGIN_FAILURES, window: float = LOGIN_WINDOW,
+                 max_addresses: int = MAX_ADDRESSES) -> None:
+        self._clock, self._max, self._window = clock, max_failures, window
+        self._max_addresses = max_addresses
+        # address -> the times of its last max_failures failures; least recently failed first
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def retry_after(self, address: str) -> float:
+        """Seconds until ``address`` may try again; 0 when it may now."""
+        times = self._failures.get(address)
+        if times is None or len(times) < self._max:
+            return 0.0
+        return max(0.0, times[0] + self._window - self._clock())
+
+    def failed(self, address: str) -> None:
+        """Count a failed login from ``address``."""
+        now = self._clock()
+        times = self._failures.pop(address, None) or deque(maxlen=self._max)
+        times.append(now)
+        # addresses whose last failure is out of the window count for nothing any more
+        while self._failures and next(iter(self._failures.values()))[-1] <= now - self._window:
+            self._failures.popitem(last=False)
+        self._failures[address] = times
+        while len(self._failures) > self._max_addresses:
+            self._failures.popitem(last=False)
 
 
 class Dashboard:
@@ -88,9 +238,8 @@ class Dashboard:
     def __init__(self, head: Head, token: str) -> None:
         self.head = head
         self._token = token.encode()
-        # what the cookie holds: proof of the token, but not the token
-        self._session = hmac.new(self._token, b"aray dashboard session",
-                                 hashlib.sha256).hexdigest()
+        self._sessions = Sessions()
+        self._limiter = LoginLimiter()
         self.app = web.Application(middlewares=[self._guard])
         self.app.router.add_get("/", self._index)
         self.app.router.add_get("/login", self._login_form)
@@ -145,49 +294,88 @@ class Dashboard:
             await self._runner.cleanup()
 
     # --- who may see what ----------------------------------------------------------------
-    def _authorized(self, request: web.Request) -> bool:
+    def _token_ok(self, request: web.Request, token: str) -> bool:
+        """Whether ``token`` is the cluster's; a wrong one counts against the client's
+        address. Raises TooManyLogins, whatever the token, while that address must wait."""
+        address = request.remote or ""
+        wait = self._limiter.retry_after(address)
+        if wait > 0:
+            raise TooManyLogins(wait)
+        # headers with bytes that are not UTF-8 come as surrogates: compare, never raise
+        if hmac.compare_digest(token.encode("utf-8", "surrogatepass"), self._token):
+            return True
+        self._limiter.failed(address)
+        return False
+
+    def _session_of(self, request: web.Request) -> str:
+        """The id of the live session the request's cookie names, or ``""``."""
+        session = request.cookies.get(COOKIE, "")
+        return session if session and self._sessions.valid(session) else ""
+
+    def _who(self, request: web.Request) -> str | None:
+        """None for a stranger; ``""`` for the holder of a bearer token; else the id of the
+        session its cookie names."""
         auth = request.headers.get("Authorization", "")
         if auth.startswith("Bearer "):
-            return hmac.compare_digest(auth[7:].strip().encode(), self._token)
-        cookie = request.cookies.get(COOKIE, "")
-        return bool(cookie) and hmac.compare_digest(cookie.encode(), self._session.encode())
+            return "" if self._token_ok(request, auth[7:].strip()) else None
+        return self._session_of(request) or None
+
+    def _authorized(self, request: web.Request) -> bool:
+        """Whether the request holds the token or a live session (see _who)."""
+        return self._who(request) is not None
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):
-        # the pages check for themselves (a login page for strangers); so does the
-        # websocket, which closes with CLOSE_UNAUTHORIZED so that the page knows why
-        public = (request.path in ("/", "/login", "/ws")
-                  or request.path.startswith("/static/"))
-        if not public and not self._authorized(request):
-            response = web.json_response(
-                {"error": "this needs the cluster token: log in at / or send "
-                          "'Authorization: Bearer TOKEN'"}, status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="aray"'})
-        else:
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                exc.headers.update(SECURITY_HEADERS)
-                raise
+        try:
+            response = await self._checked(request, handler)
+        except web.HTTPException as exc:
+            exc.headers.update(SECURITY_HEADERS)
+            raise
         if not response.prepared:  # a websocket has sent its headers already
             response.headers.update(SECURITY_HEADERS)
         return response
 
-    def _login_page(self, error: str = "", status: int = 401) -> web.Response:
+    async def _checked(self, request: web.Request, handler) -> web.StreamResponse:
+        """The handler's answer; or 401 for a stranger, 429 for an address that sent wrong
+        tokens too often, 400 for a parameter out of its range."""
+        # the pages check for themselves (a login page for strangers); so does the
+        # websocket, which closes with CLOSE_UNAUTHORIZED so that the page knows why
+        public = (request.path in ("/", "/login", "/ws")
+                  or request.path.startswith("/static/"))
+        try:
+            if public or self._authorized(request):
+                return await handler(request)
+            return web.json_response(
+                {"error": "this needs the cluster token: log in at / or send "
+                          "'Authorization: Bearer TOKEN'"}, status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="aray"'})
+        except BadParam as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        except TooManyLogins as exc:
+            wait = math.ceil(exc.retry_after)
+            error = f"too many wrong tokens from {request.remote}: try again in {wait} s"
+            headers = {"Retry-After": str(wait)}
+            if request.path in ("/", "/login"):
+                return self._login_page(error[0].upper() + error[1:] + ".", 429, headers)
+            return web.json_response({"error": error}, status=429, headers=headers)
+
+    def _login_page(self, error: str = "", status: int = 401,
+                    headers: dict | None = None) -> web.Response:
         shown = f'<p class="error">{html.escape(error)}</p>' if error else ""
         return web.Response(text=LOGIN_PAGE.format(error=shown), status=status,
-                            content_type="text/html")
+                            content_type="text/html", headers=headers)
 
     def _logged_in(self) -> web.Response:
-        """A redirect to the dashboard that sets the session cookie."""
+        """A redirect to the dashboard that sets the cookie of a new session."""
         response = _redirect("/")
-        response.set_cookie(COOKIE, self._session, httponly=True, samesite="Strict", path="/")
+        response.set_cookie(COOKIE, self._sessions.create(), httponly=True, samesite="Strict",
+                            path="/", max_age=int(self._sessions.ttl))
         return response
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
         token = request.query.get("token")
         if token is not None:  # a login link: trade the token for the cookie, and drop it
-            if hmac.compare_digest(token.encode(), self._token):
+            if self._token_ok(request, token):
                 return self._logged_in()
             return self._login_page("The token in that link is not the token of this cluster.")
         if not self._authorized(request):
@@ -202,11 +390,13 @@ class Dashboard:
     async def _login(self, request: web.Request) -> web.Response:
         form = await request.post()
         token = str(form.get("token", "")).strip()
-        if token and hmac.compare_digest(token.encode(), self._token):
+        if self._token_ok(request, token):
             return self._logged_in()
         return self._login_page("Wrong token: that is not the token of this cluster.")
 
     async def _logout(self, request: web.Request) -> web.Response:
+        # the session ends here, not only in this browser: a copy of the cookie is refused
+        self._sessions.revoke(request.cookies.get(COOKIE, ""))
         response = _redirect("/")
         response.del_cookie(COOKIE, path="/")
         return response
@@ -227,19 +417,20 @@ class Dashboard:
 
     async def _api_tasks(self, request: web.Request) -> web.Response:
         q = request.query
+        offset, limit = _window(q)
         return web.json_response(views.tasks(
-            self.head, state=q.get("state", ""), name=q.get("name", ""),
-            job_id=q.get("job_id", ""), offset=_int(request, "offset", 0),
-            limit=_int(request, "limit", 100)))
+            self.head, state=str_param(q, "state"), name=str_param(q, "name"),
+            job_id=str_param(q, "job_id"), offset=offset, limit=limit))
 
     async def _api_actors(self, request: web.Request) -> web.Response:
+        offset, limit = _window(request.query)
         return web.json_response(views.actors(
-            self.head, state=request.query.get("state", ""),
-            offset=_int(request, "offset", 0), limit=_int(request, "limit", 100)))
+            self.head, state=str_param(request.query, "state"), offset=offset, limit=limit))
 
     async def _api_objects(self, request: web.Request) -> web.Response:
+        offset, limit = _window(request.query)  # checked before the nodes are asked
         rows = sorted(await views.objects(self.head), key=lambda o: -o["size"])
-        body = views.page_of(rows, _int(request, "offset", 0), _int(request, "limit", 100))
+        body = views.page_of(rows, offset, limit)
         body["total_bytes"] = sum(o["size"] for o in rows)
         return web.json_response(body)
 
@@ -248,18 +439,22 @@ class Dashboard:
         return web.json_response(views.page(rows, 0, len(rows), len(rows)))
 
     async def _api_timeline(self, request: web.Request) -> web.Response:
-        return web.json_response(views.timeline(self.head, _int(request, "seconds", 60)))
+        seconds = int_param(request.query, "seconds", 60, TIMELINE_SECONDS)
+        return web.json_response(views.timeline(self.head, seconds))
 
     async def _api_logs(self, request: web.Request) -> web.Response:
         return web.json_response({"rows": await views.log_files(self.head)})
 
     async def _api_log(self, request: web.Request) -> web.Response:
+        where, q = request.match_info, request.query
+        node_id, file = str_param(where, "node_id"), str_param(where, "file")
+        offset, limit = int_param(q, "offset", 0, LOG_OFFSET), int_param(q, "limit", 0, LOG_LIMIT)
         try:
-            body = await views.read_log(self.head, request.match_info["node_id"],
-                                        request.match_info["file"],
-                                        _int(request, "offset", 0), _int(request, "limit", 0))
+            body = await views.read_log(self.head, node_id, file, offset, limit)
         except LookupError as exc:
             return web.json_response({"error": str(exc)}, status=404)
+        except (asyncio.TimeoutError, ConnectionError):
+            return web.json_response({"error": f"node {node_id} did not answer"}, status=504)
         return web.json_response(body)
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -278,13 +473,14 @@ class Dashboard:
         if origin is not None and origin.split("://", 1)[-1] != request.host:
             # a page of another site may open websockets here: it gets nothing
             return web.json_response({"error": "cross-origin websocket refused"}, status=403)
+        who = self._who(request)  # before the handshake, so that 429 is an HTTP answer
         ws = web.WebSocketResponse(heartbeat=30)
         await ws.prepare(request)
-        if not self._authorized(request):
+        if who is None:
             await ws.close(code=CLOSE_UNAUTHORIZED, message=b"log in first")
             return ws
         self._sockets.add(ws)
-        pusher = asyncio.ensure_future(self._push(ws))
+        pusher = asyncio.ensure_future(self._push(ws, who))
         tail: asyncio.Task | None = None
         try:
             async for msg in ws:
@@ -300,11 +496,14 @@ class Dashboard:
                 if tail is not None:
                     tail.cancel()
                     tail = None
-                offset = command.get("offset") or 0
-                if command["type"] == "tail" and isinstance(offset, int):
-                    tail = asyncio.ensure_future(self._tail(
-                        ws, str(command.get("node_id", "")), str(command.get("file", "")),
-                        offset))
+                if command["type"] == "tail":
+                    try:  # checked here: nothing out of range goes to a node
+                        node_id, file = str_param(command, "node_id"), str_param(command, "file")
+                        offset = int_param(command, "offset", 0, LOG_OFFSET)
+                    except BadParam as exc:
+                        await ws.send_json({"type": "error", "error": str(exc)})
+                        continue
+                    tail = asyncio.ensure_future(self._tail(ws, node_id, file, offset))
         finally:
             self._sockets.discard(ws)
             pusher.cancel()
@@ -312,8 +511,13 @@ class Dashboard:
                 tail.cancel()
         return ws
 
-    async def _push(self, ws: web.WebSocketResponse) -> None:
+    async def _push(self, ws: web.WebSocketResponse, session: str) -> None:
+        """Send updates while the socket is open and, if a cookie opened it, its session
+        lives: logging out (or the session expiring) closes the socket too."""
         while not ws.closed:
+            if session and not self._sessions.valid(session):
+                await ws.close(code=CLOSE_UNAUTHORIZED, message=b"logged out")
+                return
             await ws.send_json(self._update())
             await asyncio.sleep(PUSH_INTERVAL)
 

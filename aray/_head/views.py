@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .. import _protocol as P
+from ..node.logs import MAX_OFFSET, MAX_READ
 from .state import TASK_STATES
 
 if TYPE_CHECKING:
@@ -169,7 +170,11 @@ async def log_files(head: Head) -> list[dict]:
 
 async def read_log(head: Head, node_id: str, file: str, offset: int, limit: int) -> dict:
     """``{"data", "offset", "size"}`` of one node's log file; raises LookupError when the
-    node or the file is unknown."""
+    node or the file is unknown, ValueError when ``offset`` or ``limit`` is out of the
+    range a node reads (callers check what users give them first)."""
+    if not (-MAX_OFFSET <= offset <= MAX_OFFSET and 0 <= limit <= MAX_READ):
+        # a number the link cannot encode must never reach it: it would stop its writer
+        raise ValueError(f"a log read of {limit} bytes from offset {offset} is out of range")
     link = head.node_link(node_id)
     if link is None:
         raise LookupError(f"no live node with id {node_id!r}")
