@@ -356,10 +356,11 @@ def parse_address(address: str) -> tuple[str, str, int]:
 HandlerT = Callable[["Link", P.Hello], Awaitable[dict] | dict]
 
 
-class _GuardedServer(web.Server):
+class GuardedServer(web.Server):
     """aiohttp's low-level server, plus a watch on connections that have not passed the
     handshake: at most ``limit`` per kind of listener (TCP, unix), each closed after
-    ``deadline`` seconds unless :meth:`trust` was called for it."""
+    ``deadline`` seconds unless :meth:`trust` was called for it. (Link servers trust a
+    connection once its Hello is good; the dashboard once a whole request has arrived.)"""
 
     def __init__(self, handler, *, limit: int, deadline: float, refused: Callable[[str], None],
                  **kwargs) -> None:
@@ -429,7 +430,7 @@ class Server:
         self.name = name
         self._refusals = RateLimitedLog(log)
         self._refusal_level = logging.INFO if quiet else logging.WARNING
-        self._web: _GuardedServer | None = None
+        self._web: GuardedServer | None = None
         self._listeners: list[asyncio.AbstractServer] = []
         self.address = ""
         self.links: set[Link] = set()
@@ -441,7 +442,7 @@ class Server:
 
     async def start(self, address: str, sock: socket.socket | None = None) -> str:
         """Listen on ``address`` (more with :meth:`listen`); returns the bound address."""
-        self._web = _GuardedServer(
+        self._web = GuardedServer(
             self._handle, limit=self.max_unauthenticated, deadline=self.handshake_timeout,
             refused=self._refused, access_log=None,
             # the request line and headers of the upgrade are all an unauthenticated

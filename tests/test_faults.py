@@ -300,3 +300,29 @@ def test_a_stream_runs_at_most_a_window_ahead_of_its_consumer(run_script):
     held = int(r.stdout.split("HELD ")[1].split()[0])
     window = int(r.stdout.split("WINDOW ")[1].split()[0])
     assert held <= window and "SUM True" in r.stdout and "FREE 1" in r.stdout
+
+
+def test_half_open_connections_are_closed_after_the_handshake_deadline(cluster):
+    """Connections that never finish a handshake (to the head's link port, and to the
+    dashboard) are closed within about 10 s; the servers answer good clients meanwhile."""
+    from test_cli import free_port
+
+    dash_port = free_port()
+    cluster.start_head("--num-cpus", "1", "--dashboard-port", str(dash_port))
+    start = time.monotonic()
+    idle = [_connect_raw(port) for port in (cluster.port, dash_port) for _ in range(20)]
+    slow = _connect_raw(dash_port)
+    slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a slowloris: headers that never end
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{dash_port}/login", timeout=10) as page:
+        assert page.status == 200
+    for s in idle + [slow]:
+        s.settimeout(20)
+        try:
+            while s.recv(1 << 16):  # read to the end the server puts to it
+                pass
+        except ConnectionResetError:
+            pass
+        s.close()
+    assert time.monotonic() - start < 16

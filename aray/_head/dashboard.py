@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
+from .._link import HANDSHAKE_TIMEOUT, MAX_UNAUTHENTICATED, GuardedServer
+from .._periodic import RateLimitedLog
 from ..node.logs import MAX_OFFSET, MAX_READ
 from . import views
 
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("aray.dashboard")
 
 DEFAULT_PORT = 8265
+#: a browser's idle keep-alive connection is closed after this many seconds
+IDLE_TIMEOUT = 30.0
 COOKIE = "aray_session"
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 #: how often open pages get an update
@@ -258,6 +262,9 @@ class Dashboard:
         self.app.router.add_get("/api/logs", self._api_logs)
         self.app.router.add_get("/api/logs/{node_id}/{file}", self._api_log)
         self._runner: web.AppRunner | None = None
+        self._web: GuardedServer | None = None
+        self._listener: asyncio.AbstractServer | None = None
+        self._refusals = RateLimitedLog(log)
         self._sockets: set[web.WebSocketResponse] = set()
         self.url = ""
 
@@ -266,10 +273,21 @@ class Dashboard:
         is taken. Returns the dashboard's URL."""
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
+        app_server = self._runner.server
+        assert app_server is not None
+        # the app's handler behind the link servers' guard: a connection must bring a whole
+        # request within the deadline (no slowloris), and few may be waiting to
+        self._web = GuardedServer(
+            app_server.request_handler, request_factory=app_server.request_factory,
+            limit=MAX_UNAUTHENTICATED, deadline=HANDSHAKE_TIMEOUT,
+            refused=lambda reason: self._refusals(logging.WARNING, "the dashboard refused a "
+                                                  "connection: %s", reason),
+            access_log=None, keepalive_timeout=IDLE_TIMEOUT)
+        loop = asyncio.get_running_loop()
         for attempt in ([DEFAULT_PORT, 0] if port is None else [port]):
-            site = web.TCPSite(self._runner, host, attempt, reuse_address=True)
             try:
-                await site.start()
+                self._listener = await loop.create_server(self._web, host, attempt,
+                                                          reuse_address=True)
                 break
             except OSError as exc:
                 in_use = exc.errno == errno.EADDRINUSE
@@ -282,14 +300,19 @@ class Dashboard:
                           "aray.init): an address or name of this machine.")
                 raise OSError(exc.errno, f"the dashboard cannot listen on {host}:{attempt}: "
                               f"{exc.strerror}. {advice}") from None
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        bound = self._listener.sockets[0].getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{bound}"
         return self.url
 
     async def aclose(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         for ws in list(self._sockets):
             await ws.close()
+        if self._web is not None:
+            self._web.pre_shutdown()
+            await self._web.shutdown(2.0)
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -326,6 +349,8 @@ class Dashboard:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):
+        if self._web is not None and request.transport is not None:
+            self._web.trust(request.transport)  # a whole request came: no deadline now
         try:
             response = await self._checked(request, handler)
         except web.HTTPException as exc:
