@@ -64,6 +64,12 @@ class Link:
         self._outbox.append(msg)
         self._wakeup.set()
 
+    @property
+    def queued(self) -> int:
+        """How many messages wait for the writer: more than a few means the peer reads
+        slower than this side sends."""
+        return len(self._outbox)
+
     def next_id(self) -> int:
         return next(self._ids)
 
