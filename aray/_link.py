@@ -103,11 +103,6 @@ class Link:
         """The node id of the process at the other end, when it said (else "")."""
         return self.peer.info.get("node_id", "") if isinstance(self.peer.info, dict) else ""
 
-    @property
-    def queued(self) -> int:
-        """Messages queued and not yet handed to the socket."""
-        return len(self._outbox)
-
     def send_if_open(self, msg) -> None:
         """Queue a message unless the link has closed (the peer is gone: nobody to tell)."""
         if not self.closed:
@@ -136,6 +131,12 @@ class Link:
 
     def _why(self) -> str:
         return f" ({self.close_reason})" if self.close_reason else ""
+
+    @property
+    def queued(self) -> int:
+        """How many messages wait for the writer: more than a few means the peer reads
+        slower than this side sends."""
+        return len(self._outbox)
 
     def next_id(self) -> int:
         return next(self._ids)

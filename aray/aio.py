@@ -247,12 +247,25 @@ def _shm_free_bytes() -> int:
         return 0
 
 
+#: the driver writes a worker's lines to its terminal in strings of about this size
+_WRITE_SIZE = 64 * 1024
+
+
 def print_worker_lines(msg: P.LogLines) -> None:
-    """Echo a worker's output on the driver's terminal, prefixed like ``(f pid=123)``."""
+    """Echo a worker's output on the driver's terminal, prefixed like ``(f pid=123)``, one
+    line per line (or piece of a long or unfinished line) the node agent sent."""
     stream = sys.stdout if msg.stream == 1 else sys.stderr
     prefix = f"({msg.name} pid={msg.pid}) "
     try:
-        stream.write("".join(prefix + line + "\n" for line in msg.lines))
+        parts: list[str] = []
+        size = 0
+        for line in msg.lines:
+            parts += (prefix, line, "\n")
+            size += len(line)
+            if size >= _WRITE_SIZE:  # a message of many lines is never one big string
+                stream.write("".join(parts))
+                parts, size = [], 0
+        stream.write("".join(parts))
         stream.flush()
     except (OSError, ValueError):
         pass

@@ -12,6 +12,7 @@ import asyncio
 import enum
 import logging
 import os
+import time
 import uuid
 
 from aray import _protocol as P
@@ -23,7 +24,7 @@ from aray.store.arena import ArenaSpace
 from aray.store.arena import supported as arena_supported
 from aray.store.shm import ARENA_FILE, ShmDirectory
 
-from .logs import list_log_files, read_log
+from .logs import LogTail, list_log_files, read_log
 from .pool import WorkerPool
 from .scheduler import LeaseQueue, ResourcePool, feasible_anywhere, fits, format_resources
 
@@ -33,7 +34,16 @@ PULL_WINDOW = 4
 
 log = logging.getLogger("aray.node")
 
+#: the log reader's rounds: this often, and this often while a flood leaves output unread
 LOG_POLL_INTERVAL = 0.1
+LOG_CATCH_UP_INTERVAL = 0.01
+#: a log file is read LOG_CHUNK bytes at a time, at most LOG_BUDGET per stream and round:
+#: a flood goes out over several rounds, and the file (not the agent) holds the rest
+LOG_CHUNK = 256 * 1024
+LOG_BUDGET = 1 << 20
+#: a link with more messages than this waiting (its peer reads slower than it gets output)
+#: gets no new log lines in a round: they wait in the file
+LOG_BACKLOG = 4
 #: pids of workers that exited, kept to name their log files (the most recent ones)
 MAX_WORKER_PIDS = 10_000
 
@@ -47,7 +57,7 @@ class WorkerState(enum.Enum):
 
 class Worker:
     __slots__ = ("worker_id", "pid", "state", "link", "address", "lease", "gpu_ids", "blocked",
-                 "holder", "log_prefix", "log_offsets", "log_task", "log_job", "started",
+                 "holder", "log_prefix", "log_tails", "started",
                  "actor_id", "job_id")
 
     def __init__(self, worker_id: str, log_prefix: str) -> None:
@@ -61,9 +71,7 @@ class Worker:
         self.blocked = False
         self.holder: Link | None = None  # the caller holding the lease
         self.log_prefix = log_prefix
-        self.log_offsets = {1: 0, 2: 0}
-        self.log_task = "worker"
-        self.log_job = ""
+        self.log_tails = (LogTail(1), LogTail(2))  # where the reader is in .out and .err
         self.started = asyncio.Event()
         self.actor_id = ""  # set for the life of the worker once it hosts an actor
         self.job_id = ""  # the job it serves ("" until its first lease): workers are per job
@@ -134,6 +142,8 @@ class NodeAgent:
         self._tasks: set[asyncio.Task] = set()
         self._killed_actors: dict[str, None] = {}  # killed before their worker started
         self._closing = False
+        self._logs_behind = False  # the last log round left output unread
+        self._exited_logs: list[Worker] = []  # exited workers whose output is not all read
 
     # --- lifecycle -----------------------------------------------------------------------
     def _spawn(self, coro, name: str) -> asyncio.Task:
@@ -273,7 +283,8 @@ class NodeAgent:
             return
         if not self._closing and worker.state is not WorkerState.DEAD:
             log.info("worker %s (pid %s) exited with code %s", worker_id, worker.pid, code)
-        self._read_logs(worker)  # its last words
+        if self._read_logs(worker, flush=True, ended=True):  # its last words
+            self._exited_logs.append(worker)  # more than a round's worth: later rounds
         if worker.pid:
             self.store.remove_temp_files_of(worker.pid)  # what it was writing when it died
         if worker.link is not None:
@@ -784,53 +795,88 @@ class NodeAgent:
         link.send(P.LogData(msg.req_id, data, offset, size, error))
 
     def _on_FlushLogs(self, link: Link, msg: P.FlushLogs) -> None:
-        for worker in list(self.workers.values()):
-            self._read_logs(worker)
-        link.send(P.LogsFlushed(msg.req_id))
+        self._spawn(self._flush_logs(link, msg.req_id), "flush logs")
 
     # --- logs ----------------------------------------------------------------------------
     async def _tail_logs(self) -> None:
-        while True:
-            await asyncio.sleep(LOG_POLL_INTERVAL)
-            if self.drivers or self.others:  # someone here, or elsewhere, may read them
-                for worker in list(self.workers.values()):
-                    self._read_logs(worker)
+        await every(lambda: LOG_CATCH_UP_INTERVAL if self._logs_behind else LOG_POLL_INTERVAL,
+                    self._logs_round, name="the log reader", log=log,
+                    first_delay=LOG_POLL_INTERVAL)
 
-    def _read_logs(self, worker: Worker) -> None:
-        for stream in (1, 2):
-            path = worker.log_prefix + (".out" if stream == 1 else ".err")
+    def _logs_round(self) -> None:
+        self._logs_behind = False
+        if self.drivers or self.others:  # someone here, or elsewhere, may read them
+            for worker in list(self.workers.values()):
+                self._logs_behind |= self._read_logs(worker)
+        for worker in list(self._exited_logs):
+            if self._read_logs(worker, flush=True, ended=True):
+                self._logs_behind = True
+            else:
+                self._exited_logs.remove(worker)
+
+    async def _flush_logs(self, link: Link, req_id: int) -> None:
+        """Forward what the driver's workers printed, partial lines too, then tell the
+        driver (which waits for that before it shuts down); a round's budget at a time, so
+        that its link keeps up, until caught up or until the driver stops waiting."""
+        job = self.drivers.get(link, {}).get("job_id", "")
+        while not link.closed and any([
+                self._read_logs(worker, flush=True)
+                for worker in [*self.workers.values(), *self._exited_logs]
+                if worker.job_id in ("", job)]):  # not the workers of drivers that lag
+            await asyncio.sleep(LOG_CATCH_UP_INTERVAL)
+        link.send_if_open(P.LogsFlushed(req_id))
+
+    def _read_logs(self, worker: Worker, flush: bool = False, ended: bool = False) -> bool:
+        """Forward what is new in the worker's .out and .err, up to LOG_BUDGET bytes of
+        each; True if some is left for a later round (the budget ran out, or, when
+        ``flush``, a link it goes to is behind). ``flush``: a stream read to its end sends
+        its partial line too (``ended``: the worker exited)."""
+        now = time.monotonic()
+        left = False
+        for tail in worker.log_tails:
+            if any(link.queued > LOG_BACKLOG for link in self._log_links(tail.job)):
+                # the file keeps it; the reader catches up at the link's pace
+                left = left or flush
+                continue
+            path = worker.log_prefix + (".out" if tail.stream == 1 else ".err")
+            budget = LOG_BUDGET
             try:
                 with open(path, "rb") as f:
-                    f.seek(worker.log_offsets[stream])
-                    data = f.read()
+                    f.seek(tail.offset)
+                    while budget > 0:
+                        data = f.read(min(LOG_CHUNK, budget))
+                        budget -= len(data)
+                        self._send_logs(worker, tail.feed(data, now))  # b"": a partial is due?
+                        if not data:
+                            break
             except FileNotFoundError:
                 continue
-            end = data.rfind(b"\n")
-            if end < 0:
-                continue
-            worker.log_offsets[stream] += end + 1
-            batch: list[str] = []
-            for raw in data[: end + 1].decode("utf-8", "replace").splitlines():
-                if raw.startswith(P.TASK_MARKER):
-                    self._send_logs(worker, stream, batch)
-                    batch = []
-                    worker.log_job, _, worker.log_task = raw[len(P.TASK_MARKER):].partition("::")
-                    continue
-                batch.append(raw)
-            self._send_logs(worker, stream, batch)
+            if budget <= 0:
+                left = True
+            elif flush:
+                self._send_logs(worker, tail.flush(ended))
+        return left
 
-    def _send_logs(self, worker: Worker, stream: int, lines: list[str]) -> None:
-        if not lines:
-            return
-        msg = P.LogLines(worker.pid, worker.log_task, stream, lines, worker.log_job)
+    def _log_links(self, job: str) -> list[Link]:
+        """Where output printed under ``job`` goes: the job's drivers on this node that want
+        it (output before any task: every driver here), else the head, which forwards it to
+        the job's driver on another node."""
+        links: list[Link] = []
         local = False
         for link, info in self.drivers.items():
-            if not worker.log_job or info.get("job_id") == worker.log_job:
+            if not job or info.get("job_id") == job:
                 local = True
                 if info.get("log_to_driver", True) and not link.closed:
-                    link.send(msg)
-        if not local and worker.log_job and self.head is not None and not self.head.closed:
-            self.head.send(msg)  # its driver is on another node: the head knows the way
+                    links.append(link)
+        if not local and job and self.head is not None and not self.head.closed:
+            links.append(self.head)
+        return links
+
+    def _send_logs(self, worker: Worker, batches: list) -> None:
+        for task, job, stream, lines in batches:
+            msg = P.LogLines(worker.pid, task, stream, lines, job)
+            for link in self._log_links(job):
+                link.send(msg)
 
 
 def host_stats() -> dict:
