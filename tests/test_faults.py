@@ -326,3 +326,29 @@ def test_half_open_connections_are_closed_after_the_handshake_deadline(cluster):
             pass
         s.close()
     assert time.monotonic() - start < 16
+
+
+def test_refused_connections_to_workers_do_not_reach_the_driver(run_script):
+    """Strangers knocking on a worker's (or the driver's) socket are refused quietly: the
+    refusals are not printed on the driver's terminal."""
+    r = run_script("""
+        import socket
+        aray.init(num_cpus=1)
+
+        @aray.remote
+        def address():
+            return aray._global.core().address
+
+        targets = [aray.get(address.remote()), aray._global.core().address]
+        for target in targets:
+            for _ in range(20):
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(target[5:])
+                s.sendall(b"GET /link HTTP/1.1\\r\\nHost: x\\r\\nAray-Hello: junk\\r\\n\\r\\n")
+                assert b"400" in s.recv(4096)
+                s.close()
+        print("STILL", aray.get(address.remote()) == targets[0])
+        aray.shutdown()  # which first brings what workers printed to the driver
+    """, timeout=90)
+    assert "STILL True" in r.stdout
+    assert "refused" not in r.stderr and "refused" not in r.stdout
