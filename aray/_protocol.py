@@ -89,7 +89,7 @@ class RegisterNode(NamedTuple):
     address: str
     ip: str
     resources: dict
-
+    host: dict  # {"machine", "pid", "session_dir"}: to clean up after it if it is killed
 
 @_message(11)
 class NodeResourcesChanged(NamedTuple):

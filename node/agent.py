@@ -168,8 +168,9 @@ class NodeAgent:
         self.head.on_close.append(self._on_head_lost)
         self.cluster_id = self.head.peer.info.get("cluster_id", "")
         self._spawn(self.head.run(), "head link")
-        self.head.send(P.RegisterNode(self.node_id, self.public_address or self.address,
-                                      self.ip, self.resources.total))
+        self.head.send(P.RegisterNode(
+            self.node_id, self.public_address or self.address, self.ip, self.resources.total,
+            {"machine": machine_id(), "pid": os.getpid(), "session_dir": self.session_dir}))
         for _ in range(self.prestart):
             self._start_worker()
         self._spawn(self._tail_logs(), "log reader")
@@ -877,6 +878,17 @@ class NodeAgent:
             msg = P.LogLines(worker.pid, task, stream, lines, job)
             for link in self._log_links(job):
                 link.send(msg)
+
+
+def machine_id() -> str:
+    """This machine's identity (its boot: two nodes with the same id share /dev/shm)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        import socket
+
+        return socket.gethostname()
 
 
 def host_stats() -> dict:

@@ -352,3 +352,18 @@ def test_refused_connections_to_workers_do_not_reach_the_driver(run_script):
     """, timeout=90)
     assert "STILL True" in r.stdout
     assert "refused" not in r.stderr and "refused" not in r.stdout
+
+
+def test_a_killed_node_s_store_is_removed_when_the_head_declares_it_dead(cluster):
+    cluster.start_head("--num-cpus", "1")
+    second = cluster.join("--num-cpus", "1")
+    store, spill = second["store_dir"], os.path.join(second["session_dir"], "spill")
+    assert os.path.isdir(store)
+    victims = [second["pid"], *descendants(second["pid"])]
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    assert wait_gone(victims) == []
+    wait_until(lambda: not os.path.exists(store) and not os.path.exists(spill), timeout=20,
+               message="the head to remove the killed node's store and spill directory")
+    out = cluster.cli("status", "--address", cluster.address).stdout
+    assert "1 node alive, 1 dead" in out

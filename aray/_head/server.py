@@ -117,7 +117,7 @@ class Head:
             return handler(link, msg)
 
     def _on_RegisterNode(self, link: Link, msg: P.RegisterNode) -> None:
-        self.nodes.join(msg.node_id, msg.address, msg.ip, msg.resources)
+        self.nodes.join(msg.node_id, msg.address, msg.ip, msg.resources, msg.host)
         log.info("node %s joined with %s", msg.node_id[:12], msg.resources)
         self._broadcast_view()
         # actors waiting on a node that can never hold them move to the new one if it can
@@ -132,6 +132,23 @@ class Head:
                     if old is not None:
                         old.send(P.WithdrawActor(record.actor_id))
                     self._place(record)
+
+    def _remove_files_of(self, node_id: str) -> None:
+        """A dead node of this machine whose process is gone (killed) could not remove its
+        shared-memory store and spill files: remove them for it. A hung one (still alive)
+        removes its own when it exits."""
+        from ..node.agent import machine_id
+
+        node = self.nodes.nodes.get(node_id)
+        host = node.host if node is not None else {}
+        if not host.get("session_dir") or host.get("machine") != machine_id():
+            return
+        from .._local import remove_node_files
+
+        try:  # (it checks that the node's process is gone, and that the files are ours)
+            remove_node_files(host["session_dir"])
+        except Exception:
+            log.exception("could not remove the files of dead node %s", node_id[:12])
 
     def _on_NodeResourcesChanged(self, link: Link, msg: P.NodeResourcesChanged) -> None:
         self.nodes.update_available(msg.node_id, msg.available)
@@ -183,6 +200,7 @@ class Head:
             died = P.NodeDied(node_id, reason)
             for other in self.node_links:
                 other.send_if_open(died)
+            self._remove_files_of(node_id)
             self._broadcast_view()
             for record in list(self.actors.actors.values()):
                 if record.node_id == node_id and record.state != ActorState.DEAD:
@@ -327,3 +345,4 @@ class Head:
         for link in self.node_links:
             if not link.closed:
                 link.send(view)
+

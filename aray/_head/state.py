@@ -33,6 +33,7 @@ class NodeInfo:
     alive: bool = True
     joined_at: float = dataclasses.field(default_factory=time.time)
     status: dict = dataclasses.field(default_factory=dict)  # from its last heartbeat
+    host: dict = dataclasses.field(default_factory=dict)  # machine, pid, session directory
 
 
 class NodeTable:
@@ -41,8 +42,9 @@ class NodeTable:
         self._dead: dict[str, None] = {}  # dead node ids, oldest first
         self.max_dead = max_dead
 
-    def join(self, node_id: str, address: str, ip: str, total: dict) -> NodeInfo:
-        info = NodeInfo(node_id, address, ip, dict(total), dict(total))
+    def join(self, node_id: str, address: str, ip: str, total: dict,
+             host: dict | None = None) -> NodeInfo:
+        info = NodeInfo(node_id, address, ip, dict(total), dict(total), host=dict(host or {}))
         self.nodes[node_id] = info
         return info
 
