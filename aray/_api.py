@@ -23,7 +23,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          ignore_reinit_error: bool = False, token: str | None = None,
          namespace: str | None = None, include_dashboard: bool | None = None,
          dashboard_host: str = "127.0.0.1", dashboard_port: int | None = None,
-         _redis_password: str | None = None) -> dict:
+         _redis_password: str | None = None) -> aio.InitInfo:
     """Start a local aray cluster (head, node agent, workers) and connect this process.
 
     Args:
@@ -46,8 +46,10 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         dashboard_port: the dashboard's port; by default 8265, or any free port if 8265 is
             taken; ``0`` for any free port.
 
-    Returns a dict with ``node_id``, ``session_dir`` and ``dashboard_url``. A new cluster's
-    dashboard URL is also printed to stderr, with the token, as a link that logs in.
+    Returns a dict with ``node_id``, ``session_dir`` and ``dashboard_url``, also readable as
+    attributes, and the attribute ``dashboard_login_url``: the dashboard's URL with the
+    token, a link that logs in (not a key, so printing the dict shows no token). A new
+    cluster's dashboard URL, without the token, is also printed to stderr.
 
     Called from sync code it returns once the cluster is ready. Called inside a running
     event loop it binds aray to that loop, returns at once without blocking it, and every

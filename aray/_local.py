@@ -9,11 +9,13 @@ is gone" and shuts down, so even a SIGKILLed driver leaves no process behind.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -22,13 +24,140 @@ from .store.shm import ShmDirectory, default_root
 
 log = logging.getLogger("aray")
 
-# not "/tmp/aray": a directory named like the package would shadow it for code run in /tmp
-DEFAULT_SESSION_ROOT = os.path.join("/tmp", "aray-sessions")
+
+def default_session_root() -> str:
+    """The session root when ``ARAY_SESSION_ROOT`` is not set: ``/tmp/aray-<uid>``.
+
+    One per user, so that no user's driver ever reads another user's session. Not
+    ``$XDG_RUNTIME_DIR``: that is a small tmpfs (often a tenth of RAM, shared with the
+    user's other runtime files), gone at logout and unset for services, cron and many
+    containers, while a session holds spill files and logs that must outlive a login.
+    Not ``/tmp/aray``: a directory named like the package would shadow it for code run in
+    /tmp.
+
+    Example:
+        >>> default_session_root() == f"/tmp/aray-{os.getuid()}"
+        True
+    """
+    return os.path.join("/tmp", f"aray-{os.getuid()}")
 
 
-def session_root() -> str:
-    """Where session directories live: ``$ARAY_SESSION_ROOT`` or /tmp/aray-sessions."""
-    return os.environ.get("ARAY_SESSION_ROOT") or DEFAULT_SESSION_ROOT
+class UnsafePathError(PermissionError):
+    """A session root, session directory, token file or store directory that another user
+    owns, or could change: aray will not use it."""
+
+
+def check_private(path: str, kind: str, fd: int | None = None) -> os.stat_result:
+    """Refuse ``path`` unless it is this user's and nobody else can write to it.
+
+    ``kind`` names it in the message ("session root", "token file", ...). The path itself
+    is examined, not what it points to (``lstat``; with ``fd``, the file opened from it):
+    a symbolic link planted in place of a directory is refused, not followed. Raises
+    :class:`UnsafePathError`, a PermissionError whose message is one line: the path, its
+    owner and mode, and what to do; returns the stat result when the path is fine.
+    FileNotFoundError goes to the caller.
+
+    Example:
+        >>> import tempfile
+        >>> check_private(tempfile.mkdtemp(), "session root").st_uid == os.getuid()
+        True
+        >>> check_private("/tmp", "session root")
+        Traceback (most recent call last):
+        ...
+        aray._local.UnsafePathError: refusing to use the session root /tmp (owner: ...
+    """
+    st = os.fstat(fd) if fd is not None else os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        problem = "it is a symbolic link"
+    elif st.st_uid != os.getuid():
+        problem = "it is not yours"
+    elif st.st_mode & 0o022:
+        problem = "others can write to it"
+    else:
+        return st
+    raise UnsafePathError(
+        f"refusing to use the {kind} {path} (owner: {_user_name(st.st_uid)}; mode "
+        f"{stat.S_IMODE(st.st_mode):04o}): {problem}, and aray uses only what is yours and "
+        "writable by you alone. Remove it if you did not make it, or set ARAY_SESSION_ROOT "
+        "to a directory of your own.")
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name}, uid {uid}"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def read_private(path: str, kind: str) -> str:
+    """The text of a file that :func:`check_private` accepts (not followed if a symlink).
+
+    Example:
+        >>> path = os.path.join(new_session_dir(), "token")
+        >>> _write_private(path, "a secret")
+        >>> read_private(path, "token file")
+        'a secret'
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        check_private(path, kind)  # a symlink: raises with the usual message
+        raise
+    with os.fdopen(fd) as f:
+        check_private(path, kind, f.fileno())
+        return f.read()
+
+
+def session_root(create: bool = False) -> str:
+    """Where session directories live: ``$ARAY_SESSION_ROOT``, else
+    :func:`default_session_root`; refused (:func:`check_private`) when it is not private.
+
+    With ``create``, a missing root is made, mode 0700. Without, a missing root is returned
+    as it is: there are no sessions in it.
+
+    Example:
+        >>> session_root(create=True) == os.environ.get("ARAY_SESSION_ROOT",
+        ...                                             default_session_root())
+        True
+    """
+    root = os.environ.get("ARAY_SESSION_ROOT") or default_session_root()
+    if create:
+        try:
+            os.makedirs(root, mode=0o700)
+        except FileExistsError:
+            pass
+    try:
+        check_private(root, "session root")
+    except FileNotFoundError:
+        pass
+    return root
+
+
+def session_dirs() -> list[str]:
+    """Every session directory under the session root, oldest first, each one checked with
+    :func:`check_private`.
+
+    Example:
+        >>> all(os.path.basename(d).startswith("session_") for d in session_dirs())
+        True
+    """
+    root = session_root()
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return []
+    paths = []
+    for name in names:
+        # session_latest (a symlink aray start makes, and its temp name) points to one of them
+        if name.startswith("session_") and not name.startswith("session_latest"):
+            path = os.path.join(root, name)
+            check_private(path, "session directory")
+            paths.append(path)
+    return paths
 
 
 #: session directories of finished sessions kept for their logs
@@ -36,79 +165,194 @@ KEEP_SESSIONS = 20
 
 
 def new_session_dir() -> str:
-    """Create ``<root>/session_<time>_<pid>_<rand>`` with ``sockets/`` and ``logs/``.
+    """Create ``<root>/session_<time>_<pid>_<rand>`` with ``sockets/`` and ``logs/``, all
+    mode 0700; fails if the directory exists already.
 
     The logs of the last :data:`KEEP_SESSIONS` finished sessions are kept; older ones go.
+
+    Example:
+        >>> oct(os.stat(new_session_dir()).st_mode & 0o777)
+        '0o700'
     """
+    root = session_root(create=True)
     prune_sessions(KEEP_SESSIONS)
     name = time.strftime("session_%Y-%m-%d_%H-%M-%S") + f"_{os.getpid()}_{secrets.token_hex(2)}"
-    path = os.path.join(session_root(), name)
-    os.makedirs(os.path.join(path, "sockets"), mode=0o700)
-    os.makedirs(os.path.join(path, "logs"), mode=0o700)
+    path = os.path.join(root, name)
+    os.mkdir(path, 0o700)  # FileExistsError rather than a directory someone else made
+    check_private(path, "session directory")
+    os.mkdir(os.path.join(path, "sockets"), 0o700)
+    os.mkdir(os.path.join(path, "logs"), 0o700)
     return path
 
 
-def _alive(pid_file: str) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie.
+
+    Example:
+        >>> pid_alive(os.getpid())
+        True
+    """
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # exists, but psutil may not look at it
+        return True
+
+
+def _recorded_pid(pid_file: str) -> int | None:
+    """The pid in a node's pid file; None if there is none (yet) or it is not a number."""
     try:
         with open(pid_file) as f:
-            os.kill(int(f.read()), 0)
-        return True
+            return int(f.read())
     except (OSError, ValueError):
+        return None
+
+
+def node_files(session_dir: str) -> list[str]:
+    """What the node of ``session_dir`` has outside its logs while it runs: its
+    shared-memory store, its spill directory and (``aray start``) its ``cluster.json``.
+
+    Example:
+        >>> [os.path.basename(p) for p in node_files("/tmp/r/session_x")]
+        ['aray-session_x', 'spill', 'cluster.json']
+    """
+    return [store_dir_for(session_dir), os.path.join(session_dir, "spill"),
+            os.path.join(session_dir, "cluster.json")]
+
+
+def remove_node_files(session_dir: str) -> bool:
+    """Remove the store (in /dev/shm), the spill directory and ``cluster.json`` of the node
+    of ``session_dir`` once that node is dead; keep its logs. True if anything was removed.
+
+    All it needs is the session directory: the node records its pid in ``node.pid`` there
+    before it makes its store, and its store's path follows from the session's name
+    (:func:`store_dir_for`). It is safe to call for any session directory, at any time and
+    from any process of this user: it does nothing while that pid is alive, nor before the
+    node wrote it (a node starting), nor for a directory that does not exist. A store
+    directory that is not this user's is left alone; a session directory that
+    :func:`check_private` refuses raises UnsafePathError.
+
+    Example:
+        >>> remove_node_files(new_session_dir())  # no node ever ran there
+        False
+    """
+    import shutil
+
+    try:
+        check_private(session_dir, "session directory")
+    except FileNotFoundError:
         return False
+    pid = _recorded_pid(os.path.join(session_dir, "node.pid"))
+    if pid is None or pid_alive(pid):
+        return False
+    removed = False
+    store, spill, cluster_json = node_files(session_dir)
+    for directory in (store, spill):
+        try:
+            st = os.lstat(directory)
+        except FileNotFoundError:
+            continue
+        # /dev/shm is everyone's: a directory of that name made by another user is not ours
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+            shutil.rmtree(directory, ignore_errors=True)
+            removed = True
+    if os.path.lexists(cluster_json):
+        _remove_file(cluster_json)
+        removed = True
+    return removed
 
 
-def prune_sessions(keep: int) -> None:
-    """Remove all but the newest ``keep`` session directories whose node process is gone,
-    and the shared-memory stores of every node that died without removing its own."""
+def _remove_orphan_stores() -> None:
+    """Stores in /dev/shm of this user's nodes that died, whose session directory is gone
+    or under another session root: the pid file inside each says whose it is."""
     import shutil
 
     shm = default_root()
     try:
-        stores = [n for n in os.listdir(shm) if n.startswith("aray-session_")]
+        names = [n for n in os.listdir(shm) if n.startswith("aray-session_")]
     except OSError:
-        stores = []
-    for name in stores:
-        path = os.path.join(shm, name)
-        if not _alive(os.path.join(path, NODE_PID_FILE)):
-            shutil.rmtree(path, ignore_errors=True)
-    root = session_root()
-    try:
-        names = sorted(n for n in os.listdir(root) if n.startswith("session_"))
-    except FileNotFoundError:
         return
-    for name in names[:-keep] if keep else names:
-        path = os.path.join(root, name)
-        if not _alive(os.path.join(path, "node.pid")):
+    for name in names:
+        path = os.path.join(shm, name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            continue  # another user's
+        pid = _recorded_pid(os.path.join(path, NODE_PID_FILE))
+        if pid is not None and not pid_alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def prune_sessions(keep: int) -> None:
+    """Remove what dead nodes left (see :func:`remove_node_files`), and all but the newest
+    ``keep`` session directories whose node process is gone.
+
+    Example:
+        >>> prune_sessions(KEEP_SESSIONS)
+    """
+    import shutil
+
+    sessions = session_dirs()
+    for path in sessions:
+        remove_node_files(path)
+    _remove_orphan_stores()
+    for path in sessions[:-keep] if keep else sessions:
+        pid = _recorded_pid(os.path.join(path, "node.pid"))
+        if pid is None or not pid_alive(pid):
             shutil.rmtree(path, ignore_errors=True)
 
 
 def read_cluster(session_dir: str) -> dict:
-    """The addresses and token of the daemon cluster whose session this is."""
-    with open(os.path.join(session_dir, "cluster.json")) as f:
-        info = json.load(f)
-    with open(os.path.join(session_dir, "token")) as f:
-        info["token"] = f.read().strip()
+    """The addresses and token of the daemon cluster whose session this is, from its
+    ``cluster.json`` and ``token`` files (refused unless private, see :func:`check_private`).
+
+    Raises FileNotFoundError for a session without a daemon node.
+
+    Example:
+        >>> read_cluster(new_session_dir())
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: [Errno 2] No such file or directory: '.../cluster.json'
+    """
+    info = json.loads(read_private(os.path.join(session_dir, "cluster.json"), "cluster file"))
+    info["token"] = read_private(os.path.join(session_dir, "token"), "token file").strip()
     return info
 
 
 def running_clusters() -> list[dict]:
-    """Daemon clusters (``aray start``) of this machine whose node process is alive."""
+    """Daemon clusters (``aray start``) of this machine whose node process is alive.
+
+    Example:
+        >>> isinstance(running_clusters(), list)
+        True
+    """
     found = []
-    try:
-        names = sorted(os.listdir(session_root()))
-    except FileNotFoundError:
-        return found
-    for name in names:
-        path = os.path.join(session_root(), name)
-        if not name.startswith("session_") or os.path.islink(path):
-            continue
+    for path in session_dirs():
         try:
             info = read_cluster(path)
-            os.kill(int(info["pid"]), 0)
-        except (OSError, ValueError, KeyError):
+            alive = pid_alive(int(info["pid"]))
+        except FileNotFoundError:
+            continue  # a session of aray.init(), or of a node that stopped
+        except (ValueError, KeyError, TypeError):
             continue
-        found.append(info)
+        if alive:
+            found.append(info)
     return found
+
+
+def login_url(dashboard_url: str, token: str) -> str:
+    """The link that logs in to a dashboard: it trades the token for a session cookie.
+
+    Example:
+        >>> login_url("http://127.0.0.1:8265", "abc")
+        'http://127.0.0.1:8265/?token=abc'
+    """
+    return f"{dashboard_url}/?token={token}"
 
 
 def find_cluster(address: str | None) -> dict:
@@ -145,16 +389,28 @@ NODE_PID_FILE = ".node.pid"
 
 
 def store_dir_for(session_dir: str) -> str:
+    """The shared-memory store directory of the node of ``session_dir``.
+
+    Example:
+        >>> store_dir_for("/tmp/aray-0/session_x")
+        '/dev/shm/aray-session_x'
+    """
     return os.path.join(default_root(), "aray-" + os.path.basename(session_dir))
 
 
 class LocalCluster:
-    """The driver's handle on the node process it started."""
+    """The driver's handle on the node process it started.
+
+    ``daemon``: a node of ``aray start``, which serves many programs and others find through
+    its ``cluster.json``. ``lifeline`` (default: not a daemon): the node stops when the pipe
+    to its stdin closes, that is when this process ends, however it ends (``aray.init()``,
+    ``aray start --block``).
+    """
 
     def __init__(self, *, resources: dict, object_store_memory: int | None = None,
                  token: str | None = None, daemon: bool = False,
                  head_tcp: str | None = None, ip: str = "127.0.0.1", join: str = "",
-                 dashboard: dict | None = None) -> None:
+                 dashboard: dict | None = None, lifeline: bool | None = None) -> None:
         self.session_dir = new_session_dir()
         self.store_dir = store_dir_for(self.session_dir)
         self.token = token or secrets.token_hex(16)
@@ -165,6 +421,7 @@ class LocalCluster:
                        "object_store_memory": object_store_memory,
                        "head_address": self.head_address, "node_address": self.node_address,
                        "daemon": daemon, "head_tcp": head_tcp, "ip": ip, "join": join,
+                       "lifeline": not daemon if lifeline is None else lifeline,
                        # {"host": ..., "port": ... or None for the default}; None: no dashboard
                        "dashboard": dashboard}
         self.proc: subprocess.Popen | None = None
@@ -233,6 +490,8 @@ class LocalCluster:
             proc.kill()
             proc.wait()
         self.proc = None
+        # what a node killed here, or one that crashed, could not remove itself
+        remove_node_files(self.session_dir)
 
 
 # --- the node process ---------------------------------------------------------------------
@@ -271,11 +530,7 @@ async def _run_node(config: dict) -> None:
 
     loop = asyncio.get_running_loop()
     store = ShmDirectory(config["store_dir"], os.path.join(config["session_dir"], "spill"))
-    store.create()
-    for pid_file in (os.path.join(config["session_dir"], "node.pid"),
-                     os.path.join(config["store_dir"], NODE_PID_FILE)):
-        with open(pid_file, "w") as f:
-            f.write(str(os.getpid()))
+    store_made = False  # a directory of that name that is not ours must stay as it is
     # joining an existing cluster: no head here, and the agent dials the cluster's head
     joining = config.get("join", "")
     head = None if joining else Head(config["token"])
@@ -287,6 +542,16 @@ async def _run_node(config: dict) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         try:
+            # the pid first: remove_node_files() goes by it, and leaves a starting node alone
+            _write_private(os.path.join(config["session_dir"], "node.pid"), str(os.getpid()))
+            try:
+                store.create()  # fails if the store or spill directory exists already
+            except FileExistsError:
+                check_private(store.path, "object store directory")  # says whose it is
+                raise
+            store_made = True
+            check_private(store.path, "object store directory")
+            _write_private(os.path.join(store.path, NODE_PID_FILE), str(os.getpid()))
             if head is not None:
                 head_address = await head.start(config["head_address"])
                 head_tcp = (await head.server.listen(config["head_tcp"])
@@ -320,7 +585,7 @@ async def _run_node(config: dict) -> None:
         os.write(1, (json.dumps(ready) + "\n").encode())
         _detach_stdout(config["session_dir"])
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(agent.stopped.wait())]
-        if not config.get("daemon"):
+        if config["lifeline"]:
             reader = asyncio.StreamReader()
             await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
             waits.append(asyncio.ensure_future(reader.read()))  # EOF: the driver is gone
@@ -328,13 +593,27 @@ async def _run_node(config: dict) -> None:
         for w in waits:
             w.cancel()
     finally:
-        if dashboard is not None:
-            await dashboard.aclose()
-        if agent is not None:
-            await agent.aclose()
-        if head is not None:
-            await head.aclose()
-        store.remove_all()
+        try:
+            if dashboard is not None:
+                await dashboard.aclose()
+            if agent is not None:
+                await agent.aclose()
+            if head is not None:
+                await head.aclose()
+        finally:
+            if store_made:
+                # a spill still copying in a thread would write its file after the
+                # directory is gone, or into it while it is being removed: let it finish
+                await loop.shutdown_default_executor()
+                store.remove_all()
+                _remove_file(os.path.join(config["session_dir"], "cluster.json"))
+
+
+def _remove_file(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _write_private(path: str, text: str) -> None:

@@ -50,7 +50,7 @@ async def init(address: str | None = None, *, num_cpus: float | None = None,
                ignore_reinit_error: bool = False, token: str | None = None,
                namespace: str | None = None, include_dashboard: bool | None = None,
                dashboard_host: str = "127.0.0.1", dashboard_port: int | None = None,
-               _redis_password: str | None = None) -> dict:
+               _redis_password: str | None = None) -> InitInfo:
     """Start a local cluster on the running loop and connect to it.
 
     Same arguments as :func:`aray.init`; returns once the cluster is ready.
@@ -75,11 +75,41 @@ async def init(address: str | None = None, *, num_cpus: float | None = None,
     return init_info(core)
 
 
-def init_info(core: Core) -> dict:
+class InitInfo(dict):
+    """What :func:`aray.init` returns: a dict of ``node_id``, ``session_dir`` and
+    ``dashboard_url`` (also readable as attributes, as in Ray), and the attribute
+    ``dashboard_login_url``: the dashboard's URL with the token, a link that logs in.
+
+    The login link is an attribute, not a key, so that printing the dict shows no token.
+
+    Examples:
+        >>> info = InitInfo({"dashboard_url": "http://127.0.0.1:8265"}, "secret")
+        >>> info, info.dashboard_url
+        ({'dashboard_url': 'http://127.0.0.1:8265'}, 'http://127.0.0.1:8265')
+        >>> info.dashboard_login_url
+        'http://127.0.0.1:8265/?token=secret'
+    """
+
+    def __init__(self, fields: dict, token: str) -> None:
+        super().__init__(fields)
+        from ._local import login_url
+
+        url = fields.get("dashboard_url", "")
+        #: "" when there is no dashboard (or not yet: see :func:`init_info`)
+        self.dashboard_login_url = login_url(url, token) if url else ""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def init_info(core: Core) -> InitInfo:
     """What ``init`` returns: the node, the session directory and the dashboard's URL
     ("" when there is none, or while a cluster started from inside a loop is starting)."""
-    return {"node_id": core.node_id, "session_dir": core.session_dir,
-            "dashboard_url": core.dashboard_url}
+    return InitInfo({"node_id": core.node_id, "session_dir": core.session_dir,
+                     "dashboard_url": core.dashboard_url}, core.token)
 
 
 def bootstrap(loop: asyncio.AbstractEventLoop, address: str | None, *, num_cpus, num_gpus,
@@ -182,9 +212,8 @@ async def connect(core: Core) -> None:
         if core.cluster is not None:
             info = await core.cluster.wait_ready()
             core.dashboard_url = info.get("dashboard_url", "")
-            if core.dashboard_url:  # a link that logs in at once, as `aray start` prints
-                print(f"aray: dashboard at {core.dashboard_url}/?token={core.cluster.token}",
-                      file=sys.stderr, flush=True)
+            if core.dashboard_url:  # not the token: the login link is init's to return
+                print(f"aray: dashboard at {core.dashboard_url}", file=sys.stderr, flush=True)
         await core.start()
     except BaseException as exc:
         core.fail_start(exc)

@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--resources", default="{}", help='custom resources as JSON, e.g. '
                        '\'{"dataset": 1}\'')
     start.add_argument("--object-store-memory", type=int, help="object store bytes")
-    start.add_argument("--token", help="the cluster's secret token (generated when not given)")
+    start.add_argument("--token", help="the cluster's secret token (default: $ARAY_TOKEN, "
+                       "else one is generated). Every user of the machine sees a command "
+                       "line in `ps`: prefer ARAY_TOKEN, which only you and root can read")
     start.add_argument("--redis-password", help="the same as --token, as in Ray's command line")
     start.add_argument("--node-ip-address", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only)")
@@ -47,14 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--object-manager-port", type=int, help=argparse.SUPPRESS)
     start.add_argument("--node-manager-port", type=int, help=argparse.SUPPRESS)
     start.add_argument("--block", action="store_true",
-                       help="stay in the foreground; Ctrl-C or SIGTERM stops the node")
+                       help="stay in the foreground; Ctrl-C or SIGTERM stops the node, and "
+                            "so does the end of this process, even by SIGKILL")
     for name, env in (("cert", "CERT"), ("key", "KEY"), ("ca", "CA")):
         start.add_argument(f"--tls-{name}", metavar="PEM",
                            help=f"TLS for the node's TCP links: its {name} "
                                 f"(default: $ARAY_TLS_{env}; give all three or none)")
 
-    stop = sub.add_parser("stop", help="stop every aray node `aray start` began on this machine")
+    stop = sub.add_parser("stop", help="stop every aray node `aray start` began on this "
+                          "machine, and remove what killed ones left")
     stop.add_argument("--force", action="store_true", help="kill at once (SIGKILL)")
+
+    dashboard = sub.add_parser("dashboard", help="print the link that logs in to the "
+                               "dashboard of the cluster running on this machine",
+                               description="Print the dashboard's login link (it holds the "
+                               "cluster's token: keep it to yourself) of the cluster that "
+                               "`aray start --head` started on this machine.")
+    dashboard.add_argument("--address", default="auto",
+                           help="HOST:PORT of the head (default: this machine's)")
 
     sub.add_parser("memory", help="objects in this machine's object store, and its use")
 
@@ -96,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="nodes and resources of a running cluster")
     status.add_argument("--address", help="HOST:PORT of the head (default: this machine's)")
-    status.add_argument("--token", help="the cluster's token (default: ARAY_TOKEN or local)")
+    status.add_argument("--token", help="the cluster's token (default: $ARAY_TOKEN, which "
+                        "keeps it out of `ps`, or the local session's)")
     return parser
 
 
@@ -120,7 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         commands = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status,
                     "memory": cmd_memory, "microbenchmark": cmd_microbenchmark,
-                    "list": cmd_list, "summary": cmd_summary, "timeline": cmd_timeline}
+                    "list": cmd_list, "summary": cmd_summary, "timeline": cmd_timeline,
+                    "dashboard": cmd_dashboard}
+        if args.command == "start" and args.block and (args.token or args.redis_password):
+            _exec_with_token_in_env(argv, args.token or args.redis_password)
         commands[args.command](args)
     except (OSError, ValueError, ConnectionError) as exc:
         print(f"aray {args.command}: {exc}", file=sys.stderr)
@@ -146,20 +162,21 @@ def cmd_start(args) -> None:
         if path:  # the node process and its workers inherit the environment
             os.environ[env] = os.path.abspath(path)
     _tls.settings()  # all three or none, and the files exist: say so now
-    token = args.token or args.redis_password
+    token = args.token or args.redis_password or os.environ.get("ARAY_TOKEN")
     join = ""
     if args.address:
         join = _head_address(args.address)
-        token = token or os.environ.get("ARAY_TOKEN") or _local_token(args.address)
+        token = token or _local_token(args.address)
         if not token:
-            raise ValueError(f"no token for the cluster at {args.address}: pass --token (the "
-                             "head printed where to find it) or set ARAY_TOKEN")
+            raise ValueError(f"no token for the cluster at {args.address}: set ARAY_TOKEN "
+                             "(or pass --token; the head printed where to find it)")
     dashboard = None if join else dashboard_config(args.include_dashboard, args.dashboard_host,
                                                    args.dashboard_port)
+    # --block: the node lives as long as this process, through the pipe to its stdin
     cluster = LocalCluster(resources=resources, object_store_memory=args.object_store_memory,
                            token=token, daemon=True, ip=args.node_ip_address,
                            head_tcp=f"tcp://{args.node_ip_address}:{args.port}", join=join,
-                           dashboard=dashboard)
+                           dashboard=dashboard, lifeline=args.block)
     _write_token(cluster.session_dir, cluster.token)
     cluster.spawn()
     try:
@@ -171,7 +188,8 @@ def cmd_start(args) -> None:
                           "--port.") from None
         raise
     pid = info["pid"]
-    cluster.detach()
+    if not args.block:
+        cluster.detach()
     _point_latest(cluster.session_dir)
     address = info["head_tcp"].split("://", 1)[1]
     if join:
@@ -182,20 +200,47 @@ def cmd_start(args) -> None:
     else:
         dashboard_line = ""
         if info.get("dashboard_url"):
-            dashboard_line = (f"  Dashboard: {info['dashboard_url']}/?token={cluster.token}\n"
-                              "             (this link logs in; keep it to yourself)\n")
+            dashboard_line = (f"  Dashboard: {info['dashboard_url']} (`aray dashboard` prints "
+                              "a link that logs in)\n")
         print(f"Started an aray head node (pid {pid}).\n"
               f"  Address: {address}\n"
               f"  Session: {cluster.session_dir}\n"
               f"  Token:   in {os.path.join(cluster.session_dir, 'token')} (readable by you "
               "only)\n" + dashboard_line + "\n"
               f"Connect from Python on this machine:  aray.init(address=\"auto\")\n"
-              f"Add a node (another machine too):     aray start --address {address} "
-              "--token TOKEN\n"
+              f"Add a node (another machine too):     ARAY_TOKEN=TOKEN aray start --address "
+              f"{address}\n"
               f"See the cluster:                      aray status\n"
               f"Stop it:                              aray stop", flush=True)
     if args.block:
-        _block_until_signal(pid)
+        _block_until_signal(cluster)
+
+
+def _exec_with_token_in_env(argv: list[str], token: str) -> None:
+    """``aray start --block --token X``: run again, the same process (same pid, for a
+    supervisor), without ``--token X`` on the command line, which every user of the machine
+    can read in ``ps`` for as long as the command runs, and with X in ``ARAY_TOKEN``: the
+    environment of a process is readable by its user and root only. The token stays visible
+    for the moment before this exec; for not even that, give it in ARAY_TOKEN."""
+    # -P: the working directory must not shadow the installed package (as for the node)
+    os.execve(sys.executable, [sys.executable, "-P", "-m", "aray", *_without_token(argv)],
+              {**os.environ, "ARAY_TOKEN": token})
+
+
+def _without_token(argv: list[str]) -> list[str]:
+    """``argv`` without ``--token X``/``--redis-password X`` in any spelling argparse takes
+    (``--token=X``, or an unambiguous prefix such as ``--tok X``)."""
+    kept: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        name, equals, _ = arg.partition("=")
+        if len(name) > 3 and any(option.startswith(name)
+                                 for option in ("--token", "--redis-password")):
+            if not equals:
+                next(args, None)  # the value
+            continue
+        kept.append(arg)
+    return kept
 
 
 def _head_address(address: str) -> str:
@@ -235,8 +280,9 @@ def _point_latest(session_dir: str) -> None:
     os.replace(tmp, latest)
 
 
-def _block_until_signal(pid: int) -> None:
-    """--block: stay until Ctrl-C/SIGTERM (then stop the node) or until the node exits."""
+def _block_until_signal(cluster) -> None:
+    """--block: stay until Ctrl-C/SIGTERM (then stop the node) or until the node exits.
+    Should this process die without stopping it, the node sees its stdin close, and stops."""
     stop = {"now": False}
 
     def on_signal(signum, frame):
@@ -244,57 +290,60 @@ def _block_until_signal(pid: int) -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    while not stop["now"] and _alive(pid):
+    while not stop["now"] and cluster.proc.poll() is None:
         time.sleep(0.2)
-    if _alive(pid):
-        _stop_pids([pid], force=False)
+    running = cluster.proc.poll() is None
+    # closes the lifeline (the node stops as for SIGTERM), waits, and removes what the node
+    # could not remove itself
+    cluster.stop()
+    if running:
         print("Stopped the aray node.")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:  # a zombie is dead for our purposes
-        import psutil
-
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except Exception:
-        return True
-
-
 def _stop_pids(pids: list[int], force: bool, grace: float = 10.0) -> None:
+    from ._local import pid_alive
+
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL if force else signal.SIGTERM)
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + grace
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in pids:
-        if _alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
 
 
 def cmd_stop(args) -> None:
-    from ._local import running_clusters
-    from .store.shm import ShmDirectory
+    from ._local import remove_node_files, running_clusters, session_dirs
 
     clusters = running_clusters()
-    if not clusters:
+    _stop_pids([int(c["pid"]) for c in clusters], force=args.force)
+    stopped = {c["session_dir"] for c in clusters}
+    # the store and spill files of these nodes, if one was killed in the end, and of nodes
+    # killed before (kill -9), whose pid is dead: nothing else would ever remove them
+    cleaned = {path for path in session_dirs() if remove_node_files(path)} - stopped
+    if clusters:
+        print(f"Stopped {len(clusters)} aray node{'s' if len(clusters) > 1 else ''}.")
+    if cleaned:
+        print(f"Removed the object store files of {len(cleaned)} aray "
+              f"node{'s' if len(cleaned) > 1 else ''} that had been killed.")
+    if not clusters and not cleaned:
         print("No aray cluster started with `aray start` is running on this machine; "
               "nothing to stop.")
-        return
-    _stop_pids([int(c["pid"]) for c in clusters], force=args.force)
-    for c in clusters:  # what a killed node could not clean up itself
-        ShmDirectory(c["store_dir"], os.path.join(c["session_dir"], "spill")).remove_all()
-        try:
-            os.unlink(os.path.join(c["session_dir"], "cluster.json"))
-        except FileNotFoundError:
-            pass
-    print(f"Stopped {len(clusters)} aray node{'s' if len(clusters) > 1 else ''}.")
+
+
+def cmd_dashboard(args) -> None:
+    """Print the dashboard's login link (URL/?token=...) of a cluster of this machine."""
+    from ._local import find_cluster, login_url
+
+    info = find_cluster(args.address)
+    if not info.get("dashboard_url"):
+        raise ValueError("that cluster has no dashboard: its head runs on another machine, "
+                         "or was started with --include-dashboard false")
+    print(login_url(info["dashboard_url"], info["token"]))
 
 
 def cmd_status(args) -> None:

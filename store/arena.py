@@ -173,13 +173,15 @@ class ArenaSpace:
         assert self._map is not None
         self._map[offset : offset + HEADER] = _header(object_id, size)
 
-    def copy_out(self, offset: int, size: int, dest: str) -> None:
-        """Write an object's bytes to the file ``dest`` (to spill it)."""
+    def copy_out(self, offset: int, size: int, fd: int) -> None:
+        """Write an object's bytes to the open file ``fd`` (to spill it: the caller creates
+        the file, with the store's modes, and names it)."""
         assert self._map is not None
         view = memoryview(self._map)[offset + HEADER : offset + HEADER + size]
         try:
-            with open(dest, "wb") as f:
-                f.write(view)
+            written = 0
+            while written < size:  # write() may write less than asked
+                written += os.write(fd, view[written:])
         finally:
             view.release()
 

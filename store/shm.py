@@ -26,6 +26,23 @@ def default_root() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") else os.environ.get("TMPDIR", "/tmp")
 
 
+def _create_private(path: str) -> int:
+    """A new file only this user can read and write (objects are the users' data), whatever
+    the umask; truncated if a dead writer left one of that name."""
+    return os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+
+
+def _copy_fd(source: int, dest: int) -> None:
+    """Copy a whole file between descriptors, in the kernel where it can."""
+    size = os.fstat(source).st_size
+    copied = 0
+    while copied < size:
+        sent = os.sendfile(dest, source, copied, size - copied)
+        if sent == 0:  # the file shrank meanwhile
+            break
+        copied += sent
+
+
 class ShmDirectory:
     """A directory of sealed objects, addressed by object id, with a spill directory on disk.
 
@@ -39,9 +56,14 @@ class ShmDirectory:
         self.arena = ArenaClient(os.path.join(path, ARENA_FILE))
 
     def create(self) -> None:
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        """Make the store directory and the spill directory, mode 0700.
+
+        Raises FileExistsError if either exists: /dev/shm is shared by all users, and a
+        directory someone else made in advance must not become this node's store.
+        """
+        os.mkdir(self.path, 0o700)
         if self.spill_path:
-            os.makedirs(self.spill_path, mode=0o700, exist_ok=True)
+            os.mkdir(self.spill_path, 0o700)
 
     def _file(self, object_id: bytes) -> str:
         return os.path.join(self.path, object_id.hex())
@@ -68,7 +90,7 @@ class ShmDirectory:
         # the temp name carries the writer's pid: the node agent removes what a dead writer
         # left half-written
         tmp = os.path.join(directory, f".{object_id.hex()}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        fd = _create_private(tmp)
         try:
             chunks = value.chunks()
             # writev has a per-call limit on the number of chunks and on bytes written
@@ -120,8 +142,20 @@ class ShmDirectory:
 
     def spill_from_arena(self, object_id: bytes, arena, offset: int, size: int) -> None:
         """Copy an arena object to disk (the caller frees its region afterwards)."""
+        self._spill_with(object_id, lambda fd: arena.copy_out(offset, size, fd))
+
+    def _spill_with(self, object_id: bytes, fill) -> None:
+        """Write a spill file: ``fill(fd)`` into a private temp file, renamed once complete;
+        on failure (a full disk) the temp file goes."""
         tmp = self._spilled(object_id) + ".spilling"
-        arena.copy_out(offset, size, tmp)
+        fd = _create_private(tmp)
+        try:
+            fill(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
         os.rename(tmp, self._spilled(object_id))
 
     def read_range(self, object_id: bytes, start: int, length: int) -> bytes:
@@ -135,7 +169,7 @@ class ShmDirectory:
     def begin_file(self, object_id: bytes) -> tuple[int, str]:
         """Open a temp file to write an object in pieces; :meth:`end_file` seals it."""
         tmp = os.path.join(self.path, f".{object_id.hex()}.{os.getpid()}.tmp")
-        return os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600), tmp
+        return _create_private(tmp), tmp
 
     def end_file(self, object_id: bytes, fd: int, tmp: str, ok: bool) -> None:
         os.close(fd)
@@ -152,12 +186,14 @@ class ShmDirectory:
         """Move an object from shared memory to disk. Readers that mapped it keep their view;
         new readers find it on disk. False if the object is gone (deleted meanwhile)."""
         src = self._file(object_id)
-        tmp = self._spilled(object_id) + ".spilling"
         try:
-            shutil.copyfile(src, tmp)
+            source = os.open(src, os.O_RDONLY)
         except FileNotFoundError:
             return False
-        os.rename(tmp, self._spilled(object_id))  # complete on disk before it leaves memory
+        try:  # complete on disk before it leaves memory
+            self._spill_with(object_id, lambda fd: _copy_fd(source, fd))
+        finally:
+            os.close(source)
         try:
             os.unlink(src)
         except FileNotFoundError:  # deleted while we copied: drop the copy too

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from conftest import wait_gone
+from conftest import descendants, wait_gone, wait_until
 
 ARAY = [sys.executable, "-m", "aray"]
 
@@ -17,6 +17,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def login_answer(link: str) -> tuple[int, str]:
+    """The status and Set-Cookie header of a GET of a dashboard link (no redirect followed)."""
+    import http.client
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(link)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request("GET", f"{parts.path}?{parts.query}")
+        response = conn.getresponse()
+        return response.status, response.getheader("Set-Cookie") or ""
+    finally:
+        conn.close()
 
 
 def cli(*args, check=True, timeout=60):
@@ -232,3 +247,65 @@ def test_jobs_get_their_own_workers_code_and_cleanup(head, tmp_path):
     while "0 objects" not in cli("memory").stdout and time.time() < deadline:
         time.sleep(0.2)
     assert "0 objects" in cli("memory").stdout
+
+
+def _start_blocking(*args, env=None):
+    """``aray start ... --block`` in the foreground; returns the process and its node's pid."""
+    proc = subprocess.Popen([*ARAY, "start", "--block", *args], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    line = proc.stdout.readline()
+    assert "Started an aray" in line, line
+    return proc, int(line.split("(pid ")[1].split(")")[0])
+
+
+def test_block_fate_shares_with_its_process_and_keeps_the_token_off_its_command_line(
+        session_root):
+    import signal
+
+    port, secret = free_port(), "cmdline-secret-" + os.urandom(4).hex()
+    head, head_node = _start_blocking("--head", "--port", str(port), "--num-cpus", "1",
+                                      "--include-dashboard", "false", "--token", secret)
+    join = None
+    try:
+        join, join_node = _start_blocking("--address", f"127.0.0.1:{port}", "--num-cpus", "1",
+                                          f"--tok={secret}")
+        for proc in (head, join):  # the token went from the command line to the environment
+            with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+                cmdline = f.read().decode()
+            assert secret not in cmdline and "--block" in cmdline, cmdline
+            with open(f"/proc/{proc.pid}/environ", "rb") as f:
+                assert f"ARAY_TOKEN={secret}".encode() in f.read().split(b"\0")
+        assert "2 nodes alive" in cli("status", "--token", secret).stdout
+        for proc, node in ((join, join_node), (head, head_node)):
+            # the node process, its template process and a worker, ready for jobs
+            pids = [node, *wait_until(lambda: len(descendants(node)) >= 2 and descendants(node),
+                                      message="the node's workers")]
+            proc.kill()  # SIGKILL: no chance to stop the node itself
+            proc.wait()
+            assert wait_gone(pids, timeout=10) == [], "the node outlived its aray start --block"
+        assert "nothing to stop" in cli("stop").stdout
+    finally:
+        for proc in (join, head):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+
+
+def test_aray_dashboard_prints_a_link_that_logs_in(session_root):
+    port = free_port()
+    out = cli("start", "--head", "--port", str(port), "--num-cpus", "1",
+              "--dashboard-port", str(free_port())).stdout
+    try:
+        with open(os.path.join(session_root, "session_latest", "token")) as f:
+            token = f.read().strip()
+        assert token not in out and "aray dashboard" in out  # `aray start` shows no token
+        url = out.split("Dashboard: ")[1].split()[0]
+        link = cli("dashboard").stdout.strip()
+        assert link == f"{url}/?token={token}"
+        assert cli("dashboard", "--address", f"127.0.0.1:{port}").stdout.strip() == link
+        status, cookie = login_answer(link)
+        assert status == 303 and "aray_session=" in cookie
+    finally:
+        cli("stop")
+    none = cli("dashboard", check=False)
+    assert none.returncode == 1 and "no running aray cluster" in none.stderr

@@ -466,7 +466,9 @@ def other_machine():
 
         def run(args: list[str], **kwargs) -> subprocess.Popen:
             # ... and /dev/shm, each a tmpfs only that mount namespace sees
-            inner = (f"mount -t tmpfs tmpfs {private} && mount -t tmpfs tmpfs /dev/shm && "
+            # (mode 0700: aray refuses a session root that others can write to)
+            inner = (f"mount -t tmpfs -o mode=0700 tmpfs {private} && "
+                     "mount -t tmpfs tmpfs /dev/shm && "
                      f'ARAY_SESSION_ROOT={private} exec "$@"')
             return subprocess.Popen(["ip", "netns", "exec", ns, "unshare", "--mount",
                                      "--propagation", "private", "sh", "-c", inner, "sh",

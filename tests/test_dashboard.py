@@ -486,13 +486,14 @@ def test_task_pages_stay_small_with_100k_tasks():
     assert views.tasks(head, limit=10**9)["limit"] == views.MAX_PAGE
 
 
-async def test_aray_start_prints_a_login_link(tmp_path):
+async def test_aray_dashboard_gives_a_login_link(tmp_path):
     c = Cluster()
     port = free_port()
     try:
         out = c.cli("start", "--head", "--port", str(c.port), "--num-cpus", "1",
                     "--dashboard-port", str(port)).stdout
-        link = re.search(r"Dashboard: (http://\S+)", out).group(1)
+        assert re.search(r"Dashboard: (http://\S+)", out).group(1) == f"http://127.0.0.1:{port}"
+        link = c.cli("dashboard").stdout.strip()
         assert link.startswith(f"http://127.0.0.1:{port}/?token=")
         async with browser_like() as s:
             async with s.get(link) as r:  # follows the redirect with the cookie
@@ -606,7 +607,7 @@ def test_init_options(run_script):
     result.assert_no_leftovers()
     assert "STATUS 401" in result.stdout
     url = re.search(r"URL (\S+)", result.stdout).group(1)
-    assert f"aray: dashboard at {url}/?token=" in result.stderr
+    assert f"aray: dashboard at {url}\n" in result.stderr and "?token=" not in result.stderr
     assert result.stdout.count("BAD ") == 4 and "dashboard_port must be a port" in result.stdout
     assert "the dashboard cannot listen on no.such.host.invalid:8265" in result.stdout
     assert "INITIALIZED False" in result.stdout

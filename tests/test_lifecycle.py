@@ -317,23 +317,23 @@ def test_async_tasks_awaiting_nested_tasks_do_not_deadlock_on_one_cpu(run_script
 
 
 def test_a_killed_nodes_store_is_removed_by_the_next_init(run_script):
-    r = run_script("""
+    # the node and its driver both killed (say by the OOM killer): nobody cleaned up
+    first = run_script("""
         import signal
         aray.init(num_cpus=1)
         from aray import _global
         core = _global.core()
-        store, node = core.store.path, core.cluster.proc.pid
+        print("FILES", core.store.path, core.store.spill_path, flush=True)
         report_pids()
-        os.kill(node, signal.SIGKILL)  # no chance to clean up after itself
-        time.sleep(0.5)
-        assert os.path.isdir(store)
-        try:
-            aray.shutdown()
-        except Exception:
-            pass
+        os.kill(core.cluster.proc.pid, signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """, expect_ok=False)
+    first.assert_no_leftovers()
+    store, spill = first.stdout.split("FILES ")[1].split()[:2]
+    assert os.path.isdir(store) and os.path.isdir(spill)
+    r = run_script(f"""
         aray.init(num_cpus=1)
-        print("GONE", not os.path.exists(store))
+        print("GONE", not os.path.exists({store!r}), not os.path.exists({spill!r}))
         aray.shutdown()
     """)
-    assert "GONE True" in r.stdout
-    r.assert_no_leftovers()
+    assert "GONE True True" in r.stdout

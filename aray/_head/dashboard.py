@@ -91,7 +91,7 @@ LOGIN_PAGE = """<!doctype html>
 <title>aray dashboard: log in</title><link rel="stylesheet" href="/static/style.css"></head>
 <body class="login"><main class="login-box">
 <h1>aray dashboard</h1>
-<p>Log in with the cluster's token. <code>aray start</code> printed a link that logs in at
+<p>Log in with the cluster's token. <code>aray dashboard</code> prints a link that logs in at
 once; the token is also in the session's <code>token</code> file.</p>
 {error}
 <form method="post" action="/login">
