@@ -16,7 +16,8 @@ from . import _global
 from ._actor_calls import ActorCall
 from ._portal import on_loop
 from ._refs import new_task_id, return_id
-from ._remote import _number, check_num_returns, resource_shape, validate_resources
+from ._remote import (_number, check_num_returns, check_string, resource_shape,
+                      validate_resources)
 from ._tasks import FunctionDescriptor, serialize_args
 
 ACTOR_OPTIONS: dict[str, Any] = {
@@ -60,9 +61,7 @@ def validate_actor_options(options: dict) -> dict:
         elif key in ("max_restarts", "max_task_retries"):
             value = _number(key, value, integer=True, minimum=-1)
         elif key in ("name", "namespace"):
-            if not isinstance(value, str):
-                raise TypeError(f"{key} must be a string, got {type(value).__name__}")
-            value = str(value)
+            value = check_string(key, value)
         elif key == "lifetime" and value not in (None, "detached", "non_detached"):
             raise ValueError(f"lifetime must be None or 'detached', got {value!r}")
         elif key == "get_if_exists" and not isinstance(value, bool):
@@ -87,9 +86,7 @@ def validate_method_options(options: dict) -> dict:
         if key == "num_returns":
             value = check_num_returns(value)
         elif key == "concurrency_group" and value is not None:
-            if not isinstance(value, str):
-                raise TypeError(f"concurrency_group must be a string, got {value!r}")
-            value = str(value)
+            value = check_string(key, value)
         out[key] = value
     return out
 

@@ -71,6 +71,13 @@ def validate_resources(resources: Any, what: str = "resources") -> dict:
     return out
 
 
+def check_string(name: str, value: Any) -> str:
+    """A string option, as a plain ``str`` (a str subclass travels, but need not)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {type(value).__name__} ({value!r})")
+    return str(value)
+
+
 def check_num_returns(value: Any) -> Any:
     """``num_returns``: a whole number from 0 to MAX_RETURNS, or "streaming"."""
     if value == "streaming" and isinstance(value, str):
@@ -103,9 +110,7 @@ def validate_task_options(options: dict) -> dict:
                     and all(inspect.isclass(t) and issubclass(t, BaseException) for t in value))):
                 raise TypeError("retry_exceptions must be a bool or a list of exception types")
         elif key == "name" and value is not None:
-            if not isinstance(value, str):
-                raise TypeError(f"name must be a string, got {type(value).__name__}")
-            value = str(value)
+            value = check_string(key, value)
         out[key] = value
     return out
 
