@@ -1,9 +1,11 @@
-"""`aray microbenchmark`, and the workload script that benchmarks/compare.py runs."""
+"""`aray microbenchmark`, the workload script that benchmarks/compare.py runs, and the soak."""
 
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 import aray._perf as perf
 
@@ -47,3 +49,23 @@ def test_every_workload_reports_under_its_name():
                      "n:n async-actor calls async", "1:n async-actor calls async"):
         assert ray_name in names
     assert os.path.basename(perf.__file__) == "_perf.py"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_soak_survives_a_node_loss(tmp_path):
+    # a short soak: a 2-node cluster of its own, a mixed verified workload, the second node
+    # SIGKILLed at half time and replaced; the soak exits 1 on any error or leftover
+    soak = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "soak.py")
+    figures = tmp_path / "soak.json"
+    proc = subprocess.run(
+        [sys.executable, soak, "--minutes", "0.3", "--json", str(figures)],
+        capture_output=True, text=True, timeout=280, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "=== soak summary ===" in proc.stdout and "errors: 0" in proc.stdout, out
+    assert "verdict: PASS" in proc.stdout, out
+    report = json.loads(figures.read_text())
+    assert report["errors"] == 0 and report["leftovers"] == []
+    assert report["kill"]["killed_node_marked_dead"] is True
+    assert all(kind["done"] > 0 for kind in report["operations"].values()), report
