@@ -329,23 +329,29 @@ class TaskSubmitter:
         try:
             await self.core.wait_ready()
             assert self.core.agent is not None
-            agent, spilled = self.core.agent, False
+            own = self.core.agent
+            agent, spilled = own, False
             while True:
                 try:
                     # granted when the node has room, however long that takes; if that
                     # node dies, the link closes (NodeDied) and we ask our own again
                     grant = await agent.request(lambda r: P.RequestLease(
                         r, q.shape, q.description, self.core.job_id, spilled), timeout=None)
-                    if not isinstance(grant, P.LeaseSpillback):
-                        break
-                    # another node can run it: ask that node's agent
-                    agent, spilled = await self.core.peer(grant.address), True
                 except (ConnectionError, OSError):
-                    if agent is self.core.agent:
-                        raise
-                    # that node went away: ask ours again, once it had time to hear of it
-                    agent, spilled = self.core.agent, False
-                    await asyncio.sleep(SPILLBACK_RETRY_DELAY)
+                    if agent is own:
+                        raise  # our own node agent is gone: the cluster has stopped
+                    grant = None
+                if isinstance(grant, P.LeaseGranted):
+                    break
+                if grant is not None:  # another node can run it: ask that node's agent
+                    try:
+                        agent, spilled = await self.core.peer(grant.address), True
+                        continue
+                    except (ConnectionError, OSError):
+                        pass  # it has died, and our agent's view does not know yet
+                # that node went away: ask ours again, once it had time to hear of it
+                agent, spilled = own, False
+                await asyncio.sleep(SPILLBACK_RETRY_DELAY)
         except (ConnectionError, OSError) as exc:
             # no node agent (the cluster stopped): nothing queued here can ever run
             while q.tasks:

@@ -746,19 +746,21 @@ class NodeAgent:
 
     def _on_ReadObject(self, link: Link, msg: P.ReadObject) -> None:
         obj = self.accounts.objects.get(msg.object_id)
+        # not accounted yet: its writer's ObjectSealed may still be on the way (a reader
+        # learns the location only after the write, so the bytes are there): read its
+        # region, or its file
+        offset = obj.offset if obj is not None else self._allocated.get(msg.object_id, (-1,))[0]
         data, error = b"", ""
         try:
-            if obj is None:
-                raise FileNotFoundError
-            if obj.offset >= 0:
+            if offset >= 0:
                 assert self.arena is not None
-                data = self.arena.read_at(obj.offset, msg.start, msg.length)
+                data = self.arena.read_at(offset, msg.start, msg.length)
             else:
                 data = self.store.read_range(msg.object_id, msg.start, msg.length)
         except FileNotFoundError:
             error = (f"object {msg.object_id.hex()} is no longer on node {self.node_id[:12]}: "
                      "its owner freed it")
-        if obj is not None and msg.start == 0:
+        if not error and msg.start == 0:
             self._copies.setdefault(msg.object_id, set()).add(link)
         link.send(P.ObjectChunk(msg.req_id, data, error))
 
