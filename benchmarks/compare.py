@@ -562,6 +562,11 @@ The trivial task is `def small_value(): return b"ok"`; the actors are those of R
 what `aray microbenchmark` runs; `python benchmarks/bench_core.py` measures more of aray
 alone (see `benchmarks/README.md`).
 """
+    # the soak's section (benchmarks/soak.py --write-docs) is that script's to write
+    old = DOCS_PAGE.read_text() if DOCS_PAGE.exists() else ""
+    soak = "## Soak: a 2-node cluster that loses a node"
+    if soak in old:
+        page = page.rstrip() + "\n\n" + old[old.index(soak):]
     DOCS_PAGE.write_text(page)
     add_to_nav()
     print(f"wrote {DOCS_PAGE.relative_to(ROOT)}", flush=True)

@@ -41,6 +41,7 @@ import threading
 import time
 import traceback
 import zlib
+from pathlib import Path
 
 # Short, and set before aray is imported: the nodes' unix sockets live under it (their paths
 # have a length limit), and the CLI and aray.init(address=...) find nodes through it only.
@@ -260,8 +261,9 @@ def runtime_pids(rows: list[dict]) -> list[int]:
 
 
 def snapshot(nodes: dict[str, int]) -> list[dict]:
-    """RSS and open fds of the driver, of each node process (``{label: pid}``) and of every
-    process under it."""
+    """RSS, private memory (USS: what the process alone holds, without the shared-memory
+    store pages it has mapped, which RSS counts) and open fds of the driver, of each node
+    process (``{label: pid}``) and of every process under it."""
     rows = []
 
     def add(role: str, proc: psutil.Process) -> None:
@@ -269,7 +271,7 @@ def snapshot(nodes: dict[str, int]) -> list[dict]:
         try:
             with proc.oneshot():
                 rows.append({"role": role, "pid": proc.pid, "rss": proc.memory_info().rss,
-                             "fds": proc.num_fds()})
+                             "uss": proc.memory_full_info().uss, "fds": proc.num_fds()})
         except psutil.Error:
             pass  # a worker that exited between the listing and the reading
 
@@ -289,9 +291,10 @@ def group_totals(rows: list[dict]) -> dict[str, dict]:
     totals: dict[str, dict] = {}
     for row in rows:
         group = row["role"].split(":")[0]
-        t = totals.setdefault(group, {"processes": 0, "rss": 0, "fds": 0})
+        t = totals.setdefault(group, {"processes": 0, "rss": 0, "uss": 0, "fds": 0})
         t["processes"] += 1
         t["rss"] += row["rss"]
+        t["uss"] += row["uss"]
         t["fds"] += row["fds"]
     return totals
 
@@ -305,23 +308,25 @@ def print_processes(start: list[dict], end: list[dict]) -> None:
             entry = by_pid.setdefault(row["pid"], {"role": row["role"]})
             entry[when] = row
     print(f"  {'process':<32} {'pid':>7}  {'RSS start':>10} {'RSS end':>10}  "
-          f"{'fds start':>9} {'fds end':>7}")
-    def rss(row) -> str:
-        """A row's RSS in MiB, or '-' for a process not there at that time."""
-        return f"{row['rss'] / mib:.1f} MiB" if row else "-"
+          f"{'USS start':>10} {'USS end':>10}  {'fds start':>9} {'fds end':>7}")
+
+    def mem(row, key: str) -> str:
+        """A row's RSS or USS in MiB, or '-' for a process not there at that time."""
+        return f"{row[key] / mib:.1f} MiB" if row else "-"
 
     for pid, entry in by_pid.items():
         s, e = entry.get("start"), entry.get("end")
-        print(f"  {entry['role']:<32} {pid:>7}  {rss(s):>10} {rss(e):>10}  "
+        print(f"  {entry['role']:<32} {pid:>7}  {mem(s, 'rss'):>10} {mem(e, 'rss'):>10}  "
+              f"{mem(s, 'uss'):>10} {mem(e, 'uss'):>10}  "
               f"{(s['fds'] if s else '-'):>9} {(e['fds'] if e else '-'):>7}")
     starts, ends = group_totals(start), group_totals(end)
-    print("  sums (processes, RSS, fds):")
+    print("  sums (processes, RSS, USS, fds):")
+    empty = {"processes": 0, "rss": 0, "uss": 0, "fds": 0}
     for group in dict.fromkeys([*starts, *ends]):
-        s = starts.get(group, {"processes": 0, "rss": 0, "fds": 0})
-        e = ends.get(group, {"processes": 0, "rss": 0, "fds": 0})
-        print(f"    {group:<20} start {s['processes']:>2} proc {s['rss'] / mib:8.1f} MiB "
-              f"{s['fds']:>5} fds   end {e['processes']:>2} proc {e['rss'] / mib:8.1f} MiB "
-              f"{e['fds']:>5} fds")
+        s, e = starts.get(group, empty), ends.get(group, empty)
+        print(f"    {group:<20} start {s['processes']:>2} proc {s['rss'] / mib:8.1f} MiB RSS "
+              f"{s['uss'] / mib:8.1f} MiB USS {s['fds']:>5} fds   end {e['processes']:>2} proc "
+              f"{e['rss'] / mib:8.1f} MiB RSS {e['uss'] / mib:8.1f} MiB USS {e['fds']:>5} fds")
 
 
 # --- the workload ------------------------------------------------------------------------------
@@ -672,9 +677,10 @@ def growth_notes(start: list[dict], end: list[dict]) -> list[str]:
         s = before.get(row["pid"])
         if s is None:
             continue
-        grew = row["rss"] - s["rss"]
-        if grew > 100 * 2**20 and row["rss"] > 1.5 * s["rss"]:
-            notes.append(f"{row['role']} (pid {row['pid']}) RSS +{grew / 2**20:.0f} MiB")
+        # private memory: store pages a process has mapped count in its RSS, not its USS
+        grew = row["uss"] - s["uss"]
+        if grew > 100 * 2**20 and row["uss"] > 1.5 * s["uss"]:
+            notes.append(f"{row['role']} (pid {row['pid']}) USS +{grew / 2**20:.0f} MiB")
         if row["fds"] - s["fds"] > 50:
             notes.append(f"{row['role']} (pid {row['pid']}) fds {s['fds']} -> {row['fds']}")
     return notes
@@ -780,11 +786,63 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1, default=str)
+    if args.write_docs:
+        write_docs(report, args)
     if errors or leftovers:
         print(f"logs kept in {SESSION_ROOT}")
         return 1
     shutil.rmtree(SESSION_ROOT, ignore_errors=True)
     return 0
+
+
+#: the section of docs/benchmarks.md this script writes (benchmarks/compare.py keeps it)
+DOCS_HEADING = "## Soak: a 2-node cluster that loses a node"
+
+
+def write_docs(report: dict, args: argparse.Namespace) -> None:
+    """Put this run's figures in docs/benchmarks.md, replacing the soak's section."""
+    import platform
+
+    page_path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+    page = page_path.read_text()
+    if DOCS_HEADING in page:
+        page = page[:page.index(DOCS_HEADING)].rstrip() + "\n\n"
+    mib = 2**20
+    kill = report.get("kill", {})
+    lines = [
+        DOCS_HEADING, "",
+        f"`python benchmarks/soak.py --minutes {args.minutes:g}` (seed {args.seed}) starts a "
+        "head and a second node with `aray start` (2 CPUs each), runs tasks, nested tasks, "
+        "actor calls, puts and gets of random sizes, large results made on the second node and "
+        "waits from 4 driver threads, checks every result, SIGKILLs the second node at half "
+        "time and adds a new one a few seconds later. Figures of the run on "
+        f"{time.strftime('%Y-%m-%d')} ({os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}):", "",
+        "| operation | done | errors | mean | max |", "| --- | ---: | ---: | ---: | ---: |"]
+    for kind, op in report.get("operations", {}).items():
+        lines.append(f"| {kind} | {op['done']:,} | {op['errors']} | {op['mean_s']:.3f} s | "
+                     f"{op['max_s']:.2f} s |")
+    lines += ["", f"{report.get('verdict', '')}. The second node was killed at "
+              f"{kill.get('killed_at_s', 0):.0f} s and a new one was up "
+              f"{kill.get('rejoined_at_s', 0) - kill.get('killed_at_s', 0):.1f} s later; "
+              f"{report.get('objects_rebuilt', 0)} objects lost with it were rebuilt from "
+              f"lineage and {report.get('actors_at_end', {}).get('restarts', 0)} actors "
+              "restarted. Operations in flight across the kill waited for the new node.", "",
+              "Memory and descriptors of the runtime's processes, summed per node, at the "
+              "workload's start and end (USS is what a process holds alone; RSS also counts "
+              "the shared-memory store pages it has mapped):", "",
+              "| processes | start: n, RSS, USS, fds | end: n, RSS, USS, fds |",
+              "| --- | --- | --- |"]
+    sums = report.get("processes", {})
+    start, end = sums.get("start_sums", {}), sums.get("end_sums", {})
+    empty = {"processes": 0, "rss": 0, "uss": 0, "fds": 0}
+    for group in dict.fromkeys([*start, *end]):
+        s, e = start.get(group, empty), end.get(group, empty)
+        lines.append(f"| {group} | {s['processes']}, {s['rss'] / mib:.0f} MiB, "
+                     f"{s['uss'] / mib:.0f} MiB, {s['fds']} | {e['processes']}, "
+                     f"{e['rss'] / mib:.0f} MiB, {e['uss'] / mib:.0f} MiB, {e['fds']} |")
+    page_path.write_text(page + "\n".join(lines) + "\n")
+    print(f"wrote the soak's section of {page_path}", flush=True)
 
 
 def stop_cluster(node_pids: list[int], seen: set[int], store_dirs: list[str]) -> list[str]:
@@ -871,7 +929,7 @@ def print_report(soak: Soak | None, report: dict, errors: list[dict], leftovers:
     procs = report.get("processes")
     notes = []
     if procs:
-        print("runtime processes (RSS, open fds; the workload's start and end):")
+        print("runtime processes (RSS, private memory (USS), open fds; the workload's start and end):")
         print_processes(procs["start"], procs["end"])
         notes = growth_notes(procs["start"], procs["end"])
     print(f"left behind after aray stop: {', '.join(leftovers) if leftovers else 'nothing'}")
@@ -900,6 +958,8 @@ def main() -> None:
     parser.add_argument("--rejoin-after", type=float, default=5.0,
                         help="seconds between the kill and the new node's start (default 5)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures there")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="put the figures in docs/benchmarks.md (its soak section)")
     args = parser.parse_args()
     sys.exit(run(args))
 
