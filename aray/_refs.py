@@ -105,12 +105,14 @@ class ObjectRef(Generic[T]):
         return isinstance(other, ObjectRef) and other._id == self._id
 
     def __reduce__(self):
-        core = _global.core_or_none()
         collected = getattr(_collecting, "refs", None)
         if collected is not None:
             collected.append(self)  # the runtime holds it while the pickle lives
-        elif core is not None:
-            # pickled by user code: the runtime cannot tell when that pickle is gone
+            return _rebuild_ref, (self._id, self._owner)  # (it stays in this cluster)
+        # pickled by user code: the runtime cannot tell when that pickle is gone, nor where
+        # it goes: it names the cluster, so that another cluster knows it for a stranger
+        core = _global.core_or_none()
+        if core is not None:
             core.refs.escaped.add(self._id)
         return _rebuild_ref, (self._id, self._owner, core.cluster_id if core else "")
 
