@@ -223,6 +223,17 @@ def node_files(session_dir: str) -> list[str]:
             os.path.join(session_dir, "cluster.json")]
 
 
+def node_process_alive(session_dir: str) -> bool:
+    """Whether the node process that recorded its pid in ``session_dir`` still runs.
+
+    Example:
+        >>> node_process_alive(new_session_dir())  # no node ever ran there
+        False
+    """
+    pid = _recorded_pid(os.path.join(session_dir, "node.pid"))
+    return pid is not None and pid_alive(pid)
+
+
 def remove_node_files(session_dir: str) -> bool:
     """Remove the store (in /dev/shm), the spill directory and ``cluster.json`` of the node
     of ``session_dir`` once that node is dead; keep its logs. True if anything was removed.

@@ -14,7 +14,7 @@ from .._link import Link, Server
 from .._periodic import every
 from ..node.scheduler import fits
 from . import views
-from .state import ActorState, ActorTable, JobTable, NodeTable, TaskTable
+from .state import MAX_DEAD_NODES, ActorState, ActorTable, JobTable, NodeTable, TaskTable
 
 log = logging.getLogger("aray.head")
 
@@ -45,6 +45,9 @@ class Head:
         self._view_timer: asyncio.TimerHandle | None = None
         self._last_heard: dict[str, float] = {}  # node id -> time of its last heartbeat
         self._watchdog: asyncio.Task | None = None
+        # dead nodes of this machine whose files wait for their process to be gone
+        # (node id -> session directory; at most MAX_DEAD_NODES)
+        self._leftover_files: dict[str, str] = {}
 
     async def start(self, address: str) -> str:
         self._watchdog = asyncio.get_running_loop().create_task(every(
@@ -67,6 +70,7 @@ class Head:
                             node_id[:12], NODE_TIMEOUT)
                 self._on_node_lost(link, f"it sent no heartbeat for {NODE_TIMEOUT:g} s")
                 link.abort(f"no heartbeat for {NODE_TIMEOUT:g} s")
+        self._remove_leftover_files()
 
     def _on_TaskEvents(self, link: Link, msg: P.TaskEvents) -> None:
         self.tasks.apply(msg.events, msg.source)
@@ -135,20 +139,32 @@ class Head:
 
     def _remove_files_of(self, node_id: str) -> None:
         """A dead node of this machine whose process is gone (killed) could not remove its
-        shared-memory store and spill files: remove them for it. A hung one (still alive)
-        removes its own when it exits."""
+        shared-memory store and spill files: remove them for it once its process is gone.
+        (Its link drops while the kernel is still ending the process, so the process may
+        outlive the news by a moment; a hung one may live on, and removes its own files
+        if it ever exits cleanly.) The watchdog looks again every second."""
         from ..node.agent import machine_id
 
         node = self.nodes.nodes.get(node_id)
         host = node.host if node is not None else {}
         if not host.get("session_dir") or host.get("machine") != machine_id():
             return
-        from .._local import remove_node_files
+        self._leftover_files[node_id] = host["session_dir"]
+        while len(self._leftover_files) > MAX_DEAD_NODES:
+            self._leftover_files.pop(next(iter(self._leftover_files)))
+        self._remove_leftover_files()
 
-        try:  # (it checks that the node's process is gone, and that the files are ours)
-            remove_node_files(host["session_dir"])
-        except Exception:
-            log.exception("could not remove the files of dead node %s", node_id[:12])
+    def _remove_leftover_files(self) -> None:
+        from .._local import node_process_alive, remove_node_files
+
+        for node_id, session_dir in list(self._leftover_files.items()):
+            try:  # (it checks that the files are ours)
+                if node_process_alive(session_dir):
+                    continue
+                remove_node_files(session_dir)
+            except Exception:
+                log.exception("could not remove the files of dead node %s", node_id[:12])
+            del self._leftover_files[node_id]
 
     def _on_NodeResourcesChanged(self, link: Link, msg: P.NodeResourcesChanged) -> None:
         self.nodes.update_available(msg.node_id, msg.available)
