@@ -16,80 +16,9 @@ from . import _global
 from ._actor_calls import ActorCall
 from ._portal import on_loop
 from ._refs import new_task_id, return_id
-from ._remote import (_number, check_num_returns, check_string, resource_shape,
-                      validate_resources)
+from ._options import (ACTOR_OPTIONS, METHOD_OPTIONS, resource_shape, validate_actor_options,
+                       validate_method_options)
 from ._tasks import FunctionDescriptor, serialize_args
-
-ACTOR_OPTIONS: dict[str, Any] = {
-    "num_cpus": None,
-    "num_gpus": 0,
-    "resources": None,
-    "memory": 0,
-    "max_concurrency": None,
-    "max_restarts": 0,
-    "max_task_retries": 0,
-    "name": None,
-    "namespace": None,
-    "lifetime": None,
-    "get_if_exists": False,
-    "concurrency_groups": None,
-}
-
-METHOD_OPTIONS = {"num_returns": 1, "concurrency_group": None}
-
-
-#: the most calls an actor runs at once (each thread of a threaded actor is started ahead)
-MAX_CONCURRENCY = 100_000
-
-
-def validate_actor_options(options: dict) -> dict:
-    """Check an actor's options; returns them with numbers as plain ints and floats."""
-    out = {}
-    for key, value in options.items():
-        if key not in ACTOR_OPTIONS:
-            raise ValueError(f"invalid option {key!r} for an actor; valid options are: "
-                             + ", ".join(sorted(ACTOR_OPTIONS)))
-        if value is None and ACTOR_OPTIONS[key] is None:
-            out[key] = value
-            continue
-        if key in ("num_cpus", "num_gpus", "memory"):
-            value = _number(key, value)
-        elif key == "resources":
-            value = validate_resources(value)
-        elif key == "max_concurrency":
-            value = _number(key, value, integer=True, minimum=1, maximum=MAX_CONCURRENCY)
-        elif key in ("max_restarts", "max_task_retries"):
-            value = _number(key, value, integer=True, minimum=-1)
-        elif key in ("name", "namespace"):
-            value = check_string(key, value)
-        elif key == "lifetime" and value not in (None, "detached", "non_detached"):
-            raise ValueError(f"lifetime must be None or 'detached', got {value!r}")
-        elif key == "get_if_exists" and not isinstance(value, bool):
-            raise TypeError("get_if_exists must be True or False")
-        elif key == "concurrency_groups":
-            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-                raise TypeError("concurrency_groups must map group names to a number of "
-                                "concurrent calls >= 1, e.g. {'io': 2}")
-            value = {str(k): _number(f"concurrency_groups[{k!r}]", v, integer=True, minimum=1,
-                                     maximum=MAX_CONCURRENCY) for k, v in value.items()}
-        out[key] = value
-    return out
-
-
-def validate_method_options(options: dict) -> dict:
-    """Check an actor method's options; returns them with plain numbers."""
-    out = {}
-    for key, value in options.items():
-        if key not in METHOD_OPTIONS:
-            raise ValueError(f"invalid option {key!r} for an actor method; valid options are: "
-                             + ", ".join(sorted(METHOD_OPTIONS)))
-        if key == "num_returns":
-            value = check_num_returns(value)
-        elif key == "concurrency_group" and value is not None:
-            value = check_string(key, value)
-        out[key] = value
-    return out
-
 
 def method(*args, **options):
     """Set options of one actor method: ``num_returns`` and ``concurrency_group``.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import threading
 from typing import Any
 
 from . import _global, aio
@@ -137,7 +138,10 @@ def shutdown() -> None:
     if core.loop.is_running():  # we are on that loop: close links in the background
         core.loop.create_task(core.stop())
     if core.cluster is not None:
-        core.cluster.stop()
+        # the node process stops when its lifeline closes; waiting for it (up to its stop
+        # timeout) would stall the loop we are on, so a thread waits and reaps it
+        core.cluster.close_lifeline()
+        threading.Thread(target=core.cluster.stop, name="aray-node-reaper").start()
 
 
 def _shutdown_at_exit() -> None:

@@ -85,13 +85,13 @@ class Borrowing:
         except (ConnectionError, OSError):
             pass
 
-    def _on_add_borrower(self, link: Link, msg: P.AddBorrower) -> None:
+    def _on_AddBorrower(self, link: Link, msg: P.AddBorrower) -> None:
         entry = self.objects.entries.get(msg.object_id)
         if entry is not None and entry.owned:
             entry.pins += 1
         link.send(P.BorrowerAdded(msg.req_id))
 
-    def _on_remove_borrower(self, link: Link, msg: P.RemoveBorrower) -> None:
+    def _on_RemoveBorrower(self, link: Link, msg: P.RemoveBorrower) -> None:
         entry = self.objects.entries.get(msg.object_id)
         if entry is not None and entry.owned:
             self.objects.unpin(entry)

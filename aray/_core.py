@@ -30,6 +30,7 @@ from . import _protocol as P
 from ._actor_calls import ActorCall, ActorCaller
 from ._link import CONTROL_TIMEOUT, Link, Server, bind_tcp, connect
 from ._borrowing import Borrowing
+from ._dispatch import Dispatcher
 from ._fetch import CopyCache, Fetching
 from ._objects import ObjectEntry, ObjectState, ObjectTable, dump_error
 from ._refs import ObjectRef, collect_refs, new_task_id, return_id
@@ -113,7 +114,8 @@ class Core(Borrowing, Fetching):
         self.head: Link | None = None
         # quiet: what a worker logs reaches its user's terminal, which strangers knocking
         # on its port must not fill
-        self._server = Server(token, self._on_peer_hello, name=f"core[{role}]", quiet=True)
+        self._server = Server(token, self._on_peer_hello, name=f"core[{role}]", quiet=True,
+                              role="core")
         self._peers: dict[str, Link] = {}
         self._connecting: dict[str, asyncio.Future] = {}
         self.tasks = TaskSubmitter(self)
@@ -126,11 +128,7 @@ class Core(Borrowing, Fetching):
         self.on_log_lines: Callable[[P.LogLines], None] | None = None
         self._blocked_depth = 0
         self._closing = False
-        self._handlers = {
-            cls: getattr(self, "_on_" + _snake(cls.__name__))
-            for cls in P.message_types().values()
-            if hasattr(self, "_on_" + _snake(cls.__name__))
-        }
+        self._dispatch = Dispatcher("core", self)
 
     # --- lifecycle -----------------------------------------------------------------------
     def spawn(self, coro, name: str = "") -> asyncio.Task:
@@ -222,8 +220,8 @@ class Core(Borrowing, Fetching):
             if link is not None:
                 await link.aclose()
         await self._server.aclose()
-        if self.client:  # its private scratch directory
-            shutil.rmtree(self.session_dir, ignore_errors=True)
+        if self.client:  # its private scratch directory (off the loop: it may be big)
+            await asyncio.to_thread(shutil.rmtree, self.session_dir, True)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -261,14 +259,7 @@ class Core(Borrowing, Fetching):
             return link
         return await asyncio.shield(pending)
 
-    def _dispatch(self, link: Link, msg):
-        handler = self._handlers.get(type(msg))
-        if handler is None:
-            log.warning("unexpected %s on link %s", type(msg).__name__, link.name)
-        else:
-            return handler(link, msg)
-
-    def _on_node_died(self, link: Link, msg: P.NodeDied) -> None:
+    def _on_NodeDied(self, link: Link, msg: P.NodeDied) -> None:
         """The head declared a node dead: drop every link to its processes (a hung machine
         keeps its sockets open), so tasks retry elsewhere and actor calls wait for a restart."""
         if msg.node_id == self.node_id:
@@ -331,7 +322,7 @@ class Core(Borrowing, Fetching):
             return
         self.objects.resolve(entry, reply.value)
 
-    def _on_get_object(self, link: Link, msg: P.GetObject) -> None:
+    def _on_GetObject(self, link: Link, msg: P.GetObject) -> None:
         entry = self.objects.entries.get(msg.object_id)
         if entry is None:
             err = ObjectLostError(f"object {msg.object_id.hex()} was already freed by its owner")
@@ -594,7 +585,7 @@ class Core(Borrowing, Fetching):
         self.call_soon(self.actors.submit, actor_id, call)
         return refs
 
-    def _on_task_finished(self, link: Link, msg: P.TaskFinished) -> None:
+    def _on_TaskFinished(self, link: Link, msg: P.TaskFinished) -> None:
         if not self.tasks.on_task_finished(msg):
             self.actors.on_task_finished(msg)
 
@@ -636,7 +627,7 @@ class Core(Borrowing, Fetching):
     def open_stream(self, task_id: bytes) -> None:
         self._streams[task_id] = StreamState(self.loop)
 
-    def _on_stream_item(self, link: Link, msg: P.StreamItem) -> None:
+    def _on_StreamItem(self, link: Link, msg: P.StreamItem) -> None:
         stream = self._streams.get(msg.task_id)
         if stream is None:
             return  # the generator was dropped
@@ -670,15 +661,15 @@ class Core(Borrowing, Fetching):
         if link is not None:
             link.send_if_open(P.StreamConsumed(task_id, count))
 
-    def _on_stream_consumed(self, link: Link, msg: P.StreamConsumed) -> None:
+    def _on_StreamConsumed(self, link: Link, msg: P.StreamConsumed) -> None:
         window = self.stream_windows.get(msg.task_id)
         if window is not None:
             window.consumed_up_to(msg.count)
 
-    def _on_lease_infeasible(self, link: Link, msg: P.LeaseInfeasible) -> None:
+    def _on_LeaseInfeasible(self, link: Link, msg: P.LeaseInfeasible) -> None:
         log.warning(msg.message)
 
-    def _on_warn(self, link: Link, msg: P.Warn) -> None:
+    def _on_Warn(self, link: Link, msg: P.Warn) -> None:
         log.warning(msg.message)
 
     async def head_link(self) -> Link:
@@ -693,28 +684,28 @@ class Core(Borrowing, Fetching):
         return self.head
 
     # --- messages a worker's core handles (delegated to its executor) -------------------
-    def _on_push_task(self, link: Link, msg: P.PushTask) -> None:
+    def _on_PushTask(self, link: Link, msg: P.PushTask) -> None:
         self.executor.push(link, msg)
 
-    def _on_cancel_task(self, link: Link, msg: P.CancelTask) -> None:
+    def _on_CancelTask(self, link: Link, msg: P.CancelTask) -> None:
         actor = getattr(self.executor, "actor", None)
         (actor or self.executor).cancel(msg.task_id)
         if msg.recursive:
             self.tasks.cancel_children(msg.task_id)
 
-    def _on_assign_job(self, link: Link, msg: P.AssignJob) -> None:
+    def _on_AssignJob(self, link: Link, msg: P.AssignJob) -> None:
         self.job_id = msg.job_id
         if msg.code_path and msg.code_path not in sys.path:
             sys.path.append(msg.code_path)  # the job's own modules, where its driver has them
         link.send(P.JobAssigned(msg.req_id))
 
-    def _on_create_actor(self, link: Link, msg: P.CreateActor) -> None:
+    def _on_CreateActor(self, link: Link, msg: P.CreateActor) -> None:
         self.executor.create_actor(link, msg)
 
-    def _on_call_actor(self, link: Link, msg: P.CallActor) -> None:
+    def _on_CallActor(self, link: Link, msg: P.CallActor) -> None:
         self.executor.call_actor(link, msg)
 
-    def _on_log_lines(self, link: Link, msg: P.LogLines) -> None:
+    def _on_LogLines(self, link: Link, msg: P.LogLines) -> None:
         if self.on_log_lines is not None and self.log_to_driver:
             self.on_log_lines(msg)
 
@@ -795,11 +786,3 @@ def driver_code_path() -> str:
     path = getattr(main, "__file__", None)
     return os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
 
-
-def _snake(name: str) -> str:
-    out = []
-    for i, ch in enumerate(name):
-        if ch.isupper() and i:
-            out.append("_")
-        out.append(ch.lower())
-    return "".join(out)

@@ -127,7 +127,7 @@ class Fetching:
         self._copies.put(oid, bytes(data))
         return ""
 
-    def _on_objects_deleted(self, link: Link, msg: P.ObjectsDeleted) -> None:
+    def _on_ObjectsDeleted(self, link: Link, msg: P.ObjectsDeleted) -> None:
         """Client mode: a node agent says objects we downloaded were freed by their owner."""
         for oid in msg.object_ids:
             self._copies.pop(oid)

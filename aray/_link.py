@@ -99,6 +99,15 @@ class Link:
         self.state: dict = {}  # owner-specific per-link data (e.g. functions already sent)
 
     @property
+    def peer_role(self) -> str:
+        """What the process at the other end is: "head", "node" (an agent), "driver",
+        "worker" or "core" (any core dialling another). A server learns it from the peer's
+        Hello, a client from the server's Welcome."""
+        if isinstance(self.peer, P.Hello):
+            return self.peer.role
+        return self.peer.info.get("role", "") if isinstance(self.peer.info, dict) else ""
+
+    @property
     def peer_node(self) -> str:
         """The node id of the process at the other end, when it said (else "")."""
         return self.peer.info.get("node_id", "") if isinstance(self.peer.info, dict) else ""
@@ -418,13 +427,15 @@ class Server:
     ``quiet``: log refused connections at INFO instead of WARNING (a worker's log is its
     user's terminal, which strangers knocking on a port must not fill).
     ``handshake_timeout`` and ``max_unauthenticated``: see :data:`HANDSHAKE_TIMEOUT` and
-    :data:`MAX_UNAUTHENTICATED`.
+    :data:`MAX_UNAUTHENTICATED`. ``role``: what this server's process is, for its clients
+    (see :attr:`Link.peer_role`).
     """
 
     def __init__(self, token: str, on_hello: HandlerT, name: str = "server",
                  quiet: bool = False, handshake_timeout: float = HANDSHAKE_TIMEOUT,
-                 max_unauthenticated: int = MAX_UNAUTHENTICATED) -> None:
+                 max_unauthenticated: int = MAX_UNAUTHENTICATED, role: str = "") -> None:
         self.token = token
+        self.role = role  # told to every client in the Welcome: "head", "node" or "core"
         self.handshake_timeout = handshake_timeout
         self.max_unauthenticated = max_unauthenticated
         self.on_hello = on_hello
@@ -516,7 +527,8 @@ class Server:
             if request.transport is not None:
                 assert self._web is not None
                 self._web.trust(request.transport)
-            await ws.send_bytes(P.encode([P.Welcome(P.PROTOCOL_VERSION, info or {})]))
+            welcome = dict(info or {}, role=self.role) if self.role else (info or {})
+            await ws.send_bytes(P.encode([P.Welcome(P.PROTOCOL_VERSION, welcome)]))
         except BaseException:
             await link._close("the handshake did not finish", flush=False)
             raise
@@ -666,3 +678,17 @@ async def _dial(kind: str, host: str, port: int, address: str, header: str, role
 
 def _reset(exc: OSError) -> bool:
     return getattr(exc, "errno", None) in (errno.ECONNRESET, errno.EPIPE)
+
+
+async def ask(address: str, token: str, make: Callable[[int], Any], *, name: str = "ask",
+              timeout: float = CONTROL_TIMEOUT):
+    """One request to a head or node agent over a short-lived authenticated link (for the
+    CLI and the state API outside a program's own runtime); returns the reply."""
+    hello = P.Hello(P.PROTOCOL_VERSION, token, "core", name, os.getpid(), {})
+    link = await connect(address, hello, name=name)
+    task = asyncio.ensure_future(link.run())
+    try:
+        return await link.request(make, timeout=timeout)
+    finally:
+        await link.aclose()
+        await task

@@ -485,16 +485,21 @@ class LocalCluster:
         except OSError:
             return "(no log)"
 
+    def close_lifeline(self) -> None:
+        """Tell the node process to stop (it exits when its stdin closes); does not wait."""
+        proc = self.proc
+        try:
+            if proc is not None and proc.stdin is not None:
+                proc.stdin.close()
+        except OSError:
+            pass
+
     def stop(self, timeout: float = 10.0) -> None:
         """Close the lifeline and wait for the node process (SIGKILL after ``timeout``)."""
         proc = self.proc
         if proc is None:
             return
-        try:
-            if proc.stdin is not None:
-                proc.stdin.close()
-        except OSError:
-            pass
+        self.close_lifeline()
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -33,12 +33,35 @@ TASK_MARKER = "::aray-task::"
 _BY_TAG: dict[int, type] = {}
 
 
-def _message(tag: int, *, reply: bool = False):
+#: the roles of processes: what a link's peer is (its Hello says, or its Welcome)
+SENDER_ROLES = ("head", "node", "driver", "worker", "core")
+#: what a message may be received by: the head, a node agent, a core (driver or worker)
+RECEIVER_ROLES = ("head", "node", "core")
+
+
+def _routes(text: str) -> frozenset[tuple[str, str]]:
+    """``"driver,core->head; head->node"`` as {(sender, receiver), ...}."""
+    out = set()
+    for route in filter(None, (r.strip() for r in text.split(";"))):
+        senders, _, receiver = route.partition("->")
+        assert receiver.strip() in RECEIVER_ROLES, route
+        for sender in senders.split(","):
+            assert sender.strip() in SENDER_ROLES, route
+            out.add((sender.strip(), receiver.strip()))
+    return frozenset(out)
+
+
+def _message(tag: int, *, reply: bool = False, routes: str = ""):
+    """Register a message class under ``tag``. ``routes``: who may send it to whom
+    (``"driver,core->head; head->node"``); a receiver refuses it from anyone else. Replies
+    and the handshake have none: they are never dispatched."""
+
     def register(cls):
         if tag in _BY_TAG:
             raise RuntimeError(f"message tag {tag} used twice")
         cls.TAG = tag
         cls.REPLY = reply
+        cls.ROUTES = _routes(routes)
         # a request: answered by a reply with the same req_id (0: nobody waits for it)
         cls.REQUEST = not reply and cls._fields[:1] == ("req_id",)
         _BY_TAG[tag] = cls
@@ -83,7 +106,7 @@ class RequestFailed(NamedTuple):
 # --- head: nodes, jobs, cluster view ----------------------------------------------------
 
 
-@_message(10)
+@_message(10, routes="node->head")
 class RegisterNode(NamedTuple):
     node_id: str
     address: str
@@ -91,20 +114,20 @@ class RegisterNode(NamedTuple):
     resources: dict
     host: dict  # {"machine", "pid", "session_dir"}: to clean up after it if it is killed
 
-@_message(11)
+@_message(11, routes="node->head")
 class NodeResourcesChanged(NamedTuple):
     node_id: str
     available: dict
 
 
-@_message(12)
+@_message(12, routes="head->node")
 class ClusterViewChanged(NamedTuple):
     """Head -> node agents: every alive node's totals, for infeasibility and spillback."""
 
     nodes: list  # [[node_id, address, total_resources, available_resources], ...]
 
 
-@_message(15)
+@_message(15, routes="head->node")
 class JobFinished(NamedTuple):
     """Head -> node agents: a driver left; its workers and objects go on every node."""
 
@@ -112,7 +135,7 @@ class JobFinished(NamedTuple):
     driver_address: str
 
 
-@_message(16)
+@_message(16, routes="node->head")
 class Heartbeat(NamedTuple):
     """Node agent -> head, every HEARTBEAT_INTERVAL seconds: this node is alive, and how
     its store and queue look (for ``aray status``)."""
@@ -122,7 +145,7 @@ class Heartbeat(NamedTuple):
     #                "host": {"cpu_percent", "memory_total", "memory_used", "memory_percent"}}
 
 
-@_message(75)
+@_message(75, routes="head->node; node->core")
 class NodeDied(NamedTuple):
     """Head -> node agents -> their drivers and workers: the head declared this node dead
     (its link dropped, or it sent no heartbeat for the node timeout). Every process closes
@@ -132,7 +155,7 @@ class NodeDied(NamedTuple):
     reason: str
 
 
-@_message(17)
+@_message(17, routes="head->node")
 class WithdrawActor(NamedTuple):
     """Head -> node agent: forget a queued actor that this node cannot hold; a node that
     can has joined, and the head places it there."""
@@ -140,7 +163,7 @@ class WithdrawActor(NamedTuple):
     actor_id: str
 
 
-@_message(18)
+@_message(18, routes="driver,core->head")
 class GetState(NamedTuple):
     """Ask the head for one of its tables: "nodes", "actors", "jobs", "tasks", "objects"
     (gathered from every node's store), or "task_summary" (one row: counts per task name
@@ -157,7 +180,7 @@ class StateRows(NamedTuple):
     error: str
 
 
-@_message(6)
+@_message(6, routes="driver,core->head")
 class TaskEvents(NamedTuple):
     """Core -> head, batched: what became of tasks (for the state API).
 
@@ -170,7 +193,7 @@ class TaskEvents(NamedTuple):
     source: dict  # fields of every event of the batch (a worker's node_id and worker_pid)
 
 
-@_message(13)
+@_message(13, routes="driver,core->head")
 class GetClusterState(NamedTuple):
     req_id: int
 
@@ -184,7 +207,7 @@ class ClusterState(NamedTuple):
 # --- node agent: leases and workers -----------------------------------------------------
 
 
-@_message(20)
+@_message(20, routes="driver,worker,core->node")
 class RequestLease(NamedTuple):
     req_id: int
     shape: dict  # resource name -> amount
@@ -210,7 +233,7 @@ class LeaseGranted(NamedTuple):
     gpu_ids: list
 
 
-@_message(22)
+@_message(22, routes="node->core; node->head")
 class LeaseInfeasible(NamedTuple):
     """The request stays queued, but no node in the cluster can satisfy it now."""
 
@@ -219,34 +242,34 @@ class LeaseInfeasible(NamedTuple):
     actor_id: str  # set when the request places an actor (agent -> head)
 
 
-@_message(23)
+@_message(23, routes="driver,worker,core->node")
 class ReturnLease(NamedTuple):
     worker_id: str
 
 
-@_message(24)
+@_message(24, routes="worker->node")
 class WorkerStarted(NamedTuple):
     worker_id: str
     address: str
     pid: int
 
 
-@_message(25)
+@_message(25, routes="worker->node")
 class WorkerBlocked(NamedTuple):
     worker_id: str
 
 
-@_message(26)
+@_message(26, routes="worker->node")
 class WorkerUnblocked(NamedTuple):
     worker_id: str
 
 
-@_message(27)
+@_message(27, routes="driver,worker,core->node")
 class KillWorker(NamedTuple):
     worker_id: str
 
 
-@_message(28)
+@_message(28, routes="node->core; node->head; head->core")
 class LogLines(NamedTuple):
     """Lines a worker printed, forwarded by its node agent to the driver of the job (through
     the head when the driver is on another node)."""
@@ -258,7 +281,7 @@ class LogLines(NamedTuple):
     job_id: str
 
 
-@_message(29)
+@_message(29, routes="driver->node")
 class FlushLogs(NamedTuple):
     """Driver -> node agent at shutdown: forward what workers printed, then reply."""
 
@@ -270,7 +293,7 @@ class LogsFlushed(NamedTuple):
     req_id: int
 
 
-@_message(31)
+@_message(31, routes="driver,worker->node")
 class ObjectSealed(NamedTuple):
     """A process wrote an object into this node's store."""
 
@@ -281,7 +304,7 @@ class ObjectSealed(NamedTuple):
     offset: int  # its region in the arena, or -1 for an object in a file of its own
 
 
-@_message(32)
+@_message(32, routes="driver,worker,node->node; node->core")
 class ObjectsDeleted(NamedTuple):
     """The owner deleted these objects; to the agent of the node that stores them (any
     node agent forwards to the right one)."""
@@ -290,7 +313,7 @@ class ObjectsDeleted(NamedTuple):
     node_id: str  # the node whose store holds them ("" for the receiving agent's own)
 
 
-@_message(37)
+@_message(37, routes="driver,worker->node")
 class AllocObject(NamedTuple):
     """A writer asks the node agent for an arena region for a large object."""
 
@@ -305,7 +328,7 @@ class ObjectAllocated(NamedTuple):
     offset: int  # -1: no region free, write a file of its own
 
 
-@_message(39)
+@_message(39, routes="driver,worker->node")
 class PullObject(NamedTuple):
     """A core asks its node agent for a local copy of an object stored on another node."""
 
@@ -322,7 +345,7 @@ class ObjectPulled(NamedTuple):
     error: str  # why there is no copy ("" if there is)
 
 
-@_message(50)
+@_message(50, routes="node,core->node")
 class ReadObject(NamedTuple):
     """Node agent -> node agent: a chunk of an object's bytes (for a pull)."""
 
@@ -339,7 +362,7 @@ class ObjectChunk(NamedTuple):
     error: str
 
 
-@_message(33)
+@_message(33, routes="driver,worker,core->node")
 class GetStoreStats(NamedTuple):
     req_id: int
 
@@ -351,7 +374,7 @@ class StoreStats(NamedTuple):
     objects: list
 
 
-@_message(71)
+@_message(71, routes="head->node")
 class ListLogs(NamedTuple):
     """Head -> node agent: the worker log files of this node (for the dashboard)."""
 
@@ -364,7 +387,7 @@ class LogFiles(NamedTuple):
     files: list  # [{"file", "pid", "stream", "size", "alive", "modified"}, ...]
 
 
-@_message(73)
+@_message(73, routes="head->node")
 class ReadLog(NamedTuple):
     """Head -> node agent: bytes of one log file from ``offset`` (negative: from the end)."""
 
@@ -383,7 +406,7 @@ class LogData(NamedTuple):
     error: str
 
 
-@_message(35)
+@_message(35, routes="node->core")
 class AssignJob(NamedTuple):
     """Node agent -> a fresh worker: from now on you serve this job (import its code)."""
 
@@ -400,7 +423,7 @@ class JobAssigned(NamedTuple):
 # --- core to core: tasks and objects ----------------------------------------------------
 
 
-@_message(40)
+@_message(40, routes="core->core")
 class PushTask(NamedTuple):
     task_id: bytes
     fn_id: bytes
@@ -415,20 +438,20 @@ class PushTask(NamedTuple):
     owner: str  # address of the caller's core, for refs the task creates
 
 
-@_message(41)
+@_message(41, routes="core->core")
 class TaskFinished(NamedTuple):
     task_id: bytes
     results: list  # one resolved value per return id (streaming: [] and see StreamItem)
     error: bytes | None  # pickled RemoteErrorInfo
 
 
-@_message(42)
+@_message(42, routes="core->core")
 class CancelTask(NamedTuple):
     task_id: bytes
     recursive: bool  # also cancel the tasks it submitted
 
 
-@_message(43)
+@_message(43, routes="core->core")
 class GetObject(NamedTuple):
     """Ask an object's owner for its value; the reply comes once it is ready."""
 
@@ -442,7 +465,7 @@ class ObjectReply(NamedTuple):
     value: list  # a resolved value: ["v", data] | ["s", node_id, size, offset] | ["e", error]
 
 
-@_message(46)
+@_message(46, routes="core->core")
 class AddBorrower(NamedTuple):
     """To an object's owner: keep it, one more holder has a ref (the sender, or a caller the
     sender returns it to)."""
@@ -456,14 +479,14 @@ class BorrowerAdded(NamedTuple):
     req_id: int
 
 
-@_message(48)
+@_message(48, routes="core->core")
 class RemoveBorrower(NamedTuple):
     """To an object's owner: one holder that registered with AddBorrower let go."""
 
     object_id: bytes
 
 
-@_message(45)
+@_message(45, routes="core->core")
 class StreamItem(NamedTuple):
     """One value yielded by a streaming task or method, sent as soon as it is produced."""
 
@@ -472,7 +495,7 @@ class StreamItem(NamedTuple):
     value: list  # a resolved value
 
 
-@_message(52)
+@_message(52, routes="core->core")
 class StreamConsumed(NamedTuple):
     """Caller -> the worker running a stream: the consumer has taken the first ``count``
     items (``STREAM_DONE``: it dropped the generator). A producer runs at most
@@ -489,7 +512,7 @@ STREAM_DONE = 2**62
 # --- actors -----------------------------------------------------------------------------
 
 
-@_message(60)
+@_message(60, routes="driver,core->head")
 class RegisterActor(NamedTuple):
     """Caller -> head: reserve an actor id (and its name, if it has one)."""
 
@@ -509,7 +532,7 @@ class ActorRegistered(NamedTuple):
     error: str
 
 
-@_message(62)
+@_message(62, routes="driver,core->head; head->node; node->core")
 class CreateActor(NamedTuple):
     """Caller -> head -> node agent -> worker: construct the actor."""
 
@@ -517,7 +540,7 @@ class CreateActor(NamedTuple):
     spec: dict
 
 
-@_message(63)
+@_message(63, routes="worker->node; node->head")
 class ActorStarted(NamedTuple):
     """Worker -> node agent -> head: the constructor ran (``error`` if it raised)."""
 
@@ -529,7 +552,7 @@ class ActorStarted(NamedTuple):
     error: bytes | None
 
 
-@_message(64)
+@_message(64, routes="node->head")
 class ActorDied(NamedTuple):
     """Node agent -> head: the actor's worker process is gone."""
 
@@ -537,7 +560,7 @@ class ActorDied(NamedTuple):
     reason: str
 
 
-@_message(65)
+@_message(65, routes="driver,core->head")
 class WaitActor(NamedTuple):
     """Caller -> head: reply once the actor is alive (or dead)."""
 
@@ -545,7 +568,7 @@ class WaitActor(NamedTuple):
     actor_id: str
 
 
-@_message(66)
+@_message(66, routes="driver,core->head")
 class LookupActor(NamedTuple):
     req_id: int
     name: str
@@ -559,7 +582,7 @@ class ActorInfo(NamedTuple):
     info: dict  # {} when there is no such actor
 
 
-@_message(68)
+@_message(68, routes="driver,core->head; head->node")
 class KillActor(NamedTuple):
     """Caller -> head (replied with ActorInfo once the actor is down) -> node agent (0)."""
 
@@ -568,7 +591,7 @@ class KillActor(NamedTuple):
     no_restart: bool
 
 
-@_message(69)
+@_message(69, routes="core->core")
 class CallActor(NamedTuple):
     """Caller -> actor worker: run one method call."""
 
@@ -584,7 +607,7 @@ class CallActor(NamedTuple):
     group: str  # concurrency group for this call ("" = the method's own)
 
 
-@_message(70)
+@_message(70, routes="head->core")
 class Warn(NamedTuple):
     """Head -> driver: a warning the user should see (e.g. an infeasible actor)."""
 

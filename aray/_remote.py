@@ -1,126 +1,20 @@
-"""``@aray.remote``: remote functions and their options."""
+"""``@aray.remote``: the decorator, and remote functions (tasks). Actor classes are in
+:mod:`aray._actors`; the options of both are checked in :mod:`aray._options`."""
 
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 from collections.abc import Callable
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Generic, ParamSpec, TypeVar
 
-from . import _global
+from . import _actors, _global
+from ._options import TASK_OPTIONS, resource_shape, validate_options_for_any, validate_task_options
 from ._tasks import FunctionDescriptor, TaskSpec, serialize_args
 from ._refs import ObjectRef, new_task_id, return_id
 from ._runtime_context import current_task
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-TASK_OPTIONS = {
-    "num_cpus": 1,
-    "num_gpus": 0,
-    "resources": None,
-    "memory": 0,
-    "num_returns": 1,
-    "max_retries": 3,
-    "retry_exceptions": False,
-    "name": None,
-}
-
-
-#: the largest count an option takes (retries, restarts, return values): more is a mistake
-MAX_COUNT = 10**9
-#: the most values one task or method may return
-MAX_RETURNS = 1_000_000
-
-
-def _number(name: str, value: Any, *, integer: bool = False, minimum: float = 0,
-            maximum: float | None = None) -> Any:
-    """Check a numeric option and return it as a plain ``int`` or ``float`` (a numpy
-    number would not travel in aray's messages). NaN, infinities and values out of
-    range are refused with a ValueError that names the option."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if integer and int(value) != value:
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    if integer and maximum is None:
-        maximum = MAX_COUNT
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
-    return int(value) if integer else float(value)
-
-
-def validate_resources(resources: Any, what: str = "resources") -> dict:
-    """Check a dict of custom resources; returns it with plain float amounts."""
-    if resources is None:
-        return {}
-    if not isinstance(resources, dict):
-        raise TypeError(f"{what} must be a dict of name -> amount, got {type(resources).__name__}")
-    out = {}
-    for key, amount in resources.items():
-        if not isinstance(key, str) or not key:
-            raise TypeError(f"{what} keys must be non-empty strings, got {key!r}")
-        if key in ("CPU", "GPU"):
-            raise ValueError(
-                f"use num_cpus/num_gpus instead of {key!r} in {what} (e.g. num_cpus=2)")
-        out[str(key)] = _number(f"{what}[{key!r}]", amount)
-    return out
-
-
-def check_string(name: str, value: Any) -> str:
-    """A string option, as a plain ``str`` (a str subclass travels, but need not)."""
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a string, got {type(value).__name__} ({value!r})")
-    return str(value)
-
-
-def check_num_returns(value: Any) -> Any:
-    """``num_returns``: a whole number from 0 to MAX_RETURNS, or "streaming"."""
-    if value == "streaming" and isinstance(value, str):
-        return "streaming"
-    return _number("num_returns", value, integer=True, maximum=MAX_RETURNS)
-
-
-def validate_task_options(options: dict) -> dict:
-    """Check ``@aray.remote``/``.options`` keywords for a task; returns them with numbers
-    as plain ints and floats."""
-    out = {}
-    for key, value in options.items():
-        if key not in TASK_OPTIONS:
-            raise ValueError(
-                f"invalid option {key!r} for a remote function; valid options are: "
-                + ", ".join(sorted(TASK_OPTIONS)))
-        if key in ("num_cpus", "num_gpus", "memory"):
-            value = _number(key, value)
-            if key == "num_gpus" and value > 1 and int(value) != value:
-                raise ValueError(f"num_gpus above 1 must be a whole number, got {value!r}")
-        elif key == "resources":
-            value = validate_resources(value)
-        elif key == "num_returns":
-            value = check_num_returns(value)
-        elif key == "max_retries":
-            value = _number(key, value, integer=True, minimum=-1)
-        elif key == "retry_exceptions":
-            if not (isinstance(value, bool) or (
-                    isinstance(value, (list, tuple)) and value
-                    and all(inspect.isclass(t) and issubclass(t, BaseException) for t in value))):
-                raise TypeError("retry_exceptions must be a bool or a list of exception types")
-        elif key == "name" and value is not None:
-            value = check_string(key, value)
-        out[key] = value
-    return out
-
-
-def resource_shape(num_cpus: float, num_gpus: float, resources: dict | None,
-                   memory: float = 0) -> dict:
-    """The resource request of a task or actor, without zero entries."""
-    shape = {"CPU": float(num_cpus), "GPU": float(num_gpus), "memory": float(memory)}
-    shape.update({k: float(v) for k, v in (resources or {}).items()})
-    return {k: v for k, v in shape.items() if v > 0}
 
 
 def _current_task_id() -> bytes:
@@ -250,21 +144,8 @@ def remote(*args, **options):
     return decorate
 
 
-def validate_options_for_any(options: dict) -> None:
-    """Options are checked again for the kind of object they decorate."""
-    from . import _actors
-
-    allowed = set(TASK_OPTIONS) | set(_actors.ACTOR_OPTIONS)
-    unknown = [k for k in options if k not in allowed]
-    if unknown:
-        raise ValueError(f"invalid option {unknown[0]!r} for @aray.remote; valid options are: "
-                         + ", ".join(sorted(allowed)))
-
-
 def _make_remote(obj, options: dict):
     if inspect.isclass(obj):
-        from . import _actors
-
         return _actors.make_actor_class(obj, options)
     if not callable(obj):
         raise TypeError(f"@aray.remote needs a function or a class, got {type(obj).__name__}")

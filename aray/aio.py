@@ -21,6 +21,7 @@ Examples:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import numbers
 import operator
@@ -64,13 +65,17 @@ async def init(address: str | None = None, *, num_cpus: float | None = None,
         >>> asyncio.run(main())
         ['dashboard_url', 'node_id', 'session_dir']
     """
-    core = bootstrap(asyncio.get_running_loop(), address, num_cpus=num_cpus,
-                     num_gpus=num_gpus, resources=resources,
-                     object_store_memory=object_store_memory, log_to_driver=log_to_driver,
-                     ignore_reinit_error=ignore_reinit_error,
-                     token=token or _redis_password, namespace=namespace,
-                     include_dashboard=include_dashboard, dashboard_host=dashboard_host,
-                     dashboard_port=dashboard_port)
+    loop = asyncio.get_running_loop()
+    core = existing_core(ignore_reinit_error)
+    if core is None:
+        # session folders, pruning old ones, starting the node process: not on this loop,
+        # which is the application's
+        plan = await loop.run_in_executor(None, functools.partial(
+            prepare, address, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+            object_store_memory=object_store_memory, token=token or _redis_password,
+            namespace=namespace, include_dashboard=include_dashboard,
+            dashboard_host=dashboard_host, dashboard_port=dashboard_port))
+        core = make_core(loop, plan, log_to_driver)
     await on_runtime(core.loop, connect(core))
     return init_info(core)
 
@@ -112,22 +117,32 @@ def init_info(core: Core) -> InitInfo:
                      "dashboard_url": core.dashboard_url}, core.token)
 
 
-def bootstrap(loop: asyncio.AbstractEventLoop, address: str | None, *, num_cpus, num_gpus,
-              resources, object_store_memory, log_to_driver: bool,
-              ignore_reinit_error: bool, token: str | None = None,
-              namespace: str | None = None, include_dashboard: bool | None = None,
-              dashboard_host: str = "127.0.0.1", dashboard_port: int | None = None,
-              _redis_password: str | None = None) -> Core:
-    """The part of init that does not wait: start the node process, make the driver core."""
-    from ._local import LocalCluster, find_cluster
-
+def bootstrap(loop: asyncio.AbstractEventLoop, address: str | None, *, log_to_driver: bool,
+              ignore_reinit_error: bool, **options) -> Core:
+    """The part of init that does not wait (for a sync ``init`` inside a running loop):
+    start the node process and make the driver core."""
     existing = existing_core(ignore_reinit_error)
     if existing is not None:
         return existing
+    return make_core(loop, prepare(address, **options), log_to_driver)
+
+
+def prepare(address: str | None, *, num_cpus, num_gpus, resources, object_store_memory,
+            token: str | None = None, namespace: str | None = None,
+            include_dashboard: bool | None = None, dashboard_host: str = "127.0.0.1",
+            dashboard_port: int | None = None, _redis_password: str | None = None) -> dict:
+    """Everything init does before a core exists, none of it on an event loop: check the
+    options, find the cluster to join or start one (session folders, the node process).
+    Returns what :func:`make_core` needs."""
+    from ._local import LocalCluster, find_cluster
+
     dashboard = dashboard_config(include_dashboard, dashboard_host, dashboard_port)
     token = token or _redis_password or None
     if token is not None and not isinstance(token, str):
         raise TypeError("token must be a non-empty string")
+    if namespace is not None and (not isinstance(namespace, str) or not namespace):
+        raise TypeError("namespace must be a non-empty string")
+    plan: dict = {"namespace": namespace or "", "cluster": None, "dashboard_url": ""}
     address = address or os.environ.get("ARAY_ADDRESS") or None
     if address not in (None, "local"):
         if (num_cpus is not None or num_gpus is not None or resources or object_store_memory
@@ -137,36 +152,40 @@ def bootstrap(loop: asyncio.AbstractEventLoop, address: str | None, *, num_cpus,
                 "a new cluster; when connecting to an existing one (address=...) leave them "
                 "out, and give them to `aray start` instead")
         if address.startswith("aray://"):
-            core = client_core(loop, address, token, log_to_driver)
-        else:
-            info = find_cluster(address)
-            token = token or os.environ.get("ARAY_TOKEN") or info["token"]
-            core = Core(loop=loop, role="driver", token=token,
-                        session_dir=info["session_dir"], node_address=info["node_address"],
-                        head_address=info["head_address"], store_dir=info["store_dir"],
-                        log_to_driver=log_to_driver, tcp_host=info.get("tcp_host", ""))
-            core.dashboard_url = info.get("dashboard_url", "")
-    else:
-        total = node_resources(num_cpus, num_gpus, resources, object_store_memory)
-        cluster = LocalCluster(resources=total, object_store_memory=object_store_memory,
-                               token=token, dashboard=dashboard)
-        cluster.spawn()
-        core = Core(loop=loop, role="driver", token=cluster.token,
-                    session_dir=cluster.session_dir, node_address=cluster.node_address,
-                    head_address=cluster.head_address, store_dir=cluster.store_dir,
-                    log_to_driver=log_to_driver)
-        core.cluster = cluster
-    if namespace is not None and (not isinstance(namespace, str) or not namespace):
-        raise TypeError("namespace must be a non-empty string")
-    core.namespace = namespace or ""
+            plan["core"] = client_settings(address, token)
+            return plan
+        info = find_cluster(address)
+        plan["core"] = dict(token=token or os.environ.get("ARAY_TOKEN") or info["token"],
+                            session_dir=info["session_dir"], node_address=info["node_address"],
+                            head_address=info["head_address"], store_dir=info["store_dir"],
+                            tcp_host=info.get("tcp_host", ""))
+        plan["dashboard_url"] = info.get("dashboard_url", "")
+        return plan
+    total = node_resources(num_cpus, num_gpus, resources, object_store_memory)
+    cluster = LocalCluster(resources=total, object_store_memory=object_store_memory,
+                           token=token, dashboard=dashboard)
+    cluster.spawn()
+    plan["cluster"] = cluster
+    plan["core"] = dict(token=cluster.token, session_dir=cluster.session_dir,
+                        node_address=cluster.node_address, head_address=cluster.head_address,
+                        store_dir=cluster.store_dir)
+    return plan
+
+
+def make_core(loop: asyncio.AbstractEventLoop, plan: dict, log_to_driver: bool) -> Core:
+    """The driver's core on ``loop`` (its thread), from what :func:`prepare` found."""
+    core = Core(loop=loop, role="driver", log_to_driver=log_to_driver, **plan["core"])
+    core.cluster = plan["cluster"]
+    core.dashboard_url = plan["dashboard_url"]
+    core.namespace = plan["namespace"]
     core.on_log_lines = print_worker_lines
     _global.set_core(core)
     return core
 
 
-def client_core(loop, address: str, token: str | None, log_to_driver: bool) -> Core:
-    """A driver in client mode (``aray://HOST:PORT``): it joins no node; the head's node
-    agent leases it workers, and objects travel over the links."""
+def client_settings(address: str, token: str | None) -> dict:
+    """The core of a driver in client mode (``aray://HOST:PORT``): it joins no node; the
+    head's node agent leases it workers, and objects travel over the links."""
     import socket
     import tempfile
 
@@ -190,10 +209,9 @@ def client_core(loop, address: str, token: str | None, log_to_driver: bool) -> C
         probe.connect((host, port))
         local_ip = probe.getsockname()[0]
     session_dir = tempfile.mkdtemp(prefix="aray-client-")
-    return Core(loop=loop, role="driver", token=token, session_dir=session_dir,
-                node_address="", head_address=f"tcp://{host}:{port}",
-                store_dir=os.path.join(session_dir, "store"), node_id="client-" + os.urandom(8).hex(),
-                log_to_driver=log_to_driver, tcp_host=local_ip, client=True)
+    return dict(token=token, session_dir=session_dir, node_address="",
+                head_address=f"tcp://{host}:{port}", store_dir=os.path.join(session_dir, "store"),
+                node_id="client-" + os.urandom(8).hex(), tcp_host=local_ip, client=True)
 
 
 def existing_core(ignore_reinit_error: bool) -> Core | None:
@@ -243,7 +261,7 @@ def dashboard_config(include: bool | None, host: str, port: int | None) -> dict 
 def node_resources(num_cpus, num_gpus, resources, object_store_memory) -> dict:
     import psutil
 
-    from ._remote import _number, validate_resources
+    from ._options import _number, validate_resources
 
     custom = validate_resources(resources)
     if num_cpus is None:
@@ -471,7 +489,21 @@ async def put(value: Any) -> ObjectRef:
         {'a': 1}
     """
     core = _global.core()
-    return core.put(value)
+    if _small(value):
+        return core.put(value)
+    # pickling and writing a large value would stall this loop (the application's): do it
+    # in a thread, which can also use the node's arena for it
+    return await asyncio.to_thread(core.put, value)
+
+
+#: values of these types, below this size, are put on the caller's loop: a thread would
+#: cost more than pickling them
+_SMALL_TYPES = (type(None), bool, int, float, complex, str, bytes)
+_SMALL_SIZE = 64 * 1024
+
+
+def _small(value: Any) -> bool:
+    return isinstance(value, _SMALL_TYPES) and sys.getsizeof(value) < _SMALL_SIZE
 
 
 async def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

@@ -481,6 +481,13 @@ def cmd_microbenchmark(args) -> None:
             json.dump(results, f, indent=1)
 
 
+async def ask(address: str, token: str, make):
+    """One request to a head or node agent (see :func:`aray._link.ask`)."""
+    from ._link import ask as ask_once
+
+    return await ask_once(address, token, make, name="cli")
+
+
 def cmd_memory(args) -> None:
     stats, objects = asyncio.run(_store_stats())
     mib = 2**20
@@ -500,7 +507,7 @@ async def _store_stats() -> tuple[dict, list]:
     from ._local import find_cluster
 
     info = find_cluster("auto")
-    reply = await _ask(info["node_address"], info["token"], lambda r: P.GetStoreStats(r))
+    reply = await ask(info["node_address"], info["token"], lambda r: P.GetStoreStats(r))
     return reply.stats, reply.objects
 
 
@@ -520,20 +527,5 @@ async def _cluster_state(address: str | None, token: str | None) -> list[dict]:
     token = token or os.environ.get("ARAY_TOKEN")
     if not token:
         raise ValueError("no token for that cluster: pass --token or set ARAY_TOKEN")
-    reply = await _ask(target, token, lambda r: P.GetClusterState(r))
+    reply = await ask(target, token, lambda r: P.GetClusterState(r))
     return reply.nodes
-
-
-async def _ask(address: str, token: str, make):
-    """One request to a head or node agent over a short-lived authenticated link."""
-    from . import _protocol as P
-    from ._link import CONTROL_TIMEOUT, connect
-
-    hello = P.Hello(P.PROTOCOL_VERSION, token, "core", "cli", os.getpid(), {})
-    link = await connect(address, hello, name="cli")
-    task = asyncio.ensure_future(link.run())
-    try:
-        return await link.request(make, timeout=CONTROL_TIMEOUT)
-    finally:
-        await link.aclose()
-        await task

@@ -17,6 +17,7 @@ import uuid
 
 from aray import _protocol as P
 from aray._link import CHUNK_TIMEOUT, CONTROL_TIMEOUT, Link, Server, connect
+from aray._dispatch import Dispatcher
 from aray._periodic import every
 
 from aray.store.service import StoreAccounts
@@ -124,7 +125,7 @@ class NodeAgent:
         self.tcp_host = tcp_host
         self.public_address = ""  # the agent's TCP address in such a cluster
         self.stopped = asyncio.Event()
-        self.server = Server(token, self._on_hello, name="node")
+        self.server = Server(token, self._on_hello, name="node", role="node")
         self.pool = WorkerPool(worker_target, list(preload), self._on_worker_exit)
         self.workers: dict[str, Worker] = {}
         self.worker_pids: dict[str, int] = {}  # every worker's pid, kept for its log files
@@ -142,6 +143,7 @@ class NodeAgent:
         self._tasks: set[asyncio.Task] = set()
         self._killed_actors: dict[str, None] = {}  # killed before their worker started
         self._closing = False
+        self._dispatch = Dispatcher("node", self)
         self._logs_behind = False  # the last log round left output unread
         self._exited_logs: list[Worker] = []  # exited workers whose output is not all read
 
@@ -232,13 +234,6 @@ class NodeAgent:
         return {"node_id": self.node_id, "store_dir": self.store_dir,
                 "session_dir": self.session_dir, "store_capacity": self.accounts.capacity,
                 "cluster_id": self.cluster_id}
-
-    def _dispatch(self, link: Link, msg):
-        handler = getattr(self, "_on_" + type(msg).__name__, None)
-        if handler is None:
-            log.warning("node agent: unexpected %s", type(msg).__name__)
-        else:
-            return handler(link, msg)
 
     # --- workers -------------------------------------------------------------------------
     def _start_worker(self) -> Worker:

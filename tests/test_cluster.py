@@ -224,7 +224,7 @@ def test_a_finished_job_leaves_nothing_on_any_node(two_nodes, tmp_path):
     import asyncio
 
     from aray import _protocol as P
-    from aray.cli import _ask
+    from aray._link import ask
 
     two_nodes.driver("""
         import numpy as np
@@ -240,7 +240,7 @@ def test_a_finished_job_leaves_nothing_on_any_node(two_nodes, tmp_path):
         os.path.join(two_nodes.root, "session_*", "cluster.json"))[0]), "token")).read()
 
     async def stored(info):
-        reply = await _ask(info["node_address"], token, lambda r: P.GetStoreStats(r))
+        reply = await ask(info["node_address"], token, lambda r: P.GetStoreStats(r))
         return reply.stats["num_objects"]
 
     import time

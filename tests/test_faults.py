@@ -435,3 +435,40 @@ def test_tasks_sent_to_a_node_that_just_died_wait_for_another(cluster, tmp_path)
         print("DONE", len(aray.get(refs, timeout=90)))
     """, tmp_path, timeout=150)
     assert "DONE 8" in r.stdout
+
+
+def test_a_peer_may_send_only_the_messages_of_its_role(run_script):
+    """A process that speaks to a node agent as a driver cannot send what only the head
+    sends (a cluster view, a job's end) nor ask what only the head asks: the messages are
+    refused, a request gets the refusal as its answer, and the node carries on."""
+    r = run_script("""
+        from aray import _protocol as P
+        from aray._link import connect
+        aray.init(num_cpus=1)
+        core = aray._global.core()
+
+        async def impostor():
+            hello = P.Hello(P.PROTOCOL_VERSION, core.token, "driver", "", os.getpid(), {})
+            link = await connect(core.node_address, hello)
+            reader = asyncio.ensure_future(link.run())
+            link.send(P.ClusterViewChanged([]))  # would empty the agent's view
+            link.send(P.JobFinished(core.job_id, core.address))  # would end our job
+            try:
+                await link.request(lambda r: P.ListLogs(r), timeout=10)
+            except Exception as exc:
+                print("REFUSED", type(exc).__name__, exc)
+            stats = await link.request(lambda r: P.GetStoreStats(r), timeout=10)
+            print("ALLOWED", "used_bytes" in stats.stats)
+            await link.aclose()
+            await reader
+
+        asyncio.run_coroutine_threadsafe(impostor(), core.loop).result(30)
+
+        @aray.remote
+        def one():
+            return 1
+        print("STILL", aray.get(one.remote(), timeout=30), len(aray.nodes()))
+        aray.shutdown()
+    """, timeout=90)
+    assert "REFUSED AraySystemError" in r.stdout and "may not send ListLogs" in r.stdout
+    assert "ALLOWED True" in r.stdout and "STILL 1 1" in r.stdout

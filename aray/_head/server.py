@@ -10,6 +10,7 @@ import time
 import uuid
 
 from .. import _protocol as P
+from .._dispatch import Dispatcher
 from .._link import Link, Server
 from .._periodic import every
 from ..node.scheduler import fits
@@ -36,7 +37,8 @@ class Head:
         self.jobs = JobTable()
         self.actors = ActorTable()
         self.tasks = TaskTable()
-        self.server = Server(token, self._on_hello, name="head")
+        self.server = Server(token, self._on_hello, name="head", role="head")
+        self._dispatch = Dispatcher("head", self)
         self.node_links: dict[Link, str] = {}  # node agents' links -> their node ids
         self.local_node_id = ""  # the node whose process runs the head
         self._driver_links: dict[str, Link] = {}  # job id -> driver link
@@ -112,13 +114,6 @@ class Head:
         for record in list(self.actors.actors.values()):
             if record.job_id == job_id and not record.detached and record.state != ActorState.DEAD:
                 self._kill(record, "its driver (job " + job_id + ") exited", no_restart=True)
-
-    def _dispatch(self, link: Link, msg):
-        handler = getattr(self, "_on_" + type(msg).__name__, None)
-        if handler is None:
-            log.warning("head: unexpected %s", type(msg).__name__)
-        else:
-            return handler(link, msg)
 
     def _on_RegisterNode(self, link: Link, msg: P.RegisterNode) -> None:
         self.nodes.join(msg.node_id, msg.address, msg.ip, msg.resources, msg.host)

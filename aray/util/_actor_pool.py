@@ -7,9 +7,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
-import aray
-from aray._refs import ObjectRef
-from aray.exceptions import GetTimeoutError
+from .._api import get, wait
+from .._refs import ObjectRef
+from ..exceptions import GetTimeoutError
 
 Submit = Callable[[Any, Any], ObjectRef]
 
@@ -98,26 +98,26 @@ class ActorPool:
         if not self.has_next():
             raise StopIteration("no more results to get")
         ref = self._oldest()
-        ready, _ = aray.wait([ref], timeout=timeout)
+        ready, _ = wait([ref], timeout=timeout)
         if not ready:
             raise GetTimeoutError(f"no result within {timeout} s")
         del self._by_index[self._next_return]
         self._next_return += 1
         self._release(ref)  # before the result: a failed call must not keep its actor
-        return aray.get(ref)
+        return get(ref)
 
     def get_next_unordered(self, timeout: float | None = None) -> Any:
         """Whichever result finishes first."""
         if not self.has_next():
             raise StopIteration("no more results to get")
-        ready, _ = aray.wait(list(self._running), num_returns=1, timeout=timeout)
+        ready, _ = wait(list(self._running), num_returns=1, timeout=timeout)
         if not ready:
             raise GetTimeoutError(f"no result within {timeout} s")
         ref = ready[0]
         index, _ = self._running[ref]
         del self._by_index[index]
         self._release(ref)
-        return aray.get(ref)
+        return get(ref)
 
     def map(self, fn: Submit, values: Iterable[Any]) -> Iterator[Any]:
         """Results of ``fn(actor, v)`` for every value, in the order of ``values``."""

@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import _global
 from .. import _protocol as P
-from .._link import CONTROL_TIMEOUT
+from .._link import CONTROL_TIMEOUT, ask
 from .._portal import call
 
 __all__ = ["list_actors", "list_jobs", "list_nodes", "list_objects", "list_tasks",
@@ -169,11 +169,11 @@ async def _from_cluster(kind: str, address: str) -> list[dict]:
     import os
 
     from .._local import find_cluster
-    from ..cli import _ask
 
     info = find_cluster(address)
     token = os.environ.get("ARAY_TOKEN") or info["token"]
-    reply = await _ask(info["head_address"], token, lambda r: P.GetState(r, kind))
+    reply = await ask(info["head_address"], token, lambda r: P.GetState(r, kind),
+                      name="state")
     if reply.error:
         raise ValueError(reply.error)
     return reply.rows
