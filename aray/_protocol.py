@@ -2,9 +2,10 @@
 
 A frame is a msgpack array of messages; each message is ``[tag, field, ...]``. Payload bytes
 (serialized values, pickled functions) ride inside as msgpack ``bin`` and are never unpickled
-by the link layer. The first frame a client sends is a lone :class:`Hello`; the server checks
-its version and token before it decodes anything else, and answers with a :class:`Welcome`
-or closes the socket with a close code and a reason.
+by the link layer. A client's :class:`Hello` rides in the ``Aray-Hello`` header of its
+HTTP upgrade request; the server checks its version and token before it upgrades, and
+answers with a :class:`Welcome` as the first frame, or refuses with an HTTP status.
+Each message class says who may send it to whom (``ROUTES``, see :mod:`aray._dispatch`).
 
 Naming: commands are imperative (``PushTask``), events past tense (``TaskFinished``),
 and replies share the ``req_id`` of their request (``REPLY = True`` on the class).
@@ -362,7 +363,7 @@ class ObjectChunk(NamedTuple):
     error: str
 
 
-@_message(33, routes="driver,worker,core->node")
+@_message(33, routes="driver,worker,core->node; head->node")
 class GetStoreStats(NamedTuple):
     req_id: int
 

@@ -3,6 +3,8 @@
 import inspect
 import os
 
+import pytest
+
 import aray
 import aray.aio
 import aray.exceptions
@@ -77,6 +79,7 @@ sys.exit(1 if failed else 0)
 """
 
 
+@pytest.mark.timeout(600)  # some 60 examples, each starting a runtime of its own
 def test_docstring_examples_run():
     import subprocess
     import sys
@@ -85,6 +88,6 @@ def test_docstring_examples_run():
                "aray._streams", "aray._as_completed", "aray.exceptions", "aray._runtime_context",
                "aray.util.state", "aray._local"]
     proc = subprocess.run([sys.executable, "-c", DOCTEST_RUNNER, *modules],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=580)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert int(proc.stdout.split("ATTEMPTED ")[1].split()[0]) > 50
