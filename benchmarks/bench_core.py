@@ -250,12 +250,12 @@ N_CREATE = 20  # actors per repetition of "actor creation" / "memory per idle ac
 
 
 def actor_classes():
-    """The actors of Ray's ``ray_perf.py``, as ``compare.py`` runs them (``_workloads.py``)."""
+    """The actors of Ray's ``ray_perf.py``, as ``compare.py`` runs them (``aray/_perf.py``)."""
     import aray
-    from _workloads import define
+    from aray._perf import Defs
 
-    _, actor, async_actor = define(aray)
-    return actor, async_actor
+    defs = Defs(aray)
+    return defs.Actor, defs.AsyncActor
 
 
 def kill_actors(handles: list) -> None:

@@ -7,7 +7,7 @@ Run::
 Ray runs from a virtual environment of its own (created on first use with
 ``python -m venv PATH`` and ``pip install ray numpy psutil``; default /tmp/aray-ray-venv), so
 it never becomes a dependency of aray; aray runs with the interpreter that runs this script.
-Every workload of benchmarks/_workloads.py runs in a fresh process per side and repetition
+Every workload of aray/_perf.py runs in a fresh process per side and repetition
 (Ray, aray, aray, Ray, Ray, aray...), with the same ``num_cpus`` on both sides. The script
 prints the machine and one table (best and median per side, and the ratio, > 1 when aray is
 better), checks that no process of either runtime is left behind, and with --write-docs
