@@ -186,7 +186,9 @@ class ActorCaller:
             call.deps = [[e.oid, e.resolved_value()] for e in entries]
             for e in entries:
                 e.pins += 1
-            call.pinned, call.dep_refs = entries, []
+            # dep_refs stay until the call ends: a call re-run after a restart resolves
+            # its arguments again from them
+            call.pinned = entries
             q.in_flight[call.task_id] = call
             self._by_task[call.task_id] = q
             q.link.send(P.CallActor(call.task_id, q.target, call.method, call.args, call.deps,
@@ -248,7 +250,7 @@ class ActorCaller:
             q.in_flight.clear()
             for call in reversed(lost):  # re-queue in submission order, ahead of newer calls
                 self._by_task.pop(call.task_id, None)
-                self._release(call)
+                self._unpin(call)  # its refs (arguments, held refs) stay for a re-run
                 call.interrupted = True
                 q.pending.appendleft(call)
             self._pump(q)
@@ -266,10 +268,15 @@ class ActorCaller:
                     "restarted; pass max_task_retries to @aray.remote to re-run interrupted "
                     "calls after a restart"))
 
-    def _release(self, call: ActorCall) -> None:
+    def _unpin(self, call: ActorCall) -> None:
         for entry in call.pinned:
             self.core.objects.unpin(entry)
         call.pinned = []
+
+    def _release(self, call: ActorCall) -> None:
+        """The call has ended: nothing of its arguments is needed any more."""
+        self._unpin(call)
+        call.dep_refs = []
         call.held = []
 
     def _fail(self, call: ActorCall, error: BaseException | None) -> None:

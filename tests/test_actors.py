@@ -462,6 +462,26 @@ def test_max_task_retries_reruns_an_interrupted_call(tmp_path):
         aray.get(NoRetry.remote().work.remote(), timeout=60)
 
 
+def test_a_rerun_call_gets_its_arguments_again(tmp_path):
+    """A call re-run after its actor restarted gets the same arguments: a stored argument
+    (above the inline size) and a ref inside the arguments that only the call holds."""
+    import numpy as np
+
+    marker = tmp_path / "crashed"
+
+    @aray.remote(max_restarts=1, max_task_retries=1)
+    class Once:
+        def work(self, path, array, boxed):
+            if not os.path.exists(path):
+                open(path, "w").close()
+                os._exit(1)
+            return type(array).__name__, int(array.sum()), aray.get(boxed[0], timeout=30)
+
+    big = np.ones(1 << 20, dtype=np.uint8)  # 1 MiB: passed through the store
+    ref = Once.remote().work.remote(str(marker), big, [aray.put("inside")])
+    assert aray.get(ref, timeout=60) == ("ndarray", 1 << 20, "inside")
+
+
 def test_runtime_context_in_an_actor():
     @aray.remote
     class Who:
