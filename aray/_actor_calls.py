@@ -188,7 +188,7 @@ class ActorCaller:
                 e.pins += 1
             # dep_refs stay until the call ends: a call re-run after a restart resolves
             # its arguments again from them
-            call.pinned = entries
+            call.pinned, call.waiting = entries, False
             q.in_flight[call.task_id] = call
             self._by_task[call.task_id] = q
             q.link.send(P.CallActor(call.task_id, q.target, call.method, call.args, call.deps,
