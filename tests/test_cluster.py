@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from conftest import descendants, wait_gone
+from conftest import descendants, wait_gone, watch_root
 from test_cli import free_port
 
 
@@ -69,6 +69,7 @@ class Cluster:
         return proc
 
     def stop(self) -> None:
+        watch_root(self.root)  # the leak check then knows the sessions of this root
         pids = self.pids()
         self.cli("stop", check=False)
         assert wait_gone(pids) == [], "processes left behind by aray stop"
