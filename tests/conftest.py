@@ -159,16 +159,37 @@ async def async_stays_true(predicate, duration: float, interval: float = 0.05,
         await asyncio.sleep(interval)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
     """Wait until none of ``pids`` is alive; return those still alive after ``timeout``."""
     deadline = time.monotonic() + timeout
     alive = list(pids)
     while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if psutil.pid_exists(p)
-                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        alive = [p for p in alive if _alive(p)]
         if alive:
             time.sleep(0.05)
-    return alive
+    return [p for p in alive if _alive(p)]
+
+
+def task_state(ref) -> str | None:
+    """The state (``RUNNING``, ``FINISHED``...) the cluster's task table shows for the task
+    whose result ``ref`` is; None while the table has no row for it (tasks report their
+    states in batches, every 0.1 s).
+
+    Example:
+        >>> wait_until(lambda: task_state(ref) == "RUNNING", message="the task to start")
+    """
+    from aray.util.state import list_tasks
+
+    task_id = ref.hex()[:-8]  # an object id is its task's id and a 4-byte index
+    rows = list_tasks(filters=[("task_id", "=", task_id)])
+    return rows[0]["state"] if rows else None
 
 
 def runtime_pids() -> list[int]:
@@ -204,9 +225,42 @@ def report_pids():
     print("PIDS " + json.dumps(runtime_pids()), flush=True)
 """
 
-#: the polling helpers, for scripts the tests run in interpreters of their own
-POLLING = "\n\n".join(inspect.getsource(f) for f in (wait_until, stays_true))
-PRELUDE += "\n" + POLLING
+class Echo:
+    """Stands for ``sys.stdout`` or ``sys.stderr`` in a script and keeps a copy of what is
+    written, so that the script can wait for its workers' lines (which the runtime's thread
+    prints) instead of sleeping before it exits.
+
+    Example:
+        >>> out, err = echo_output()
+        >>> wait_until(lambda: "hello" in out.text(), message="the worker's line")
+    """
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return self.stream.write(text)
+
+    def text(self) -> str:
+        """Everything written so far."""
+        return "".join(self.parts)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def echo_output() -> tuple[Echo, Echo]:
+    """Put an :class:`Echo` in place of ``sys.stdout`` and of ``sys.stderr``; returns both."""
+    sys.stdout, sys.stderr = Echo(sys.stdout), Echo(sys.stderr)
+    return sys.stdout, sys.stderr
+
+
+#: the polling helpers and Echo, for scripts the tests run in interpreters of their own
+SCRIPT_HELPERS = "\n\n".join(inspect.getsource(f)
+                               for f in (wait_until, stays_true, Echo, echo_output))
+PRELUDE += "\n" + SCRIPT_HELPERS
 
 
 class ScriptResult:
