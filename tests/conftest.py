@@ -222,7 +222,9 @@ def runtime_pids():
     return [node] + [p.pid for p in psutil.Process(node).children(recursive=True)]
 
 def report_pids():
-    print("PIDS " + json.dumps(runtime_pids()), flush=True)
+    # one write: a worker's line, printed by the runtime's thread, cannot land inside it
+    sys.stdout.write("PIDS " + json.dumps(runtime_pids()) + "\\n")
+    sys.stdout.flush()
 """
 
 class Echo:
