@@ -12,6 +12,8 @@ import pytest
 import aray
 from aray.exceptions import ActorDiedError, TaskError
 from aray.util import ActorPool
+from aray.util.state import list_actors
+from conftest import task_state, wait_gone, wait_until
 
 pytestmark = pytest.mark.usefixtures("cluster")
 
@@ -203,12 +205,12 @@ def test_handles_travel_to_tasks_the_seeds_logging_actor():
         return i
 
     assert aray.get([task.remote(logging_actor, i) for i in range(5)]) == list(range(5))
-    deadline = time.time() + 10
-    while time.time() < deadline:
+
+    def all_logged():  # the tasks' calls are not awaited: they may still be on their way
         logs = aray.get(logging_actor.get_logs.remote())
-        if sum(len(v) for v in logs.values()) == 15:
-            break
-        time.sleep(0.05)
+        return logs if sum(len(v) for v in logs.values()) == 15 else None
+
+    logs = wait_until(all_logged, 10, message="15 log lines at the logging actor")
     assert logs == {i: ["step 0", "step 1", "step 2"] for i in range(5)}
 
 
@@ -239,13 +241,15 @@ def test_named_actors():
     assert aray.get(aray.get_actor("config", namespace="other").get.remote()) == "elsewhere"
     assert aray.get(aray.get_actor("config").get.remote()) == {"lr": 0.1}
     aray.kill(aray.get_actor("config", namespace="other"))
-    deadline = time.time() + 10
-    while time.time() < deadline:  # a dead actor's name is free again
+
+    def name_free():
         try:
             aray.get_actor("config", namespace="other")
-            time.sleep(0.05)
+            return False
         except ValueError:
-            break
+            return True
+
+    wait_until(name_free, 10, message="a dead actor's name to be free again")
     again = Example.options(name="config", namespace="other").remote("second")
     assert aray.get(again.get.remote()) == "second"
 
@@ -271,9 +275,8 @@ def test_many_idle_actors_fit_on_two_cpus_and_explicit_cpus_are_held():
     assert aray.get(pending[0], timeout=30) == refs.index(pending[0])
     for h in holders + idle:
         aray.kill(h)
-    deadline = time.time() + 10
-    while aray.available_resources().get("CPU") != 2 and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: aray.available_resources().get("CPU") == 2, 10,
+               message="the killed actors' CPUs to be free again")
     assert aray.available_resources()["CPU"] == 2
 
 
@@ -401,10 +404,7 @@ def test_kill_ends_an_actor_and_frees_its_process():
     aray.kill(e)
     with pytest.raises(ActorDiedError, match="killed"):
         aray.get(e.get.remote(), timeout=30)
-    deadline = time.time() + 10
-    while psutil.pid_exists(pid) and time.time() < deadline:
-        time.sleep(0.05)
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert wait_gone([pid]) == [], "the killed actor's process lives on"
     with pytest.raises(TypeError):
         aray.kill("not an actor")
 
@@ -432,8 +432,14 @@ def test_restarts_rerun_the_constructor_and_calls_wait():
 
     c = Counter.remote()
     assert aray.get([c.incr.remote(), c.incr.remote()]) == [1, 2]
-    os.kill(aray.get(c.pid.remote()), 9)
-    time.sleep(0.2)
+    pid = aray.get(c.pid.remote())
+    os.kill(pid, 9)
+
+    def restarted():  # a call sent before the death is known would be an interrupted one
+        (row,) = list_actors(filters=[("actor_id", "=", c.actor_id)])
+        return row["state"] == "ALIVE" and row["pid"] not in (pid, None)
+
+    wait_until(restarted, 30, message="the actor to run again in a new process")
     assert aray.get(c.incr.remote(), timeout=30) == 1  # new instance, constructor re-ran
     os.kill(aray.get(c.pid.remote()), 9)  # restarts used up
     with pytest.raises(ActorDiedError):
@@ -591,7 +597,7 @@ def test_cancelling_calls_of_a_sync_actor():
     b = Busy.remote()
     running = b.spin.remote(30)
     queued = b.spin.remote(30)
-    time.sleep(0.5)
+    wait_until(lambda: task_state(running) == "RUNNING", 10, message="the first call to start")
     aray.cancel(queued)
     aray.cancel(running)
     for ref in (running, queued):

@@ -84,7 +84,8 @@ def test_puts_reuse_arena_pages_and_views_outlive_their_refs(run_script):
             assert int(aray.get(ref)[-1]) == i
             assert _global.core().entry_for(ref).location[2] >= 0, "not in the arena"
             del ref
-        time.sleep(0.3)
+        wait_until(lambda: aray.object_store_stats()["num_objects"] == 0, 10,
+                   message="the dropped objects to be freed")
         stats = aray.object_store_stats()
         print("STATS", stats)
         assert stats["num_spilled"] == 0 and stats["num_objects"] == 0, stats
@@ -115,7 +116,8 @@ def test_a_region_given_to_a_writer_that_dies_is_freed(run_script):
             aray.get(die_while_writing.options(max_retries=0).remote())
         except aray.exceptions.WorkerCrashedError:
             pass
-        time.sleep(0.5)
+        wait_until(lambda: aray.object_store_stats()["arena_in_use_bytes"] == 0, 10,
+                   message="the dead writer's region to be freed")
         stats = aray.object_store_stats()
         print("IN-USE", stats["arena_in_use_bytes"])
         import numpy as np
@@ -133,7 +135,8 @@ def test_arena_objects_spill_and_come_back(run_script):
         import numpy as np
         aray.init(num_cpus=1, object_store_memory=40 * 2**20)
         refs = [aray.put(np.full(2**20, i, dtype=np.int64)) for i in range(8)]  # 8 x 8 MiB
-        time.sleep(0.5)
+        wait_until(lambda: aray.object_store_stats()["num_spilled"] >= 3, 10,
+                   message="older objects to spill")
         stats = aray.object_store_stats()
         print("STATS", stats)
         assert stats["num_spilled"] >= 3, stats
@@ -142,7 +145,9 @@ def test_arena_objects_spill_and_come_back(run_script):
             return int(a[-1])
         assert aray.get([last.remote(r) for r in refs]) == list(range(8))
         del refs
-        time.sleep(0.3)
+        wait_until(lambda: aray.object_store_stats()["num_objects"] == 0
+                   and aray.object_store_stats()["arena_in_use_bytes"] == 0, 10,
+                   message="the dropped objects and their regions to be freed")
         stats = aray.object_store_stats()
         assert stats["num_objects"] == 0 and stats["arena_in_use_bytes"] == 0, stats
         aray.shutdown()

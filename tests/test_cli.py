@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from conftest import descendants, wait_gone, wait_until
+from conftest import descendants, stays_true, wait_gone, wait_until
 
 ARAY = [sys.executable, "-m", "aray"]
 
@@ -165,7 +165,7 @@ def test_block_stays_in_the_foreground_and_stops_on_sigterm(session_root):
         line = proc.stdout.readline()
         assert "Started an aray head node" in line
         pid = int(line.split("(pid ")[1].split(")")[0])
-        time.sleep(0.5)
+        stays_true(lambda: proc.poll() is None, 0.5, message="aray start --block runs on")
         assert proc.poll() is None  # still in the foreground
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
@@ -233,7 +233,7 @@ def test_jobs_get_their_own_workers_code_and_cleanup(head, tmp_path):
         aray.init(address="auto")
         ref = aray.put(np.ones(1_000_000))
         print("READY", flush=True)
-        time.sleep(60)
+        time.sleep(60)  # holds its object until the test kills it
     """))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "READY"
@@ -241,11 +241,8 @@ def test_jobs_get_their_own_workers_code_and_cleanup(head, tmp_path):
     assert "1 object " in memory and f"driver pid {proc.pid}" in memory, memory
     proc.kill()
     proc.wait()
-    import time
-
-    deadline = time.time() + 10
-    while "0 objects" not in cli("memory").stdout and time.time() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: "0 objects" in cli("memory").stdout, 10, interval=0.2,
+               message="the killed driver's object to be freed")
     assert "0 objects" in cli("memory").stdout
 
 

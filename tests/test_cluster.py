@@ -14,8 +14,12 @@ import textwrap
 
 import pytest
 
-from conftest import descendants, wait_gone
+from conftest import SCRIPT_HELPERS, descendants, wait_gone, wait_until, watch_root
 from test_cli import free_port
+
+
+#: what every driver script starts with: imports, and the polling helpers of conftest
+DRIVER_PRELUDE = "import os, sys, time, aray\n" + SCRIPT_HELPERS + "\n"
 
 
 class Cluster:
@@ -61,7 +65,7 @@ class Cluster:
 
     def driver(self, code: str, tmp_path, check=True, timeout=90):
         script = tmp_path / "driver.py"
-        script.write_text("import os, sys, time, aray\n" + textwrap.dedent(code))
+        script.write_text(DRIVER_PRELUDE + textwrap.dedent(code))
         proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                               timeout=timeout, cwd=tmp_path, env=self.env)
         if check:
@@ -69,6 +73,7 @@ class Cluster:
         return proc
 
     def stop(self) -> None:
+        watch_root(self.root)  # the leak check then knows the sessions of this root
         pids = self.pids()
         self.cli("stop", check=False)
         assert wait_gone(pids) == [], "processes left behind by aray stop"
@@ -136,8 +141,11 @@ def test_output_of_tasks_on_other_nodes_reaches_the_driver(two_nodes, tmp_path):
         @aray.remote(resources={"special": 1})
         def shout(i):
             print("hello from the second node", i)
+        out, _ = echo_output()
         aray.get([shout.remote(i) for i in range(3)])
-        time.sleep(1)  # lines are read every 0.1 s and travel through the head
+        # lines are read every 0.1 s and travel through the head
+        wait_until(lambda: out.text().count("hello from the second node") == 3, 10,
+                   message="the three lines at the driver")
     """, tmp_path)
     for i in range(3):
         assert f"hello from the second node {i}" in r.stdout, r.stdout + r.stderr
@@ -173,7 +181,8 @@ def test_objects_move_between_nodes_once_per_node(two_nodes, tmp_path):
         # wait(fetch_local=False) does not pull; get does
         def stored():
             return aray.object_store_stats()["num_objects"]
-        time.sleep(0.5)  # copies of the objects above that were freed are gone
+        # copies of the objects above that were freed go: only `ref` stays here
+        wait_until(lambda: stored() == 1, 10, message="only one object stored here")
         before = stored()
         far = make.remote(2_000_000)
         ready, _ = aray.wait([far], fetch_local=False)
@@ -194,6 +203,7 @@ def test_a_driver_outside_the_cluster_in_client_mode(two_nodes, tmp_path):
         except ValueError as e:
             print("NO-TOKEN", "token" in str(e))
         aray.init(address="aray://{two_nodes.address}", token=open({token_file!r}).read())
+        out, _ = echo_output()
         @aray.remote(resources={{"special": 1}})
         def make(n):
             print("making", n)
@@ -206,13 +216,13 @@ def test_a_driver_outside_the_cluster_in_client_mode(two_nodes, tmp_path):
         print(f"GOT {{int(a.sum()) == 3_000_000 * 2_999_999 // 2}}")
         big = aray.put(np.ones(2_000_000))  # kept here, sent with the task
         print(f"SUM {{aray.get(total.remote(big))}}")
-        time.sleep(0.5)
+        wait_until(lambda: "making 3000000" in out.text(), 10, message="the worker's line")
     """
     env = {k: v for k, v in two_nodes.env.items() if k != "ARAY_TOKEN"}
     # no session root of its own: a client needs nothing of this machine's clusters
     env["ARAY_SESSION_ROOT"] = str(tmp_path / "none")
     script = tmp_path / "client.py"
-    script.write_text("import os, time, aray\n" + textwrap.dedent(code))
+    script.write_text(DRIVER_PRELUDE + textwrap.dedent(code))
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                        timeout=60, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -243,15 +253,11 @@ def test_a_finished_job_leaves_nothing_on_any_node(two_nodes, tmp_path):
         reply = await ask(info["node_address"], token, lambda r: P.GetStoreStats(r))
         return reply.stats["num_objects"]
 
-    import time
-    deadline = time.monotonic() + 5
-    counts = None
-    while time.monotonic() < deadline:
-        counts = [asyncio.run(stored(i)) for i in (two_nodes.head, two_nodes.second)]
-        if counts == [0, 0]:
-            break
-        time.sleep(0.1)
-    assert counts == [0, 0], f"objects left on the nodes: {counts}"
+    def counts():
+        return [asyncio.run(stored(i)) for i in (two_nodes.head, two_nodes.second)]
+
+    wait_until(lambda: counts() == [0, 0], 5, 0.1, message="no object left on the nodes")
+    assert counts() == [0, 0], f"objects left on the nodes: {counts()}"
 
 
 def test_a_pending_task_runs_when_a_node_that_can_run_it_joins(tmp_path):
@@ -273,8 +279,13 @@ def test_a_pending_task_runs_when_a_node_that_can_run_it_joins(tmp_path):
                 print("RESULT", aray.get(f.remote(), timeout=60), flush=True)
                 print("ACTOR", aray.get(late.node.remote(), timeout=60), flush=True)
             """)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=c.env)
-        import time
-        time.sleep(2)  # the task is pending: no node has "late"
+
+        def both_pending():  # no node has "late"
+            status = c.cli("status").stdout
+            return ("{CPU: 1, late: 1}: 1 pending  (infeasible" in status
+                    and "{CPU: 1, late: 0.5}: 1 pending  (infeasible" in status)
+
+        wait_until(both_pending, 30, 0.2, message="the task and the actor to be pending")
         assert proc.poll() is None
         status = c.cli("status").stdout
         assert "{CPU: 1, late: 1}: 1 pending  (infeasible: no node can run it)" in status, status
@@ -331,7 +342,10 @@ def test_a_dead_node_is_noticed_and_its_work_moves(tmp_path):
             lost = keeper.array.remote()  # an actor's result: no task to run again
             aray.wait([lost, busy], num_returns=2)
             refs = [slow.remote(i, 3) for i in range(2)]  # one per node
-            time.sleep(1)
+            from aray.util.state import list_tasks
+            wait_until(lambda: sum(t["name"] == "slow" and t["state"] == "RUNNING"
+                                   for t in list_tasks()) == 2, 10,
+                       message="a slow task running on each node")
             os.kill({second['pid']}, 9)  # the second node's agent dies mid-task
             results = aray.get(refs, timeout=60)
             print("RESULTS", [i for i, _ in results], all(n == here for _, n in results))
@@ -376,8 +390,6 @@ def test_joining_with_a_wrong_token_or_address_is_refused(tmp_path):
 
 
 def test_a_node_that_stops_answering_is_marked_dead(tmp_path):
-    import time
-
     c = Cluster()
     c.env["ARAY_NODE_TIMEOUT"] = "2"  # seconds without a heartbeat (default 10)
     try:
@@ -386,7 +398,9 @@ def test_a_node_that_stops_answering_is_marked_dead(tmp_path):
         tree = [second["pid"], *descendants(second["pid"])]
         os.kill(second["pid"], signal.SIGSTOP)  # hung: its sockets stay open
         try:
-            time.sleep(4)
+            wait_until(lambda: "1 node alive, 1 dead" in c.cli("status", "--address",
+                                                              c.address).stdout,
+                       15, 0.2, message="the hung node to be marked dead")
             out = c.cli("status", "--address", c.address).stdout
             assert "1 node alive, 1 dead" in out, out
         finally:
@@ -493,15 +507,12 @@ def test_a_node_on_another_machine(other_machine, tmp_path):
                           "--token", token, "--node-ip-address", there, "--num-cpus", "1",
                           "--resources", '{"there": 1}', "--block"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        import time
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if "2 nodes alive" in c.cli("status", "--address", c.address).stdout:
-                break
-            time.sleep(0.3)
+        wait_until(lambda: "2 nodes alive" in c.cli("status", "--address", c.address).stdout,
+                   30, 0.3, message="the other machine's node to join")
         r = c.driver(f"""
             import numpy as np
             aray.init(address="{c.address}")
+            out, _ = echo_output()
             print(f"IPS {{sorted(n['NodeManagerAddress'] for n in aray.nodes())}}")
             @aray.remote(resources={{"there": 1}})
             def far(a):
@@ -510,7 +521,7 @@ def test_a_node_on_another_machine(other_machine, tmp_path):
             x = aray.put(np.arange(1_000_000))  # lives here; the other node pulls it
             y = aray.get(far.remote(x))  # made there; pulled here
             print(f"OK {{int(y.sum()) == 2 * int(np.arange(1_000_000).sum())}}")
-            time.sleep(0.5)
+            wait_until(lambda: "far away" in out.text(), 10, message="the worker's line")
         """, tmp_path)
         assert f"IPS {sorted([here, there])}" in r.stdout, r.stdout + r.stderr
         assert "OK True" in r.stdout and "far away" in r.stdout
@@ -569,24 +580,30 @@ def test_task_table_summary_and_timeline(two_nodes, tmp_path):
                 return 1
         job = aray.get_runtime_context().get_job_id()
         running = [slow.remote(), slow.remote()]  # on the second node, which has "special"
-        deadline = time.time() + 10  # the second node may first start a worker for this job
-        seen = False
-        while time.time() < deadline and not seen:
-            time.sleep(0.1)
-            seen = any(t["name"] == "slow" and t["state"] == "RUNNING" and t["job_id"] == job
-                       for t in list_tasks())
+        # the second node may first start a worker for this job
+        seen = wait_until(lambda: any(t["name"] == "slow" and t["state"] == "RUNNING"
+                                      and t["job_id"] == job for t in list_tasks()),
+                          10, 0.1, message="a slow task running")
         print("RUNNING", seen)
         failed = fails.remote()
         c = Counter.remote()
         aray.get(c.add.remote())
         aray.wait([failed])
-        time.sleep(0.4)
+
+        def ended(*names):  # tasks report their states every 0.1 s
+            return all(t["state"] in ("FINISHED", "FAILED") for t in list_tasks()
+                       if t["job_id"] == job and t["name"] in names) and all(
+                any(t["name"] == n and t["job_id"] == job for t in list_tasks())
+                for n in names)
+
+        wait_until(lambda: ended("fails", "Counter.add"), 10,
+                   message="the failed task and the actor call to show as ended")
         mine = [t for t in list_tasks() if t["job_id"] == job]
         states = {t["name"]: t["state"] for t in mine}
         print("FAILED", states.get("fails"), [t["error"] for t in mine if t["name"] == "fails"])
         print("ACTOR", states.get("Counter.add"))
         aray.get(running)
-        time.sleep(0.4)
+        wait_until(lambda: ended("slow"), 10, message="the slow tasks to show as ended")
         print("SUMMARY", summarize_tasks()["slow"])
         (one,) = [t for t in list_tasks(filters=[("name", "=", "slow")])][:1]
         print("WHERE", one["node_id"], one["worker_pid"] > 0, one["duration_s"] >= 1.0)

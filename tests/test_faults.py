@@ -68,7 +68,10 @@ def test_a_hung_node_is_declared_dead_and_its_work_moves(cluster, tmp_path):
         stored = big.remote()
         aray.wait([stored], timeout=60)
         running = slow.remote(3)
-        time.sleep(1)  # it runs on the second node now
+        from aray.util.state import list_tasks
+        wait_until(lambda: any(t["name"] == "slow" and t["state"] == "RUNNING"
+                               for t in list_tasks()), 10,
+                   message="the slow task to run (on the second node)")
         node = psutil.Process({second["pid"]})
         hung = [node.pid] + [p.pid for p in node.children(recursive=True)]
         with open("{stopped_file}", "w") as f:
@@ -285,7 +288,7 @@ def test_a_stream_runs_at_most_a_window_ahead_of_its_consumer(run_script):
         gen = numbers.remote(50_000)
         streams = aray._global.core()._streams
         held, until = 0, time.time() + 2  # while nobody consumes, the most it ever holds
-        while time.time() < until:
+        while time.time() < until:  # watched the whole time: the peak is what counts
             stream = streams.get(gen._task_id)
             held = max(held, len(stream.items) if stream else 0)
             time.sleep(0.01)

@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 
-from conftest import PRELUDE, descendants, wait_gone
+from conftest import PRELUDE, SCRIPT_HELPERS, descendants, wait_gone, watch_root
 from test_cli import free_port, login_answer
 
 ARAY = [sys.executable, "-m", "aray"]
@@ -193,6 +193,7 @@ def test_a_new_session_is_private():
     for path in (root, session, os.path.join(session, "logs"),
                  os.path.join(session, "sockets")):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o700, path
+    watch_root(root)
     shutil.rmtree(top)
 
 
@@ -235,9 +236,8 @@ store, spill, session = core.store.path, core.store.spill_path, info["session_di
 # arena objects (8 MiB) and objects in files of their own (256 KiB): both kinds spill
 refs = [aray.put(np.full(2**20, i)) for i in range(4)]
 refs += [aray.put(np.full(2**15, i)) for i in range(100)]
-deadline = time.monotonic() + 20
-while aray.object_store_stats()["num_spilled"] < 40 and time.monotonic() < deadline:
-    time.sleep(0.05)
+wait_until(lambda: aray.object_store_stats()["num_spilled"] >= 40, 20,
+           message="40 objects to spill")
 print("SPILLED", aray.object_store_stats()["num_spilled"])
 print("MODES", sorted(set(spill_files(spill).values())), stat.S_IMODE(os.stat(spill).st_mode))
 print("ARENA SPILLED", any(os.path.getsize(os.path.join(spill, n)) > 2**22 for n in spill_files(spill)))
@@ -278,14 +278,14 @@ def test_aray_stop_removes_a_killed_nodes_store_and_spill_files(tmp_path):
             info = json.load(f)
         spill = os.path.join(session, "spill")
         script = tmp_path / "holder.py"
-        script.write_text(textwrap.dedent("""
-            import time, numpy as np, aray
+        script.write_text("import sys, time\n" + SCRIPT_HELPERS + textwrap.dedent("""
+            import numpy as np, aray
             aray.init(address="auto")
             refs = [aray.put(np.full(2**20, i)) for i in range(6)]
-            while aray.object_store_stats()["num_spilled"] < 3:
-                time.sleep(0.05)
+            wait_until(lambda: aray.object_store_stats()["num_spilled"] >= 3, 30,
+                       message="three objects to spill")
             print("READY", flush=True)
-            time.sleep(120)
+            time.sleep(120)  # holds its objects until the test kills it
         """))
         proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                                 text=True, env={**os.environ, "ARAY_SESSION_ROOT": root})
@@ -310,6 +310,7 @@ def test_aray_stop_removes_a_killed_nodes_store_and_spill_files(tmp_path):
             proc.kill()
             proc.wait()
         run([*ARAY, "stop"], root)
+        watch_root(root)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -87,7 +87,7 @@ def f():
     return 1
 aray.get([f.remote() for _ in range(4)])
 report_pids()
-time.sleep(60)
+time.sleep(60)  # until the test SIGKILLs it
 """)
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
@@ -169,8 +169,10 @@ def test_worker_output_reaches_the_driver_with_a_prefix(run_script):
             print("hello from", x)
             print("to stderr", file=sys.stderr)
             return os.getpid()
+        out, err = echo_output()
         pid = aray.get(talk.remote(7))
-        time.sleep(0.5)
+        wait_until(lambda: "hello from 7" in out.text() and "to stderr" in err.text(), 10,
+                   message="the worker's lines on the driver's stdout and stderr")
         print("PID", pid)
         aray.shutdown()
     """)
@@ -185,8 +187,10 @@ def test_log_to_driver_false_keeps_worker_output_away(run_script):
         @aray.remote
         def talk():
             print("should not appear")
+        out, err = echo_output()
         aray.get(talk.remote())
-        time.sleep(0.5)
+        stays_true(lambda: "should not appear" not in out.text() + err.text(), 0.5,
+                   message="no worker output on the driver's terminal")
         aray.shutdown()
     """)
     assert "should not appear" not in r.stdout + r.stderr

@@ -9,6 +9,7 @@ import pytest
 from aray import _protocol as P
 from aray._link import Server, connect, parse_address
 from aray.exceptions import AuthenticationError
+from conftest import async_wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -45,7 +46,9 @@ async def test_handshake_and_request_reply(server):
     assert reply.nodes == [{"n": 1}]
     for i in range(50):
         link.send(P.ReturnLease(str(i)))
-    await asyncio.sleep(0.1)
+    await async_wait_until(
+        lambda: sum(isinstance(m, P.ReturnLease) for m in server.received) == 50, 5,
+        message="the server to receive the 50 messages")
     assert [m.worker_id for m in server.received if isinstance(m, P.ReturnLease)] == [
         str(i) for i in range(50)]
     await link.aclose()
@@ -166,7 +169,7 @@ async def test_a_message_that_will_not_encode_closes_the_link_and_fails_pending(
     link = await connect(faulty.address, hello(), name="to-faulty")
     task = asyncio.ensure_future(link.run())
     pending = asyncio.ensure_future(link.request(lambda r: P.ListLogs(r), timeout=None))
-    await asyncio.sleep(0.05)
+    await async_wait_until(lambda: link._pending, 5, message="the request to be pending")
     link.send(P.ReturnLease(2**70))  # msgpack cannot encode it
     with pytest.raises(ConnectionError, match="to-faulty.*writer failed.*ReturnLease"):
         await asyncio.wait_for(pending, 5)
@@ -204,7 +207,8 @@ async def test_silent_and_slow_connections_are_closed_and_capped(faulty):
     # a slowloris: the request line, then a header byte now and then
     slow_r, slow_w = await asyncio.open_unix_connection(path)
     slow_w.write(b"GET /link HTTP/1.1\r\nHost: x\r\n")
-    await asyncio.sleep(0.1)
+    await async_wait_until(lambda: faulty._web._counts["unix"] == 4, 5,
+                           message="the server to count 4 connections waiting to authenticate")
     # the cap (4) is reached: these are dropped at once
     extra = [await asyncio.open_unix_connection(path) for _ in range(3)]
     for reader, writer in extra:
@@ -216,7 +220,7 @@ async def test_silent_and_slow_connections_are_closed_and_capped(faulty):
             await slow_w.drain()
         except ConnectionError:
             break
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # a slow client: a byte now and then, until it is cut off
     for reader, writer in silent + [(slow_r, slow_w)]:
         assert await closed_by_server(reader)
     assert loop.time() - start < 3
@@ -227,14 +231,6 @@ async def test_silent_and_slow_connections_are_closed_and_capped(faulty):
     await link.request(lambda r: P.FlushLogs(r), timeout=5)
     await link.aclose()
     await task
-
-
-async def wait_for_link(links, timeout=5.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not links:
-        assert loop.time() < deadline, "no link came up"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_peer_that_reads_nothing_is_cut_off(tmp_path):
@@ -260,13 +256,13 @@ async def test_a_peer_that_reads_nothing_is_cut_off(tmp_path):
                       f"{P.HELLO_HEADER}: {P.encode_hello(hello())}\r\n\r\n").encode())
         assert b"101" in await reader.readuntil(b"\r\n\r\n")
         # this client never reads again
-        await wait_for_link(links)
+        await async_wait_until(lambda: links, 5, 0.01, message="the link to come up")
         link = links[0]
         with pytest.raises(ConnectionError, match="read nothing"):
             for _ in range(100):
                 for _ in range(_link.OUTBOX_LIMIT):
                     link.send(P.LogLines(1, "t", 1, ["x" * 1000], "j"))
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # the writer's turn: it fills the socket, then waits
         assert link.closed
         writer.close()
     finally:

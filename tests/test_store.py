@@ -13,7 +13,13 @@ def test_stats_spilling_and_full_errors(run_script):
         assert stats["capacity_bytes"] == 50 * 2**20 and stats["num_objects"] == 0, stats
         # hold 100 MB in a 50 MB store: older objects spill to disk and stay readable
         refs = [aray.put(np.full(10 * 2**20 // 8, i, dtype=np.int64)) for i in range(10)]
-        time.sleep(0.5)
+
+        def spilled():
+            s = aray.object_store_stats()
+            return (s["used_bytes"] <= 50 * 2**20 + 11 * 2**20 and s["num_spilled"] >= 4
+                    and s["spilled_bytes"] >= 40 * 2**20)
+
+        wait_until(spilled, 10, message="older objects to spill to disk")
         stats = aray.object_store_stats()
         print("STATS", stats)
         assert stats["num_objects"] == 10
@@ -41,7 +47,8 @@ def test_stats_spilling_and_full_errors(run_script):
         core = _global.core()
         store, spill = core.store.path, core.store.spill_path
         del refs
-        time.sleep(0.3)
+        wait_until(lambda: aray.object_store_stats()["num_objects"] == 0, 10,
+                   message="the dropped objects to be freed")
         print("AFTER", aray.object_store_stats())
         assert aray.object_store_stats()["num_objects"] == 0
         report_pids()
@@ -65,7 +72,9 @@ def test_dropped_results_are_freed(run_script):
             refs = [make.remote(i) for i in range(start, start + 50)]
             aray.wait(refs, num_returns=len(refs))
             del refs
-        time.sleep(0.5)
+        wait_until(lambda: aray.object_store_stats()["num_objects"] == 0
+                   and aray.object_store_stats()["used_bytes"] == 0, 10,
+                   message="the dropped results to be freed")
         stats = aray.object_store_stats()
         print("STATS", stats)
         assert stats["num_objects"] == 0 and stats["used_bytes"] == 0, stats
@@ -91,7 +100,8 @@ def test_a_dead_writers_temp_files_are_removed(run_script):
             aray.get(start_writing.options(max_retries=0).remote())
         except aray.exceptions.WorkerCrashedError:
             pass
-        time.sleep(0.5)
+        wait_until(lambda: not [n for n in os.listdir(store) if n.endswith(".tmp")], 10,
+                   message="the dead writer's temporary file to be removed")
         print("LEFT", [n for n in os.listdir(store) if n.endswith(".tmp")])
         aray.shutdown()
     """)

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 import aray
+from aray.util.state import list_tasks
+from conftest import stays_true, task_state, wait_gone, wait_until
 from aray.exceptions import TaskError
 
 pytestmark = pytest.mark.usefixtures("cluster")
@@ -278,14 +280,14 @@ def test_cancel_running_queued_and_forced():
         return t
 
     running = sleeper.remote(30)
-    time.sleep(0.5)
+    wait_until(lambda: task_state(running) == "RUNNING", 10, message="the sleeper to start")
     aray.cancel(running)
     with pytest.raises(aray.exceptions.TaskCancelledError):
         aray.get(running, timeout=30)
 
     @aray.remote
     def blocker():
-        time.sleep(30)
+        time.sleep(30)  # holds its CPU until cancelled
 
     blocked = [blocker.remote() for _ in range(3)]
     queued = sleeper.options(num_cpus=2).remote(1)  # cannot start while the others run
@@ -311,9 +313,8 @@ def test_custom_resources_and_cluster_views():
     assert any(k.startswith("node:") for k in total)
     nodes = aray.nodes()
     assert len(nodes) == 1 and nodes[0]["Alive"] and nodes[0]["Resources"]["CPU"] == 2
-    deadline = time.time() + 10
-    while aray.available_resources().get("CPU") != 2 and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: aray.available_resources().get("CPU") == 2, 10,
+               message="both CPUs to be free (earlier tests' tasks ending)")
     assert aray.available_resources()["CPU"] == 2
 
 
@@ -357,6 +358,8 @@ def test_cancel_is_recursive(tmp_path, force):
 
     @aray.remote(num_cpus=0)
     def child(path):
+        with open(f"{path}.who", "w") as f:  # so that the test can tell when it has stopped
+            f.write(f"{os.getpid()} {aray.get_runtime_context().get_task_id()}")
         for _ in range(100):
             with open(path, "a") as f:
                 f.write(".")
@@ -367,13 +370,18 @@ def test_cancel_is_recursive(tmp_path, force):
         return aray.get(child.remote(path))
 
     ref = parent.remote(str(ticks))
-    deadline = time.time() + 10
-    while (not ticks.exists() or len(ticks.read_text()) < 3) and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: ticks.exists() and len(ticks.read_text()) >= 3, 10,
+               message="the child to tick three times")
     aray.cancel(ref, force=force)
     with pytest.raises(aray.exceptions.TaskCancelledError):
         aray.get(ref, timeout=30)
-    time.sleep(0.5)  # let the child notice
+    pid, task_id = (tmp_path / "ticks.who").read_text().split()
+
+    def child_ended():  # its task failed (cancelled), or its worker is gone (forced)
+        rows = list_tasks(filters=[("task_id", "=", task_id)])
+        return (rows and rows[0]["state"] == "FAILED") or not wait_gone([int(pid)], 0)
+
+    wait_until(child_ended, 10, message="the child to notice the cancel")
     before = len(ticks.read_text())
-    time.sleep(0.5)
+    stays_true(lambda: len(ticks.read_text()) == before, 0.5, message="the child stays stopped")
     assert len(ticks.read_text()) == before, "the child kept running"

@@ -170,9 +170,7 @@ sampler.start()
 start = time.monotonic()
 aray.get(flood.remote())
 want = TOTAL if MODE == "one line" else TOTAL // 100 * 99
-deadline = time.monotonic() + 90
-while got["chars"] < want and time.monotonic() < deadline:
-    time.sleep(0.05)
+wait_until(lambda: got["chars"] >= want, 90, message="all the flood's output at the driver")
 took = time.monotonic() - start
 done.set()
 sampler.join()
@@ -228,8 +226,7 @@ def test_output_without_a_newline_arrives_while_the_task_still_runs(run_script, 
 
     ref = waits.remote()
     start = time.monotonic()
-    while "PARTIAL-OUTPUT" not in seen and time.monotonic() - start < 10:
-        time.sleep(0.02)
+    wait_until(lambda: "PARTIAL-OUTPUT" in seen, 10, 0.02, message="the partial line")
     ready, _ = aray.wait([ref], timeout=0)
     print("ARRIVED", "PARTIAL-OUTPUT" in seen, round(time.monotonic() - start, 2),
           "RUNNING", not ready, flush=True)
@@ -273,9 +270,7 @@ def test_a_partial_line_arrives_when_its_worker_dies_and_at_shutdown(run_script)
         aray.get(dies.remote())
     except Exception as exc:
         print("FAILED", type(exc).__name__, flush=True)
-    deadline = time.monotonic() + 10
-    while "LAST-WORDS" not in seen and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: "LAST-WORDS" in seen, 10, 0.02, message="the dead worker's partial line")
     aray.get(ends.remote())
     report_pids()
     aray.shutdown()  # at once: the partial line is not due yet, the shutdown flushes it
