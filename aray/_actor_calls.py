@@ -48,8 +48,8 @@ class ActorCall:
     num_returns: int  # -1: streaming
     retries_left: int
     deps: list = dataclasses.field(default_factory=list)
-    pinned: list = dataclasses.field(default_factory=list)
-    held: list = dataclasses.field(default_factory=list)  # refs pickled inside the args
+    held_entries: list = dataclasses.field(default_factory=list)  # deps held until done
+    held_refs: list = dataclasses.field(default_factory=list)  # refs pickled inside the args
     waiting: bool = False
     interrupted: bool = False  # it was running when the link to the actor dropped
     group: str = ""  # a concurrency group chosen for this call
@@ -185,8 +185,8 @@ class ActorCaller:
                 continue
             call.deps = [[e.oid, e.resolved_value()] for e in entries]
             for e in entries:
-                e.pins += 1
-            call.pinned, call.dep_refs = entries, []
+                self.core.objects.hold(e)
+            call.held_entries, call.dep_refs = entries, []
             q.in_flight[call.task_id] = call
             self._by_task[call.task_id] = q
             q.link.send(P.CallActor(call.task_id, q.target, call.method, call.args, call.deps,
@@ -267,10 +267,10 @@ class ActorCaller:
                     "calls after a restart"))
 
     def _release(self, call: ActorCall) -> None:
-        for entry in call.pinned:
-            self.core.objects.unpin(entry)
-        call.pinned = []
-        call.held = []
+        held, call.held_entries = call.held_entries, []
+        for entry in held:
+            self.core.objects.release(entry)
+        call.held_refs = []
 
     def _fail(self, call: ActorCall, error: BaseException | None) -> None:
         self._release(call)

@@ -30,8 +30,7 @@ class Borrowing:
 
     def _borrowed_entry(self, oid: bytes, owner: str) -> ObjectEntry:
         entry = self.objects.add(oid, owned=False, owner=owner)
-        if not entry.owned and not entry.registered:
-            entry.registered = True
+        if self.objects.mark_held_at_owner(entry):
             self.register_for(oid, owner)
         return entry
 
@@ -39,9 +38,7 @@ class Borrowing:
         """Loop only: count one more holder of ``oid`` at its owner (this process, or a
         caller this process returns the ref to); pair with :meth:`unregister`."""
         if owner == self.address:
-            entry = self.objects.entries.get(oid)
-            if entry is not None:
-                entry.pins += 1
+            self.objects.hold_owned(oid)
             return
         self._unacked += 1
         self.spawn(self._register(owner, oid), name="add borrower")
@@ -73,9 +70,7 @@ class Borrowing:
     def unregister(self, oid: bytes, owner: str) -> None:
         """Loop only: one holder counted by :meth:`register_for` let go."""
         if owner == self.address:
-            entry = self.objects.entries.get(oid)
-            if entry is not None:
-                self.objects.unpin(entry)
+            self.objects.release_owned(oid)
             return
         self.after_registrations(lambda: self.spawn(self._send_remove(owner, oid)))
 
@@ -86,15 +81,15 @@ class Borrowing:
             pass
 
     def _on_AddBorrower(self, link: Link, msg: P.AddBorrower) -> None:
-        entry = self.objects.entries.get(msg.object_id)
-        if entry is not None and entry.owned:
-            entry.pins += 1
+        self.objects.hold_owned(msg.object_id)
         link.send(P.BorrowerAdded(msg.req_id))
 
     def _on_RemoveBorrower(self, link: Link, msg: P.RemoveBorrower) -> None:
         entry = self.objects.entries.get(msg.object_id)
-        if entry is not None and entry.owned:
-            self.objects.unpin(entry)
+        # a borrower's hold on an entry that was freed and made anew (as lost) was never
+        # counted on this one: a message from another process, not our own bookkeeping
+        if entry is not None and entry.owned and entry.holds > 0:
+            self.objects.release(entry)
 
     def accept_value(self, oid: bytes, value: list) -> None:
         """Loop only: a task's result for ``oid`` arrived. Refs inside it were registered
@@ -109,7 +104,7 @@ class Borrowing:
         if entry is not None:
             self.objects.resolve(entry, value)
             if held:
-                entry.contains = held
+                self.objects.hold_refs(entry, held)
         elif value[0] == "s":
             self.delete_stored(oid, value[1])  # nobody holds a ref to this result any more
         for ref in held:

@@ -87,7 +87,7 @@ class Core(Borrowing, Fetching):
         self.refs = self.objects.refs
         self._unacked = 0  # AddBorrower requests sent and not yet answered
         self._after_acks: list = []  # sends that wait for them (see after_registrations)
-        self.kept: list = []  # refs pickled into actor constructor args: kept for the job
+        self.held_for_job: list = []  # refs pickled into actor constructor args
         # objects of other nodes this node has a copy of: oid -> offset of the copy (in client
         # mode, the downloaded bytes)
         self._copies = CopyCache()
@@ -292,8 +292,7 @@ class Core(Borrowing, Fetching):
             return entry
         if entry is None:
             entry = self._borrowed_entry(ref._id, ref._owner)
-        if not entry.owned and not entry.ready and not entry.fetching:
-            entry.fetching = True
+        if self.objects.start_fetch(entry):
             self.spawn(self._fetch_from_owner(entry), name="fetch")
         return entry
 
@@ -375,12 +374,11 @@ class Core(Borrowing, Fetching):
         raise ValueError("an error value has no payload")
 
     def _on_unused(self, entry: ObjectEntry) -> None:
-        entry.contains = None  # the refs inside it are free to go
         self._copies.pop(entry.oid)
         self.tasks.lineage.pop(entry.oid, None)
         if entry.owned and entry.location is not None:
             self.delete_stored(entry.oid, entry.location[0])
-        if entry.registered:
+        if entry.held_at_owner:
             self.unregister(entry.oid, entry.owner)
 
     def store_value(self, oid: bytes, ser, owner: str = "") -> list:
@@ -502,7 +500,7 @@ class Core(Borrowing, Fetching):
     def _register_put(self, oid: bytes, value: list, contained: list) -> None:
         entry = self.objects.add(oid, owned=True)
         self.objects.resolve(entry, value)
-        entry.contains = contained or None
+        self.objects.hold_refs(entry, contained)
 
     def call_soon(self, fn, *args) -> None:
         """Any thread: run ``fn(*args)`` on the loop, in order with other such calls."""
@@ -545,9 +543,7 @@ class Core(Borrowing, Fetching):
             if blocked:
                 self._block_exit()
             for e in pending:
-                if one_ready in e.callbacks:
-                    e.callbacks.remove(one_ready)
-                    self.objects.maybe_unused(e)
+                self.objects.forget_callback(e, one_ready)
 
     def _block_enter(self) -> bool:
         """A worker waiting in a sync get lends its CPU back to the node (see ARCHITECTURE)."""

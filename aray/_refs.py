@@ -113,7 +113,7 @@ class ObjectRef(Generic[T]):
         # it goes: it names the cluster, so that another cluster knows it for a stranger
         core = _global.core_or_none()
         if core is not None:
-            core.refs.escaped.add(self._id)
+            core.refs.hold_for_good(self._id)
         return _rebuild_ref, (self._id, self._owner, core.cluster_id if core else "")
 
     def __bool__(self) -> bool:

@@ -63,8 +63,8 @@ class TaskSpec:
     streaming: bool = False
     parent: bytes = b""  # the task that submitted this one (in a worker), for recursive cancel
     deps: list = dataclasses.field(default_factory=list)  # resolved values, filled at dispatch
-    pinned: list = dataclasses.field(default_factory=list)
-    held: list = dataclasses.field(default_factory=list)  # refs pickled inside the args
+    held_entries: list = dataclasses.field(default_factory=list)  # deps held until done
+    held_refs: list = dataclasses.field(default_factory=list)  # refs pickled inside the args
     cancelled: bool = False
     force_cancelled: bool = False
 
@@ -281,9 +281,9 @@ class TaskSubmitter:
                 return
         spec.deps = [[e.oid, e.resolved_value()] for e in entries]
         for e in entries:
-            e.pins += 1
-        spec.pinned = entries
-        spec.dep_refs = []  # the pins hold the objects now
+            self.core.objects.hold(e)
+        spec.held_entries = entries
+        spec.dep_refs = []  # the holds keep the objects now
         self._unreported.append(spec)  # now waiting for a worker
         self._enqueue(spec)
 
@@ -454,8 +454,8 @@ class TaskSubmitter:
                         oid.hex(), spec.name)
             for rid in spec.return_ids:  # the results resolve anew
                 entry = self.core.objects.entries.get(rid)
-                if entry is not None:
-                    entry.state, entry.location, entry.data = ObjectState.PENDING, None, None
+                if entry is not None and entry.state is ObjectState.READY and entry.location:
+                    self.core.objects.reopen_for_rebuild(entry)
             spec.cancelled = spec.force_cancelled = False
             self._waiting[spec.task_id] = spec
             self._enqueue(spec)
@@ -473,11 +473,11 @@ class TaskSubmitter:
         self.core.end_stream(spec.task_id, error)
 
     def _release_deps(self, spec: TaskSpec) -> None:
-        pinned, spec.pinned = spec.pinned, []
-        for entry in pinned:
-            self.core.objects.unpin(entry)
+        held, spec.held_entries = spec.held_entries, []
+        for entry in held:
+            self.core.objects.release(entry)
         spec.dep_refs = []
-        spec.held = []
+        spec.held_refs = []
 
     def cancel_children(self, parent: bytes) -> None:
         """Cancel what a cancelled task submitted (and, through them, their children)."""
