@@ -10,7 +10,6 @@ their location travels.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import inspect
 import logging
 import gc
@@ -33,6 +32,7 @@ from ._link import Link
 from ._refs import ArgSlot, collect_refs, return_id
 from ._runtime_context import TaskContext, current_task
 from ._streams import StreamWindow
+from ._thread_cancel import ThreadCancelled, ThreadCancels
 from .exceptions import ActorDiedError, RemoteErrorInfo, TaskCancelledError
 from .store._serialize import deserialize, serialize
 
@@ -178,12 +178,6 @@ class _Executor:
             sys.stderr.flush()
 
 
-def _raise_in_thread(thread_id: int, exc_type: type) -> None:
-    """Raise ``exc_type`` inside another thread at its next Python bytecode."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
-                                               ctypes.py_object(exc_type))
-
-
 class _Lane:
     """The threads of one concurrency group of a sync actor, fed by one queue in order."""
 
@@ -230,7 +224,7 @@ class TaskExecutor(_Executor):
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="aray-task")
         self.running: P.PushTask | None = None
         self._running_task: asyncio.Task | None = None
-        self._thread_id: int | None = None
+        self.cancels = ThreadCancels()  # of the sync task on the pool's thread
         self._runner: asyncio.Task | None = None
 
     # --- messages ----------------------------------------------------------------------
@@ -251,8 +245,8 @@ class TaskExecutor(_Executor):
             return
         if self._running_task is not None:
             self._running_task.cancel()
-        elif self._thread_id is not None:
-            _raise_in_thread(self._thread_id, TaskCancelledError)
+        else:  # a sync task: on its thread now, or about to be
+            self.cancels.cancel(task_id, queued=True)
 
     def caller_gone(self, link: Link) -> None:
         """Drop queued tasks of a caller whose link closed: nobody waits for them."""
@@ -269,7 +263,7 @@ class TaskExecutor(_Executor):
             finally:
                 self.running = None
                 self._running_task = None
-                self._thread_id = None
+                self.cancels.forget(msg.task_id)
 
     async def _execute(self, link: Link, msg: P.PushTask) -> None:
         ctx = TaskContext(msg.task_id, msg.job_id, msg.name, list(msg.gpu_ids), owner=msg.owner)
@@ -298,10 +292,10 @@ class TaskExecutor(_Executor):
                                                      ctx)
         except BaseException as exc:  # user code raised (or the task was cancelled)
             if isinstance(exc, asyncio.CancelledError):
-                if self.core.loop.is_closed():
-                    raise
-                exc = TaskCancelledError(msg.name)
-            self._send_error(link, msg.task_id, msg.name, exc)
+                this = asyncio.current_task()
+                if self.core.loop.is_closed() or this is not None and this.cancelling():
+                    raise  # the executor itself is stopped (worker shutdown), not the task
+            self._send_error(link, msg.task_id, msg.name, _cancel_named(exc, msg.name))
             return
         finally:
             current_task.reset(token)
@@ -309,18 +303,20 @@ class TaskExecutor(_Executor):
         self._reply(link, P.TaskFinished(msg.task_id, results, None))
 
     def _run_sync(self, fn, link: Link, msg: P.PushTask, ctx: TaskContext) -> list:
+        """On the pool's thread: the task's user code (cancellable), then its results."""
         current_task.set(ctx)
-        self._thread_id = threading.get_ident()
-        try:
-            args, kwargs = self._arguments(msg.args, msg.deps)
-            self._mark(msg.job_id, msg.name)
-            result = fn(*args, **kwargs)
-            if msg.num_returns < 0:
-                self._stream_sync(link, msg.task_id, result)
-                return []
-            return self._pack(msg.name, msg.return_ids, msg.num_returns, result)
-        finally:
-            self._thread_id = None
+        result = self.cancels.run(msg.task_id, self._call_user, fn, link, msg)
+        if msg.num_returns < 0:
+            return []
+        return self._pack(msg.name, msg.return_ids, msg.num_returns, result)
+
+    def _call_user(self, fn, link: Link, msg: P.PushTask) -> Any:
+        args, kwargs = self._arguments(msg.args, msg.deps)
+        self._mark(msg.job_id, msg.name)
+        result = fn(*args, **kwargs)
+        if msg.num_returns < 0:  # the generator runs (and is cancelled) here
+            self._stream_sync(link, msg.task_id, result)
+        return result
 
     # --- actors: a worker that receives CreateActor hosts that actor for life -------------
     def create_actor(self, link: Link, msg: P.CreateActor) -> None:
@@ -370,9 +366,9 @@ class ActorExecutor(_Executor):
             self.lanes = {g: _Lane(self._run_call, n, f"aray-actor-{g or 'main'}")
                           for g, n in groups.items()}
         self._replies: list[tuple[Link, Any]] = []  # finished sync calls, sent in batches
-        self._replies_lock = threading.Lock()  # also guards the two below
-        self._threads: dict[bytes, int] = {}  # running sync call -> its thread
-        self._cancelled: set[bytes] = set()  # queued sync calls cancelled before they ran
+        self._replies_lock = threading.Lock()
+        self.cancels = ThreadCancels()  # of sync calls on the lanes' threads
+        self._sync_calls: set[bytes] = set()  # (loop) sync calls queued or running
         self.instance: Any = None
         self.calls: dict[bytes, asyncio.Task] = {}
         set_visible_gpus(self.gpu_ids)
@@ -417,49 +413,43 @@ class ActorExecutor(_Executor):
             self.calls[msg.task_id] = task
             task.add_done_callback(lambda _t: self.calls.pop(msg.task_id, None))
         else:  # queued now, in arrival order: a one-thread lane runs them in that order
+            self._sync_calls.add(msg.task_id)
             self.lanes[group].queue.put((link, msg))
 
     def cancel(self, task_id: bytes) -> None:
         task = self.calls.get(task_id)
         if task is not None:
             task.cancel()
-            return
-        with self._replies_lock:
-            thread = self._threads.get(task_id)
-            if thread is None:  # still queued on its lane: it will not run
-                self._cancelled.add(task_id)
-        if thread is not None:
-            _raise_in_thread(thread, TaskCancelledError)
+        elif task_id in self._sync_calls:  # running, or still queued on its lane
+            self.cancels.cancel(task_id, queued=True)
 
     def _call_sync(self, link: Link, msg: P.CallActor) -> list:
         current_task.set(self._context(msg.task_id, f"{self.class_name}.{msg.method}",
                                        msg.owner))
         self._started(msg.task_id, f"{self.class_name}.{msg.method}", self.job_id, "ACTOR_TASK")
-        args, kwargs = self._arguments(msg.args, msg.deps)
-        self._mark(self.job_id, self.class_name)
-        result = getattr(self.instance, msg.method)(*args, **kwargs)
+        result = self.cancels.run(msg.task_id, self._call_user, link, msg)
         if msg.num_returns < 0:
-            self._stream_sync(link, msg.task_id, result)
             return []
         return self._pack(msg.method, msg.return_ids, msg.num_returns, result)
 
+    def _call_user(self, link: Link, msg: P.CallActor) -> Any:
+        args, kwargs = self._arguments(msg.args, msg.deps)
+        self._mark(self.job_id, self.class_name)
+        result = getattr(self.instance, msg.method)(*args, **kwargs)
+        if msg.num_returns < 0:  # the generator runs (and is cancelled) here
+            self._stream_sync(link, msg.task_id, result)
+        return result
+
     def _run_call(self, link: Link, msg: P.CallActor) -> None:
         """On a lane thread: run one call and queue its reply for the loop."""
-        with self._replies_lock:
-            cancelled = msg.task_id in self._cancelled
-            self._cancelled.discard(msg.task_id)
-            if not cancelled:
-                self._threads[msg.task_id] = threading.get_ident()
+        name = f"{self.class_name}.{msg.method}"
         try:
-            if cancelled:
-                raise TaskCancelledError(f"{self.class_name}.{msg.method}")
             reply = P.TaskFinished(msg.task_id, self._call_sync(link, msg), None)
         except BaseException as exc:
             reply = P.TaskFinished(msg.task_id, [], self._error_blob(
-                f"{self.class_name}.{msg.method}", exc, msg.task_id))
+                name, _cancel_named(exc, name), msg.task_id))
         _flush_std()
         with self._replies_lock:
-            self._threads.pop(msg.task_id, None)
             self._replies.append((link, reply))
             wake = len(self._replies) == 1  # the loop is already due to send the others
         if wake:
@@ -469,6 +459,8 @@ class ActorExecutor(_Executor):
         with self._replies_lock:
             replies, self._replies = self._replies, []
         for link, reply in replies:
+            self._sync_calls.discard(reply.task_id)
+            self.cancels.forget(reply.task_id)
             self._reply(link, reply)
 
     async def _call_async(self, link: Link, msg: P.CallActor, group: str) -> None:
@@ -489,14 +481,20 @@ class ActorExecutor(_Executor):
                         result = await result
                     results = self._pack(msg.method, msg.return_ids, msg.num_returns, result)
         except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                exc = TaskCancelledError(name)
-            self._send_error(link, msg.task_id, name, exc)
+            self._send_error(link, msg.task_id, name, _cancel_named(exc, name))
             return
         finally:
             current_task.reset(token)
             _flush_std()
         self._reply(link, P.TaskFinished(msg.task_id, results, None))
+
+
+def _cancel_named(exc: BaseException, name: str) -> BaseException:
+    """The error to report for ``exc``: a cancel (of the loop's task, or raised in the
+    call's thread) becomes TaskCancelledError naming the call."""
+    if isinstance(exc, (asyncio.CancelledError, ThreadCancelled)):
+        return TaskCancelledError(name).with_traceback(exc.__traceback__)
+    return exc
 
 
 _RUNTIME_DIRS = (os.path.dirname(asyncio.__file__), os.path.dirname(threading.__file__))
