@@ -59,13 +59,27 @@ class _Executor:
         return tuple(fill(a) for a in args), {k: fill(v) for k, v in kwargs.items()}
 
     def _resolved(self, oid: bytes, value: Any) -> list:
+        """A result as a resolved value: inline, or written to the store (on this thread)."""
+        return self._stored(oid, *self._serialized(value))
+
+    async def _resolved_async(self, oid: bytes, value: Any) -> list:
+        """On the loop: the same, with a large value written to the store in a thread, so
+        the loop (an async actor's other calls) does not wait for the copy."""
+        ser, contained = self._serialized(value)
+        if ser.total_size > INLINE_THRESHOLD:
+            return await asyncio.to_thread(self._stored, oid, ser, contained)
+        return self._stored(oid, ser, contained)
+
+    def _serialized(self, value: Any) -> tuple:
         try:
-            ser, contained = collect_refs(serialize, value)
+            return collect_refs(serialize, value)
         except Exception as exc:
             task = current_task.get()
             raise TypeError(
                 f"{task.name if task else 'the task'} returned a {type(value).__name__}, which "
                 f"cannot be pickled ({exc}); return something picklable instead") from exc
+
+    def _stored(self, oid: bytes, ser, contained: list) -> list:
         task = current_task.get()
         if ser.total_size > INLINE_THRESHOLD:
             resolved = self.core.store_value(oid, ser, task.owner if task else "")
@@ -95,6 +109,18 @@ class _Executor:
             self.core.after_registrations(lambda: link.send_if_open(msg))
 
     def _pack(self, name: str, return_ids: list, num_returns: int, result: Any) -> list:
+        """The resolved values of a call's result (``num_returns`` of them)."""
+        values = self._values(name, num_returns, result)
+        return [self._resolved(oid, value) for oid, value in zip(return_ids, values)]
+
+    async def _pack_async(self, name: str, return_ids: list, num_returns: int,
+                          result: Any) -> list:
+        """On the loop: :meth:`_pack`, large values written in a thread."""
+        values = self._values(name, num_returns, result)
+        return [await self._resolved_async(oid, value)
+                for oid, value in zip(return_ids, values)]
+
+    def _values(self, name: str, num_returns: int, result: Any) -> list:
         n = num_returns
         if n == 1 and not inspect.isgenerator(result):
             values = [result]
@@ -109,7 +135,7 @@ class _Executor:
                     f"not a sequence of {n} values") from None
             if len(values) != n:
                 raise ValueError(f"{name} has num_returns={n} but returned {len(values)} values")
-        return [self._resolved(oid, value) for oid, value in zip(return_ids, values)]
+        return values
 
     def _stream_sync(self, link: Link, task_id: bytes, result: Any,
                      on_loop: bool = False) -> None:
@@ -137,7 +163,7 @@ class _Executor:
         try:
             async for value in result:
                 self._reply(link, P.StreamItem(
-                    task_id, index, self._resolved(return_id(task_id, index), value)))
+                    task_id, index, await self._resolved_async(return_id(task_id, index), value)))
                 index += 1
                 await window.wait_async(index)
         finally:
@@ -285,7 +311,8 @@ class TaskExecutor(_Executor):
                 else:
                     self._running_task = self.core.loop.create_task(fn(*args, **kwargs))
                     result = await self._running_task
-                    results = self._pack(msg.name, msg.return_ids, msg.num_returns, result)
+                    results = await self._pack_async(msg.name, msg.return_ids, msg.num_returns,
+                                                     result)
             else:
                 loop = asyncio.get_running_loop()
                 results = await loop.run_in_executor(self.pool, self._run_sync, fn, link, msg,
@@ -479,7 +506,8 @@ class ActorExecutor(_Executor):
                 else:
                     if inspect.isawaitable(result):
                         result = await result
-                    results = self._pack(msg.method, msg.return_ids, msg.num_returns, result)
+                    results = await self._pack_async(msg.method, msg.return_ids,
+                                                     msg.num_returns, result)
         except BaseException as exc:
             self._send_error(link, msg.task_id, name, _cancel_named(exc, name))
             return
