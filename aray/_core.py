@@ -29,7 +29,7 @@ import cloudpickle
 from . import _protocol as P
 from ._actor_calls import ActorCall, ActorCaller
 from ._link import CONTROL_TIMEOUT, Link, Server, bind_tcp, connect
-from ._borrowing import Borrowing
+from ._borrowing import Borrowers
 from ._dispatch import Dispatcher
 from ._fetch import CopyCache, Fetching
 from ._objects import ObjectEntry, ObjectState, ObjectTable, dump_error
@@ -57,7 +57,7 @@ log = logging.getLogger("aray")
 TASK_EVENTS_INTERVAL = 0.1
 
 
-class Core(Borrowing, Fetching):
+class Core(Fetching):
     """The runtime of one process (driver or worker), bound to one event loop."""
 
     def __init__(self, *, loop: asyncio.AbstractEventLoop, role: str, token: str,
@@ -85,8 +85,6 @@ class Core(Borrowing, Fetching):
         self.objects = ObjectTable(loop, self.materialize, self._on_unused, self._prepare)
         self.objects.bind_thread()  # a core is always made on its loop's thread
         self.refs = self.objects.refs
-        self._unacked = 0  # AddBorrower requests sent and not yet answered
-        self._after_acks: list = []  # sends that wait for them (see after_registrations)
         self.held_for_job: list = []  # refs pickled into actor constructor args
         # objects of other nodes this node has a copy of: oid -> offset of the copy (in client
         # mode, the downloaded bytes)
@@ -105,6 +103,8 @@ class Core(Borrowing, Fetching):
         else:
             self.address = "unix:" + os.path.join(
                 session_dir, "sockets", f"{role[0]}{os.getpid()}-{os.urandom(3).hex()}.sock")
+        self.borrowers = Borrowers(self.objects, self.address, self.peer, self.spawn,
+                                   self.delete_stored)
         self.cluster: Any = None  # the LocalCluster a driver started, if any
         self.dashboard_url = ""  # the cluster's dashboard, if it has one (drivers only)
         self.loop_thread: Any = None  # the private LoopThread of a sync init, if any
@@ -128,7 +128,7 @@ class Core(Borrowing, Fetching):
         self.on_log_lines: Callable[[P.LogLines], None] | None = None
         self._blocked_depth = 0
         self._closing = False
-        self._dispatch = Dispatcher("core", self)
+        self._dispatch = Dispatcher("core", self, self.borrowers)
 
     # --- lifecycle -----------------------------------------------------------------------
     def spawn(self, coro, name: str = "") -> asyncio.Task:
@@ -291,7 +291,7 @@ class Core(Borrowing, Fetching):
                 "earlier aray session"))
             return entry
         if entry is None:
-            entry = self._borrowed_entry(ref._id, ref._owner)
+            entry = self.borrowers.borrowed_entry(ref._id, ref._owner)
         if self.objects.start_fetch(entry):
             self.spawn(self._fetch_from_owner(entry), name="fetch")
         return entry
@@ -378,8 +378,7 @@ class Core(Borrowing, Fetching):
         self.tasks.lineage.pop(entry.oid, None)
         if entry.owned and entry.location is not None:
             self.delete_stored(entry.oid, entry.location[0])
-        if entry.held_at_owner:
-            self.unregister(entry.oid, entry.owner)
+        self.borrowers.on_unused(entry)
 
     def store_value(self, oid: bytes, ser, owner: str = "") -> list:
         """Any thread: write a serialized value into this node's store and tell the node
@@ -605,7 +604,7 @@ class Core(Borrowing, Fetching):
 
     def finish_returns(self, return_ids: list[bytes], results: list) -> None:
         for oid, value in zip(return_ids, results):
-            self.accept_value(oid, value)
+            self.borrowers.accept_value(oid, value)
 
     def fail_returns(self, return_ids: list[bytes], error: BaseException | None) -> None:
         for oid in return_ids:
@@ -630,7 +629,7 @@ class Core(Borrowing, Fetching):
         oid = return_id(msg.task_id, msg.index)
         ref = ObjectRef(oid, self.address)
         self.objects.add(oid, owned=True)
-        self.accept_value(oid, msg.value)
+        self.borrowers.accept_value(oid, msg.value)
         stream.add(ref)
 
     def end_stream(self, task_id: bytes, error: BaseException | None) -> None:

@@ -94,7 +94,7 @@ class _Executor:
 
     def _register_refs(self, refs: list) -> None:
         for ref in refs:
-            self.core.register_for(ref._id, ref._owner)
+            self.core.borrowers.hold_at_owner(ref._id, ref._owner)
 
     def _started(self, task_id: bytes, name: str, job_id: str, kind: str) -> None:
         self.core.task_started(task_id, name, job_id, kind)
@@ -103,10 +103,11 @@ class _Executor:
         """Loop only: send a result once the registrations it depends on are answered."""
         if isinstance(msg, P.TaskFinished) and msg.error is None:
             self.core.task_ended(msg.task_id)
-        if self.core._unacked == 0:
+        borrowers = self.core.borrowers
+        if borrowers.unacked == 0:
             link.send_if_open(msg)
         else:
-            self.core.after_registrations(lambda: link.send_if_open(msg))
+            borrowers.after_registrations(lambda: link.send_if_open(msg))
 
     def _pack(self, name: str, return_ids: list, num_returns: int, result: Any) -> list:
         """The resolved values of a call's result (``num_returns`` of them)."""
