@@ -234,7 +234,7 @@ class ActorCaller:
             self._fail(call, error)
         else:
             self.core.finish_returns(call.return_ids, msg.results)
-            self.core.end_stream(call.task_id, None)
+            self.core.streams.end(call.task_id, None)
         return True
 
     def on_link_closed(self, link: Link) -> None:
@@ -275,7 +275,7 @@ class ActorCaller:
     def _fail(self, call: ActorCall, error: BaseException | None) -> None:
         self._release(call)
         self.core.fail_returns(call.return_ids, error)
-        self.core.end_stream(call.task_id, error)
+        self.core.streams.end(call.task_id, error)
 
     def cancel(self, task_id: bytes) -> bool:
         q = self._by_task.get(task_id)

@@ -18,8 +18,6 @@ import asyncio
 import logging
 import os
 import shutil
-import threading
-import time
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -31,11 +29,12 @@ from ._actor_calls import ActorCall, ActorCaller
 from ._link import CONTROL_TIMEOUT, Link, Server, bind_tcp, connect
 from ._borrowing import Borrowers
 from ._dispatch import Dispatcher
-from ._fetch import CopyCache, Fetching
-from ._objects import ObjectEntry, ObjectState, ObjectTable, dump_error
+from ._fetch import Fetcher
+from ._objects import ObjectEntry, ObjectTable, dump_error
 from ._refs import ObjectRef, collect_refs, new_task_id, return_id
 from ._runtime_context import current_task
-from ._streams import ObjectRefGenerator, StreamState, StreamWindow
+from ._streams import ObjectRefGenerator, Streams
+from ._task_events import TaskEventReporter
 from ._tasks import INLINE_THRESHOLD, TaskSpec, TaskSubmitter
 from .exceptions import (
     ActorDiedError,
@@ -47,17 +46,13 @@ from .exceptions import (
     TaskError,
     task_error,
 )
-from .store._serialize import deserialize, serialize
+from .store._serialize import serialize
 from .store.arena import MIN_SIZE as ARENA_MIN_SIZE
 from .store.shm import ShmDirectory
 
 log = logging.getLogger("aray")
 
-#: how often task events are sent to the head, at most
-TASK_EVENTS_INTERVAL = 0.1
-
-
-class Core(Fetching):
+class Core:
     """The runtime of one process (driver or worker), bound to one event loop."""
 
     def __init__(self, *, loop: asyncio.AbstractEventLoop, role: str, token: str,
@@ -82,19 +77,12 @@ class Core(Fetching):
         self.log_to_driver = log_to_driver
         self.store = ShmDirectory(store_dir, os.path.join(session_dir, "spill"))
         self.store_capacity = 0  # told by the node agent; 0 until then (no check)
-        self.objects = ObjectTable(loop, self.materialize, self._on_unused, self._prepare)
+        # (the fetcher reads values; it is made once the table exists)
+        self.objects = ObjectTable(loop, lambda e: self.fetcher.materialize(e),
+                                   self._on_unused, lambda e: self.fetcher.prepare(e))
         self.objects.bind_thread()  # a core is always made on its loop's thread
         self.refs = self.objects.refs
         self.held_for_job: list = []  # refs pickled into actor constructor args
-        # objects of other nodes this node has a copy of: oid -> offset of the copy (in client
-        # mode, the downloaded bytes)
-        self._copies = CopyCache()
-        self._fetch_errors: dict[bytes, str] = {}  # why a copy could not be had
-        # for the head's task table (see task_started): events to send, tasks running here
-        self._task_events: list = []
-        self._running_tasks: dict[bytes, tuple] = {}
-        self._task_events_on = False
-        self._task_events_lock = threading.Lock()
         # this core's server; known before it listens, so refs made early name their owner.
         # In a cluster of several nodes (tcp_host) other machines must reach it: TCP.
         self._tcp_socket = None
@@ -119,16 +107,25 @@ class Core(Fetching):
         self._peers: dict[str, Link] = {}
         self._connecting: dict[str, asyncio.Future] = {}
         self.tasks = TaskSubmitter(self)
+        self.fetcher = Fetcher(self, self.objects, self.store, loop, self.tasks.reconstruct)
+        # what the public API reads values with (aio.get)
+        self.materialize = self.fetcher.materialize
+        self.fetch_entries = self.fetcher.fetch_entries
+        self.task_events = TaskEventReporter(
+            loop, self.spawn, self._send_task_events, self.tasks.waiting_count,
+            self.tasks.pending_events, lambda: self._closing)
         self.actors = ActorCaller(self)
-        self._streams: dict[bytes, StreamState] = {}  # streams this process consumes
-        self.stream_windows: dict[bytes, StreamWindow] = {}  # streams this worker produces
+        self.streams = Streams(
+            loop, self.objects, self.borrowers.accept_value, self.address,
+            lambda t: self.tasks.link_running(t) or self.actors.link_running(t))
         self._head_dial: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self.executor: Any = None  # the worker's task executor (set in worker processes)
         self.on_log_lines: Callable[[P.LogLines], None] | None = None
         self._blocked_depth = 0
         self._closing = False
-        self._dispatch = Dispatcher("core", self, self.borrowers)
+        self._dispatch = Dispatcher(
+            "core", self, self.borrowers, self.fetcher, self.streams)
 
     # --- lifecycle -----------------------------------------------------------------------
     def spawn(self, coro, name: str = "") -> asyncio.Task:
@@ -274,9 +271,7 @@ class Core(Fetching):
                 del self._peers[address]
         self.tasks.on_link_closed(link)
         self.actors.on_link_closed(link)
-        for window in list(self.stream_windows.values()):
-            if window.link is link:  # its consumer is gone: let the producer finish
-                window.consumed_up_to(P.STREAM_DONE)
+        self.streams.on_link_closed(link)
         if self.executor is not None:
             self.executor.caller_gone(link)
 
@@ -334,47 +329,8 @@ class Core(Fetching):
 
         self.objects.when_ready(entry, reply)
 
-    def materialize(self, entry: ObjectEntry) -> Any:
-        """The value of a resolved entry (deserialized anew), or raise its error."""
-        if entry.state is ObjectState.FAILED:
-            raise entry.error  # type: ignore[misc]
-        if entry.data is not None:
-            return deserialize(entry.data)
-        return self.read_stored(entry.oid, entry.location)
-
-    def read_stored(self, oid: bytes, location) -> Any:
-        node_id, size, offset = location[:3]
-        if node_id != self.node_id:  # read this node's copy
-            copy = self._copies.get(oid)
-            if copy is None:
-                if self.objects.on_loop_thread():  # fetch() ran, and failed
-                    raise ObjectLostError(self._fetch_errors.get(oid) or (
-                        f"object {oid.hex()} of node {node_id[:12]} could not be fetched"))
-                asyncio.run_coroutine_threadsafe(self.fetch(oid, location), self.loop).result()
-                entry = self.objects.entries.get(oid)
-                if entry is not None and entry.location != tuple(location[:3]):  # rebuilt
-                    return self.materialize(entry)
-                copy = self._copies.get(oid)
-                if copy is None:  # pushed out by other copies meanwhile: a rare race
-                    return self.read_stored(oid, location)
-            if isinstance(copy, bytes):  # client mode: downloaded
-                return deserialize(copy)
-            offset = copy
-        try:
-            return deserialize(self.store.read(oid, offset, size))
-        except FileNotFoundError:
-            raise ObjectLostError(f"object {oid.hex()} is no longer in the object store") from None
-
-    def value_of_resolved(self, oid: bytes, value: list) -> Any:
-        """Deserialize a resolved value received from another process (worker side)."""
-        if value[0] == "v":
-            return deserialize(value[1])
-        if value[0] == "s":
-            return self.read_stored(oid, value[1:])
-        raise ValueError("an error value has no payload")
-
     def _on_unused(self, entry: ObjectEntry) -> None:
-        self._copies.pop(entry.oid)
+        self.fetcher.forget(entry.oid)
         self.tasks.lineage.pop(entry.oid, None)
         if entry.owned and entry.location is not None:
             self.delete_stored(entry.oid, entry.location[0])
@@ -448,7 +404,7 @@ class Core(Fetching):
         found = []
         for ref in refs:
             entry = entries.get(ref._id)
-            if entry is None or not entry.ready or self.needs_fetch(entry):
+            if entry is None or not entry.ready or self.fetcher.needs_fetch(entry):
                 return None
             found.append(entry)
         return [self.materialize(e) for e in found]
@@ -562,7 +518,7 @@ class Core(Fetching):
     def submit(self, spec: TaskSpec) -> list[ObjectRef] | ObjectRefGenerator:
         """Any thread: accept a task and return its refs (or its stream) at once."""
         if spec.streaming:
-            self.call_soon(self.open_stream, spec.task_id)
+            self.call_soon(self.streams.open, spec.task_id)
             self.call_soon(self.tasks.accept, spec)
             return ObjectRefGenerator(self, spec.task_id)
         refs = [ObjectRef(oid, self.address) for oid in spec.return_ids]
@@ -573,7 +529,7 @@ class Core(Fetching):
                           call: ActorCall) -> list[ObjectRef] | ObjectRefGenerator:
         """Any thread: queue a method call for an actor; returns its refs (or stream)."""
         if call.num_returns < 0:
-            self.call_soon(self.open_stream, call.task_id)
+            self.call_soon(self.streams.open, call.task_id)
             self.call_soon(self.actors.submit, actor_id, call)
             return ObjectRefGenerator(self, call.task_id)
         refs = [ObjectRef(oid, self.address) for oid in call.return_ids]
@@ -617,49 +573,6 @@ class Core(Fetching):
         task_id = ref._id[:12]
         if not self.tasks.cancel(task_id, force, recursive):
             self.actors.cancel(task_id)
-
-    # --- streams -----------------------------------------------------------------------
-    def open_stream(self, task_id: bytes) -> None:
-        self._streams[task_id] = StreamState(self.loop)
-
-    def _on_StreamItem(self, link: Link, msg: P.StreamItem) -> None:
-        stream = self._streams.get(msg.task_id)
-        if stream is None:
-            return  # the generator was dropped
-        oid = return_id(msg.task_id, msg.index)
-        ref = ObjectRef(oid, self.address)
-        self.objects.add(oid, owned=True)
-        self.borrowers.accept_value(oid, msg.value)
-        stream.add(ref)
-
-    def end_stream(self, task_id: bytes, error: BaseException | None) -> None:
-        stream = self._streams.get(task_id)
-        if stream is not None:
-            stream.finish(error)
-
-    async def stream_next(self, task_id: bytes, index: int) -> ObjectRef:
-        stream = self._streams.get(task_id)
-        if stream is None:
-            raise StopAsyncIteration
-        ref = await stream.next(index)
-        if stream.report_due():
-            self._tell_producer(task_id, stream.taken)
-        return ref
-
-    def close_stream(self, task_id: bytes) -> None:
-        stream = self._streams.pop(task_id, None)
-        if stream is not None and not stream.done:
-            self._tell_producer(task_id, P.STREAM_DONE)
-
-    def _tell_producer(self, task_id: bytes, count: int) -> None:
-        link = self.tasks.link_running(task_id) or self.actors.link_running(task_id)
-        if link is not None:
-            link.send_if_open(P.StreamConsumed(task_id, count))
-
-    def _on_StreamConsumed(self, link: Link, msg: P.StreamConsumed) -> None:
-        window = self.stream_windows.get(msg.task_id)
-        if window is not None:
-            window.consumed_up_to(msg.count)
 
     def _on_LeaseInfeasible(self, link: Link, msg: P.LeaseInfeasible) -> None:
         log.warning(msg.message)
@@ -705,62 +618,10 @@ class Core(Fetching):
             self.on_log_lines(msg)
 
     # --- task events (the state API's task table) -----------------------------------------
-    # Cheap on the hot path: a task's start is a dict entry, its end one event; what is
-    # still waiting or running is reported by a batch every TASK_EVENTS_INTERVAL seconds.
-    def task_started(self, task_id: bytes, name: str, job_id: str, kind: str) -> None:
-        """Any thread (worker): a task or actor call starts running here."""
-        with self._task_events_lock:
-            self._running_tasks[task_id] = (time.time(), name, job_id, kind)
-        self._wake_task_events()
-
-    def task_ended(self, task_id: bytes, error: str = "") -> None:
-        """Any thread (worker): a task or actor call ended (``error``: why it failed)."""
-        now = time.time()
-        with self._task_events_lock:
-            started = self._running_tasks.pop(task_id, None)
-            fields = {"error": error} if error else {}
-            if started is not None:
-                fields.update(started_at=started[0], name=started[1], job_id=started[2],
-                              type=started[3])
-            self._task_events.append([task_id, "FAILED" if error else "FINISHED", now, fields])
-        self._wake_task_events()
-
-    def _wake_task_events(self) -> None:
-        with self._task_events_lock:
-            if self._task_events_on:
-                return
-            self._task_events_on = True
-        try:
-            self.loop.call_soon_threadsafe(self.spawn, self._report_tasks(), "task events")
-        except RuntimeError:  # the loop is closed: nobody will read them
-            pass
-
-    async def _report_tasks(self) -> None:
-        """Loop: every interval, send the head what became of tasks, while anything is
-        waiting or running here; then stop until woken again."""
-        running_sent: set[bytes] = set()  # running tasks already reported
-        while not self._closing:
-            await asyncio.sleep(TASK_EVENTS_INTERVAL)
-            now = time.time()
-            with self._task_events_lock:
-                events, self._task_events = self._task_events, []
-                running = dict(self._running_tasks)
-                idle = not running and not self.tasks.waiting_count()
-                if idle:
-                    self._task_events_on = False
-            for task_id, (since, name, job_id, kind) in running.items():
-                if task_id not in running_sent:
-                    running_sent.add(task_id)
-                    events.append([task_id, "RUNNING", since,
-                                   {"name": name, "job_id": job_id, "type": kind}])
-            events += self.tasks.pending_events(now)
-            running_sent.intersection_update(running)
-            if events:
-                source = ({"node_id": self.node_id, "worker_pid": os.getpid()}
-                          if self.role == "worker" else {})
-                await self._send_to_head(P.TaskEvents(events, source))
-            if idle:
-                return
+    async def _send_task_events(self, events: list) -> None:
+        source = ({"node_id": self.node_id, "worker_pid": os.getpid()}
+                  if self.role == "worker" else {})
+        await self._send_to_head(P.TaskEvents(events, source))
 
     async def _send_to_head(self, msg) -> None:
         try:

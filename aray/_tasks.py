@@ -257,7 +257,7 @@ class TaskSubmitter:
         spec.job_id = spec.job_id or self.core.job_id
         self._waiting[spec.task_id] = spec
         self._unreported.append(spec)
-        self.core._wake_task_events()
+        self.core.task_events.wake()
         if not spec.dep_refs:
             self._enqueue(spec)
             return
@@ -421,7 +421,7 @@ class TaskSubmitter:
     def _finish_task(self, spec: TaskSpec, results: list) -> None:
         self._release_deps(spec)
         self.core.finish_returns(spec.return_ids, results)
-        self.core.end_stream(spec.task_id, None)
+        self.core.streams.end(spec.task_id, None)
         if any(v[0] == "s" for v in results):
             # its results live in a node's store: if that node dies, running the task
             # again rebuilds them (kept while the results are referenced)
@@ -470,7 +470,7 @@ class TaskSubmitter:
         self._waiting.pop(spec.task_id, None)
         self._release_deps(spec)
         self.core.fail_returns(spec.return_ids, error)
-        self.core.end_stream(spec.task_id, error)
+        self.core.streams.end(spec.task_id, error)
 
     def _release_deps(self, spec: TaskSpec) -> None:
         held, spec.held_entries = spec.held_entries, []

@@ -51,7 +51,7 @@ class _Executor:
         args, kwargs = deserialize(args_blob)
         if not deps:
             return args, kwargs
-        values = [self.core.value_of_resolved(oid, value) for oid, value in deps]
+        values = [self.core.fetcher.value_of_resolved(oid, value) for oid, value in deps]
 
         def fill(v):
             return values[v.index] if isinstance(v, ArgSlot) else v
@@ -97,12 +97,12 @@ class _Executor:
             self.core.borrowers.hold_at_owner(ref._id, ref._owner)
 
     def _started(self, task_id: bytes, name: str, job_id: str, kind: str) -> None:
-        self.core.task_started(task_id, name, job_id, kind)
+        self.core.task_events.started(task_id, name, job_id, kind)
 
     def _reply(self, link: Link, msg) -> None:
         """Loop only: send a result once the registrations it depends on are answered."""
         if isinstance(msg, P.TaskFinished) and msg.error is None:
-            self.core.task_ended(msg.task_id)
+            self.core.task_events.ended(msg.task_id)
         borrowers = self.core.borrowers
         if borrowers.unacked == 0:
             link.send_if_open(msg)
@@ -153,7 +153,7 @@ class _Executor:
                 if not on_loop:
                     window.wait_sync(index + 1)
         finally:
-            self.core.stream_windows.pop(task_id, None)
+            self.core.streams.windows.pop(task_id, None)
 
     async def _stream_async(self, link: Link, task_id: bytes, result: Any) -> None:
         if not inspect.isasyncgen(result):
@@ -168,10 +168,10 @@ class _Executor:
                 index += 1
                 await window.wait_async(index)
         finally:
-            self.core.stream_windows.pop(task_id, None)
+            self.core.streams.windows.pop(task_id, None)
 
     def _open_window(self, link: Link, task_id: bytes) -> StreamWindow:
-        window = self.core.stream_windows[task_id] = StreamWindow(link)
+        window = self.core.streams.windows[task_id] = StreamWindow(link)
         return window
 
     def _error_blob(self, name: str, exc: BaseException, task_id: bytes = b"") -> bytes:
@@ -183,7 +183,7 @@ class _Executor:
         info = RemoteErrorInfo(exc, type(exc).__name__, str(exc), text, name,
                                self.core.node_id, os.getpid())
         if task_id:
-            self.core.task_ended(task_id, f"{type(exc).__name__}: {exc}")
+            self.core.task_events.ended(task_id, f"{type(exc).__name__}: {exc}")
         try:
             return cloudpickle.dumps(info)
         except Exception:
@@ -301,7 +301,7 @@ class TaskExecutor(_Executor):
         try:
             fn = self._function(msg.fn_id)
             if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
-                await self.core.fetch_values(msg.deps)  # on the loop: pull before reading
+                await self.core.fetcher.fetch_values(msg.deps)  # on the loop: pull before reading
                 args, kwargs = self._arguments(msg.args, msg.deps)
                 self._mark(msg.job_id, msg.name)
                 if msg.num_returns < 0:
@@ -412,7 +412,7 @@ class ActorExecutor(_Executor):
             if self.is_async:  # on the loop, so it may create asyncio objects
                 token = current_task.set(self._context(b"", name))
                 try:
-                    await self.core.fetch_values(self.spec["deps"])
+                    await self.core.fetcher.fetch_values(self.spec["deps"])
                     args, kwargs = self._arguments(self.spec["args"], self.spec["deps"])
                     self._mark(self.job_id, self.class_name)
                     self.instance = cls(*args, **kwargs)
@@ -497,7 +497,7 @@ class ActorExecutor(_Executor):
         self._started(msg.task_id, name, self.job_id, "ACTOR_TASK")
         try:
             async with self.limits[group]:
-                await self.core.fetch_values(msg.deps)
+                await self.core.fetcher.fetch_values(msg.deps)
                 args, kwargs = self._arguments(msg.args, msg.deps)
                 self._mark(self.job_id, self.class_name)
                 result = getattr(self.instance, msg.method)(*args, **kwargs)
