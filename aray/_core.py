@@ -9,6 +9,12 @@ Every driver and every worker runs one :class:`Core` on one event loop. It
 * serves other cores on its own socket: workers receive ``PushTask``/``CallActor`` here,
   owners answer ``GetObject`` for refs they lent out.
 
+The work is done by components the core makes and hands what they use: borrowing
+(:class:`~aray._borrowing.Borrowers`), fetching and reading values
+(:class:`~aray._fetch.Fetcher`), streams (:class:`~aray._streams.Streams`), the task-event
+feed (:class:`~aray._task_events.TaskEventReporter`); their ``_on_<Message>`` handlers are
+dispatched by the core's :class:`~aray._dispatch.Dispatcher`.
+
 Methods that are safe from any thread say so; everything else runs on :attr:`Core.loop`.
 """
 

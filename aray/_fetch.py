@@ -52,9 +52,11 @@ class CopyCache:
         return len(self._copies)
 
     def get(self, oid: bytes):
+        """Where the copy of ``oid`` is (an offset, or bytes), or None."""
         return self._copies.get(oid)
 
     def put(self, oid: bytes, copy) -> None:
+        """Remember a copy; the oldest go while over the bounds."""
         self.pop(oid)
         self._copies[oid] = copy
         if isinstance(copy, bytes):
@@ -64,6 +66,7 @@ class CopyCache:
             self.pop(next(iter(self._copies)))
 
     def pop(self, oid: bytes) -> None:
+        """Forget the copy of ``oid``, if any."""
         copy = self._copies.pop(oid, None)
         if isinstance(copy, bytes):
             self.bytes -= len(copy)
