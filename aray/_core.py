@@ -293,7 +293,8 @@ class Core:
             return entry
         if entry is None:
             entry = self.borrowers.borrowed_entry(ref._id, ref._owner)
-        if self.objects.start_fetch(entry):
+        # (read here first: most entries are owned or ready, and this is the hot path)
+        if not (entry.owned or entry.ready) and self.objects.start_fetch(entry):
             self.spawn(self._fetch_from_owner(entry), name="fetch")
         return entry
 
