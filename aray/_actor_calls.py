@@ -48,8 +48,8 @@ class ActorCall:
     num_returns: int  # -1: streaming
     retries_left: int
     deps: list = dataclasses.field(default_factory=list)
-    pinned: list = dataclasses.field(default_factory=list)
-    held: list = dataclasses.field(default_factory=list)  # refs pickled inside the args
+    held_entries: list = dataclasses.field(default_factory=list)  # deps held until done
+    held_refs: list = dataclasses.field(default_factory=list)  # refs pickled inside the args
     waiting: bool = False
     interrupted: bool = False  # it was running when the link to the actor dropped
     group: str = ""  # a concurrency group chosen for this call
@@ -185,10 +185,10 @@ class ActorCaller:
                 continue
             call.deps = [[e.oid, e.resolved_value()] for e in entries]
             for e in entries:
-                e.pins += 1
+                self.core.objects.hold(e)
             # dep_refs stay until the call ends: a call re-run after a restart resolves
             # its arguments again from them
-            call.pinned, call.waiting = entries, False
+            call.held_entries, call.waiting = entries, False
             q.in_flight[call.task_id] = call
             self._by_task[call.task_id] = q
             q.link.send(P.CallActor(call.task_id, q.target, call.method, call.args, call.deps,
@@ -236,7 +236,7 @@ class ActorCaller:
             self._fail(call, error)
         else:
             self.core.finish_returns(call.return_ids, msg.results)
-            self.core.end_stream(call.task_id, None)
+            self.core.streams.end(call.task_id, None)
         return True
 
     def on_link_closed(self, link: Link) -> None:
@@ -250,7 +250,7 @@ class ActorCaller:
             q.in_flight.clear()
             for call in reversed(lost):  # re-queue in submission order, ahead of newer calls
                 self._by_task.pop(call.task_id, None)
-                self._unpin(call)  # its refs (arguments, held refs) stay for a re-run
+                self._release_entries(call)  # its refs stay, for a re-run
                 call.interrupted = True
                 q.pending.appendleft(call)
             self._pump(q)
@@ -268,21 +268,21 @@ class ActorCaller:
                     "restarted; pass max_task_retries to @aray.remote to re-run interrupted "
                     "calls after a restart"))
 
-    def _unpin(self, call: ActorCall) -> None:
-        for entry in call.pinned:
-            self.core.objects.unpin(entry)
-        call.pinned = []
+    def _release_entries(self, call: ActorCall) -> None:
+        held, call.held_entries = call.held_entries, []
+        for entry in held:
+            self.core.objects.release(entry)
 
     def _release(self, call: ActorCall) -> None:
         """The call has ended: nothing of its arguments is needed any more."""
-        self._unpin(call)
+        self._release_entries(call)
         call.dep_refs = []
-        call.held = []
+        call.held_refs = []
 
     def _fail(self, call: ActorCall, error: BaseException | None) -> None:
         self._release(call)
         self.core.fail_returns(call.return_ids, error)
-        self.core.end_stream(call.task_id, error)
+        self.core.streams.end(call.task_id, error)
 
     def cancel(self, task_id: bytes) -> bool:
         q = self._by_task.get(task_id)

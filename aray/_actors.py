@@ -140,7 +140,7 @@ class ActorClass:
         o = self._options
         blob, _ = self._descriptor.blob_and_id()
         args_blob, deps, held = serialize_args(args, kwargs, lambda: f"{self.__name__}.remote()")
-        core.kept.extend(held)  # a restarted actor runs its constructor again
+        core.held_for_job.extend(held)  # a restarted actor runs its constructor again
         actor_id = os.urandom(8).hex()
         meta = self._meta()
         placement, hold = self._shapes()
@@ -262,7 +262,7 @@ class ActorMethod:
         call = ActorCall(task_id, self._name, args_blob, deps,
                          [return_id(task_id, i) for i in range(max(n, 0))], n,
                          int(meta.get("max_task_retries", 0)),
-                         group=self._options.get("concurrency_group") or "", held=held)
+                         group=self._options.get("concurrency_group") or "", held_refs=held)
         refs = core.submit_actor_call(self._handle._actor_id, call)
         if streaming or n > 1:
             return refs

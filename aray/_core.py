@@ -9,6 +9,12 @@ Every driver and every worker runs one :class:`Core` on one event loop. It
 * serves other cores on its own socket: workers receive ``PushTask``/``CallActor`` here,
   owners answer ``GetObject`` for refs they lent out.
 
+The work is done by components the core makes and hands what they use: borrowing
+(:class:`~aray._borrowing.Borrowers`), fetching and reading values
+(:class:`~aray._fetch.Fetcher`), streams (:class:`~aray._streams.Streams`), the task-event
+feed (:class:`~aray._task_events.TaskEventReporter`); their ``_on_<Message>`` handlers are
+dispatched by the core's :class:`~aray._dispatch.Dispatcher`.
+
 Methods that are safe from any thread say so; everything else runs on :attr:`Core.loop`.
 """
 
@@ -18,8 +24,6 @@ import asyncio
 import logging
 import os
 import shutil
-import threading
-import time
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -29,13 +33,14 @@ import cloudpickle
 from . import _protocol as P
 from ._actor_calls import ActorCall, ActorCaller
 from ._link import CONTROL_TIMEOUT, Link, Server, bind_tcp, connect
-from ._borrowing import Borrowing
+from ._borrowing import Borrowers
 from ._dispatch import Dispatcher
-from ._fetch import CopyCache, Fetching
-from ._objects import ObjectEntry, ObjectState, ObjectTable, dump_error
+from ._fetch import Fetcher
+from ._objects import ObjectEntry, ObjectTable, dump_error
 from ._refs import ObjectRef, collect_refs, new_task_id, return_id
 from ._runtime_context import current_task
-from ._streams import ObjectRefGenerator, StreamState, StreamWindow
+from ._streams import ObjectRefGenerator, Streams
+from ._task_events import TaskEventReporter
 from ._tasks import INLINE_THRESHOLD, TaskSpec, TaskSubmitter
 from .exceptions import (
     ActorDiedError,
@@ -47,17 +52,13 @@ from .exceptions import (
     TaskError,
     task_error,
 )
-from .store._serialize import deserialize, serialize
+from .store._serialize import serialize
 from .store.arena import MIN_SIZE as ARENA_MIN_SIZE
 from .store.shm import ShmDirectory
 
 log = logging.getLogger("aray")
 
-#: how often task events are sent to the head, at most
-TASK_EVENTS_INTERVAL = 0.1
-
-
-class Core(Borrowing, Fetching):
+class Core:
     """The runtime of one process (driver or worker), bound to one event loop."""
 
     def __init__(self, *, loop: asyncio.AbstractEventLoop, role: str, token: str,
@@ -82,21 +83,12 @@ class Core(Borrowing, Fetching):
         self.log_to_driver = log_to_driver
         self.store = ShmDirectory(store_dir, os.path.join(session_dir, "spill"))
         self.store_capacity = 0  # told by the node agent; 0 until then (no check)
-        self.objects = ObjectTable(loop, self.materialize, self._on_unused, self._prepare)
+        # (the fetcher reads values; it is made once the table exists)
+        self.objects = ObjectTable(loop, lambda e: self.fetcher.materialize(e),
+                                   self._on_unused, lambda e: self.fetcher.prepare(e))
         self.objects.bind_thread()  # a core is always made on its loop's thread
         self.refs = self.objects.refs
-        self._unacked = 0  # AddBorrower requests sent and not yet answered
-        self._after_acks: list = []  # sends that wait for them (see after_registrations)
-        self.kept: list = []  # refs pickled into actor constructor args: kept for the job
-        # objects of other nodes this node has a copy of: oid -> offset of the copy (in client
-        # mode, the downloaded bytes)
-        self._copies = CopyCache()
-        self._fetch_errors: dict[bytes, str] = {}  # why a copy could not be had
-        # for the head's task table (see task_started): events to send, tasks running here
-        self._task_events: list = []
-        self._running_tasks: dict[bytes, tuple] = {}
-        self._task_events_on = False
-        self._task_events_lock = threading.Lock()
+        self.held_for_job: list = []  # refs pickled into actor constructor args
         # this core's server; known before it listens, so refs made early name their owner.
         # In a cluster of several nodes (tcp_host) other machines must reach it: TCP.
         self._tcp_socket = None
@@ -105,6 +97,8 @@ class Core(Borrowing, Fetching):
         else:
             self.address = "unix:" + os.path.join(
                 session_dir, "sockets", f"{role[0]}{os.getpid()}-{os.urandom(3).hex()}.sock")
+        self.borrowers = Borrowers(self.objects, self.address, self.peer, self.spawn,
+                                   self.delete_stored)
         self.cluster: Any = None  # the LocalCluster a driver started, if any
         self.dashboard_url = ""  # the cluster's dashboard, if it has one (drivers only)
         self.loop_thread: Any = None  # the private LoopThread of a sync init, if any
@@ -119,16 +113,25 @@ class Core(Borrowing, Fetching):
         self._peers: dict[str, Link] = {}
         self._connecting: dict[str, asyncio.Future] = {}
         self.tasks = TaskSubmitter(self)
+        self.fetcher = Fetcher(self, self.objects, self.store, loop, self.tasks.reconstruct)
+        # what the public API reads values with (aio.get)
+        self.materialize = self.fetcher.materialize
+        self.fetch_entries = self.fetcher.fetch_entries
+        self.task_events = TaskEventReporter(
+            loop, self.spawn, self._send_task_events, self.tasks.waiting_count,
+            self.tasks.pending_events, lambda: self._closing)
         self.actors = ActorCaller(self)
-        self._streams: dict[bytes, StreamState] = {}  # streams this process consumes
-        self.stream_windows: dict[bytes, StreamWindow] = {}  # streams this worker produces
+        self.streams = Streams(
+            loop, self.objects, self.borrowers.accept_value, self.address,
+            lambda t: self.tasks.link_running(t) or self.actors.link_running(t))
         self._head_dial: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self.executor: Any = None  # the worker's task executor (set in worker processes)
         self.on_log_lines: Callable[[P.LogLines], None] | None = None
         self._blocked_depth = 0
         self._closing = False
-        self._dispatch = Dispatcher("core", self)
+        self._dispatch = Dispatcher(
+            "core", self, self.borrowers, self.fetcher, self.streams)
 
     # --- lifecycle -----------------------------------------------------------------------
     def spawn(self, coro, name: str = "") -> asyncio.Task:
@@ -274,9 +277,7 @@ class Core(Borrowing, Fetching):
                 del self._peers[address]
         self.tasks.on_link_closed(link)
         self.actors.on_link_closed(link)
-        for window in list(self.stream_windows.values()):
-            if window.link is link:  # its consumer is gone: let the producer finish
-                window.consumed_up_to(P.STREAM_DONE)
+        self.streams.on_link_closed(link)
         if self.executor is not None:
             self.executor.caller_gone(link)
 
@@ -291,9 +292,9 @@ class Core(Borrowing, Fetching):
                 "earlier aray session"))
             return entry
         if entry is None:
-            entry = self._borrowed_entry(ref._id, ref._owner)
-        if not entry.owned and not entry.ready and not entry.fetching:
-            entry.fetching = True
+            entry = self.borrowers.borrowed_entry(ref._id, ref._owner)
+        # (read here first: most entries are owned or ready, and this is the hot path)
+        if not (entry.owned or entry.ready) and self.objects.start_fetch(entry):
             self.spawn(self._fetch_from_owner(entry), name="fetch")
         return entry
 
@@ -335,53 +336,12 @@ class Core(Borrowing, Fetching):
 
         self.objects.when_ready(entry, reply)
 
-    def materialize(self, entry: ObjectEntry) -> Any:
-        """The value of a resolved entry (deserialized anew), or raise its error."""
-        if entry.state is ObjectState.FAILED:
-            raise entry.error  # type: ignore[misc]
-        if entry.data is not None:
-            return deserialize(entry.data)
-        return self.read_stored(entry.oid, entry.location)
-
-    def read_stored(self, oid: bytes, location) -> Any:
-        node_id, size, offset = location[:3]
-        if node_id != self.node_id:  # read this node's copy
-            copy = self._copies.get(oid)
-            if copy is None:
-                if self.objects.on_loop_thread():  # fetch() ran, and failed
-                    raise ObjectLostError(self._fetch_errors.get(oid) or (
-                        f"object {oid.hex()} of node {node_id[:12]} could not be fetched"))
-                asyncio.run_coroutine_threadsafe(self.fetch(oid, location), self.loop).result()
-                entry = self.objects.entries.get(oid)
-                if entry is not None and entry.location != tuple(location[:3]):  # rebuilt
-                    return self.materialize(entry)
-                copy = self._copies.get(oid)
-                if copy is None:  # pushed out by other copies meanwhile: a rare race
-                    return self.read_stored(oid, location)
-            if isinstance(copy, bytes):  # client mode: downloaded
-                return deserialize(copy)
-            offset = copy
-        try:
-            return deserialize(self.store.read(oid, offset, size))
-        except FileNotFoundError:
-            raise ObjectLostError(f"object {oid.hex()} is no longer in the object store") from None
-
-    def value_of_resolved(self, oid: bytes, value: list) -> Any:
-        """Deserialize a resolved value received from another process (worker side)."""
-        if value[0] == "v":
-            return deserialize(value[1])
-        if value[0] == "s":
-            return self.read_stored(oid, value[1:])
-        raise ValueError("an error value has no payload")
-
     def _on_unused(self, entry: ObjectEntry) -> None:
-        entry.contains = None  # the refs inside it are free to go
-        self._copies.pop(entry.oid)
+        self.fetcher.forget(entry.oid)
         self.tasks.lineage.pop(entry.oid, None)
         if entry.owned and entry.location is not None:
             self.delete_stored(entry.oid, entry.location[0])
-        if entry.registered:
-            self.unregister(entry.oid, entry.owner)
+        self.borrowers.on_unused(entry)
 
     def store_value(self, oid: bytes, ser, owner: str = "") -> list:
         """Any thread: write a serialized value into this node's store and tell the node
@@ -451,7 +411,7 @@ class Core(Borrowing, Fetching):
         found = []
         for ref in refs:
             entry = entries.get(ref._id)
-            if entry is None or not entry.ready or self.needs_fetch(entry):
+            if entry is None or not entry.ready or self.fetcher.needs_fetch(entry):
                 return None
             found.append(entry)
         return [self.materialize(e) for e in found]
@@ -502,7 +462,7 @@ class Core(Borrowing, Fetching):
     def _register_put(self, oid: bytes, value: list, contained: list) -> None:
         entry = self.objects.add(oid, owned=True)
         self.objects.resolve(entry, value)
-        entry.contains = contained or None
+        self.objects.hold_refs(entry, contained)
 
     def call_soon(self, fn, *args) -> None:
         """Any thread: run ``fn(*args)`` on the loop, in order with other such calls."""
@@ -545,9 +505,7 @@ class Core(Borrowing, Fetching):
             if blocked:
                 self._block_exit()
             for e in pending:
-                if one_ready in e.callbacks:
-                    e.callbacks.remove(one_ready)
-                    self.objects.maybe_unused(e)
+                self.objects.forget_callback(e, one_ready)
 
     def _block_enter(self) -> bool:
         """A worker waiting in a sync get lends its CPU back to the node (see ARCHITECTURE)."""
@@ -567,7 +525,7 @@ class Core(Borrowing, Fetching):
     def submit(self, spec: TaskSpec) -> list[ObjectRef] | ObjectRefGenerator:
         """Any thread: accept a task and return its refs (or its stream) at once."""
         if spec.streaming:
-            self.call_soon(self.open_stream, spec.task_id)
+            self.call_soon(self.streams.open, spec.task_id)
             self.call_soon(self.tasks.accept, spec)
             return ObjectRefGenerator(self, spec.task_id)
         refs = [ObjectRef(oid, self.address) for oid in spec.return_ids]
@@ -578,7 +536,7 @@ class Core(Borrowing, Fetching):
                           call: ActorCall) -> list[ObjectRef] | ObjectRefGenerator:
         """Any thread: queue a method call for an actor; returns its refs (or stream)."""
         if call.num_returns < 0:
-            self.call_soon(self.open_stream, call.task_id)
+            self.call_soon(self.streams.open, call.task_id)
             self.call_soon(self.actors.submit, actor_id, call)
             return ObjectRefGenerator(self, call.task_id)
         refs = [ObjectRef(oid, self.address) for oid in call.return_ids]
@@ -609,7 +567,7 @@ class Core(Borrowing, Fetching):
 
     def finish_returns(self, return_ids: list[bytes], results: list) -> None:
         for oid, value in zip(return_ids, results):
-            self.accept_value(oid, value)
+            self.borrowers.accept_value(oid, value)
 
     def fail_returns(self, return_ids: list[bytes], error: BaseException | None) -> None:
         for oid in return_ids:
@@ -622,49 +580,6 @@ class Core(Borrowing, Fetching):
         task_id = ref._id[:12]
         if not self.tasks.cancel(task_id, force, recursive):
             self.actors.cancel(task_id)
-
-    # --- streams -----------------------------------------------------------------------
-    def open_stream(self, task_id: bytes) -> None:
-        self._streams[task_id] = StreamState(self.loop)
-
-    def _on_StreamItem(self, link: Link, msg: P.StreamItem) -> None:
-        stream = self._streams.get(msg.task_id)
-        if stream is None:
-            return  # the generator was dropped
-        oid = return_id(msg.task_id, msg.index)
-        ref = ObjectRef(oid, self.address)
-        self.objects.add(oid, owned=True)
-        self.accept_value(oid, msg.value)
-        stream.add(ref)
-
-    def end_stream(self, task_id: bytes, error: BaseException | None) -> None:
-        stream = self._streams.get(task_id)
-        if stream is not None:
-            stream.finish(error)
-
-    async def stream_next(self, task_id: bytes, index: int) -> ObjectRef:
-        stream = self._streams.get(task_id)
-        if stream is None:
-            raise StopAsyncIteration
-        ref = await stream.next(index)
-        if stream.report_due():
-            self._tell_producer(task_id, stream.taken)
-        return ref
-
-    def close_stream(self, task_id: bytes) -> None:
-        stream = self._streams.pop(task_id, None)
-        if stream is not None and not stream.done:
-            self._tell_producer(task_id, P.STREAM_DONE)
-
-    def _tell_producer(self, task_id: bytes, count: int) -> None:
-        link = self.tasks.link_running(task_id) or self.actors.link_running(task_id)
-        if link is not None:
-            link.send_if_open(P.StreamConsumed(task_id, count))
-
-    def _on_StreamConsumed(self, link: Link, msg: P.StreamConsumed) -> None:
-        window = self.stream_windows.get(msg.task_id)
-        if window is not None:
-            window.consumed_up_to(msg.count)
 
     def _on_LeaseInfeasible(self, link: Link, msg: P.LeaseInfeasible) -> None:
         log.warning(msg.message)
@@ -710,62 +625,10 @@ class Core(Borrowing, Fetching):
             self.on_log_lines(msg)
 
     # --- task events (the state API's task table) -----------------------------------------
-    # Cheap on the hot path: a task's start is a dict entry, its end one event; what is
-    # still waiting or running is reported by a batch every TASK_EVENTS_INTERVAL seconds.
-    def task_started(self, task_id: bytes, name: str, job_id: str, kind: str) -> None:
-        """Any thread (worker): a task or actor call starts running here."""
-        with self._task_events_lock:
-            self._running_tasks[task_id] = (time.time(), name, job_id, kind)
-        self._wake_task_events()
-
-    def task_ended(self, task_id: bytes, error: str = "") -> None:
-        """Any thread (worker): a task or actor call ended (``error``: why it failed)."""
-        now = time.time()
-        with self._task_events_lock:
-            started = self._running_tasks.pop(task_id, None)
-            fields = {"error": error} if error else {}
-            if started is not None:
-                fields.update(started_at=started[0], name=started[1], job_id=started[2],
-                              type=started[3])
-            self._task_events.append([task_id, "FAILED" if error else "FINISHED", now, fields])
-        self._wake_task_events()
-
-    def _wake_task_events(self) -> None:
-        with self._task_events_lock:
-            if self._task_events_on:
-                return
-            self._task_events_on = True
-        try:
-            self.loop.call_soon_threadsafe(self.spawn, self._report_tasks(), "task events")
-        except RuntimeError:  # the loop is closed: nobody will read them
-            pass
-
-    async def _report_tasks(self) -> None:
-        """Loop: every interval, send the head what became of tasks, while anything is
-        waiting or running here; then stop until woken again."""
-        running_sent: set[bytes] = set()  # running tasks already reported
-        while not self._closing:
-            await asyncio.sleep(TASK_EVENTS_INTERVAL)
-            now = time.time()
-            with self._task_events_lock:
-                events, self._task_events = self._task_events, []
-                running = dict(self._running_tasks)
-                idle = not running and not self.tasks.waiting_count()
-                if idle:
-                    self._task_events_on = False
-            for task_id, (since, name, job_id, kind) in running.items():
-                if task_id not in running_sent:
-                    running_sent.add(task_id)
-                    events.append([task_id, "RUNNING", since,
-                                   {"name": name, "job_id": job_id, "type": kind}])
-            events += self.tasks.pending_events(now)
-            running_sent.intersection_update(running)
-            if events:
-                source = ({"node_id": self.node_id, "worker_pid": os.getpid()}
-                          if self.role == "worker" else {})
-                await self._send_to_head(P.TaskEvents(events, source))
-            if idle:
-                return
+    async def _send_task_events(self, events: list) -> None:
+        source = ({"node_id": self.node_id, "worker_pid": os.getpid()}
+                  if self.role == "worker" else {})
+        await self._send_to_head(P.TaskEvents(events, source))
 
     async def _send_to_head(self, msg) -> None:
         try:

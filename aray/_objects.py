@@ -1,21 +1,39 @@
 """The per-process object table: what this process owns or has borrowed, and who waits.
 
+The :class:`ObjectTable` is the only code that changes an entry: its state, its holds, the
+refs its value holds, whether it is held at its owner or being fetched. Other modules call
+its operations and read entries.
+
+One word for what keeps an object alive: a **hold**. An entry lives while local
+``ObjectRef`` instances exist or it has holds (``ObjectEntry.holds``: a pending task that
+takes it as an argument, a borrower process counted by its owner, a reader waiting for a
+copy to arrive). A value *holds the refs* pickled inside it while it lives
+(``ObjectEntry.held_refs``). A borrowed entry is *held at its owner* once the owner counts
+this process (``ObjectEntry.held_at_owner``). A ref pickled by user code, outside the
+runtime's own serialization, is *held for good* (``RefCounter.held_for_good``): nobody can
+tell when that pickle dies.
+
 Invariants:
 
 * Entries are created, resolved and deleted only on the runtime loop.
-* An entry resolves exactly once: PENDING -> READY (inline ``data`` or a store ``location``)
-  or PENDING -> FAILED (``error``).
+* An entry resolves once: PENDING -> READY (inline ``data`` or a store ``location``)
+  or PENDING -> FAILED (``error``). Resolving a resolved entry again does nothing.
+* The one exception is lineage: :meth:`ObjectTable.reopen_for_rebuild` turns an owned entry
+  that is READY in a node's store back to PENDING when every copy of it was lost and the
+  task that made it runs again; it then resolves once more. Only a stored value (never an
+  inline one, never an error) of an entry this process owns can be reopened, and readers
+  that already have its value keep it: a rebuilt value equals the lost one.
+* Holds never go below zero: releasing a hold that was never taken raises
+  :class:`HoldError` (a bug in the caller's bookkeeping, not something to absorb).
 * Local reference counts are kept by :class:`RefCounter` from any thread (ObjectRefs are
   created and dropped everywhere); the entry is deleted on the loop once the count is zero
-  and nothing pins it (see ``ObjectEntry.pins``). A ref pickled by user code, outside the
-  runtime's own serialization, is kept until shutdown: nobody can tell when that pickle dies.
+  and nothing holds it.
 
-Borrowing: a process that unpickles a ref owned by another registers with the owner
-(``AddBorrower``) and unregisters when its entry goes (``RemoveBorrower``); the owner keeps the
-object while any registration stands. A value that contains refs holds them while it lives
-(``contains``). A task returning a value with refs inside registers its caller with their
-owners before it reports, so they cannot be freed in between; the caller's own registration
-then takes over. See ``Core.borrowed`` and ``Core.register_for``.
+Borrowing: a process that unpickles a ref owned by another registers a hold with the owner
+(``AddBorrower``) and releases it when its entry goes (``RemoveBorrower``); the owner keeps the
+object while any such hold stands. A task returning a value with refs inside registers its
+caller with their owners before it reports, so they cannot be freed in between; the caller's
+own registration then takes over. See :mod:`aray._borrowing`.
 
 A *resolved value* is how a value travels between processes: ``["v", data]`` (inline
 serialized bytes), ``["s", node_id, size, offset]`` (in the object store of that node, at
@@ -37,15 +55,24 @@ import cloudpickle
 from .exceptions import ObjectLostError
 
 
+class HoldError(RuntimeError):
+    """A hold was released that was never taken (a count would go below zero)."""
+
+
 class ObjectState(enum.Enum):
+    """Where an entry is in its life: waiting for its value, or resolved (once)."""
+
     PENDING = 0
     READY = 1
     FAILED = 2
 
 
 class ObjectEntry:
+    """One object this process owns or borrows. Read it anywhere; change it only through
+    :class:`ObjectTable`."""
+
     __slots__ = ("oid", "state", "data", "location", "error", "owned", "owner", "callbacks",
-                 "loops", "pins", "contains", "registered", "fetching")
+                 "loops", "holds", "held_refs", "held_at_owner", "fetching")
 
     def __init__(self, oid: bytes, owned: bool, owner: str = "") -> None:
         self.oid = oid
@@ -58,15 +85,15 @@ class ObjectEntry:
         self.callbacks: list[Callable[[ObjectEntry], None]] = []
         self.loops: set = set()  # event loops with a future for this entry
         # what keeps it alive besides local refs: pending tasks that take it as an argument,
-        # and (owned objects) each registration of a borrower process or of a stored value
-        # that contains a ref to it
-        self.pins = 0
-        self.contains: list | None = None  # refs pickled inside this value, held while it lives
-        self.registered = False  # borrowed: the owner counts this process as a borrower
+        # readers waiting for its copy, and (owned objects) each borrower the owner counts
+        self.holds = 0
+        self.held_refs: list | None = None  # refs pickled inside the value: held while it lives
+        self.held_at_owner = False  # borrowed: the owner counts this process as a holder
         self.fetching = False  # borrowed: its value was asked of the owner
 
     @property
     def ready(self) -> bool:
+        """Resolved (READY or FAILED)."""
         return self.state is not ObjectState.PENDING
 
     def resolved_value(self) -> list:
@@ -111,7 +138,12 @@ class RefCounter:
         self.lock = threading.Lock()
         self._counts: dict[bytes, int] = {}
         self._on_zero = on_zero
-        self.escaped: set[bytes] = set()  # ids pickled into something: kept until shutdown
+        # ids pickled by user code: held for good, nobody can tell when that pickle dies
+        self.held_for_good: set[bytes] = set()
+
+    def hold_for_good(self, oid: bytes) -> None:
+        """Any thread: keep ``oid`` until shutdown (a ref pickled by user code)."""
+        self.held_for_good.add(oid)
 
     def incr(self, oid: bytes) -> None:
         with self.lock:
@@ -134,7 +166,27 @@ class RefCounter:
 
 
 class ObjectTable:
-    """Entries by object id, plus the asyncio futures that event loops await on them."""
+    """Entries by object id, plus the asyncio futures that event loops await on them.
+
+    The only code that changes an entry. ``materialize`` reads a resolved entry's value,
+    ``on_unused`` is told of each entry deleted (its holds gone, no ref left), ``prepare``
+    returns a coroutine to await before a resolved entry is read here (or None).
+
+    Examples:
+        >>> import asyncio
+        >>> loop = asyncio.new_event_loop()
+        >>> table = ObjectTable(loop, lambda e: e.data, lambda e: None)
+        >>> table.bind_thread()
+        >>> entry = table.add(b"x" * 16)
+        >>> table.hold(entry)
+        >>> table.resolve(entry, ["v", b"data"])
+        >>> entry.state, b"x" * 16 in table.entries
+        (<ObjectState.READY: 1>, True)
+        >>> table.release(entry)  # the last hold: the entry goes
+        >>> b"x" * 16 in table.entries
+        False
+        >>> loop.close()
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  materialize: Callable[[ObjectEntry], Any],
@@ -155,19 +207,23 @@ class ObjectTable:
         self._dropped_lock = threading.Lock()
 
     def bind_thread(self) -> None:
+        """Record the calling thread as the loop's (where entries change)."""
         self._loop_thread = threading.get_ident()
 
     def on_loop_thread(self) -> bool:
+        """Any thread: is this the loop's thread?"""
         return threading.get_ident() == self._loop_thread
 
     # --- lifecycle (loop only) -----------------------------------------------------------
     def add(self, oid: bytes, owned: bool = True, owner: str = "") -> ObjectEntry:
+        """The entry for ``oid``, made PENDING if there is none (an existing one is kept)."""
         entry = self.entries.get(oid)
         if entry is None:
             entry = self.entries[oid] = ObjectEntry(oid, owned, owner)
         return entry
 
     def resolve(self, entry: ObjectEntry, value: list) -> None:
+        """Resolve ``entry`` with a resolved value (see the module docstring); once."""
         if entry.ready:
             return
         kind = value[0]
@@ -183,6 +239,7 @@ class ObjectTable:
         self._notify(entry)
 
     def fail(self, entry: ObjectEntry, error: BaseException) -> None:
+        """Resolve ``entry`` with ``error``; once."""
         if entry.ready:
             return
         entry.error = error
@@ -190,10 +247,79 @@ class ObjectTable:
         self._notify(entry)
 
     def when_ready(self, entry: ObjectEntry, callback: Callable[[ObjectEntry], None]) -> None:
+        """Call ``callback(entry)`` once it is resolved (now, if it is). A waiting callback
+        keeps the entry alive until it runs or is forgotten (:meth:`forget_callback`)."""
         if entry.ready:
             callback(entry)
         else:
             entry.callbacks.append(callback)
+
+    def forget_callback(self, entry: ObjectEntry,
+                        callback: Callable[[ObjectEntry], None]) -> None:
+        """Drop a callback :meth:`when_ready` still keeps (a wait that timed out)."""
+        if callback in entry.callbacks:
+            entry.callbacks.remove(callback)
+            self.maybe_unused(entry)
+
+    def reopen_for_rebuild(self, entry: ObjectEntry) -> None:
+        """Lineage, the one exception to "resolves once": every copy of the stored value of
+        an owned entry was lost and its task runs again, so the entry is PENDING until the
+        new value resolves it. Raises ValueError for any other entry."""
+        if not (entry.owned and entry.state is ObjectState.READY
+                and entry.location is not None):
+            raise ValueError(f"object {entry.oid.hex()} cannot be rebuilt: only a stored "
+                             "value this process owns is reopened")
+        entry.state, entry.location, entry.data = ObjectState.PENDING, None, None
+
+    def hold_refs(self, entry: ObjectEntry, refs: list) -> None:
+        """The value of ``entry`` holds ``refs`` (pickled inside it) while it lives."""
+        entry.held_refs = list(refs) or None
+
+    def mark_held_at_owner(self, entry: ObjectEntry) -> bool:
+        """A borrowed entry is about to be counted by its owner: True the first time (the
+        caller then registers), False if it is owned or was marked already."""
+        if entry.owned or entry.held_at_owner:
+            return False
+        entry.held_at_owner = True
+        return True
+
+    def start_fetch(self, entry: ObjectEntry) -> bool:
+        """A borrowed, pending entry is about to be asked of its owner: True the first
+        time (the caller then asks), False if it needs no asking or was asked already."""
+        if entry.owned or entry.ready or entry.fetching:
+            return False
+        entry.fetching = True
+        return True
+
+    # --- holds (loop only) ---------------------------------------------------------------
+    def hold(self, entry: ObjectEntry) -> None:
+        """One more hold on ``entry``: it stays until the matching :meth:`release`."""
+        entry.holds += 1
+
+    def release(self, entry: ObjectEntry) -> None:
+        """Let go of one hold taken with :meth:`hold`; the entry goes if nothing else keeps
+        it. Raises HoldError if no hold is left to release."""
+        if entry.holds <= 0:
+            raise HoldError(f"object {entry.oid.hex()}: a hold was released that was never "
+                            "taken")
+        entry.holds -= 1
+        self.maybe_unused(entry)
+
+    def hold_owned(self, oid: bytes) -> bool:
+        """Hold an entry this process owns, by id; False if there is none (freed)."""
+        entry = self.entries.get(oid)
+        if entry is None or not entry.owned:
+            return False
+        self.hold(entry)
+        return True
+
+    def release_owned(self, oid: bytes) -> bool:
+        """Release a hold taken with :meth:`hold_owned`; False if the entry is gone."""
+        entry = self.entries.get(oid)
+        if entry is None or not entry.owned:
+            return False
+        self.release(entry)
+        return True
 
     def _notify(self, entry: ObjectEntry) -> None:
         callbacks, entry.callbacks = entry.callbacks, []
@@ -232,13 +358,13 @@ class ObjectTable:
         prep = self._prepare(entry)
         if prep is None:
             return False
-        entry.pins += 1  # whoever waits may hold no ref (``await f.remote()``)
+        self.hold(entry)  # whoever waits may have no ref (``await f.remote()``)
 
         def done(task: asyncio.Task) -> None:
             if not task.cancelled():
                 task.exception()  # the read that follows reports it
             then()
-            self.unpin(entry)
+            self.release(entry)
 
         self.loop.create_task(prep).add_done_callback(done)
         return True
@@ -270,6 +396,7 @@ class ObjectTable:
             self._settle(entry, loop, fut)
 
     def concurrent_future(self, get_entry: Callable[[], ObjectEntry]) -> concurrent.futures.Future:
+        """Any thread: a concurrent.futures.Future for the value of ``get_entry()``."""
         cfut: concurrent.futures.Future = concurrent.futures.Future()
 
         def attach() -> None:
@@ -317,15 +444,12 @@ class ObjectTable:
             if entry is not None:
                 self.maybe_unused(entry)
 
-    def unpin(self, entry: ObjectEntry) -> None:
-        entry.pins -= 1
-        self.maybe_unused(entry)
-
     def maybe_unused(self, entry: ObjectEntry) -> None:
+        """Delete ``entry`` if nothing keeps it any more (no ref, hold or waiter)."""
         oid = entry.oid
         # a borrowed entry may go before its value came: the owner has it
-        if not ((entry.ready or not entry.owned) and entry.pins <= 0 and not entry.callbacks
-                and oid not in self.refs.escaped):
+        if not ((entry.ready or not entry.owned) and entry.holds == 0 and not entry.callbacks
+                and oid not in self.refs.held_for_good):
             return
         # atomic with ref creation: a thread that makes a ref and then finds the entry
         # (unpickling a borrowed ref) knows it stays
@@ -337,6 +461,7 @@ class ObjectTable:
             with self._futs_lock:
                 for loop in entry.loops:
                     self._futs.pop((oid, loop), None)
+        entry.held_refs = None  # the refs inside it are free to go
         self._on_unused(entry)
 
 

@@ -113,7 +113,7 @@ class ObjectRef(Generic[T]):
         # it goes: it names the cluster, so that another cluster knows it for a stranger
         core = _global.core_or_none()
         if core is not None:
-            core.refs.escaped.add(self._id)
+            core.refs.hold_for_good(self._id)
         return _rebuild_ref, (self._id, self._owner, core.cluster_id if core else "")
 
     def __bool__(self) -> bool:
@@ -218,7 +218,7 @@ def _rebuild_ref(object_id: bytes, owner: str, cluster: str = "") -> ObjectRef:
         core.call_soon(core.foreign_ref, ref, cluster)  # its value cannot be had here
     elif (core is not None and owner and owner != core.address
             and object_id not in core.objects.entries):  # (known here: registered already)
-        core.call_soon(core.borrowed, ref)  # tell the owner this process holds it too
+        core.call_soon(core.borrowers.borrowed, ref)  # tell the owner this process holds it too
     return ref
 
 

@@ -93,7 +93,7 @@ class RemoteFunction(Generic[P, R]):
         n = 0 if streaming else int(self._options["num_returns"])
         spec = TaskSpec(
             task_id=task_id, function=self._descriptor, name=self._name, args=blob,
-            dep_refs=deps, held=held, return_ids=[return_id(task_id, i) for i in range(n)],
+            dep_refs=deps, held_refs=held, return_ids=[return_id(task_id, i) for i in range(n)],
             shape=self._shape,
             max_retries=0 if streaming else int(self._options["max_retries"]),
             retry_exceptions=self._retry_exceptions, job_id=core.current_job_id(),

@@ -16,11 +16,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import _protocol as P
+from ._link import Link
+from ._objects import ObjectTable
 from ._portal import call, on_runtime
-from ._refs import ObjectRef
+from ._refs import ObjectRef, return_id
 
 if TYPE_CHECKING:
     from ._core import Core
@@ -106,6 +109,79 @@ class StreamWindow:
             await self._event.wait()
 
 
+class Streams:
+    """The streams of one process: those it consumes (as the owner of their items) and
+    the windows of those it produces. Loop only, unless noted.
+
+    Handed the object table, ``accept(oid, value)`` (a received item's value, as a task's
+    result), this process's address (the owner of the items) and ``link_running(task_id)``
+    (the link to the worker producing a stream, if it runs now).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, objects: ObjectTable,
+                 accept: Callable[[bytes, list], None], address: str,
+                 link_running: Callable[[bytes], Link | None]) -> None:
+        self._loop = loop
+        self._objects = objects
+        self._accept = accept
+        self._address = address
+        self._link_running = link_running
+        self.consumed: dict[bytes, StreamState] = {}  # streams this process consumes
+        self.windows: dict[bytes, StreamWindow] = {}  # streams this worker produces
+
+    def open(self, task_id: bytes) -> None:
+        """A streaming task or call was submitted: its items are awaited here."""
+        self.consumed[task_id] = StreamState(self._loop)
+
+    def _on_StreamItem(self, link: Link, msg: P.StreamItem) -> None:
+        stream = self.consumed.get(msg.task_id)
+        if stream is None:
+            return  # the generator was dropped
+        oid = return_id(msg.task_id, msg.index)
+        ref = ObjectRef(oid, self._address)
+        self._objects.add(oid, owned=True)
+        self._accept(oid, msg.value)
+        stream.add(ref)
+
+    def end(self, task_id: bytes, error: BaseException | None) -> None:
+        """The task behind a stream ended (``error``: how it failed)."""
+        stream = self.consumed.get(task_id)
+        if stream is not None:
+            stream.finish(error)
+
+    async def next(self, task_id: bytes, index: int) -> ObjectRef:
+        """The ``index``-th item's ref; StopAsyncIteration past the end."""
+        stream = self.consumed.get(task_id)
+        if stream is None:
+            raise StopAsyncIteration
+        ref = await stream.next(index)
+        if stream.report_due():
+            self._tell_producer(task_id, stream.taken)
+        return ref
+
+    def close(self, task_id: bytes) -> None:
+        """The consumer dropped its generator: the producer need not wait for it."""
+        stream = self.consumed.pop(task_id, None)
+        if stream is not None and not stream.done:
+            self._tell_producer(task_id, P.STREAM_DONE)
+
+    def _tell_producer(self, task_id: bytes, count: int) -> None:
+        link = self._link_running(task_id)
+        if link is not None:
+            link.send_if_open(P.StreamConsumed(task_id, count))
+
+    def _on_StreamConsumed(self, link: Link, msg: P.StreamConsumed) -> None:
+        window = self.windows.get(msg.task_id)
+        if window is not None:
+            window.consumed_up_to(msg.count)
+
+    def on_link_closed(self, link: Link) -> None:
+        """A consumer is gone: let the producers of its streams finish."""
+        for window in list(self.windows.values()):
+            if window.link is link:
+                window.consumed_up_to(P.STREAM_DONE)
+
+
 class ObjectRefGenerator:
     """The refs a streaming task or method yields, each as soon as it is produced.
 
@@ -134,7 +210,7 @@ class ObjectRefGenerator:
 
     def __next__(self) -> ObjectRef:
         try:
-            ref = call(self._core.loop, self._core.stream_next, self._task_id, self._index,
+            ref = call(self._core.loop, self._core.streams.next, self._task_id, self._index,
                        what="get")
         except StopAsyncIteration:
             raise StopIteration from None
@@ -146,13 +222,13 @@ class ObjectRefGenerator:
 
     async def __anext__(self) -> ObjectRef:
         ref = await on_runtime(self._core.loop,
-                               self._core.stream_next(self._task_id, self._index))
+                               self._core.streams.next(self._task_id, self._index))
         self._index += 1
         return ref
 
     def __del__(self) -> None:
         try:  # the producer need not wait for a consumer that is gone
-            self._core.call_soon(self._core.close_stream, self._task_id)
+            self._core.call_soon(self._core.streams.close, self._task_id)
         except Exception:  # interpreter or loop shut down
             pass
 

@@ -63,8 +63,8 @@ class TaskSpec:
     streaming: bool = False
     parent: bytes = b""  # the task that submitted this one (in a worker), for recursive cancel
     deps: list = dataclasses.field(default_factory=list)  # resolved values, filled at dispatch
-    pinned: list = dataclasses.field(default_factory=list)
-    held: list = dataclasses.field(default_factory=list)  # refs pickled inside the args
+    held_entries: list = dataclasses.field(default_factory=list)  # deps held until done
+    held_refs: list = dataclasses.field(default_factory=list)  # refs pickled inside the args
     cancelled: bool = False
     force_cancelled: bool = False
 
@@ -257,7 +257,7 @@ class TaskSubmitter:
         spec.job_id = spec.job_id or self.core.job_id
         self._waiting[spec.task_id] = spec
         self._unreported.append(spec)
-        self.core._wake_task_events()
+        self.core.task_events.wake()
         if not spec.dep_refs:
             self._enqueue(spec)
             return
@@ -281,9 +281,9 @@ class TaskSubmitter:
                 return
         spec.deps = [[e.oid, e.resolved_value()] for e in entries]
         for e in entries:
-            e.pins += 1
-        spec.pinned = entries
-        spec.dep_refs = []  # the pins hold the objects now
+            self.core.objects.hold(e)
+        spec.held_entries = entries
+        spec.dep_refs = []  # the holds keep the objects now
         self._unreported.append(spec)  # now waiting for a worker
         self._enqueue(spec)
 
@@ -421,7 +421,7 @@ class TaskSubmitter:
     def _finish_task(self, spec: TaskSpec, results: list) -> None:
         self._release_deps(spec)
         self.core.finish_returns(spec.return_ids, results)
-        self.core.end_stream(spec.task_id, None)
+        self.core.streams.end(spec.task_id, None)
         if any(v[0] == "s" for v in results):
             # its results live in a node's store: if that node dies, running the task
             # again rebuilds them (kept while the results are referenced)
@@ -454,8 +454,8 @@ class TaskSubmitter:
                         oid.hex(), spec.name)
             for rid in spec.return_ids:  # the results resolve anew
                 entry = self.core.objects.entries.get(rid)
-                if entry is not None:
-                    entry.state, entry.location, entry.data = ObjectState.PENDING, None, None
+                if entry is not None and entry.state is ObjectState.READY and entry.location:
+                    self.core.objects.reopen_for_rebuild(entry)
             spec.cancelled = spec.force_cancelled = False
             self._waiting[spec.task_id] = spec
             self._enqueue(spec)
@@ -470,14 +470,14 @@ class TaskSubmitter:
         self._waiting.pop(spec.task_id, None)
         self._release_deps(spec)
         self.core.fail_returns(spec.return_ids, error)
-        self.core.end_stream(spec.task_id, error)
+        self.core.streams.end(spec.task_id, error)
 
     def _release_deps(self, spec: TaskSpec) -> None:
-        pinned, spec.pinned = spec.pinned, []
-        for entry in pinned:
-            self.core.objects.unpin(entry)
+        held, spec.held_entries = spec.held_entries, []
+        for entry in held:
+            self.core.objects.release(entry)
         spec.dep_refs = []
-        spec.held = []
+        spec.held_refs = []
 
     def cancel_children(self, parent: bytes) -> None:
         """Cancel what a cancelled task submitted (and, through them, their children)."""

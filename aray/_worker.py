@@ -10,7 +10,6 @@ their location travels.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import inspect
 import logging
 import gc
@@ -33,6 +32,7 @@ from ._link import Link
 from ._refs import ArgSlot, collect_refs, return_id
 from ._runtime_context import TaskContext, current_task
 from ._streams import StreamWindow
+from ._thread_cancel import ThreadCancelled, ThreadCancels
 from .exceptions import ActorDiedError, RemoteErrorInfo, TaskCancelledError
 from .store._serialize import deserialize, serialize
 
@@ -51,7 +51,7 @@ class _Executor:
         args, kwargs = deserialize(args_blob)
         if not deps:
             return args, kwargs
-        values = [self.core.value_of_resolved(oid, value) for oid, value in deps]
+        values = [self.core.fetcher.value_of_resolved(oid, value) for oid, value in deps]
 
         def fill(v):
             return values[v.index] if isinstance(v, ArgSlot) else v
@@ -59,13 +59,27 @@ class _Executor:
         return tuple(fill(a) for a in args), {k: fill(v) for k, v in kwargs.items()}
 
     def _resolved(self, oid: bytes, value: Any) -> list:
+        """A result as a resolved value: inline, or written to the store (on this thread)."""
+        return self._stored(oid, *self._serialized(value))
+
+    async def _resolved_async(self, oid: bytes, value: Any) -> list:
+        """On the loop: the same, with a large value written to the store in a thread, so
+        the loop (an async actor's other calls) does not wait for the copy."""
+        ser, contained = self._serialized(value)
+        if ser.total_size > INLINE_THRESHOLD:
+            return await asyncio.to_thread(self._stored, oid, ser, contained)
+        return self._stored(oid, ser, contained)
+
+    def _serialized(self, value: Any) -> tuple:
         try:
-            ser, contained = collect_refs(serialize, value)
+            return collect_refs(serialize, value)
         except Exception as exc:
             task = current_task.get()
             raise TypeError(
                 f"{task.name if task else 'the task'} returned a {type(value).__name__}, which "
                 f"cannot be pickled ({exc}); return something picklable instead") from exc
+
+    def _stored(self, oid: bytes, ser, contained: list) -> list:
         task = current_task.get()
         if ser.total_size > INLINE_THRESHOLD:
             resolved = self.core.store_value(oid, ser, task.owner if task else "")
@@ -80,21 +94,34 @@ class _Executor:
 
     def _register_refs(self, refs: list) -> None:
         for ref in refs:
-            self.core.register_for(ref._id, ref._owner)
+            self.core.borrowers.hold_at_owner(ref._id, ref._owner)
 
     def _started(self, task_id: bytes, name: str, job_id: str, kind: str) -> None:
-        self.core.task_started(task_id, name, job_id, kind)
+        self.core.task_events.started(task_id, name, job_id, kind)
 
     def _reply(self, link: Link, msg) -> None:
         """Loop only: send a result once the registrations it depends on are answered."""
         if isinstance(msg, P.TaskFinished) and msg.error is None:
-            self.core.task_ended(msg.task_id)
-        if self.core._unacked == 0:
+            self.core.task_events.ended(msg.task_id)
+        borrowers = self.core.borrowers
+        if borrowers.unacked == 0:
             link.send_if_open(msg)
         else:
-            self.core.after_registrations(lambda: link.send_if_open(msg))
+            borrowers.after_registrations(lambda: link.send_if_open(msg))
 
     def _pack(self, name: str, return_ids: list, num_returns: int, result: Any) -> list:
+        """The resolved values of a call's result (``num_returns`` of them)."""
+        values = self._values(name, num_returns, result)
+        return [self._resolved(oid, value) for oid, value in zip(return_ids, values)]
+
+    async def _pack_async(self, name: str, return_ids: list, num_returns: int,
+                          result: Any) -> list:
+        """On the loop: :meth:`_pack`, large values written in a thread."""
+        values = self._values(name, num_returns, result)
+        return [await self._resolved_async(oid, value)
+                for oid, value in zip(return_ids, values)]
+
+    def _values(self, name: str, num_returns: int, result: Any) -> list:
         n = num_returns
         if n == 1 and not inspect.isgenerator(result):
             values = [result]
@@ -109,7 +136,7 @@ class _Executor:
                     f"not a sequence of {n} values") from None
             if len(values) != n:
                 raise ValueError(f"{name} has num_returns={n} but returned {len(values)} values")
-        return [self._resolved(oid, value) for oid, value in zip(return_ids, values)]
+        return values
 
     def _stream_sync(self, link: Link, task_id: bytes, result: Any,
                      on_loop: bool = False) -> None:
@@ -126,7 +153,7 @@ class _Executor:
                 if not on_loop:
                     window.wait_sync(index + 1)
         finally:
-            self.core.stream_windows.pop(task_id, None)
+            self.core.streams.windows.pop(task_id, None)
 
     async def _stream_async(self, link: Link, task_id: bytes, result: Any) -> None:
         if not inspect.isasyncgen(result):
@@ -137,14 +164,14 @@ class _Executor:
         try:
             async for value in result:
                 self._reply(link, P.StreamItem(
-                    task_id, index, self._resolved(return_id(task_id, index), value)))
+                    task_id, index, await self._resolved_async(return_id(task_id, index), value)))
                 index += 1
                 await window.wait_async(index)
         finally:
-            self.core.stream_windows.pop(task_id, None)
+            self.core.streams.windows.pop(task_id, None)
 
     def _open_window(self, link: Link, task_id: bytes) -> StreamWindow:
-        window = self.core.stream_windows[task_id] = StreamWindow(link)
+        window = self.core.streams.windows[task_id] = StreamWindow(link)
         return window
 
     def _error_blob(self, name: str, exc: BaseException, task_id: bytes = b"") -> bytes:
@@ -156,7 +183,7 @@ class _Executor:
         info = RemoteErrorInfo(exc, type(exc).__name__, str(exc), text, name,
                                self.core.node_id, os.getpid())
         if task_id:
-            self.core.task_ended(task_id, f"{type(exc).__name__}: {exc}")
+            self.core.task_events.ended(task_id, f"{type(exc).__name__}: {exc}")
         try:
             return cloudpickle.dumps(info)
         except Exception:
@@ -176,12 +203,6 @@ class _Executor:
             sys.stdout.flush()
             sys.stderr.write(line)
             sys.stderr.flush()
-
-
-def _raise_in_thread(thread_id: int, exc_type: type) -> None:
-    """Raise ``exc_type`` inside another thread at its next Python bytecode."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
-                                               ctypes.py_object(exc_type))
 
 
 class _Lane:
@@ -230,7 +251,7 @@ class TaskExecutor(_Executor):
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="aray-task")
         self.running: P.PushTask | None = None
         self._running_task: asyncio.Task | None = None
-        self._thread_id: int | None = None
+        self.cancels = ThreadCancels()  # of the sync task on the pool's thread
         self._runner: asyncio.Task | None = None
 
     # --- messages ----------------------------------------------------------------------
@@ -251,8 +272,8 @@ class TaskExecutor(_Executor):
             return
         if self._running_task is not None:
             self._running_task.cancel()
-        elif self._thread_id is not None:
-            _raise_in_thread(self._thread_id, TaskCancelledError)
+        else:  # a sync task: on its thread now, or about to be
+            self.cancels.cancel(task_id, queued=True)
 
     def caller_gone(self, link: Link) -> None:
         """Drop queued tasks of a caller whose link closed: nobody waits for them."""
@@ -269,7 +290,7 @@ class TaskExecutor(_Executor):
             finally:
                 self.running = None
                 self._running_task = None
-                self._thread_id = None
+                self.cancels.forget(msg.task_id)
 
     async def _execute(self, link: Link, msg: P.PushTask) -> None:
         ctx = TaskContext(msg.task_id, msg.job_id, msg.name, list(msg.gpu_ids), owner=msg.owner)
@@ -280,7 +301,7 @@ class TaskExecutor(_Executor):
         try:
             fn = self._function(msg.fn_id)
             if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
-                await self.core.fetch_values(msg.deps)  # on the loop: pull before reading
+                await self.core.fetcher.fetch_values(msg.deps)  # on the loop: pull before reading
                 args, kwargs = self._arguments(msg.args, msg.deps)
                 self._mark(msg.job_id, msg.name)
                 if msg.num_returns < 0:
@@ -291,17 +312,18 @@ class TaskExecutor(_Executor):
                 else:
                     self._running_task = self.core.loop.create_task(fn(*args, **kwargs))
                     result = await self._running_task
-                    results = self._pack(msg.name, msg.return_ids, msg.num_returns, result)
+                    results = await self._pack_async(msg.name, msg.return_ids, msg.num_returns,
+                                                     result)
             else:
                 loop = asyncio.get_running_loop()
                 results = await loop.run_in_executor(self.pool, self._run_sync, fn, link, msg,
                                                      ctx)
         except BaseException as exc:  # user code raised (or the task was cancelled)
             if isinstance(exc, asyncio.CancelledError):
-                if self.core.loop.is_closed():
-                    raise
-                exc = TaskCancelledError(msg.name)
-            self._send_error(link, msg.task_id, msg.name, exc)
+                this = asyncio.current_task()
+                if self.core.loop.is_closed() or this is not None and this.cancelling():
+                    raise  # the executor itself is stopped (worker shutdown), not the task
+            self._send_error(link, msg.task_id, msg.name, _cancel_named(exc, msg.name))
             return
         finally:
             current_task.reset(token)
@@ -309,18 +331,20 @@ class TaskExecutor(_Executor):
         self._reply(link, P.TaskFinished(msg.task_id, results, None))
 
     def _run_sync(self, fn, link: Link, msg: P.PushTask, ctx: TaskContext) -> list:
+        """On the pool's thread: the task's user code (cancellable), then its results."""
         current_task.set(ctx)
-        self._thread_id = threading.get_ident()
-        try:
-            args, kwargs = self._arguments(msg.args, msg.deps)
-            self._mark(msg.job_id, msg.name)
-            result = fn(*args, **kwargs)
-            if msg.num_returns < 0:
-                self._stream_sync(link, msg.task_id, result)
-                return []
-            return self._pack(msg.name, msg.return_ids, msg.num_returns, result)
-        finally:
-            self._thread_id = None
+        result = self.cancels.run(msg.task_id, self._call_user, fn, link, msg)
+        if msg.num_returns < 0:
+            return []
+        return self._pack(msg.name, msg.return_ids, msg.num_returns, result)
+
+    def _call_user(self, fn, link: Link, msg: P.PushTask) -> Any:
+        args, kwargs = self._arguments(msg.args, msg.deps)
+        self._mark(msg.job_id, msg.name)
+        result = fn(*args, **kwargs)
+        if msg.num_returns < 0:  # the generator runs (and is cancelled) here
+            self._stream_sync(link, msg.task_id, result)
+        return result
 
     # --- actors: a worker that receives CreateActor hosts that actor for life -------------
     def create_actor(self, link: Link, msg: P.CreateActor) -> None:
@@ -370,9 +394,9 @@ class ActorExecutor(_Executor):
             self.lanes = {g: _Lane(self._run_call, n, f"aray-actor-{g or 'main'}")
                           for g, n in groups.items()}
         self._replies: list[tuple[Link, Any]] = []  # finished sync calls, sent in batches
-        self._replies_lock = threading.Lock()  # also guards the two below
-        self._threads: dict[bytes, int] = {}  # running sync call -> its thread
-        self._cancelled: set[bytes] = set()  # queued sync calls cancelled before they ran
+        self._replies_lock = threading.Lock()
+        self.cancels = ThreadCancels()  # of sync calls on the lanes' threads
+        self._sync_calls: set[bytes] = set()  # (loop) sync calls queued or running
         self.instance: Any = None
         self.calls: dict[bytes, asyncio.Task] = {}
         set_visible_gpus(self.gpu_ids)
@@ -388,7 +412,7 @@ class ActorExecutor(_Executor):
             if self.is_async:  # on the loop, so it may create asyncio objects
                 token = current_task.set(self._context(b"", name))
                 try:
-                    await self.core.fetch_values(self.spec["deps"])
+                    await self.core.fetcher.fetch_values(self.spec["deps"])
                     args, kwargs = self._arguments(self.spec["args"], self.spec["deps"])
                     self._mark(self.job_id, self.class_name)
                     self.instance = cls(*args, **kwargs)
@@ -417,49 +441,43 @@ class ActorExecutor(_Executor):
             self.calls[msg.task_id] = task
             task.add_done_callback(lambda _t: self.calls.pop(msg.task_id, None))
         else:  # queued now, in arrival order: a one-thread lane runs them in that order
+            self._sync_calls.add(msg.task_id)
             self.lanes[group].queue.put((link, msg))
 
     def cancel(self, task_id: bytes) -> None:
         task = self.calls.get(task_id)
         if task is not None:
             task.cancel()
-            return
-        with self._replies_lock:
-            thread = self._threads.get(task_id)
-            if thread is None:  # still queued on its lane: it will not run
-                self._cancelled.add(task_id)
-        if thread is not None:
-            _raise_in_thread(thread, TaskCancelledError)
+        elif task_id in self._sync_calls:  # running, or still queued on its lane
+            self.cancels.cancel(task_id, queued=True)
 
     def _call_sync(self, link: Link, msg: P.CallActor) -> list:
         current_task.set(self._context(msg.task_id, f"{self.class_name}.{msg.method}",
                                        msg.owner))
         self._started(msg.task_id, f"{self.class_name}.{msg.method}", self.job_id, "ACTOR_TASK")
-        args, kwargs = self._arguments(msg.args, msg.deps)
-        self._mark(self.job_id, self.class_name)
-        result = getattr(self.instance, msg.method)(*args, **kwargs)
+        result = self.cancels.run(msg.task_id, self._call_user, link, msg)
         if msg.num_returns < 0:
-            self._stream_sync(link, msg.task_id, result)
             return []
         return self._pack(msg.method, msg.return_ids, msg.num_returns, result)
 
+    def _call_user(self, link: Link, msg: P.CallActor) -> Any:
+        args, kwargs = self._arguments(msg.args, msg.deps)
+        self._mark(self.job_id, self.class_name)
+        result = getattr(self.instance, msg.method)(*args, **kwargs)
+        if msg.num_returns < 0:  # the generator runs (and is cancelled) here
+            self._stream_sync(link, msg.task_id, result)
+        return result
+
     def _run_call(self, link: Link, msg: P.CallActor) -> None:
         """On a lane thread: run one call and queue its reply for the loop."""
-        with self._replies_lock:
-            cancelled = msg.task_id in self._cancelled
-            self._cancelled.discard(msg.task_id)
-            if not cancelled:
-                self._threads[msg.task_id] = threading.get_ident()
+        name = f"{self.class_name}.{msg.method}"
         try:
-            if cancelled:
-                raise TaskCancelledError(f"{self.class_name}.{msg.method}")
             reply = P.TaskFinished(msg.task_id, self._call_sync(link, msg), None)
         except BaseException as exc:
             reply = P.TaskFinished(msg.task_id, [], self._error_blob(
-                f"{self.class_name}.{msg.method}", exc, msg.task_id))
+                name, _cancel_named(exc, name), msg.task_id))
         _flush_std()
         with self._replies_lock:
-            self._threads.pop(msg.task_id, None)
             self._replies.append((link, reply))
             wake = len(self._replies) == 1  # the loop is already due to send the others
         if wake:
@@ -469,6 +487,8 @@ class ActorExecutor(_Executor):
         with self._replies_lock:
             replies, self._replies = self._replies, []
         for link, reply in replies:
+            self._sync_calls.discard(reply.task_id)
+            self.cancels.forget(reply.task_id)
             self._reply(link, reply)
 
     async def _call_async(self, link: Link, msg: P.CallActor, group: str) -> None:
@@ -477,7 +497,7 @@ class ActorExecutor(_Executor):
         self._started(msg.task_id, name, self.job_id, "ACTOR_TASK")
         try:
             async with self.limits[group]:
-                await self.core.fetch_values(msg.deps)
+                await self.core.fetcher.fetch_values(msg.deps)
                 args, kwargs = self._arguments(msg.args, msg.deps)
                 self._mark(self.job_id, self.class_name)
                 result = getattr(self.instance, msg.method)(*args, **kwargs)
@@ -487,16 +507,23 @@ class ActorExecutor(_Executor):
                 else:
                     if inspect.isawaitable(result):
                         result = await result
-                    results = self._pack(msg.method, msg.return_ids, msg.num_returns, result)
+                    results = await self._pack_async(msg.method, msg.return_ids,
+                                                     msg.num_returns, result)
         except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                exc = TaskCancelledError(name)
-            self._send_error(link, msg.task_id, name, exc)
+            self._send_error(link, msg.task_id, name, _cancel_named(exc, name))
             return
         finally:
             current_task.reset(token)
             _flush_std()
         self._reply(link, P.TaskFinished(msg.task_id, results, None))
+
+
+def _cancel_named(exc: BaseException, name: str) -> BaseException:
+    """The error to report for ``exc``: a cancel (of the loop's task, or raised in the
+    call's thread) becomes TaskCancelledError naming the call."""
+    if isinstance(exc, (asyncio.CancelledError, ThreadCancelled)):
+        return TaskCancelledError(name).with_traceback(exc.__traceback__)
+    return exc
 
 
 _RUNTIME_DIRS = (os.path.dirname(asyncio.__file__), os.path.dirname(threading.__file__))

@@ -1,8 +1,20 @@
 """Refs inside other values: kept while anything holds them, freed once nothing does.
 
 Each script checks the store's object count: an object that is still referenced somewhere
-must be readable, and once no reference remains anywhere its memory must be given back.
+must be readable, and once no reference remains anywhere its memory must be given back. The
+protocol itself (registrations, their order, results that carry refs, the owner's counts) is
+driven below without processes, by sequences of calls on in-memory tables.
 """
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aray import _protocol as P
+from aray._borrowing import Borrowers
+from aray._objects import ObjectTable
 
 PRELUDE = """
         import gc, numpy as np
@@ -115,3 +127,194 @@ def test_a_ref_passed_between_tasks_inside_values(run_script):
         print("OK")
     """)
     assert "OK" in r.stdout
+
+
+# --- the borrowing protocol without processes ----------------------------------------------
+# Each "process" is an object table with its Borrowers; links between them are plain objects
+# that queue messages until the test delivers them, so the order of events is the test's.
+
+
+OID = b"i" * 16
+RESULT = b"r" * 16
+
+
+class FakeLink:
+    """One direction of a link: what is sent waits in the receiver's inbox."""
+
+    def __init__(self, sender: Process, receiver: Process) -> None:
+        self.sender, self.receiver = sender, receiver
+
+    def send(self, msg) -> None:
+        self.receiver.inbox.append((self.sender, msg, None))
+
+    async def request(self, make, timeout):
+        reply = asyncio.get_running_loop().create_future()
+        self.receiver.inbox.append((self.sender, make(len(self.receiver.inbox) + 1), reply))
+        return await reply
+
+
+class ReplyLink:
+    """The receiving side's view of a request's link: its send answers the request."""
+
+    def __init__(self, reply: asyncio.Future | None) -> None:
+        self.reply = reply
+
+    def send(self, msg) -> None:
+        if self.reply is not None and not self.reply.done():
+            self.reply.set_result(msg)
+
+
+class Process:
+    """A process's object table and borrowing, reachable by its address."""
+
+    def __init__(self, world: dict, address: str) -> None:
+        self.address = address
+        self.world = world
+        world[address] = self
+        self.inbox: list = []
+        self.deleted: list = []
+        loop = asyncio.get_running_loop()
+        self.objects = ObjectTable(loop, lambda e: e.data, self._on_unused)
+        self.objects.bind_thread()
+        self.borrowers = Borrowers(self.objects, address, self._peer,
+                                   lambda coro, name="": loop.create_task(coro),
+                                   lambda oid, node: self.deleted.append(oid))
+
+    async def _peer(self, address: str) -> FakeLink:
+        if address not in self.world:
+            raise ConnectionError(f"{address} is gone")
+        return FakeLink(self, self.world[address])
+
+    def _on_unused(self, entry) -> None:
+        self.borrowers.on_unused(entry)
+
+    def deliver(self) -> list:
+        """Handle every message waiting here; returns their class names."""
+        inbox, self.inbox = self.inbox, []
+        for _sender, msg, reply in inbox:
+            getattr(self.borrowers, "_on_" + type(msg).__name__)(ReplyLink(reply), msg)
+        return [type(msg).__name__ for _s, msg, _r in inbox]
+
+    def own(self, oid: bytes = OID):
+        entry = self.objects.add(oid, owned=True)
+        self.objects.refs.incr(oid)  # the owner's own ref
+        self.objects.resolve(entry, ["v", b"value"])
+        return entry
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.anyio
+async def test_a_borrower_registers_once_and_releases_after_the_answer():
+    world: dict = {}
+    owner, borrower = Process(world, "owner"), Process(world, "borrower")
+    entry = owner.own()
+    borrower.objects.refs.incr(OID)  # it unpickled a ref
+    borrower.borrowers.borrowed_entry(OID, "owner")
+    borrower.borrowers.borrowed_entry(OID, "owner")  # a second unpickling: no new hold
+    await settle()
+    assert borrower.borrowers.unacked == 1
+    assert owner.deliver() == ["AddBorrower"]
+    assert entry.holds == 1
+    await settle()
+    assert borrower.borrowers.unacked == 0
+    borrower.objects.refs.decr(OID)  # its last ref goes: the entry, and its hold
+    await settle()
+    assert OID not in borrower.objects.entries
+    assert owner.deliver() == ["RemoveBorrower"]
+    assert entry.holds == 0 and OID in owner.objects.entries  # the owner's own ref stays
+    owner.objects.refs.decr(OID)
+    await settle()
+    assert OID not in owner.objects.entries
+
+
+@pytest.mark.anyio
+async def test_a_release_waits_for_every_earlier_registration():
+    world: dict = {}
+    owner, borrower = Process(world, "owner"), Process(world, "borrower")
+    entry = owner.own()
+    other = owner.own(b"j" * 16)
+    borrower.borrowers.hold_at_owner(OID, "owner")
+    borrower.borrowers.hold_at_owner(other.oid, "owner")
+    order = []
+    borrower.borrowers.after_registrations(lambda: order.append("after"))
+    borrower.borrowers.release_at_owner(OID, "owner")  # must not overtake the registrations
+    await settle()
+    assert [type(m).__name__ for _s, m, _r in owner.inbox] == ["AddBorrower", "AddBorrower"]
+    assert order == []
+    owner.deliver()
+    await settle()
+    assert order == ["after"]
+    assert owner.deliver() == ["RemoveBorrower"]
+    assert entry.holds == 0 and other.holds == 1  # never released before it was counted
+
+
+@pytest.mark.anyio
+async def test_a_result_carrying_refs_moves_the_hold_to_the_caller():
+    world: dict = {}
+    owner, worker, caller = (Process(world, a) for a in ("owner", "worker", "caller"))
+    entry = owner.own()
+    result = caller.objects.add(RESULT, owned=True)  # the task's return, owned by the caller
+    caller.objects.refs.incr(RESULT)
+    # the worker registers its caller as a holder before it reports
+    worker.borrowers.hold_at_owner(OID, "owner")
+    reported = []
+    worker.borrowers.after_registrations(lambda: reported.append(True))
+    await settle()
+    assert reported == []
+    owner.deliver()
+    await settle()
+    assert reported == [True] and entry.holds == 1
+    # the caller gets the result: it registers itself, then drops the worker's hold
+    caller.borrowers.accept_value(RESULT, ["v", b"data", [[OID, "owner"]]])
+    assert result.held_refs and result.held_refs[0]._id == OID
+    await settle()
+    assert owner.deliver() == ["AddBorrower"]
+    assert entry.holds == 2
+    await settle()
+    assert owner.deliver() == ["RemoveBorrower"]
+    assert entry.holds == 1  # the caller's own hold, while the result lives
+    caller.objects.refs.decr(RESULT)
+    await settle()
+    assert RESULT not in caller.objects.entries and result.held_refs is None
+
+
+@pytest.mark.anyio
+async def test_a_result_nobody_waits_for_is_deleted_from_the_store():
+    world: dict = {}
+    caller = Process(world, "caller")
+    caller.borrowers.accept_value(RESULT, ["s", "node-a", 1024, 0])
+    assert caller.deleted == [RESULT]
+
+
+@pytest.mark.anyio
+async def test_the_owner_counts_only_objects_it_still_has():
+    world: dict = {}
+    owner = Process(world, "owner")
+    replies = []
+    link = ReplyLink(None)
+    link.send = replies.append
+    owner.borrowers._on_AddBorrower(link, P.AddBorrower(1, OID))  # freed already
+    assert [type(r).__name__ for r in replies] == ["BorrowerAdded"]  # answered all the same
+    owner.borrowers._on_RemoveBorrower(link, P.RemoveBorrower(OID))  # nothing to release
+    entry = owner.own()
+    owner.borrowers._on_RemoveBorrower(link, P.RemoveBorrower(OID))  # never counted here
+    assert entry.holds == 0
+    owner.borrowers.hold_at_owner(OID, "owner")  # a hold of its own: no message
+    assert entry.holds == 1 and owner.inbox == []
+    owner.borrowers.release_at_owner(OID, "owner")
+    assert entry.holds == 0
+
+
+@pytest.mark.anyio
+async def test_an_owner_that_is_gone_does_not_hold_up_the_rest():
+    world: dict = {}
+    borrower = Process(world, "borrower")
+    borrower.borrowers.hold_at_owner(OID, "nobody")
+    sent = []
+    borrower.borrowers.after_registrations(lambda: sent.append("result"))
+    await settle()
+    assert borrower.borrowers.unacked == 0 and sent == ["result"]

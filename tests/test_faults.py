@@ -286,7 +286,7 @@ def test_a_stream_runs_at_most_a_window_ahead_of_its_consumer(run_script):
                 yield i
 
         gen = numbers.remote(50_000)
-        streams = aray._global.core()._streams
+        streams = aray._global.core().streams.consumed
         held, until = 0, time.time() + 2  # while nobody consumes, the most it ever holds
         while time.time() < until:  # watched the whole time: the peak is what counts
             stream = streams.get(gen._task_id)
