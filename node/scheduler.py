@@ -23,12 +23,59 @@ def format_resources(resources: dict) -> str:
 
 
 def fits(shape: dict, available: dict) -> bool:
+    """Whether ``available`` holds every positive amount of ``shape``.
+
+    Examples:
+        >>> fits({"CPU": 1}, {"CPU": 2}), fits({"CPU": 1, "X": 2}, {"CPU": 2})
+        (True, False)
+    """
     return all(available.get(k, 0.0) >= _q(v) - 1e-9 for k, v in shape.items() if v > 0)
 
 
 def feasible_anywhere(shape: dict, node_totals: list[dict]) -> bool:
     """Can some node ever satisfy ``shape`` (if it were idle)?"""
     return any(fits(shape, total) for total in node_totals)
+
+
+def spillback_target(shape: dict, pool: ResourcePool, others: list[list]) -> str:
+    """The agent address of another node to send a request to, or "" to keep it here.
+
+    ``others`` are the other nodes as ``[node_id, address, total, free]``. A request that
+    fits here stays; one this node can never satisfy goes to a node that can (one with the
+    resources free now, if any); one that must wait here goes where it can run now. The
+    chosen node's free resources count the request as taken until the next view, so that a
+    burst of requests does not all go to the same node.
+
+    Examples:
+        >>> others = [["b", "addr-b", {"CPU": 4}, {"CPU": 4}]]
+        >>> spillback_target({"CPU": 2}, ResourcePool({"CPU": 1}), others), others[0][3]
+        ('addr-b', {'CPU': 2.0})
+    """
+    if not others or pool.fits(shape):
+        return ""
+    able = [n for n in others if fits(shape, n[2])]
+    free = [n for n in able if fits(shape, n[3])]
+    if free:
+        for k, v in shape.items():
+            free[0][3][k] = _q(free[0][3].get(k, 0.0) - v)
+        return free[0][1]
+    if able and not fits(shape, pool.total):
+        return able[0][1]  # it can never run here: wait there
+    return ""
+
+
+def infeasible_message(what: str, description: str, shape: dict,
+                       node_totals: list[dict]) -> str:
+    """The warning a caller gets once when no node of the cluster could ever run a request."""
+    have: dict = {}
+    for total in node_totals:
+        for k, v in total.items():
+            if k in shape or k in ("CPU", "GPU"):  # what matters for this request
+                have[k] = have.get(k, 0) + v
+    return (f"The {what} {description} cannot be scheduled right now. It requires "
+            f"{format_resources(shape)} for placement, but no node of the cluster can provide "
+            f"that (the cluster has {format_resources(have)}). It stays pending and runs as soon "
+            "as a node that can run it joins; otherwise, reduce its resource requirements.")
 
 
 class ReleaseError(RuntimeError):
