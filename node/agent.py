@@ -9,9 +9,11 @@ worker; the agent is not on that path.
 The decisions are plain code; the agent turns messages into their events and carries out
 what comes back::
 
-    messages --> NodeAgent._on_<Message> --> LeaseScheduler.handle(event) --> instructions
-                                                                                  |
-    links, WorkerTable (processes), ObjectService, Transfers, LogForwarder <------+
+    lease messages --> Leasing._on_<Message> --> LeaseScheduler.handle(event)
+                                                           |  instructions
+    links, WorkerTable (processes) <----- Leasing <--------+
+
+ObjectService, Transfers and LogForwarder handle their own messages.
 
 See docs/design.md ("The node agent") for the components and what flows between them.
 """
@@ -25,11 +27,12 @@ import uuid
 
 from aray import _protocol as P
 from aray._dispatch import Dispatcher
-from aray._link import CONTROL_TIMEOUT, Link, Server, connect
+from aray._link import Link, Server, connect
 from aray._periodic import every
 
 from . import lease_events as E
 from .lease_scheduler import LeaseScheduler, WorkerState
+from .leasing import Leasing
 from .log_forwarding import LogForwarder
 from .objects import ObjectService
 from .transfers import Transfers
@@ -90,19 +93,11 @@ class NodeAgent:
         self.logs = LogForwarder(logs_dir, self.drivers, lambda: self.workers.handles.values(),
                                  self.workers.pids, lambda: self.head,
                                  lambda: bool(self.leases.others), self._spawn)
-        self._dispatch = Dispatcher("node", self, self.objects, self.transfers, self.logs)
+        self.leasing = Leasing(self.leases, self.workers, self.node_id, self.code_paths,
+                               lambda: self.head, self._spawn)
+        self._dispatch = Dispatcher("node", self, self.leasing, self.objects, self.transfers,
+                                    self.logs)
         self.transfers.dispatch = self._dispatch
-        self._carry_out = {
-            E.GrantLease: self._grant_lease, E.SpillBack: self._spill_back,
-            E.SpawnWorker: self._spawn_worker, E.AssignJob: self._assign_job,
-            E.StartActor: self._start_actor,
-            E.KillWorker: lambda ins: self.workers.kill(ins.worker_id),
-            E.ReportResources: lambda ins: self._to_head(
-                P.NodeResourcesChanged(self.node_id, ins.available)),
-            E.WarnInfeasible: lambda ins: ins.caller.send(
-                P.LeaseInfeasible(ins.req_id, ins.message, ins.actor_id)),
-            E.ReportActorDied: lambda ins: self._to_head(P.ActorDied(ins.actor_id, ins.reason)),
-        }
 
     # --- lifecycle -----------------------------------------------------------------------
     def _spawn(self, coro, name: str) -> asyncio.Task:
@@ -136,7 +131,7 @@ class NodeAgent:
         self.head.send(P.RegisterNode(
             self.node_id, self.public_address or self.address, self.ip, self.leases.pool.total,
             {"machine": machine_id(), "pid": os.getpid(), "session_dir": self.session_dir}))
-        self._feed(E.NodeStarted(self.prestart))
+        self.leasing.feed(E.NodeStarted(self.prestart))
         self._spawn(self.logs.run(), "log reader")
         self._spawn(every(self.head.peer.info.get("heartbeat_interval", 1.0),
                           self._send_heartbeat, name="heartbeat", log=log), "heartbeat")
@@ -160,7 +155,7 @@ class NodeAgent:
         """Stop the workers, the server and the head link; cancel the agent's tasks."""
         if self._closing:
             return
-        self._closing = True
+        self._closing = self.leasing.closed = True
         await self.workers.aclose()
         await self.server.aclose()
         if self.head is not None:
@@ -171,55 +166,6 @@ class NodeAgent:
             if task is not current:
                 task.cancel()
         self.stopped.set()
-
-    # --- the lease scheduler's instructions ----------------------------------------------
-    def _feed(self, event) -> None:
-        """Hand an event to the lease scheduler and carry out what it decides."""
-        if self._closing:
-            return
-        for instruction in self.leases.handle(event):
-            self._carry_out[type(instruction)](instruction)
-
-    def _to_head(self, msg) -> None:
-        if self.head is not None and not self.head.closed:
-            self.head.send(msg)
-
-    def _grant_lease(self, ins: E.GrantLease) -> None:
-        if ins.caller.closed:  # gone since it asked: the worker is free again
-            self._feed(E.LeaseReturned(ins.caller, ins.worker_id))
-            return
-        handle = self.workers.handles[ins.worker_id]
-        ins.caller.send(P.LeaseGranted(ins.req_id, ins.worker_id, handle.address, self.node_id,
-                                       ins.gpu_ids))
-
-    def _spill_back(self, ins: E.SpillBack) -> None:
-        ins.caller.send(P.LeaseSpillback(ins.req_id, ins.address))
-
-    def _spawn_worker(self, ins: E.SpawnWorker) -> None:
-        self.workers.spawn(ins.worker_id)
-
-    def _assign_job(self, ins: E.AssignJob) -> None:
-        handle = self.workers.handles[ins.worker_id]
-        handle.job_id = ins.job_id
-        self._spawn(self._join_job(handle, ins.job_id), "assign job")
-
-    async def _join_job(self, handle: WorkerHandle, job_id: str) -> None:
-        """A fresh worker imports the job's code before its first lease of that job."""
-        ok = False
-        if handle.link is not None:
-            try:
-                await handle.link.request(lambda r: P.AssignJob(
-                    r, job_id, self.code_paths.get(job_id, "")), timeout=CONTROL_TIMEOUT)
-                ok = True
-            except (ConnectionError, TimeoutError):
-                pass
-        self._feed(E.JobAssigned(handle.worker_id, ok))
-
-    def _start_actor(self, ins: E.StartActor) -> None:
-        handle = self.workers.handles[ins.worker_id]
-        handle.actor_id = ins.actor_id
-        assert handle.link is not None
-        handle.link.send(P.CreateActor(ins.actor_id, dict(ins.spec, gpu_ids=ins.gpu_ids)))
 
     # --- links ---------------------------------------------------------------------------
     def _on_hello(self, link: Link, hello: P.Hello) -> dict:
@@ -252,7 +198,7 @@ class NodeAgent:
         if msg.worker_id not in self.workers.handles or not self._alive(msg.worker_id):
             return
         self.workers.started(msg.worker_id, msg.address, msg.pid)
-        self._feed(E.WorkerStarted(msg.worker_id))
+        self.leasing.feed(E.WorkerStarted(msg.worker_id))
 
     def _on_worker_exit(self, worker_id: str, code: int | None) -> None:
         handle = self.workers.handles.get(worker_id)
@@ -268,7 +214,7 @@ class NodeAgent:
         if handle.address:
             self.objects.delete_objects_of(handle.address)  # fate-sharing: its objects too
         self.workers.forget(worker_id)
-        self._feed(E.WorkerExited(worker_id, (
+        self.leasing.feed(E.WorkerExited(worker_id, (
             f"its worker process (pid {handle.pid}) exited with code {code}")))
 
     def _on_worker_link_lost(self, handle: WorkerHandle) -> None:
@@ -279,27 +225,10 @@ class NodeAgent:
         if handle.link is not None:
             self._on_caller_gone(handle.link)  # and the workers it leased go with it
 
-    # --- leases --------------------------------------------------------------------------
-    def _on_RequestLease(self, link: Link, msg: P.RequestLease) -> None:
-        self._feed(E.LeaseRequested(link, msg.req_id, msg.shape, msg.description, msg.job_id,
-                                    not msg.spilled))
-
-    def _on_ReturnLease(self, link: Link, msg: P.ReturnLease) -> None:
-        self._feed(E.LeaseReturned(link, msg.worker_id))
-
-    def _on_WorkerBlocked(self, link: Link, msg: P.WorkerBlocked) -> None:
-        self._feed(E.WorkerBlocked(msg.worker_id))
-
-    def _on_WorkerUnblocked(self, link: Link, msg: P.WorkerUnblocked) -> None:
-        self._feed(E.WorkerUnblocked(msg.worker_id))
-
-    def _on_KillWorker(self, link: Link, msg: P.KillWorker) -> None:
-        self._feed(E.WorkerKillRequested(link, msg.worker_id))
-
     def _on_caller_gone(self, link: Link) -> None:
         driver = self.drivers.pop(link, None)
         self.objects.free_unsealed(link)
-        self._feed(E.CallerGone(link))
+        self.leasing.feed(E.CallerGone(link))
         if driver is not None:
             self._job_finished(driver.get("job_id", ""), driver.get("address", ""))
 
@@ -314,27 +243,7 @@ class NodeAgent:
         if driver_address:
             self.objects.delete_objects_of(driver_address)
         self.code_paths.pop(job_id, None)
-        self._feed(E.JobFinished(job_id))
-
-    def _on_ClusterViewChanged(self, link: Link, msg: P.ClusterViewChanged) -> None:
-        self._feed(E.ViewChanged(msg.nodes, self.node_id))
-
-    # --- actors --------------------------------------------------------------------------
-    def _on_CreateActor(self, link: Link, msg: P.CreateActor) -> None:
-        """From the head: find (or start) a worker for this actor and construct it there."""
-        spec = msg.spec
-        self._feed(E.ActorPlacementRequested(
-            link, msg.actor_id, spec["placement"], spec["hold"],
-            spec.get("description", "actor"), spec.get("job_id", ""), spec))
-
-    def _on_WithdrawActor(self, link: Link, msg: P.WithdrawActor) -> None:
-        self._feed(E.ActorWithdrawn(msg.actor_id))
-
-    def _on_KillActor(self, link: Link, msg: P.KillActor) -> None:
-        self._feed(E.ActorKilled(msg.actor_id))
-
-    def _on_ActorStarted(self, link: Link, msg: P.ActorStarted) -> None:
-        self._to_head(msg)
+        self.leasing.feed(E.JobFinished(job_id))
 
     # --- objects and nodes ---------------------------------------------------------------
     def _on_ObjectsDeleted(self, link: Link, msg: P.ObjectsDeleted) -> None:

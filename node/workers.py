@@ -7,7 +7,6 @@ Which worker serves whom (leasing, lending, recycling) is :mod:`.lease_scheduler
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Callable
