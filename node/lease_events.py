@@ -26,7 +26,7 @@ class LeaseRequested(NamedTuple):
     shape: dict
     description: str  # what the lease is for, used in warnings
     job_id: str
-    may_spill_back: bool  # False when another node's spillback sent it here
+    may_spillback: bool  # False when another node's spillback sent it here
 
 
 class ActorPlacementRequested(NamedTuple):

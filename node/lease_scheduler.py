@@ -170,7 +170,7 @@ class LeaseScheduler:
 
     # --- requests ------------------------------------------------------------------------
     def _lease_requested(self, ev: E.LeaseRequested) -> list:
-        if ev.may_spill_back:
+        if ev.may_spillback:
             target = spillback_target(ev.shape, self.pool, self.others)
             if target:
                 return [E.SpillBack(ev.caller, ev.req_id, target)]

@@ -39,9 +39,9 @@ def make(resources=None, **kw) -> LeaseScheduler:
     return LeaseScheduler(resources or {"CPU": 2}, new_id=lambda: next(ids), **kw)
 
 
-def ask(req_id, shape=None, job="job1", caller="driver", may_spill_back=True):
+def ask(req_id, shape=None, job="job1", caller="driver", may_spillback=True):
     return LeaseRequested(caller, req_id, shape or {"CPU": 1}, f"task {req_id}", job,
-                          may_spill_back)
+                          may_spillback)
 
 
 def kinds(out, kind):
@@ -144,7 +144,7 @@ def test_a_request_that_must_wait_stays_queued_here():
     assert s.handle(ask(2)) == []  # busy everywhere, and it could run here: it waits
     assert len(s.queue) == 1
     # a request sent here by another node's spillback is never sent on
-    assert s.handle(ask(3, {"CPU": 3}, may_spill_back=False)) == []
+    assert s.handle(ask(3, {"CPU": 3}, may_spillback=False)) == []
     assert len(s.queue) == 2
 
 
