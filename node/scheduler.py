@@ -171,15 +171,24 @@ class ResourcePool:
 
 
 class LeaseQueue:
-    """Lease requests in arrival order; any request that fits may go ahead of one that does not."""
+    """Lease requests in arrival order; any request that fits may go ahead of one that does not.
+
+    Examples:
+        >>> q = LeaseQueue(); q.push("big"); q.push("small")
+        >>> [item for item, _ in q.take_grantable(ResourcePool({"CPU": 1}),
+        ...                                        lambda i: {"CPU": 4 if i == "big" else 1})]
+        ['small']
+    """
 
     def __init__(self) -> None:
         self._items: deque[Any] = deque()
 
     def push(self, item: Any) -> None:
+        """Queue ``item`` behind the others."""
         self._items.append(item)
 
     def remove_if(self, pred) -> list:
+        """Take out every item ``pred`` holds for; returns them in order."""
         gone = [i for i in self._items if pred(i)]
         for i in gone:
             self._items.remove(i)
