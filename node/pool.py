@@ -25,6 +25,8 @@ def _child_main(target: str, config: dict) -> None:
 
 
 class WorkerProcess:
+    """A started worker process: its id, the process object and its pid."""
+
     __slots__ = ("worker_id", "process", "pid")
 
     def __init__(self, worker_id: str, process) -> None:
@@ -52,6 +54,7 @@ class WorkerPool:
         await asyncio.get_running_loop().run_in_executor(None, forkserver.ensure_running)
 
     async def start(self, worker_id: str, config: dict) -> WorkerProcess:
+        """Fork a worker from the template process; its exit is reported to ``on_exit``."""
         loop = asyncio.get_running_loop()
         process = self._ctx.Process(target=_child_main, args=(self._target, config),
                                     name=f"aray-worker-{worker_id}", daemon=False)
@@ -76,6 +79,7 @@ class WorkerPool:
         self._on_exit(worker_id, code)
 
     def kill(self, worker_id: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the worker, if it still runs."""
         handle = self.processes.get(worker_id)
         if handle is not None:
             try:

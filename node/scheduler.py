@@ -23,6 +23,12 @@ def format_resources(resources: dict) -> str:
 
 
 def fits(shape: dict, available: dict) -> bool:
+    """Whether ``available`` holds every positive amount of ``shape``.
+
+    Examples:
+        >>> fits({"CPU": 1}, {"CPU": 2}), fits({"CPU": 1, "X": 2}, {"CPU": 2})
+        (True, False)
+    """
     return all(available.get(k, 0.0) >= _q(v) - 1e-9 for k, v in shape.items() if v > 0)
 
 
@@ -31,35 +37,129 @@ def feasible_anywhere(shape: dict, node_totals: list[dict]) -> bool:
     return any(fits(shape, total) for total in node_totals)
 
 
+def spillback_target(shape: dict, pool: ResourcePool, others: list[list]) -> str:
+    """The agent address of another node to send a request to, or "" to keep it here.
+
+    ``others`` are the other nodes as ``[node_id, address, total, free]``. A request that
+    fits here stays; one this node can never satisfy goes to a node that can (one with the
+    resources free now, if any); one that must wait here goes where it can run now. The
+    chosen node's free resources count the request as taken until the next view, so that a
+    burst of requests does not all go to the same node.
+
+    Examples:
+        >>> others = [["b", "addr-b", {"CPU": 4}, {"CPU": 4}]]
+        >>> spillback_target({"CPU": 2}, ResourcePool({"CPU": 1}), others), others[0][3]
+        ('addr-b', {'CPU': 2.0})
+    """
+    if not others or pool.fits(shape):
+        return ""
+    able = [n for n in others if fits(shape, n[2])]
+    free = [n for n in able if fits(shape, n[3])]
+    if free:
+        for k, v in shape.items():
+            free[0][3][k] = _q(free[0][3].get(k, 0.0) - v)
+        return free[0][1]
+    if able and not fits(shape, pool.total):
+        return able[0][1]  # it can never run here: wait there
+    return ""
+
+
+def infeasible_message(what: str, description: str, shape: dict,
+                       node_totals: list[dict]) -> str:
+    """The warning a caller gets once when no node of the cluster could ever run a request."""
+    have: dict = {}
+    for total in node_totals:
+        for k, v in total.items():
+            if k in shape or k in ("CPU", "GPU"):  # what matters for this request
+                have[k] = have.get(k, 0) + v
+    return (f"The {what} {description} cannot be scheduled right now. It requires "
+            f"{format_resources(shape)} for placement, but no node of the cluster can provide "
+            f"that (the cluster has {format_resources(have)}). It stays pending and runs as soon "
+            "as a node that can run it joins; otherwise, reduce its resource requirements.")
+
+
+class ReleaseError(RuntimeError):
+    """Resources were given back that were not taken (a lease released twice, say)."""
+
+
 class ResourcePool:
-    """The resources of one node: totals, what is free, and which GPU ids are free."""
+    """The resources of one node: totals, what is free, and how much of each GPU is free.
+
+    Fractional GPU requests pack onto the most used device that still has room before they
+    take a fresh one; whole-GPU requests take devices nothing else uses. Giving back more
+    than was taken raises :class:`ReleaseError`.
+
+    Examples:
+        >>> pool = ResourcePool({"CPU": 2, "GPU": 2})
+        >>> pool.acquire({"GPU": 0.5}), pool.acquire({"GPU": 1})
+        ([0], [1])
+        >>> pool.release({"GPU": 1}, [1])
+        >>> pool.release({"GPU": 1}, [1])
+        Traceback (most recent call last):
+        ...
+        aray.node.scheduler.ReleaseError: released more GPU than the node has (2.5 of 2.0 free): released twice?
+    """
 
     def __init__(self, total: dict) -> None:
         self.total = {k: _q(v) for k, v in total.items()}
         self.available = dict(self.total)
-        self.free_gpus = list(range(int(self.total.get("GPU", 0))))
+        gpus = self.total.get("GPU", 0.0)
+        # each device's capacity: whole devices, and a fraction of one if the total says so
+        self.gpu_capacity = [1.0] * int(gpus) + ([_q(gpus - int(gpus))] if gpus % 1 else [])
+        self.gpu_free = list(self.gpu_capacity)
+
+    @property
+    def free_gpus(self) -> list[int]:
+        """The ids of the GPUs nothing uses."""
+        return [i for i, free in enumerate(self.gpu_free) if free >= 1.0 - 1e-9]
 
     def fits(self, shape: dict) -> bool:
-        return fits(shape, self.available)
+        """Whether ``shape`` can be taken now (amounts, and a device for its GPUs)."""
+        return fits(shape, self.available) and self._devices(shape.get("GPU", 0)) is not None
+
+    def _devices(self, gpu: float) -> list[int] | None:
+        """The devices a request of ``gpu`` GPUs would get (None: none can take it)."""
+        if gpu <= 0:
+            return []
+        if gpu >= 1:  # whole devices, each its own
+            n = int(-(-gpu // 1))
+            free = self.free_gpus
+            return free[:n] if len(free) >= n else None
+        # a fraction: the fullest device that still has room, so that fractions pack
+        room = [(free, i) for i, free in enumerate(self.gpu_free) if free >= _q(gpu) - 1e-9]
+        return [min(room)[1]] if room else None
 
     def acquire(self, shape: dict) -> list[int]:
         """Take ``shape`` (which must fit); returns the GPU ids assigned to it."""
+        gpu = shape.get("GPU", 0)
+        devices = self._devices(gpu)
+        assert devices is not None, f"{shape} does not fit the free GPUs {self.gpu_free}"
         for k, v in shape.items():
             self.available[k] = _q(self.available.get(k, 0.0) - v)
-        gpu = shape.get("GPU", 0)
-        if gpu >= 1:  # whole GPUs: each holds its own device ids
-            n = int(-(-gpu // 1))
-            gpus, self.free_gpus = self.free_gpus[:n], self.free_gpus[n:]
-            return gpus
-        if gpu > 0:  # a fraction of a GPU shares a device (the first one that is not whole-leased)
-            return self.free_gpus[:1] or [0]
-        return []
+        for i in devices:
+            self.gpu_free[i] = 0.0 if gpu >= 1 else _q(self.gpu_free[i] - gpu)
+        return devices
 
     def release(self, shape: dict, gpu_ids: list[int]) -> None:
+        """Give back ``shape`` and the GPU ids :meth:`acquire` gave it.
+
+        Raises:
+            ReleaseError: more would be free than the node has (released twice).
+        """
         for k, v in shape.items():
-            self.available[k] = min(self.total.get(k, 0.0), _q(self.available.get(k, 0.0) + v))
-        if shape.get("GPU", 0) >= 1:
-            self.free_gpus = sorted(set(self.free_gpus) | set(gpu_ids))
+            after = _q(self.available.get(k, 0.0) + v)
+            if v > 0 and after > self.total.get(k, 0.0) + 1e-9:
+                raise ReleaseError(f"released more {k} than the node has ({after} of "
+                                   f"{self.total.get(k, 0.0)} free): released twice?")
+        gpu = shape.get("GPU", 0)
+        for i in gpu_ids if gpu > 0 else ():
+            after = self.gpu_capacity[i] if gpu >= 1 else _q(self.gpu_free[i] + gpu)
+            if after > self.gpu_capacity[i] + 1e-9 or (gpu >= 1 and self.gpu_free[i] > 1e-9):
+                raise ReleaseError(f"released GPU {i}, which was not taken: released twice?")
+        for k, v in shape.items():
+            self.available[k] = _q(self.available.get(k, 0.0) + v)
+        for i in gpu_ids if gpu > 0 else ():
+            self.gpu_free[i] = self.gpu_capacity[i] if gpu >= 1 else _q(self.gpu_free[i] + gpu)
 
     def lend(self, cpus: float) -> None:
         """A leased worker blocked in get: its CPUs may run other work meanwhile."""
@@ -71,15 +171,24 @@ class ResourcePool:
 
 
 class LeaseQueue:
-    """Lease requests in arrival order; any request that fits may go ahead of one that does not."""
+    """Lease requests in arrival order; any request that fits may go ahead of one that does not.
+
+    Examples:
+        >>> q = LeaseQueue(); q.push("big"); q.push("small")
+        >>> [item for item, _ in q.take_grantable(ResourcePool({"CPU": 1}),
+        ...                                        lambda i: {"CPU": 4 if i == "big" else 1})]
+        ['small']
+    """
 
     def __init__(self) -> None:
         self._items: deque[Any] = deque()
 
     def push(self, item: Any) -> None:
+        """Queue ``item`` behind the others."""
         self._items.append(item)
 
     def remove_if(self, pred) -> list:
+        """Take out every item ``pred`` holds for; returns them in order."""
         gone = [i for i in self._items if pred(i)]
         for i in gone:
             self._items.remove(i)

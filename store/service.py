@@ -8,20 +8,51 @@ takes the least recently sealed objects first.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections import OrderedDict
+
+
+class ObjectState(enum.Enum):
+    """Where an object's bytes are: IN_MEMORY -> SPILLING (being written to disk, still in
+    memory) -> ON_DISK; a failed write goes back to IN_MEMORY."""
+
+    IN_MEMORY = 0
+    SPILLING = 1
+    ON_DISK = 2
 
 
 @dataclasses.dataclass
 class StoredObject:
+    """One object of the store, as the accounts know it."""
+
     object_id: bytes
     size: int
-    spilled: bool = False
-    spilling: bool = False
+    state: ObjectState = ObjectState.IN_MEMORY
     owner: str = ""  # the process that owns it; its objects go when it exits
     offset: int = -1  # its region in the arena while it is in memory there, else -1
 
+    @property
+    def spilled(self) -> bool:
+        """Its bytes are on disk only."""
+        return self.state is ObjectState.ON_DISK
+
+    @property
+    def spilling(self) -> bool:
+        """It is being written to disk."""
+        return self.state is ObjectState.SPILLING
+
 
 class StoreAccounts:
+    """The bytes a node's objects take in shared memory and on disk, and what to spill.
+
+    Examples:
+        >>> acc = StoreAccounts(capacity=100)
+        >>> acc.sealed(b"a", 60), acc.sealed(b"b", 60)
+        ([], [b'a'])
+        >>> acc.spill_done(b"a", True); acc.stats()["spilled_bytes"]
+        60
+    """
+
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.objects: OrderedDict[bytes, StoredObject] = OrderedDict()
@@ -34,7 +65,8 @@ class StoreAccounts:
         returns the objects to spill to make room."""
         if object_id in self.objects:
             return []
-        self.objects[object_id] = StoredObject(object_id, size, spilled=on_disk, owner=owner,
+        state = ObjectState.ON_DISK if on_disk else ObjectState.IN_MEMORY
+        self.objects[object_id] = StoredObject(object_id, size, state, owner=owner,
                                                offset=offset)
         if on_disk:
             self.spilled += size
@@ -43,24 +75,27 @@ class StoreAccounts:
         return self.to_spill()
 
     def to_spill(self) -> list[bytes]:
+        """The least recently sealed objects in memory to write to disk, so that memory use
+        (not counting objects being written already) stays within capacity; they are
+        marked SPILLING."""
         over = self.used - sum(o.size for o in self.objects.values() if o.spilling) - self.capacity
         chosen = []
         for obj in self.objects.values():
             if over <= 0:
                 break
-            if not obj.spilled and not obj.spilling:
-                obj.spilling = True
+            if obj.state is ObjectState.IN_MEMORY:
+                obj.state = ObjectState.SPILLING
                 chosen.append(obj.object_id)
                 over -= obj.size
         return chosen
 
     def spill_done(self, object_id: bytes, ok: bool) -> None:
+        """An object's write to disk ended: it is ON_DISK (``ok``) or IN_MEMORY again."""
         obj = self.objects.get(object_id)
-        if obj is None or not obj.spilling:
+        if obj is None or obj.state is not ObjectState.SPILLING:
             return
-        obj.spilling = False
+        obj.state = ObjectState.ON_DISK if ok else ObjectState.IN_MEMORY
         if ok:
-            obj.spilled = True
             self.used -= obj.size
             self.spilled += obj.size
 
@@ -80,6 +115,7 @@ class StoreAccounts:
         return [o.object_id for o in self.objects.values() if o.owner == owner]
 
     def stats(self) -> dict:
+        """Bytes and counts, as ``aray memory`` and the dashboard show them."""
         return {
             "used_bytes": self.used,
             "capacity_bytes": self.capacity,
@@ -89,5 +125,6 @@ class StoreAccounts:
         }
 
     def listing(self) -> list[dict]:
+        """One dict per object: id (hex), size, whether spilled, owner."""
         return [{"object_id": o.object_id.hex(), "size": o.size, "spilled": o.spilled,
                  "owner": o.owner} for o in self.objects.values()]

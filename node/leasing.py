@@ -1,0 +1,136 @@
+"""The lease scheduler's shell: lease and actor messages in, its instructions carried out.
+
+:class:`Leasing` turns the messages about leases and actor placement into
+:mod:`.lease_events`, hands them to the pure :class:`.lease_scheduler.LeaseScheduler`, and
+carries out the instructions it returns on links and on the :class:`.workers.WorkerTable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aray import _protocol as P
+from aray._link import CONTROL_TIMEOUT, Link
+
+from . import lease_events as E
+from .lease_scheduler import LeaseScheduler
+from .workers import WorkerHandle, WorkerTable
+
+
+class Leasing:
+    """Leases of this node's workers: the messages, the scheduler, the instructions.
+
+    Args:
+        scheduler: the decisions.
+        workers: the worker processes the instructions act on.
+        node_id: this node, as leases name it.
+        code_paths: job id -> where its driver's modules are (shared, not copied).
+        head: the link to the head, or None (called when needed).
+        spawn_task: runs a coroutine as a task the agent owns.
+    """
+
+    def __init__(self, scheduler: LeaseScheduler, workers: WorkerTable, node_id: str,
+                 code_paths: dict, head: Callable[[], Link | None],
+                 spawn_task: Callable) -> None:
+        self.scheduler = scheduler
+        self.workers = workers
+        self.node_id = node_id
+        self.closed = False  # the agent is closing: nothing more is decided
+        self._code_paths = code_paths
+        self._head = head
+        self._spawn_task = spawn_task
+        self._carry_out: dict[type, Callable] = {
+            E.GrantLease: self._grant_lease,
+            E.SpillBack: lambda ins: ins.caller.send(P.LeaseSpillback(ins.req_id, ins.address)),
+            E.SpawnWorker: lambda ins: self.workers.spawn(ins.worker_id),
+            E.AssignJob: self._assign_job,
+            E.StartActor: self._start_actor,
+            E.KillWorker: lambda ins: self.workers.kill(ins.worker_id),
+            E.ReportResources: lambda ins: self.to_head(
+                P.NodeResourcesChanged(self.node_id, ins.available)),
+            E.WarnInfeasible: lambda ins: ins.caller.send(
+                P.LeaseInfeasible(ins.req_id, ins.message, ins.actor_id)),
+            E.ReportActorDied: lambda ins: self.to_head(P.ActorDied(ins.actor_id, ins.reason)),
+        }
+
+    def feed(self, event) -> None:
+        """Hand an event to the lease scheduler and carry out what it decides."""
+        if self.closed:
+            return
+        for instruction in self.scheduler.handle(event):
+            self._carry_out[type(instruction)](instruction)
+
+    def to_head(self, msg) -> None:
+        """Send ``msg`` to the head, if the link to it is open."""
+        head = self._head()
+        if head is not None and not head.closed:
+            head.send(msg)
+
+    # --- instructions --------------------------------------------------------------------
+    def _grant_lease(self, ins: E.GrantLease) -> None:
+        if ins.caller.closed:  # gone since it asked: the worker is free again
+            self.feed(E.LeaseReturned(ins.caller, ins.worker_id))
+            return
+        handle = self.workers.handles[ins.worker_id]
+        ins.caller.send(P.LeaseGranted(ins.req_id, ins.worker_id, handle.address, self.node_id,
+                                       ins.gpu_ids))
+
+    def _assign_job(self, ins: E.AssignJob) -> None:
+        handle = self.workers.handles[ins.worker_id]
+        handle.job_id = ins.job_id
+        self._spawn_task(self._join_job(handle, ins.job_id), "assign job")
+
+    async def _join_job(self, handle: WorkerHandle, job_id: str) -> None:
+        """A fresh worker imports the job's code before its first lease of that job."""
+        ok = False
+        if handle.link is not None:
+            try:
+                await handle.link.request(lambda r: P.AssignJob(
+                    r, job_id, self._code_paths.get(job_id, "")), timeout=CONTROL_TIMEOUT)
+                ok = True
+            except (ConnectionError, TimeoutError):
+                pass
+        self.feed(E.JobAssigned(handle.worker_id, ok))
+
+    def _start_actor(self, ins: E.StartActor) -> None:
+        handle = self.workers.handles[ins.worker_id]
+        handle.actor_id = ins.actor_id
+        assert handle.link is not None
+        handle.link.send(P.CreateActor(ins.actor_id, dict(ins.spec, gpu_ids=ins.gpu_ids)))
+
+    # --- messages ------------------------------------------------------------------------
+    def _on_RequestLease(self, link: Link, msg: P.RequestLease) -> None:
+        # ``spilled``: sent here by another node's spillback, so it is not sent on
+        self.feed(E.LeaseRequested(link, msg.req_id, msg.shape, msg.description, msg.job_id,
+                                   not msg.spilled))
+
+    def _on_ReturnLease(self, link: Link, msg: P.ReturnLease) -> None:
+        self.feed(E.LeaseReturned(link, msg.worker_id))
+
+    def _on_WorkerBlocked(self, link: Link, msg: P.WorkerBlocked) -> None:
+        self.feed(E.WorkerBlocked(msg.worker_id))
+
+    def _on_WorkerUnblocked(self, link: Link, msg: P.WorkerUnblocked) -> None:
+        self.feed(E.WorkerUnblocked(msg.worker_id))
+
+    def _on_KillWorker(self, link: Link, msg: P.KillWorker) -> None:
+        self.feed(E.WorkerKillRequested(link, msg.worker_id))
+
+    def _on_ClusterViewChanged(self, link: Link, msg: P.ClusterViewChanged) -> None:
+        self.feed(E.ViewChanged(msg.nodes, self.node_id))
+
+    def _on_CreateActor(self, link: Link, msg: P.CreateActor) -> None:
+        """From the head: find (or start) a worker for this actor and construct it there."""
+        spec = msg.spec
+        self.feed(E.ActorPlacementRequested(
+            link, msg.actor_id, spec["placement"], spec["hold"],
+            spec.get("description", "actor"), spec.get("job_id", ""), spec))
+
+    def _on_WithdrawActor(self, link: Link, msg: P.WithdrawActor) -> None:
+        self.feed(E.ActorWithdrawn(msg.actor_id))
+
+    def _on_KillActor(self, link: Link, msg: P.KillActor) -> None:
+        self.feed(E.ActorKilled(msg.actor_id))
+
+    def _on_ActorStarted(self, link: Link, msg: P.ActorStarted) -> None:
+        self.to_head(msg)
