@@ -5,6 +5,7 @@ tasks) is kept for the state API up to a limit, the oldest going first."""
 from __future__ import annotations
 
 import dataclasses
+import enum
 import time
 
 #: how many ended rows each table keeps for the state API
@@ -23,20 +24,44 @@ def _bound(order: dict, table: dict, limit: int) -> None:
         table.pop(key, None)
 
 
+class NodeState(enum.StrEnum):
+    """Whether a node is in the cluster. A node never comes back: an agent that
+    reconnects registers as a new node."""
+
+    ALIVE = "ALIVE"
+    DEAD = "DEAD"
+
+
 @dataclasses.dataclass
 class NodeInfo:
+    """One node as the head knows it: its agent's address, its resources (``total``, and
+    ``available`` as of its last report) and its last heartbeat's ``status``."""
+
     node_id: str
     address: str
     ip: str
     total: dict
     available: dict
-    alive: bool = True
+    state: NodeState = NodeState.ALIVE
     joined_at: float = dataclasses.field(default_factory=time.time)
     status: dict = dataclasses.field(default_factory=dict)  # from its last heartbeat
     host: dict = dataclasses.field(default_factory=dict)  # machine, pid, session directory
 
+    @property
+    def alive(self) -> bool:
+        return self.state is NodeState.ALIVE
+
 
 class NodeTable:
+    """Nodes by id, in the order they joined; the most recent ``max_dead`` dead ones are kept.
+
+    Example:
+        >>> nodes = NodeTable()
+        >>> _ = nodes.join("n1", "ws://127.0.0.1:1", "127.0.0.1", {"CPU": 2.0})
+        >>> nodes.mark_dead("n1"); nodes.nodes["n1"].state
+        <NodeState.DEAD: 'DEAD'>
+    """
+
     def __init__(self, max_dead: int = MAX_DEAD_NODES) -> None:
         self.nodes: dict[str, NodeInfo] = {}
         self._dead: dict[str, None] = {}  # dead node ids, oldest first
@@ -61,7 +86,7 @@ class NodeTable:
     def mark_dead(self, node_id: str) -> None:
         node = self.nodes.get(node_id)
         if node is not None:
-            node.alive = False
+            node.state = NodeState.DEAD
             self._dead[node_id] = None
             _bound(self._dead, self.nodes, self.max_dead)
 
@@ -128,11 +153,13 @@ class JobTable:
             _bound(self._finished, self.jobs, self.max_finished)
 
 
-class ActorState:
+class ActorState(enum.StrEnum):
+    """An actor's state; the values are what the state API and the dashboard show."""
+
     PENDING = "PENDING"  # registered, constructor not run yet
     ALIVE = "ALIVE"
-    RESTARTING = "RESTARTING"
-    DEAD = "DEAD"
+    RESTARTING = "RESTARTING"  # its process died (or was killed) and it may run again
+    DEAD = "DEAD"  # for good: its name is free again
 
 
 @dataclasses.dataclass
@@ -142,7 +169,7 @@ class ActorRecord:
     namespace: str
     job_id: str
     meta: dict
-    state: str = ActorState.PENDING
+    state: ActorState = ActorState.PENDING
     spec: dict | None = None
     address: str = ""
     worker_id: str = ""
@@ -167,7 +194,7 @@ class ActorRecord:
     def describe(self, public: bool = False) -> dict:
         """This actor as a dict; ``public``: what the state API shows (nothing pickled)."""
         out = {"actor_id": self.actor_id, "name": self.name, "namespace": self.namespace,
-               "job_id": self.job_id, "state": self.state, "address": self.address,
+               "job_id": self.job_id, "state": self.state.value, "address": self.address,
                "node_id": self.node_id, "pid": self.pid, "restarts": self.restarts,
                "class_name": self.meta.get("class_name", ""), "death_cause": self.death_cause}
         if public:
@@ -220,10 +247,22 @@ class ActorTable:
         _bound(self._dead, self.actors, self.max_dead)
 
 
+class TaskState(enum.StrEnum):
+    """A task's state, in the order a task goes through them (the values are Ray's names,
+    which the state API and the dashboard show)."""
+
+    PENDING_ARGS_AVAIL = "PENDING_ARGS_AVAIL"  # waiting for its arguments
+    PENDING_NODE_ASSIGNMENT = "PENDING_NODE_ASSIGNMENT"  # waiting for a worker
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+
+
 #: the order of a task's states: an event never moves a task back
-TASK_STATES = ["PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "RUNNING", "FINISHED", "FAILED"]
+TASK_STATES = [state.value for state in TaskState]
 _RANK = {state: i for i, state in enumerate(TASK_STATES)}
-_RANK["FAILED"] = _RANK["FINISHED"]
+_RANK[TaskState.FAILED] = _RANK[TaskState.FINISHED]
+_ENDED = (TaskState.FINISHED, TaskState.FAILED)
 
 
 class TaskTable:
@@ -260,9 +299,9 @@ class TaskTable:
             for k, v in (*(source or {}).items(), *fields.items()):
                 if v or k not in task:
                     task[k] = v
-            if state == "RUNNING":
+            if state == TaskState.RUNNING:
                 task["started_at"] = when
-            elif state in ("FINISHED", "FAILED"):
+            elif state in _ENDED:
                 task["ended_at"] = when
             if _RANK.get(state, 0) >= _RANK.get(task["state"], 0):
                 task["state"] = state
@@ -277,7 +316,7 @@ class TaskTable:
         self.version += 1
         for key, task in self.tasks.items():
             if task["job_id"] == job_id and task["ended_at"] is None:
-                task["state"], task["ended_at"] = "FAILED", now
+                task["state"], task["ended_at"] = TaskState.FAILED.value, now
                 task["error"] = task["error"] or "its driver exited before it ended"
                 self._ended[key] = None
         _bound(self._ended, self.tasks, self.limit)

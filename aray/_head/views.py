@@ -78,7 +78,7 @@ def summary(head: Head) -> dict:
             task_states[state] = task_states.get(state, 0) + n
     actor_states: dict[str, int] = {}
     for record in head.actors.actors.values():
-        actor_states[record.state] = actor_states.get(record.state, 0) + 1
+        actor_states[record.state.value] = actor_states.get(record.state.value, 0) + 1
     alive = head.nodes.alive()
     total: dict[str, float] = {}
     available: dict[str, float] = {}
