@@ -93,6 +93,12 @@ class NodeTable:
     def alive(self) -> list[NodeInfo]:
         return [n for n in self.nodes.values() if n.alive]
 
+    def snapshot(self) -> NodeTable:
+        """A copy to read from another thread (the rows are shared, and only read there)."""
+        copy = _shallow(self)
+        copy.nodes, copy._dead = dict(self.nodes), {}
+        return copy
+
     def view(self) -> list:
         """What node agents need to know of each other: [node_id, address, totals, free]."""
         return [[n.node_id, n.address, n.total, n.available] for n in self.alive()]
@@ -138,6 +144,12 @@ class JobTable:
                              "alive": True, "namespace": namespace or f"anonymous-{job_id}",
                              "driver_address": address}
         return job_id
+
+    def snapshot(self) -> JobTable:
+        """A copy to read from another thread: its own copy of every row."""
+        copy = _shallow(self)
+        copy.jobs, copy._finished = {k: dict(v) for k, v in self.jobs.items()}, {}
+        return copy
 
     def namespace(self, job_id: str, requested: str = "") -> str:
         if requested:
@@ -231,6 +243,13 @@ class ActorTable:
         self.actors[actor_id] = ActorRecord(actor_id, name, namespace, job_id, dict(meta))
         return actor_id, ""
 
+    def snapshot(self) -> ActorTable:
+        """A copy to read from another thread (the records are shared, and only read
+        there)."""
+        copy = _shallow(self)
+        copy.actors, copy.names, copy._dead = dict(self.actors), dict(self.names), {}
+        return copy
+
     def lookup(self, name: str, namespace: str) -> ActorRecord | None:
         actor_id = self.names.get((namespace, name))
         record = self.actors.get(actor_id) if actor_id else None
@@ -268,18 +287,35 @@ _ENDED = (TaskState.FINISHED, TaskState.FAILED)
 class TaskTable:
     """Tasks by id, built from the events of their submitters and workers; keeps the most
     recent ``limit`` tasks that ended (and every task that has not: when a job finishes,
-    its tasks that never ended are marked failed, and count as ended). O(1) per event."""
+    its tasks that never ended are marked failed, and count as ended). O(1) per event,
+    the counts per name and state included.
+
+    Example:
+        >>> table = TaskTable()
+        >>> table.apply([[b"\\x01", "RUNNING", 1.0, {"name": "f"}]])
+        >>> table.apply([[b"\\x01", "FINISHED", 2.0, {}]])
+        >>> table.summary()
+        {'f': {'FINISHED': 1}}
+    """
 
     def __init__(self, limit: int = MAX_ENDED_TASKS) -> None:
         self.limit = limit
         self.tasks: dict[str, dict] = {}  # in order of first event
         self._ended: dict[str, None] = {}  # ids of ended tasks, in the order they ended
-        self.version = 0  # changes with every batch applied (summaries are cached by it)
-        self._summary: tuple[int, dict] = (-1, {})
+        self.version = 0  # changes with every batch applied
+        self._counts: dict[str, dict[str, int]] = {}  # name -> state -> tasks
 
     @property
     def ended(self) -> int:
         return len(self._ended)
+
+    def _count(self, task: dict, n: int) -> None:
+        by_state = self._counts.setdefault(task["name"] or "?", {})
+        by_state[task["state"]] = left = by_state.get(task["state"], 0) + n
+        if left <= 0:
+            del by_state[task["state"]]
+            if not by_state:
+                del self._counts[task["name"] or "?"]
 
     def apply(self, events: list, source: dict | None = None) -> None:
         """Merge a batch of events (``[task_id, state, time, fields]``); ``source``: fields
@@ -295,6 +331,8 @@ class TaskTable:
                     # first heard of when it ran: it was submitted no later than that
                     "submitted_at": fields.get("started_at") or when, "started_at": None,
                     "ended_at": None}
+            else:
+                self._count(task, -1)
             was_ended = task["ended_at"] is not None
             for k, v in (*(source or {}).items(), *fields.items()):
                 if v or k not in task:
@@ -305,9 +343,18 @@ class TaskTable:
                 task["ended_at"] = when
             if _RANK.get(state, 0) >= _RANK.get(task["state"], 0):
                 task["state"] = state
+            self._count(task, 1)
             if not was_ended and task["ended_at"] is not None:
                 self._ended[key] = None
-        _bound(self._ended, self.tasks, self.limit)
+        self._bound()
+
+    def _bound(self) -> None:
+        while len(self._ended) > self.limit:
+            key = next(iter(self._ended))
+            del self._ended[key]
+            task = self.tasks.pop(key, None)
+            if task is not None:
+                self._count(task, -1)
 
     def finish_job(self, job_id: str, now: float | None = None) -> None:
         """The job's driver is gone: its tasks that never ended never will (its workers
@@ -316,27 +363,71 @@ class TaskTable:
         self.version += 1
         for key, task in self.tasks.items():
             if task["job_id"] == job_id and task["ended_at"] is None:
+                self._count(task, -1)
                 task["state"], task["ended_at"] = TaskState.FAILED.value, now
                 task["error"] = task["error"] or "its driver exited before it ended"
+                self._count(task, 1)
                 self._ended[key] = None
-        _bound(self._ended, self.tasks, self.limit)
+        self._bound()
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def in_order(self):
+        """The tasks, in the order the table first heard of them."""
+        return self.tasks.values()
 
     def rows(self, tasks=None) -> list[dict]:
         """Tasks as the state API shows them (all, or those of ``tasks``)."""
-        out = []
-        for task in self.tasks.values() if tasks is None else tasks:
-            row = dict(task)
-            if task["started_at"] is not None and task["ended_at"] is not None:
-                row["duration_s"] = task["ended_at"] - task["started_at"]
-            out.append(row)
-        return out
+        return task_rows(self.tasks.values() if tasks is None else tasks)
 
     def summary(self) -> dict:
-        """Counts per task name and state (worked out again only after a change)."""
-        if self._summary[0] != self.version:
-            out: dict[str, dict[str, int]] = {}
-            for task in self.tasks.values():
-                by_state = out.setdefault(task["name"] or "?", {})
-                by_state[task["state"]] = by_state.get(task["state"], 0) + 1
-            self._summary = (self.version, out)
-        return self._summary[1]
+        """Counts per task name and state (a copy: kept up to date as events come)."""
+        return {name: dict(by_state) for name, by_state in self._counts.items()}
+
+    def snapshot(self) -> TaskRows:
+        """The tasks as they are now, to read from another thread."""
+        return TaskRows(self)
+
+
+class TaskRows:
+    """A :class:`TaskTable`'s tasks as they were at one moment, to read from another
+    thread: a list of the rows (shared with the table, and only read here) and the counts.
+    It answers what views ask of a table: ``in_order()``, ``rows()``, ``summary()``."""
+
+    def __init__(self, table: TaskTable) -> None:
+        self._tasks = list(table.tasks.values())  # a list: faster to make than a dict
+        self._counts = table.summary()
+        self.version = table.version
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def in_order(self) -> list[dict]:
+        return self._tasks
+
+    def rows(self, tasks=None) -> list[dict]:
+        return task_rows(self._tasks if tasks is None else tasks)
+
+    def summary(self) -> dict:
+        return self._counts
+
+
+def task_rows(tasks) -> list[dict]:
+    """Tasks as the state API shows them: copies of their rows, with ``duration_s`` once
+    they ran and ended."""
+    out = []
+    for task in tasks:
+        row = dict(task)
+        if task["started_at"] is not None and task["ended_at"] is not None:
+            row["duration_s"] = task["ended_at"] - task["started_at"]
+        out.append(row)
+    return out
+
+
+def _shallow(table):
+    """A new table of ``table``'s class with the same attributes (snapshots replace the
+    ones that change)."""
+    copy = object.__new__(type(table))
+    copy.__dict__.update(table.__dict__)
+    return copy
