@@ -96,3 +96,5 @@ def test_snapshots_do_not_change_with_the_tables():
     assert tasks(snapshot)["total"] == 5 and summary(snapshot)["tasks"]["total"] == 5
     assert summary(snapshot)["actors"]["total"] == 1 and summary(snapshot)["nodes"]["alive"] == 0
     assert summary(head)["tasks"]["total"] == 10
+    counts_only = Snapshot(head, task_rows=False)
+    assert summary(counts_only)["tasks"]["total"] == 10 and tasks(counts_only)["rows"] == []

@@ -286,12 +286,13 @@ class Dashboard(LoginPages):
         """Await ``coro`` on the head's loop (views that ask the nodes over its links)."""
         return await run_on(self._head_loop, coro)
 
-    async def _snapshot(self) -> views.Snapshot:
-        """The head's tables as they are now, taken on the head's loop."""
-        return await self._on_head(self._take_snapshot())
+    async def _snapshot(self, task_rows: bool = False) -> views.Snapshot:
+        """The head's tables as they are now, taken on the head's loop (``task_rows``: for
+        views that list tasks)."""
+        return await self._on_head(self._take_snapshot(task_rows))
 
-    async def _take_snapshot(self) -> views.Snapshot:
-        return views.Snapshot(self.head)
+    async def _take_snapshot(self, task_rows: bool) -> views.Snapshot:
+        return views.Snapshot(self.head, task_rows)
 
     # --- the JSON API --------------------------------------------------------------------
     async def _api_summary(self, request: web.Request) -> web.Response:
@@ -304,9 +305,10 @@ class Dashboard(LoginPages):
     async def _api_tasks(self, request: web.Request) -> web.Response:
         q = request.query
         offset, limit = _window(q)
+        state, name, job_id = str_param(q, "state"), str_param(q, "name"), str_param(q, "job_id")
         return web.json_response(views.tasks(
-            await self._snapshot(), state=str_param(q, "state"), name=str_param(q, "name"),
-            job_id=str_param(q, "job_id"), offset=offset, limit=limit))
+            await self._snapshot(task_rows=True), state=state, name=name, job_id=job_id,
+            offset=offset, limit=limit))
 
     async def _api_actors(self, request: web.Request) -> web.Response:
         offset, limit = _window(request.query)
@@ -327,7 +329,7 @@ class Dashboard(LoginPages):
 
     async def _api_timeline(self, request: web.Request) -> web.Response:
         seconds = int_param(request.query, "seconds", 60, TIMELINE_SECONDS)
-        return web.json_response(views.timeline(await self._snapshot(), seconds))
+        return web.json_response(views.timeline(await self._snapshot(task_rows=True), seconds))
 
     async def _api_logs(self, request: web.Request) -> web.Response:
         return web.json_response({"rows": await self._on_head(views.log_files(self.head))})
@@ -352,7 +354,7 @@ class Dashboard(LoginPages):
 
     # --- live updates --------------------------------------------------------------------
     async def _update(self) -> dict:
-        snapshot = await self._snapshot()
+        snapshot = await self._snapshot(task_rows=True)  # for the timeline
         return {"type": "update", "summary": views.summary(snapshot),
                 "nodes": views.nodes(snapshot),
                 "timeline": views.timeline(snapshot, max_rows=TIMELINE_ROWS)}

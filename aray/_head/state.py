@@ -385,9 +385,10 @@ class TaskTable:
         """Counts per task name and state (a copy: kept up to date as events come)."""
         return {name: dict(by_state) for name, by_state in self._counts.items()}
 
-    def snapshot(self) -> TaskRows:
-        """The tasks as they are now, to read from another thread."""
-        return TaskRows(self)
+    def snapshot(self, rows: bool = True) -> TaskRows:
+        """The tasks as they are now, to read from another thread (``rows=False``: their
+        number and counts only)."""
+        return TaskRows(self, rows)
 
 
 class TaskRows:
@@ -395,13 +396,15 @@ class TaskRows:
     thread: a list of the rows (shared with the table, and only read here) and the counts.
     It answers what views ask of a table: ``in_order()``, ``rows()``, ``summary()``."""
 
-    def __init__(self, table: TaskTable) -> None:
-        self._tasks = list(table.tasks.values())  # a list: faster to make than a dict
+    def __init__(self, table: TaskTable, rows: bool = True) -> None:
+        # a list: faster to make than a dict
+        self._tasks = list(table.tasks.values()) if rows else []
+        self._len = len(table.tasks)
         self._counts = table.summary()
         self.version = table.version
 
     def __len__(self) -> int:
-        return len(self._tasks)
+        return self._len
 
     def in_order(self) -> list[dict]:
         return self._tasks

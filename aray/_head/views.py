@@ -29,9 +29,10 @@ MAX_PAGE = 1000
 class Snapshot:
     """The head's tables as they were at one moment, for the views of another thread.
 
-    Taken on the head's loop, at the cost of copying each table's index (about a
-    millisecond for 100,000 tasks), never its rows: rows are shared and only read by the
-    views. Has the attributes of the :class:`~aray._head.server.Head` that views read.
+    Taken on the head's loop, at the cost of copying each table's index (a few ms for
+    100,000 tasks, and only for views that list tasks), never its rows: rows are shared
+    and only read by the views. Has the attributes of the
+    :class:`~aray._head.server.Head` that views read.
 
     Example:
         >>> from aray._head.server import Head
@@ -39,12 +40,13 @@ class Snapshot:
         0
     """
 
-    def __init__(self, head: Head) -> None:
+    def __init__(self, head: Head, task_rows: bool = True) -> None:
         self.local_node_id = head.local_node_id
         self.nodes = head.nodes.snapshot()
         self.jobs = head.jobs.snapshot()
         self.actors = head.actors.snapshot()
-        self.tasks = head.tasks.snapshot()
+        # without task_rows: the tasks' number and counts only (all the summary needs)
+        self.tasks = head.tasks.snapshot(task_rows)
 
 
 def page(rows, offset: int, limit: int, total: int) -> dict:
