@@ -5,7 +5,9 @@
 Runs ``--tasks`` tiny tasks (the head keeps the last 100,000 that ended), waits until the
 head has heard of them all, then times, over 20 requests each (best and median), the
 JSON API calls the pages make: a page of 50 tasks (all, by state, by name), the summary,
-the timeline and the nodes; and the size of the update the websocket pushes every second.
+the timeline and the nodes; the size of the update the websocket pushes every second; and
+the round trip of a task that needs a new lease (median of 60), with the dashboard idle and
+while it builds the biggest page again and again.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import asyncio
 import os
 import platform
 import statistics
+import threading
 import time
+import urllib.request
 
 import aiohttp
 
@@ -66,6 +70,39 @@ async def measure(url: str, token: str) -> None:
     print(f"  websocket update: {max(sizes) / 1024:.0f} KiB of JSON each second")
 
 
+def lease_round_trips(n: int = 60) -> list[float]:
+    times = []
+    for _ in range(n):
+        time.sleep(0.02)  # longer than a lease lingers: every task asks for a new lease
+        start = time.perf_counter()
+        aray.get(tiny.remote(0))
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def lease_latency(url: str, token: str) -> None:
+    """Tasks' round trips, quiet and while pages of the full table are built."""
+    quiet = lease_round_trips()
+    stop, pages = threading.Event(), []
+    request = urllib.request.Request(url + "/api/tasks?state=FINISHED&limit=50&offset=50000",
+                                     headers={"Authorization": f"Bearer {token}"})
+
+    def pages_again_and_again():
+        while not stop.is_set():
+            urllib.request.urlopen(request).read()
+            pages.append(1)
+
+    pager = threading.Thread(target=pages_again_and_again)
+    pager.start()
+    try:
+        busy = lease_round_trips()
+    finally:
+        stop.set()
+        pager.join()
+    print(f"  a task with a new lease: median {statistics.median(quiet) * 1e3:.1f} ms idle, "
+          f"{statistics.median(busy) * 1e3:.1f} ms while {len(pages)} pages were built")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=100_000)
@@ -82,6 +119,7 @@ def main() -> None:
             time.sleep(0.2)
         print("with the head's task table full:")
         asyncio.run(measure(info["dashboard_url"], _global.core().token))
+        lease_latency(info["dashboard_url"], _global.core().token)
     finally:
         aray.shutdown()
 

@@ -57,3 +57,44 @@ def test_a_finished_job_ends_its_tasks_so_that_they_age_out():
     assert states.count("FAILED") == 10 and states.count("RUNNING") == 5
     failed = next(t for t in table.tasks.values() if t["state"] == "FAILED")
     assert "driver exited" in failed["error"]
+
+
+def _recount(table: TaskTable) -> dict:
+    out: dict = {}
+    for task in table.tasks.values():
+        by_state = out.setdefault(task["name"] or "?", {})
+        by_state[task["state"]] = by_state.get(task["state"], 0) + 1
+    return out
+
+
+def test_task_counts_follow_every_event_aging_and_finished_job():
+    table = TaskTable(limit=20)
+    table.apply([[b"a", "RUNNING", 1.0, {}]])  # its name comes with a later event
+    table.apply([[b"a", "FINISHED", 2.0, {"name": "late"}]])
+    assert table.summary() == {"late": {"FINISHED": 1}}
+    table.apply(_events(0, 30, "PENDING_NODE_ASSIGNMENT", job="gone"))
+    table.apply(_events(10, 30, "RUNNING", job="gone"))
+    table.apply(_events(30, 25, "FINISHED"))
+    table.apply(_events(0, 3, "RUNNING"))  # an event never moves a task back
+    table.finish_job("gone", now=5.0)
+    assert table.summary() == _recount(table)
+    assert sum(sum(s.values()) for s in table.summary().values()) == len(table.tasks)
+    assert "late" not in table.summary()  # the oldest ended task aged out
+
+
+def test_snapshots_do_not_change_with_the_tables():
+    from aray._head.server import Head
+    from aray._head.views import Snapshot, summary, tasks
+
+    head = Head("token")
+    head.tasks.apply(_events(0, 5, "RUNNING"))
+    head.actors.register("a1", "svc", "ns", "j", {}, False)
+    snapshot = Snapshot(head)
+    head.tasks.apply(_events(5, 5, "FINISHED"))
+    head.actors.register("a2", "", "ns", "j", {}, False)
+    head.nodes.join("n1", "ws://n1", "127.0.0.1", {"CPU": 1.0})
+    assert tasks(snapshot)["total"] == 5 and summary(snapshot)["tasks"]["total"] == 5
+    assert summary(snapshot)["actors"]["total"] == 1 and summary(snapshot)["nodes"]["alive"] == 0
+    assert summary(head)["tasks"]["total"] == 10
+    counts_only = Snapshot(head, task_rows=False)
+    assert summary(counts_only)["tasks"]["total"] == 10 and tasks(counts_only)["rows"] == []

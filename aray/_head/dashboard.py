@@ -2,6 +2,13 @@
 ``static/``, a JSON API over the head's views, ``/metrics`` and a websocket that pushes
 updates to open pages.
 
+It runs on a loop of its own, in a thread (:class:`~aray._head.loop_thread.LoopThread`),
+not on the loop that serves the cluster: a page of 100,000 tasks takes tens of
+milliseconds to filter, sort and encode, and leases must not wait for it. What a page
+needs of the head's tables it takes as a :class:`~aray._head.views.Snapshot`, made on the
+head's loop (copying indexes, never rows); views that ask the nodes run on the head's
+loop, which owns the links.
+
 Everything but the static files and the login page needs the cluster token: an
 ``Authorization: Bearer TOKEN`` header (API clients, Prometheus), or the session cookie
 that logging in sets. The cookie holds a random session id that the dashboard keeps for
@@ -15,17 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hmac
-import html
 import json
 import logging
 import math
 import os
 import re
-import secrets
-import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
@@ -34,6 +37,11 @@ from .._link import HANDSHAKE_TIMEOUT, MAX_UNAUTHENTICATED, GuardedServer
 from .._periodic import RateLimitedLog
 from ..node.logs import MAX_OFFSET, MAX_READ
 from . import views
+from .logins import (  # noqa: F401  (LOGIN_FAILURES, ...: the limits are named here too)
+    LOGIN_FAILURES, LOGIN_WINDOW, MAX_ADDRESSES, MAX_SESSIONS, SESSION_TTL, LoginLimiter,
+    Sessions, TooManyLogins)
+from .login_pages import COOKIE, STATIC_DIR, LoginPages
+from .loop_thread import LoopThread, run_on
 
 if TYPE_CHECKING:
     from .server import Head
@@ -43,26 +51,17 @@ log = logging.getLogger("aray.dashboard")
 DEFAULT_PORT = 8265
 #: a browser's idle keep-alive connection is closed after this many seconds
 IDLE_TIMEOUT = 30.0
-COOKIE = "aray_session"
-STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 #: how often open pages get an update
 PUSH_INTERVAL = 1.0
 #: how often a followed log file is read for new output
 TAIL_INTERVAL = 0.5
 #: the most tasks an update's timeline holds (the most recent ones)
 TIMELINE_ROWS = 1000
+#: at most this long (in seconds) the dashboard's thread holds the GIL while the head's
+#: loop waits for it (see Dashboard.start)
+GIL_SWITCH_INTERVAL = 0.001
 #: the websocket close code that tells a page it is not (or no longer) logged in
 CLOSE_UNAUTHORIZED = 4401
-
-#: how long a login lasts, in seconds
-SESSION_TTL = 12 * 3600.0
-#: the most sessions kept at once: a login past this many ends the oldest session
-MAX_SESSIONS = 1000
-#: wrong tokens one client address may send within LOGIN_WINDOW seconds; then it must wait
-LOGIN_FAILURES = 10
-LOGIN_WINDOW = 60.0
-#: the most client addresses whose failed logins are remembered
-MAX_ADDRESSES = 10_000
 
 # The range of every integer parameter, both ends included. Pages: offsets up to 10**9
 # rows, at most MAX_PAGE a page. Logs: the offsets and lengths a node reads (a negative
@@ -84,27 +83,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-
-LOGIN_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>aray dashboard: log in</title><link rel="stylesheet" href="/static/style.css"></head>
-<body class="login"><main class="login-box">
-<h1>aray dashboard</h1>
-<p>Log in with the cluster's token. <code>aray dashboard</code> prints a link that logs in at
-once; the token is also in the session's <code>token</code> file.</p>
-{error}
-<form method="post" action="/login">
-<label for="token">Token</label>
-<input id="token" name="token" type="password" autocomplete="current-password" autofocus required>
-<button type="submit">Log in</button>
-</form></main></body></html>
-"""
-
-
-def _redirect(to: str) -> web.Response:
-    return web.Response(status=303, headers={"Location": to})
-
 
 class BadParam(ValueError):
     """A parameter out of its range; the dashboard answers 400 (or, on the websocket, an
@@ -150,97 +128,21 @@ def _window(query: Mapping) -> tuple[int, int]:
     return int_param(query, "offset", 0, PAGE_OFFSET), int_param(query, "limit", 100, PAGE_LIMIT)
 
 
-class Sessions:
-    """Logged-in browsers: random session ids, each with its expiry, at most ``limit`` at
-    once (a new one past that ends the oldest). No I/O: ``clock`` tells the time."""
+class Dashboard(LoginPages):
+    """The dashboard of one head. ``start()`` it on a host and port; ``aclose()`` it
+    (both from the head's loop). Its app runs on a thread of its own.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, ttl: float = SESSION_TTL,
-                 limit: int = MAX_SESSIONS) -> None:
-        self._clock, self.ttl, self._limit = clock, ttl, limit
-        self._expiry: OrderedDict[str, float] = OrderedDict()  # oldest first
-
-    def __len__(self) -> int:
-        return len(self._expiry)
-
-    def create(self) -> str:
-        """A new session, valid for ``ttl`` seconds; returns its id (256 random bits)."""
-        now = self._clock()
-        # every session lives as long, so the expired ones are the oldest, at the front
-        while self._expiry and next(iter(self._expiry.values())) <= now:
-            self._expiry.popitem(last=False)
-        session = secrets.token_urlsafe(32)
-        self._expiry[session] = now + self.ttl
-        while len(self._expiry) > self._limit:
-            self._expiry.popitem(last=False)
-        return session
-
-    def valid(self, session: str) -> bool:
-        """Whether ``session`` is the id of a live session."""
-        # a dict lookup of the exact string, not a constant-time compare: the ids are 256
-        # random bits, so whatever the lookup's timing tells brings no guess closer
-        expiry = self._expiry.get(session)
-        if expiry is not None and self._clock() >= expiry:
-            del self._expiry[session]
-            return False
-        return expiry is not None
-
-    def revoke(self, session: str) -> None:
-        """End a session (logging out); unknown ids are ignored."""
-        self._expiry.pop(session, None)
-
-
-class TooManyLogins(Exception):
-    """An address that failed to log in too often tried again; it may in ``retry_after`` s."""
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(retry_after)
-        self.retry_after = retry_after
-
-
-class LoginLimiter:
-    """Failed logins per client address, in a sliding window: an address with
-    ``max_failures`` failures in the last ``window`` seconds must wait until the oldest of
-    them is that old. At most ``max_addresses`` addresses are remembered (the one that failed
-    longest ago is forgotten first), so a spray of addresses cannot grow the table. A right
-    token does not clear the count: other clients behind the same address (all of loopback)
-    would clear it for a guesser. No I/O: ``clock`` tells the time."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic,
-                 max_failures: int = LOGIN_FAILURES, window: float = LOGIN_WINDOW,
-                 max_addresses: int = MAX_ADDRESSES) -> None:
-        self._clock, self._max, self._window = clock, max_failures, window
-        self._max_addresses = max_addresses
-        # address -> the times of its last max_failures failures; least recently failed first
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._failures)
-
-    def retry_after(self, address: str) -> float:
-        """Seconds until ``address`` may try again; 0 when it may now."""
-        times = self._failures.get(address)
-        if times is None or len(times) < self._max:
-            return 0.0
-        return max(0.0, times[0] + self._window - self._clock())
-
-    def failed(self, address: str) -> None:
-        """Count a failed login from ``address``."""
-        now = self._clock()
-        times = self._failures.pop(address, None) or deque(maxlen=self._max)
-        times.append(now)
-        # addresses whose last failure is out of the window count for nothing any more
-        while self._failures and next(iter(self._failures.values()))[-1] <= now - self._window:
-            self._failures.popitem(last=False)
-        self._failures[address] = times
-        while len(self._failures) > self._max_addresses:
-            self._failures.popitem(last=False)
-
-
-class Dashboard:
-    """The dashboard of one head. ``start()`` it on a host and port; ``aclose()`` it."""
+    Example:
+        >>> async def serve(head):
+        ...     dashboard = Dashboard(head, token="secret")
+        ...     url = await dashboard.start("127.0.0.1", 0)
+        ...     await dashboard.aclose()
+    """
 
     def __init__(self, head: Head, token: str) -> None:
         self.head = head
+        self._thread = LoopThread("aray dashboard")
+        self._head_loop: asyncio.AbstractEventLoop | None = None
         self._token = token.encode()
         self._sessions = Sessions()
         self._limiter = LoginLimiter()
@@ -271,6 +173,20 @@ class Dashboard:
     async def start(self, host: str, port: int | None) -> str:
         """Listen on ``host:port``; ``port=None``: the default port, or any free one if it
         is taken. Returns the dashboard's URL."""
+        self._head_loop = asyncio.get_running_loop()
+        # a thread that computes holds the GIL for up to the switch interval (5 ms by
+        # default) before one that waits gets it: while a page is built, the head's loop
+        # would wait that long at every turn. 1 ms keeps the wait short; threads that do
+        # not contend for the GIL never notice.
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL))
+        self._thread.start()
+        try:
+            return await self._thread.run(self._serve(host, port))
+        except BaseException:
+            await self._thread.stop()
+            raise
+
+    async def _serve(self, host: str, port: int | None) -> str:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         app_server = self._runner.server
@@ -306,6 +222,12 @@ class Dashboard:
         return self.url
 
     async def aclose(self) -> None:
+        """Close every connection and stop the dashboard's thread."""
+        if self._thread.running:
+            await self._thread.run(self._close())
+        await self._thread.stop()
+
+    async def _close(self) -> None:
         if self._listener is not None:
             self._listener.close()
         for ws in list(self._sockets):
@@ -315,37 +237,6 @@ class Dashboard:
             await self._web.shutdown(2.0)
         if self._runner is not None:
             await self._runner.cleanup()
-
-    # --- who may see what ----------------------------------------------------------------
-    def _token_ok(self, request: web.Request, token: str) -> bool:
-        """Whether ``token`` is the cluster's; a wrong one counts against the client's
-        address. Raises TooManyLogins, whatever the token, while that address must wait."""
-        address = request.remote or ""
-        wait = self._limiter.retry_after(address)
-        if wait > 0:
-            raise TooManyLogins(wait)
-        # headers with bytes that are not UTF-8 come as surrogates: compare, never raise
-        if hmac.compare_digest(token.encode("utf-8", "surrogatepass"), self._token):
-            return True
-        self._limiter.failed(address)
-        return False
-
-    def _session_of(self, request: web.Request) -> str:
-        """The id of the live session the request's cookie names, or ``""``."""
-        session = request.cookies.get(COOKIE, "")
-        return session if session and self._sessions.valid(session) else ""
-
-    def _who(self, request: web.Request) -> str | None:
-        """None for a stranger; ``""`` for the holder of a bearer token; else the id of the
-        session its cookie names."""
-        auth = request.headers.get("Authorization", "")
-        if auth.startswith("Bearer "):
-            return "" if self._token_ok(request, auth[7:].strip()) else None
-        return self._session_of(request) or None
-
-    def _authorized(self, request: web.Request) -> bool:
-        """Whether the request holds the token or a live session (see _who)."""
-        return self._who(request) is not None
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):
@@ -384,98 +275,71 @@ class Dashboard:
                 return self._login_page(error[0].upper() + error[1:] + ".", 429, headers)
             return web.json_response({"error": error}, status=429, headers=headers)
 
-    def _login_page(self, error: str = "", status: int = 401,
-                    headers: dict | None = None) -> web.Response:
-        shown = f'<p class="error">{html.escape(error)}</p>' if error else ""
-        return web.Response(text=LOGIN_PAGE.format(error=shown), status=status,
-                            content_type="text/html", headers=headers)
-
-    def _logged_in(self) -> web.Response:
-        """A redirect to the dashboard that sets the cookie of a new session."""
-        response = _redirect("/")
-        response.set_cookie(COOKIE, self._sessions.create(), httponly=True, samesite="Strict",
-                            path="/", max_age=int(self._sessions.ttl))
-        return response
-
-    async def _index(self, request: web.Request) -> web.StreamResponse:
-        token = request.query.get("token")
-        if token is not None:  # a login link: trade the token for the cookie, and drop it
-            if self._token_ok(request, token):
-                return self._logged_in()
-            return self._login_page("The token in that link is not the token of this cluster.")
-        if not self._authorized(request):
-            return self._login_page()
-        return web.FileResponse(os.path.join(STATIC_DIR, "index.html"))
-
-    async def _login_form(self, request: web.Request) -> web.Response:
-        if self._authorized(request):
-            return _redirect("/")
-        return self._login_page(status=200)
-
-    async def _login(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        token = str(form.get("token", "")).strip()
-        if self._token_ok(request, token):
-            return self._logged_in()
-        return self._login_page("Wrong token: that is not the token of this cluster.")
-
-    async def _logout(self, request: web.Request) -> web.Response:
-        # the session ends here, not only in this browser: a copy of the cookie is refused
-        self._sessions.revoke(request.cookies.get(COOKIE, ""))
-        response = _redirect("/")
-        response.del_cookie(COOKIE, path="/")
-        return response
-
     async def _static(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         if name not in ("app.js", "style.css"):
             raise web.HTTPNotFound()
         return web.FileResponse(os.path.join(STATIC_DIR, name))
 
+    # --- what the head's loop gives -----------------------------------------------------
+    async def _on_head(self, coro):
+        """Await ``coro`` on the head's loop (views that ask the nodes over its links)."""
+        return await run_on(self._head_loop, coro)
+
+    async def _snapshot(self, task_rows: bool = False) -> views.Snapshot:
+        """The head's tables as they are now, taken on the head's loop (``task_rows``: for
+        views that list tasks)."""
+        return await self._on_head(self._take_snapshot(task_rows))
+
+    async def _take_snapshot(self, task_rows: bool) -> views.Snapshot:
+        return views.Snapshot(self.head, task_rows)
+
     # --- the JSON API --------------------------------------------------------------------
     async def _api_summary(self, request: web.Request) -> web.Response:
-        return web.json_response(views.summary(self.head))
+        return web.json_response(views.summary(await self._snapshot()))
 
     async def _api_nodes(self, request: web.Request) -> web.Response:
-        rows = views.nodes(self.head)
+        rows = views.nodes(await self._snapshot())
         return web.json_response(views.page(rows, 0, len(rows), len(rows)))
 
     async def _api_tasks(self, request: web.Request) -> web.Response:
         q = request.query
         offset, limit = _window(q)
+        state, name, job_id = str_param(q, "state"), str_param(q, "name"), str_param(q, "job_id")
         return web.json_response(views.tasks(
-            self.head, state=str_param(q, "state"), name=str_param(q, "name"),
-            job_id=str_param(q, "job_id"), offset=offset, limit=limit))
+            await self._snapshot(task_rows=True), state=state, name=name, job_id=job_id,
+            offset=offset, limit=limit))
 
     async def _api_actors(self, request: web.Request) -> web.Response:
         offset, limit = _window(request.query)
+        state = str_param(request.query, "state")
         return web.json_response(views.actors(
-            self.head, state=str_param(request.query, "state"), offset=offset, limit=limit))
+            await self._snapshot(), state=state, offset=offset, limit=limit))
 
     async def _api_objects(self, request: web.Request) -> web.Response:
         offset, limit = _window(request.query)  # checked before the nodes are asked
-        rows = sorted(await views.objects(self.head), key=lambda o: -o["size"])
+        rows = sorted(await self._on_head(views.objects(self.head)), key=lambda o: -o["size"])
         body = views.page_of(rows, offset, limit)
         body["total_bytes"] = sum(o["size"] for o in rows)
         return web.json_response(body)
 
     async def _api_jobs(self, request: web.Request) -> web.Response:
-        rows = list(reversed(views.jobs(self.head)))
+        rows = list(reversed(views.jobs(await self._snapshot())))
         return web.json_response(views.page(rows, 0, len(rows), len(rows)))
 
     async def _api_timeline(self, request: web.Request) -> web.Response:
         seconds = int_param(request.query, "seconds", 60, TIMELINE_SECONDS)
-        return web.json_response(views.timeline(self.head, seconds))
+        return web.json_response(views.timeline(await self._snapshot(task_rows=True), seconds))
 
     async def _api_logs(self, request: web.Request) -> web.Response:
-        return web.json_response({"rows": await views.log_files(self.head)})
+        return web.json_response({"rows": await self._on_head(views.log_files(self.head))})
 
     async def _api_log(self, request: web.Request) -> web.Response:
         where, q = request.match_info, request.query
         node_id, file = str_param(where, "node_id"), str_param(where, "file")
         offset, limit = int_param(q, "offset", 0, LOG_OFFSET), int_param(q, "limit", 0, LOG_LIMIT)
         try:
-            body = await views.read_log(self.head, node_id, file, offset, limit)
+            body = await self._on_head(views.read_log(self.head, node_id, file, offset, limit))
         except LookupError as exc:
             return web.json_response({"error": str(exc)}, status=404)
         except (asyncio.TimeoutError, ConnectionError):
@@ -485,13 +349,15 @@ class Dashboard:
     async def _metrics(self, request: web.Request) -> web.Response:
         from .metrics import CONTENT_TYPE, render
 
-        return web.Response(body=render(self.head), headers={"Content-Type": CONTENT_TYPE})
+        return web.Response(body=render(await self._snapshot()),
+                            headers={"Content-Type": CONTENT_TYPE})
 
     # --- live updates --------------------------------------------------------------------
-    def _update(self) -> dict:
-        return {"type": "update", "summary": views.summary(self.head),
-                "nodes": views.nodes(self.head),
-                "timeline": views.timeline(self.head, max_rows=TIMELINE_ROWS)}
+    async def _update(self) -> dict:
+        snapshot = await self._snapshot(task_rows=True)  # for the timeline
+        return {"type": "update", "summary": views.summary(snapshot),
+                "nodes": views.nodes(snapshot),
+                "timeline": views.timeline(snapshot, max_rows=TIMELINE_ROWS)}
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         origin = request.headers.get("Origin")
@@ -543,7 +409,7 @@ class Dashboard:
             if session and not self._sessions.valid(session):
                 await ws.close(code=CLOSE_UNAUTHORIZED, message=b"logged out")
                 return
-            await ws.send_json(self._update())
+            await ws.send_json(await self._update())
             await asyncio.sleep(PUSH_INTERVAL)
 
     async def _tail(self, ws: web.WebSocketResponse, node_id: str, file: str,
@@ -551,7 +417,7 @@ class Dashboard:
         """Follow a log file: send what it gains, as it gains it."""
         while not ws.closed:
             try:
-                chunk = await views.read_log(self.head, node_id, file, offset, 0)
+                chunk = await self._on_head(views.read_log(self.head, node_id, file, offset, 0))
             except (LookupError, asyncio.TimeoutError, ConnectionError) as exc:
                 await ws.send_json({"type": "log", "node_id": node_id, "file": file,
                                     "data": "", "offset": offset, "error": str(exc)})

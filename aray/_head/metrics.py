@@ -14,12 +14,13 @@ from . import views
 
 if TYPE_CHECKING:
     from .server import Head
+    from .views import Snapshot
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class _HeadCollector:
-    def __init__(self, head: Head) -> None:
+    def __init__(self, head: Head | Snapshot) -> None:
         self.head = head
 
     def collect(self):
@@ -78,8 +79,8 @@ class _HeadCollector:
         yield from (total, available, cpu, mem_used, mem_total)
 
 
-def render(head: Head) -> bytes:
-    """The metrics text of one scrape."""
+def render(head: Head | Snapshot) -> bytes:
+    """The metrics text of one scrape, of the head's tables (or a snapshot of them)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_HeadCollector(head))
     return generate_latest(registry)

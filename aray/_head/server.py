@@ -13,9 +13,9 @@ from .. import _protocol as P
 from .._dispatch import Dispatcher
 from .._link import Link, Server
 from .._periodic import every
-from ..node.scheduler import fits
+from . import lifecycle as L
 from . import views
-from .state import MAX_DEAD_NODES, ActorState, ActorTable, JobTable, NodeTable, TaskTable
+from .state import MAX_DEAD_NODES, ActorTable, JobTable, NodeTable, TaskTable
 
 log = logging.getLogger("aray.head")
 
@@ -29,6 +29,17 @@ NODE_TIMEOUT = float(os.environ.get("ARAY_NODE_TIMEOUT", "10"))
 
 
 class Head:
+    """The head of one cluster: a thin shell that turns the messages of its links into
+    updates of its tables (:mod:`~aray._head.state`) and events of the actor lifecycle
+    (:mod:`~aray._head.lifecycle`), and carries out the instructions that come back.
+
+    Example:
+        >>> async def main():
+        ...     head = Head(token="secret")
+        ...     address = await head.start("unix:///tmp/head.sock")
+        ...     await head.aclose()
+    """
+
     def __init__(self, token: str) -> None:
         # names this cluster in every ref it makes: a ref of another cluster (or of an
         # earlier session) is known for what it is
@@ -42,8 +53,8 @@ class Head:
         self.node_links: dict[Link, str] = {}  # node agents' links -> their node ids
         self.local_node_id = ""  # the node whose process runs the head
         self._driver_links: dict[str, Link] = {}  # job id -> driver link
-        self._actor_waiters: dict[str, list[tuple[Link, int]]] = {}
-        self._kill_waiters: dict[str, list[tuple[Link, int]]] = {}
+        self.lifecycle = L.ActorLifecycle(self.actors, self.nodes)
+        self._carry_out = self._instructions()
         self._view_timer: asyncio.TimerHandle | None = None
         self._last_heard: dict[str, float] = {}  # node id -> time of its last heartbeat
         self._watchdog: asyncio.Task | None = None
@@ -111,26 +122,13 @@ class Head:
         for node_link in self.node_links:
             if not node_link.closed:
                 node_link.send(P.JobFinished(job_id, driver_address))
-        for record in list(self.actors.actors.values()):
-            if record.job_id == job_id and not record.detached and record.state != ActorState.DEAD:
-                self._kill(record, "its driver (job " + job_id + ") exited", no_restart=True)
+        self._actor_event(L.JobFinished(job_id))
 
     def _on_RegisterNode(self, link: Link, msg: P.RegisterNode) -> None:
         self.nodes.join(msg.node_id, msg.address, msg.ip, msg.resources, msg.host)
         log.info("node %s joined with %s", msg.node_id[:12], msg.resources)
         self._broadcast_view()
-        # actors waiting on a node that can never hold them move to the new one if it can
-        for record in self.actors.actors.values():
-            if (record.state in (ActorState.PENDING, ActorState.RESTARTING)
-                    and record.spec is not None and record.node_id != msg.node_id
-                    and fits(record.spec["placement"], msg.resources)):
-                node = self.nodes.nodes.get(record.node_id)
-                if node is None or not node.alive or not fits(record.spec["placement"],
-                                                              node.total):
-                    old = self.node_link(record.node_id)
-                    if old is not None:
-                        old.send(P.WithdrawActor(record.actor_id))
-                    self._place(record)
+        self._actor_event(L.NodeJoined(msg.node_id))
 
     def _remove_files_of(self, node_id: str) -> None:
         """A dead node of this machine whose process is gone (killed) could not remove its
@@ -213,133 +211,75 @@ class Head:
                 other.send_if_open(died)
             self._remove_files_of(node_id)
             self._broadcast_view()
-            for record in list(self.actors.actors.values()):
-                if record.node_id == node_id and record.state != ActorState.DEAD:
-                    self._on_ActorDied(link, P.ActorDied(record.actor_id,
-                                                         f"its node {node_id[:12]} died"))
+            self._actor_event(L.NodeDied(node_id))
 
-    # --- actors --------------------------------------------------------------------------
+    # --- actors: messages become events of the lifecycle, its instructions messages -------
+    def _actor_event(self, event) -> None:
+        for instruction in self.lifecycle.handle(event):
+            self._carry_out[type(instruction)](instruction)
+
     def _on_RegisterActor(self, link: Link, msg: P.RegisterActor) -> None:
         namespace = self.jobs.namespace(msg.job_id, msg.namespace)
-        actor_id, error = self.actors.register(msg.actor_id, msg.name, namespace,
-                                               msg.job_id, msg.meta, msg.get_if_exists)
-        link.send(P.ActorRegistered(msg.req_id, actor_id, error))
+        self._actor_event(L.Registered(msg.actor_id, msg.name, namespace, msg.job_id,
+                                       msg.meta, msg.get_if_exists, (link, msg.req_id)))
 
     def _on_CreateActor(self, link: Link, msg: P.CreateActor) -> None:
-        record = self.actors.actors.get(msg.actor_id)
-        if record is None or record.spec is not None:
-            return  # unknown, or an alias that get_if_exists resolved to an existing actor
-        record.spec = msg.spec
-        self._place(record)
-
-    def _place(self, record) -> None:
-        """Send the actor to a node that can hold it (the agent queues it if busy)."""
-        placement = record.spec["placement"]
-        alive = self.nodes.alive()
-        candidates = ([n for n in alive if fits(placement, n.available)]
-                      or [n for n in alive if fits(placement, n.total)] or alive)
-        if not candidates:
-            self.actors.mark_dead(record, "no node is alive to run it")
-            self._wake_actor_waiters(record)
-            return
-        node = candidates[0]
-        record.node_id = node.node_id
-        link = self.node_link(node.node_id)
-        if link is not None:  # else its node is dying, and re-places its actors then
-            link.send(P.CreateActor(record.actor_id, record.spec))
+        self._actor_event(L.Created(msg.actor_id, msg.spec))
 
     def _on_ActorStarted(self, link: Link, msg: P.ActorStarted) -> None:
-        record = self.actors.actors.get(msg.actor_id)
-        if record is None or record.state == ActorState.DEAD:
-            return
         if msg.error is not None:
-            self.actors.mark_dead(record, "its constructor raised an exception", msg.error)
-            agent = self.node_link(msg.node_id)
-            if agent is not None:  # the worker has nothing left to do
-                agent.send(P.KillActor(0, record.actor_id, True))
+            self._actor_event(L.StartFailed(msg.actor_id, msg.node_id, msg.error))
         else:
-            record.state = ActorState.ALIVE
-            record.address, record.worker_id = msg.address, msg.worker_id
-            record.pid, record.node_id = msg.pid, msg.node_id
-        self._wake_actor_waiters(record)
+            self._actor_event(L.Started(msg.actor_id, msg.node_id, msg.address,
+                                        msg.worker_id, msg.pid))
 
     def _on_ActorDied(self, link: Link, msg: P.ActorDied) -> None:
-        record = self.actors.actors.get(msg.actor_id)
-        if record is None or record.state == ActorState.DEAD:
-            return
-        if record.can_restart() and record.spec is not None:
-            record.restarts += 1
-            record.state = ActorState.RESTARTING
-            record.address = ""
-            log.info("restarting actor %s (%s)", record.actor_id, msg.reason)
-            self._wake_actor_waiters(record)  # those waiting for a kill to take effect
-            self._place(record)
-        else:
-            # a kill says why; otherwise the agent's reason (the process died, its node died)
-            self.actors.mark_dead(record, record.death_cause if record.no_restart
-                                  and record.death_cause else msg.reason)
-            self._wake_actor_waiters(record)
+        self._actor_event(L.Died(msg.actor_id, msg.reason))
 
     def _on_WaitActor(self, link: Link, msg: P.WaitActor) -> None:
-        record = self.actors.actors.get(msg.actor_id)
-        if record is None:
-            # its creator's RegisterActor may still be on the way: wait a while for it
-            self._actor_waiters.setdefault(msg.actor_id, []).append((link, msg.req_id))
-            asyncio.get_running_loop().call_later(UNKNOWN_ACTOR_GRACE, self._give_up, msg.actor_id)
-        elif record.state in (ActorState.ALIVE, ActorState.DEAD):
-            link.send(P.ActorInfo(msg.req_id, record.describe()))
-        else:
-            self._actor_waiters.setdefault(msg.actor_id, []).append((link, msg.req_id))
+        self._actor_event(L.WaitRequested(msg.actor_id, (link, msg.req_id)))
 
-    def _forget_waiters(self, link: Link) -> None:
-        """A caller left: nobody is waiting for its WaitActor and KillActor replies."""
-        for waiters in (self._actor_waiters, self._kill_waiters):
-            for actor_id in [a for a, w in waiters.items() if any(x[0] is link for x in w)]:
-                kept = [x for x in waiters[actor_id] if x[0] is not link]
-                if kept:
-                    waiters[actor_id] = kept
-                else:
-                    del waiters[actor_id]
-
-    def _give_up(self, actor_id: str) -> None:
-        if actor_id not in self.actors.actors:
-            for link, req_id in self._actor_waiters.pop(actor_id, []):
-                if not link.closed:
-                    link.send(P.ActorInfo(req_id, {}))
-
-    def _wake_actor_waiters(self, record) -> None:
-        waiters = []
-        if record.state in (ActorState.ALIVE, ActorState.DEAD):  # WaitActor: usable or gone
-            waiters += self._actor_waiters.pop(record.actor_id, [])
-        if record.state in (ActorState.DEAD, ActorState.RESTARTING):  # KillActor: down
-            waiters += self._kill_waiters.pop(record.actor_id, [])
-        for link, req_id in waiters:
-            if not link.closed:
-                link.send(P.ActorInfo(req_id, record.describe()))
+    def _on_KillActor(self, link: Link, msg: P.KillActor) -> None:
+        """Kill an actor; the reply comes once it is down (dead, or restarting), so calls
+        made after ``aray.kill()`` returns cannot reach the old instance."""
+        self._actor_event(L.KillRequested(msg.actor_id, msg.no_restart, (link, msg.req_id)))
 
     def _on_LookupActor(self, link: Link, msg: P.LookupActor) -> None:
         record = self.actors.lookup(msg.name, self.jobs.namespace(msg.job_id, msg.namespace))
         link.send(P.ActorInfo(msg.req_id, record.describe() if record else {}))
 
-    def _on_KillActor(self, link: Link, msg: P.KillActor) -> None:
-        """Kill an actor; the reply comes once it is down (dead, or restarting), so calls
-        made after ``aray.kill()`` returns cannot reach the old instance."""
-        record = self.actors.actors.get(msg.actor_id)
-        if record is None or record.state == ActorState.DEAD:
-            link.send(P.ActorInfo(msg.req_id, record.describe() if record else {}))
-            return
-        self._kill_waiters.setdefault(msg.actor_id, []).append((link, msg.req_id))
-        self._kill(record, "it was killed with aray.kill()", msg.no_restart)
+    def _forget_waiters(self, link: Link) -> None:
+        """A caller left: nobody is waiting for its WaitActor and KillActor replies."""
+        self._actor_event(L.CallerLeft(link))
 
-    def _kill(self, record, cause: str, no_restart: bool) -> None:
-        record.no_restart = record.no_restart or no_restart
-        agent = self.node_link(record.node_id)
-        if agent is not None and record.spec is not None:
-            agent.send(P.KillActor(0, record.actor_id, record.no_restart))
-            record.death_cause = cause  # kept if the death that follows is final
-        else:
-            self.actors.mark_dead(record, cause)
-            self._wake_actor_waiters(record)
+    def _send_to_node(self, node_id: str, msg) -> None:
+        link = self.node_link(node_id)
+        if link is not None:  # else its node is dying, and the lifecycle hears of it soon
+            link.send(msg)
+
+    def _instructions(self) -> dict:
+        """How each instruction of the lifecycle is carried out."""
+        def reply(ins: L.Reply) -> None:
+            for link, req_id in ins.waiters:
+                if not link.closed:
+                    link.send(P.ActorInfo(req_id, ins.info))
+
+        def answer_registration(ins: L.RegistrationAnswered) -> None:
+            link, req_id = ins.waiter
+            link.send(P.ActorRegistered(req_id, ins.actor_id, ins.error))
+
+        def give_up_later(ins: L.GiveUpLater) -> None:
+            asyncio.get_running_loop().call_later(
+                UNKNOWN_ACTOR_GRACE, self._actor_event, L.GraceOver(ins.actor_id))
+
+        return {
+            L.Place: lambda i: self._send_to_node(i.node_id, P.CreateActor(i.actor_id, i.spec)),
+            L.Withdraw: lambda i: self._send_to_node(i.node_id, P.WithdrawActor(i.actor_id)),
+            L.KillOnNode: lambda i: self._send_to_node(
+                i.node_id, P.KillActor(0, i.actor_id, i.no_restart)),
+            L.Reply: reply, L.RegistrationAnswered: answer_registration,
+            L.GiveUpLater: give_up_later,
+        }
 
     def _on_LeaseInfeasible(self, link: Link, msg: P.LeaseInfeasible) -> None:
         """An agent cannot place an actor anywhere: tell the driver of its job."""

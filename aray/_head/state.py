@@ -5,6 +5,7 @@ tasks) is kept for the state API up to a limit, the oldest going first."""
 from __future__ import annotations
 
 import dataclasses
+import enum
 import time
 
 #: how many ended rows each table keeps for the state API
@@ -23,20 +24,44 @@ def _bound(order: dict, table: dict, limit: int) -> None:
         table.pop(key, None)
 
 
+class NodeState(enum.StrEnum):
+    """Whether a node is in the cluster. A node never comes back: an agent that
+    reconnects registers as a new node."""
+
+    ALIVE = "ALIVE"
+    DEAD = "DEAD"
+
+
 @dataclasses.dataclass
 class NodeInfo:
+    """One node as the head knows it: its agent's address, its resources (``total``, and
+    ``available`` as of its last report) and its last heartbeat's ``status``."""
+
     node_id: str
     address: str
     ip: str
     total: dict
     available: dict
-    alive: bool = True
+    state: NodeState = NodeState.ALIVE
     joined_at: float = dataclasses.field(default_factory=time.time)
     status: dict = dataclasses.field(default_factory=dict)  # from its last heartbeat
     host: dict = dataclasses.field(default_factory=dict)  # machine, pid, session directory
 
+    @property
+    def alive(self) -> bool:
+        return self.state is NodeState.ALIVE
+
 
 class NodeTable:
+    """Nodes by id, in the order they joined; the most recent ``max_dead`` dead ones are kept.
+
+    Example:
+        >>> nodes = NodeTable()
+        >>> _ = nodes.join("n1", "ws://127.0.0.1:1", "127.0.0.1", {"CPU": 2.0})
+        >>> nodes.mark_dead("n1"); nodes.nodes["n1"].state
+        <NodeState.DEAD: 'DEAD'>
+    """
+
     def __init__(self, max_dead: int = MAX_DEAD_NODES) -> None:
         self.nodes: dict[str, NodeInfo] = {}
         self._dead: dict[str, None] = {}  # dead node ids, oldest first
@@ -61,12 +86,18 @@ class NodeTable:
     def mark_dead(self, node_id: str) -> None:
         node = self.nodes.get(node_id)
         if node is not None:
-            node.alive = False
+            node.state = NodeState.DEAD
             self._dead[node_id] = None
             _bound(self._dead, self.nodes, self.max_dead)
 
     def alive(self) -> list[NodeInfo]:
         return [n for n in self.nodes.values() if n.alive]
+
+    def snapshot(self) -> NodeTable:
+        """A copy to read from another thread (the rows are shared, and only read there)."""
+        copy = _shallow(self)
+        copy.nodes, copy._dead = dict(self.nodes), {}
+        return copy
 
     def view(self) -> list:
         """What node agents need to know of each other: [node_id, address, totals, free]."""
@@ -114,6 +145,12 @@ class JobTable:
                              "driver_address": address}
         return job_id
 
+    def snapshot(self) -> JobTable:
+        """A copy to read from another thread: its own copy of every row."""
+        copy = _shallow(self)
+        copy.jobs, copy._finished = {k: dict(v) for k, v in self.jobs.items()}, {}
+        return copy
+
     def namespace(self, job_id: str, requested: str = "") -> str:
         if requested:
             return requested
@@ -128,11 +165,13 @@ class JobTable:
             _bound(self._finished, self.jobs, self.max_finished)
 
 
-class ActorState:
+class ActorState(enum.StrEnum):
+    """An actor's state; the values are what the state API and the dashboard show."""
+
     PENDING = "PENDING"  # registered, constructor not run yet
     ALIVE = "ALIVE"
-    RESTARTING = "RESTARTING"
-    DEAD = "DEAD"
+    RESTARTING = "RESTARTING"  # its process died (or was killed) and it may run again
+    DEAD = "DEAD"  # for good: its name is free again
 
 
 @dataclasses.dataclass
@@ -142,7 +181,7 @@ class ActorRecord:
     namespace: str
     job_id: str
     meta: dict
-    state: str = ActorState.PENDING
+    state: ActorState = ActorState.PENDING
     spec: dict | None = None
     address: str = ""
     worker_id: str = ""
@@ -167,7 +206,7 @@ class ActorRecord:
     def describe(self, public: bool = False) -> dict:
         """This actor as a dict; ``public``: what the state API shows (nothing pickled)."""
         out = {"actor_id": self.actor_id, "name": self.name, "namespace": self.namespace,
-               "job_id": self.job_id, "state": self.state, "address": self.address,
+               "job_id": self.job_id, "state": self.state.value, "address": self.address,
                "node_id": self.node_id, "pid": self.pid, "restarts": self.restarts,
                "class_name": self.meta.get("class_name", ""), "death_cause": self.death_cause}
         if public:
@@ -204,6 +243,13 @@ class ActorTable:
         self.actors[actor_id] = ActorRecord(actor_id, name, namespace, job_id, dict(meta))
         return actor_id, ""
 
+    def snapshot(self) -> ActorTable:
+        """A copy to read from another thread (the records are shared, and only read
+        there)."""
+        copy = _shallow(self)
+        copy.actors, copy.names, copy._dead = dict(self.actors), dict(self.names), {}
+        return copy
+
     def lookup(self, name: str, namespace: str) -> ActorRecord | None:
         actor_id = self.names.get((namespace, name))
         record = self.actors.get(actor_id) if actor_id else None
@@ -220,27 +266,56 @@ class ActorTable:
         _bound(self._dead, self.actors, self.max_dead)
 
 
+class TaskState(enum.StrEnum):
+    """A task's state, in the order a task goes through them (the values are Ray's names,
+    which the state API and the dashboard show)."""
+
+    PENDING_ARGS_AVAIL = "PENDING_ARGS_AVAIL"  # waiting for its arguments
+    PENDING_NODE_ASSIGNMENT = "PENDING_NODE_ASSIGNMENT"  # waiting for a worker
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+
+
 #: the order of a task's states: an event never moves a task back
-TASK_STATES = ["PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "RUNNING", "FINISHED", "FAILED"]
+TASK_STATES = [state.value for state in TaskState]
 _RANK = {state: i for i, state in enumerate(TASK_STATES)}
-_RANK["FAILED"] = _RANK["FINISHED"]
+_RANK[TaskState.FAILED] = _RANK[TaskState.FINISHED]
+_ENDED = (TaskState.FINISHED, TaskState.FAILED)
 
 
 class TaskTable:
     """Tasks by id, built from the events of their submitters and workers; keeps the most
     recent ``limit`` tasks that ended (and every task that has not: when a job finishes,
-    its tasks that never ended are marked failed, and count as ended). O(1) per event."""
+    its tasks that never ended are marked failed, and count as ended). O(1) per event,
+    the counts per name and state included.
+
+    Example:
+        >>> table = TaskTable()
+        >>> table.apply([[b"\\x01", "RUNNING", 1.0, {"name": "f"}]])
+        >>> table.apply([[b"\\x01", "FINISHED", 2.0, {}]])
+        >>> table.summary()
+        {'f': {'FINISHED': 1}}
+    """
 
     def __init__(self, limit: int = MAX_ENDED_TASKS) -> None:
         self.limit = limit
         self.tasks: dict[str, dict] = {}  # in order of first event
         self._ended: dict[str, None] = {}  # ids of ended tasks, in the order they ended
-        self.version = 0  # changes with every batch applied (summaries are cached by it)
-        self._summary: tuple[int, dict] = (-1, {})
+        self.version = 0  # changes with every batch applied
+        self._counts: dict[str, dict[str, int]] = {}  # name -> state -> tasks
 
     @property
     def ended(self) -> int:
         return len(self._ended)
+
+    def _count(self, task: dict, n: int) -> None:
+        by_state = self._counts.setdefault(task["name"] or "?", {})
+        by_state[task["state"]] = left = by_state.get(task["state"], 0) + n
+        if left <= 0:
+            del by_state[task["state"]]
+            if not by_state:
+                del self._counts[task["name"] or "?"]
 
     def apply(self, events: list, source: dict | None = None) -> None:
         """Merge a batch of events (``[task_id, state, time, fields]``); ``source``: fields
@@ -256,19 +331,30 @@ class TaskTable:
                     # first heard of when it ran: it was submitted no later than that
                     "submitted_at": fields.get("started_at") or when, "started_at": None,
                     "ended_at": None}
+            else:
+                self._count(task, -1)
             was_ended = task["ended_at"] is not None
             for k, v in (*(source or {}).items(), *fields.items()):
                 if v or k not in task:
                     task[k] = v
-            if state == "RUNNING":
+            if state == TaskState.RUNNING:
                 task["started_at"] = when
-            elif state in ("FINISHED", "FAILED"):
+            elif state in _ENDED:
                 task["ended_at"] = when
             if _RANK.get(state, 0) >= _RANK.get(task["state"], 0):
                 task["state"] = state
+            self._count(task, 1)
             if not was_ended and task["ended_at"] is not None:
                 self._ended[key] = None
-        _bound(self._ended, self.tasks, self.limit)
+        self._bound()
+
+    def _bound(self) -> None:
+        while len(self._ended) > self.limit:
+            key = next(iter(self._ended))
+            del self._ended[key]
+            task = self.tasks.pop(key, None)
+            if task is not None:
+                self._count(task, -1)
 
     def finish_job(self, job_id: str, now: float | None = None) -> None:
         """The job's driver is gone: its tasks that never ended never will (its workers
@@ -277,27 +363,74 @@ class TaskTable:
         self.version += 1
         for key, task in self.tasks.items():
             if task["job_id"] == job_id and task["ended_at"] is None:
-                task["state"], task["ended_at"] = "FAILED", now
+                self._count(task, -1)
+                task["state"], task["ended_at"] = TaskState.FAILED.value, now
                 task["error"] = task["error"] or "its driver exited before it ended"
+                self._count(task, 1)
                 self._ended[key] = None
-        _bound(self._ended, self.tasks, self.limit)
+        self._bound()
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def in_order(self):
+        """The tasks, in the order the table first heard of them."""
+        return self.tasks.values()
 
     def rows(self, tasks=None) -> list[dict]:
         """Tasks as the state API shows them (all, or those of ``tasks``)."""
-        out = []
-        for task in self.tasks.values() if tasks is None else tasks:
-            row = dict(task)
-            if task["started_at"] is not None and task["ended_at"] is not None:
-                row["duration_s"] = task["ended_at"] - task["started_at"]
-            out.append(row)
-        return out
+        return task_rows(self.tasks.values() if tasks is None else tasks)
 
     def summary(self) -> dict:
-        """Counts per task name and state (worked out again only after a change)."""
-        if self._summary[0] != self.version:
-            out: dict[str, dict[str, int]] = {}
-            for task in self.tasks.values():
-                by_state = out.setdefault(task["name"] or "?", {})
-                by_state[task["state"]] = by_state.get(task["state"], 0) + 1
-            self._summary = (self.version, out)
-        return self._summary[1]
+        """Counts per task name and state (a copy: kept up to date as events come)."""
+        return {name: dict(by_state) for name, by_state in self._counts.items()}
+
+    def snapshot(self, rows: bool = True) -> TaskRows:
+        """The tasks as they are now, to read from another thread (``rows=False``: their
+        number and counts only)."""
+        return TaskRows(self, rows)
+
+
+class TaskRows:
+    """A :class:`TaskTable`'s tasks as they were at one moment, to read from another
+    thread: a list of the rows (shared with the table, and only read here) and the counts.
+    It answers what views ask of a table: ``in_order()``, ``rows()``, ``summary()``."""
+
+    def __init__(self, table: TaskTable, rows: bool = True) -> None:
+        # a list: faster to make than a dict
+        self._tasks = list(table.tasks.values()) if rows else []
+        self._len = len(table.tasks)
+        self._counts = table.summary()
+        self.version = table.version
+
+    def __len__(self) -> int:
+        return self._len
+
+    def in_order(self) -> list[dict]:
+        return self._tasks
+
+    def rows(self, tasks=None) -> list[dict]:
+        return task_rows(self._tasks if tasks is None else tasks)
+
+    def summary(self) -> dict:
+        return self._counts
+
+
+def task_rows(tasks) -> list[dict]:
+    """Tasks as the state API shows them: copies of their rows, with ``duration_s`` once
+    they ran and ended."""
+    out = []
+    for task in tasks:
+        row = dict(task)
+        if task["started_at"] is not None and task["ended_at"] is not None:
+            row["duration_s"] = task["ended_at"] - task["started_at"]
+        out.append(row)
+    return out
+
+
+def _shallow(table):
+    """A new table of ``table``'s class with the same attributes (snapshots replace the
+    ones that change)."""
+    copy = object.__new__(type(table))
+    copy.__dict__.update(table.__dict__)
+    return copy

@@ -1,8 +1,10 @@
 """What the head shows of the cluster: the rows and summaries behind the state API
 (``aray.util.state``, ``aray list``), the dashboard's JSON API and ``/metrics``.
 
-Tables the head keeps (nodes, jobs, actors, tasks) are read directly; objects and log
-files live on the nodes, so those views ask every node's agent over its link.
+Tables the head keeps (nodes, jobs, actors, tasks) are read from the head itself (on its
+loop) or from a :class:`Snapshot` of them (on the dashboard's thread): the views take
+either. Objects and log files live on the nodes, so those views ask every node's agent
+over its link, on the head's loop.
 """
 
 from __future__ import annotations
@@ -22,6 +24,29 @@ if TYPE_CHECKING:
 NODE_ANSWER_TIMEOUT = 5.0
 #: the most rows one page of the JSON API holds
 MAX_PAGE = 1000
+
+
+class Snapshot:
+    """The head's tables as they were at one moment, for the views of another thread.
+
+    Taken on the head's loop, at the cost of copying each table's index (a few ms for
+    100,000 tasks, and only for views that list tasks), never its rows: rows are shared
+    and only read by the views. Has the attributes of the
+    :class:`~aray._head.server.Head` that views read.
+
+    Example:
+        >>> from aray._head.server import Head
+        >>> summary(Snapshot(Head("token")))["tasks"]["total"]
+        0
+    """
+
+    def __init__(self, head: Head, task_rows: bool = True) -> None:
+        self.local_node_id = head.local_node_id
+        self.nodes = head.nodes.snapshot()
+        self.jobs = head.jobs.snapshot()
+        self.actors = head.actors.snapshot()
+        # without task_rows: the tasks' number and counts only (all the summary needs)
+        self.tasks = head.tasks.snapshot(task_rows)
 
 
 def page(rows, offset: int, limit: int, total: int) -> dict:
@@ -44,7 +69,7 @@ def tasks(head: Head, *, state: str = "", name: str = "", job_id: str = "",
           offset: int = 0, limit: int = 100) -> dict:
     """One page of tasks, newest first; ``name`` matches a part of the name. Only the page's
     rows are copied, so a page costs little even with 100,000 tasks in the table."""
-    matching = [t for t in reversed(head.tasks.tasks.values())
+    matching = [t for t in reversed(head.tasks.in_order())
                 if (not state or t["state"] == state) and (not name or name in t["name"])
                 and (not job_id or t["job_id"] == job_id)]
     # the table is in the order the head first heard of each task, which is nearly the
@@ -78,7 +103,7 @@ def summary(head: Head) -> dict:
             task_states[state] = task_states.get(state, 0) + n
     actor_states: dict[str, int] = {}
     for record in head.actors.actors.values():
-        actor_states[record.state] = actor_states.get(record.state, 0) + 1
+        actor_states[record.state.value] = actor_states.get(record.state.value, 0) + 1
     alive = head.nodes.alive()
     total: dict[str, float] = {}
     available: dict[str, float] = {}
@@ -97,7 +122,7 @@ def summary(head: Head) -> dict:
         "jobs": {"alive": sum(1 for j in head.jobs.jobs.values() if j["alive"]),
                  "total": len(head.jobs.jobs)},
         "actors": {"by_state": actor_states, "total": len(head.actors.actors)},
-        "tasks": {"by_state": task_states, "by_name": by_name, "total": len(head.tasks.tasks)},
+        "tasks": {"by_state": task_states, "by_name": by_name, "total": len(head.tasks)},
         "object_store": store,
         "resources": {"total": total, "available": available},
     }
@@ -109,7 +134,7 @@ def timeline(head: Head, seconds: float = 60.0, max_rows: int = 2000) -> dict:
     now = time.time()
     since = now - seconds
     rows = []
-    for task in reversed(head.tasks.tasks.values()):
+    for task in reversed(head.tasks.in_order()):
         start, end = task["started_at"], task["ended_at"]
         if start is None or (end is not None and end < since):
             continue

@@ -1,0 +1,71 @@
+"""Where the head puts actors: plain functions over plain data, no I/O and no clock.
+
+A node here is anything with ``node_id``, ``total`` and ``available`` resource dicts (the
+head's :class:`~aray._head.state.NodeInfo`); a request is a resource shape such as
+``{"CPU": 1.0}`` (an actor's placement shape; placement groups' bundles will ask the same).
+
+Example:
+    >>> from aray._head.state import NodeInfo
+    >>> busy = NodeInfo("a", "", "", {"CPU": 2.0}, {"CPU": 0.0})
+    >>> idle = NodeInfo("b", "", "", {"CPU": 2.0}, {"CPU": 2.0})
+    >>> choose_node([busy, idle], {"CPU": 1.0})
+    'b'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from ..node.scheduler import fits
+
+
+class NodeResources(Protocol):
+    """What placement needs to know of a node."""
+
+    node_id: str
+    total: dict
+    available: dict
+
+
+def choose_node(alive: Sequence[NodeResources], shape: dict) -> str | None:
+    """The node a request of ``shape`` goes to: the first with the resources free now,
+    else the first that could ever hold it (its agent queues it until they are free),
+    else the first node (whose agent tells the caller that no node can run it); ``None``
+    when no node is alive.
+
+    Example:
+        >>> from aray._head.state import NodeInfo
+        >>> choose_node([NodeInfo("a", "", "", {"CPU": 1.0}, {"CPU": 1.0})], {"GPU": 1})
+        'a'
+        >>> choose_node([], {"CPU": 1.0}) is None
+        True
+    """
+    for candidates in ([n for n in alive if fits(shape, n.available)],
+                       [n for n in alive if fits(shape, n.total)], alive):
+        if candidates:
+            return candidates[0].node_id
+    return None
+
+
+def should_move(shape: dict, current: NodeResources | None, joined: NodeResources) -> bool:
+    """Whether a pending request of ``shape`` waiting on ``current`` (``None``: a node
+    that is gone) moves to the node that ``joined``: when the new node can hold it and
+    the one it waits on never could.
+
+    Example:
+        >>> from aray._head.state import NodeInfo
+        >>> small = NodeInfo("a", "", "", {"CPU": 1.0}, {"CPU": 1.0})
+        >>> big = NodeInfo("b", "", "", {"CPU": 8.0}, {"CPU": 8.0})
+        >>> should_move({"CPU": 4.0}, small, big), should_move({"CPU": 1.0}, small, big)
+        (True, False)
+    """
+    if current is not None and current.node_id == joined.node_id:
+        return False
+    return fits(shape, joined.total) and (current is None or not fits(shape, current.total))
+
+
+def on_node(items: Iterable, node_id: str) -> list:
+    """Those of ``items`` (anything with a ``node_id``) placed on ``node_id``: what a
+    node's death affects."""
+    return [item for item in items if item.node_id == node_id]
