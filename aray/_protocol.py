@@ -362,7 +362,7 @@ class ObjectChunk(NamedTuple):
     error: str
 
 
-@_message(33, routes="driver,worker,core->node")
+@_message(33, routes="head,driver,worker,core->node")
 class GetStoreStats(NamedTuple):
     req_id: int
 
