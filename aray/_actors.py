@@ -15,11 +15,15 @@ from typing import Any, Generic, ParamSpec, TypeVar
 
 from . import _global
 from ._actor_calls import ActorCall
+from ._options import (
+    ACTOR_OPTIONS,
+    METHOD_OPTIONS,
+    resource_shape,
+    validate_actor_options,
+    validate_method_options,
+)
 from ._portal import on_loop
-from ._refs import new_task_id, return_id
-from ._options import (ACTOR_OPTIONS, METHOD_OPTIONS, resource_shape, validate_actor_options,
-                       validate_method_options)
-from ._refs import ObjectRef
+from ._refs import ObjectRef, new_task_id, return_id
 from ._tasks import FunctionDescriptor, serialize_args
 
 T = TypeVar("T")

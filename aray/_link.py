@@ -657,7 +657,7 @@ async def _dial(kind: str, host: str, port: int, address: str, header: str, role
         if isinstance(exc, aiohttp.ClientConnectorError) and not _reset(exc):
             raise ConnectionError(f"cannot reach aray at {address}: {exc}") from None
         raise _Dropped(str(exc) or type(exc).__name__) from None
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         await session.close()
         reason = exc or type(exc).__name__
         raise ConnectionError(f"cannot reach aray at {address}: {reason}") from None

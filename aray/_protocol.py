@@ -12,9 +12,8 @@ and replies share the ``req_id`` of their request (``REPLY = True`` on the class
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import base64
+from typing import Any, NamedTuple
 
 import msgpack
 

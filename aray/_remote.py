@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, ov
 
 from . import _actors, _global
 from ._options import TASK_OPTIONS, resource_shape, validate_options_for_any, validate_task_options
-from ._tasks import FunctionDescriptor, TaskSpec, serialize_args
 from ._refs import ObjectRef, new_task_id, return_id
 from ._runtime_context import current_task
+from ._tasks import FunctionDescriptor, TaskSpec, serialize_args
 
 if TYPE_CHECKING:
     from ._actors import ActorClass

@@ -18,7 +18,6 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING
 
-from . import _protocol as P
 from ._portal import call, on_runtime
 from ._refs import ObjectRef
 

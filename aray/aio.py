@@ -196,7 +196,6 @@ def client_settings(address: str, token: str | None) -> dict:
     import tempfile
 
     from ._link import parse_address
-
     from ._local import find_cluster
 
     _, host, port = parse_address(address)

@@ -7,7 +7,6 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import descendants, wait_gone, wait_until
 
 ARAY = [sys.executable, "-m", "aray"]
@@ -278,7 +277,7 @@ def test_block_fate_shares_with_its_process_and_keeps_the_token_off_its_command_
         assert "2 nodes alive" in cli("status", "--token", secret).stdout
         for proc, node in ((join, join_node), (head, head_node)):
             # the node process, its template process and a worker, ready for jobs
-            pids = [node, *wait_until(lambda: len(descendants(node)) >= 2 and descendants(node),
+            pids = [node, *wait_until(lambda n=node: len(descendants(n)) >= 2 and descendants(n),
                                       message="the node's workers")]
             proc.kill()  # SIGKILL: no chance to stop the node itself
             proc.wait()

@@ -14,7 +14,6 @@ import tempfile
 import textwrap
 
 import pytest
-
 from conftest import PRELUDE, descendants, wait_gone
 from test_cli import free_port, login_answer
 
@@ -240,7 +239,8 @@ while aray.object_store_stats()["num_spilled"] < 40 and time.monotonic() < deadl
     time.sleep(0.05)
 print("SPILLED", aray.object_store_stats()["num_spilled"])
 print("MODES", sorted(set(spill_files(spill).values())), stat.S_IMODE(os.stat(spill).st_mode))
-print("ARENA SPILLED", any(os.path.getsize(os.path.join(spill, n)) > 2**22 for n in spill_files(spill)))
+print("ARENA SPILLED",
+      any(os.path.getsize(os.path.join(spill, n)) > 2**22 for n in spill_files(spill)))
 report_pids()
 aray.shutdown()
 print("AFTER", os.path.exists(spill), os.path.exists(store), sorted(os.listdir(session)))

@@ -207,7 +207,7 @@ async def test_silent_and_slow_connections_are_closed_and_capped(faulty):
     await asyncio.sleep(0.1)
     # the cap (4) is reached: these are dropped at once
     extra = [await asyncio.open_unix_connection(path) for _ in range(3)]
-    for reader, writer in extra:
+    for reader, _writer in extra:
         assert await closed_by_server(reader)
     assert loop.time() - start < 0.5
     for _ in range(20):
@@ -217,7 +217,7 @@ async def test_silent_and_slow_connections_are_closed_and_capped(faulty):
         except ConnectionError:
             break
         await asyncio.sleep(0.1)
-    for reader, writer in silent + [(slow_r, slow_w)]:
+    for reader, _writer in silent + [(slow_r, slow_w)]:
         assert await closed_by_server(reader)
     assert loop.time() - start < 3
     for _, writer in silent + extra + [(slow_r, slow_w)]:

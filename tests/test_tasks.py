@@ -228,8 +228,12 @@ def test_retry_exceptions():
 
     @aray.remote(max_retries=2, retry_exceptions=[OSError])
     def flaky():
-        n = int(open(marker).read()) if os.path.exists(marker) else 0
-        open(marker, "w").write(str(n + 1))
+        n = 0
+        if os.path.exists(marker):
+            with open(marker) as f:
+                n = int(f.read())
+        with open(marker, "w") as f:
+            f.write(str(n + 1))
         if n < 2:
             raise OSError("transient")
         return n

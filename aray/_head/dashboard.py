@@ -478,7 +478,7 @@ class Dashboard:
             body = await views.read_log(self.head, node_id, file, offset, limit)
         except LookupError as exc:
             return web.json_response({"error": str(exc)}, status=404)
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             return web.json_response({"error": f"node {node_id} did not answer"}, status=504)
         return web.json_response(body)
 
@@ -552,7 +552,7 @@ class Dashboard:
         while not ws.closed:
             try:
                 chunk = await views.read_log(self.head, node_id, file, offset, 0)
-            except (LookupError, asyncio.TimeoutError, ConnectionError) as exc:
+            except (TimeoutError, LookupError, ConnectionError) as exc:
                 await ws.send_json({"type": "log", "node_id": node_id, "file": file,
                                     "data": "", "offset": offset, "error": str(exc)})
                 return
