@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import time
+from typing import Any
 
 from .store.shm import ShmDirectory, default_root
 
@@ -601,7 +602,8 @@ async def _run_node(config: dict) -> None:
             _write_private(os.path.join(config["session_dir"], "cluster.json"), json.dumps(ready))
         os.write(1, (json.dumps(ready) + "\n").encode())
         _detach_stdout(config["session_dir"])
-        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(agent.stopped.wait())]
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait()),
+                                            asyncio.ensure_future(agent.stopped.wait())]
         if config["lifeline"]:
             reader = asyncio.StreamReader()
             await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)

@@ -490,7 +490,7 @@ class StreamItem(NamedTuple):
     """One value yielded by a streaming task or method, sent as soon as it is produced."""
 
     task_id: bytes
-    index: int
+    index: int  # type: ignore[assignment]  # a field may share a name with tuple.index
     value: list  # a resolved value
 
 
@@ -501,7 +501,7 @@ class StreamConsumed(NamedTuple):
     ``aray._streams.STREAM_WINDOW`` items ahead of this."""
 
     task_id: bytes
-    count: int
+    count: int  # type: ignore[assignment]  # a field may share a name with tuple.count
 
 
 #: StreamConsumed.count of a consumer that is gone: produce without waiting
