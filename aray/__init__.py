@@ -24,13 +24,14 @@ Examples:
 from __future__ import annotations
 
 from . import aio, exceptions
+from ._actors import ActorClass, ActorHandle, method
 from ._api import (
     available_resources,
     cancel,
     cluster_resources,
     get,
-    get_gpu_ids,
     get_actor,
+    get_gpu_ids,
     get_runtime_context,
     init,
     is_initialized,
@@ -41,13 +42,13 @@ from ._api import (
     shutdown,
     wait,
 )
-from ._actors import ActorClass, ActorHandle, method
 from ._as_completed import as_completed
 from ._refs import ObjectRef
 from ._remote import RemoteFunction, remote
 from ._runtime_context import RuntimeContext
 from ._streams import ObjectRefGenerator
 
+# isort: split
 from . import util  # noqa: E402  (after the API it builds on, as in Ray: aray.util.ActorPool)
 
 __version__ = "0.1.0"

@@ -10,17 +10,28 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from . import _global
 from ._actor_calls import ActorCall
+from ._options import (
+    ACTOR_OPTIONS,
+    METHOD_OPTIONS,
+    resource_shape,
+    validate_actor_options,
+    validate_method_options,
+)
 from ._portal import on_loop
-from ._refs import new_task_id, return_id
-from ._options import (ACTOR_OPTIONS, METHOD_OPTIONS, resource_shape, validate_actor_options,
-                       validate_method_options)
+from ._refs import ObjectRef, new_task_id, return_id
 from ._tasks import FunctionDescriptor, serialize_args
 
-def method(*args, **options):
+T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
+
+def method(*args: Any, **options: Any) -> Callable[[F], F]:
     """Set options of one actor method: ``num_returns`` and ``concurrency_group``.
 
     Examples:
@@ -39,14 +50,14 @@ def method(*args, **options):
         raise TypeError("@aray.method takes keyword options, e.g. @aray.method(num_returns=2)")
     options = validate_method_options(options)
 
-    def decorate(fn):
-        fn.__aray_method__ = dict(options)
+    def decorate(fn: F) -> F:
+        fn.__aray_method__ = dict(options)  # type: ignore[attr-defined]
         return fn
 
     return decorate
 
 
-def _methods(cls) -> dict[str, Any]:
+def _methods(cls: type) -> dict[str, Any]:
     found = {}
     for name in dir(cls):
         if name.startswith("__") and name != "__call__":
@@ -58,7 +69,7 @@ def _methods(cls) -> dict[str, Any]:
     return found
 
 
-class ActorClass:
+class ActorClass(Generic[T]):
     """A class turned into an actor factory by :func:`aray.remote`.
 
     ``Cls.remote(*args)`` creates an actor and returns its handle at once;
@@ -80,7 +91,8 @@ class ActorClass:
         [1, 2]
     """
 
-    def __init__(self, cls: type, options: dict, descriptor: FunctionDescriptor | None = None):
+    def __init__(self, cls: type[T], options: dict,
+                 descriptor: FunctionDescriptor | None = None) -> None:
         self._cls = cls
         self._options = {**ACTOR_OPTIONS, **validate_actor_options(options)}
         self._descriptor = descriptor or FunctionDescriptor(cls)
@@ -106,11 +118,11 @@ class ActorClass:
                     f"not in the actor's concurrency_groups {sorted(groups)}")
             self._method_options[name] = opts
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"actors cannot be created directly: use {self.__name__}.remote(...) "
                         f"instead of {self.__name__}(...)")
 
-    def options(self, **options) -> ActorClass:
+    def options(self, **options: Any) -> ActorClass[T]:
         """A copy of this actor class with some options changed."""
         merged = {k: v for k, v in self._options.items() if v != ACTOR_OPTIONS[k]}
         merged.update(validate_actor_options(options))
@@ -134,7 +146,7 @@ class ActorClass:
                 "max_restarts": int(self._options["max_restarts"]),
                 "lifetime": self._options["lifetime"]}
 
-    def remote(self, *args, **kwargs) -> ActorHandle:
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle[T]:
         """Create the actor (its constructor runs in a new worker); returns its handle."""
         core = _global.core()
         o = self._options
@@ -173,7 +185,7 @@ class ActorClass:
         return f"<aray.ActorClass {self.__name__}>"
 
 
-class ActorHandle:
+class ActorHandle(Generic[T]):
     """A reference to a live actor: call its methods with ``handle.method.remote(...)``.
 
     Handles pickle: pass them to tasks and other actors, and call the actor from there.
@@ -207,7 +219,7 @@ class ActorHandle:
         """The actor's id (hex), the same inside it from ``get_runtime_context()``."""
         return self._actor_id
 
-    def __getattr__(self, name: str) -> ActorMethod:
+    def __getattr__(self, name: str) -> ActorMethod[..., Any]:
         methods = self.__dict__.get("_meta", {}).get("methods", {})
         if name in methods:
             return ActorMethod(self, name, methods[name])
@@ -228,19 +240,19 @@ class ActorHandle:
         return f"Actor({self._meta.get('class_name')}, {self._actor_id})"
 
 
-class ActorMethod:
+class ActorMethod(Generic[P, R]):
     """``handle.method``: call it with ``.remote(...)``; ``.options(num_returns=...)``."""
 
-    def __init__(self, handle: ActorHandle, name: str, options: dict) -> None:
+    def __init__(self, handle: ActorHandle[Any], name: str, options: dict) -> None:
         self._handle = handle
         self._name = name
         self._options = options
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"actor methods cannot be called directly; use "
                         f"{self._name}.remote(...) instead of {self._name}(...)")
 
-    def options(self, **options) -> ActorMethod:
+    def options(self, **options: Any) -> ActorMethod[P, R]:
         """A copy of this method with ``num_returns`` or ``concurrency_group`` changed."""
         options = validate_method_options(options)
         group = options.get("concurrency_group")
@@ -250,7 +262,7 @@ class ActorMethod:
                              f"concurrency_groups {sorted(groups)}")
         return ActorMethod(self._handle, self._name, {**self._options, **options})
 
-    def remote(self, *args, **kwargs):
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> ObjectRef[R]:
         """Call the method on the actor; returns its ObjectRef(s) (or a ref generator)."""
         core = _global.core()
         meta = self._handle._meta
@@ -264,10 +276,12 @@ class ActorMethod:
                          int(meta.get("max_task_retries", 0)),
                          group=self._options.get("concurrency_group") or "", held_refs=held)
         refs = core.submit_actor_call(self._handle._actor_id, call)
+        # typed for the common case of one return: num_returns is an option, not a type
         if streaming or n > 1:
-            return refs
-        return refs[0] if n == 1 else None
+            return refs  # type: ignore[return-value]
+        return refs[0] if n == 1 else None  # type: ignore[return-value, index]
 
 
-def make_actor_class(cls: type, options: dict) -> ActorClass:
+def make_actor_class(cls: type[T], options: dict) -> ActorClass[T]:
+    """The actor class of ``cls`` (what ``@aray.remote`` makes of a class)."""
     return ActorClass(cls, options)

@@ -6,12 +6,18 @@ import asyncio
 import atexit
 import logging
 import threading
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _global, aio
 from ._portal import LoopThread, call, on_loop, refuse_on_loop
 from ._refs import ObjectRef
 from ._runtime_context import RuntimeContext, current_task
+
+if TYPE_CHECKING:
+    from ._actors import ActorHandle
+
+R = TypeVar("R")
 
 log = logging.getLogger("aray")
 
@@ -63,7 +69,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         True
     """
     global _atexit_registered
-    options = dict(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+    options: dict[str, Any] = dict(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                    object_store_memory=object_store_memory, log_to_driver=log_to_driver,
                    ignore_reinit_error=ignore_reinit_error, token=token,
                    namespace=namespace, include_dashboard=include_dashboard,
@@ -82,9 +88,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         if core is not existing:
             core.spawn(aio.connect(core), name="connect")
         return aio.init_info(core)
-    core = aio.existing_core(ignore_reinit_error)
-    if core is not None:
-        return aio.init_info(core)
+    running = aio.existing_core(ignore_reinit_error)
+    if running is not None:
+        return aio.init_info(running)
     thread = LoopThread()
     try:
         info = call(thread.loop, aio.init, address, what="init", **options)
@@ -153,7 +159,12 @@ def _shutdown_at_exit() -> None:
             core.cluster.stop()
 
 
-def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = None) -> Any:
+@overload
+def get(object_refs: ObjectRef[R], *, timeout: float | None = None) -> R: ...
+@overload
+def get(object_refs: Sequence[ObjectRef[R]], *, timeout: float | None = None) -> list[R]: ...
+def get(object_refs: ObjectRef[Any] | Sequence[ObjectRef[Any]], *,
+        timeout: float | None = None) -> Any:
     """Block until the value(s) of ``object_refs`` are ready and return them.
 
     Takes one ref (returns its value) or a list of refs (returns a list, in order). In async
@@ -179,8 +190,9 @@ def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = Non
     return values[0] if single else values
 
 
-def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float | None = None,
-         fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
+def wait(object_refs: Sequence[ObjectRef[R]], *, num_returns: int = 1,
+         timeout: float | None = None, fetch_local: bool = True
+         ) -> tuple[list[ObjectRef[R]], list[ObjectRef[R]]]:
     """Block until ``num_returns`` of the refs are ready, or ``timeout`` seconds pass.
 
     Returns ``(ready, not_ready)`` with the input order kept; ``timeout`` is in seconds.
@@ -201,7 +213,7 @@ def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float |
         core.loop, aio.wait_refs, core, refs, num_returns, timeout, True, what="wait")
 
 
-def put(value: Any) -> ObjectRef:
+def put(value: R) -> ObjectRef[R]:
     """Store ``value`` once and return a ref; pass the ref to many tasks instead of the value.
 
     Like ``f.remote()``, ``put`` never waits for the runtime loop: it serializes in the
@@ -217,7 +229,7 @@ def put(value: Any) -> ObjectRef:
     return _global.core().put(value)
 
 
-def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+def cancel(ref: ObjectRef[Any], *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that produces ``ref``.
 
     A queued task is dropped; a running one gets :class:`~aray.exceptions.TaskCancelledError`
@@ -307,7 +319,7 @@ def get_gpu_ids() -> list:
     return list(task.gpu_ids) if task is not None else []
 
 
-def get_actor(name: str, namespace: str | None = None):
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle[Any]:
     """The handle of the live actor called ``name``; ValueError if there is none.
 
     Examples:
@@ -327,7 +339,7 @@ def get_actor(name: str, namespace: str | None = None):
     return call(_global.core().loop, aio.get_actor, name, namespace, what="get_actor")
 
 
-def kill(actor, *, no_restart: bool = True) -> None:
+def kill(actor: ActorHandle[Any], *, no_restart: bool = True) -> None:
     """End an actor at once: its pending and later calls raise ``ActorDiedError``.
 
     With ``no_restart=False`` an actor created with ``max_restarts`` is restarted instead.

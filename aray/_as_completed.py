@@ -88,5 +88,5 @@ class as_completed:
                     yield await ready.get()
                 else:
                     yield await asyncio.wait_for(ready.get(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise self._timed_out(left) from None

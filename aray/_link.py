@@ -77,7 +77,7 @@ class Link:
     """One side of an authenticated websocket: batched sends, dispatch, request/reply."""
 
     def __init__(self, ws, peer: P.Hello | P.Welcome, name: str = "", session=None,
-                 transport: asyncio.BaseTransport | None = None) -> None:
+                 transport: asyncio.Transport | None = None) -> None:
         self._ws = ws
         self._session = session  # the client session to close with the link (client side)
         self._transport = transport  # (server side) aborted if closing cannot finish
@@ -229,8 +229,9 @@ class Link:
 
     def _handler_done(self, msg, task: asyncio.Task) -> None:
         self._handler_tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._handler_failed(msg, task.exception())
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            self._handler_failed(msg, exc)
 
     def _handler_failed(self, msg, exc: BaseException) -> None:
         log.error("error handling %s on link %s", type(msg).__name__, self.name,
@@ -471,7 +472,8 @@ class Server:
         assert self._web is not None, "start() the server first"
         loop = asyncio.get_running_loop()
         ssl = tls.server_context()
-        tls_deadline = {"ssl_handshake_timeout": self.handshake_timeout} if ssl else {}
+        tls_deadline: dict[str, Any] = (
+            {"ssl_handshake_timeout": self.handshake_timeout} if ssl else {})
         if sock is not None:
             server = await loop.create_server(self._web, sock=sock, ssl=ssl, **tls_deadline)
             self._listeners.append(server)
@@ -657,7 +659,7 @@ async def _dial(kind: str, host: str, port: int, address: str, header: str, role
         if isinstance(exc, aiohttp.ClientConnectorError) and not _reset(exc):
             raise ConnectionError(f"cannot reach aray at {address}: {exc}") from None
         raise _Dropped(str(exc) or type(exc).__name__) from None
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         await session.close()
         reason = exc or type(exc).__name__
         raise ConnectionError(f"cannot reach aray at {address}: {reason}") from None

@@ -1,7 +1,7 @@
 """A local cluster: the node process (head + node agent) that ``aray.init()`` starts.
 
-Parent side, :class:`LocalCluster` starts a node process (:data:`NODE_BOOT`) in its own session, sends
-it its configuration (including the token) on stdin, reads one "ready" line with the
+Parent side, :class:`LocalCluster` starts a node process (:data:`NODE_BOOT`) in its own
+session, sends it its configuration (including the token) on stdin, reads one "ready" line with the
 addresses from its stdout, and keeps stdin open. The child treats EOF on stdin as "my driver
 is gone" and shuts down, so even a SIGKILLed driver leaves no process behind.
 """
@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import time
+from typing import Any
 
 from .store.shm import ShmDirectory, default_root
 
@@ -439,7 +440,8 @@ class LocalCluster:
         self.info: dict = {}
 
     def spawn(self) -> None:
-        err = open(os.path.join(self.session_dir, "logs", "node.err"), "ab")
+        # the node process writes to it for as long as it lives: closed when it is reaped
+        err = open(os.path.join(self.session_dir, "logs", "node.err"), "ab")  # noqa: SIM115
         try:
             # -P: the driver's working directory must not shadow the installed package
             # (a source checkout's aray/ lacks aray.node and aray.store)
@@ -600,7 +602,8 @@ async def _run_node(config: dict) -> None:
             _write_private(os.path.join(config["session_dir"], "cluster.json"), json.dumps(ready))
         os.write(1, (json.dumps(ready) + "\n").encode())
         _detach_stdout(config["session_dir"])
-        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(agent.stopped.wait())]
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait()),
+                                            asyncio.ensure_future(agent.stopped.wait())]
         if config["lifeline"]:
             reader = asyncio.StreamReader()
             await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)

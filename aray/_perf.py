@@ -265,7 +265,7 @@ def tasks_queued(rt, n, rounds, d):
     """Cost at scale: the tasks of tasks_async, with 1k, 10k and 100k queued at once."""
     out = {}
     for queued in (1_000, 10_000, 100_000):
-        def run():
+        def run(queued=queued):
             rt.get([d.small_value.remote() for _ in range(queued)])
 
         out[f"tasks async, {queued // 1000}k queued"] = rates(queued, timed(run, 1))
@@ -609,7 +609,7 @@ def microbenchmark(pattern: str = "", num_cpus: int | None = None, rounds: int =
             if not pattern or pattern in name:
                 write(_line(name, values))
                 results[name] = values
-        for key, fn, n, _label in chosen:
+        for _key, fn, n, _label in chosen:
             gc.collect()
             for name, values in fn(rt, max(1, int(n * scale)), rounds, d).items():
                 write(_line(name, values))

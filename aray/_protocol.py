@@ -13,9 +13,8 @@ and replies share the ``req_id`` of their request (``REPLY = True`` on the class
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import base64
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -492,7 +491,7 @@ class StreamItem(NamedTuple):
     """One value yielded by a streaming task or method, sent as soon as it is produced."""
 
     task_id: bytes
-    index: int
+    index: int  # type: ignore[assignment]  # a field may share a name with tuple.index
     value: list  # a resolved value
 
 
@@ -503,7 +502,7 @@ class StreamConsumed(NamedTuple):
     ``aray._streams.STREAM_WINDOW`` items ahead of this."""
 
     task_id: bytes
-    count: int
+    count: int  # type: ignore[assignment]  # a field may share a name with tuple.count
 
 
 #: StreamConsumed.count of a consumer that is gone: produce without waiting

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import itertools
 import os
 import threading
+from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
 
 from . import _global
@@ -120,15 +122,15 @@ class ObjectRef(Generic[T]):
         return True
 
     # awaiting -----------------------------------------------------------------------
-    def _loop_future(self, fresh: bool = False) -> asyncio.Future:
+    def _loop_future(self, fresh: bool = False) -> asyncio.Future[T]:
         """This loop's future for the ref. A cancelled one is kept (asyncio reads its result
         after cancelling) until a new wait starts (``fresh``)."""
         return _global.core().future_for(self, asyncio.get_running_loop(), fresh)
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, T]:
         return self._loop_future(fresh=True).__await__()
 
-    def future(self) -> concurrent.futures.Future:
+    def future(self) -> concurrent.futures.Future[T]:
         """A ``concurrent.futures.Future`` resolved with the value (or its error).
 
         Examples:
@@ -162,7 +164,7 @@ class ObjectRef(Generic[T]):
             return _global.core().is_ready(self)
         return fut.done()
 
-    def result(self) -> Any:
+    def result(self) -> T:
         """The value, on a loop whose wait has finished (asyncio protocol); prefer ``await``."""
         return self._loop_future().result()
 
@@ -179,15 +181,16 @@ class ObjectRef(Generic[T]):
         return self._loop_future().cancel(msg)
 
     def _make_cancelled_error(self) -> asyncio.CancelledError:
-        return self._loop_future()._make_cancelled_error()
+        return self._loop_future()._make_cancelled_error()  # type: ignore[attr-defined]  # asyncio calls it
 
-    def add_done_callback(self, fn, *, context=None) -> None:
+    def add_done_callback(self, fn: Callable[[ObjectRef[T]], object], *,
+                          context: contextvars.Context | None = None) -> None:
         """Call ``fn(ref)`` on the running loop once the value is ready (asyncio protocol)."""
         fut = self._loop_future(fresh=True)
         # asyncio passes the awaited object to callbacks: hand them the ref, not our future
         fut.add_done_callback(_CallWithRef(fn, self), context=context)
 
-    def remove_done_callback(self, fn) -> int:
+    def remove_done_callback(self, fn: Callable[[ObjectRef[T]], object]) -> int:
         """Undo :meth:`add_done_callback` (asyncio protocol)."""
         return self._loop_future().remove_done_callback(_CallWithRef(fn, self))
 
@@ -197,7 +200,7 @@ class _CallWithRef:
 
     __slots__ = ("fn", "ref")
 
-    def __init__(self, fn, ref: ObjectRef) -> None:
+    def __init__(self, fn: Callable[[Any], object], ref: ObjectRef[Any]) -> None:
         self.fn = fn
         self.ref = ref
 
@@ -211,8 +214,8 @@ class _CallWithRef:
         return hash(self.fn)
 
 
-def _rebuild_ref(object_id: bytes, owner: str, cluster: str = "") -> ObjectRef:
-    ref: ObjectRef = ObjectRef(object_id, owner)
+def _rebuild_ref(object_id: bytes, owner: str, cluster: str = "") -> ObjectRef[Any]:
+    ref: ObjectRef[Any] = ObjectRef(object_id, owner)
     core = _global.core_or_none()
     if core is not None and cluster and core.cluster_id and cluster != core.cluster_id:
         core.call_soon(core.foreign_ref, ref, cluster)  # its value cannot be had here
@@ -225,11 +228,12 @@ def _rebuild_ref(object_id: bytes, owner: str, cluster: str = "") -> ObjectRef:
 _collecting = threading.local()
 
 
-def collect_refs(fn, *args):
+def collect_refs(fn: Callable[..., Any], *args: Any) -> tuple[Any, list[ObjectRef[Any]]]:
     """Call ``fn(*args)`` (a pickling function) and return ``(result, refs)``: the
     ObjectRefs it pickled, which the caller keeps alive for as long as the pickle lives."""
     outer = getattr(_collecting, "refs", None)
-    _collecting.refs = refs = []
+    refs: list[ObjectRef[Any]] = []
+    _collecting.refs = refs
     try:
         return fn(*args), refs
     finally:

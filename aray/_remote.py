@@ -4,17 +4,21 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from typing import Generic, ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from . import _actors, _global
 from ._options import TASK_OPTIONS, resource_shape, validate_options_for_any, validate_task_options
-from ._tasks import FunctionDescriptor, TaskSpec, serialize_args
 from ._refs import ObjectRef, new_task_id, return_id
 from ._runtime_context import current_task
+from ._tasks import FunctionDescriptor, TaskSpec, serialize_args
+
+if TYPE_CHECKING:
+    from ._actors import ActorClass
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 def _current_task_id() -> bytes:
@@ -61,12 +65,12 @@ class RemoteFunction(Generic[P, R]):
         self.__module__ = getattr(fn, "__module__", __name__)
         self.__wrapped__ = fn
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
             f"remote function {self._name} cannot be called directly; "
             f"use {self.__name__}.remote(...) to run it as a task")
 
-    def options(self, **options) -> RemoteFunction[P, R]:
+    def options(self, **options: Any) -> RemoteFunction[P, R]:
         """A copy of this remote function with some options changed.
 
         Examples:
@@ -102,10 +106,10 @@ class RemoteFunction(Generic[P, R]):
         if streaming:
             return refs  # type: ignore[return-value]
         if n == 1:
-            return refs[0]
+            return refs[0]  # type: ignore[index]  # (a list unless streaming)
         return refs if n > 1 else None  # type: ignore[return-value]
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return RemoteFunction, (self._function,
                                 {k: v for k, v in self._options.items() if v != TASK_OPTIONS[k]},
                                 self._descriptor)
@@ -114,7 +118,30 @@ class RemoteFunction(Generic[P, R]):
         return f"<aray.RemoteFunction {self._name}>"
 
 
-def remote(*args, **options):
+class _Decorator(Protocol):
+    """What ``aray.remote(**options)`` returns: a decorator of functions and classes."""
+
+    @overload
+    def __call__(self, obj: type[T], /) -> ActorClass[T]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, obj: Callable[P, Coroutine[Any, Any, R]], /) -> RemoteFunction[P, R]: ...
+    @overload
+    def __call__(self, obj: Callable[P, R], /) -> RemoteFunction[P, R]: ...
+
+
+# The overloads tell type checkers what the decorator makes: a class becomes an ActorClass,
+# an ``async def`` a remote function whose refs hold what the coroutine returns (that is
+# what its tasks produce), any other function a remote function of its own return type.
+# (mypy sees a class as a callable too, hence its complaint about the first overload.)
+@overload
+def remote(obj: type[T], /) -> ActorClass[T]: ...  # type: ignore[overload-overlap]
+@overload
+def remote(obj: Callable[P, Coroutine[Any, Any, R]], /) -> RemoteFunction[P, R]: ...
+@overload
+def remote(obj: Callable[P, R], /) -> RemoteFunction[P, R]: ...
+@overload
+def remote(**options: Any) -> _Decorator: ...
+def remote(*args: Any, **options: Any) -> Any:
     """Turn a function into a remote function (a task), optionally with options.
 
     Use it bare (``@aray.remote``) or with options (``@aray.remote(num_cpus=2,
@@ -138,13 +165,13 @@ def remote(*args, **options):
             "e.g. @aray.remote or @aray.remote(num_cpus=2)")
     validate_options_for_any(options)
 
-    def decorate(obj):
+    def decorate(obj: Any) -> Any:
         return _make_remote(obj, options)
 
     return decorate
 
 
-def _make_remote(obj, options: dict):
+def _make_remote(obj: Any, options: dict) -> Any:
     if inspect.isclass(obj):
         return _actors.make_actor_class(obj, options)
     if not callable(obj):

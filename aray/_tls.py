@@ -31,7 +31,7 @@ def settings() -> tuple[str, str, str] | None:
     return values[0], values[1], values[2]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _contexts(config: tuple[str, str, str]) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     cert, key, ca = config
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca)

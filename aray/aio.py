@@ -27,7 +27,8 @@ import numbers
 import operator
 import os
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _global
 from . import _protocol as P
@@ -35,6 +36,11 @@ from ._core import Core
 from ._portal import on_runtime
 from ._refs import ObjectRef
 from .exceptions import GetTimeoutError
+
+if TYPE_CHECKING:
+    from ._actors import ActorHandle
+
+R = TypeVar("R")
 
 log = logging.getLogger("aray")
 
@@ -190,7 +196,6 @@ def client_settings(address: str, token: str | None) -> dict:
     import tempfile
 
     from ._link import parse_address
-
     from ._local import find_cluster
 
     _, host, port = parse_address(address)
@@ -368,7 +373,12 @@ def check_timeout(timeout: Any) -> None:
             raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
 
 
-async def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = None) -> Any:
+@overload
+async def get(object_refs: ObjectRef[R], *, timeout: float | None = None) -> R: ...
+@overload
+async def get(object_refs: Sequence[ObjectRef[R]], *, timeout: float | None = None) -> list[R]: ...
+async def get(object_refs: ObjectRef[Any] | Sequence[ObjectRef[Any]], *,
+              timeout: float | None = None) -> Any:
     """Wait for one ref (or a list of refs) and return the value(s).
 
     Raises the task's error (a :class:`~aray.exceptions.TaskError` that is also the original
@@ -403,9 +413,9 @@ async def get_values(core: Core, refs: list[ObjectRef], single: bool, timeout: f
     return values[0] if single else values
 
 
-async def wait(object_refs: list[ObjectRef], *, num_returns: int = 1,
+async def wait(object_refs: Sequence[ObjectRef[R]], *, num_returns: int = 1,
                timeout: float | None = None, fetch_local: bool = True
-               ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+               ) -> tuple[list[ObjectRef[R]], list[ObjectRef[R]]]:
     """Wait until ``num_returns`` refs are ready or ``timeout`` seconds pass.
 
     Returns ``(ready, not_ready)``: ``ready`` holds at most ``num_returns`` refs, both lists
@@ -421,11 +431,14 @@ async def wait(object_refs: list[ObjectRef], *, num_returns: int = 1,
     """
     refs = check_wait_args(object_refs, num_returns, timeout)
     core = _global.core()
-    return split_ready(core, refs, num_returns) or await on_runtime(
-        core.loop, wait_refs(core, refs, num_returns, timeout, False))
+    ready = split_ready(core, refs, num_returns)
+    if ready is not None:
+        return ready
+    return await on_runtime(core.loop, wait_refs(core, refs, num_returns, timeout, False))
 
 
-def check_wait_args(object_refs, num_returns, timeout) -> list[ObjectRef]:
+def check_wait_args(object_refs: Sequence[ObjectRef[R]], num_returns: int,
+                    timeout: float | None) -> list[ObjectRef[R]]:
     if isinstance(object_refs, ObjectRef):
         raise TypeError("aray.wait() expects a list of ObjectRefs, not a single ObjectRef; "
                         "use aray.wait([ref])")
@@ -444,8 +457,9 @@ def check_wait_args(object_refs, num_returns, timeout) -> list[ObjectRef]:
     return refs
 
 
-async def wait_refs(core: Core, refs: list[ObjectRef], num_returns: int, timeout: float | None,
-                    blocking: bool) -> tuple[list[ObjectRef], list[ObjectRef]]:
+async def wait_refs(core: Core, refs: list[ObjectRef[R]], num_returns: int,
+                    timeout: float | None, blocking: bool
+                    ) -> tuple[list[ObjectRef[R]], list[ObjectRef[R]]]:
     """Runs on the runtime loop."""
     if not refs:
         return [], []
@@ -454,8 +468,8 @@ async def wait_refs(core: Core, refs: list[ObjectRef], num_returns: int, timeout
     return split_ready(core, refs, num_returns, force=True)  # type: ignore[return-value]
 
 
-def split_ready(core: Core, refs: list[ObjectRef], num_returns: int,
-                force: bool = False) -> tuple[list[ObjectRef], list[ObjectRef]] | None:
+def split_ready(core: Core, refs: list[ObjectRef[R]], num_returns: int, force: bool = False
+                ) -> tuple[list[ObjectRef[R]], list[ObjectRef[R]]] | None:
     """``(ready, not_ready)`` as ``wait`` returns them. From another thread (not ``force``)
     only when every ref is ready already, else None: refs submitted a moment ago may not be
     registered on the loop yet, so a partial view could pick the wrong ones."""
@@ -466,8 +480,8 @@ def split_ready(core: Core, refs: list[ObjectRef], num_returns: int,
         return None
     if n_ready == len(refs) and num_returns >= n_ready:
         return list(refs), []
-    ready: list[ObjectRef] = []
-    not_ready: list[ObjectRef] = []
+    ready: list[ObjectRef[R]] = []
+    not_ready: list[ObjectRef[R]] = []
     for ref, is_ready in zip(refs, flags):
         if is_ready and len(ready) < num_returns:
             ready.append(ref)
@@ -476,7 +490,7 @@ def split_ready(core: Core, refs: list[ObjectRef], num_returns: int,
     return ready, not_ready
 
 
-async def put(value: Any) -> ObjectRef:
+async def put(value: R) -> ObjectRef[R]:
     """Store ``value`` (serialized once) and return a ref to it.
 
     Examples:
@@ -506,7 +520,7 @@ def _small(value: Any) -> bool:
     return isinstance(value, _SMALL_TYPES) and sys.getsizeof(value) < _SMALL_SIZE
 
 
-async def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+async def cancel(ref: ObjectRef[Any], *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that produces ``ref``; see :func:`aray.cancel`.
 
     Examples:
@@ -584,7 +598,7 @@ def _sum_resources(node_list: list[dict], key: str) -> dict:
 # --- actors -------------------------------------------------------------------------------
 
 
-async def get_actor(name: str, namespace: str | None = None):
+async def get_actor(name: str, namespace: str | None = None) -> ActorHandle[Any]:
     """The handle of the live actor called ``name`` (in ``namespace``, default: this job's).
 
     Raises ValueError when there is no such actor.
@@ -618,7 +632,7 @@ async def get_actor(name: str, namespace: str | None = None):
     return ActorHandle(info["actor_id"], info["meta"])
 
 
-async def kill(actor, *, no_restart: bool = True) -> None:
+async def kill(actor: ActorHandle[Any], *, no_restart: bool = True) -> None:
     """End an actor now; see :func:`aray.kill`.
 
     Examples:

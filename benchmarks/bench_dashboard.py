@@ -22,11 +22,11 @@ import time
 import urllib.request
 
 import aiohttp
+from compare import cpu_model  # benchmarks/ is on sys.path when this script runs
 
 import aray
 from aray import _global
 from aray.util.state import summarize_tasks
-from compare import cpu_model  # benchmarks/ is on sys.path when this script runs
 
 
 @aray.remote

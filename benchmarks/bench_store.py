@@ -15,9 +15,9 @@ import platform
 import time
 
 import numpy as np
+from compare import cpu_model  # benchmarks/ is on sys.path when this script runs
 
 import aray
-from compare import cpu_model  # benchmarks/ is on sys.path when this script runs
 
 
 def best_of(n: int, fn) -> float:
@@ -40,7 +40,7 @@ def main() -> None:
     a = np.ones(n)
     dst = np.empty_like(a)
     np.copyto(dst, a)  # touch every page of the destination first
-    copy = best_of(3, lambda: np.copyto(dst, a))
+    copy = best_of(3, lambda dst=dst: np.copyto(dst, a))
     del dst
     print(f"memcpy (touched pages)  {a.nbytes / copy / 1e9:6.2f} GB/s")
 

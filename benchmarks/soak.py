@@ -929,7 +929,8 @@ def print_report(soak: Soak | None, report: dict, errors: list[dict], leftovers:
     procs = report.get("processes")
     notes = []
     if procs:
-        print("runtime processes (RSS, private memory (USS), open fds; the workload's start and end):")
+        print("runtime processes (RSS, private memory (USS), open fds; "
+              "the workload's start and end):")
         print_processes(procs["start"], procs["end"])
         notes = growth_notes(procs["start"], procs["end"])
     print(f"left behind after aray stop: {', '.join(leftovers) if leftovers else 'nothing'}")

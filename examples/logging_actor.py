@@ -20,7 +20,7 @@ import aray
 
 
 @aray.remote
-class LoggingActor(object):
+class LoggingActor:
     def __init__(self):
         self.logs = defaultdict(lambda: [])
 

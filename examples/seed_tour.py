@@ -59,7 +59,7 @@ print("remote function f(4):", result)
 
 # -- Distributed programming: an actor ------------------------------------------------------
 @aray.remote
-class AnActor(object):
+class AnActor:
     def f(self, x):
         return x * x
 
@@ -135,7 +135,7 @@ print("nested tasks: g ->", aray.get(aray.get(g.remote())), " h ->", aray.get(h.
 
 # -- Concepts: actors -----------------------------------------------------------------------
 @aray.remote
-class Example(object):
+class Example:
     def __init__(self, x):
         self.x = x
 
@@ -181,7 +181,7 @@ f.remote(x)  # the array travels with the task...
 x_id = aray.put(x)  # ...much as if it had been put first
 f.remote(x_id)
 
-for i in range(10):  # serializes (and, if large, stores) the array 10 times
+for _ in range(10):  # serializes (and, if large, stores) the array 10 times
     f.remote(x)
 
 x_id = aray.put(x)  # better: store it once, pass the ref
@@ -230,7 +230,7 @@ aray.init(num_cpus=2)
 # Q10: one actor collects the logs of many tasks.
 # definition of LoggingActor
 @aray.remote
-class LoggingActor(object):
+class LoggingActor:
     def __init__(self):
         self.logs = defaultdict(lambda: [])
 
@@ -270,10 +270,10 @@ while len(remaining_result_ids) > 0:
     result_ids, remaining_result_ids = aray.wait(remaining_result_ids, num_returns=1)
     result = aray.get(result_ids[0])
     results.append(result)
-    print("Processing result which finished after {:.3f} seconds.".format(result - start_time))
+    print(f"Processing result which finished after {result - start_time:.3f} seconds.")
 
 end_time = time.time()
 duration = end_time - start_time
-print("Q12: 10 results in {:.2f} s, in the order they finished".format(duration))
+print(f"Q12: 10 results in {duration:.2f} s, in the order they finished")
 
 aray.shutdown()

@@ -7,7 +7,8 @@ tense, instructions imperative, as in :mod:`aray._protocol`.
 
 from __future__ import annotations
 
-from typing import Any, Hashable, NamedTuple
+from collections.abc import Hashable
+from typing import Any, NamedTuple
 
 # --- events ------------------------------------------------------------------------------
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import uuid
-from collections.abc import Callable
-from typing import Any, Hashable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 from . import lease_events as E
 from .scheduler import (

@@ -1,9 +1,10 @@
 """Objects in shared memory: large ones in the node's arena (see :mod:`aray.store.arena`),
 the others one file per object, in a session directory on tmpfs.
 
-Writers of files create ``.<id>.<pid>.tmp``, fill it and rename it to ``<id>``: a reader never sees a
-half-written object, and a writer killed mid-way leaves only a temp file that the node agent
-removes. Readers map the file read-only, so values deserialized from it are zero-copy views.
+Writers of files create ``.<id>.<pid>.tmp``, fill it and rename it to ``<id>``: a reader
+never sees a half-written object, and a writer killed mid-way leaves only a temp file that
+the node agent removes. Readers map the file read-only, so values deserialized from it are
+zero-copy views.
 When shared memory is over capacity the node agent moves objects to a spill directory on
 disk; readers find them there, whether the object had a file or an arena region.
 """

@@ -8,12 +8,12 @@ from collections import defaultdict
 
 import psutil
 import pytest
+from conftest import task_state, wait_gone, wait_until
 
 import aray
 from aray.exceptions import ActorDiedError, TaskError
 from aray.util import ActorPool
 from aray.util.state import list_actors
-from conftest import task_state, wait_gone, wait_until
 
 pytestmark = pytest.mark.usefixtures("cluster")
 

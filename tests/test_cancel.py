@@ -102,11 +102,13 @@ def test_a_cancel_as_the_call_ends_is_absorbed_or_raised_in_it():
         ending = threading.Event()
         outcome = []
 
-        def call():
+        def call(ending=ending):
             ending.set()  # the canceller goes now, as this returns
             return "value"
 
-        def thread(tid=i.to_bytes(4, "big")):
+        tid = i.to_bytes(4, "big")
+
+        def thread(tid=tid, outcome=outcome, call=call):
             try:
                 outcome.append(cancels.run(tid, call))
             except ThreadCancelled:
@@ -116,7 +118,7 @@ def test_a_cancel_as_the_call_ends_is_absorbed_or_raised_in_it():
         worker = threading.Thread(target=thread)
         worker.start()
         assert ending.wait(10)
-        cancels.cancel(i.to_bytes(4, "big"))
+        cancels.cancel(tid)
         worker.join(10)
         assert outcome in (["value", "next"], ["cancelled", "next"])
 

@@ -7,7 +7,6 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import descendants, stays_true, wait_gone, wait_until
 
 ARAY = [sys.executable, "-m", "aray"]
@@ -156,7 +155,6 @@ def test_stop_with_nothing_running_and_auto_without_a_cluster(session_root, tmp_
 
 def test_block_stays_in_the_foreground_and_stops_on_sigterm(session_root):
     import signal
-    import time
 
     port = free_port()
     proc = subprocess.Popen([*ARAY, "start", "--head", "--block", "--port", str(port)],
@@ -275,7 +273,7 @@ def test_block_fate_shares_with_its_process_and_keeps_the_token_off_its_command_
         assert "2 nodes alive" in cli("status", "--token", secret).stdout
         for proc, node in ((join, join_node), (head, head_node)):
             # the node process, its template process and a worker, ready for jobs
-            pids = [node, *wait_until(lambda: len(descendants(node)) >= 2 and descendants(node),
+            pids = [node, *wait_until(lambda n=node: len(descendants(n)) >= 2 and descendants(n),
                                       message="the node's workers")]
             proc.kill()  # SIGKILL: no chance to stop the node itself
             proc.wait()

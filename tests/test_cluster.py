@@ -13,10 +13,8 @@ import tempfile
 import textwrap
 
 import pytest
-
 from conftest import SCRIPT_HELPERS, descendants, wait_gone, wait_until, watch_root
 from test_cli import free_port
-
 
 #: what every driver script starts with: imports, and the polling helpers of conftest
 DRIVER_PRELUDE = "import os, sys, time, aray\n" + SCRIPT_HELPERS + "\n"
@@ -246,8 +244,10 @@ def test_a_finished_job_leaves_nothing_on_any_node(two_nodes, tmp_path):
         aray.wait(refs, num_returns=3)
         print(aray.get(refs[0]).shape)
     """, tmp_path)
-    token = open(os.path.join(os.path.dirname(glob.glob(
-        os.path.join(two_nodes.root, "session_*", "cluster.json"))[0]), "token")).read()
+    session = os.path.dirname(glob.glob(os.path.join(two_nodes.root, "session_*",
+                                                     "cluster.json"))[0])
+    with open(os.path.join(session, "token")) as f:
+        token = f.read()
 
     async def stored(info):
         reply = await ask(info["node_address"], token, lambda r: P.GetStoreStats(r))
@@ -502,7 +502,8 @@ def test_a_node_on_another_machine(other_machine, tmp_path):
     node = None
     try:
         c.head = c.start_head("--num-cpus", "1", "--node-ip-address", here)
-        token = open(os.path.join(c.head["session_dir"], "token")).read()
+        with open(os.path.join(c.head["session_dir"], "token")) as f:
+            token = f.read()
         node = run_there([sys.executable, "-m", "aray", "start", "--address", c.address,
                           "--token", token, "--node-ip-address", there, "--num-cpus", "1",
                           "--resources", '{"there": 1}', "--block"],

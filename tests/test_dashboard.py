@@ -12,12 +12,11 @@ import time
 
 import aiohttp
 import pytest
+from test_cluster import Cluster, free_port
 
 import aray
 from aray import _global
 from aray.util.state import list_objects
-
-from test_cluster import Cluster, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -405,10 +404,10 @@ async def test_api_shows_nodes_tasks_actors_objects_jobs(work):
 async def test_metrics_in_prometheus_format(work):
     from prometheus_client.parser import text_string_to_metric_families
 
-    async with aiohttp.ClientSession() as s:
-        async with s.get(work["url"] + "/metrics", headers=bearer(work["token"])) as r:
-            assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
-            text = await r.text()
+    async with aiohttp.ClientSession() as s, s.get(
+            work["url"] + "/metrics", headers=bearer(work["token"])) as r:
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+        text = await r.text()
     samples = {(m.name, tuple(sorted(sample.labels.items()))): sample.value
                for m in text_string_to_metric_families(text) for sample in m.samples}
     node = work["node_id"]
@@ -608,7 +607,7 @@ async def test_aray_dashboard_gives_a_login_link(tmp_path):
                     text = api(f"/api/logs/{row['node_id']}/{row['file']}")["data"]
                     if "made far away" in text:
                         print("FARLOG ok")
-            """ % far["node_id"], tmp_path).stdout
+            """ % far["node_id"], tmp_path).stdout  # noqa: UP031  (the script has braces)
         rows = json.loads(re.search(r"OBJECT (.*)", out).group(1))
         assert rows[0]["nodes"] == [far["node_id"], head_id], out  # where it was made first
         assert rows[0]["owner"].startswith("driver pid ") and rows[0]["size"] >= 3_000_000

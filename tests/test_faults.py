@@ -5,13 +5,10 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import psutil
 import pytest
-
 from conftest import descendants, wait_gone, wait_until
 from test_cluster import Cluster
 

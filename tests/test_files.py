@@ -14,7 +14,6 @@ import tempfile
 import textwrap
 
 import pytest
-
 from conftest import PRELUDE, SCRIPT_HELPERS, descendants, wait_gone, watch_root
 from test_cli import free_port, login_answer
 
@@ -240,7 +239,8 @@ wait_until(lambda: aray.object_store_stats()["num_spilled"] >= 40, 20,
            message="40 objects to spill")
 print("SPILLED", aray.object_store_stats()["num_spilled"])
 print("MODES", sorted(set(spill_files(spill).values())), stat.S_IMODE(os.stat(spill).st_mode))
-print("ARENA SPILLED", any(os.path.getsize(os.path.join(spill, n)) > 2**22 for n in spill_files(spill)))
+print("ARENA SPILLED",
+      any(os.path.getsize(os.path.join(spill, n)) > 2**22 for n in spill_files(spill)))
 report_pids()
 aray.shutdown()
 print("AFTER", os.path.exists(spill), os.path.exists(store), sorted(os.listdir(session)))

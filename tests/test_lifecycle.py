@@ -4,10 +4,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-
 from conftest import PRELUDE, wait_gone
 
 

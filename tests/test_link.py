@@ -5,11 +5,11 @@ import os
 
 import aiohttp
 import pytest
+from conftest import async_wait_until
 
 from aray import _protocol as P
 from aray._link import Server, connect, parse_address
 from aray.exceptions import AuthenticationError
-from conftest import async_wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -211,7 +211,7 @@ async def test_silent_and_slow_connections_are_closed_and_capped(faulty):
                            message="the server to count 4 connections waiting to authenticate")
     # the cap (4) is reached: these are dropped at once
     extra = [await asyncio.open_unix_connection(path) for _ in range(3)]
-    for reader, writer in extra:
+    for reader, _writer in extra:
         assert await closed_by_server(reader)
     assert loop.time() - start < 0.5
     for _ in range(20):
@@ -221,7 +221,7 @@ async def test_silent_and_slow_connections_are_closed_and_capped(faulty):
         except ConnectionError:
             break
         await asyncio.sleep(0.1)  # a slow client: a byte now and then, until it is cut off
-    for reader, writer in silent + [(slow_r, slow_w)]:
+    for reader, _writer in silent + [(slow_r, slow_w)]:
         assert await closed_by_server(reader)
     assert loop.time() - start < 3
     for _, writer in silent + extra + [(slow_r, slow_w)]:

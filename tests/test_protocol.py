@@ -5,9 +5,8 @@ from aray import _protocol as P
 
 
 def sample(cls):
-    values = {int: 7, str: "x", bytes: b"\x00\x01", dict: {"CPU": 1.0}, list: [1, "a"]}
     args = []
-    for name, ann in cls.__annotations__.items():
+    for ann in cls.__annotations__.values():
         if "bytes" in str(ann):
             args.append(b"\x00\x01")
         elif "int" in str(ann):

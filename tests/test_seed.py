@@ -86,6 +86,6 @@ def test_wait_to_process_in_finish_order():
         result_ids, remaining_result_ids = ray.wait(remaining_result_ids, num_returns=1)
         result = ray.get(result_ids[0])
         results.append(result)
-        print("Processing result which finished after {} seconds.".format(result - start_time))
+        print(f"Processing result which finished after {result - start_time} seconds.")
     assert results == sorted(results)
     assert time.time() - start_time < 5

@@ -2,8 +2,6 @@
 
 import numpy as np
 
-from conftest import wait_gone
-
 
 def test_stats_spilling_and_full_errors(run_script):
     r = run_script("""

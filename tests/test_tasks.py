@@ -8,11 +8,11 @@ import time
 
 import numpy as np
 import pytest
+from conftest import stays_true, task_state, wait_gone, wait_until
 
 import aray
-from aray.util.state import list_tasks
-from conftest import stays_true, task_state, wait_gone, wait_until
 from aray.exceptions import TaskError
+from aray.util.state import list_tasks
 
 pytestmark = pytest.mark.usefixtures("cluster")
 
@@ -230,8 +230,12 @@ def test_retry_exceptions():
 
     @aray.remote(max_retries=2, retry_exceptions=[OSError])
     def flaky():
-        n = int(open(marker).read()) if os.path.exists(marker) else 0
-        open(marker, "w").write(str(n + 1))
+        n = 0
+        if os.path.exists(marker):
+            with open(marker) as f:
+                n = int(f.read())
+        with open(marker, "w") as f:
+            f.write(str(n + 1))
         if n < 2:
             raise OSError("transient")
         return n

@@ -37,10 +37,17 @@ from .._link import HANDSHAKE_TIMEOUT, MAX_UNAUTHENTICATED, GuardedServer
 from .._periodic import RateLimitedLog
 from ..node.logs import MAX_OFFSET, MAX_READ
 from . import views
+from .login_pages import STATIC_DIR, LoginPages
 from .logins import (  # noqa: F401  (LOGIN_FAILURES, ...: the limits are named here too)
-    LOGIN_FAILURES, LOGIN_WINDOW, MAX_ADDRESSES, MAX_SESSIONS, SESSION_TTL, LoginLimiter,
-    Sessions, TooManyLogins)
-from .login_pages import COOKIE, STATIC_DIR, LoginPages
+    LOGIN_FAILURES,
+    LOGIN_WINDOW,
+    MAX_ADDRESSES,
+    MAX_SESSIONS,
+    SESSION_TTL,
+    LoginLimiter,
+    Sessions,
+    TooManyLogins,
+)
 from .loop_thread import LoopThread, run_on
 
 if TYPE_CHECKING:
@@ -342,7 +349,7 @@ class Dashboard(LoginPages):
             body = await self._on_head(views.read_log(self.head, node_id, file, offset, limit))
         except LookupError as exc:
             return web.json_response({"error": str(exc)}, status=404)
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             return web.json_response({"error": f"node {node_id} did not answer"}, status=504)
         return web.json_response(body)
 
@@ -418,7 +425,7 @@ class Dashboard(LoginPages):
         while not ws.closed:
             try:
                 chunk = await self._on_head(views.read_log(self.head, node_id, file, offset, 0))
-            except (LookupError, asyncio.TimeoutError, ConnectionError) as exc:
+            except (TimeoutError, LookupError, ConnectionError) as exc:
                 await ws.send_json({"type": "log", "node_id": node_id, "file": file,
                                     "data": "", "offset": offset, "error": str(exc)})
                 return

@@ -155,7 +155,7 @@ async def _ask_nodes(head: Head, make) -> list[tuple[str, object]]:
     async def one(link):
         try:
             return await link.request(make, timeout=NODE_ANSWER_TIMEOUT)
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             return None
 
     replies = await asyncio.gather(*(one(link) for _, link in links))

@@ -142,7 +142,7 @@ class ActorPool:
             ref = self._oldest()
             del self._by_index[self._next_return]
             self._next_return += 1
-            await asyncio.wait([ref])
+            await asyncio.wait([ref])  # type: ignore[type-var]  # refs are asyncio futures
             self._release(ref)  # before the result: a failed call must not keep its actor
             yield await ref
 
@@ -151,7 +151,8 @@ class ActorPool:
         for value in values:
             self.submit(fn, value)
         while self.has_next():
-            done, _ = await asyncio.wait(list(self._running), return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(list(self._running),  # type: ignore[type-var]
+                                         return_when=asyncio.FIRST_COMPLETED)
             for ref in done:
                 index, _ = self._running[ref]
                 del self._by_index[index]

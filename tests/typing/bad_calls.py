@@ -1,0 +1,32 @@
+"""Deliberate mistakes that pyright and mypy must report (tests/test_typing.py runs both).
+
+Each line with an "expect-error" comment holds one mistake; no other line may be reported. The
+file is never run (pytest does not collect it: its name does not start with ``test``).
+"""
+
+from __future__ import annotations
+
+import aray
+
+
+@aray.remote
+def double(x: int) -> int:
+    return 2 * x
+
+
+@aray.remote(num_cpus=1)
+async def greet(name: str) -> str:
+    return f"hello {name}"
+
+
+async def mistakes() -> None:
+    double.remote("x")  # expect-error: a str for an int parameter
+    double.remote(1, 2)  # expect-error: one argument too many
+    name: str = aray.get(double.remote(1))  # expect-error: the value is an int
+    greet.options(num_cpus=0.5).remote(3)  # expect-error: options keep the signature
+    length: int = await greet.remote("ada")  # expect-error: awaiting gives a str
+    values: list[str] = aray.get([double.remote(1)])  # expect-error: a list of ints
+    stored: bytes = aray.get(aray.put(3.5))  # expect-error: put keeps the value's type
+    ready, _ = aray.wait([double.remote(2)])
+    text: str = aray.get(ready[0])  # expect-error: wait keeps the refs' type
+    print(name, length, values, stored, text)
