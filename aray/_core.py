@@ -32,10 +32,10 @@ import cloudpickle
 
 from . import _protocol as P
 from ._actor_calls import ActorCall, ActorCaller
-from ._link import CONTROL_TIMEOUT, Link, Server, bind_tcp, connect
 from ._borrowing import Borrowers
 from ._dispatch import Dispatcher
 from ._fetch import Fetcher
+from ._link import CONTROL_TIMEOUT, Link, Server, bind_tcp, connect
 from ._objects import ObjectEntry, ObjectTable, dump_error
 from ._refs import ObjectRef, collect_refs, new_task_id, return_id
 from ._runtime_context import current_task
@@ -499,7 +499,7 @@ class Core:
                 await done
             else:
                 await asyncio.wait_for(asyncio.shield(done), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             if blocked:

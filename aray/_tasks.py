@@ -335,7 +335,7 @@ class TaskSubmitter:
                 try:
                     # granted when the node has room, however long that takes; if that
                     # node dies, the link closes (NodeDied) and we ask our own again
-                    grant = await agent.request(lambda r: P.RequestLease(
+                    grant = await agent.request(lambda r, spilled=spilled: P.RequestLease(
                         r, q.shape, q.description, self.core.job_id, spilled), timeout=None)
                 except (ConnectionError, OSError):
                     if agent is own:

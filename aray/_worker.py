@@ -10,9 +10,9 @@ their location travels.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
-import gc
 import os
 import queue
 import sys
@@ -27,11 +27,11 @@ import cloudpickle
 from . import _global
 from . import _protocol as P
 from ._core import Core
-from ._tasks import INLINE_THRESHOLD, load_function
 from ._link import Link
 from ._refs import ArgSlot, collect_refs, return_id
 from ._runtime_context import TaskContext, current_task
 from ._streams import StreamWindow
+from ._tasks import INLINE_THRESHOLD, load_function
 from ._thread_cancel import ThreadCancelled, ThreadCancels
 from .exceptions import ActorDiedError, RemoteErrorInfo, TaskCancelledError
 from .store._serialize import deserialize, serialize
@@ -563,8 +563,11 @@ def _redirect_output(prefix: str) -> None:
         target = os.open(prefix + suffix, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(target, fd)
         os.close(target)
-    sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")
-    sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")
+    # the streams live as long as the process: no with block
+    sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8",  # noqa: SIM115
+                      errors="replace")
+    sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8",  # noqa: SIM115
+                      errors="replace")
 
 
 async def _serve(config: dict) -> None:
