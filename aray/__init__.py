@@ -24,7 +24,7 @@ Examples:
 from __future__ import annotations
 
 from . import aio, exceptions
-from ._actors import ActorClass, ActorHandle, method
+from ._actors import ActorClass, ActorHandle, ActorProxy, method
 from ._api import (
     available_resources,
     cancel,
@@ -56,6 +56,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ActorClass",
     "ActorHandle",
+    "ActorProxy",
     "ObjectRef",
     "ObjectRefGenerator",
     "RemoteFunction",

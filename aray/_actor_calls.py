@@ -14,8 +14,8 @@ import asyncio
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cloudpickle
 
@@ -23,10 +23,13 @@ from . import _protocol as P
 from ._link import CONTROL_TIMEOUT, Link
 from ._objects import ObjectState
 from ._refs import ObjectRef
-from .exceptions import ActorDiedError, RemoteErrorInfo
+from .exceptions import ActorDiedError, RemoteErrorInfo, error_from_blob
 
 if TYPE_CHECKING:
-    from ._core import Core
+    from ._objects import ObjectTable
+    from ._ownership import Ownership
+    from ._streams import Streams
+    from ._waits import Waits
 
 log = logging.getLogger("aray")
 
@@ -83,10 +86,27 @@ def actor_died_error(info: dict, actor_id: str) -> ActorDiedError:
     return ActorDiedError(message)
 
 
+class CallHost(Protocol):
+    """What the actor caller needs of its process (:class:`~aray._core.Core`)."""
+
+    address: str  # the owner named in the results' refs
+    job_id: str
+    objects: ObjectTable
+    ownership: Ownership
+    waits: Waits
+    streams: Streams
+
+    def spawn(self, coro: Coroutine, name: str = "") -> asyncio.Task: ...
+
+    async def peer(self, address: str) -> Link: ...
+
+    async def head_link(self) -> Link: ...
+
+
 class ActorCaller:
     """Per-process state for calling actors (runs on the core's loop unless noted)."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: CallHost) -> None:
         self.core = core
         self.queues: dict[str, _ActorQueue] = {}
         self._by_task: dict[bytes, _ActorQueue] = {}
@@ -127,9 +147,9 @@ class ActorCaller:
             return
         if target != actor_id:
             return  # get_if_exists found a live actor: nothing to create
-        entries = [self.core.entry_for(r) for r in dep_refs]
+        entries = [self.core.ownership.entry_for(r) for r in dep_refs]
         if any(not e.ready for e in entries):
-            await self.core.wait_entries(dep_refs, len(dep_refs), None)
+            await self.core.waits.wait_entries(dep_refs, len(dep_refs), None)
         for entry in entries:
             if entry.state is ObjectState.FAILED:
                 self._queue(actor_id).dead = ActorDiedError(
@@ -170,7 +190,7 @@ class ActorCaller:
             return
         while q.pending:
             call = q.pending[0]
-            entries = [self.core.entry_for(r) for r in call.dep_refs]
+            entries = [self.core.ownership.entry_for(r) for r in call.dep_refs]
             unready = [e for e in entries if not e.ready]
             if unready:  # later calls wait too: calls run in submission order
                 if not call.waiting:
@@ -232,10 +252,10 @@ class ActorCaller:
         call = q.in_flight.pop(msg.task_id)
         self._release(call)
         if msg.error is not None:
-            error = self.core.task_error(msg.error)
+            error = error_from_blob(msg.error)
             self._fail(call, error)
         else:
-            self.core.finish_returns(call.return_ids, msg.results)
+            self.core.ownership.finish_returns(call.return_ids, msg.results)
             self.core.streams.end(call.task_id, None)
         return True
 
@@ -281,7 +301,7 @@ class ActorCaller:
 
     def _fail(self, call: ActorCall, error: BaseException | None) -> None:
         self._release(call)
-        self.core.fail_returns(call.return_ids, error)
+        self.core.ownership.fail_returns(call.return_ids, error)
         self.core.streams.end(call.task_id, error)
 
     def cancel(self, task_id: bytes) -> bool:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-from collections.abc import Callable
-from typing import Any, Generic, ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, Union, overload
 
 from . import _global
 from ._actor_calls import ActorCall
@@ -31,8 +31,52 @@ P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
-def method(*args: Any, **options: Any) -> Callable[[F], F]:
-    """Set options of one actor method: ``num_returns`` and ``concurrency_group``.
+class RemoteMethod(Protocol[P, R]):
+    """How type checkers see a method marked with :func:`aray.method`: called as it is
+    inside its class, and ``.remote(...)``, checked against its parameters, through an
+    :data:`ActorProxy`. (Only for type checkers: at run time the method stays a function.)"""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> ObjectRef[R]: ...
+
+
+class AsyncRemoteMethod(Protocol[P, R]):
+    """:class:`RemoteMethod` of an ``async def`` method: its refs hold what it returns."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]: ...
+
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> ObjectRef[R]: ...
+
+
+class _MethodDecorator(Protocol):
+    """What ``aray.method(**options)`` returns."""
+
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /
+                 ) -> AsyncRemoteMethod[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Any, P], R], /) -> RemoteMethod[P, R]: ...
+
+
+#: A handle as type checkers should see it to check calls method by method: annotate
+#: ``counter: ActorProxy[Counter] = CounterActor.remote()`` and mark the methods with
+#: :func:`aray.method`; ``counter.add.remote(1)`` is then checked against ``add`` and gives
+#: an ``ObjectRef`` of its return type. (The name and the form are Ray's.)
+ActorProxy = Union["ActorHandle[T]", type[T]]
+
+
+@overload
+def method(fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /
+           ) -> AsyncRemoteMethod[P, R]: ...
+@overload
+def method(fn: Callable[Concatenate[Any, P], R], /) -> RemoteMethod[P, R]: ...
+@overload
+def method(**options: Any) -> _MethodDecorator: ...
+def method(*args: Any, **options: Any) -> Any:
+    """Mark an actor method, optionally with options: ``num_returns`` and
+    ``concurrency_group``. Bare (``@aray.method``) it sets none and tells type checkers
+    the method's signature (see :data:`ActorProxy`).
 
     Examples:
         >>> import aray
@@ -42,12 +86,20 @@ def method(*args: Any, **options: Any) -> Callable[[F], F]:
         ...     @aray.method(num_returns=2)
         ...     def both(self):
         ...         return 1, 2
-        >>> a, b = Pair.remote().both.remote()
-        >>> aray.get([a, b])
-        [1, 2]
+        ...     @aray.method
+        ...     def first(self) -> int:
+        ...         return self.both()[0]
+        >>> pair = Pair.remote()
+        >>> a, b = pair.both.remote()
+        >>> aray.get([a, b, pair.first.remote()])
+        [1, 2, 1]
     """
+    if len(args) == 1 and not options and callable(args[0]):
+        args[0].__aray_method__ = {}
+        return args[0]
     if args:
-        raise TypeError("@aray.method takes keyword options, e.g. @aray.method(num_returns=2)")
+        raise TypeError("@aray.method takes a method or keyword options, e.g. @aray.method "
+                        "or @aray.method(num_returns=2)")
     options = validate_method_options(options)
 
     def decorate(fn: F) -> F:

@@ -68,27 +68,34 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         >>> aray.is_initialized()
         True
     """
-    global _atexit_registered
-    options: dict[str, Any] = dict(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                   object_store_memory=object_store_memory, log_to_driver=log_to_driver,
-                   ignore_reinit_error=ignore_reinit_error, token=token,
-                   namespace=namespace, include_dashboard=include_dashboard,
-                   dashboard_host=dashboard_host, dashboard_port=dashboard_port,
-                   _redis_password=_redis_password)
-    if not _atexit_registered:
-        atexit.register(_shutdown_at_exit)
-        _atexit_registered = True
+    options: dict[str, Any] = dict(
+        num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+        object_store_memory=object_store_memory, log_to_driver=log_to_driver,
+        ignore_reinit_error=ignore_reinit_error, token=token, namespace=namespace,
+        include_dashboard=include_dashboard, dashboard_host=dashboard_host,
+        dashboard_port=dashboard_port, _redis_password=_redis_password)
+    _register_atexit()
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        loop = None
-    if loop is not None:
-        existing = _global.core_or_none()
-        core = aio.bootstrap(loop, address, **options)
-        if core is not existing:
-            core.spawn(aio.connect(core), name="connect")
-        return aio.init_info(core)
-    running = aio.existing_core(ignore_reinit_error)
+        return _init_sync(address, options)
+    existing = _global.core_or_none()
+    core = aio.bootstrap(loop, address, **options)
+    if core is not existing:
+        core.spawn(aio.connect(core), name="connect")
+    return aio.init_info(core)
+
+
+def _register_atexit() -> None:
+    global _atexit_registered
+    if not _atexit_registered:
+        atexit.register(_shutdown_at_exit)
+        _atexit_registered = True
+
+
+def _init_sync(address: str | None, options: dict[str, Any]) -> aio.InitInfo:
+    """init() from sync code: the runtime gets a loop on a thread of its own."""
+    running = aio.existing_core(options["ignore_reinit_error"])
     if running is not None:
         return aio.init_info(running)
     thread = LoopThread()
@@ -184,7 +191,7 @@ def get(object_refs: ObjectRef[Any] | Sequence[ObjectRef[Any]], *,
     aio.check_timeout(timeout)
     core = _global.core()
     refuse_on_loop(core.loop, "get")
-    values = core.ready_values(refs)  # already here: no need to wake the runtime loop
+    values = core.waits.ready_values(refs)  # already here: no need to wake the runtime loop
     if values is None:
         return call(core.loop, aio.get_values, core, refs, single, timeout, True, what="get")
     return values[0] if single else values
@@ -226,7 +233,7 @@ def put(value: R) -> ObjectRef[R]:
         >>> aray.get(ref)
         'hello'
     """
-    return _global.core().put(value)
+    return _global.core().ownership.put(value)
 
 
 def cancel(ref: ObjectRef[Any], *, force: bool = False, recursive: bool = True) -> None:

@@ -46,7 +46,7 @@ class as_completed:
 
         def attach() -> None:
             for ref in self._refs:
-                core.objects.when_ready(core.entry_for(ref), lambda _e, r=ref: deliver(r))
+                core.objects.when_ready(core.ownership.entry_for(ref), lambda _e, r=ref: deliver(r))
 
         core.call_soon(attach)
 

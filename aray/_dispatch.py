@@ -42,15 +42,19 @@ class Dispatcher:
         assert role in P.RECEIVER_ROLES, role
         self.role = role
         self.handlers: dict[type, Any] = {}
-        for cls in P.message_types().values():
-            for component in components:
-                handler = getattr(component, "_on_" + cls.__name__, None)
-                if handler is not None:
-                    assert (cls.REPLY is False and any(r == role for _, r in cls.ROUTES)), (
-                        f"{type(component).__name__} handles {cls.__name__}, which is never "
-                        f"sent to a {role} (see its routes)")
-                    self.handlers[cls] = handler
+        for component in components:
+            self.add(component)
         self._refusals = RateLimitedLog(log)
+
+    def add(self, component: Any) -> None:
+        """Dispatch to ``component``'s ``_on_<Message>`` methods too (a later one wins)."""
+        for cls in P.message_types().values():
+            handler = getattr(component, "_on_" + cls.__name__, None)
+            if handler is not None:
+                assert (cls.REPLY is False and any(r == self.role for _, r in cls.ROUTES)), (
+                    f"{type(component).__name__} handles {cls.__name__}, which is never "
+                    f"sent to a {self.role} (see its routes)")
+                self.handlers[cls] = handler
 
     def __call__(self, link, msg) -> Any:
         cls = type(msg)

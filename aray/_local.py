@@ -543,89 +543,117 @@ def node_main() -> None:
 
 
 async def _run_node(config: dict) -> None:
-    from ._head.server import Head
-    from .node.agent import NodeAgent
-
     loop = asyncio.get_running_loop()
-    store = ShmDirectory(config["store_dir"], os.path.join(config["session_dir"], "spill"))
-    store_made = False  # a directory of that name that is not ours must stay as it is
-    # joining an existing cluster: no head here, and the agent dials the cluster's head
-    joining = config.get("join", "")
-    head = None if joining else Head(config["token"])
-    # a node of a cluster others may join (aray start) listens on TCP for other nodes
-    tcp_host = (config.get("ip") or "127.0.0.1") if (config.get("daemon") or joining) else ""
-    agent = dashboard = None
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
+    node = _NodeProcess(config)
     try:
         try:
-            # the pid first: remove_node_files() goes by it, and leaves a starting node alone
-            _write_private(os.path.join(config["session_dir"], "node.pid"), str(os.getpid()))
-            try:
-                store.create()  # fails if the store or spill directory exists already
-            except FileExistsError:
-                check_private(store.path, "object store directory")  # says whose it is
-                raise
-            store_made = True
-            check_private(store.path, "object store directory")
-            _write_private(os.path.join(store.path, NODE_PID_FILE), str(os.getpid()))
-            if head is not None:
-                head_address = await head.start(config["head_address"])
-                head_tcp = (await head.server.listen(config["head_tcp"])
-                            if config.get("head_tcp") else "")
-            else:
-                head_address = head_tcp = joining
-            agent = NodeAgent(token=config["token"], session_dir=config["session_dir"],
-                              store_dir=config["store_dir"], resources=config["resources"],
-                              head_address=head_address, ip=config.get("ip") or "127.0.0.1",
-                              shared=bool(config.get("daemon")), tcp_host=tcp_host)
-            node_address = await agent.start(config["node_address"])
-            dashboard_url = ""
-            if head is not None:
-                head.local_node_id = agent.node_id
-                if config.get("dashboard"):
-                    from ._head.dashboard import Dashboard
-
-                    dashboard = Dashboard(head, config["token"])
-                    dashboard_url = await dashboard.start(config["dashboard"]["host"],
-                                                          config["dashboard"]["port"])
+            ready = await node.start()
         except (OSError, ConnectionError, ValueError) as exc:
             os.write(1, (json.dumps({"error": str(exc)}) + "\n").encode())
             return
-        ready = {"head_address": head_address, "head_tcp": head_tcp,
-                 "node_address": node_address, "node_id": agent.node_id, "pid": os.getpid(),
-                 "session_dir": config["session_dir"], "store_dir": config["store_dir"],
-                 "is_head": head is not None, "tcp_host": tcp_host,
-                 "dashboard_url": dashboard_url}
         if config.get("daemon"):
             _write_private(os.path.join(config["session_dir"], "cluster.json"), json.dumps(ready))
         os.write(1, (json.dumps(ready) + "\n").encode())
         _detach_stdout(config["session_dir"])
+        await node.wait_for_end(stop)
+    finally:
+        await node.aclose()
+
+
+class _NodeProcess:
+    """What a node process runs: its object store, a head unless it joins a cluster, the
+    node agent, and the dashboard if asked for."""
+
+    def __init__(self, config: dict) -> None:
+        from ._head.server import Head
+
+        self.config = config
+        self.store = ShmDirectory(config["store_dir"],
+                                  os.path.join(config["session_dir"], "spill"))
+        self.store_made = False  # a directory of that name that is not ours must stay as it is
+        # joining an existing cluster: no head here, and the agent dials the cluster's head
+        self.joining = config.get("join", "")
+        self.head = None if self.joining else Head(config["token"])
+        # a node of a cluster others may join (aray start) listens on TCP for other nodes
+        self.tcp_host = ((config.get("ip") or "127.0.0.1")
+                         if (config.get("daemon") or self.joining) else "")
+        self.agent: Any = None
+        self.dashboard: Any = None
+
+    def _make_store(self) -> None:
+        config, store = self.config, self.store
+        # the pid first: remove_node_files() goes by it, and leaves a starting node alone
+        _write_private(os.path.join(config["session_dir"], "node.pid"), str(os.getpid()))
+        try:
+            store.create()  # fails if the store or spill directory exists already
+        except FileExistsError:
+            check_private(store.path, "object store directory")  # says whose it is
+            raise
+        self.store_made = True
+        check_private(store.path, "object store directory")
+        _write_private(os.path.join(store.path, NODE_PID_FILE), str(os.getpid()))
+
+    async def start(self) -> dict:
+        """Start everything; returns what the starting process is told (its ready line)."""
+        from .node.agent import NodeAgent
+
+        config, head = self.config, self.head
+        self._make_store()
+        if head is not None:
+            head_address = await head.start(config["head_address"])
+            head_tcp = (await head.server.listen(config["head_tcp"])
+                        if config.get("head_tcp") else "")
+        else:
+            head_address = head_tcp = self.joining
+        self.agent = NodeAgent(
+            token=config["token"], session_dir=config["session_dir"],
+            store_dir=config["store_dir"], resources=config["resources"],
+            head_address=head_address, ip=config.get("ip") or "127.0.0.1",
+            shared=bool(config.get("daemon")), tcp_host=self.tcp_host)
+        node_address = await self.agent.start(config["node_address"])
+        dashboard_url = ""
+        if head is not None:
+            head.local_node_id = self.agent.node_id
+            if config.get("dashboard"):
+                from ._head.dashboard import Dashboard
+
+                self.dashboard = Dashboard(head, config["token"])
+                dashboard_url = await self.dashboard.start(config["dashboard"]["host"],
+                                                           config["dashboard"]["port"])
+        return {"head_address": head_address, "head_tcp": head_tcp,
+                "node_address": node_address, "node_id": self.agent.node_id,
+                "pid": os.getpid(), "session_dir": config["session_dir"],
+                "store_dir": config["store_dir"], "is_head": head is not None,
+                "tcp_host": self.tcp_host, "dashboard_url": dashboard_url}
+
+    async def wait_for_end(self, stop: asyncio.Event) -> None:
+        """Until a signal (``stop``), the agent stops, or the lifeline (stdin) closes."""
         waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait()),
-                                            asyncio.ensure_future(agent.stopped.wait())]
-        if config["lifeline"]:
+                                            asyncio.ensure_future(self.agent.stopped.wait())]
+        if self.config["lifeline"]:
             reader = asyncio.StreamReader()
-            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+            await asyncio.get_running_loop().connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
             waits.append(asyncio.ensure_future(reader.read()))  # EOF: the driver is gone
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for w in waits:
             w.cancel()
-    finally:
+
+    async def aclose(self) -> None:
         try:
-            if dashboard is not None:
-                await dashboard.aclose()
-            if agent is not None:
-                await agent.aclose()
-            if head is not None:
-                await head.aclose()
+            for part in (self.dashboard, self.agent, self.head):
+                if part is not None:
+                    await part.aclose()
         finally:
-            if store_made:
+            if self.store_made:
                 # a spill still copying in a thread would write its file after the
                 # directory is gone, or into it while it is being removed: let it finish
-                await loop.shutdown_default_executor()
-                store.remove_all()
-                _remove_file(os.path.join(config["session_dir"], "cluster.json"))
+                await asyncio.get_running_loop().shutdown_default_executor()
+                self.store.remove_all()
+                _remove_file(os.path.join(self.config["session_dir"], "cluster.json"))
 
 
 def _remove_file(path: str) -> None:

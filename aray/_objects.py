@@ -54,6 +54,9 @@ import cloudpickle
 
 from .exceptions import ObjectLostError
 
+#: serialized values above this size go through the object store instead of inline
+INLINE_THRESHOLD = 100 * 1024
+
 
 class HoldError(RuntimeError):
     """A hold was released that was never taken (a count would go below zero)."""

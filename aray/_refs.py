@@ -125,7 +125,7 @@ class ObjectRef(Generic[T]):
     def _loop_future(self, fresh: bool = False) -> asyncio.Future[T]:
         """This loop's future for the ref. A cancelled one is kept (asyncio reads its result
         after cancelling) until a new wait starts (``fresh``)."""
-        return _global.core().future_for(self, asyncio.get_running_loop(), fresh)
+        return _global.core().waits.future_for(self, asyncio.get_running_loop(), fresh)
 
     def __await__(self) -> Generator[Any, None, T]:
         return self._loop_future(fresh=True).__await__()
@@ -139,7 +139,7 @@ class ObjectRef(Generic[T]):
             >>> aray.put(7).future().result(timeout=10)
             7
         """
-        return _global.core().concurrent_future(self)
+        return _global.core().waits.concurrent_future(self)
 
     # asyncio's future protocol, on the running loop's view of this ref ---------------
     def get_loop(self) -> asyncio.AbstractEventLoop:
@@ -159,9 +159,9 @@ class ObjectRef(Generic[T]):
         try:
             fut = self._loop_future()
         except RuntimeError:  # no running loop: ask the runtime directly
-            return _global.core().is_ready(self)
+            return _global.core().waits.is_ready(self)
         if fut.cancelled():  # only this loop's wait was cancelled, not the value
-            return _global.core().is_ready(self)
+            return _global.core().waits.is_ready(self)
         return fut.done()
 
     def result(self) -> T:
@@ -218,7 +218,7 @@ def _rebuild_ref(object_id: bytes, owner: str, cluster: str = "") -> ObjectRef[A
     ref: ObjectRef[Any] = ObjectRef(object_id, owner)
     core = _global.core_or_none()
     if core is not None and cluster and core.cluster_id and cluster != core.cluster_id:
-        core.call_soon(core.foreign_ref, ref, cluster)  # its value cannot be had here
+        core.call_soon(core.ownership.foreign_ref, ref, cluster)  # its value cannot be had here
     elif (core is not None and owner and owner != core.address
             and object_id not in core.objects.entries):  # (known here: registered already)
         core.call_soon(core.borrowers.borrowed, ref)  # tell the owner this process holds it too

@@ -16,25 +16,26 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Protocol
 
 import cloudpickle
 
 from . import _protocol as P
 from ._link import Link
-from ._objects import ObjectState
+from ._objects import INLINE_THRESHOLD, ObjectState
 from ._refs import ArgSlot, ObjectRef, collect_refs
-from .exceptions import TaskCancelledError, WorkerCrashedError
+from .exceptions import TaskCancelledError, WorkerCrashedError, error_from_blob
 from .store._serialize import serialize
 
 if TYPE_CHECKING:
-    from ._core import Core
+    from ._objects import ObjectTable
+    from ._ownership import Ownership
+    from ._streams import Streams
+    from ._task_events import TaskEventReporter
 
 log = logging.getLogger("aray")
 
-#: serialized values above this size go through the object store instead of inline
-INLINE_THRESHOLD = 100 * 1024
 #: after a node that a request was sent to has gone, wait this long before asking again
 SPILLBACK_RETRY_DELAY = 0.2
 #: tasks pushed to one leased worker before waiting for its results
@@ -209,7 +210,7 @@ def serialize_args(args: tuple, kwargs: dict, describe: Callable[[], str]):
                 return value
             one, inside = collect_refs(serialize, value)
             if one.total_size > INLINE_THRESHOLD // 4:
-                deps.append(core.put_serialized(one, inside))
+                deps.append(core.ownership.put_serialized(one, inside))
                 return ArgSlot(len(deps) - 1)
             return value
 
@@ -239,10 +240,59 @@ def _unpicklable_argument(args, kwargs, where: str, exc: Exception) -> TypeError
     return TypeError(f"the arguments of {where} cannot be pickled: {exc}")
 
 
+async def ask_for_lease(own: Link, peer: Callable[[str], Awaitable[Link]], shape: dict,
+                        description: str, job_id: str) -> tuple[P.LeaseGranted, Link]:
+    """A worker lease for ``shape``: from this node's agent ``own``, or from the agent of
+    the node it sends us to (spillback). Returns the grant and the agent that granted it;
+    raises ConnectionError if our own agent is gone."""
+    agent, spilled = own, False
+    while True:
+        try:
+            # granted when the node has room, however long that takes; if that node
+            # dies, the link closes (NodeDied) and we ask our own again
+            grant = await agent.request(lambda r, spilled=spilled: P.RequestLease(
+                r, shape, description, job_id, spilled), timeout=None)
+        except (ConnectionError, OSError):
+            if agent is own:
+                raise  # our own node agent is gone: the cluster has stopped
+            grant = None
+        if isinstance(grant, P.LeaseGranted):
+            return grant, agent
+        if grant is not None:  # another node can run it: ask that node's agent
+            try:
+                agent, spilled = await peer(grant.address), True
+                continue
+            except (ConnectionError, OSError):
+                pass  # it has died, and our agent's view does not know yet
+        # that node went away: ask ours again, once it had time to hear of it
+        agent, spilled = own, False
+        await asyncio.sleep(SPILLBACK_RETRY_DELAY)
+
+
+class SubmitHost(Protocol):
+    """What the task submitter needs of its process (:class:`~aray._core.Core`)."""
+
+    loop: asyncio.AbstractEventLoop
+    address: str  # the owner named in the results' refs
+    job_id: str
+    session_dir: str
+    agent: Link | None  # this node's agent, once started
+    objects: ObjectTable
+    ownership: Ownership
+    streams: Streams
+    task_events: TaskEventReporter
+
+    def spawn(self, coro: Coroutine, name: str = "") -> asyncio.Task: ...
+
+    async def wait_ready(self) -> None: ...
+
+    async def peer(self, address: str) -> Link: ...
+
+
 class TaskSubmitter:
     """This process's submitted tasks, from ``f.remote()`` until their results arrive."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: SubmitHost) -> None:
         self.core = core
         self._queues: dict[tuple, _ShapeQueue] = {}
         self._running: dict[bytes, _Lease] = {}  # task id -> lease running it
@@ -269,12 +319,12 @@ class TaskSubmitter:
                 self._deps_ready(spec)
 
         for ref in spec.dep_refs:
-            self.core.objects.when_ready(self.core.entry_for(ref), dep_ready)
+            self.core.objects.when_ready(self.core.ownership.entry_for(ref), dep_ready)
 
     def _deps_ready(self, spec: TaskSpec) -> None:
         if spec.task_id not in self._waiting:  # cancelled meanwhile
             return
-        entries = [self.core.entry_for(r) for r in spec.dep_refs]
+        entries = [self.core.ownership.entry_for(r) for r in spec.dep_refs]
         for entry in entries:
             if entry.state is ObjectState.FAILED:
                 self._fail_task(spec, entry.error)
@@ -329,29 +379,8 @@ class TaskSubmitter:
         try:
             await self.core.wait_ready()
             assert self.core.agent is not None
-            own = self.core.agent
-            agent, spilled = own, False
-            while True:
-                try:
-                    # granted when the node has room, however long that takes; if that
-                    # node dies, the link closes (NodeDied) and we ask our own again
-                    grant = await agent.request(lambda r, spilled=spilled: P.RequestLease(
-                        r, q.shape, q.description, self.core.job_id, spilled), timeout=None)
-                except (ConnectionError, OSError):
-                    if agent is own:
-                        raise  # our own node agent is gone: the cluster has stopped
-                    grant = None
-                if isinstance(grant, P.LeaseGranted):
-                    break
-                if grant is not None:  # another node can run it: ask that node's agent
-                    try:
-                        agent, spilled = await self.core.peer(grant.address), True
-                        continue
-                    except (ConnectionError, OSError):
-                        pass  # it has died, and our agent's view does not know yet
-                # that node went away: ask ours again, once it had time to hear of it
-                agent, spilled = own, False
-                await asyncio.sleep(SPILLBACK_RETRY_DELAY)
+            grant, agent = await ask_for_lease(self.core.agent, self.core.peer, q.shape,
+                                               q.description, self.core.job_id)
         except (ConnectionError, OSError) as exc:
             # no node agent (the cluster stopped): nothing queued here can ever run
             while q.tasks:
@@ -396,7 +425,7 @@ class TaskSubmitter:
         spec = lease.in_flight.pop(msg.task_id)
         q = lease.queue
         if msg.error is not None:
-            error = self.core.task_error(msg.error)
+            error = error_from_blob(msg.error)
             if spec.force_cancelled or spec.cancelled and isinstance(error, TaskCancelledError):
                 self._fail_task(spec, TaskCancelledError(spec.name))
             elif self._retry_on(spec, error):
@@ -420,7 +449,7 @@ class TaskSubmitter:
 
     def _finish_task(self, spec: TaskSpec, results: list) -> None:
         self._release_deps(spec)
-        self.core.finish_returns(spec.return_ids, results)
+        self.core.ownership.finish_returns(spec.return_ids, results)
         self.core.streams.end(spec.task_id, None)
         if any(v[0] == "s" for v in results):
             # its results live in a node's store: if that node dies, running the task
@@ -469,7 +498,7 @@ class TaskSubmitter:
     def _fail_task(self, spec: TaskSpec, error: BaseException | None) -> None:
         self._waiting.pop(spec.task_id, None)
         self._release_deps(spec)
-        self.core.fail_returns(spec.return_ids, error)
+        self.core.ownership.fail_returns(spec.return_ids, error)
         self.core.streams.end(spec.task_id, error)
 
     def _release_deps(self, spec: TaskSpec) -> None:

@@ -28,10 +28,11 @@ from . import _global
 from . import _protocol as P
 from ._core import Core
 from ._link import Link
+from ._objects import INLINE_THRESHOLD
 from ._refs import ArgSlot, collect_refs, return_id
 from ._runtime_context import TaskContext, current_task
 from ._streams import StreamWindow
-from ._tasks import INLINE_THRESHOLD, load_function
+from ._tasks import load_function
 from ._thread_cancel import ThreadCancelled, ThreadCancels
 from .exceptions import ActorDiedError, RemoteErrorInfo, TaskCancelledError
 from .store._serialize import deserialize, serialize
@@ -82,7 +83,7 @@ class _Executor:
     def _stored(self, oid: bytes, ser, contained: list) -> list:
         task = current_task.get()
         if ser.total_size > INLINE_THRESHOLD:
-            resolved = self.core.store_value(oid, ser, task.owner if task else "")
+            resolved = self.core.ownership.store_value(oid, ser, task.owner if task else "")
         else:
             resolved = ["v", ser.to_bytes()]
         if contained:
@@ -253,9 +254,10 @@ class TaskExecutor(_Executor):
         self._running_task: asyncio.Task | None = None
         self.cancels = ThreadCancels()  # of the sync task on the pool's thread
         self._runner: asyncio.Task | None = None
+        self.actor: ActorExecutor | None = None  # the actor this worker hosts, once created
 
-    # --- messages ----------------------------------------------------------------------
-    def push(self, link: Link, msg: P.PushTask) -> None:
+    # --- messages (the worker's core dispatches them here) -------------------------------
+    def _on_PushTask(self, link: Link, msg: P.PushTask) -> None:
         if msg.fn_blob is not None and msg.fn_id not in self.functions:
             self.functions[msg.fn_id] = msg.fn_blob  # unpickled lazily, on the task's thread
         self.queue.append((link, msg))
@@ -274,6 +276,17 @@ class TaskExecutor(_Executor):
             self._running_task.cancel()
         else:  # a sync task: on its thread now, or about to be
             self.cancels.cancel(task_id, queued=True)
+
+    def _on_CancelTask(self, link: Link, msg: P.CancelTask) -> None:
+        (self.actor or self).cancel(msg.task_id)
+        if msg.recursive:
+            self.core.tasks.cancel_children(msg.task_id)
+
+    def _on_AssignJob(self, link: Link, msg: P.AssignJob) -> None:
+        self.core.job_id = msg.job_id
+        if msg.code_path and msg.code_path not in sys.path:
+            sys.path.append(msg.code_path)  # the job's own modules, where its driver has them
+        link.send(P.JobAssigned(msg.req_id))
 
     def caller_gone(self, link: Link) -> None:
         """Drop queued tasks of a caller whose link closed: nobody waits for them."""
@@ -347,12 +360,12 @@ class TaskExecutor(_Executor):
         return result
 
     # --- actors: a worker that receives CreateActor hosts that actor for life -------------
-    def create_actor(self, link: Link, msg: P.CreateActor) -> None:
+    def _on_CreateActor(self, link: Link, msg: P.CreateActor) -> None:
         self.actor = ActorExecutor(self.core, msg.actor_id, msg.spec)
         self.core.spawn(self.actor.start(link), name="actor constructor")
 
-    def call_actor(self, link: Link, msg: P.CallActor) -> None:
-        actor = getattr(self, "actor", None)
+    def _on_CallActor(self, link: Link, msg: P.CallActor) -> None:
+        actor = self.actor
         if actor is None or actor.actor_id != msg.actor_id:
             self._send_error(link, msg.task_id, msg.method, ActorDiedError(
                 f"actor {msg.actor_id} does not live in this worker (any more)"))
@@ -577,7 +590,7 @@ async def _serve(config: dict) -> None:
                 head_address=config["head_address"],
                 store_dir=config["store_dir"], node_id=config["node_id"],
                 worker_id=config["worker_id"], tcp_host=config.get("tcp_host", ""))
-    core.executor = TaskExecutor(core)
+    core.serve(TaskExecutor(core))
     _global.set_core(core)
     await core.start()
     # what exists now (modules, the runtime) lives as long as the worker: keep it out of

@@ -401,15 +401,15 @@ async def get_values(core: Core, refs: list[ObjectRef], single: bool, timeout: f
                      blocking: bool) -> Any:
     """Runs on the runtime loop; ``blocking`` when a thread waits on it (sync ``get``)."""
     await core.wait_ready()
-    await core.wait_entries(refs, len(refs), timeout, blocking)
-    missing = sum(1 for r in refs if not core.is_ready(r))
+    await core.waits.wait_entries(refs, len(refs), timeout, blocking)
+    missing = sum(1 for r in refs if not core.waits.is_ready(r))
     if missing:
         raise GetTimeoutError(
             f"aray.get() timed out after {timeout} s: {missing} of {len(refs)} objects are not "
             "ready yet. Raise the timeout, or use aray.wait() to take what is ready.")
-    entries = [core.entry_for(r) for r in refs]
-    await core.fetch_entries(entries)  # copies of what lives on other nodes
-    values = [core.materialize(e) for e in entries]
+    entries = [core.ownership.entry_for(r) for r in refs]
+    await core.fetcher.fetch_entries(entries)  # copies of what lives on other nodes
+    values = [core.fetcher.materialize(e) for e in entries]
     return values[0] if single else values
 
 
@@ -464,7 +464,7 @@ async def wait_refs(core: Core, refs: list[ObjectRef[R]], num_returns: int,
     if not refs:
         return [], []
     await core.wait_ready()
-    await core.wait_entries(refs, num_returns, timeout, blocking)
+    await core.waits.wait_entries(refs, num_returns, timeout, blocking)
     return split_ready(core, refs, num_returns, force=True)  # type: ignore[return-value]
 
 
@@ -504,10 +504,10 @@ async def put(value: R) -> ObjectRef[R]:
     """
     core = _global.core()
     if _small(value):
-        return core.put(value)
+        return core.ownership.put(value)
     # pickling and writing a large value would stall this loop (the application's): do it
     # in a thread, which can also use the node's arena for it
-    return await asyncio.to_thread(core.put, value)
+    return await asyncio.to_thread(core.ownership.put, value)
 
 
 #: values of these types, below this size, are put on the caller's loop: a thread would

@@ -21,6 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"aray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    _add_start(sub)
+    _add_cluster_commands(sub)
+    _add_microbenchmark(sub)
+    return parser
+
+
+def _add_start(sub) -> None:
     start = sub.add_parser("start", help="start a node (a daemon): a cluster's head, or one "
                            "that joins a cluster", description="Start an aray node on this "
                            "machine: the head of a new cluster (--head), or a node that joins "
@@ -56,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"TLS for the node's TCP links: its {name} "
                                 f"(default: $ARAY_TLS_{env}; give all three or none)")
 
+
+def _add_cluster_commands(sub) -> None:
+    """The commands that act on, or ask, a cluster running on this machine (or at
+    --address)."""
     stop = sub.add_parser("stop", help="stop every aray node `aray start` began on this "
                           "machine, and remove what killed ones left")
     stop.add_argument("--force", action="store_true", help="kill at once (SIGKILL)")
@@ -92,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     timeline.add_argument("--address", default="auto",
                           help="HOST:PORT of the head (default: this machine's)")
 
+    status = sub.add_parser("status", help="nodes and resources of a running cluster")
+    status.add_argument("--address", help="HOST:PORT of the head (default: this machine's)")
+    status.add_argument("--token", help="the cluster's token (default: $ARAY_TOKEN, which "
+                        "keeps it out of `ps`, or the local session's)")
+
+
+def _add_microbenchmark(sub) -> None:
     bench = sub.add_parser(
         "microbenchmark", help="Ray's microbenchmark workloads, and aray's own, on a local "
         "cluster", description="Run the workloads of `ray microbenchmark` (same names, same "
@@ -105,12 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scale", type=float, default=1.0,
                        help="multiply the operations per round (0.1 for a quick look)")
     bench.add_argument("--json", metavar="FILE", help="also write the results there")
-
-    status = sub.add_parser("status", help="nodes and resources of a running cluster")
-    status.add_argument("--address", help="HOST:PORT of the head (default: this machine's)")
-    status.add_argument("--token", help="the cluster's token (default: $ARAY_TOKEN, which "
-                        "keeps it out of `ps`, or the local session's)")
-    return parser
 
 
 def _flag(text: str) -> bool:
@@ -155,13 +167,7 @@ def cmd_start(args) -> None:
     except json.JSONDecodeError as exc:
         raise ValueError(f"--resources must be JSON, e.g. '{{\"dataset\": 1}}': {exc}") from None
     resources = node_resources(args.num_cpus, args.num_gpus, custom, args.object_store_memory)
-    from . import _tls
-
-    for name, env in (("cert", "ARAY_TLS_CERT"), ("key", "ARAY_TLS_KEY"), ("ca", "ARAY_TLS_CA")):
-        path = getattr(args, f"tls_{name}")
-        if path:  # the node process and its workers inherit the environment
-            os.environ[env] = os.path.abspath(path)
-    _tls.settings()  # all three or none, and the files exist: say so now
+    _tls_from_args(args)
     token = args.token or args.redis_password or os.environ.get("ARAY_TOKEN")
     join = ""
     if args.address:
@@ -187,14 +193,33 @@ def cmd_start(args) -> None:
                           "program) listens there. Stop it with `aray stop`, or pick another "
                           "--port.") from None
         raise
-    pid = info["pid"]
     if not args.block:
         cluster.detach()
     _point_latest(cluster.session_dir)
+    _print_started(info, cluster.session_dir, bool(join))
+    if args.block:
+        _block_until_signal(cluster)
+
+
+def _tls_from_args(args) -> None:
+    """--tls-cert/--tls-key/--tls-ca into the environment, which the node process and its
+    workers inherit; all three or none, and the files exist: said now."""
+    from . import _tls
+
+    for name, env in (("cert", "ARAY_TLS_CERT"), ("key", "ARAY_TLS_KEY"), ("ca", "ARAY_TLS_CA")):
+        path = getattr(args, f"tls_{name}")
+        if path:
+            os.environ[env] = os.path.abspath(path)
+    _tls.settings()
+
+
+def _print_started(info: dict, session_dir: str, joined: bool) -> None:
+    """What `aray start` tells its user: where the node is, and what to run next."""
     address = info["head_tcp"].split("://", 1)[1]
-    if join:
+    pid = info["pid"]
+    if joined:
         print(f"Started an aray node (pid {pid}) in the cluster at {address}.\n"
-              f"  Session: {cluster.session_dir}\n\n"
+              f"  Session: {session_dir}\n\n"
               f"See the cluster:  aray status --address {address}\n"
               f"Stop this node:   aray stop", flush=True)
     else:
@@ -204,16 +229,14 @@ def cmd_start(args) -> None:
                               "a link that logs in)\n")
         print(f"Started an aray head node (pid {pid}).\n"
               f"  Address: {address}\n"
-              f"  Session: {cluster.session_dir}\n"
-              f"  Token:   in {os.path.join(cluster.session_dir, 'token')} (readable by you "
+              f"  Session: {session_dir}\n"
+              f"  Token:   in {os.path.join(session_dir, 'token')} (readable by you "
               "only)\n" + dashboard_line + "\n"
               f"Connect from Python on this machine:  aray.init(address=\"auto\")\n"
               f"Add a node (another machine too):     ARAY_TOKEN=TOKEN aray start --address "
               f"{address}\n"
               f"See the cluster:                      aray status\n"
               f"Stop it:                              aray stop", flush=True)
-    if args.block:
-        _block_until_signal(cluster)
 
 
 def _exec_with_token_in_env(argv: list[str], token: str) -> None:

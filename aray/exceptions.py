@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import cloudpickle
+
 
 class ArayError(Exception):
     """Base class of every error aray raises."""
@@ -196,3 +198,25 @@ def task_error(info: RemoteErrorInfo) -> TaskError:
     if cause is not None:
         err.args = cause.args
     return err
+
+
+def error_from_blob(blob: bytes) -> BaseException:
+    """The exception a task's pickled error stands for (a :class:`TaskError` most often;
+    a cancelled task's or a dead actor's error as it is).
+
+    Examples:
+        >>> import cloudpickle
+        >>> err = error_from_blob(cloudpickle.dumps(ValueError("bad")))
+        >>> type(err).__name__, str(err)
+        ('ValueError', 'bad')
+    """
+    try:
+        info = cloudpickle.loads(blob)
+    except Exception as exc:
+        return TaskError(RemoteErrorInfo(None, "Exception", f"(unreadable error: {exc})",
+                                         "", "?", "", 0))
+    if isinstance(info, RemoteErrorInfo):
+        if isinstance(info.cause, (TaskCancelledError, ActorDiedError)):
+            return info.cause
+        return task_error(info)
+    return info if isinstance(info, BaseException) else TaskError(info)

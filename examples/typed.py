@@ -2,8 +2,9 @@
 
 ``word_count.remote(...)`` is checked against ``word_count``'s parameters and gives an
 ``ObjectRef[int]``; ``aray.get`` of it is an ``int``, ``await`` of it too. ``Tally.remote()``
-gives an ``ActorHandle[Tally]``. Run it with ``python examples/typed.py``; check it with
-``pyright examples/typed.py`` or ``mypy examples/typed.py``.
+gives an ``ActorHandle[Tally]``; seen as an ``ActorProxy[Tally]``, its calls of methods marked
+``@aray.method`` are checked method by method. Run it with ``python examples/typed.py``;
+check it with ``pyright examples/typed.py`` or ``mypy examples/typed.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 
 import aray
-from aray import ActorHandle, ObjectRef
+from aray import ActorHandle, ActorProxy, ObjectRef
 
 
 @aray.remote
@@ -30,6 +31,7 @@ class Tally:
     def __init__(self, start: int) -> None:
         self.total = start
 
+    @aray.method
     def add(self, n: int) -> int:
         self.total += n
         return self.total
@@ -52,13 +54,18 @@ async def shout_all(lines: list[str]) -> list[str]:
     return [first, *others]
 
 
+def add_all(tally: ActorProxy[Tally], counts: list[int]) -> list[int]:
+    # an ActorProxy checks each call against the method marked @aray.method
+    return [aray.get(tally.add.remote(n)) for n in counts]
+
+
 def main() -> None:
     aray.init(num_cpus=2)
     try:
         lines = ["the quick brown fox", "jumps over", "the lazy dog"]
         counts = count_lines(lines)
         tally: ActorHandle[Tally] = TallyActor.remote(0)
-        totals = [aray.get(tally.add.remote(n)) for n in counts]
+        totals = add_all(tally, counts)
         loud = asyncio.run(shout_all(lines))
         size: int = aray.get(aray.put(len(loud)))
         print("counts", counts, "totals", totals, "loud", loud[0], "size", size)

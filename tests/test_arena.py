@@ -82,7 +82,7 @@ def test_puts_reuse_arena_pages_and_views_outlive_their_refs(run_script):
         for i in range(40):
             ref = aray.put(np.full(32 * 2**20, i, dtype=np.uint8))
             assert int(aray.get(ref)[-1]) == i
-            assert _global.core().entry_for(ref).location[2] >= 0, "not in the arena"
+            assert _global.core().ownership.entry_for(ref).location[2] >= 0, "not in the arena"
             del ref
         wait_until(lambda: aray.object_store_stats()["num_objects"] == 0, 10,
                    message="the dropped objects to be freed")
@@ -109,7 +109,7 @@ def test_a_region_given_to_a_writer_that_dies_is_freed(run_script):
         def die_while_writing():
             from aray import _global
             core = _global.core()
-            offset = core._arena_region(b"z" * 24, 48 * 2**20)  # granted, never sealed
+            offset = core.ownership._arena_region(b"z" * 24, 48 * 2**20)  # granted, never sealed
             print("GRANTED", offset >= 0, flush=True)
             os._exit(1)
         try:
@@ -124,7 +124,7 @@ def test_a_region_given_to_a_writer_that_dies_is_freed(run_script):
         ref = aray.put(np.ones(48 * 2**20, dtype=np.uint8))  # needs the region back
         from aray import _global
         aray.wait([ref])
-        print("IN-ARENA", _global.core().entry_for(ref).location[2] >= 0)
+        print("IN-ARENA", _global.core().ownership.entry_for(ref).location[2] >= 0)
         aray.shutdown()
     """, timeout=60)
     assert "GRANTED True" in r.stdout and "IN-USE 0" in r.stdout and "IN-ARENA True" in r.stdout

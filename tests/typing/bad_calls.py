@@ -19,6 +19,23 @@ async def greet(name: str) -> str:
     return f"hello {name}"
 
 
+class Counter:
+    def __init__(self, start: int) -> None:
+        self.value = start
+
+    @aray.method
+    def add(self, n: int) -> int:
+        self.value += n
+        return self.value
+
+    @aray.method
+    async def label(self, prefix: str) -> str:
+        return f"{prefix}{self.value}"
+
+
+CounterActor = aray.remote(Counter)
+
+
 async def mistakes() -> None:
     double.remote("x")  # expect-error: a str for an int parameter
     double.remote(1, 2)  # expect-error: one argument too many
@@ -29,4 +46,13 @@ async def mistakes() -> None:
     stored: bytes = aray.get(aray.put(3.5))  # expect-error: put keeps the value's type
     ready, _ = aray.wait([double.remote(2)])
     text: str = aray.get(ready[0])  # expect-error: wait keeps the refs' type
+    await method_mistakes(CounterActor.remote(0))
     print(name, length, values, stored, text)
+
+
+async def method_mistakes(counter: aray.ActorProxy[Counter]) -> None:
+    counter.add.remote("one")  # expect-error: a str for an int parameter of the method
+    counter.label.remote()  # expect-error: the method's argument is missing
+    total: str = aray.get(counter.add.remote(1))  # expect-error: the method returns an int
+    label: int = await counter.label.remote("n")  # expect-error: the method returns a str
+    print(total, label)
