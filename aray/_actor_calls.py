@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Coroutine
@@ -171,6 +172,9 @@ class ActorCaller:
         q.pending.append(call)
         self._pump(q)
 
+    def _pump_after(self, q: _ActorQueue, _entry: Any) -> None:
+        self._pump(q)  # an argument the queue's next call waits for is ready
+
     def _pump(self, q: _ActorQueue) -> None:
         if q.dead is not None:
             while q.pending:
@@ -196,7 +200,7 @@ class ActorCaller:
                 if not call.waiting:
                     call.waiting = True
                     for e in unready:
-                        self.core.objects.when_ready(e, lambda _e, q=q: self._pump(q))
+                        self.core.objects.when_ready(e, functools.partial(self._pump_after, q))
                 return
             q.pending.popleft()
             failed = next((e for e in entries if e.state is ObjectState.FAILED), None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -46,7 +47,8 @@ class as_completed:
 
         def attach() -> None:
             for ref in self._refs:
-                core.objects.when_ready(core.ownership.entry_for(ref), lambda _e, r=ref: deliver(r))
+                core.objects.when_ready(core.ownership.entry_for(ref),
+                                        functools.partial(_deliver, deliver, ref))
 
         core.call_soon(attach)
 
@@ -79,7 +81,10 @@ class as_completed:
         if loop is core.loop:
             self._register(ready.put_nowait)
         else:
-            self._register(lambda ref: loop.call_soon_threadsafe(ready.put_nowait, ref))
+            def deliver(ref: ObjectRef) -> None:
+                loop.call_soon_threadsafe(ready.put_nowait, ref)
+
+            self._register(deliver)
         deadline = self._deadline()
         for left in range(len(self._refs), 0, -1):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -90,3 +95,7 @@ class as_completed:
                     yield await asyncio.wait_for(ready.get(), remaining)
             except TimeoutError:
                 raise self._timed_out(left) from None
+
+
+def _deliver(deliver: Callable[[ObjectRef], None], ref: ObjectRef, _entry: object) -> None:
+    deliver(ref)  # (the table's callback gets the entry; the iterator wants the ref)

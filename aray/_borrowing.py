@@ -29,7 +29,7 @@ class PeerLink(Protocol):
 
     def send(self, msg: Any) -> None: ...
 
-    async def request(self, make: Callable[[int], Any], timeout: float | None) -> Any: ...
+    async def request(self, make: Callable[[int], Any], *, timeout: float | None) -> Any: ...
 
 
 class Peers(Protocol):
@@ -125,7 +125,10 @@ class Borrowers:
         if owner == self.address:
             self.objects.release_owned(oid)
             return
-        self.after_registrations(lambda: self._spawn(self._send_remove(owner, oid), ""))
+        self.after_registrations(lambda: self._remove_at(owner, oid))
+
+    def _remove_at(self, owner: str, oid: bytes) -> None:
+        self._spawn(self._send_remove(owner, oid), "")
 
     async def _send_remove(self, owner: str, oid: bytes) -> None:
         try:
@@ -149,7 +152,8 @@ class Borrowers:
         worker; the result holds them while it lives (our own registration takes over from
         the worker's)."""
         entry = self.objects.entries.get(oid)
-        held = [ObjectRef(c_oid, c_owner) for c_oid, c_owner in contained_refs(value)]
+        held: list[ObjectRef[Any]] = [ObjectRef(c_oid, c_owner)
+                                      for c_oid, c_owner in contained_refs(value)]
         for ref in held:
             if ref._owner != self.address:
                 self.borrowed(ref)

@@ -54,6 +54,10 @@ log = logging.getLogger("aray")
 class Core:
     """The runtime of one process (driver or worker), bound to one event loop."""
 
+    # (made in _make_components; named here because the table's callbacks refer to them)
+    fetcher: Fetcher
+    ownership: Ownership
+
     def __init__(self, *, loop: asyncio.AbstractEventLoop, role: str, token: str,
                  session_dir: str, node_address: str, head_address: str = "",
                  store_dir: str, node_id: str = "", worker_id: str = "",
@@ -266,7 +270,7 @@ class Core:
             self.call_soon(self.streams.open, spec.task_id)
             self.call_soon(self.tasks.accept, spec)
             return ObjectRefGenerator(self, spec.task_id)
-        refs = [ObjectRef(oid, self.address) for oid in spec.return_ids]
+        refs: list[ObjectRef] = [ObjectRef(oid, self.address) for oid in spec.return_ids]
         self.call_soon(self.tasks.accept, spec)
         return refs
 
@@ -277,7 +281,7 @@ class Core:
             self.call_soon(self.streams.open, call.task_id)
             self.call_soon(self.actors.submit, actor_id, call)
             return ObjectRefGenerator(self, call.task_id)
-        refs = [ObjectRef(oid, self.address) for oid in call.return_ids]
+        refs: list[ObjectRef] = [ObjectRef(oid, self.address) for oid in call.return_ids]
         self.call_soon(self.actors.submit, actor_id, call)
         return refs
 
@@ -310,7 +314,8 @@ class Core:
                     self._head_dial.exception() is not None):
                 self._head_dial = self.loop.create_task(
                     self.links.dial(self.head_address, "core", self.worker_id, {}))
-            self.head = await asyncio.shield(self._head_dial)
+            self.head = head = await asyncio.shield(self._head_dial)
+            return head
         return self.head
 
     # --- a worker's tasks ------------------------------------------------------------------

@@ -14,7 +14,7 @@ way it is logged (at a bounded rate) and nothing else happens.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from . import _protocol as P
 from ._periodic import RateLimitedLog
@@ -41,7 +41,7 @@ class Dispatcher:
     def __init__(self, role: str, *components: Any) -> None:
         assert role in P.RECEIVER_ROLES, role
         self.role = role
-        self.handlers: dict[type, Any] = {}
+        self.handlers: dict[P.MessageClass, Any] = {}
         for component in components:
             self.add(component)
         self._refusals = RateLimitedLog(log)
@@ -57,14 +57,14 @@ class Dispatcher:
                 self.handlers[cls] = handler
 
     def __call__(self, link, msg) -> Any:
-        cls = type(msg)
+        cls = cast(P.MessageClass, type(msg))  # links deliver what decode made: registered
         sender = link.peer_role
         handler = self.handlers.get(cls)
         if handler is None or (sender, self.role) not in cls.ROUTES:
             why = (f"a {sender or 'peer'} may not send {cls.__name__} to a {self.role}"
                    if handler is not None else f"a {self.role} does not handle {cls.__name__}")
             self._refusals(logging.WARNING, "refused a message on link %s: %s", link.name, why)
-            if cls.REQUEST and getattr(msg, "req_id", 0):
+            if cls.REQUEST and msg.req_id:  # (a request's first field is its req_id)
                 raise Refused(why)  # the link answers the request with this error
             return None
         return handler(link, msg)

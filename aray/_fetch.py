@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -204,8 +205,9 @@ class Fetcher:
         try:
             link = await self.host.peer(address)
             for start in range(0, size, DOWNLOAD_CHUNK):
-                reply = await link.request(lambda r, s=start: P.ReadObject(
-                    r, oid, s, min(DOWNLOAD_CHUNK, size - s)), timeout=CHUNK_TIMEOUT)
+                read = functools.partial(P.ReadObject, object_id=oid, start=start,
+                                         length=min(DOWNLOAD_CHUNK, size - start))
+                reply = await link.request(read, timeout=CHUNK_TIMEOUT)
                 if reply.error:
                     return reply.error
                 data[start:start + len(reply.data)] = reply.data

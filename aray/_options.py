@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-from typing import Any
+from typing import Any, Protocol, cast
 
 TASK_OPTIONS = {
     "num_cpus": 1,
@@ -29,6 +29,16 @@ MAX_COUNT = 10**9
 MAX_RETURNS = 1_000_000
 
 
+class _RealNumber(Protocol):
+    """What the checks use of a ``numbers.Real`` (int, float, a numpy number, a Fraction):
+    typeshed's Real declares no ``__int__`` and compares only with untyped operands."""
+
+    def __float__(self) -> float: ...
+    def __int__(self) -> int: ...
+    def __lt__(self, other: float, /) -> bool: ...
+    def __gt__(self, other: float, /) -> bool: ...
+
+
 def _number(name: str, value: Any, *, integer: bool = False, minimum: float = 0,
             maximum: float | None = None) -> Any:
     """Check a numeric option and return it as a plain ``int`` or ``float`` (a numpy
@@ -36,17 +46,18 @@ def _number(name: str, value: Any, *, integer: bool = False, minimum: float = 0,
     range are refused with a ValueError that names the option."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
-    if not math.isfinite(value):
+    number = cast(_RealNumber, value)
+    if not math.isfinite(number):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if integer and int(value) != value:
+    if integer and int(number) != number:
         raise ValueError(f"{name} must be a whole number, got {value!r}")
-    if value < minimum:
+    if number < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     if integer and maximum is None:
         maximum = MAX_COUNT
-    if maximum is not None and value > maximum:
+    if maximum is not None and number > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
-    return int(value) if integer else float(value)
+    return int(number) if integer else float(number)
 
 
 def validate_resources(resources: Any, what: str = "resources") -> dict:
@@ -142,7 +153,7 @@ MAX_CONCURRENCY = 100_000
 
 def validate_actor_options(options: dict) -> dict:
     """Check an actor's options; returns them with numbers as plain ints and floats."""
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in options.items():
         if key not in ACTOR_OPTIONS:
             raise ValueError(f"invalid option {key!r} for an actor; valid options are: "

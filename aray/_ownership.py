@@ -156,8 +156,11 @@ class Ownership:
             value = self.store_value(oid, ser)
         else:
             value = ["v", ser.to_bytes()]
+        # the ref first: it counts as a use of the entry, which the loop would otherwise
+        # find unused (and free) as soon as it is registered
+        ref: ObjectRef[Any] = ObjectRef(oid, self.host.address)
         self.host.call_soon(self._register_put, oid, value, list(contained))
-        return ObjectRef(oid, self.host.address)
+        return ref
 
     def _register_put(self, oid: bytes, value: list, contained: list) -> None:
         entry = self.objects.add(oid, owned=True)

@@ -19,6 +19,10 @@ from . import _protocol as P
 from ._link import Link, Server, connect
 
 
+def _not_ready(link: Link, msg: Any) -> Any:
+    raise RuntimeError(f"a {type(msg).__name__} arrived before this process could handle it")
+
+
 class PeerLinks:
     """The links of one core (``role``: driver or worker) to other processes. Loop only.
 
@@ -36,7 +40,8 @@ class PeerLinks:
         self._spawn = spawn
         self._on_closed = on_closed
         self._dial_info = dial_info
-        self.dispatch: Callable[[Link, Any], Any] | None = None
+        # (set once the process's components exist, before it listens or dials)
+        self.dispatch: Callable[[Link, Any], Any] = _not_ready
         # quiet: what a worker logs reaches its user's terminal, which strangers knocking
         # on its port must not fill
         self._server = Server(token, self._accept, name=f"core[{role}]", quiet=True,

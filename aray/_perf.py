@@ -60,7 +60,7 @@ def record() -> None:
 def tree_memory() -> dict:
     """Summed RSS and PSS (MB, 10^6 bytes) and the number of processes of the tree, and each
     process's own (RSS, PSS) by pid."""
-    rss = pss = 0
+    rss = pss = 0.0
     per: dict[int, tuple[float, float]] = {}
     for p in tree():
         try:
@@ -544,8 +544,8 @@ def init_and_idle(rt, num_cpus, d) -> dict:
 
 def main() -> int:
     """One workload of compare.py, in this fresh process; prints one RESULT line."""
-    runtime, workload, n, num_cpus, rounds = sys.argv[1:6]
-    n, num_cpus, rounds = int(n), int(num_cpus), int(rounds)
+    runtime, workload, *counts = sys.argv[1:6]
+    n, num_cpus, rounds = map(int, counts)
     if runtime not in ("ray", "aray"):
         raise SystemExit(f"unknown runtime {runtime!r}")
     # a hung run shows where it hangs (compare.py kills it after 120 s)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -52,8 +52,8 @@ def refuse_on_loop(loop: asyncio.AbstractEventLoop, what: str) -> None:
             f"would deadlock. In async code use `await aray.aio.{what}(...)` (or `await ref`).")
 
 
-def call(loop: asyncio.AbstractEventLoop, fn: Callable[..., Awaitable[T]], *args, what: str,
-         **kwargs) -> T:
+def call(loop: asyncio.AbstractEventLoop, fn: Callable[..., Coroutine[Any, Any, T]], *args,
+         what: str, **kwargs) -> T:
     """Run ``fn(*args, **kwargs)`` on ``loop`` and block this thread for its result."""
     refuse_on_loop(loop, what)
     if loop.is_closed():
@@ -68,8 +68,8 @@ def call(loop: asyncio.AbstractEventLoop, fn: Callable[..., Awaitable[T]], *args
         raise
 
 
-async def on_runtime(loop: asyncio.AbstractEventLoop, coro: Awaitable[T]) -> T:
+async def on_runtime(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
     """Await ``coro`` on the runtime loop, from whichever loop we are on."""
     if on_loop(loop):
         return await coro
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))  # type: ignore[arg-type]
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))

@@ -14,7 +14,7 @@ and replies share the ``req_id`` of their request (``REPLY = True`` on the class
 from __future__ import annotations
 
 import base64
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import msgpack
 
@@ -30,7 +30,21 @@ HELLO_HEADER_MAX = (HELLO_MAX + 2) // 3 * 4
 #: that its node agent knows whose task printed what follows
 TASK_MARKER = "::aray-task::"
 
-_BY_TAG: dict[int, type] = {}
+
+class MessageClass(Protocol):
+    """A message class as :func:`_message` registers it: a NamedTuple with the class
+    attributes that registering sets (which the class itself does not declare)."""
+
+    __name__: str
+    TAG: int
+    REPLY: bool
+    ROUTES: frozenset[tuple[str, str]]
+    REQUEST: bool
+
+    def __call__(self, *fields: Any) -> Any: ...
+
+
+_BY_TAG: dict[int, MessageClass] = {}
 
 
 #: the roles of processes: what a link's peer is (its Hello says, or its Welcome)
@@ -653,7 +667,7 @@ def decode_hello(text: str) -> Hello:
         raise ValueError(f"malformed Hello: {exc}") from None
 
 
-def message_types() -> dict[int, type]:
+def message_types() -> dict[int, MessageClass]:
     """Every registered message class by tag (for tests and tools)."""
     return dict(_BY_TAG)
 

@@ -17,7 +17,7 @@ import asyncio
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import _protocol as P
 from ._link import Link
@@ -138,7 +138,7 @@ class Streams:
         if stream is None:
             return  # the generator was dropped
         oid = return_id(msg.task_id, msg.index)
-        ref = ObjectRef(oid, self._address)
+        ref: ObjectRef[Any] = ObjectRef(oid, self._address)
         self._objects.add(oid, owned=True)
         self._accept(oid, msg.value)
         stream.add(ref)

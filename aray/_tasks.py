@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -108,7 +109,7 @@ class FunctionDescriptor:
         return {"fn": self.fn}
 
     def __setstate__(self, state) -> None:
-        self.__init__(state["fn"])
+        FunctionDescriptor.__init__(self, state["fn"])
 
 
 class _Lease:
@@ -250,8 +251,9 @@ async def ask_for_lease(own: Link, peer: Callable[[str], Awaitable[Link]], shape
         try:
             # granted when the node has room, however long that takes; if that node
             # dies, the link closes (NodeDied) and we ask our own again
-            grant = await agent.request(lambda r, spilled=spilled: P.RequestLease(
-                r, shape, description, job_id, spilled), timeout=None)
+            request = functools.partial(P.RequestLease, shape=shape, description=description,
+                                        job_id=job_id, spilled=spilled)
+            grant = await agent.request(request, timeout=None)
         except (ConnectionError, OSError):
             if agent is own:
                 raise  # our own node agent is gone: the cluster has stopped
@@ -402,11 +404,11 @@ class TaskSubmitter:
     def _push(self, lease: _Lease, spec: TaskSpec) -> None:
         self._waiting.pop(spec.task_id, None)
         sent = lease.link.state.setdefault("functions", set())
-        blob, fn_id = spec.function.blob_and_id()
-        if fn_id in sent:
-            blob = None
-        else:
+        fn_blob, fn_id = spec.function.blob_and_id()
+        blob: bytes | None = None
+        if fn_id not in sent:
             sent.add(fn_id)
+            blob = fn_blob
         if lease.linger is not None:
             lease.linger.cancel()
             lease.linger = None
@@ -445,7 +447,7 @@ class TaskSubmitter:
         if spec.retry_exceptions is True:
             return True
         cause = getattr(error, "cause", error)
-        return isinstance(cause, spec.retry_exceptions)
+        return isinstance(cause, spec.retry_exceptions or ())
 
     def _finish_task(self, spec: TaskSpec, results: list) -> None:
         self._release_deps(spec)
@@ -490,8 +492,9 @@ class TaskSubmitter:
             self._enqueue(spec)
         entry = self.core.objects.entries.get(oid)
         if entry is not None and not entry.ready:
-            done = self.core.loop.create_future()
-            self.core.objects.when_ready(entry, lambda _e: done.done() or done.set_result(None))
+            done: asyncio.Future[None] = self.core.loop.create_future()
+            self.core.objects.when_ready(
+                entry, lambda _e: None if done.done() else done.set_result(None))
             await done
         return True
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from . import _protocol as P
-from ._objects import ObjectEntry, ObjectTable
+from ._objects import ObjectEntry, ObjectState, ObjectTable
 from ._refs import ObjectRef
 from ._runtime_context import current_task
 
@@ -103,23 +103,27 @@ class Waits:
         return self.objects.concurrent_future(lambda: self._entry_for(ref))
 
     async def wait_entries(self, refs: list[ObjectRef], num: int, timeout: float | None,
-                           blocking: bool = False) -> None:
+                           blocking: bool = False, fail_fast: bool = False) -> None:
         """Wait until ``num`` of ``refs`` are resolved (or the timeout passes). Loop only.
 
         ``blocking`` says a thread is blocked on this wait (a sync ``get``/``wait``); in a
         worker that lends the task's CPU back to the node until the wait ends.
+        ``fail_fast`` ends the wait as soon as one of them has failed (what ``get`` of a
+        list does: its error is raised without waiting for the others).
         """
         entries = [self._entry_for(r) for r in refs]
         pending = [e for e in entries if not e.ready]
-        if len(entries) - len(pending) >= num:
+        if len(entries) - len(pending) >= num or fail_fast and any(
+                e.state is ObjectState.FAILED for e in entries):
             return
         need = num - (len(entries) - len(pending))
-        done = self.loop.create_future()
+        done: asyncio.Future[None] = self.loop.create_future()
         count = [0]
 
-        def one_ready(_e) -> None:
+        def one_ready(e: ObjectEntry) -> None:
             count[0] += 1
-            if count[0] >= need and not done.done():
+            if (count[0] >= need or fail_fast and e.state is ObjectState.FAILED) and (
+                    not done.done()):
                 done.set_result(None)
 
         for e in pending:

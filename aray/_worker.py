@@ -599,6 +599,6 @@ async def _serve(config: dict) -> None:
     assert core.agent is not None
     core.agent.send(P.WorkerStarted(config["worker_id"], core.address, os.getpid()))
     gone = loop.create_future()
-    core.agent.on_close.append(lambda _l: gone.done() or gone.set_result(None))
+    core.agent.on_close.append(lambda _l: None if gone.done() else gone.set_result(None))
     await gone
     os._exit(0)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from . import _global
 from . import _protocol as P
 from ._core import Core
+from ._objects import ObjectState
 from ._portal import on_runtime
 from ._refs import ObjectRef
 from .exceptions import GetTimeoutError
@@ -401,13 +402,16 @@ async def get_values(core: Core, refs: list[ObjectRef], single: bool, timeout: f
                      blocking: bool) -> Any:
     """Runs on the runtime loop; ``blocking`` when a thread waits on it (sync ``get``)."""
     await core.wait_ready()
-    await core.waits.wait_entries(refs, len(refs), timeout, blocking)
-    missing = sum(1 for r in refs if not core.waits.is_ready(r))
+    await core.waits.wait_entries(refs, len(refs), timeout, blocking, fail_fast=True)
+    entries = [core.ownership.entry_for(r) for r in refs]
+    for entry in entries:  # one failed: its error now, whatever the others do (as in Ray)
+        if entry.state is ObjectState.FAILED:
+            core.fetcher.materialize(entry)  # raises the error
+    missing = sum(1 for e in entries if not e.ready)
     if missing:
         raise GetTimeoutError(
             f"aray.get() timed out after {timeout} s: {missing} of {len(refs)} objects are not "
             "ready yet. Raise the timeout, or use aray.wait() to take what is ready.")
-    entries = [core.ownership.entry_for(r) for r in refs]
     await core.fetcher.fetch_entries(entries)  # copies of what lives on other nodes
     values = [core.fetcher.materialize(e) for e in entries]
     return values[0] if single else values

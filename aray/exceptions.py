@@ -168,7 +168,7 @@ class TaskError(ArayError):
         return task_error(info)
 
 
-_DYNAMIC: dict[type, type] = {}
+_DYNAMIC: dict[type, type[TaskError]] = {}
 
 
 def task_error(info: RemoteErrorInfo) -> TaskError:
@@ -184,7 +184,7 @@ def task_error(info: RemoteErrorInfo) -> TaskError:
     cls = _DYNAMIC.get(base)
     if cls is None:
         try:
-            cls = type(
+            made = type(
                 f"TaskError({base.__name__})",
                 (TaskError, base),
                 {"__module__": __name__, "__init__": TaskError.__init__,
@@ -192,7 +192,8 @@ def task_error(info: RemoteErrorInfo) -> TaskError:
             )
         except TypeError:  # e.g. an incompatible layout of a C exception type
             return TaskError(info)
-        _DYNAMIC[base] = cls
+        assert issubclass(made, TaskError)  # its first base
+        cls = _DYNAMIC[base] = made
     err = cls.__new__(cls)
     TaskError.__init__(err, info)
     if cause is not None:

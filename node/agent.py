@@ -175,7 +175,7 @@ class NodeAgent:
             if handle is None:
                 raise ConnectionError(f"unknown worker {hello.ident}")
             handle.link = link
-            link.on_close.append(lambda _l, h=handle: self._on_worker_link_lost(h))
+            link.on_close.append(lambda _l: self._on_worker_link_lost(handle))
         else:
             if hello.role == "driver":
                 self.drivers[link] = dict(hello.info)
@@ -270,10 +270,12 @@ class NodeAgent:
         """From the head: a node is dead. Drop the links to its agent and processes, and
         tell the drivers and workers of this node, which hold links of their own there."""
         for peer in self.server.links:
-            if peer.peer_node == msg.node_id or (peer.peer.role == "node"
-                                                 and peer.peer.ident == msg.node_id):
+            hello = peer.peer
+            assert isinstance(hello, P.Hello)  # the server's links: each dialled in with one
+            if peer.peer_node == msg.node_id or (hello.role == "node"
+                                                 and hello.ident == msg.node_id):
                 peer.abort(f"its node {msg.node_id[:12]} died: {msg.reason}")
-            elif peer.peer.role in ("driver", "worker"):
+            elif hello.role in ("driver", "worker"):
                 peer.send_if_open(msg)
         self.transfers.abort_links_to(msg.node_id, msg.reason)
 

@@ -8,6 +8,7 @@ carries out the instructions it returns on links and on the :class:`.workers.Wor
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from aray import _protocol as P
 from aray._link import CONTROL_TIMEOUT, Link
@@ -68,12 +69,15 @@ class Leasing:
 
     # --- instructions --------------------------------------------------------------------
     def _grant_lease(self, ins: E.GrantLease) -> None:
-        if ins.caller.closed:  # gone since it asked: the worker is free again
-            self.feed(E.LeaseReturned(ins.caller, ins.worker_id))
+        # the scheduler only compares callers (Hashable); the events this shell makes name
+        # each by its link
+        caller = cast(Link, ins.caller)
+        if caller.closed:  # gone since it asked: the worker is free again
+            self.feed(E.LeaseReturned(caller, ins.worker_id))
             return
         handle = self.workers.handles[ins.worker_id]
-        ins.caller.send(P.LeaseGranted(ins.req_id, ins.worker_id, handle.address, self.node_id,
-                                       ins.gpu_ids))
+        caller.send(P.LeaseGranted(ins.req_id, ins.worker_id, handle.address, self.node_id,
+                                   ins.gpu_ids))
 
     def _assign_job(self, ins: E.AssignJob) -> None:
         handle = self.workers.handles[ins.worker_id]

@@ -29,7 +29,7 @@ def list_log_files(logs_dir: str, pids: dict[str, int], alive: set[str]) -> list
     ``size``, ``alive`` and ``modified`` (seconds since the epoch), the most recently
     written first (at most MAX_FILES). ``pids`` maps worker ids to their pids (kept after a
     worker exits); ``alive`` holds the ids of running workers."""
-    out = []
+    out: list[dict] = []
     try:
         names = os.listdir(logs_dir)
     except FileNotFoundError:

@@ -153,6 +153,7 @@ class Transfers:
 
     async def _dial(self, address: str) -> Link:
         link = await connect(address, self._hello, name=f"node->{address}")
+        assert self.dispatch is not None  # the agent sets it before it serves anything
         link.on_message = self.dispatch
         self._spawn_task(link.run(), f"link {address}")
         return link

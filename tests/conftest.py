@@ -81,6 +81,15 @@ def descendants(pid: int) -> list[int]:
         return []
 
 
+def _timed_out(timeout: float, what, value) -> AssertionError:
+    return AssertionError(f"timed out after {timeout} s waiting for {what} (last value: "
+                          f"{value!r})")
+
+
+def _no_longer_true(what, value) -> AssertionError:
+    return AssertionError(f"no longer true: {what} (value: {value!r})")
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, message: str = ""):
     """Poll ``predicate()`` until it returns something truthy and return that; fail the test
     with ``message`` (and the last value seen) if ``timeout`` seconds pass first.
@@ -94,9 +103,7 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, message
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout} s waiting for {message or predicate!r} "
-                f"(last value: {value!r})")
+            raise _timed_out(timeout, message or predicate, value)
         time.sleep(interval)
 
 
@@ -111,7 +118,7 @@ def stays_true(predicate, duration: float, interval: float = 0.05, message: str 
     while True:
         value = predicate()
         if not value:
-            raise AssertionError(f"no longer true: {message or predicate!r} (value: {value!r})")
+            raise _no_longer_true(message or predicate, value)
         if time.monotonic() > deadline:
             return value
         time.sleep(interval)
@@ -136,9 +143,7 @@ async def async_wait_until(predicate, timeout: float = 10.0, interval: float = 0
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout} s waiting for {message or predicate!r} "
-                f"(last value: {value!r})")
+            raise _timed_out(timeout, message or predicate, value)
         await asyncio.sleep(interval)
 
 
@@ -153,7 +158,7 @@ async def async_stays_true(predicate, duration: float, interval: float = 0.05,
     while True:
         value = await _value(predicate)
         if not value:
-            raise AssertionError(f"no longer true: {message or predicate!r} (value: {value!r})")
+            raise _no_longer_true(message or predicate, value)
         if time.monotonic() > deadline:
             return value
         await asyncio.sleep(interval)

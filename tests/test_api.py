@@ -10,7 +10,7 @@ import aray.aio
 import aray.exceptions
 
 EXPECTED = {
-    "ActorClass", "ActorHandle", "ObjectRef", "ObjectRefGenerator", "RemoteFunction",
+    "ActorClass", "ActorHandle", "ActorProxy", "ObjectRef", "ObjectRefGenerator", "RemoteFunction",
     "RuntimeContext", "__version__", "aio", "as_completed", "available_resources", "cancel",
     "cluster_resources", "exceptions", "get", "get_actor", "get_gpu_ids", "get_runtime_context",
     "init", "is_initialized", "kill", "method", "nodes", "object_store_stats", "put", "remote",

@@ -50,6 +50,20 @@ def test_get_keeps_order_and_times_out():
     assert isinstance(info.value, TimeoutError)
 
 
+def test_get_of_a_list_raises_a_failure_without_waiting_for_the_rest():
+    slow = sleep_then.remote(60)
+    # (before: the get waited for the sleeper and timed out)
+    with pytest.raises(RuntimeError, match="broken"):
+        aray.get([slow, fail.remote("broken")], timeout=30)
+
+    async def main():
+        return await aray.aio.get([slow, fail.remote("broken too")], timeout=30)
+
+    with pytest.raises(RuntimeError, match="broken too"):
+        asyncio.run(main())
+    aray.cancel(slow, force=True)
+
+
 def test_wait_semantics():
     fast, slow = sleep_then.remote(0.0), sleep_then.remote(1.5)
     ready, not_ready = aray.wait([slow, fast], num_returns=1, timeout=5)

@@ -172,7 +172,7 @@ class Dashboard(LoginPages):
         self.app.router.add_get("/api/logs/{node_id}/{file}", self._api_log)
         self._runner: web.AppRunner | None = None
         self._web: GuardedServer | None = None
-        self._listener: asyncio.AbstractServer | None = None
+        self._listener: asyncio.Server | None = None
         self._refusals = RateLimitedLog(log)
         self._sockets: set[web.WebSocketResponse] = set()
         self.url = ""
@@ -223,6 +223,8 @@ class Dashboard(LoginPages):
                           "aray.init): an address or name of this machine.")
                 raise OSError(exc.errno, f"the dashboard cannot listen on {host}:{attempt}: "
                               f"{exc.strerror}. {advice}") from None
+        # a failed attempt goes on only to a next one (the last raises): here it listens
+        assert self._listener is not None
         bound = self._listener.sockets[0].getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{bound}"

@@ -25,8 +25,9 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from . import placement
@@ -37,11 +38,8 @@ log = logging.getLogger("aray.head")
 #: a caller waiting for an answer: (the caller, its request id)
 Waiter = tuple[Any, int]
 
-_event = dataclasses.dataclass(frozen=True)
-
-
 # --- events ------------------------------------------------------------------------------
-@_event
+@dataclass(frozen=True)
 class Registered:
     """A caller registered an actor (``get_if_exists``: or wants the live one of that name)."""
 
@@ -54,7 +52,7 @@ class Registered:
     waiter: Waiter
 
 
-@_event
+@dataclass(frozen=True)
 class Created:
     """The actor's creator sent what its node needs to start it (its ``spec``)."""
 
@@ -62,7 +60,7 @@ class Created:
     spec: dict
 
 
-@_event
+@dataclass(frozen=True)
 class Started:
     """The actor's constructor returned on ``node_id``'s worker ``worker_id``."""
 
@@ -73,7 +71,7 @@ class Started:
     pid: int
 
 
-@_event
+@dataclass(frozen=True)
 class StartFailed:
     """The actor's constructor raised (``error``: the pickled exception)."""
 
@@ -82,7 +80,7 @@ class StartFailed:
     error: bytes
 
 
-@_event
+@dataclass(frozen=True)
 class Died:
     """The actor's process is gone, for ``reason``."""
 
@@ -90,7 +88,7 @@ class Died:
     reason: str
 
 
-@_event
+@dataclass(frozen=True)
 class KillRequested:
     """``aray.kill()``: the caller is answered once the actor is down (dead or restarting)."""
 
@@ -99,7 +97,7 @@ class KillRequested:
     waiter: Waiter
 
 
-@_event
+@dataclass(frozen=True)
 class WaitRequested:
     """A caller waits until the actor is usable (alive) or gone (dead)."""
 
@@ -107,35 +105,35 @@ class WaitRequested:
     waiter: Waiter
 
 
-@_event
+@dataclass(frozen=True)
 class GraceOver:
     """The time an unknown actor's waiters wait for its registration is over."""
 
     actor_id: str
 
 
-@_event
+@dataclass(frozen=True)
 class CallerLeft:
     """A caller is gone: nobody waits for its answers any more."""
 
     caller: Any
 
 
-@_event
+@dataclass(frozen=True)
 class NodeJoined:
     """A node joined (it is in the node table already)."""
 
     node_id: str
 
 
-@_event
+@dataclass(frozen=True)
 class NodeDied:
     """A node died (it is marked dead in the node table already)."""
 
     node_id: str
 
 
-@_event
+@dataclass(frozen=True)
 class JobFinished:
     """A job's driver exited: its actors that are not detached end with it."""
 
@@ -143,7 +141,7 @@ class JobFinished:
 
 
 # --- instructions ------------------------------------------------------------------------
-@_event
+@dataclass(frozen=True)
 class Place:
     """Send the actor's ``spec`` to ``node_id``'s agent, which starts it (or queues it)."""
 
@@ -152,7 +150,7 @@ class Place:
     spec: dict
 
 
-@_event
+@dataclass(frozen=True)
 class Withdraw:
     """Tell ``node_id``'s agent to forget the actor it holds queued."""
 
@@ -160,7 +158,7 @@ class Withdraw:
     actor_id: str
 
 
-@_event
+@dataclass(frozen=True)
 class KillOnNode:
     """Tell ``node_id``'s agent to end the actor's process."""
 
@@ -169,7 +167,7 @@ class KillOnNode:
     no_restart: bool
 
 
-@_event
+@dataclass(frozen=True)
 class Reply:
     """Answer each of ``waiters`` with the actor's ``info`` (``{}``: no such actor)."""
 
@@ -177,7 +175,7 @@ class Reply:
     info: dict
 
 
-@_event
+@dataclass(frozen=True)
 class RegistrationAnswered:
     """Answer a registration: the actor's id, or an ``error`` saying why not."""
 
@@ -186,7 +184,7 @@ class RegistrationAnswered:
     error: str
 
 
-@_event
+@dataclass(frozen=True)
 class GiveUpLater:
     """Hand back :class:`GraceOver` for this actor after a while."""
 
@@ -211,7 +209,7 @@ class ActorLifecycle:
         self.nodes = nodes
         self._waiters: dict[str, list[Waiter]] = {}  # actor id -> WaitRequested callers
         self._kill_waiters: dict[str, list[Waiter]] = {}  # actor id -> KillRequested callers
-        self._handlers = {
+        self._handlers: dict[type, Callable[[Any, list], None]] = {
             Registered: self._registered, Created: self._created, Started: self._started,
             StartFailed: self._start_failed, Died: self._died,
             KillRequested: self._kill_requested, WaitRequested: self._wait_requested,
@@ -342,6 +340,7 @@ class ActorLifecycle:
 
     # --- decisions shared by the events --------------------------------------------------
     def _place(self, record: ActorRecord, out: list) -> None:
+        assert record.spec is not None  # only actors whose creator sent their spec are placed
         node_id = placement.choose_node(self.nodes.alive(), record.spec["placement"])
         if node_id is None:
             self._mark_dead(record, "no node is alive to run it", out)

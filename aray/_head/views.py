@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Reversible
+from typing import TYPE_CHECKING, Protocol
 
 from .. import _protocol as P
 from ..node.logs import MAX_OFFSET, MAX_READ
@@ -19,11 +20,39 @@ from .state import TASK_STATES
 
 if TYPE_CHECKING:
     from .server import Head
+    from .state import ActorTable, JobTable, NodeTable
 
 #: a node that does not answer within this many seconds is left out of a listing
 NODE_ANSWER_TIMEOUT = 5.0
 #: the most rows one page of the JSON API holds
 MAX_PAGE = 1000
+
+
+class Tasks(Protocol):
+    """What views read of the tasks: a :class:`~aray._head.state.TaskTable` or the
+    :class:`~aray._head.state.TaskRows` of a snapshot."""
+
+    def __len__(self) -> int: ...
+    def in_order(self) -> Reversible[dict]: ...
+    def rows(self, tasks=None) -> list[dict]: ...
+    def summary(self) -> dict: ...
+
+
+class Tables(Protocol):
+    """What the views of the head's tables read: the :class:`~aray._head.server.Head`
+    itself (on its loop) or a :class:`Snapshot` of it (on another thread). Read-only
+    properties, so that a table may be a plain attribute of either."""
+
+    @property
+    def local_node_id(self) -> str: ...
+    @property
+    def nodes(self) -> NodeTable: ...
+    @property
+    def jobs(self) -> JobTable: ...
+    @property
+    def actors(self) -> ActorTable: ...
+    @property
+    def tasks(self) -> Tasks: ...
 
 
 class Snapshot:
@@ -61,11 +90,11 @@ def page_of(rows: list, offset: int, limit: int, convert=list) -> dict:
     return page(convert(rows[offset:offset + limit]), offset, limit, len(rows))
 
 
-def nodes(head: Head) -> list[dict]:
+def nodes(head: Tables) -> list[dict]:
     return head.nodes.describe(head.local_node_id)
 
 
-def tasks(head: Head, *, state: str = "", name: str = "", job_id: str = "",
+def tasks(head: Tables, *, state: str = "", name: str = "", job_id: str = "",
           offset: int = 0, limit: int = 100) -> dict:
     """One page of tasks, newest first; ``name`` matches a part of the name. Only the page's
     rows are copied, so a page costs little even with 100,000 tasks in the table."""
@@ -83,17 +112,17 @@ def _submitted(task: dict) -> float:
     return task["submitted_at"]
 
 
-def actors(head: Head, *, state: str = "", offset: int = 0, limit: int = 100) -> dict:
+def actors(head: Tables, *, state: str = "", offset: int = 0, limit: int = 100) -> dict:
     matching = [r for r in reversed(head.actors.actors.values()) if not state or r.state == state]
     return page_of(matching, offset, limit,
                    lambda records: [r.describe(public=True) for r in records])
 
 
-def jobs(head: Head) -> list[dict]:
+def jobs(head: Tables) -> list[dict]:
     return [dict(job) for job in head.jobs.jobs.values()]
 
 
-def summary(head: Head) -> dict:
+def summary(head: Tables) -> dict:
     """Counts for the overview: nodes, jobs, actors and tasks by state, and the cluster's
     resources and object store use summed over its live nodes."""
     by_name = head.tasks.summary()
@@ -128,7 +157,7 @@ def summary(head: Head) -> dict:
     }
 
 
-def timeline(head: Head, seconds: float = 60.0, max_rows: int = 2000) -> dict:
+def timeline(head: Tables, seconds: float = 60.0, max_rows: int = 2000) -> dict:
     """Tasks that ran during the last ``seconds``: one row per task with its worker and its
     start and end (``None`` while it runs), the most recent ``max_rows`` of them."""
     now = time.time()
@@ -171,6 +200,7 @@ async def objects(head: Head) -> list[dict]:
     drivers = {job["driver_address"]: f"driver pid {job['driver_pid']}"
                for job in head.jobs.jobs.values() if job["driver_address"]}
     for node_id, reply in await _ask_nodes(head, lambda r: P.GetStoreStats(r)):
+        assert isinstance(reply, P.StoreStats)  # what an agent answers GetStoreStats with
         for obj in reply.objects:
             row = merged.setdefault(obj["object_id"], {
                 "object_id": obj["object_id"], "size": obj["size"], "owner": "", "nodes": [],
@@ -189,6 +219,7 @@ async def log_files(head: Head) -> list[dict]:
     """The worker log files of every live node, each with its ``node_id``."""
     out = []
     for node_id, reply in await _ask_nodes(head, lambda r: P.ListLogs(r)):
+        assert isinstance(reply, P.LogFiles)  # what an agent answers ListLogs with
         out += [dict(f, node_id=node_id) for f in reply.files]
     return out
 
