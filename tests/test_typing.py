@@ -1,5 +1,6 @@
 """Type checkers read aray's API as documented: pyright (standard mode) and mypy find no
-error in examples/typed.py and exactly the marked mistakes in tests/typing/bad_calls.py.
+error in examples/typed.py and exactly the marked mistakes in tests/typing/bad_calls.py;
+mypy finds no error in aray itself.
 
 (examples/typed.py itself runs in tests/test_docs.py, with the other examples.)
 """
@@ -73,3 +74,13 @@ def test_mypy_reports_exactly_the_mistakes(tmp_path):
     errors = mypy_errors(BAD, tmp_path)
     assert {line for line, _ in errors} == marked_lines(BAD), errors
     assert len(errors) == len(marked_lines(BAD)), errors
+
+
+def test_mypy_finds_no_error_in_aray_itself(tmp_path):
+    """aray's own code (with node/ and store/, through the package's symlinks) passes mypy
+    at its default settings."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path), "aray"],
+        capture_output=True, text=True, cwd=ROOT, timeout=280)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Success: no issues found" in proc.stdout
