@@ -8,6 +8,7 @@ a node, whose agent starts a dedicated worker and runs the constructor there. Me
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import os
 from collections.abc import Callable, Coroutine
@@ -24,6 +25,7 @@ from ._options import (
 )
 from ._portal import on_loop
 from ._refs import ObjectRef, new_task_id, return_id
+from ._signatures import checker, spec_of
 from ._tasks import FunctionDescriptor, serialize_args
 
 T = TypeVar("T")
@@ -59,8 +61,8 @@ class _MethodDecorator(Protocol):
     def __call__(self, fn: Callable[Concatenate[Any, P], R], /) -> RemoteMethod[P, R]: ...
 
 
-#: A handle as type checkers should see it to check calls method by method: annotate
-#: ``counter: ActorProxy[Counter] = CounterActor.remote()`` and mark the methods with
+#: A handle as type checkers should see it to check calls method by method: take the handle
+#: as a parameter ``counter: ActorProxy[Counter]`` and mark the methods with
 #: :func:`aray.method`; ``counter.add.remote(1)`` is then checked against ``add`` and gives
 #: an ``ObjectRef`` of its return type. (The name and the form are Ray's.)
 ActorProxy = Union["ActorHandle[T]", type[T]]
@@ -109,7 +111,9 @@ def method(*args: Any, **options: Any) -> Any:
     return decorate
 
 
-def _methods(cls: type) -> dict[str, Any]:
+def _methods(cls: type) -> dict[str, tuple[Any, bool]]:
+    """The methods of ``cls`` callable through a handle: name -> (function, whether its
+    first parameter is bound: ``self`` or ``cls``, not a static method's)."""
     found = {}
     for name in dir(cls):
         if name.startswith("__") and name != "__call__":
@@ -117,7 +121,7 @@ def _methods(cls: type) -> dict[str, Any]:
         member = inspect.getattr_static(cls, name, None)
         fn = member.__func__ if isinstance(member, (staticmethod, classmethod)) else member
         if inspect.isfunction(fn):
-            found[name] = fn
+            found[name] = (fn, not isinstance(member, staticmethod))
     return found
 
 
@@ -154,10 +158,13 @@ class ActorClass(Generic[T]):
         self.__module__ = cls.__module__
         methods = _methods(cls)
         self._is_async = any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
-                             for f in methods.values())
+                             for f, _ in methods.values())
+        # checked at the call site: the constructor here, the methods through the handles
+        self._check_init = checker(spec_of(cls), f"{cls.__name__}.remote")
+        self._signatures = {name: spec_of(fn, bound) for name, (fn, bound) in methods.items()}
         groups = self._options["concurrency_groups"] or {}
         self._method_options: dict[str, dict] = {}
-        for name, fn in methods.items():
+        for name, (fn, _) in methods.items():
             chosen = getattr(fn, "__aray_method__", {})
             opts = {**METHOD_OPTIONS, **chosen}
             if "num_returns" not in chosen and (inspect.isgeneratorfunction(fn)
@@ -173,6 +180,24 @@ class ActorClass(Generic[T]):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"actors cannot be created directly: use {self.__name__}.remote(...) "
                         f"instead of {self.__name__}(...)")
+
+    def __getattr__(self, name: str) -> Any:
+        # The class's own attributes through its name: inside a method, ``Counter.LIMIT``
+        # or ``Counter.helper()`` finds the decorated name, this object, as in Ray.
+        cls = self.__dict__.get("_cls")
+        if cls is None or (name.startswith("__") and name.endswith("__")):
+            raise AttributeError(name)  # (while unpickling, or a protocol lookup)
+        try:
+            value = getattr(cls, name)
+        except AttributeError:
+            raise AttributeError(f"actor class {cls.__name__} has no attribute {name!r}"
+                                 ) from None
+        if inspect.isfunction(value):
+            # a function of the class (a method, a static method) is handed out as a copy:
+            # were it the very object, pickle would find it at module.Cls.name and pickle
+            # the class's methods by reference, which workers cannot import
+            return functools.wraps(value)(functools.partial(value))
+        return value
 
     def options(self, **options: Any) -> ActorClass[T]:
         """A copy of this actor class with some options changed."""
@@ -193,6 +218,7 @@ class ActorClass(Generic[T]):
 
     def _meta(self) -> dict:
         return {"class_name": self.__name__, "methods": self._method_options,
+                "signatures": self._signatures,
                 "concurrency_groups": self._options["concurrency_groups"] or {},
                 "max_task_retries": int(self._options["max_task_retries"]),
                 "max_restarts": int(self._options["max_restarts"]),
@@ -202,6 +228,7 @@ class ActorClass(Generic[T]):
         """Create the actor (its constructor runs in a new worker); returns its handle."""
         core = _global.core()
         o = self._options
+        self._check_init(args, kwargs)
         blob, _ = self._descriptor.blob_and_id()
         args_blob, deps, held = serialize_args(args, kwargs, lambda: f"{self.__name__}.remote()")
         core.held_for_job.extend(held)  # a restarted actor runs its constructor again
@@ -265,6 +292,16 @@ class ActorHandle(Generic[T]):
     def __init__(self, actor_id: str, meta: dict) -> None:
         self._actor_id = actor_id
         self._meta = meta
+        self._checkers: dict[str, Callable[[tuple, dict], None]] = {}
+
+    def _check_call(self, method: str, args: tuple, kwargs: dict) -> None:
+        """Raise TypeError if the arguments do not bind to the method's signature."""
+        check = self._checkers.get(method)
+        if check is None:
+            spec = self._meta.get("signatures", {}).get(method)
+            where = f"{self._meta.get('class_name', 'actor')}.{method}.remote"
+            check = self._checkers[method] = checker(spec, where)
+        check(args, kwargs)
 
     @property
     def actor_id(self) -> str:
@@ -281,6 +318,10 @@ class ActorHandle(Generic[T]):
 
     def __reduce__(self):
         return ActorHandle, (self._actor_id, self._meta)
+
+    def __dir__(self) -> list[str]:
+        # the methods too, for the REPL's and the IDE's completion
+        return sorted({*super().__dir__(), *self.__dict__.get("_meta", {}).get("methods", {})})
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
@@ -317,6 +358,7 @@ class ActorMethod(Generic[P, R]):
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> ObjectRef[R]:
         """Call the method on the actor; returns its ObjectRef(s) (or a ref generator)."""
         core = _global.core()
+        self._handle._check_call(self._name, args, kwargs)
         meta = self._handle._meta
         args_blob, deps, held = serialize_args(
             args, kwargs, lambda: f"{meta.get('class_name')}.{self._name}.remote()")

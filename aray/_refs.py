@@ -141,6 +141,22 @@ class ObjectRef(Generic[T]):
         """
         return _global.core().waits.concurrent_future(self)
 
+    def as_future(self) -> asyncio.Future[T]:
+        """An asyncio future of the running loop, resolved with the value (or its error):
+        Ray's (deprecated) spelling of ``asyncio.wrap_future(ref.future())``. In aray the ref
+        itself is awaitable: ``await ref``. Cancelling the future leaves the task alone.
+
+        Examples:
+            >>> import asyncio, aray
+            >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+            >>> ref = aray.put(7)
+            >>> async def main():
+            ...     return await ref.as_future()
+            >>> asyncio.run(main())
+            7
+        """
+        return asyncio.wrap_future(self.future())
+
     # asyncio's future protocol, on the running loop's view of this ref ---------------
     def get_loop(self) -> asyncio.AbstractEventLoop:
         """The running loop: every loop has its own view of a ref (asyncio protocol)."""

@@ -26,6 +26,7 @@ from . import _protocol as P
 from ._link import Link
 from ._objects import INLINE_THRESHOLD, ObjectState
 from ._refs import ArgSlot, ObjectRef, collect_refs
+from ._signatures import checker, spec_of
 from .exceptions import TaskCancelledError, WorkerCrashedError, error_from_blob
 from .store._serialize import serialize
 
@@ -83,6 +84,14 @@ class FunctionDescriptor:
         self._lock = threading.Lock()
         self._blob: bytes | None = None
         self._id: bytes | None = None
+        self._check: Callable[[tuple, dict], None] | None = None
+
+    def check_args(self, args: tuple, kwargs: dict) -> None:
+        """Raise TypeError (naming the function) if the arguments do not bind to it."""
+        if self._check is None:  # (made once: every options() copy shares this descriptor)
+            name = getattr(self.fn, "__qualname__", "remote_function")
+            self._check = checker(spec_of(self.fn), f"{name}.remote")
+        self._check(args, kwargs)
 
     def blob_and_id(self) -> tuple[bytes, bytes]:
         if self._blob is None:

@@ -19,6 +19,12 @@
     ├── AraySystemError         aray itself failed in another process (carries its traceback)
     └── NotInitializedError     an operation needs ``aray.init()`` first (also a ``RuntimeError``)
 
+Code written for Ray finds its names here as the same classes: ``RayError`` is
+``ArayError``, ``RayTaskError`` is ``TaskError``, ``RayActorError`` is ``ActorError``,
+``RaySystemError`` is ``AraySystemError``; Ray's other errors exist too (``ActorUnavailableError``,
+``NodeDiedError``, ``TaskUnschedulableError``...), each under the aray error it is a case of,
+so ``except`` clauses written for Ray work. Those aray never raises say so.
+
 Examples:
     >>> import aray
     >>> issubclass(aray.exceptions.GetTimeoutError, TimeoutError)
@@ -67,6 +73,11 @@ class ActorError(ArayError):
 
 class ActorDiedError(ActorError):
     """The actor is dead; calls to it cannot run."""
+
+
+class ActorUnavailableError(ActorError):
+    """The actor cannot be reached for the moment but may be later (Ray's name; aray
+    raises :class:`ActorDiedError` or waits for the restart instead)."""
 
 
 class ObjectLostError(ArayError):
@@ -152,12 +163,24 @@ class TaskError(ArayError):
         """The task or method that raised."""
         return self.info.function
 
+    @property
+    def traceback_str(self) -> str:
+        """The remote traceback, as text (Ray's name)."""
+        return self.info.traceback
+
+    @property
+    def pid(self) -> int:
+        """The process the task ran in."""
+        return self.info.pid
+
     def __str__(self) -> str:
         i = self.info
         return (
             f"{i.type_name}: {i.message}\n\n"
             f"The above error was raised in {i.function} (node {i.node_id[:12]}, pid={i.pid}):\n"
-            f"{i.traceback.rstrip()}"
+            f"{i.traceback.rstrip()}\n\n"
+            f"(Catch it as {i.type_name}, or as aray.exceptions.TaskError and read its .cause"
+            f"{'' if i.cause is not None else ', None here: the exception did not pickle'}.)"
         )
 
     def __reduce__(self):
@@ -221,3 +244,92 @@ def error_from_blob(blob: bytes) -> BaseException:
             return info.cause
         return task_error(info)
     return info if isinstance(info, BaseException) else TaskError(info)
+
+
+# --- Ray's names -------------------------------------------------------------------------
+# The same classes under Ray's names, and Ray's other errors as cases of aray's, so that
+# code written for Ray (``except ray.exceptions.RayActorError``) runs unchanged.
+
+RayError = ArayError
+RayTaskError = TaskError
+RayActorError = ActorError
+RaySystemError = AraySystemError
+
+
+class NodeDiedError(ArayError):
+    """A node died (Ray's name; aray reports a dead node's work as
+    :class:`WorkerCrashedError`, :class:`ActorDiedError` or :class:`ObjectLostError`)."""
+
+
+class LocalRayletDiedError(NodeDiedError):
+    """This process's node died (Ray's name; aray raises ``ConnectionError`` then)."""
+
+
+class TaskUnschedulableError(ArayError):
+    """No node can ever run the task (Ray's name; aray warns and keeps it queued, since a
+    node with the resources may join)."""
+
+
+class ActorUnschedulableError(ActorError):
+    """No node can ever host the actor (Ray's name; aray warns and keeps it pending)."""
+
+
+class OutOfMemoryError(ArayError):
+    """A node ran low on memory and killed a worker (Ray's name; aray does not raise it)."""
+
+
+class OutOfDiskError(ObjectStoreFullError):
+    """The disk objects spill to is full (Ray's name; aray raises
+    :class:`ObjectStoreFullError`)."""
+
+
+class ObjectFetchTimedOutError(ObjectLostError):
+    """An object could not be fetched in time (Ray's name; aray raises
+    :class:`RequestTimeoutError`)."""
+
+
+class ObjectReconstructionFailedError(ObjectLostError):
+    """A lost object could not be rebuilt by running its task again (Ray's name)."""
+
+
+class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectReconstructionFailedError):
+    """Rebuilding a lost object used up its task's retries (Ray's name)."""
+
+
+class ObjectReconstructionFailedLineageEvictedError(ObjectReconstructionFailedError):
+    """A lost object's task is no longer known, so it cannot be rebuilt (Ray's name)."""
+
+
+class PendingCallsLimitExceeded(ActorError):
+    """Too many calls wait for an actor (Ray's name; aray queues them all)."""
+
+
+class RuntimeEnvSetupError(ArayError):
+    """A task's runtime environment could not be set up (Ray's name)."""
+
+
+class AsyncioActorExit(ArayError):
+    """An async actor ends itself (Ray's name, raised inside the actor)."""
+
+
+class UnserializableException(ArayError):
+    """A task raised an exception that cannot be pickled (Ray's name; aray raises a
+    :class:`TaskError` carrying its type name, message and traceback, ``cause`` None)."""
+
+
+class CrossLanguageError(ArayError):
+    """Ray's error for calls between languages; aray runs Python only."""
+
+
+class PlasmaObjectNotAvailable(ObjectLostError):
+    """Ray's error for an object missing from its store (aray raises
+    :class:`ObjectLostError`)."""
+
+
+class TaskPlacementGroupRemoved(ArayError):
+    """A task's placement group was removed (Ray's name; aray has no placement groups yet)."""
+
+
+class ActorPlacementGroupRemoved(ActorError):
+    """An actor's placement group was removed (Ray's name; aray has no placement groups
+    yet)."""

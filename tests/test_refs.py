@@ -100,6 +100,17 @@ def test_future_returns_a_concurrent_future():
         fail.remote("nope").future().result(timeout=10)
 
 
+def test_as_future_gives_an_asyncio_future_of_the_running_loop():
+    async def main():
+        fut = sleep_then.remote(0.05, 42).as_future()
+        assert isinstance(fut, asyncio.Future) and fut.get_loop() is asyncio.get_running_loop()
+        assert await fut == 42
+        with pytest.raises(RuntimeError, match="nope"):
+            await fail.remote("nope").as_future()
+
+    asyncio.run(main())
+
+
 def test_as_completed_in_finish_order():
     refs = [sleep_then.remote(t) for t in (0.6, 0.0, 0.3)]
     assert [aray.get(r) for r in aray.as_completed(refs)] == [0.0, 0.3, 0.6]

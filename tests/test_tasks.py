@@ -134,6 +134,51 @@ def test_errors_are_task_errors_and_instances_of_the_original_type():
     assert "boom" in text and "pid=" in text and "raise ValueError(msg)" in text
     again = pickle.loads(pickle.dumps(err))
     assert isinstance(again, ValueError) and isinstance(again, TaskError)
+    assert (again.function_name, again.traceback_str, again.pid) == (
+        err.function_name, err.traceback_str, err.pid)
+    assert "boom" in again.function_name and "raise ValueError(msg)" in again.traceback_str
+    assert isinstance(again.cause, ValueError) and again.cause.args == ("bad input",)
+    assert "Catch it as ValueError, or as aray.exceptions.TaskError" in text
+
+
+def test_an_exception_that_cannot_be_pickled_arrives_with_its_type_message_and_traceback():
+    class Unpicklable(Exception):  # (local: pickled by value with the task)
+        def __init__(self, msg):
+            super().__init__(msg)
+            self.lock = threading.Lock()
+
+    @aray.remote
+    def boom():
+        raise Unpicklable("holds a lock")
+
+    with pytest.raises(TaskError) as info:
+        aray.get(boom.remote())
+    err = info.value
+    assert err.cause is None
+    assert "Unpicklable" in str(err) and "holds a lock" in str(err)
+    assert 'raise Unpicklable("holds a lock")' in err.traceback_str
+    assert "did not pickle" in str(err)
+
+
+def test_errors_answer_to_rays_names():
+    ex = aray.exceptions
+    assert ex.RayError is ex.ArayError and ex.RayTaskError is ex.TaskError
+    assert ex.RayActorError is ex.ActorError and ex.RaySystemError is ex.AraySystemError
+    for name, base in [("ActorUnavailableError", ex.ActorError), ("NodeDiedError", ex.ArayError),
+                       ("TaskUnschedulableError", ex.ArayError),
+                       ("ObjectReconstructionFailedError", ex.ObjectLostError),
+                       ("OutOfDiskError", ex.ObjectStoreFullError),
+                       ("ObjectFetchTimedOutError", ex.ObjectLostError),
+                       ("OutOfMemoryError", ex.ArayError), ("RuntimeEnvSetupError", ex.ArayError),
+                       ("UnserializableException", ex.ArayError)]:
+        assert issubclass(getattr(ex, name), base), name
+
+    @aray.remote
+    def boom():
+        raise KeyError("k")
+
+    with pytest.raises(ex.RayTaskError):
+        aray.get(boom.remote())
 
 
 def test_nested_task_errors_keep_the_original_type():
@@ -147,6 +192,28 @@ def test_nested_task_errors_keep_the_original_type():
 
     with pytest.raises(ZeroDivisionError):
         aray.get(outer.remote())
+
+
+def test_arguments_that_do_not_bind_are_refused_at_the_call_site():
+    @aray.remote
+    def add(a, b):
+        return a + b
+
+    @aray.remote
+    def scale(x, *, factor=2):
+        return x * factor
+
+    for call, message in [(lambda: add.remote(1), "missing a required argument: 'b'"),
+                          (lambda: add.remote(1, 2, 3), "too many positional arguments"),
+                          (lambda: add.remote(1, c=2), "unexpected keyword argument 'c'"),
+                          (lambda: scale.options(num_cpus=0.5).remote(1, 3),
+                           "too many positional arguments")]:
+        with pytest.raises(TypeError, match=message) as info:
+            call()
+        assert ".remote()" in str(info.value)
+    assert aray.get([add.remote(1, b=2), scale.remote(2, factor=5)]) == [3, 10]
+    assert not [t for t in list_tasks() if t["name"] in ("add", "scale")
+                and t["state"] == "FAILED"]  # the refused calls never became tasks
 
 
 def test_num_returns():
