@@ -8,11 +8,15 @@ hint to ``await`` instead.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+#: how long a thread blocked in a call waits at a time before it checks for a cancel
+BLOCKED_WAIT_SLICE = 0.05
 
 
 class LoopThread:
@@ -62,9 +66,16 @@ def call(loop: asyncio.AbstractEventLoop, fn: Callable[..., Coroutine[Any, Any, 
         raise NotInitializedError("aray's event loop is closed: call aray.init() again")
     fut = asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), loop)
     try:
-        return fut.result()
+        while True:
+            # in slices: an exception raised into this thread (a cancel of the sync task
+            # blocked here, see _thread_cancel) lands only when Python code runs
+            try:
+                return fut.result(timeout=BLOCKED_WAIT_SLICE)
+            except concurrent.futures.TimeoutError:
+                if fut.done():
+                    raise  # the call's own TimeoutError (aray.get's GetTimeoutError)
     except BaseException:
-        fut.cancel()  # e.g. KeyboardInterrupt while blocked: stop the coroutine too
+        fut.cancel()  # e.g. KeyboardInterrupt or a cancel while blocked: stop it too
         raise
 
 

@@ -373,6 +373,39 @@ def test_cancel_running_queued_and_forced():
     assert aray.get(square.remote(5), timeout=30) == 25
 
 
+def test_a_cancel_interrupts_a_task_blocked_in_get_and_fails_every_dependent(tmp_path):
+    @aray.remote(num_cpus=0)
+    def sleeper():
+        time.sleep(60)
+
+    @aray.remote(num_cpus=0)
+    def waiter(boxed):
+        aray.get(boxed[0])  # blocked until the sleeper ends: 60 s
+
+    @aray.remote(num_cpus=0)
+    def plus_one(x, marker):
+        open(marker, "w").close()  # (never: its argument was cancelled)
+        return x + 1
+
+    slow = sleeper.remote()
+    blocked = waiter.remote([slow])
+    wait_until(lambda: task_state(blocked) == "RUNNING", 10, message="the waiter to start")
+    aray.cancel(blocked)  # not forced: raised inside the get it is blocked in
+    with pytest.raises(aray.exceptions.TaskCancelledError):
+        aray.get(blocked, timeout=30)  # (before: it waited for the sleeper, and timed out)
+
+    marker = str(tmp_path / "ran")
+    first = plus_one.remote(slow, marker)
+    chain = [first]
+    for _ in range(5):
+        chain.append(plus_one.remote(chain[-1], marker))
+    aray.cancel(slow, force=True)
+    for ref in [slow, *chain]:
+        with pytest.raises(aray.exceptions.TaskCancelledError):
+            aray.get(ref, timeout=30)
+    assert not os.path.exists(marker)
+
+
 def test_custom_resources_and_cluster_views():
     @aray.remote(resources={"Custom": 3})
     def needs_custom(x):
