@@ -60,7 +60,8 @@ class ActorCall:
 
 
 class _ActorQueue:
-    __slots__ = ("actor_id", "target", "link", "resolving", "dead", "pending", "in_flight")
+    __slots__ = ("actor_id", "target", "link", "resolving", "dead", "pending", "in_flight",
+                 "retiring")
 
     def __init__(self, actor_id: str) -> None:
         self.actor_id = actor_id
@@ -70,6 +71,7 @@ class _ActorQueue:
         self.dead: BaseException | None = None
         self.pending: deque[ActorCall] = deque()
         self.in_flight: dict[bytes, ActorCall] = {}
+        self.retiring = False  # every handle is gone: end the actor once its calls are done
 
 
 def actor_died_error(info: dict, actor_id: str) -> ActorDiedError:
@@ -112,6 +114,8 @@ class ActorCaller:
         self.queues: dict[str, _ActorQueue] = {}
         self._by_task: dict[bytes, _ActorQueue] = {}
         self._dead: dict[str, None] = {}  # ids of dead actors' queues, oldest first
+        # the lifetime objects of the actors this process made: object id -> actor id
+        self._lifetimes: dict[bytes, str] = {}
 
     def _queue(self, actor_id: str) -> _ActorQueue:
         q = self.queues.get(actor_id)
@@ -243,6 +247,32 @@ class ActorCaller:
             q.resolving = False
         self._pump(q)
 
+    # --- lifetimes -------------------------------------------------------------------------
+    def watch_lifetime(self, lifetime: bytes, actor_id: str) -> None:
+        """``lifetime`` is an object this process owns that every handle of the actor holds
+        (the handles in other processes as borrowers): once nothing holds it, the actor has
+        no handle left, and ends (as in Ray) after the calls made to it here."""
+        self._lifetimes[lifetime] = actor_id
+
+    def lifetime_ended(self, lifetime: bytes) -> None:
+        """The object table found ``lifetime`` unused (see :meth:`watch_lifetime`)."""
+        actor_id = self._lifetimes.pop(lifetime, None)
+        if actor_id is not None:
+            q = self._queue(actor_id)
+            q.retiring = True
+            self._retire_if_idle(q)
+
+    def _retire_if_idle(self, q: _ActorQueue) -> None:
+        if q.retiring and not q.pending and not q.in_flight and q.dead is None:
+            q.retiring = False
+            self.core.spawn(self._retire(q.actor_id), name=f"retire actor {q.actor_id}")
+
+    async def _retire(self, actor_id: str) -> None:
+        try:
+            await self.kill(actor_id, no_restart=True)
+        except (ConnectionError, OSError) as exc:  # the cluster is stopping: so is the actor
+            log.debug("could not end actor %s, whose handles are gone: %s", actor_id, exc)
+
     def link_running(self, task_id: bytes) -> Link | None:
         """The link to the actor running the call ``task_id``, if it was sent."""
         q = self._by_task.get(task_id)
@@ -261,6 +291,7 @@ class ActorCaller:
         else:
             self.core.ownership.finish_returns(call.return_ids, msg.results)
             self.core.streams.end(call.task_id, None)
+        self._retire_if_idle(q)
         return True
 
     def on_link_closed(self, link: Link) -> None:

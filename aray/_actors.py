@@ -258,7 +258,14 @@ class ActorClass(Generic[T]):
             # on aray's own loop we cannot block: a taken name fails the calls instead
         core.call_soon(lambda: core.spawn(core.actors.create(actor_id, register, spec, deps),
                                           name=f"create actor {actor_id}"))
-        return ActorHandle(actor_id, meta)
+        lifetime = None
+        if not o["name"] and o["lifetime"] != "detached":
+            # held by every handle, here and (borrowed) elsewhere: when it is unused, no
+            # handle is left and the actor ends. (A named actor can be looked up by name,
+            # so it lives until killed or its job ends; a detached one until killed.)
+            lifetime = core.ownership.put(None)
+            core.call_soon(core.actors.watch_lifetime, lifetime._id, actor_id)
+        return ActorHandle(actor_id, meta, lifetime)
 
     def __repr__(self) -> str:
         return f"<aray.ActorClass {self.__name__}>"
@@ -289,9 +296,11 @@ class ActorHandle(Generic[T]):
         ['task 0', 'task 1', 'task 2']
     """
 
-    def __init__(self, actor_id: str, meta: dict) -> None:
+    def __init__(self, actor_id: str, meta: dict,
+                 lifetime: ObjectRef[None] | None = None) -> None:
         self._actor_id = actor_id
         self._meta = meta
+        self._lifetime = lifetime  # (see ActorClass.remote)
         self._checkers: dict[str, Callable[[tuple, dict], None]] = {}
 
     def _check_call(self, method: str, args: tuple, kwargs: dict) -> None:
@@ -317,7 +326,7 @@ class ActorHandle(Generic[T]):
             f"{name!r}")
 
     def __reduce__(self):
-        return ActorHandle, (self._actor_id, self._meta)
+        return ActorHandle, (self._actor_id, self._meta, self._lifetime)
 
     def __dir__(self) -> list[str]:
         # the methods too, for the REPL's and the IDE's completion

@@ -136,6 +136,7 @@ class Core:
         """An entry nobody uses any more: what the fetcher and the lineage know of it goes."""
         self.fetcher.forget(entry.oid)
         self.tasks.lineage.pop(entry.oid, None)
+        self.actors.lifetime_ended(entry.oid)
 
     # --- lifecycle -----------------------------------------------------------------------
     def spawn(self, coro, name: str = "") -> asyncio.Task:

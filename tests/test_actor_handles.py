@@ -1,8 +1,13 @@
-"""What a Ray user expects of actor classes and handles at the call site: arguments checked
+"""What a Ray user expects of actor classes and handles: arguments checked at the call site
 before anything is submitted, the class's own attributes through its name, methods listed
-by ``dir``."""
+by ``dir``, and an actor that ends when its last handle is gone."""
 
+import os
+import time
+
+import psutil
 import pytest
+from conftest import stays_true, wait_until
 
 import aray
 
@@ -72,3 +77,43 @@ def test_dir_of_a_handle_lists_its_methods():
     names = dir(Limited.remote(0))
     assert {"add", "clamp", "limit"} <= set(names)
     assert "actor_id" in names
+
+
+@aray.remote(num_cpus=0)
+class Pid:
+    def pid(self):
+        return os.getpid()
+
+
+def test_an_actor_whose_handles_are_all_gone_exits(tmp_path):
+    actor = Pid.remote()
+    pid = aray.get(actor.pid.remote())
+    del actor
+    wait_until(lambda: not psutil.pid_exists(pid), 30, message="the actor's process to exit")
+
+    # a handle that another process holds keeps the actor, until that one lets go too
+    @aray.remote(num_cpus=0)
+    def hold(boxed, release):
+        while not os.path.exists(release):
+            time.sleep(0.02)
+        return aray.get(boxed[0].pid.remote())
+
+    actor = Pid.remote()
+    pid = aray.get(actor.pid.remote())
+    release = str(tmp_path / "release")
+    held = hold.remote([actor], release)
+    del actor
+    stays_true(lambda: psutil.pid_exists(pid), 1.0, message="the borrowed handle keeps it")
+    open(release, "w").close()
+    assert aray.get(held, timeout=30) == pid
+    wait_until(lambda: not psutil.pid_exists(pid), 30, message="the actor's process to exit")
+
+
+def test_named_and_detached_actors_outlive_their_handles():
+    named = Pid.options(name="keeps-on").remote()
+    pid = aray.get(named.pid.remote())
+    del named
+    stays_true(lambda: psutil.pid_exists(pid), 1.0, message="a named actor stays")
+    again = aray.get_actor("keeps-on")
+    assert aray.get(again.pid.remote()) == pid
+    aray.kill(again)
