@@ -49,7 +49,7 @@ from ._runtime_context import RuntimeContext
 from ._streams import ObjectRefGenerator
 
 # isort: split
-from . import util  # noqa: E402  (after the API it builds on, as in Ray: aray.util.ActorPool)
+from . import actor, util  # noqa: E402  (after the API it builds on, as in Ray: aray.util.ActorPool)
 
 __version__ = "0.1.0"
 
@@ -62,6 +62,7 @@ __all__ = [
     "RemoteFunction",
     "RuntimeContext",
     "__version__",
+    "actor",
     "aio",
     "as_completed",
     "available_resources",

@@ -157,8 +157,9 @@ class ActorClass(Generic[T]):
         self.__doc__ = cls.__doc__
         self.__module__ = cls.__module__
         methods = _methods(cls)
-        self._is_async = any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
-                             for f, _ in methods.values())
+        self._is_async = inspect.iscoroutinefunction(getattr(cls, "__init__", None)) or any(
+            inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
+            for f, _ in methods.values())
         # checked at the call site: the constructor here, the methods through the handles
         self._check_init = checker(spec_of(cls), f"{cls.__name__}.remote")
         self._signatures = {name: spec_of(fn, bound) for name, (fn, bound) in methods.items()}
@@ -271,6 +272,11 @@ class ActorClass(Generic[T]):
         return f"<aray.ActorClass {self.__name__}>"
 
 
+#: methods every actor has: ``__ray_ready__`` (True once the constructor ran) and
+#: ``__ray_terminate__`` (the actor ends after the calls made before it)
+_BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__")
+
+
 class ActorHandle(Generic[T]):
     """A reference to a live actor: call its methods with ``handle.method.remote(...)``.
 
@@ -321,6 +327,8 @@ class ActorHandle(Generic[T]):
         methods = self.__dict__.get("_meta", {}).get("methods", {})
         if name in methods:
             return ActorMethod(self, name, methods[name])
+        if name in _BUILTIN_METHODS:  # every actor has them, as in Ray
+            return ActorMethod(self, name, dict(METHOD_OPTIONS))
         raise AttributeError(
             f"actor {self.__dict__.get('_meta', {}).get('class_name', '?')} has no method "
             f"{name!r}")

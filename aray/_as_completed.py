@@ -74,6 +74,25 @@ class as_completed:
             except queue.Empty:
                 raise self._timed_out(left) from None
 
+    def _batches(self, size: int, timeout: float | None) -> Iterator[list[ObjectRef]]:
+        """The refs in batches, as a loop of ``wait(num_returns=size, timeout=timeout)``
+        gives them (what Ray's ``ray.util.as_completed`` does), at O(1) a ref: a batch is
+        ``size`` refs once they are ready (fewer at the end), or those ready when
+        ``timeout`` passes (maybe none: the next batch waits again), in the input order."""
+        core = _global.core()
+        if on_loop(core.loop):
+            raise RuntimeError("aray.util.as_completed blocks, and it was called on the event "
+                               "loop that runs aray; use `async for ref in "
+                               "aray.as_completed(refs)` here")
+        ready: queue.SimpleQueue[ObjectRef] = queue.SimpleQueue()
+        self._register(ready.put)
+        order = {ref: i for i, ref in enumerate(self._refs)}
+        left = len(self._refs)
+        while left:
+            batch = _take_batch(ready, min(size, left), timeout)
+            left -= len(batch)
+            yield sorted(batch, key=order.__getitem__)
+
     async def __aiter__(self) -> AsyncIterator[ObjectRef]:
         core = _global.core()
         loop = asyncio.get_running_loop()
@@ -95,6 +114,19 @@ class as_completed:
                     yield await asyncio.wait_for(ready.get(), remaining)
             except TimeoutError:
                 raise self._timed_out(left) from None
+
+
+def _take_batch(ready: queue.SimpleQueue, size: int, timeout: float | None) -> list:
+    """Up to ``size`` items of ``ready``: ``size`` of them, or what came within ``timeout``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    batch: list = []
+    while len(batch) < size:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            batch.append(ready.get(timeout=remaining))
+        except queue.Empty:
+            break  # the batch is what came in time, as wait() with a timeout answers
+    return batch
 
 
 def _deliver(deliver: Callable[[ObjectRef], None], ref: ObjectRef, _entry: object) -> None:

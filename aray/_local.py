@@ -320,10 +320,13 @@ def prune_sessions(keep: int) -> None:
 
 
 def read_cluster(session_dir: str) -> dict:
-    """The addresses and token of the daemon cluster whose session this is, from its
-    ``cluster.json`` and ``token`` files (refused unless private, see :func:`check_private`).
+    """The addresses and token of the cluster whose session this is, from its
+    ``cluster.json`` and (``aray start``) ``token`` files, refused unless private (see
+    :func:`check_private`). ``daemon`` is False for the cluster of one program
+    (``aray.init()``), whose token is in its ``cluster.json``.
 
-    Raises FileNotFoundError for a session without a daemon node.
+    Raises FileNotFoundError for a session without a running node, or one that began
+    before nodes of ``aray.init()`` wrote their ``cluster.json``.
 
     Example:
         >>> read_cluster(new_session_dir())
@@ -332,8 +335,26 @@ def read_cluster(session_dir: str) -> dict:
         FileNotFoundError: [Errno 2] No such file or directory: '.../cluster.json'
     """
     info = json.loads(read_private(os.path.join(session_dir, "cluster.json"), "cluster file"))
-    info["token"] = read_private(os.path.join(session_dir, "token"), "token file").strip()
+    if not info.get("token"):  # a program's own cluster keeps it in cluster.json
+        info["token"] = read_private(os.path.join(session_dir, "token"), "token file").strip()
     return info
+
+
+def _live_nodes() -> list[dict]:
+    """The nodes of this machine whose node process is alive, as :func:`read_cluster`
+    reads them, oldest session first."""
+    found = []
+    for path in session_dirs():
+        try:
+            info = read_cluster(path)
+            alive = pid_alive(int(info["pid"]))
+        except FileNotFoundError:
+            continue  # a node that stopped, or one still starting
+        except (ValueError, KeyError, TypeError):
+            continue  # a file cut short by a node killed while writing it
+        if alive:
+            found.append(info)
+    return found
 
 
 def running_clusters() -> list[dict]:
@@ -343,18 +364,20 @@ def running_clusters() -> list[dict]:
         >>> isinstance(running_clusters(), list)
         True
     """
-    found = []
-    for path in session_dirs():
-        try:
-            info = read_cluster(path)
-            alive = pid_alive(int(info["pid"]))
-        except FileNotFoundError:
-            continue  # a session of aray.init(), or of a node that stopped
-        except (ValueError, KeyError, TypeError):
-            continue
-        if alive:
-            found.append(info)
-    return found
+    return [info for info in _live_nodes() if info.get("daemon", True)]
+
+
+def program_clusters() -> list[dict]:
+    """The clusters that programs of this machine started for themselves with
+    ``aray.init()`` and that still run, oldest first; each says its program's pid
+    (``driver_pid``).
+
+    Example:
+        >>> all(not c["daemon"] for c in program_clusters())
+        True
+    """
+    programs = [info for info in _live_nodes() if not info.get("daemon", True)]
+    return sorted(programs, key=lambda c: (c.get("started_at", 0), c["session_dir"]))
 
 
 def login_url(dashboard_url: str, token: str) -> str:
@@ -370,8 +393,11 @@ def login_url(dashboard_url: str, token: str) -> str:
 def find_cluster(address: str | None) -> dict:
     """The running cluster for ``address`` ("auto"/None: the latest; "host:port": by head).
 
-    Raises ConnectionError with what to do when there is none on this machine.
+    Raises ConnectionError with what to do when there is none on this machine, and
+    ValueError for a Ray Client address (``ray://``).
     """
+    if address is not None and address.startswith("ray://"):
+        raise ray_client_address_error(address)
     clusters = running_clusters()
     if address in (None, "auto"):
         if not clusters:
@@ -394,6 +420,128 @@ def find_cluster(address: str | None) -> dict:
     raise ConnectionError(
         f"no aray cluster at {address} runs on this machine. Check the address, or start a "
         f"head there with `aray start --head --port {port}`.")
+
+
+def ray_client_address_error(address: str) -> ValueError:
+    """The error for a Ray Client address (``ray://HOST:PORT``): what to write instead.
+
+    Example:
+        >>> print(ray_client_address_error("ray://10.0.0.5:10001"))  # doctest: +ELLIPSIS
+        'ray://10.0.0.5:10001' is a Ray Client address. aray's client mode ... \
+aray.init(address="aray://10.0.0.5:6379", token=...)...
+    """
+    from ._link import parse_address
+
+    _, host, port = parse_address(address)
+    # Ray Client listens on a port of its own (10001); aray's clients use the head's
+    port = 6379 if port == 10001 else port
+    return ValueError(
+        f"{address!r} is a Ray Client address. aray's client mode takes aray://HOST:PORT, "
+        "where PORT is the head's own port (the one `aray start --head --port` opened, 6379 "
+        "by default: aray has no separate client port like Ray's 10001), and the cluster's "
+        f'token: aray.init(address="aray://{host}:{port}", token=...), or set ARAY_TOKEN '
+        "instead of passing token=. See docs/cluster.md, section Client mode.")
+
+
+def _cluster_key(info: dict) -> str:
+    """What the nodes of one cluster share: the head's TCP address (a program's own
+    cluster has none, and is a cluster by itself)."""
+    return info.get("head_tcp") or info["session_dir"]
+
+
+def _describe(info: dict) -> str:
+    if not info.get("daemon", True):
+        return (f"the cluster of the program with pid {info.get('driver_pid', '?')} (session "
+                f"{info['session_dir']})")
+    address = (info.get("head_tcp") or "").split("://", 1)[-1]
+    return f"the cluster of `aray start` at {address} (session {info['session_dir']})"
+
+
+def newest_local_cluster() -> tuple[dict, str]:
+    """The cluster a command such as ``aray status`` asks when given no address: the one
+    ``aray start`` started (as ``address="auto"`` finds it), else the newest one a
+    program started for itself with ``aray.init()``. Also returns a note that says which
+    was chosen and which others run, when there are others ("" when there are none).
+
+    Raises ConnectionError, saying what to do, when no cluster runs on this machine.
+
+    Example:
+        >>> import aray
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> info, note = newest_local_cluster()
+        >>> sorted(k for k in info if k in ("head_address", "node_address", "token"))
+        ['head_address', 'node_address', 'token']
+    """
+    daemons, programs = running_clusters(), program_clusters()
+    if daemons:
+        chosen = find_cluster("auto")
+    elif programs:
+        chosen = programs[-1]
+    else:
+        raise ConnectionError(
+            "no aray cluster runs on this machine: neither one that `aray start --head` "
+            "started nor one that a program started with aray.init() (under the session root "
+            f"{session_root()}; set ARAY_SESSION_ROOT as that program has it). For a cluster "
+            "elsewhere, pass --address HOST:PORT and --token.")
+    others: dict[str, dict] = {}
+    for info in daemons + programs:
+        if _cluster_key(info) != _cluster_key(chosen):
+            others.setdefault(_cluster_key(info), info)
+    if not others:
+        return chosen, ""
+    return chosen, (
+        f"{len(others) + 1} aray clusters run on this machine; this is "
+        f"{_describe(chosen)}. The others: "
+        + "; ".join(_describe(info) for info in others.values())
+        + ". Choose one with --address HOST:PORT (a cluster of `aray start`) or --address "
+        "SESSION_DIR (any).")
+
+
+def reach_cluster(address: str | None, token: str | None = None) -> dict:
+    """Where a command-line tool finds the cluster it asks, and with which token.
+
+    ``address`` None or "auto": :func:`newest_local_cluster`; a session directory: the
+    cluster whose node runs there; "HOST:PORT": the cluster of the head there, through
+    this machine's session if it runs here, else over TCP (a token is needed then).
+    ``token`` given wins; else the session's own; else ``$ARAY_TOKEN``. Returns the
+    node's fields (``head_address``, ``node_address``: "" when the cluster has no node
+    here...), with ``token`` and ``note`` (see :func:`newest_local_cluster`).
+
+    Example:
+        >>> reach_cluster("10.0.0.5:6379", "secret")["head_address"]
+        'tcp://10.0.0.5:6379'
+    """
+    if address in (None, "", "auto"):
+        info, note = newest_local_cluster()
+    elif os.path.isdir(address):
+        try:
+            info, note = read_cluster(address.rstrip("/")), ""
+            alive = pid_alive(int(info["pid"]))
+        except FileNotFoundError:
+            alive = False
+        if not alive:
+            raise ConnectionError(f"no aray cluster runs in the session {address}: its node "
+                                  "has stopped (its logs are there)")
+    else:
+        try:
+            info, note = find_cluster(address), ""
+        except ConnectionError:
+            return _remote_cluster(address, token)
+    return {**info, "token": token or info["token"], "note": note}
+
+
+def _remote_cluster(address: str, token: str | None) -> dict:
+    """A head that runs on no node of this machine: dialled over TCP, with a token."""
+    from ._link import parse_address
+
+    _, host, port = parse_address(address)
+    token = token or os.environ.get("ARAY_TOKEN")
+    if not token:
+        raise ValueError(f"no token for the cluster at {address}, which runs on no node of this "
+                         "machine: pass --token or set ARAY_TOKEN (`aray start --head` wrote it "
+                         "in the token file of its session directory)")
+    return {"head_address": f"tcp://{host}:{port}", "node_address": "", "token": token,
+            "note": "", "session_dir": "", "dashboard_url": "", "daemon": True}
 
 
 #: in a node's store directory: the node's pid, so a store left by a killed node is found
@@ -554,13 +702,25 @@ async def _run_node(config: dict) -> None:
         except (OSError, ConnectionError, ValueError) as exc:
             os.write(1, (json.dumps({"error": str(exc)}) + "\n").encode())
             return
-        if config.get("daemon"):
-            _write_private(os.path.join(config["session_dir"], "cluster.json"), json.dumps(ready))
+        _write_private(os.path.join(config["session_dir"], "cluster.json"),
+                       json.dumps(_cluster_record(config, ready)))
         os.write(1, (json.dumps(ready) + "\n").encode())
         _detach_stdout(config["session_dir"])
         await node.wait_for_end(stop)
     finally:
         await node.aclose()
+
+
+def _cluster_record(config: dict, ready: dict) -> dict:
+    """What a running node writes in its session's ``cluster.json`` (mode 0600), for the
+    command line and ``address="auto"`` to find it. A program's own node (``aray.init()``)
+    writes its cluster's token there too, since no ``aray start`` wrote a token file, and
+    its program's pid: ``aray status`` and the other commands reach it that way."""
+    daemon = bool(config.get("daemon"))
+    record = {**ready, "daemon": daemon, "started_at": time.time()}
+    if not daemon:
+        record.update(token=config["token"], driver_pid=os.getppid())
+    return record
 
 
 class _NodeProcess:

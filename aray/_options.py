@@ -6,6 +6,7 @@ comes out as plain Python values (numpy numbers would not travel in aray's messa
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 import numbers
@@ -96,10 +97,8 @@ def validate_task_options(options: dict) -> dict:
     as plain ints and floats."""
     out = {}
     for key, value in options.items():
-        if key not in TASK_OPTIONS:
-            raise ValueError(
-                f"invalid option {key!r} for a remote function; valid options are: "
-                + ", ".join(sorted(TASK_OPTIONS)))
+        if not known_option(key, value, "task"):
+            continue
         if key in ("num_cpus", "num_gpus", "memory"):
             value = _number(key, value)
             if key == "num_gpus" and value > 1 and int(value) != value:
@@ -155,9 +154,8 @@ def validate_actor_options(options: dict) -> dict:
     """Check an actor's options; returns them with numbers as plain ints and floats."""
     out: dict[str, Any] = {}
     for key, value in options.items():
-        if key not in ACTOR_OPTIONS:
-            raise ValueError(f"invalid option {key!r} for an actor; valid options are: "
-                             + ", ".join(sorted(ACTOR_OPTIONS)))
+        if not known_option(key, value, "actor"):
+            continue
         if value is None and ACTOR_OPTIONS[key] is None:
             out[key] = value
             continue
@@ -189,9 +187,8 @@ def validate_method_options(options: dict) -> dict:
     """Check an actor method's options; returns them with plain numbers."""
     out = {}
     for key, value in options.items():
-        if key not in METHOD_OPTIONS:
-            raise ValueError(f"invalid option {key!r} for an actor method; valid options are: "
-                             + ", ".join(sorted(METHOD_OPTIONS)))
+        if not known_option(key, value, "method"):
+            continue
         if key == "num_returns":
             value = check_num_returns(value)
         elif key == "concurrency_group" and value is not None:
@@ -201,9 +198,119 @@ def validate_method_options(options: dict) -> dict:
 
 
 def validate_options_for_any(options: dict) -> None:
-    """Options are checked again for the kind of object they decorate."""
+    """Refuse the names that are options of neither tasks nor actors, in aray or in Ray,
+    before ``@aray.remote(...)`` knows what it decorates; the options are checked again
+    for the kind of object they decorate."""
     allowed = set(TASK_OPTIONS) | set(ACTOR_OPTIONS)
-    unknown = [k for k in options if k not in allowed]
-    if unknown:
-        raise ValueError(f"invalid option {unknown[0]!r} for @aray.remote; valid options are: "
-                         + ", ".join(sorted(allowed)))
+    for key in options:
+        if key not in allowed and not _NOT_YET.get(key, ((),))[0]:
+            raise ValueError(_unknown(key, "@aray.remote", sorted(allowed), sorted(_NOT_YET)))
+
+
+#: Ray's options of tasks, actors and actor methods that aray does not have yet: the kinds
+#: Ray takes each for, and what to do instead in aray (docs/migrating.md, "Not in aray yet")
+_NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
+    "runtime_env": (("task", "actor"), "workers run in their node's Python environment and "
+                    "import the driver's own modules from its working directory; install "
+                    "other packages on every node, and set environment variables there"),
+    "scheduling_strategy": (("task", "actor"), "aray places work by resources only: to keep "
+                            "work on some nodes, give them a custom resource (`aray start "
+                            "--resources '{\"dataset\": 1}'`) and ask for a little of it "
+                            "(resources={\"dataset\": 0.01})"),
+    "placement_group": (("task", "actor"), "aray has no placement groups yet: ask for custom "
+                        "resources to keep work together on a node"),
+    "placement_group_bundle_index": (("task", "actor"), "aray has no placement groups yet"),
+    "placement_group_capture_child_tasks": (("task", "actor"),
+                                            "aray has no placement groups yet"),
+    "accelerator_type": (("task", "actor"), "start the nodes that have that accelerator with "
+                         "a custom resource named for it, and ask for that resource"),
+    "label_selector": (("task", "actor"), "aray's nodes have no labels: give them custom "
+                       "resources and ask for those"),
+    "fallback_strategy": (("task", "actor"), "aray's nodes have no labels: give them custom "
+                          "resources and ask for those"),
+    "_labels": (("task", "actor"), "aray's nodes have no labels"),
+    "_metadata": (("task", "actor"), "it carries settings of Ray's libraries, which aray "
+                  "does not have"),
+    "enable_task_events": (("task", "actor", "method"), "aray records every task and call "
+                           "in its task table (`aray list tasks`)"),
+    "object_store_memory": (("task", "actor"), "it reserves nothing in Ray either (deprecated "
+                            "for actors, refused for tasks): leave it out"),
+    "max_calls": (("task",), "a worker runs any number of tasks of its job; to free memory a "
+                  "task leaves behind, run it in an actor and kill the actor"),
+    "_generator_backpressure_num_objects": (("task", "method"), "a streaming generator sends "
+                                            "each item as it is yielded"),
+    "max_pending_calls": (("actor",), "calls queue without a limit"),
+    "allow_out_of_order_execution": (("actor",), "calls from one caller start in the order "
+                                     "they were made; threaded and async actors run up to "
+                                     "max_concurrency of them at once"),
+    "enable_tensor_transport": (("actor",), "objects travel through the object store"),
+    "tensor_transport": (("method",), "objects travel through the object store"),
+    "max_task_retries": (("method",), "give max_task_retries to the actor class "
+                         "(@aray.remote(max_restarts=..., max_task_retries=...))"),
+    "retry_exceptions": (("method",), "a method that raises is not run again"),
+    "name": (("method",), "each call is listed as Class.method in `aray list tasks`"),
+}
+
+#: the values of those options that ask for what aray does anyway (Ray's defaults): they are
+#: accepted, and dropped, so that code that spells out a default runs unchanged
+_DEFAULTS: dict[str, tuple[Any, ...]] = {
+    "runtime_env": (None, {}), "scheduling_strategy": (None, "DEFAULT"),
+    "placement_group": (None, "default"), "placement_group_bundle_index": (-1,),
+    "placement_group_capture_child_tasks": (None, False), "accelerator_type": (None,),
+    "label_selector": (None, {}), "fallback_strategy": (None, []), "_labels": (None, {}),
+    "_metadata": (None, {}), "enable_task_events": (None, True),
+    "object_store_memory": (None,), "max_calls": (None, 0),
+    "_generator_backpressure_num_objects": (None, -1), "max_pending_calls": (None, -1),
+    "allow_out_of_order_execution": (None, False), "enable_tensor_transport": (None, False),
+    "tensor_transport": (None,), "max_task_retries": (None,),
+    "retry_exceptions": (None,), "name": (None,),
+}
+
+_KINDS: dict[str, tuple[str, str, dict]] = {
+    "task": ("a remote function", "remote functions", TASK_OPTIONS),
+    "actor": ("an actor", "actors", ACTOR_OPTIONS),
+    "method": ("an actor method", "actor methods", METHOD_OPTIONS),
+}
+
+
+def known_option(key: str, value: Any, kind: str) -> bool:
+    """Whether ``key`` is an option of ``kind`` ("task", "actor" or "method") to check and
+    keep. False for an option of Ray's that aray does not have, given its default value
+    (dropped); a ValueError for one given any other value, saying it is not supported yet,
+    and for a name that is no option of ``kind``, with the closest one.
+
+    Examples:
+        >>> known_option("num_cpus", 2, "task"), known_option("runtime_env", None, "task")
+        (True, False)
+        >>> known_option("runtime_env", {"pip": ["requests"]}, "task")
+        Traceback (most recent call last):
+        ...
+        ValueError: runtime_env is not supported by aray yet: workers run in their node's ...
+        >>> known_option("num_cpu", 2, "task")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown option 'num_cpu' for a remote function (did you mean 'num_cpus'?)...
+    """
+    what, plural, options = _KINDS[kind]
+    if key in options:
+        return True
+    kinds, instead = _NOT_YET.get(key, ((), ""))
+    if kind in kinds:
+        if any(type(value) is type(d) and value == d for d in _DEFAULTS[key]):
+            return False
+        raise ValueError(f"{key} is not supported by aray yet: {instead}. See \"Not in aray "
+                         "yet\" in docs/migrating.md for what aray has instead.")
+    others = [_KINDS[k][1] for k in _KINDS if k != kind and (key in _KINDS[k][2] or k in kinds)]
+    if others:
+        raise ValueError(f"{key} is an option of {' and of '.join(others)}, not of {plural}")
+    raise ValueError(_unknown(key, what, sorted(options),
+                              [k for k, (ks, _) in _NOT_YET.items() if kind in ks]))
+
+
+def _unknown(key: str, what: str, valid: list[str], not_yet: list[str]) -> str:
+    """An unknown option's error: the closest name (a typo is the usual cause), among
+    aray's options and Ray's that aray lacks, and aray's options."""
+    close = difflib.get_close_matches(key, valid + not_yet, n=1)
+    guess = f" (did you mean {close[0]!r}?)" if close else ""
+    return (f"unknown option {key!r} for {what}{guess}; the options are: {', '.join(valid)}. "
+            "Ray's options that aray does not have yet are listed in docs/migrating.md.")

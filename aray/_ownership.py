@@ -56,6 +56,10 @@ class Ownership:
     def __init__(self, host: OwnerHost, objects: ObjectTable, borrowers: Borrowers,
                  store: ShmDirectory, forget: Callable[[ObjectEntry], None]) -> None:
         self.host = host
+        # fixed for the life of the process, and read on every put and every ref: kept here
+        self.address = host.address
+        self._client = host.client
+        self._call_soon = host.call_soon
         self.objects = objects
         self.borrowers = borrowers
         self.store = store
@@ -65,7 +69,7 @@ class Ownership:
     def entry_for(self, ref: ObjectRef) -> ObjectEntry:
         """The entry for ``ref``; a borrowed ref gets one that asks its owner."""
         entry = self.objects.entries.get(ref._id)
-        if entry is None and (ref._owner == self.host.address or not ref._owner):
+        if entry is None and (ref._owner == self.address or not ref._owner):
             entry = self.objects.add(ref._id, owned=True)
             self.objects.fail(entry, ObjectLostError(
                 f"object {ref.hex()} is gone: its owner released it, or it belongs to an "
@@ -152,14 +156,14 @@ class Ownership:
         """Any thread: store an already serialized value (which pickled the refs
         ``contained``); returns the owned ref."""
         oid = return_id(new_task_id(), 0)
-        if ser.total_size > INLINE_THRESHOLD and not self.host.client:
+        if ser.total_size > INLINE_THRESHOLD and not self._client:
             value = self.store_value(oid, ser)
         else:
             value = ["v", ser.to_bytes()]
         # the ref first: it counts as a use of the entry, which the loop would otherwise
         # find unused (and free) as soon as it is registered
-        ref: ObjectRef[Any] = ObjectRef(oid, self.host.address)
-        self.host.call_soon(self._register_put, oid, value, list(contained))
+        ref: ObjectRef[Any] = ObjectRef(oid, self.address)
+        self._call_soon(self._register_put, oid, value, list(contained))
         return ref
 
     def _register_put(self, oid: bytes, value: list, contained: list) -> None:

@@ -450,6 +450,8 @@ class PushTask(NamedTuple):
     job_id: str
     gpu_ids: list
     owner: str  # address of the caller's core, for refs the task creates
+    resources: dict  # the task's resource request, e.g. {"CPU": 1.0} (get_runtime_context)
+    namespace: str  # its job's namespace (get_runtime_context)
 
 
 @_message(41, routes="core->core")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from . import _protocol as P
 from ._link import Link
 from ._objects import ObjectTable
-from ._portal import call, on_runtime
+from ._portal import call, on_loop, on_runtime
 from ._refs import ObjectRef, return_id
 
 if TYPE_CHECKING:
@@ -78,20 +78,27 @@ class StreamState:
 
 class StreamWindow:
     """The producer's side of back-pressure: how far it may run ahead of the consumer.
-    Updated on the worker's loop; waited on by the task's thread or on the loop."""
+    Updated on the worker's loop; waited on by the task's thread, or on an event loop: the
+    worker's, or the loop of an async actor's concurrency group (another thread)."""
 
     def __init__(self, link) -> None:
         self.link = link  # to the consumer: if it closes, nobody is left to wait for
         self.consumed = 0
         self._cond = threading.Condition()
         self._event: asyncio.Event | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None  # the loop that waits
 
     def consumed_up_to(self, count: int) -> None:
         with self._cond:
             self.consumed = max(self.consumed, count)
             self._cond.notify_all()
-        if self._event is not None:
-            self._event.set()
+        event, loop = self._event, self._event_loop
+        if event is None or loop is None:
+            return
+        if on_loop(loop):
+            event.set()
+        else:  # an asyncio event is set on its own loop's thread
+            loop.call_soon_threadsafe(event.set)
 
     def wait_sync(self, produced: int) -> None:
         """On the task's thread: block while ``produced`` is a window ahead."""
@@ -104,6 +111,7 @@ class StreamWindow:
         """On the loop: wait while ``produced`` is a window ahead."""
         while produced - self.consumed >= STREAM_WINDOW:
             if self._event is None:
+                self._event_loop = asyncio.get_running_loop()
                 self._event = asyncio.Event()
             self._event.clear()
             await self._event.wait()

@@ -26,6 +26,7 @@ from . import _protocol as P
 from ._link import Link
 from ._objects import INLINE_THRESHOLD, ObjectState
 from ._refs import ArgSlot, ObjectRef, collect_refs
+from ._runtime_context import job_namespace
 from ._signatures import checker, spec_of
 from .exceptions import TaskCancelledError, WorkerCrashedError, error_from_blob
 from .store._serialize import serialize
@@ -426,7 +427,7 @@ class TaskSubmitter:
         lease.link.send(P.PushTask(
             spec.task_id, fn_id, blob, spec.name, spec.args, spec.deps, spec.return_ids,
             -1 if spec.streaming else len(spec.return_ids), spec.job_id, lease.gpu_ids,
-            self.core.address))
+            self.core.address, spec.shape, job_namespace()))
 
     def on_task_finished(self, msg: P.TaskFinished) -> bool:
         """A reply to one of our tasks? Then resolve its refs and return True."""

@@ -16,6 +16,13 @@ windows:
 
 A cancel that comes before the call starts is remembered when asked (``queued=True``), and
 the call then does not run.
+
+An actor's calls are not interrupted (``ThreadCancels(interrupt=False)``), as in Ray: a
+method stopped at an arbitrary bytecode would leave the actor's state half changed. A cancel
+of a running call only marks it; the method sees the mark with
+``aray.get_runtime_context().is_canceled()`` and may return early, and the call is then
+reported cancelled whatever it returned. A task is interrupted *and* marked, so code that
+catches the cancel can tell it from other errors.
 """
 
 from __future__ import annotations
@@ -60,6 +67,9 @@ def _absorb() -> None:
 class ThreadCancels:
     """Which thread runs which sync call, so a cancel reaches that call and nothing else.
 
+    With ``interrupt=False`` (an actor's calls) a cancel of a running call only marks it
+    (:meth:`requested`); the call is reported cancelled when it returns.
+
     Examples:
         >>> cancels = ThreadCancels()
         >>> cancels.run(b"t1", lambda: 7)
@@ -72,30 +82,49 @@ class ThreadCancels:
         Traceback (most recent call last):
         ...
         aray._thread_cancel.ThreadCancelled: task was cancelled
+        >>> marks = ThreadCancels(interrupt=False)
+        >>> def method():
+        ...     marks.cancel(b"t3")  # (from another thread, usually)
+        ...     return "returned early" if marks.requested(b"t3") else "ran on"
+        >>> marks.run(b"t3", method)
+        Traceback (most recent call last):
+        ...
+        aray._thread_cancel.ThreadCancelled: task was cancelled
     """
 
-    def __init__(self) -> None:
+    def __init__(self, interrupt: bool = True) -> None:
+        self._interrupt = interrupt
         self._lock = threading.Lock()
         self._running: dict[bytes, int] = {}  # call's task id -> the thread running it
         self._injected: set[bytes] = set()  # running calls a cancel was raised in
+        self._requested: set[bytes] = set()  # running calls that were cancelled
         self._early: set[bytes] = set()  # cancelled before they started
 
     def run(self, task_id: bytes, fn: Callable[..., Any], *args: Any) -> Any:
         """On the call's thread: ``fn(*args)``, cancellable by :meth:`cancel` while it runs.
-        Raises ThreadCancelled if it was cancelled (before it started, or while it ran)."""
+        Raises ThreadCancelled if it was cancelled (before it started, or while it ran; with
+        ``interrupt=False``, when it returns or raises an Exception after a cancel)."""
         consumed = False
         try:
             try:
                 if not self._enter(task_id):
                     raise ThreadCancelled()
-                return fn(*args)
+                result = fn(*args)
             except ThreadCancelled:
                 consumed = True
                 raise
+            except Exception as exc:
+                if not self._interrupt and self.requested(task_id):
+                    raise ThreadCancelled() from exc  # it failed on its way out: cancelled
+                raise
+            if not self._interrupt and self.requested(task_id):
+                raise ThreadCancelled()  # it noticed the cancel and returned early
+            return result
         finally:
             try:
                 with self._lock:
                     self._running.pop(task_id, None)
+                    self._requested.discard(task_id)
                     pending = task_id in self._injected and not consumed
                     self._injected.discard(task_id)
                 if pending:
@@ -112,21 +141,28 @@ class ThreadCancels:
             return True
 
     def cancel(self, task_id: bytes, queued: bool = False) -> bool:
-        """Any thread: raise :class:`ThreadCancelled` in the thread running ``task_id``,
-        if one does now (once); True if so. With ``queued`` (the call is known to be waiting
-        for a thread), a call not started yet is remembered and will not run."""
+        """Any thread: mark the call ``task_id`` cancelled if it runs now and, unless
+        ``interrupt=False``, raise :class:`ThreadCancelled` in its thread (once); True if it
+        runs. With ``queued`` (the call is known to be waiting for a thread), a call not
+        started yet is remembered and will not run."""
         with self._lock:
             thread = self._running.get(task_id)
             if thread is None:
                 if queued:
                     self._early.add(task_id)
                 return False
-            if task_id in self._injected:
+            self._requested.add(task_id)
+            if not self._interrupt or task_id in self._injected:
                 return True
             if _raise_in_thread(thread, ThreadCancelled):
                 self._injected.add(task_id)
                 return True
             return False
+
+    def requested(self, task_id: bytes) -> bool:
+        """Any thread: was the running call ``task_id`` cancelled?"""
+        with self._lock:
+            return task_id in self._requested
 
     def forget(self, task_id: bytes) -> None:
         """The call is over (it ran, or never will): drop a remembered early cancel."""

@@ -2,7 +2,9 @@
 
 A worker runs one asyncio loop with its own :class:`~aray._core.Core` (so tasks can submit
 tasks and own refs). Tasks pushed by callers run one at a time in arrival order: plain
-functions on a dedicated thread, ``async def`` functions on the loop. Results at most
+functions on a dedicated thread, ``async def`` functions on the loop. An actor's calls run
+on threads of its concurrency groups, an async actor's on an event loop per group (see
+:mod:`aray._actor_groups`), never on the runtime's loop. Results at most
 ``INLINE_THRESHOLD`` bytes go back inline; larger ones are written to the node's store and only
 their location travels.
 """
@@ -10,35 +12,46 @@ their location travels.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import concurrent.futures
+import functools
 import gc
 import inspect
 import logging
 import os
-import queue
 import sys
 import threading
+import time
 import traceback
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
 
-from . import _global
+from . import _global, _thread_cancel
 from . import _protocol as P
+from . import actor as _actor_module  # noqa: F401  (aray.actor.exit_actor() in methods)
+from ._actor_groups import GroupLoop, Lane, ReplyQueue, hosting_async_actor
 from ._core import Core
 from ._link import Link
 from ._objects import INLINE_THRESHOLD
+from ._portal import on_runtime
 from ._refs import ArgSlot, collect_refs, return_id
 from ._runtime_context import TaskContext, current_task
 from ._streams import StreamWindow
 from ._tasks import load_function
 from ._thread_cancel import ThreadCancelled, ThreadCancels
-from .exceptions import ActorDiedError, RemoteErrorInfo, TaskCancelledError
+from .actor import ActorExit
+from .exceptions import ActorDiedError, AsyncioActorExit, RemoteErrorInfo, TaskCancelledError
 from .store._serialize import deserialize, serialize
 
 log = logging.getLogger("aray.worker")
 
+#: an actor that ends itself waits this long for its last answers to leave
+EXIT_FLUSH_TIMEOUT = 2.0
+#: and this long for the head to end its process (then it exits by itself)
+EXIT_TIMEOUT = 30.0
 
 
 class _Executor:
@@ -139,18 +152,24 @@ class _Executor:
                 raise ValueError(f"{name} has num_returns={n} but returned {len(values)} values")
         return values
 
-    def _stream_sync(self, link: Link, task_id: bytes, result: Any,
-                     on_loop: bool = False) -> None:
+    def _post_item(self, link: Link, msg: Any) -> None:
+        """Any thread: send a stream's item, after what this thread sent before."""
+        self.core.call_soon(self._reply, link, msg)
+
+    def _stream_sync(self, link: Link, task_id: bytes, result: Any, on_loop: bool = False,
+                     stop: Callable[[], bool] | None = None) -> None:
         """Send each value a generator yields as it comes (runs on the task's thread, or
-        ``on_loop``: a sync generator of an async actor, which cannot wait for its
-        consumer without stopping the loop that hears from it)."""
-        send = self.core.loop.call_soon_threadsafe
+        ``on_loop``: a sync generator on an event loop, which cannot wait for its consumer
+        without stopping the loop). ``stop()`` true after an item: the call was cancelled,
+        and ends there (an actor's calls are not interrupted, but a yield is a safe stop)."""
         window = self._open_window(link, task_id)
         try:
             for index, value in enumerate(_iterate(result)):
                 item = P.StreamItem(task_id, index,
                                     self._resolved(return_id(task_id, index), value))
-                send(self._reply, link, item)
+                self._post_item(link, item)
+                if stop is not None and stop():
+                    raise ThreadCancelled()
                 if not on_loop:
                     window.wait_sync(index + 1)
         finally:
@@ -164,7 +183,7 @@ class _Executor:
         index = 0
         try:
             async for value in result:
-                self._reply(link, P.StreamItem(
+                self._post_item(link, P.StreamItem(
                     task_id, index, await self._resolved_async(return_id(task_id, index), value)))
                 index += 1
                 await window.wait_async(index)
@@ -206,20 +225,6 @@ class _Executor:
             sys.stderr.flush()
 
 
-class _Lane:
-    """The threads of one concurrency group of a sync actor, fed by one queue in order."""
-
-    def __init__(self, run, threads: int, name: str) -> None:
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        for i in range(threads):
-            threading.Thread(target=self._serve, args=(run,), name=f"{name}_{i}",
-                             daemon=True).start()
-
-    def _serve(self, run) -> None:
-        while True:
-            run(*self.queue.get())
-
-
 _CUDA_AT_START = os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
@@ -249,10 +254,11 @@ class TaskExecutor(_Executor):
         super().__init__(core)
         self.functions: dict[bytes, Any] = {}
         self.queue: deque[tuple[Link, P.PushTask]] = deque()
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="aray-task")
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aray-task")
         self.running: P.PushTask | None = None
         self._running_task: asyncio.Task | None = None
         self.cancels = ThreadCancels()  # of the sync task on the pool's thread
+        self._cancelled = b""  # the running task, once it was cancelled (is_canceled())
         self._runner: asyncio.Task | None = None
         self.actor: ActorExecutor | None = None  # the actor this worker hosts, once created
 
@@ -272,6 +278,7 @@ class TaskExecutor(_Executor):
                 return
         if self.running is None or self.running.task_id != task_id:
             return
+        self._cancelled = task_id
         if self._running_task is not None:
             self._running_task.cancel()
         else:  # a sync task: on its thread now, or about to be
@@ -288,6 +295,13 @@ class TaskExecutor(_Executor):
             sys.path.append(msg.code_path)  # the job's own modules, where its driver has them
         link.send(P.JobAssigned(msg.req_id))
 
+    def cancel_requested(self, task: TaskContext) -> bool:
+        """Any thread: was the running task, or actor call, ``task`` cancelled? (what
+        ``get_runtime_context().is_canceled()`` answers)"""
+        if task.actor_id:
+            return self.actor is not None and self.actor.cancel_requested(task.task_id)
+        return task.task_id != b"" and self._cancelled == task.task_id
+
     def caller_gone(self, link: Link) -> None:
         """Drop queued tasks of a caller whose link closed: nobody waits for them."""
         for item in [i for i in self.queue if i[0] is link]:
@@ -303,10 +317,12 @@ class TaskExecutor(_Executor):
             finally:
                 self.running = None
                 self._running_task = None
+                self._cancelled = b""
                 self.cancels.forget(msg.task_id)
 
     async def _execute(self, link: Link, msg: P.PushTask) -> None:
-        ctx = TaskContext(msg.task_id, msg.job_id, msg.name, list(msg.gpu_ids), owner=msg.owner)
+        ctx = TaskContext(msg.task_id, msg.job_id, msg.name, list(msg.gpu_ids), owner=msg.owner,
+                          resources=msg.resources, namespace=msg.namespace)
         token = current_task.set(ctx)
         self._started(msg.task_id, msg.name, msg.job_id, "NORMAL_TASK")
         set_visible_gpus(msg.gpu_ids)
@@ -384,10 +400,15 @@ class TaskExecutor(_Executor):
 class ActorExecutor(_Executor):
     """Hosts one actor instance and runs calls on it.
 
-    * async actors (any ``async def`` method): every call is an asyncio task on this loop,
-      at most ``max_concurrency`` at once (per concurrency group);
-    * threaded actors (``max_concurrency > 1``): calls run on a pool of that many threads;
-    * plain actors: one call at a time, in arrival order, on one thread.
+    * async actors (an ``async def`` method or constructor): each concurrency group, the
+      default one too, runs its calls as asyncio tasks on an event loop of its own, on a
+      thread of its own (:class:`~aray._actor_groups.GroupLoop`), at most its limit at once;
+    * sync and threaded actors: each group has threads of its own, as many as its limit
+      (:class:`~aray._actor_groups.Lane`); a plain actor runs one call at a time, in order.
+
+    The runtime's loop only hands calls over and sends the answers, in the order the calls
+    produce them (one :class:`~aray._actor_groups.ReplyQueue`). The actor ends itself with
+    ``exit_actor()`` or ``__ray_terminate__`` (:meth:`_end`).
     """
 
     def __init__(self, core: Core, actor_id: str, spec: dict) -> None:
@@ -400,39 +421,40 @@ class ActorExecutor(_Executor):
         core.job_id = self.job_id
         self.is_async = spec["is_async"]
         self.method_groups: dict[str, str] = spec.get("method_groups") or {}
-        groups = {"": spec["max_concurrency"], **(spec.get("concurrency_groups") or {})}
-        if self.is_async:
-            self.limits = {g: asyncio.Semaphore(n) for g, n in groups.items()}
-        else:
-            self.lanes = {g: _Lane(self._run_call, n, f"aray-actor-{g or 'main'}")
-                          for g, n in groups.items()}
-        self._replies: list[tuple[Link, Any]] = []  # finished sync calls, sent in batches
-        self._replies_lock = threading.Lock()
-        self.cancels = ThreadCancels()  # of sync calls on the lanes' threads
-        self._sync_calls: set[bytes] = set()  # (loop) sync calls queued or running
+        self.limits = {"": spec["max_concurrency"], **(spec.get("concurrency_groups") or {})}
+        self.loops: dict[str, GroupLoop] = {}  # an async actor's groups (made by start)
+        self.lanes: dict[str, Lane] = {}  # a sync actor's groups (made by start)
+        self.replies = ReplyQueue(core.loop, self._deliver)
+        self.cancels = ThreadCancels(interrupt=False)  # sync calls: marked, not interrupted
+        #: (loop) the calls received and not answered yet: task id -> (caller, group)
+        self.unfinished: dict[bytes, tuple[Link, str]] = {}
+        self._answered = asyncio.Event()  # set (loop) whenever a call is answered
+        self.ending = ""  # why the actor ends, once it does: calls made later fail with it
+        self._ended = False  # the calls were failed, the process is on its way out
         self.instance: Any = None
-        self.calls: dict[bytes, asyncio.Task] = {}
         set_visible_gpus(self.gpu_ids)
 
     def _context(self, task_id: bytes, name: str, owner: str = "") -> TaskContext:
-        return TaskContext(task_id, self.job_id, name, self.gpu_ids, self.actor_id, owner)
+        return TaskContext(task_id, self.job_id, name, self.gpu_ids, self.actor_id, owner,
+                           actor=self.spec)  # what get_runtime_context() tells of the actor
 
     async def start(self, agent: Link) -> None:
         name = f"{self.class_name}.__init__"
         error = None
         try:
             cls = load_function(self.spec["class_blob"])
-            if self.is_async:  # on the loop, so it may create asyncio objects
-                token = current_task.set(self._context(b"", name))
-                try:
-                    await self.core.fetcher.fetch_values(self.spec["deps"])
-                    args, kwargs = self._arguments(self.spec["args"], self.spec["deps"])
-                    self._mark(self.job_id, self.class_name)
-                    self.instance = cls(*args, **kwargs)
-                finally:
-                    current_task.reset(token)
-            else:
-                self.instance = await asyncio.to_thread(self._construct, cls, name)
+            # an async constructor makes an async actor, whatever its methods are
+            self.is_async = self.is_async or inspect.iscoroutinefunction(
+                getattr(cls, "__init__", None))
+            self._make_groups()
+            await self.core.fetcher.fetch_values(self.spec["deps"])
+            if self.is_async:  # on the default group's loop: what it makes belongs there
+                self.instance = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+                    self._construct_async(cls, name), self.loops[""].loop))
+            else:  # on the default group's thread: a plain actor's calls run there too
+                made: concurrent.futures.Future = concurrent.futures.Future()
+                self.lanes[""].put(functools.partial(self._construct, cls, name, made))
+                self.instance = await asyncio.wrap_future(made)
         except BaseException as exc:
             error = self._error_blob(name, exc)
         finally:
@@ -441,28 +463,125 @@ class ActorExecutor(_Executor):
         agent.send_if_open(P.ActorStarted(self.actor_id, core.worker_id, core.address,
                                             os.getpid(), core.node_id, error))
 
-    def _construct(self, cls, name: str):
+    def _make_groups(self) -> None:
+        if self.is_async:
+            hosting_async_actor()
+            self.loops = {g: GroupLoop(f"aray-actor-{g or 'main'}", n)
+                          for g, n in self.limits.items()}
+        else:
+            self.lanes = {g: Lane(n, f"aray-actor-{g or 'main'}")
+                          for g, n in self.limits.items()}
+
+    def _construct(self, cls, name: str, made: concurrent.futures.Future) -> None:
+        """On the default group's thread (the one a plain actor's calls run on, as in Ray:
+        what needs the thread that made it, such as an sqlite connection, works)."""
+        token = current_task.set(self._context(b"", name))
+        try:
+            args, kwargs = self._arguments(self.spec["args"], self.spec["deps"])
+            self._mark(self.job_id, self.class_name)
+            made.set_result(cls(*args, **kwargs))
+        except BaseException as exc:  # the constructor's error goes to its caller
+            made.set_exception(exc)
+        finally:
+            current_task.reset(token)
+
+    async def _construct_async(self, cls, name: str):
         current_task.set(self._context(b"", name))
         args, kwargs = self._arguments(self.spec["args"], self.spec["deps"])
         self._mark(self.job_id, self.class_name)
-        return cls(*args, **kwargs)
+        if not inspect.iscoroutinefunction(getattr(cls, "__init__", None)):
+            return cls(*args, **kwargs)
+        # cls(...) would refuse the coroutine an async __init__ returns: make the instance
+        # as type.__call__ does, then await its __init__ (Ray refuses async constructors)
+        if cls.__new__ is object.__new__:
+            instance = object.__new__(cls)
+        else:
+            instance = cls.__new__(cls, *args, **kwargs)
+        await instance.__init__(*args, **kwargs)
+        return instance
 
+    def _method(self, name: str) -> Callable[..., Any]:
+        if name == "__ray_ready__":  # every actor has it, as in Ray: calls run once it is up
+            return _ready
+        return getattr(self.instance, name)
+
+    # --- calls, on the runtime's loop -----------------------------------------------------
     def call(self, link: Link, msg: P.CallActor) -> None:
+        """Loop only: run one call in its concurrency group."""
+        name = f"{self.class_name}.{msg.method}"
         group = msg.group or self.method_groups.get(msg.method, "")
-        if self.is_async:
-            task = self.core.spawn(self._call_async(link, msg, group), name=msg.method)
-            self.calls[msg.task_id] = task
-            task.add_done_callback(lambda _t: self.calls.pop(msg.task_id, None))
+        runners: dict = self.loops if self.is_async else self.lanes
+        if self.ending or group not in runners:
+            error = ActorDiedError(self.ending) if self.ending else ValueError(
+                f"{name}: the actor has no concurrency group {group!r}")
+            self._reply(link, P.TaskFinished(msg.task_id, [],
+                                             self._error_blob(name, error, msg.task_id)))
+            return
+        self.unfinished[msg.task_id] = (link, group)
+        if msg.method == "__ray_terminate__":
+            # refused from now on, even the calls that arrived in the same frame
+            self.ending = (f"The actor {self.class_name} ({self.actor_id}) is dead: "
+                           "__ray_terminate__() was called.")
+            self.core.spawn(self._terminate(msg.task_id), name="actor terminate")
+        elif self.is_async:
+            self.loops[group].start(msg.task_id,
+                                    functools.partial(self._call_async, link, msg, group),
+                                    functools.partial(self._never_ran, link, msg))
         else:  # queued now, in arrival order: a one-thread lane runs them in that order
-            self._sync_calls.add(msg.task_id)
-            self.lanes[group].queue.put((link, msg))
+            self.lanes[group].put(functools.partial(self._run_call, link, msg))
 
     def cancel(self, task_id: bytes) -> None:
-        task = self.calls.get(task_id)
-        if task is not None:
-            task.cancel()
-        elif task_id in self._sync_calls:  # running, or still queued on its lane
+        """Loop only: a queued call will not run; a running call of an async actor is
+        cancelled at its ``await``; a running sync call is only marked, as in Ray (an actor
+        has state: see ``is_canceled``), and reported cancelled when it returns."""
+        entry = self.unfinished.get(task_id)
+        if entry is None:
+            return
+        if self.is_async:
+            self.loops[entry[1]].cancel(task_id)
+        else:
             self.cancels.cancel(task_id, queued=True)
+
+    def cancel_requested(self, task_id: bytes) -> bool:
+        """Any thread: was the running sync call ``task_id`` cancelled?"""
+        if self.is_async:
+            raise RuntimeError(
+                "This method is not supported in an async actor. There aray.cancel() raises "
+                "asyncio.CancelledError in the method at its current await: catch it (and "
+                "re-raise) to clean up, instead of calling is_canceled().")
+        return self.cancels.requested(task_id)
+
+    def _deliver(self, link: Link, msg: Any) -> None:
+        """Loop only (the reply queue's sender): answer a call, unless it was answered
+        already (the actor ended meanwhile)."""
+        if msg.task_id not in self.unfinished:
+            return
+        if isinstance(msg, P.TaskFinished):
+            del self.unfinished[msg.task_id]
+            self.cancels.forget(msg.task_id)
+            self._answered.set()
+        self._reply(link, msg)
+
+    def _post_item(self, link: Link, msg: Any) -> None:
+        self.replies.post(link, msg)
+
+    # --- sync calls, on a lane's thread ---------------------------------------------------
+    def _run_call(self, link: Link, msg: P.CallActor) -> None:
+        """On a lane thread: run one call and post its answer."""
+        if self._ended:
+            return  # the actor ended after this call was queued: it is answered already
+        name = f"{self.class_name}.{msg.method}"
+        try:
+            reply = P.TaskFinished(msg.task_id, self._call_sync(link, msg), None)
+        except BaseException as exc:
+            if _ends_actor(exc):
+                self._ended_by(name, exc)
+                return
+            reply = P.TaskFinished(msg.task_id, [], self._error_blob(
+                name, _cancel_named(exc, name), msg.task_id))
+        finally:
+            _flush_std()
+        self.replies.post(link, reply)
 
     def _call_sync(self, link: Link, msg: P.CallActor) -> list:
         current_task.set(self._context(msg.task_id, f"{self.class_name}.{msg.method}",
@@ -476,44 +595,24 @@ class ActorExecutor(_Executor):
     def _call_user(self, link: Link, msg: P.CallActor) -> Any:
         args, kwargs = self._arguments(msg.args, msg.deps)
         self._mark(self.job_id, self.class_name)
-        result = getattr(self.instance, msg.method)(*args, **kwargs)
-        if msg.num_returns < 0:  # the generator runs (and is cancelled) here
-            self._stream_sync(link, msg.task_id, result)
+        result = self._method(msg.method)(*args, **kwargs)
+        if msg.num_returns < 0:  # the generator runs here, and stops at a yield if cancelled
+            self._stream_sync(link, msg.task_id, result,
+                              stop=functools.partial(self.cancels.requested, msg.task_id))
         return result
 
-    def _run_call(self, link: Link, msg: P.CallActor) -> None:
-        """On a lane thread: run one call and queue its reply for the loop."""
-        name = f"{self.class_name}.{msg.method}"
-        try:
-            reply = P.TaskFinished(msg.task_id, self._call_sync(link, msg), None)
-        except BaseException as exc:
-            reply = P.TaskFinished(msg.task_id, [], self._error_blob(
-                name, _cancel_named(exc, name), msg.task_id))
-        _flush_std()
-        with self._replies_lock:
-            self._replies.append((link, reply))
-            wake = len(self._replies) == 1  # the loop is already due to send the others
-        if wake:
-            self.core.loop.call_soon_threadsafe(self._send_replies)
-
-    def _send_replies(self) -> None:
-        with self._replies_lock:
-            replies, self._replies = self._replies, []
-        for link, reply in replies:
-            self._sync_calls.discard(reply.task_id)
-            self.cancels.forget(reply.task_id)
-            self._reply(link, reply)
-
+    # --- async calls, on their group's loop -----------------------------------------------
     async def _call_async(self, link: Link, msg: P.CallActor, group: str) -> None:
         name = f"{self.class_name}.{msg.method}"
         token = current_task.set(self._context(msg.task_id, name, msg.owner))
         self._started(msg.task_id, name, self.job_id, "ACTOR_TASK")
         try:
-            async with self.limits[group]:
-                await self.core.fetcher.fetch_values(msg.deps)
+            async with self.loops[group].semaphore:
+                if msg.deps:  # the runtime's loop pulls the arguments of other nodes
+                    await on_runtime(self.core.loop, self.core.fetcher.fetch_values(msg.deps))
                 args, kwargs = self._arguments(msg.args, msg.deps)
                 self._mark(self.job_id, self.class_name)
-                result = getattr(self.instance, msg.method)(*args, **kwargs)
+                result = self._method(msg.method)(*args, **kwargs)
                 if msg.num_returns < 0:
                     await self._stream_async(link, msg.task_id, result)
                     results: list = []
@@ -523,12 +622,87 @@ class ActorExecutor(_Executor):
                     results = await self._pack_async(msg.method, msg.return_ids,
                                                      msg.num_returns, result)
         except BaseException as exc:
-            self._send_error(link, msg.task_id, name, _cancel_named(exc, name))
+            if _ends_actor(exc):
+                self._ended_by(name, exc)
+            else:
+                self.replies.post(link, P.TaskFinished(msg.task_id, [], self._error_blob(
+                    name, _cancel_named(exc, name), msg.task_id)))
             return
         finally:
             current_task.reset(token)
             _flush_std()
-        self._reply(link, P.TaskFinished(msg.task_id, results, None))
+        self.replies.post(link, P.TaskFinished(msg.task_id, results, None))
+
+    def _never_ran(self, link: Link, msg: P.CallActor) -> None:
+        """A call cancelled before its coroutine started: it answers here."""
+        name = f"{self.class_name}.{msg.method}"
+        self.replies.post(link, P.TaskFinished(msg.task_id, [], self._error_blob(
+            name, TaskCancelledError(name), msg.task_id)))
+
+    # --- the actor ends itself ------------------------------------------------------------
+    def _ended_by(self, name: str, exc: BaseException) -> None:
+        """Any thread: the call ``name`` ended the actor (``exit_actor()``, ``sys.exit()``)."""
+        if isinstance(exc, (ActorExit, AsyncioActorExit)):
+            why = f"{name}() called exit_actor()"
+        else:
+            why = f"{name}() raised SystemExit"
+        self.core.loop.call_soon_threadsafe(self._end, why)
+
+    async def _terminate(self, task_id: bytes) -> None:
+        """``__ray_terminate__``: end the actor once the calls received before this one
+        have been answered; the calls made after it fail."""
+        why = "__ray_terminate__() was called"
+        earlier = [t for t in self.unfinished if t != task_id]
+        while any(t in self.unfinished for t in earlier):
+            self._answered.clear()
+            await self._answered.wait()
+        self._end(why)
+
+    def _end(self, why: str) -> None:
+        """Loop only: the actor ends itself. Every call not answered yet fails with
+        ActorDiedError, the one that ended it too (as in Ray); then the process runs its
+        ``atexit`` handlers and the head marks the actor dead, not to be restarted."""
+        if self._ended:
+            return
+        self.replies.flush()  # the answers of the calls that finished before go out first
+        self._ended = True
+        self.ending = self.ending or (
+            f"The actor {self.class_name} ({self.actor_id}) is dead: it exited: {why}.")
+        error = ActorDiedError(self.ending)
+        callers = set()
+        for task_id, (link, _group) in list(self.unfinished.items()):
+            self._reply(link, P.TaskFinished(task_id, [], self._error_blob(
+                self.class_name, error, task_id)))
+            callers.add(link)
+        self.unfinished.clear()
+        self.core.spawn(self._exit_process(callers), name="actor exit")
+
+    async def _exit_process(self, callers: set) -> None:
+        deadline = time.monotonic() + EXIT_FLUSH_TIMEOUT
+        while any(link.queued and not link.closed for link in callers) \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # the answers leave before the process does
+        try:
+            await asyncio.to_thread(atexit._run_exitfuncs)  # the user's cleanup, as at exit
+        finally:
+            _flush_std()
+        try:
+            head = await self.core.head_link()
+            # the head marks the actor dead for good and has its node end this process
+            await head.request(lambda r: P.KillActor(r, self.actor_id, True),
+                               timeout=EXIT_TIMEOUT)
+        except Exception as exc:
+            log.warning("actor %s: the head did not end it (%s); exiting", self.actor_id, exc)
+        os._exit(0)
+
+
+def _ready() -> bool:
+    return True
+
+
+def _ends_actor(exc: BaseException) -> bool:
+    """Does this exception, raised by a method, end the actor? (exit_actor(), sys.exit())"""
+    return isinstance(exc, (SystemExit, AsyncioActorExit))
 
 
 def _cancel_named(exc: BaseException, name: str) -> BaseException:
@@ -542,9 +716,13 @@ def _cancel_named(exc: BaseException, name: str) -> BaseException:
 _RUNTIME_DIRS = (os.path.dirname(asyncio.__file__), os.path.dirname(threading.__file__))
 
 
+#: the worker's own files, whose frames above the user's code a traceback leaves out
+_RUNTIME_FILES = (__file__, _thread_cancel.__file__)
+
+
 def _is_runtime_frame(filename: str) -> bool:
-    return filename == __file__ or (filename.startswith(_RUNTIME_DIRS)
-                                    and "site-packages" not in filename)
+    return filename in _RUNTIME_FILES or (filename.startswith(_RUNTIME_DIRS)
+                                          and "site-packages" not in filename)
 
 
 def _flush_std() -> None:

@@ -74,39 +74,45 @@ def _add_cluster_commands(sub) -> None:
     dashboard = sub.add_parser("dashboard", help="print the link that logs in to the "
                                "dashboard of the cluster running on this machine",
                                description="Print the dashboard's login link (it holds the "
-                               "cluster's token: keep it to yourself) of the cluster that "
-                               "`aray start --head` started on this machine.")
-    dashboard.add_argument("--address", default="auto",
-                           help="HOST:PORT of the head (default: this machine's)")
+                               "cluster's token: keep it to yourself) of a cluster running "
+                               "on this machine, found as `aray status` finds it.")
+    dashboard.add_argument("--address", help="HOST:PORT of the head, or a session directory "
+                           "(default: the cluster running on this machine)")
 
-    sub.add_parser("memory", help="objects in this machine's object store, and its use")
+    memory = sub.add_parser("memory", help="objects in this machine's object store, and its "
+                            "use (of every node, for a cluster with no node here)")
+    _add_target(memory)
 
     listing = sub.add_parser("list", help="the nodes, actors, jobs, tasks or objects of a "
-                             "running cluster", description="List what the head of a cluster "
-                             "started with `aray start` knows of its nodes, actors, jobs, "
-                             "tasks or objects.")
+                             "running cluster", description="List what the head of a running "
+                             "cluster knows of its nodes, actors, jobs, tasks or objects.")
     listing.add_argument("kind", choices=["nodes", "actors", "jobs", "tasks", "objects"])
-    listing.add_argument("--address", default="auto",
-                         help="HOST:PORT of the head (default: this machine's)")
     listing.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                          help="only rows where KEY is VALUE (KEY!=VALUE: is not); repeatable")
+    _add_target(listing)
 
     summary = sub.add_parser("summary", help="tasks of a running cluster, counted by name "
                              "and state")
     summary.add_argument("kind", choices=["tasks"])
-    summary.add_argument("--address", default="auto",
-                         help="HOST:PORT of the head (default: this machine's)")
+    _add_target(summary)
 
     timeline = sub.add_parser("timeline", help="write the cluster's recent tasks as a Chrome "
                               "trace (open it in chrome://tracing or ui.perfetto.dev)")
     timeline.add_argument("file", help="the JSON file to write")
-    timeline.add_argument("--address", default="auto",
-                          help="HOST:PORT of the head (default: this machine's)")
+    _add_target(timeline)
 
     status = sub.add_parser("status", help="nodes and resources of a running cluster")
-    status.add_argument("--address", help="HOST:PORT of the head (default: this machine's)")
-    status.add_argument("--token", help="the cluster's token (default: $ARAY_TOKEN, which "
-                        "keeps it out of `ps`, or the local session's)")
+    _add_target(status)
+
+
+def _add_target(command) -> None:
+    """--address and --token, for the commands that ask a running cluster."""
+    command.add_argument("--address", help="HOST:PORT of the cluster's head, or the session "
+                         "directory of a node of this machine (default: the cluster `aray "
+                         "start` started on this machine, else the newest one a program "
+                         "started with aray.init())")
+    command.add_argument("--token", help="the cluster's token (default: the local session's, "
+                         "else $ARAY_TOKEN, which keeps it out of `ps`)")
 
 
 def _add_microbenchmark(sub) -> None:
@@ -360,17 +366,36 @@ def cmd_stop(args) -> None:
 
 def cmd_dashboard(args) -> None:
     """Print the dashboard's login link (URL/?token=...) of a cluster of this machine."""
-    from ._local import find_cluster, login_url
+    from ._local import login_url
 
-    info = find_cluster(args.address)
+    info = _reach(args, None)
     if not info.get("dashboard_url"):
         raise ValueError("that cluster has no dashboard: its head runs on another machine, "
                          "or was started with --include-dashboard false")
     print(login_url(info["dashboard_url"], info["token"]))
 
 
+def _reach(args, token: str | None) -> dict:
+    """The cluster the command asks (see :func:`aray._local.reach_cluster`); when several
+    run on this machine, says on stderr which one it asks."""
+    from ._local import reach_cluster
+
+    info = reach_cluster(args.address, token)
+    _note(args)(info["note"])
+    return info
+
+
+def _note(args):
+    """Tells the user, on stderr (stdout stays the command's output), a note about the
+    cluster chosen; nothing for an empty note."""
+    def note(text: str) -> None:
+        if text:
+            print(f"aray {args.command}: {text}", file=sys.stderr, flush=True)
+    return note
+
+
 def cmd_status(args) -> None:
-    nodes = asyncio.run(_cluster_state(args.address, args.token))
+    nodes = asyncio.run(_cluster_state(_reach(args, args.token)))
     alive = [n for n in nodes if n["Alive"]]
     print(f"{len(alive)} node{'s' if len(alive) != 1 else ''} alive, "
           f"{len(nodes) - len(alive)} dead")
@@ -432,7 +457,7 @@ def cmd_list(args) -> None:
         if not op or not key:
             raise ValueError(f"--filter wants KEY=VALUE or KEY!=VALUE, not {text!r}")
         filters.append((key, op, value))
-    rows = _rows(args.kind, filters, args.address)
+    rows = _rows(args.kind, filters, args.address or "auto", args.token, _note(args))
     columns = LIST_COLUMNS[args.kind]
 
     def cell(row: dict, column: str) -> str:
@@ -459,7 +484,7 @@ def cmd_list(args) -> None:
 def cmd_summary(args) -> None:
     from .util.state import _rows
 
-    counts = _rows("task_summary", None, args.address)[0]
+    counts = _rows("task_summary", None, args.address or "auto", args.token, _note(args))[0]
     states = ["PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "RUNNING", "FINISHED", "FAILED"]
     width = max([len(name) for name in counts] + [4])
     print(f"{'name':<{width}}  " + "  ".join(f"{s:>{len(s)}}" for s in states))
@@ -475,7 +500,7 @@ def cmd_timeline(args) -> None:
     from .util.state import _rows
 
     events = []
-    for task in _rows("tasks", None, args.address):
+    for task in _rows("tasks", None, args.address or "auto", args.token, _note(args)):
         if task.get("started_at") is None or task.get("ended_at") is None:
             continue
         events.append({
@@ -512,10 +537,12 @@ async def ask(address: str, token: str, make):
 
 
 def cmd_memory(args) -> None:
-    stats, objects = asyncio.run(_store_stats())
+    info = _reach(args, args.token)
+    stats, objects = asyncio.run(_store_stats(info))
     mib = 2**20
     count = stats["num_objects"]
-    print(f"Object store: {stats['used_bytes'] / mib:.1f} MiB used of "
+    where = "Object store" if info["node_address"] else "Object stores (every node)"
+    print(f"{where}: {stats['used_bytes'] / mib:.1f} MiB used of "
           f"{stats['capacity_bytes'] / mib:.1f} MiB, {count} object{'' if count == 1 else 's'} "
           f"({stats['num_spilled']} spilled to disk, {stats['spilled_bytes'] / mib:.1f} MiB)")
     if objects:
@@ -525,30 +552,26 @@ def cmd_memory(args) -> None:
             print(f"  {obj['object_id']:<34} {obj['size']:>12,}  {where:<15} {obj['owner']}")
 
 
-async def _store_stats() -> tuple[dict, list]:
+async def _store_stats(info: dict) -> tuple[dict, list]:
+    """This machine's node's store (its use, its objects); for a cluster with no node
+    here, every node's, added up, through the head."""
     from . import _protocol as P
-    from ._local import find_cluster
 
-    info = find_cluster("auto")
-    reply = await ask(info["node_address"], info["token"], lambda r: P.GetStoreStats(r))
-    return reply.stats, reply.objects
+    if info["node_address"]:
+        reply = await ask(info["node_address"], info["token"], lambda r: P.GetStoreStats(r))
+        return reply.stats, reply.objects
+    nodes = await _cluster_state(info)
+    stats = {key: sum((n.get("ObjectStore") or {}).get(key, 0) for n in nodes if n["Alive"])
+             for key in ("used_bytes", "capacity_bytes", "num_objects", "num_spilled",
+                         "spilled_bytes")}
+    reply = await ask(info["head_address"], info["token"], lambda r: P.GetState(r, "objects"))
+    if reply.error:
+        raise ValueError(reply.error)
+    return stats, reply.rows
 
 
-async def _cluster_state(address: str | None, token: str | None) -> list[dict]:
+async def _cluster_state(info: dict) -> list[dict]:
     from . import _protocol as P
-    from ._local import find_cluster
 
-    if address is None:
-        info = find_cluster("auto")
-        target, token = info["head_address"], token or info["token"]
-    else:
-        try:
-            info = find_cluster(address)
-            target, token = info["head_address"], token or info["token"]
-        except ConnectionError:
-            target = address if "://" in address else f"tcp://{address}"
-    token = token or os.environ.get("ARAY_TOKEN")
-    if not token:
-        raise ValueError("no token for that cluster: pass --token or set ARAY_TOKEN")
-    reply = await ask(target, token, lambda r: P.GetClusterState(r))
+    reply = await ask(info["head_address"], info["token"], lambda r: P.GetClusterState(r))
     return reply.nodes

@@ -26,15 +26,20 @@ import aray
 #   aray.init(_redis_password="P.4.redis")       accepted: the password becomes the token
 #   aray.init(address="auto", _redis_password="P.4.redis")
 #                                                join a cluster started with `aray start`
-#   aray.init(address="ray://192.168.21.156:10001")   another machine: not yet (below)
+#   aray.init(address="ray://192.168.21.156:10001")   Ray Client, from another machine:
+#                                                aray's client mode is
+#   aray.init(address="aray://192.168.21.156:6379", token="P.4.redis")
+#                                                (the head's own port, and its token)
 #   aray.shutdown()
 # This tour keeps to 2 CPUs, and shows that a password is accepted:
 aray.init(num_cpus=2, _redis_password="P.4.redis")
 aray.shutdown()
 
+# A ray:// address is refused at once, with the aray:// address to write instead (there is
+# no head at 192.168.21.156 here to connect to in client mode: see docs/cluster.md).
 try:
     aray.init(address="ray://192.168.21.156:10001")
-except ConnectionError as err:
+except ValueError as err:
     print("ray:// address:", err)
 
 # The tutorial's shell commands (`ray start --head --port=6379 ...`, `ray stop`) are not

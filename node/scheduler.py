@@ -5,6 +5,7 @@ Amounts are rounded to 1e-4 so that fractional resources (``num_cpus=0.1``) add 
 
 from __future__ import annotations
 
+import difflib
 from collections import deque
 from typing import Any
 
@@ -64,18 +65,78 @@ def spillback_target(shape: dict, pool: ResourcePool, others: list[list]) -> str
     return ""
 
 
+#: resources that are sizes in bytes: shown in GiB in what users read
+BYTE_RESOURCES = ("memory", "object_store_memory")
+
+
+def resources_text(resources: dict) -> str:
+    """Every resource of ``resources`` (but the ``node:IP`` markers) as users read it,
+    sizes in GiB.
+
+    Examples:
+        >>> resources_text({"GPU_MEMORY": 4, "CPU": 2, "memory": 2**31, "node:10.0.0.1": 1})
+        '{CPU: 2.0, GPU_MEMORY: 4.0, memory: 2.00 GiB}'
+    """
+    parts = [f"{k}: {v / 2**30:.2f} GiB" if k in BYTE_RESOURCES else f"{k}: {float(v)}"
+             for k, v in sorted(resources.items()) if not k.startswith("node:")]
+    return "{" + ", ".join(parts) + "}"
+
+
+def _nodes_text(node_totals: list[dict]) -> str:
+    """What the nodes have, node by node (nodes alike counted once): a sum would hide that
+    no single node has enough."""
+    counts: dict[str, int] = {}
+    for total in node_totals:
+        text = resources_text(total)
+        counts[text] = counts.get(text, 0) + 1
+    nodes = len(node_totals)
+    if nodes == 1:
+        return f"the cluster has {next(iter(counts))}"
+    if len(counts) == 1:
+        return f"each of the cluster's {nodes} nodes has {next(iter(counts))}"
+    if all(n == 1 for n in counts.values()):
+        texts = list(counts)
+        return f"the cluster's {nodes} nodes have " + ", ".join(texts[:-1]) + " and " + texts[-1]
+    return f"the cluster's {nodes} nodes: " + ", ".join(f"{n} with {text}"
+                                                         for text, n in counts.items())
+
+
+def _missing_text(shape: dict, node_totals: list[dict]) -> str:
+    """The resources of ``shape`` that no node has at all, with the name a node has that
+    is closest to each, since a misspelt name is the usual cause."""
+    have = sorted({k for total in node_totals for k, v in total.items()
+                   if v > 0 and not k.startswith("node:")})
+    missing = [k for k, v in sorted(shape.items()) if v > 0 and k not in have]
+    if not missing:
+        return ""
+    notes = []
+    for name in missing:
+        # 0.75: GPU_MEMROY finds GPU_MEMORY, but TPU does not find CPU
+        close = difflib.get_close_matches(name.lower(), [k.lower() for k in have], n=1,
+                                          cutoff=0.75)
+        guess = next((k for k in have if close and k.lower() == close[0]), "")
+        notes.append(f"{name} (did you mean {guess}?)" if guess else name)
+    return " No node has " + " or ".join(notes) + "."
+
+
 def infeasible_message(what: str, description: str, shape: dict,
                        node_totals: list[dict]) -> str:
-    """The warning a caller gets once when no node of the cluster could ever run a request."""
-    have: dict = {}
-    for total in node_totals:
-        for k, v in total.items():
-            if k in shape or k in ("CPU", "GPU"):  # what matters for this request
-                have[k] = have.get(k, 0) + v
+    """The warning a caller gets once when no node of the cluster could ever run a
+    request: every resource it asks for, every resource each node has (custom ones
+    included), and the names it asks for that no node has.
+
+    Examples:
+        >>> print(infeasible_message("task", "f", {"CPU": 1, "GPU_MEMROY": 1},
+        ...                          [{"CPU": 8, "GPU_MEMORY": 4}]))  # doctest: +ELLIPSIS
+        The task f cannot be scheduled right now. It requires {CPU: 1.0, GPU_MEMROY: 1.0} \
+for placement, but no node of the cluster can provide that (the cluster has {CPU: 8.0, \
+GPU_MEMORY: 4.0}). No node has GPU_MEMROY (did you mean GPU_MEMORY?). It stays pending ...
+    """
     return (f"The {what} {description} cannot be scheduled right now. It requires "
-            f"{format_resources(shape)} for placement, but no node of the cluster can provide "
-            f"that (the cluster has {format_resources(have)}). It stays pending and runs as soon "
-            "as a node that can run it joins; otherwise, reduce its resource requirements.")
+            f"{resources_text(shape)} for placement, but no node of the cluster can provide "
+            f"that ({_nodes_text(node_totals)}).{_missing_text(shape, node_totals)} It stays "
+            "pending and runs as soon as a node that can run it joins; otherwise, reduce its "
+            "resource requirements.")
 
 
 class ReleaseError(RuntimeError):

@@ -47,7 +47,7 @@ def test_misuse_is_reported_at_the_call_site():
         e.nope.remote()
     with pytest.raises(TypeError, match=r"get.remote\(\.\.\.\)"):
         e.get()
-    with pytest.raises(ValueError, match="invalid option"):
+    with pytest.raises(ValueError, match="(invalid|unknown) option"):
         Example.options(max_concurency=2)
 
 
@@ -586,9 +586,12 @@ def test_cancelling_calls_of_a_sync_actor():
     @aray.remote
     class Busy:
         def spin(self, seconds):
+            # as in Ray, a cancel does not interrupt a running method (the actor's state
+            # would be left half changed): the method asks, and returns early
             end = time.time() + seconds
             while time.time() < end:
-                pass
+                if aray.get_runtime_context().is_canceled():
+                    return "noticed"
             return "finished"
 
         def quick(self):

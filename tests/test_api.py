@@ -11,10 +11,10 @@ import aray.exceptions
 
 EXPECTED = {
     "ActorClass", "ActorHandle", "ActorProxy", "ObjectRef", "ObjectRefGenerator", "RemoteFunction",
-    "RuntimeContext", "__version__", "aio", "as_completed", "available_resources", "cancel",
-    "cluster_resources", "exceptions", "get", "get_actor", "get_gpu_ids", "get_runtime_context",
-    "init", "is_initialized", "kill", "method", "nodes", "object_store_stats", "put", "remote",
-    "shutdown", "util", "wait",
+    "RuntimeContext", "__version__", "actor", "aio", "as_completed", "available_resources",
+    "cancel", "cluster_resources", "exceptions", "get", "get_actor", "get_gpu_ids",
+    "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes",
+    "object_store_stats", "put", "remote", "shutdown", "util", "wait",
 }
 
 
@@ -86,7 +86,8 @@ def test_docstring_examples_run():
 
     modules = ["aray", "aray._api", "aray.aio", "aray._refs", "aray._remote", "aray._actors",
                "aray._streams", "aray._as_completed", "aray.exceptions", "aray._runtime_context",
-               "aray.util.state", "aray._local"]
+               "aray.util.state", "aray._local", "aray.actor",
+               "aray._options", "aray.node.lease_scheduler", "aray.node.scheduler"]
     proc = subprocess.run([sys.executable, "-c", DOCTEST_RUNNER, *modules],
                           capture_output=True, text=True, timeout=580)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]

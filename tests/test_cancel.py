@@ -183,3 +183,33 @@ def test_many_cancels_race_calls_that_end():
         other.join(10)
     assert len(results) == 20_000  # the thread survived every cancel
     assert set(results.values()) <= {"ok", 0, "cancelled"}
+
+
+def test_an_actor_call_is_marked_not_interrupted():
+    """ThreadCancels(interrupt=False), an actor's: a cancel marks the running call, which
+    runs on and sees the mark; the call then raises ThreadCancelled, the next one runs."""
+    cancels = ThreadCancels(interrupt=False)
+    started, cancelled = threading.Event(), threading.Event()
+    seen = []
+
+    def call():
+        started.set()
+        assert cancelled.wait(10)  # (an interrupt would land in this wait)
+        seen.append(cancels.requested(b"t"))
+        return "returned early"
+
+    def thread():
+        try:
+            cancels.run(b"t", call)
+        except ThreadCancelled:
+            seen.append("cancelled")
+        seen.append(cancels.run(b"u", lambda: cancels.requested(b"u")))
+
+    worker = threading.Thread(target=thread)
+    worker.start()
+    assert started.wait(10)
+    assert cancels.cancel(b"t")
+    cancelled.set()
+    worker.join(10)
+    assert seen == [True, "cancelled", False]
+    assert not cancels.requested(b"t")  # over: the mark went with it

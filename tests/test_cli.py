@@ -1,13 +1,16 @@
 """`aray start/stop/status` and drivers that connect to a running cluster."""
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
-from conftest import descendants, stays_true, wait_gone, wait_until
+from conftest import descendants, stays_true, wait_gone, wait_until, watch_root
 
 ARAY = [sys.executable, "-m", "aray"]
 
@@ -33,8 +36,11 @@ def login_answer(link: str) -> tuple[int, str]:
         conn.close()
 
 
-def cli(*args, check=True, timeout=60):
-    proc = subprocess.run([*ARAY, *args], capture_output=True, text=True, timeout=timeout)
+def cli(*args, check=True, timeout=60, root=None):
+    """``aray ARGS``; with ``root``, under that session root instead of the tests' one."""
+    env = None if root is None else {**os.environ, "ARAY_SESSION_ROOT": str(root)}
+    proc = subprocess.run([*ARAY, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -302,5 +308,117 @@ def test_aray_dashboard_prints_a_link_that_logs_in(session_root):
         assert status == 303 and "aray_session=" in cookie
     finally:
         cli("stop")
-    none = cli("dashboard", check=False)
-    assert none.returncode == 1 and "no running aray cluster" in none.stderr
+    empty = tempfile.mkdtemp(prefix="aray-n-")  # the tests' root may hold a program's cluster
+    try:
+        none = cli("dashboard", check=False, root=empty)
+    finally:
+        shutil.rmtree(empty, ignore_errors=True)
+    assert none.returncode == 1 and "no aray cluster runs on this machine" in none.stderr
+
+
+#: a program that starts a cluster of its own, runs one task, says where its cluster is and
+#: keeps it until its stdin closes
+OWN_CLUSTER = """
+import json, os, sys, aray
+from aray import _global
+info = aray.init(num_cpus=1, resources={RESOURCE: 1}, include_dashboard=False)
+@aray.remote
+def stamped():
+    return 1
+assert aray.get(stamped.remote()) == 1
+print("READY " + json.dumps({"pid": os.getpid(), "session_dir": info["session_dir"],
+                             "token": _global.core().token}), flush=True)
+sys.stdin.read()
+aray.shutdown()
+"""
+
+
+def _start_own_cluster(root, resource: str) -> tuple[subprocess.Popen, dict]:
+    proc = subprocess.Popen([sys.executable, "-c", OWN_CLUSTER.replace("RESOURCE", repr(resource))],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "ARAY_SESSION_ROOT": str(root)})
+    line = proc.stdout.readline()
+    assert line.startswith("READY "), line
+    return proc, json.loads(line[6:])
+
+
+def _end(procs) -> None:
+    for proc in procs:
+        proc.stdin.close()
+    for proc in procs:
+        assert proc.wait(timeout=30) == 0
+
+
+def test_commands_find_a_programs_own_cluster_and_take_address_and_token():
+    root = tempfile.mkdtemp(prefix="aray-o-")
+    watch_root(root)
+    procs = []
+    try:
+        proc, first = _start_own_cluster(root, "Stamp1")
+        procs.append(proc)
+        status = cli("status", root=root)
+        assert "1 node alive" in status.stdout and "Stamp1" in status.stdout, status.stdout
+        assert status.stderr == ""  # one cluster: nothing to say about the choice
+        wait_until(lambda: "FINISHED" in cli("list", "tasks", "--filter", "name=stamped",
+                                             root=root).stdout, 10, interval=0.2,
+                   message="the task in the program's cluster's task table")
+        assert "stamped" in cli("summary", "tasks", root=root).stdout
+        assert str(first["pid"]) in cli("list", "jobs", root=root).stdout
+        assert "Object store: " in cli("memory", root=root).stdout
+        trace = os.path.join(root, "trace.json")
+        assert "Wrote 1 tasks" in cli("timeline", trace, root=root).stdout
+        # --token is taken, and used: a wrong one is refused, the cluster's works
+        wrong = cli("list", "actors", "--token=not-the-token", root=root, check=False)
+        assert wrong.returncode == 1 and "wrong cluster token" in wrong.stderr, wrong.stderr
+        assert "(0 actors)" in cli("list", "actors", f"--token={first['token']}",
+                                   root=root).stdout
+
+        proc, second = _start_own_cluster(root, "Stamp2")
+        procs.append(proc)
+        status = cli("status", root=root)
+        assert "Stamp2" in status.stdout and "Stamp1" not in status.stdout  # the newest
+        assert "2 aray clusters run on this machine" in status.stderr, status.stderr
+        assert (f"this is the cluster of the program with pid {second['pid']}" in status.stderr
+                and f"program with pid {first['pid']}" in status.stderr)
+        assert "--address SESSION_DIR" in status.stderr
+        chosen = cli("list", "nodes", "--address", first["session_dir"], root=root)
+        assert "Stamp1" in chosen.stdout and chosen.stderr == ""
+        assert "Stamp1" in cli("status", "--address", first["session_dir"], root=root).stdout
+    finally:
+        _end(procs)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_commands_with_no_cluster_say_so():
+    root = tempfile.mkdtemp(prefix="aray-n-")
+    try:
+        for command in (["status"], ["list", "nodes"], ["summary", "tasks"], ["memory"],
+                        ["timeline", os.path.join(root, "t.json")], ["dashboard"]):
+            proc = cli(*command, root=root, check=False)
+            assert proc.returncode == 1
+            assert (f"aray {command[0]}: no aray cluster runs on this machine: neither one that "
+                    "`aray start --head` started nor one that a program started with "
+                    "aray.init()") in proc.stderr, proc.stderr
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_commands_reach_a_head_of_another_machine_with_address_and_token(head):
+    port, _ = head
+    with open(os.path.join(os.environ["ARAY_SESSION_ROOT"], "session_latest", "token")) as f:
+        token = f.read().strip()
+    elsewhere = tempfile.mkdtemp(prefix="aray-e-")  # no session of that cluster: over TCP
+    try:
+        address = f"127.0.0.1:{port}"
+        nodes = cli("list", "nodes", "--address", address, "--token", token, root=elsewhere)
+        assert "CustomResource1: 1" in nodes.stdout and "(1 node)" in nodes.stdout
+        assert "1 node alive" in cli("status", "--address", address, "--token", token,
+                                     root=elsewhere).stdout
+        assert "(0 tasks)" in cli("summary", "tasks", "--address", address, "--token", token,
+                                  root=elsewhere).stdout
+        memory = cli("memory", "--address", address, "--token", token, root=elsewhere).stdout
+        assert memory.startswith("Object stores (every node): 0.0 MiB used"), memory
+        none = cli("list", "jobs", "--address", address, root=elsewhere, check=False)
+        assert none.returncode == 1 and f"no token for the cluster at {address}" in none.stderr
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)

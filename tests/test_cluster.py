@@ -133,6 +133,40 @@ def test_tasks_and_actors_run_where_the_resources_are(two_nodes, tmp_path):
     assert "ACTOR [1, 2, 3] True" in r.stdout
 
 
+def test_streaming_generators_across_nodes(two_nodes, tmp_path):
+    r = two_nodes.driver("""
+        import numpy as np
+        aray.init(address="auto")
+
+        @aray.remote(resources={"special": 1})
+        def far(n):
+            for i in range(n):
+                yield np.full(200_000, i, dtype=np.uint8)  # large: stored on that node
+            raise ValueError(f"stopped after {n}")
+
+        got = []
+        try:
+            for ref in far.remote(3):
+                got.append(int(aray.get(ref)[0]))
+        except ValueError as exc:
+            got.append(str(exc.cause))
+        print("FAR", got)
+
+        @aray.remote(resources={"special": 1})
+        def make():
+            return np.arange(300_000, dtype=np.int64)  # lives on the other node
+
+        @aray.remote(num_cpus=0)
+        def near(arr, k):  # here: fed by the other node's object
+            for i in range(k):
+                yield int(arr[i * 1000])
+
+        print("NEAR", [aray.get(ref) for ref in near.remote(make.remote(), 3)])
+    """, tmp_path)
+    assert "FAR [0, 1, 2, 'stopped after 3']" in r.stdout, r.stdout + r.stderr
+    assert "NEAR [0, 1000, 2000]" in r.stdout, r.stdout + r.stderr
+
+
 def test_output_of_tasks_on_other_nodes_reaches_the_driver(two_nodes, tmp_path):
     r = two_nodes.driver("""
         aray.init(address="auto")

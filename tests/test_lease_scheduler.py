@@ -167,6 +167,33 @@ def test_infeasible_warning_once():
     assert s.pending() == [[{"CPU": 1, "X": 2}, 1, True]]
 
 
+def test_infeasible_warning_names_every_resource_asked_for_and_every_resource_nodes_have():
+    s = make({"CPU": 8, "GPU_MEMORY": 4, "memory": 2**31})
+    (warn,) = s.handle(ask(1, {"CPU": 1, "GPU_MEMROY": 1}))
+    # the misspelt custom resource, and what the node has of its own, custom ones included
+    assert "It requires {CPU: 1.0, GPU_MEMROY: 1.0} for placement" in warn.message
+    assert "(the cluster has {CPU: 8.0, GPU_MEMORY: 4.0, memory: 2.00 GiB})" in warn.message
+    assert "No node has GPU_MEMROY (did you mean GPU_MEMORY?)." in warn.message
+    assert "cannot be scheduled right now" in warn.message
+
+
+def test_infeasible_warning_lists_the_nodes_one_by_one():
+    s = make({"CPU": 4})
+    view = ViewChanged([["n1", "a1", {"CPU": 4}, {"CPU": 4}],
+                        ["n2", "a2", {"CPU": 4, "dataset": 1, "node:10.0.0.2": 1}, {"CPU": 4}],
+                        ["n3", "a3", {"CPU": 4}, {"CPU": 4}]], "n1")
+    s.handle(view)
+    (warn,) = s.handle(ask(1, {"CPU": 8}))
+    # 12 CPUs in all, but no node has 8: a sum would hide it
+    assert ("(the cluster's 3 nodes: 2 with {CPU: 4.0}, 1 with {CPU: 4.0, dataset: 1.0})"
+            in warn.message), warn.message
+    assert "No node has" not in warn.message  # every node has CPUs, just not enough
+    (warn,) = s.handle(ActorPlacementRequested("head", "a" * 16, {"CPU": 1, "TPU": 1}, {},
+                                               "actor A", "job1", None))
+    assert warn.message.startswith("The actor actor A cannot be scheduled")
+    assert "No node has TPU." in warn.message  # no far-fetched guess (CPU)
+
+
 def test_lending_a_blocked_workers_cpu_and_reclaiming_it():
     s = make({"CPU": 1})
     w = with_idle_worker(s)

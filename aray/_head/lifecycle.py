@@ -95,6 +95,7 @@ class KillRequested:
     actor_id: str
     no_restart: bool
     waiter: Waiter
+    cause: str = "it was killed with aray.kill()"  # what the actor's record says
 
 
 @dataclass(frozen=True)
@@ -287,7 +288,7 @@ class ActorLifecycle:
             out.append(Reply([ev.waiter], known.describe() if known else {}))
             return
         self._kill_waiters.setdefault(ev.actor_id, []).append(ev.waiter)
-        self._kill(record, "it was killed with aray.kill()", ev.no_restart, out)
+        self._kill(record, ev.cause, ev.no_restart, out)
 
     def _wait_requested(self, ev: WaitRequested, out: list) -> None:
         record = self.actors.actors.get(ev.actor_id)

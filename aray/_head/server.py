@@ -242,7 +242,13 @@ class Head:
     def _on_KillActor(self, link: Link, msg: P.KillActor) -> None:
         """Kill an actor; the reply comes once it is down (dead, or restarting), so calls
         made after ``aray.kill()`` returns cannot reach the old instance."""
-        self._actor_event(L.KillRequested(msg.actor_id, msg.no_restart, (link, msg.req_id)))
+        record = self.actors.actors.get(msg.actor_id)
+        itself = (record is not None and bool(record.worker_id)
+                  and getattr(link.peer, "ident", "") == record.worker_id)
+        cause = ("it ended itself (exit_actor() or __ray_terminate__)" if itself
+                 else "it was killed with aray.kill()")
+        self._actor_event(L.KillRequested(msg.actor_id, msg.no_restart, (link, msg.req_id),
+                                          cause))
 
     def _on_LookupActor(self, link: Link, msg: P.LookupActor) -> None:
         record = self.actors.lookup(msg.name, self.jobs.namespace(msg.job_id, msg.namespace))
@@ -273,13 +279,22 @@ class Head:
                 UNKNOWN_ACTOR_GRACE, self._actor_event, L.GraceOver(ins.actor_id))
 
         return {
-            L.Place: lambda i: self._send_to_node(i.node_id, P.CreateActor(i.actor_id, i.spec)),
+            L.Place: lambda i: self._send_to_node(i.node_id, P.CreateActor(
+                i.actor_id, self._spec_for_worker(i.actor_id, i.spec))),
             L.Withdraw: lambda i: self._send_to_node(i.node_id, P.WithdrawActor(i.actor_id)),
             L.KillOnNode: lambda i: self._send_to_node(
                 i.node_id, P.KillActor(0, i.actor_id, i.no_restart)),
             L.Reply: reply, L.RegistrationAnswered: answer_registration,
             L.GiveUpLater: give_up_later,
         }
+
+    def _spec_for_worker(self, actor_id: str, spec: dict) -> dict:
+        """What an actor's worker gets: its creator's spec, and what the head knows of the
+        actor, for ``get_runtime_context()`` (its name, its job's namespace, how often it
+        restarted before this start, and its handle's metadata for ``current_actor``)."""
+        record = self.actors.actors[actor_id]
+        return dict(spec, name=record.name, job_namespace=self.jobs.namespace(record.job_id),
+                    restarts=record.restarts, meta=record.meta)
 
     def _on_LeaseInfeasible(self, link: Link, msg: P.LeaseInfeasible) -> None:
         """An agent cannot place an actor anywhere: tell the driver of its job."""

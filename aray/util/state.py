@@ -2,9 +2,11 @@
 
 Each function returns a list of dicts, one per node, actor or job, read from the head of
 the cluster this program is connected to (after :func:`aray.init`), or else from the cluster
-``address`` names (``"auto"``: the one ``aray start`` started on this machine). The same
-data is printed by ``aray list nodes|actors|jobs|tasks|objects`` and ``aray summary tasks``,
-and served by the dashboard's JSON API.
+``address`` names (``"HOST:PORT"``, or a session directory); without one, from the cluster
+that ``aray start`` started on this machine, or else from the newest one a program started
+for itself with :func:`aray.init`. The same data is printed by ``aray list
+nodes|actors|jobs|tasks|objects`` and ``aray summary tasks``, and served by the dashboard's
+JSON API.
 
 ``filters`` keeps the rows that match every ``(key, op, value)`` given, where ``op`` is
 ``"="`` or ``"!="``, as in Ray's state API: ``list_actors(filters=[("state", "=",
@@ -14,6 +16,7 @@ and served by the dashboard's JSON API.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from .. import _global
@@ -146,13 +149,17 @@ def summarize_tasks(*, address: str | None = None) -> dict[str, dict[str, int]]:
     return _rows("task_summary", None, address)[0]
 
 
-def _rows(kind: str, filters: list[Filter] | None, address: str | None) -> list[dict]:
+def _rows(kind: str, filters: list[Filter] | None, address: str | None,
+          token: str | None = None, note: Callable[[str], None] | None = None) -> list[dict]:
+    """The rows of ``kind``, from this program's cluster or else from the one ``address``
+    names (see :func:`aray._local.reach_cluster`, which ``token`` is for); ``note`` is told
+    which cluster was chosen when several run on this machine."""
     checked = _check_filters(filters)
     core = _global.core_or_none()
-    if address is None and core is not None:
+    if address is None and token is None and core is not None:
         rows = call(core.loop, _from_core, core, kind, what=f"list_{kind}")
     else:
-        rows = asyncio.run(_from_cluster(kind, address or "auto"))
+        rows = asyncio.run(_from_cluster(kind, address, token, note))
     return [row for row in rows if all(_matches(row, f) for f in checked)]
 
 
@@ -165,14 +172,14 @@ async def _from_core(core, kind: str) -> list[dict]:
     return reply.rows
 
 
-async def _from_cluster(kind: str, address: str) -> list[dict]:
-    import os
+async def _from_cluster(kind: str, address: str | None, token: str | None,
+                        note: Callable[[str], None] | None) -> list[dict]:
+    from .._local import reach_cluster
 
-    from .._local import find_cluster
-
-    info = find_cluster(address)
-    token = os.environ.get("ARAY_TOKEN") or info["token"]
-    reply = await ask(info["head_address"], token, lambda r: P.GetState(r, kind),
+    info = reach_cluster(address, token)
+    if info["note"] and note is not None:
+        note(info["note"])
+    reply = await ask(info["head_address"], info["token"], lambda r: P.GetState(r, kind),
                       name="state")
     if reply.error:
         raise ValueError(reply.error)
