@@ -286,6 +286,9 @@ class Core:
         self.call_soon(self.actors.submit, actor_id, call)
         return refs
 
+    def _on_WorkerRetires(self, link: Link, msg: P.WorkerRetires) -> None:
+        self.tasks.worker_retires(msg.task_id)
+
     def _on_TaskFinished(self, link: Link, msg: P.TaskFinished) -> None:
         if not self.tasks.on_task_finished(msg):
             self.actors.on_task_finished(msg)

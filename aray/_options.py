@@ -21,6 +21,7 @@ TASK_OPTIONS = {
     "max_retries": 3,
     "retry_exceptions": False,
     "name": None,
+    "max_calls": 0,
 }
 
 
@@ -109,6 +110,8 @@ def validate_task_options(options: dict) -> dict:
             value = check_num_returns(value)
         elif key == "max_retries":
             value = _number(key, value, integer=True, minimum=-1)
+        elif key == "max_calls":
+            value = _number(key, value, integer=True)
         elif key == "retry_exceptions":
             if not (isinstance(value, bool) or (
                     isinstance(value, (list, tuple)) and value
@@ -235,8 +238,6 @@ _NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
                            "in its task table (`aray list tasks`)"),
     "object_store_memory": (("task", "actor"), "it reserves nothing in Ray either (deprecated "
                             "for actors, refused for tasks): leave it out"),
-    "max_calls": (("task",), "a worker runs any number of tasks of its job; to free memory a "
-                  "task leaves behind, run it in an actor and kill the actor"),
     "_generator_backpressure_num_objects": (("task", "method"), "a streaming generator sends "
                                             "each item as it is yielded"),
     "max_pending_calls": (("actor",), "calls queue without a limit"),
@@ -259,7 +260,7 @@ _DEFAULTS: dict[str, tuple[Any, ...]] = {
     "placement_group_capture_child_tasks": (None, False), "accelerator_type": (None,),
     "label_selector": (None, {}), "fallback_strategy": (None, []), "_labels": (None, {}),
     "_metadata": (None, {}), "enable_task_events": (None, True),
-    "object_store_memory": (None,), "max_calls": (None, 0),
+    "object_store_memory": (None,),
     "_generator_backpressure_num_objects": (None, -1), "max_pending_calls": (None, -1),
     "allow_out_of_order_execution": (None, False), "enable_tensor_transport": (None, False),
     "tensor_transport": (None,), "max_task_retries": (None,),

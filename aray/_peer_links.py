@@ -88,6 +88,10 @@ class PeerLinks:
             del self._connecting[address]
         return link
 
+    def accepted(self) -> list[Link]:
+        """The links other processes dialled to this one (callers of a worker)."""
+        return list(self._server.links)
+
     def abort_node(self, node_id: str, reason: str) -> None:
         """Drop every link to the processes of ``node_id``, which died: a hung machine
         keeps its sockets open, and nothing sent there will be answered."""

@@ -452,6 +452,16 @@ class PushTask(NamedTuple):
     owner: str  # address of the caller's core, for refs the task creates
     resources: dict  # the task's resource request, e.g. {"CPU": 1.0} (get_runtime_context)
     namespace: str  # its job's namespace (get_runtime_context)
+    max_calls: int  # the worker exits after this many calls of the function (0: never)
+
+
+@_message(76, routes="core->core")
+class WorkerRetires(NamedTuple):
+    """Worker -> caller, before the task's answer: this worker exits after ``task_id``
+    (its function's ``max_calls``): push nothing more to it, and do not give its lease back
+    (its exit frees the lease's resources)."""
+
+    task_id: bytes
 
 
 @_message(41, routes="core->core")

@@ -102,6 +102,7 @@ class RemoteFunction(Generic[P, R]):
             shape=self._shape,
             max_retries=0 if streaming else int(self._options["max_retries"]),
             retry_exceptions=self._retry_exceptions, job_id=core.current_job_id(),
+            max_calls=int(self._options["max_calls"]),
             streaming=streaming, parent=_current_task_id())
         refs = core.submit(spec)
         if streaming:

@@ -64,6 +64,7 @@ class TaskSpec:
     max_retries: int
     retry_exceptions: bool | tuple
     job_id: str = ""
+    max_calls: int = 0  # its worker exits after this many calls of the function (0: never)
     streaming: bool = False
     parent: bytes = b""  # the task that submitted this one (in a worker), for recursive cancel
     deps: list = dataclasses.field(default_factory=list)  # resolved values, filled at dispatch
@@ -124,7 +125,7 @@ class FunctionDescriptor:
 
 class _Lease:
     __slots__ = ("worker_id", "address", "node_id", "gpu_ids", "link", "agent", "in_flight",
-                 "queue", "linger")
+                 "queue", "linger", "retiring")
 
     def __init__(self, grant: P.LeaseGranted, link: Link, agent: Link,
                  queue: _ShapeQueue) -> None:
@@ -137,6 +138,7 @@ class _Lease:
         self.in_flight: dict[bytes, TaskSpec] = {}
         self.queue = queue
         self.linger: asyncio.TimerHandle | None = None
+        self.retiring = False  # the worker exits after its running task (max_calls)
 
 
 class _ShapeQueue:
@@ -363,8 +365,9 @@ class TaskSubmitter:
         while q.tasks:
             lease = None
             for candidate in q.leases:
-                if len(candidate.in_flight) < MAX_IN_FLIGHT_PER_WORKER and (
-                        lease is None or len(candidate.in_flight) < len(lease.in_flight)):
+                busy = len(candidate.in_flight)
+                if not candidate.retiring and busy < MAX_IN_FLIGHT_PER_WORKER and (
+                        lease is None or busy < len(lease.in_flight)):
                     lease = candidate
             if lease is None:
                 break
@@ -427,7 +430,7 @@ class TaskSubmitter:
         lease.link.send(P.PushTask(
             spec.task_id, fn_id, blob, spec.name, spec.args, spec.deps, spec.return_ids,
             -1 if spec.streaming else len(spec.return_ids), spec.job_id, lease.gpu_ids,
-            self.core.address, spec.shape, job_namespace()))
+            self.core.address, spec.shape, job_namespace(), spec.max_calls))
 
     def on_task_finished(self, msg: P.TaskFinished) -> bool:
         """A reply to one of our tasks? Then resolve its refs and return True."""
@@ -436,6 +439,8 @@ class TaskSubmitter:
             return False
         spec = lease.in_flight.pop(msg.task_id)
         q = lease.queue
+        if lease.retiring and lease in q.leases:
+            q.leases.remove(lease)  # its exit frees its resources: no ReturnLease
         if msg.error is not None:
             error = error_from_blob(msg.error)
             if spec.force_cancelled or spec.cancelled and isinstance(error, TaskCancelledError):
@@ -450,6 +455,12 @@ class TaskSubmitter:
             self._finish_task(spec, msg.results)
         self._pump(q)
         return True
+
+    def worker_retires(self, task_id: bytes) -> None:
+        """The worker running ``task_id`` exits after it (``max_calls``): use it no more."""
+        lease = self._running.get(task_id)
+        if lease is not None:
+            lease.retiring = True
 
     def _retry_on(self, spec: TaskSpec, error: BaseException) -> bool:
         if spec.max_retries == 0 or spec.cancelled or not spec.retry_exceptions:

@@ -261,6 +261,8 @@ class TaskExecutor(_Executor):
         self._cancelled = b""  # the running task, once it was cancelled (is_canceled())
         self._runner: asyncio.Task | None = None
         self.actor: ActorExecutor | None = None  # the actor this worker hosts, once created
+        self.calls: dict[bytes, int] = {}  # calls run per function (for max_calls)
+        self.retiring = False  # max_calls reached: the worker exits after the running task
 
     # --- messages (the worker's core dispatches them here) -------------------------------
     def _on_PushTask(self, link: Link, msg: P.PushTask) -> None:
@@ -309,9 +311,11 @@ class TaskExecutor(_Executor):
 
     # --- running -----------------------------------------------------------------------
     async def _run_queue(self) -> None:
-        while self.queue:
+        while self.queue and not self.retiring:
             link, msg = self.queue.popleft()
             self.running = msg
+            if msg.max_calls:
+                self._count_call(link, msg)
             try:
                 await self._execute(link, msg)
             finally:
@@ -319,6 +323,26 @@ class TaskExecutor(_Executor):
                 self._running_task = None
                 self._cancelled = b""
                 self.cancels.forget(msg.task_id)
+        if self.retiring:
+            await self._retire()
+
+    def _count_call(self, link: Link, msg: P.PushTask) -> None:
+        """One more call of its function: at ``max_calls``, tell the caller (before the
+        answer) that this worker exits after it, as Ray recycles such a worker."""
+        count = self.calls[msg.fn_id] = self.calls.get(msg.fn_id, 0) + 1
+        if count >= msg.max_calls:
+            self.retiring = True
+            self._reply(link, P.WorkerRetires(msg.task_id))
+
+    async def _retire(self) -> None:
+        """Exit once the last answers have left; the node agent sees the exit and frees
+        the lease's resources (what the function left behind goes with the process)."""
+        deadline = time.monotonic() + EXIT_FLUSH_TIMEOUT
+        while any(link.queued and not link.closed for link in self.core.links.accepted()) and (
+                time.monotonic() < deadline):
+            await asyncio.sleep(0.01)
+        _flush_std()
+        os._exit(0)
 
     async def _execute(self, link: Link, msg: P.PushTask) -> None:
         ctx = TaskContext(msg.task_id, msg.job_id, msg.name, list(msg.gpu_ids), owner=msg.owner,

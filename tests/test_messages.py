@@ -86,7 +86,6 @@ class Plain:
     ("label_selector", {"zone": "a"}),
     ("fallback_strategy", [{"label_selector": {"zone": "b"}}]),
     ("enable_task_events", False),
-    ("max_calls", 1),
     ("_generator_backpressure_num_objects", 2),
 ])
 def test_rays_task_options_aray_lacks_say_not_supported_yet(option, value):

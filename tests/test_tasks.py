@@ -7,6 +7,7 @@ import threading
 import time
 
 import numpy as np
+import psutil
 import pytest
 from conftest import stays_true, task_state, wait_gone, wait_until
 
@@ -214,6 +215,24 @@ def test_arguments_that_do_not_bind_are_refused_at_the_call_site():
     assert aray.get([add.remote(1, b=2), scale.remote(2, factor=5)]) == [3, 10]
     assert not [t for t in list_tasks() if t["name"] in ("add", "scale")
                 and t["state"] == "FAILED"]  # the refused calls never became tasks
+
+
+def test_max_calls_recycles_the_worker_and_frees_its_resources():
+    @aray.remote(max_calls=2, max_retries=0)
+    def pid():
+        return os.getpid()
+
+    pids = [aray.get(pid.remote(), timeout=30) for _ in range(6)]
+    assert max(pids.count(p) for p in pids) <= 2, pids  # a worker runs at most 2 of them
+    assert len(set(pids)) >= 3, pids
+    for p in set(pids[:4]):  # the recycled ones are gone (the last may still be exiting)
+        wait_until(lambda p=p: not psutil.pid_exists(p), 30, message=f"worker {p} to exit")
+    wait_until(lambda: aray.available_resources().get("CPU") == 2.0, 30,
+               message="the recycled workers' CPUs to be free again")
+    refs = [pid.options(max_calls=0).remote() for _ in range(4)]  # 0: no limit
+    assert len(aray.get(refs, timeout=30)) == 4
+    with pytest.raises(ValueError, match="max_calls"):
+        pid.options(max_calls=-1)
 
 
 def test_num_returns():
