@@ -38,6 +38,8 @@ RESOLVE_RETRY_DELAY = 0.05
 #: queues of dead actors kept (their error answers later calls at once); older ones go,
 #: and a call to such an actor asks the head again
 MAX_DEAD_QUEUES = 10_000
+#: an actor whose last handle is gone is ended this long after, once its calls are done
+RETIRE_GRACE = 1.0
 #: aray.kill() waits this long for the actor to be down
 KILL_TIMEOUT = 60.0
 
@@ -92,6 +94,7 @@ def actor_died_error(info: dict, actor_id: str) -> ActorDiedError:
 class CallHost(Protocol):
     """What the actor caller needs of its process (:class:`~aray._core.Core`)."""
 
+    loop: asyncio.AbstractEventLoop
     address: str  # the owner named in the results' refs
     job_id: str
     objects: ObjectTable
@@ -260,7 +263,9 @@ class ActorCaller:
         if actor_id is not None:
             q = self._queue(actor_id)
             q.retiring = True
-            self._retire_if_idle(q)
+            # not at once: a call made through the last handle from another thread may
+            # still be on its way to this loop; the ones that arrive hold the actor
+            self.core.loop.call_later(RETIRE_GRACE, self._retire_if_idle, q)
 
     def _retire_if_idle(self, q: _ActorQueue) -> None:
         if q.retiring and not q.pending and not q.in_flight and q.dead is None:
