@@ -54,6 +54,15 @@ EXIT_FLUSH_TIMEOUT = 2.0
 EXIT_TIMEOUT = 30.0
 
 
+async def _drained(links) -> None:
+    """Until ``links`` have sent what waits on them (or EXIT_FLUSH_TIMEOUT passed): a
+    worker that exits by itself lets its last answers leave first."""
+    deadline = time.monotonic() + EXIT_FLUSH_TIMEOUT
+    while any(link.queued and not link.closed for link in links) and (
+            time.monotonic() < deadline):
+        await asyncio.sleep(0.01)
+
+
 class _Executor:
     """What task and actor executors share: arguments in, results and errors out."""
 
@@ -337,10 +346,7 @@ class TaskExecutor(_Executor):
     async def _retire(self) -> None:
         """Exit once the last answers have left; the node agent sees the exit and frees
         the lease's resources (what the function left behind goes with the process)."""
-        deadline = time.monotonic() + EXIT_FLUSH_TIMEOUT
-        while any(link.queued and not link.closed for link in self.core.links.accepted()) and (
-                time.monotonic() < deadline):
-            await asyncio.sleep(0.01)
+        await _drained(self.core.links.accepted())
         _flush_std()
         os._exit(0)
 
@@ -702,10 +708,7 @@ class ActorExecutor(_Executor):
         self.core.spawn(self._exit_process(callers), name="actor exit")
 
     async def _exit_process(self, callers: set) -> None:
-        deadline = time.monotonic() + EXIT_FLUSH_TIMEOUT
-        while any(link.queued and not link.closed for link in callers) \
-                and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)  # the answers leave before the process does
+        await _drained(callers)  # the answers leave before the process does
         try:
             await asyncio.to_thread(atexit._run_exitfuncs)  # the user's cleanup, as at exit
         finally:
