@@ -59,6 +59,7 @@ class ActorCall:
     waiting: bool = False
     interrupted: bool = False  # it was running when the link to the actor dropped
     group: str = ""  # a concurrency group chosen for this call
+    name: str = ""  # .options(name=...): the call's name ("" = Class.method)
 
 
 class _ActorQueue:
@@ -224,7 +225,7 @@ class ActorCaller:
             self._by_task[call.task_id] = q
             q.link.send(P.CallActor(call.task_id, q.target, call.method, call.args, call.deps,
                                     call.return_ids, call.num_returns, self.core.job_id,
-                                    self.core.address, call.group))
+                                    self.core.address, call.group, call.name))
 
     async def _resolve(self, q: _ActorQueue) -> None:
         try:
@@ -263,8 +264,10 @@ class ActorCaller:
         if actor_id is not None:
             q = self._queue(actor_id)
             q.retiring = True
-            # not at once: a call made through the last handle from another thread may
-            # still be on its way to this loop; the ones that arrive hold the actor
+            # Calls made here through the last handle arrived before this news (one
+            # ordered inbox carries both to the loop). Not at once all the same: a handle
+            # borrowed by another process sends its calls straight to the actor and its
+            # release to us, so its last calls may still be on their way to the actor.
             self.core.loop.call_later(RETIRE_GRACE, self._retire_if_idle, q)
 
     def _retire_if_idle(self, q: _ActorQueue) -> None:

@@ -8,9 +8,9 @@
 * A sync or threaded actor has one :class:`Lane` per group: at most the group's limit of
   threads, started as calls come, fed from one queue in arrival order (a lane of one thread
   runs its calls one at a time, in order).
-* Calls answer through one :class:`ReplyQueue`: posted from any thread, sent from the
-  runtime's loop in the order posted, so a stream's items always go out before the end of
-  that stream.
+* Calls answer through the runtime loop's :class:`~aray._inbox.Inbox`: posted from any
+  thread, sent from the runtime's loop in the order posted, so a stream's items always go out
+  before the end of that stream.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import queue
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+from ._inbox import Inbox
 
 log = logging.getLogger("aray")
 
@@ -51,46 +53,6 @@ def warn_blocking_get() -> None:
                     "meanwhile.")
 
 
-class ReplyQueue:
-    """Messages to callers, posted from any thread, sent by ``send(link, msg)`` on the
-    runtime's loop in the order they were posted (one wake-up per batch).
-
-    Examples:
-        >>> import asyncio
-        >>> sent = []
-        >>> async def main():
-        ...     replies = ReplyQueue(asyncio.get_running_loop(), lambda l, m: sent.append(m))
-        ...     replies.post(None, "a")
-        ...     replies.post(None, "b")
-        ...     await asyncio.sleep(0)
-        >>> asyncio.run(main())
-        >>> sent
-        ['a', 'b']
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop,
-                 send: Callable[[Any, Any], None]) -> None:
-        self._loop = loop
-        self._send = send
-        self._items: list[tuple[Any, Any]] = []
-        self._lock = threading.Lock()
-
-    def post(self, link: Any, msg: Any) -> None:
-        """Any thread: send ``msg`` on ``link`` after everything posted before."""
-        with self._lock:
-            self._items.append((link, msg))
-            wake = len(self._items) == 1  # otherwise the loop is due to send them already
-        if wake:
-            self._loop.call_soon_threadsafe(self.flush)
-
-    def flush(self) -> None:
-        """Loop only: send what was posted, in order."""
-        with self._lock:
-            items, self._items = self._items, []
-        for link, msg in items:
-            self._send(link, msg)
-
-
 class GroupLoop:
     """One concurrency group of an async actor: an event loop on a thread of its own, which
     runs at most ``limit`` calls at once.
@@ -112,10 +74,9 @@ class GroupLoop:
         self.loop = asyncio.new_event_loop()
         self.semaphore = asyncio.Semaphore(limit)  # (bound to the loop that first waits)
         self.tasks: dict[bytes, asyncio.Task] = {}  # this loop's calls, by task id
-        # starts and cancels handed over from other threads, taken in order, one wake-up
-        # per batch (a burst of calls wakes the loop once)
-        self._inbox: list[tuple] = []
-        self._lock = threading.Lock()
+        # starts and cancels handed over from other threads, in order, one wake-up per
+        # batch (a burst of calls wakes the loop once)
+        self._inbox = Inbox(self.loop)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -128,29 +89,16 @@ class GroupLoop:
         """Any thread: run ``make()`` on this loop as the call ``task_id``. ``never_ran`` is
         called (on this loop) if the call is cancelled before its coroutine starts, when
         the coroutine cannot answer for itself."""
-        self._hand_over((task_id, make, never_ran))
+        self._inbox.post(self._start, task_id, make, never_ran)
 
     def cancel(self, task_id: bytes) -> None:
         """Any thread: cancel the call's asyncio task (at its current ``await``)."""
-        self._hand_over((task_id,))
+        self._inbox.post(self._cancel, task_id)
 
-    def _hand_over(self, item: tuple) -> None:
-        with self._lock:
-            self._inbox.append(item)
-            wake = len(self._inbox) == 1
-        if wake:
-            self.loop.call_soon_threadsafe(self._take)
-
-    def _take(self) -> None:
-        with self._lock:
-            items, self._inbox = self._inbox, []
-        for item in items:
-            if len(item) == 1:
-                task = self.tasks.get(item[0])
-                if task is not None:
-                    task.cancel()
-            else:
-                self._start(*item)
+    def _cancel(self, task_id: bytes) -> None:
+        task = self.tasks.get(task_id)
+        if task is not None:
+            task.cancel()
 
     def _start(self, task_id: bytes, make: Callable[[], Coroutine[Any, Any, None]],
                never_ran: Callable[[], None]) -> None:

@@ -363,7 +363,20 @@ class ActorMethod(Generic[P, R]):
                         f"{self._name}.remote(...) instead of {self._name}(...)")
 
     def options(self, **options: Any) -> ActorMethod[P, R]:
-        """A copy of this method with ``num_returns`` or ``concurrency_group`` changed."""
+        """A copy of this method with ``num_returns``, ``concurrency_group`` or ``name`` (the
+        call's name in ``aray list tasks``, the dashboard and errors) changed.
+
+        Examples:
+            >>> import aray
+            >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+            >>> @aray.remote
+            ... class Counter:
+            ...     def add(self, n):
+            ...         return n
+            >>> c = Counter.remote()
+            >>> aray.get(c.add.options(name="first add").remote(1))
+            1
+        """
         options = validate_method_options(options)
         group = options.get("concurrency_group")
         groups = self._handle._meta.get("concurrency_groups") or {}
@@ -385,7 +398,8 @@ class ActorMethod(Generic[P, R]):
         call = ActorCall(task_id, self._name, args_blob, deps,
                          [return_id(task_id, i) for i in range(max(n, 0))], n,
                          int(meta.get("max_task_retries", 0)),
-                         group=self._options.get("concurrency_group") or "", held_refs=held)
+                         group=self._options.get("concurrency_group") or "", held_refs=held,
+                         name=self._options.get("name") or "")
         refs = core.submit_actor_call(self._handle._actor_id, call)
         # typed for the common case of one return: num_returns is an option, not a type
         if streaming or n > 1:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _global, aio
 from ._actor_groups import warn_blocking_get
+from ._options import check_init_argument
 from ._portal import LoopThread, call, on_loop, refuse_on_loop
 from ._refs import ObjectRef
 from ._runtime_context import RuntimeContext, current_task
@@ -69,7 +70,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         >>> aray.is_initialized()
         True
     """
-    _refuse_ray_arguments(ray_arguments)
+    for key, value in ray_arguments.items():
+        check_init_argument(key, value)
     options: dict[str, Any] = dict(
         num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
         object_store_memory=object_store_memory, log_to_driver=log_to_driver,
@@ -90,35 +92,6 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
 
 #: ``ray.init`` arguments aray does not have: what to do instead (a default value, None or
 #: False, is accepted and dropped, so code that spells one out runs)
-_RAY_INIT_ARGUMENTS = {
-    "runtime_env": "workers run in their node's Python environment and import the driver's "
-                   "own modules from its working directory",
-    "job_config": "a job's settings are init()'s own arguments",
-    "local_mode": "run with aray.init(num_cpus=1) and a debugger on the worker instead",
-    "logging_level": "configure the 'aray' logger with the logging module",
-    "logging_format": "configure the 'aray' logger with the logging module",
-    "configure_logging": "configure the 'aray' logger with the logging module",
-    "log_to_stderr": "configure the 'aray' logger with the logging module",
-    "_system_config": "aray has no system config",
-    "_temp_dir": "set ARAY_SESSION_ROOT",
-    "_node_ip_address": "use `aray start --node-ip-address`",
-    "storage": "aray has no cluster storage",
-    "object_spilling_directory": "objects spill into the session directory",
-    "enable_resource_isolation": "aray has no resource isolation",
-    "labels": "aray's nodes have no labels: give them custom resources",
-}
-
-
-def _refuse_ray_arguments(arguments: dict[str, Any]) -> None:
-    for key, value in arguments.items():
-        instead = _RAY_INIT_ARGUMENTS.get(key)
-        if instead is None:
-            raise TypeError(f"init() got an unexpected keyword argument {key!r}")
-        if value is not None and value is not False and value != {}:
-            raise ValueError(f"init({key}=...) is not supported by aray yet: {instead}. See "
-                             "\"Not in aray yet\" in docs/migrating.md.")
-
-
 def _register_atexit() -> None:
     global _atexit_registered
     if not _atexit_registered:

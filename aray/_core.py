@@ -255,7 +255,7 @@ class Core:
         if self.objects.on_loop_thread():
             fn(*args)
         else:
-            self.loop.call_soon_threadsafe(fn, *args)
+            self.objects.inbox.post(fn, *args)
 
     async def store_stats(self) -> tuple[dict, list]:
         """The node store's figures and its objects (from the node agent)."""

@@ -52,6 +52,7 @@ from typing import Any
 
 import cloudpickle
 
+from ._inbox import Inbox
 from .exceptions import ObjectLostError
 
 #: serialized values above this size go through the object store instead of inline
@@ -206,8 +207,8 @@ class ObjectTable:
         self._futs: dict[tuple[bytes, Any], asyncio.Future] = {}
         self._futs_lock = threading.Lock()
         self._loop_thread: int | None = None
-        self._dropped: list[bytes] = []  # ids whose count reached zero off the loop thread
-        self._dropped_lock = threading.Lock()
+        #: calls from other threads, run on the loop in order (see aray/_inbox.py)
+        self.inbox = Inbox(loop)
 
     def bind_thread(self) -> None:
         """Record the calling thread as the loop's (where entries change)."""
@@ -389,7 +390,7 @@ class ObjectTable:
         if loop is self.loop:
             self._attach(oid, loop, fut, get_entry)
         else:
-            self.loop.call_soon_threadsafe(self._attach, oid, loop, fut, get_entry)
+            self.inbox.post(self._attach, oid, loop, fut, get_entry)
         return fut
 
     def _attach(self, oid, loop, fut, get_entry) -> None:
@@ -418,34 +419,23 @@ class ObjectTable:
         if self.on_loop_thread():
             attach()
         else:
-            self.loop.call_soon_threadsafe(attach)
+            self.inbox.post(attach)
         return cfut
 
     # --- freeing -----------------------------------------------------------------------
     def _count_reached_zero(self, oid: bytes) -> None:
         try:
             if self.on_loop_thread():
-                self.loop.call_soon(self._check_unused, [oid])
-                return
-            # from other threads: batch the checks, waking the loop once per batch
-            with self._dropped_lock:
-                self._dropped.append(oid)
-                if len(self._dropped) > 1:
-                    return
-            self.loop.call_soon_threadsafe(self._check_dropped)
+                self.loop.call_soon(self._check_unused, oid)
+            else:
+                self.inbox.post(self._check_unused, oid)
         except RuntimeError:  # loop closed at shutdown
             pass
 
-    def _check_dropped(self) -> None:
-        with self._dropped_lock:
-            dropped, self._dropped = self._dropped, []
-        self._check_unused(dropped)
-
-    def _check_unused(self, oids: list[bytes]) -> None:
-        for oid in oids:
-            entry = self.entries.get(oid)
-            if entry is not None:
-                self.maybe_unused(entry)
+    def _check_unused(self, oid: bytes) -> None:
+        entry = self.entries.get(oid)
+        if entry is not None:
+            self.maybe_unused(entry)
 
     def maybe_unused(self, entry: ObjectEntry) -> None:
         """Delete ``entry`` if nothing keeps it any more (no ref, hold or waiter)."""

@@ -146,7 +146,7 @@ ACTOR_OPTIONS: dict[str, Any] = {
     "concurrency_groups": None,
 }
 
-METHOD_OPTIONS = {"num_returns": 1, "concurrency_group": None}
+METHOD_OPTIONS = {"num_returns": 1, "concurrency_group": None, "name": None}
 
 
 #: the most calls an actor runs at once (each thread of a threaded actor is started ahead)
@@ -194,7 +194,7 @@ def validate_method_options(options: dict) -> dict:
             continue
         if key == "num_returns":
             value = check_num_returns(value)
-        elif key == "concurrency_group" and value is not None:
+        elif key in ("concurrency_group", "name") and value is not None:
             value = check_string(key, value)
         out[key] = value
     return out
@@ -206,14 +206,16 @@ def validate_options_for_any(options: dict) -> None:
     for the kind of object they decorate."""
     allowed = set(TASK_OPTIONS) | set(ACTOR_OPTIONS)
     for key in options:
-        if key not in allowed and not _NOT_YET.get(key, ((),))[0]:
-            raise ValueError(_unknown(key, "@aray.remote", sorted(allowed), sorted(_NOT_YET)))
+        if key not in allowed and not set(_NOT_YET.get(key, ((),))[0]) - {"init"}:
+            raise ValueError(_unknown(key, "@aray.remote", sorted(allowed), sorted(
+                k for k, (kinds, _) in _NOT_YET.items() if set(kinds) - {"init"})))
 
 
-#: Ray's options of tasks, actors and actor methods that aray does not have yet: the kinds
-#: Ray takes each for, and what to do instead in aray (docs/migrating.md, "Not in aray yet")
+#: Ray's options of tasks, actors and actor methods, and arguments of init(), that aray does
+#: not have yet: the kinds Ray takes each for ("init" for init()), and what to do instead in
+#: aray (docs/migrating.md, "Not in aray yet")
 _NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
-    "runtime_env": (("task", "actor"), "workers run in their node's Python environment and "
+    "runtime_env": (("task", "actor", "init"), "workers run in their node's Python environment and "
                     "import the driver's own modules from its working directory; install "
                     "other packages on every node, and set environment variables there"),
     "scheduling_strategy": (("task", "actor"), "aray places work by resources only: to keep "
@@ -249,11 +251,24 @@ _NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
     "max_task_retries": (("method",), "give max_task_retries to the actor class "
                          "(@aray.remote(max_restarts=..., max_task_retries=...))"),
     "retry_exceptions": (("method",), "a method that raises is not run again"),
-    "name": (("method",), "each call is listed as Class.method in `aray list tasks`"),
+    "job_config": (("init",), "a job's settings are init()'s own arguments"),
+    "local_mode": (("init",), "run with aray.init(num_cpus=1) and a debugger on the worker "
+                   "instead"),
+    **{key: (("init",), "configure the 'aray' logger with the logging module")
+       for key in ("logging_level", "logging_format", "configure_logging", "log_to_stderr")},
+    "_system_config": (("init",), "aray has no system config"),
+    "_temp_dir": (("init",), "set ARAY_SESSION_ROOT"),
+    "_node_ip_address": (("init",), "use `aray start --node-ip-address`"),
+    "storage": (("init",), "aray has no cluster storage"),
+    "object_spilling_directory": (("init",), "objects spill into the session directory"),
+    "enable_resource_isolation": (("init",), "aray has no resource isolation"),
+    "labels": (("init",), "aray's nodes have no labels: give them custom resources"),
 }
 
 #: the values of those options that ask for what aray does anyway (Ray's defaults): they are
-#: accepted, and dropped, so that code that spells out a default runs unchanged
+#: accepted, and dropped, so that code that spells out a default runs unchanged (init()'s
+#: arguments: None, False or {})
+_INIT_DEFAULTS: tuple[Any, ...] = (None, False, {})
 _DEFAULTS: dict[str, tuple[Any, ...]] = {
     "runtime_env": (None, {}), "scheduling_strategy": (None, "DEFAULT"),
     "placement_group": (None, "default"), "placement_group_bundle_index": (-1,),
@@ -264,7 +279,7 @@ _DEFAULTS: dict[str, tuple[Any, ...]] = {
     "_generator_backpressure_num_objects": (None, -1), "max_pending_calls": (None, -1),
     "allow_out_of_order_execution": (None, False), "enable_tensor_transport": (None, False),
     "tensor_transport": (None,), "max_task_retries": (None,),
-    "retry_exceptions": (None,), "name": (None,),
+    "retry_exceptions": (None,),
 }
 
 _KINDS: dict[str, tuple[str, str, dict]] = {
@@ -297,7 +312,7 @@ def known_option(key: str, value: Any, kind: str) -> bool:
         return True
     kinds, instead = _NOT_YET.get(key, ((), ""))
     if kind in kinds:
-        if any(type(value) is type(d) and value == d for d in _DEFAULTS[key]):
+        if _is_default(key, value, _DEFAULTS[key]):
             return False
         raise ValueError(f"{key} is not supported by aray yet: {instead}. See \"Not in aray "
                          "yet\" in docs/migrating.md for what aray has instead.")
@@ -306,6 +321,29 @@ def known_option(key: str, value: Any, kind: str) -> bool:
         raise ValueError(f"{key} is an option of {' and of '.join(others)}, not of {plural}")
     raise ValueError(_unknown(key, what, sorted(options),
                               [k for k, (ks, _) in _NOT_YET.items() if kind in ks]))
+
+
+def check_init_argument(key: str, value: Any) -> None:
+    """Refuse an argument of Ray's ``init()`` that aray lacks, unless it has its default
+    value; a TypeError for a name that is no argument of Ray's ``init()`` either.
+
+    Examples:
+        >>> check_init_argument("local_mode", False)
+        >>> check_init_argument("local_mode", True)
+        Traceback (most recent call last):
+        ...
+        ValueError: init(local_mode=...) is not supported by aray yet: run with ...
+    """
+    kinds, instead = _NOT_YET.get(key, ((), ""))
+    if "init" not in kinds:
+        raise TypeError(f"init() got an unexpected keyword argument {key!r}")
+    if not _is_default(key, value, _INIT_DEFAULTS):
+        raise ValueError(f"init({key}=...) is not supported by aray yet: {instead}. See "
+                         "\"Not in aray yet\" in docs/migrating.md.")
+
+
+def _is_default(key: str, value: Any, defaults: tuple[Any, ...]) -> bool:
+    return any(type(value) is type(d) and value == d for d in defaults)
 
 
 def _unknown(key: str, what: str, valid: list[str], not_yet: list[str]) -> str:

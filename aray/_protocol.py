@@ -631,6 +631,7 @@ class CallActor(NamedTuple):
     job_id: str
     owner: str
     group: str  # concurrency group for this call ("" = the method's own)
+    name: str  # the call's name in the state API and errors ("" = Class.method)
 
 
 @_message(70, routes="head->core")

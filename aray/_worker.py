@@ -32,7 +32,7 @@ import cloudpickle
 from . import _global, _thread_cancel
 from . import _protocol as P
 from . import actor as _actor_module  # noqa: F401  (aray.actor.exit_actor() in methods)
-from ._actor_groups import GroupLoop, Lane, ReplyQueue, hosting_async_actor
+from ._actor_groups import GroupLoop, Lane, hosting_async_actor
 from ._core import Core
 from ._link import Link
 from ._objects import INLINE_THRESHOLD
@@ -437,7 +437,7 @@ class ActorExecutor(_Executor):
       (:class:`~aray._actor_groups.Lane`); a plain actor runs one call at a time, in order.
 
     The runtime's loop only hands calls over and sends the answers, in the order the calls
-    produce them (one :class:`~aray._actor_groups.ReplyQueue`). The actor ends itself with
+    produce them (through the loop's :class:`~aray._inbox.Inbox`). The actor ends itself with
     ``exit_actor()`` or ``__ray_terminate__`` (:meth:`_end`).
     """
 
@@ -454,7 +454,6 @@ class ActorExecutor(_Executor):
         self.limits = {"": spec["max_concurrency"], **(spec.get("concurrency_groups") or {})}
         self.loops: dict[str, GroupLoop] = {}  # an async actor's groups (made by start)
         self.lanes: dict[str, Lane] = {}  # a sync actor's groups (made by start)
-        self.replies = ReplyQueue(core.loop, self._deliver)
         self.cancels = ThreadCancels(interrupt=False)  # sync calls: marked, not interrupted
         #: (loop) the calls received and not answered yet: task id -> (caller, group)
         self.unfinished: dict[bytes, tuple[Link, str]] = {}
@@ -535,10 +534,15 @@ class ActorExecutor(_Executor):
             return _ready
         return getattr(self.instance, name)
 
+    def _call_name(self, msg: P.CallActor) -> str:
+        """The name a call goes by (state API, errors): ``Class.method`` unless the caller
+        named it with ``.options(name=...)``."""
+        return msg.name or f"{self.class_name}.{msg.method}"
+
     # --- calls, on the runtime's loop -----------------------------------------------------
     def call(self, link: Link, msg: P.CallActor) -> None:
         """Loop only: run one call in its concurrency group."""
-        name = f"{self.class_name}.{msg.method}"
+        name = self._call_name(msg)
         group = msg.group or self.method_groups.get(msg.method, "")
         runners: dict = self.loops if self.is_async else self.lanes
         if self.ending or group not in runners:
@@ -593,14 +597,15 @@ class ActorExecutor(_Executor):
         self._reply(link, msg)
 
     def _post_item(self, link: Link, msg: Any) -> None:
-        self.replies.post(link, msg)
+        """Any thread: answer on the runtime's loop, after the answers posted before."""
+        self.core.objects.inbox.post(self._deliver, link, msg)
 
     # --- sync calls, on a lane's thread ---------------------------------------------------
     def _run_call(self, link: Link, msg: P.CallActor) -> None:
         """On a lane thread: run one call and post its answer."""
         if self._ended:
             return  # the actor ended after this call was queued: it is answered already
-        name = f"{self.class_name}.{msg.method}"
+        name = self._call_name(msg)
         try:
             reply = P.TaskFinished(msg.task_id, self._call_sync(link, msg), None)
         except BaseException as exc:
@@ -611,12 +616,12 @@ class ActorExecutor(_Executor):
                 name, _cancel_named(exc, name), msg.task_id))
         finally:
             _flush_std()
-        self.replies.post(link, reply)
+        self._post_item(link, reply)
 
     def _call_sync(self, link: Link, msg: P.CallActor) -> list:
-        current_task.set(self._context(msg.task_id, f"{self.class_name}.{msg.method}",
-                                       msg.owner))
-        self._started(msg.task_id, f"{self.class_name}.{msg.method}", self.job_id, "ACTOR_TASK")
+        name = self._call_name(msg)
+        current_task.set(self._context(msg.task_id, name, msg.owner))
+        self._started(msg.task_id, name, self.job_id, "ACTOR_TASK")
         result = self.cancels.run(msg.task_id, self._call_user, link, msg)
         if msg.num_returns < 0:
             return []
@@ -633,7 +638,7 @@ class ActorExecutor(_Executor):
 
     # --- async calls, on their group's loop -----------------------------------------------
     async def _call_async(self, link: Link, msg: P.CallActor, group: str) -> None:
-        name = f"{self.class_name}.{msg.method}"
+        name = self._call_name(msg)
         token = current_task.set(self._context(msg.task_id, name, msg.owner))
         self._started(msg.task_id, name, self.job_id, "ACTOR_TASK")
         try:
@@ -655,18 +660,18 @@ class ActorExecutor(_Executor):
             if _ends_actor(exc):
                 self._ended_by(name, exc)
             else:
-                self.replies.post(link, P.TaskFinished(msg.task_id, [], self._error_blob(
+                self._post_item(link, P.TaskFinished(msg.task_id, [], self._error_blob(
                     name, _cancel_named(exc, name), msg.task_id)))
             return
         finally:
             current_task.reset(token)
             _flush_std()
-        self.replies.post(link, P.TaskFinished(msg.task_id, results, None))
+        self._post_item(link, P.TaskFinished(msg.task_id, results, None))
 
     def _never_ran(self, link: Link, msg: P.CallActor) -> None:
         """A call cancelled before its coroutine started: it answers here."""
-        name = f"{self.class_name}.{msg.method}"
-        self.replies.post(link, P.TaskFinished(msg.task_id, [], self._error_blob(
+        name = self._call_name(msg)
+        self._post_item(link, P.TaskFinished(msg.task_id, [], self._error_blob(
             name, TaskCancelledError(name), msg.task_id)))
 
     # --- the actor ends itself ------------------------------------------------------------
@@ -676,7 +681,8 @@ class ActorExecutor(_Executor):
             why = f"{name}() called exit_actor()"
         else:
             why = f"{name}() raised SystemExit"
-        self.core.loop.call_soon_threadsafe(self._end, why)
+        # after the answers of the calls that finished before it
+        self.core.objects.inbox.post(self._end, why)
 
     async def _terminate(self, task_id: bytes) -> None:
         """``__ray_terminate__``: end the actor once the calls received before this one
@@ -694,7 +700,6 @@ class ActorExecutor(_Executor):
         ``atexit`` handlers and the head marks the actor dead, not to be restarted."""
         if self._ended:
             return
-        self.replies.flush()  # the answers of the calls that finished before go out first
         self._ended = True
         self.ending = self.ending or (
             f"The actor {self.class_name} ({self.actor_id}) is dead: it exited: {why}.")

@@ -92,7 +92,7 @@ class NodeAgent:
         self.transfers = Transfers(self.objects, self._hello(), self._address_of, self._spawn)
         self.logs = LogForwarder(logs_dir, self.drivers, lambda: self.workers.handles.values(),
                                  self.workers.pids, lambda: self.head,
-                                 lambda: bool(self.leases.others), self._spawn)
+                                 lambda: bool(self.leases.view.others), self._spawn)
         self.leasing = Leasing(self.leases, self.workers, self.node_id, self.code_paths,
                                lambda: self.head, self._spawn)
         self._dispatch = Dispatcher("node", self, self.leasing, self.objects, self.transfers,
@@ -187,7 +187,7 @@ class NodeAgent:
                 "store_capacity": self.objects.accounts.capacity, "cluster_id": self.cluster_id}
 
     def _address_of(self, node_id: str) -> str | None:
-        return next((n[1] for n in self.leases.others if n[0] == node_id), None)
+        return next((n[1] for n in self.leases.view.others if n[0] == node_id), None)
 
     # --- workers -------------------------------------------------------------------------
     def _alive(self, worker_id: str) -> bool:

@@ -27,16 +27,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from . import lease_events as E
-from .scheduler import (
-    LeaseQueue,
-    ReleaseError,
-    ResourcePool,
-    feasible_anywhere,
-    fits,
-    format_resources,
-    infeasible_message,
-    spillback_target,
-)
+from .scheduler import ClusterView, LeaseQueue, ReleaseError, ResourcePool, fits, format_resources
 
 #: actors killed before their worker started, remembered until it does (the most recent)
 MAX_KILLED_ACTORS = 10_000
@@ -131,8 +122,7 @@ class LeaseScheduler:
         self.pool = ResourcePool(resources)
         self.queue = LeaseQueue()
         self.workers: dict[str, WorkerSlot] = {}
-        self.cluster_totals: list[dict] = [self.pool.total]
-        self.others: list[list] = []  # other nodes: [node_id, address, total, free]
+        self.view = ClusterView(self.pool.total)
         self.prestart = prestart
         self.shared = shared
         self._new_id = new_id or (lambda: uuid.uuid4().hex[:16])
@@ -165,13 +155,13 @@ class LeaseScheduler:
         for req in self.queue:
             entry = pending.setdefault(format_resources(req.shape), [req.shape, 0, False])
             entry[1] += 1
-            entry[2] = entry[2] or not feasible_anywhere(req.shape, self.cluster_totals)
+            entry[2] = entry[2] or not self.view.feasible(req.shape)
         return list(pending.values())
 
     # --- requests ------------------------------------------------------------------------
     def _lease_requested(self, ev: E.LeaseRequested) -> list:
         if ev.may_spillback:
-            target = spillback_target(ev.shape, self.pool, self.others)
+            target = self.view.spillback(ev.shape, self.pool)
             if target:
                 return [E.SpillBack(ev.caller, ev.req_id, target)]
         return self._enqueue(Request(ev.caller, ev.req_id, dict(ev.shape), ev.description,
@@ -189,22 +179,21 @@ class LeaseScheduler:
         return out
 
     def _warn_if_infeasible(self, req: Request) -> list:
-        if req.warned or feasible_anywhere(req.shape, self.cluster_totals):
+        if req.warned or self.view.feasible(req.shape):
             return []
         req.warned = True
         what = "actor" if req.actor_id else "task"
-        return [E.WarnInfeasible(req.caller, req.req_id, infeasible_message(
-            what, req.description, req.shape, self.cluster_totals), req.actor_id)]
+        return [E.WarnInfeasible(req.caller, req.req_id, self.view.infeasible_message(
+            what, req.description, req.shape), req.actor_id)]
 
     def _view_changed(self, ev: E.ViewChanged) -> list:
-        self.cluster_totals = [n[2] for n in ev.nodes] or [self.pool.total]
-        self.others = [n for n in ev.nodes if n[0] != ev.node_id]
+        self.view.update(ev.nodes, ev.node_id)
         out: list = []
         # what can never run here but can on a node that joined: send it there
         for req in list(self.queue):
             if req.actor_id or fits(req.shape, self.pool.total):
                 continue
-            target = spillback_target(req.shape, self.pool, self.others)
+            target = self.view.spillback(req.shape, self.pool)
             if target:
                 self.queue.remove_if(lambda r, req=req: r is req)
                 out.append(E.SpillBack(req.caller, req.req_id, target))

@@ -139,6 +139,43 @@ GPU_MEMORY: 4.0}). No node has GPU_MEMROY (did you mean GPU_MEMORY?). It stays p
             "resource requirements.")
 
 
+class ClusterView:
+    """What one node knows of the cluster: every node's totals (can a request ever run?)
+    and the other nodes' free resources (where to send what does not fit here).
+
+    Examples:
+        >>> view = ClusterView({"CPU": 1})
+        >>> view.feasible({"CPU": 2})
+        False
+        >>> view.update([["a", "addr-a", {"CPU": 1}, {"CPU": 1}],
+        ...              ["b", "addr-b", {"CPU": 4}, {"CPU": 4}]], own_id="a")
+        >>> view.feasible({"CPU": 2}), view.spillback({"CPU": 2}, ResourcePool({"CPU": 1}))
+        (True, 'addr-b')
+    """
+
+    def __init__(self, own_total: dict) -> None:
+        self._own_total = own_total
+        self.totals: list[dict] = [own_total]
+        self.others: list[list] = []  # other nodes: [node_id, address, total, free]
+
+    def update(self, nodes: list[list], own_id: str) -> None:
+        """The head's latest view: ``[node_id, address, total, free]`` per node."""
+        self.totals = [n[2] for n in nodes] or [self._own_total]
+        self.others = [n for n in nodes if n[0] != own_id]
+
+    def feasible(self, shape: dict) -> bool:
+        """Whether some node of the cluster could ever run ``shape``."""
+        return feasible_anywhere(shape, self.totals)
+
+    def spillback(self, shape: dict, pool: ResourcePool) -> str:
+        """The address of another node to run ``shape`` on, or "" (see spillback_target)."""
+        return spillback_target(shape, pool, self.others)
+
+    def infeasible_message(self, what: str, description: str, shape: dict) -> str:
+        """The warning for a request no node can run (see :func:`infeasible_message`)."""
+        return infeasible_message(what, description, shape, self.totals)
+
+
 class ReleaseError(RuntimeError):
     """Resources were given back that were not taken (a lease released twice, say)."""
 

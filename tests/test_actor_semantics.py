@@ -238,8 +238,9 @@ def test_exit_actor_ends_the_actor_for_good_and_runs_atexit(tmp_path, is_async):
     pid = aray.get(actor.pid.remote())
     with pytest.raises(ActorDiedError, match=r"leave\(\) called exit_actor\(\)"):
         aray.get(actor.leave.remote(), timeout=30)
-    wait_until(lambda: marker.exists(), 10, message="the actor's atexit handler to run")
-    assert marker.read_text() == "atexit ran"
+    # (the file exists from its open() on: wait for what the handler writes)
+    wait_until(lambda: marker.exists() and marker.read_text() == "atexit ran", 10,
+               message="the actor's atexit handler to run")
     assert wait_gone([pid], 30) == [], "the actor's process outlived exit_actor()"
     wait_until(lambda: actor_state(actor) == "DEAD", 10, message="the head to mark it dead")
     with pytest.raises(ActorDiedError):  # not restarted, though max_restarts=2
@@ -352,6 +353,40 @@ def test_an_async_constructor_is_awaited():
 
     with pytest.raises(ActorDiedError, match="no connection"):
         aray.get(Failing.remote().f.remote(), timeout=30)
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_call_named_with_options_goes_by_that_name(is_async):
+    from aray.exceptions import TaskError
+    from aray.util.state import list_tasks
+
+    class Named:
+        def name(self):
+            return aray.get_runtime_context().get_task_name()
+
+        def fail(self):
+            raise ValueError("bad input")
+
+    if is_async:
+        async def name(self):
+            return aray.get_runtime_context().get_task_name()
+        Named.name = name
+    actor = aray.remote(Named).remote()
+    assert aray.get(actor.name.remote(), timeout=30) == "Named.name"
+    ref = actor.name.options(name="nightly report").remote()
+    assert aray.get(ref, timeout=30) == "nightly report"
+    task_id = ref.hex()[:-8]
+
+    def row():
+        rows = list_tasks(filters=[("task_id", "=", task_id)])
+        return rows[0] if rows and rows[0]["state"] == "FINISHED" else None
+
+    wait_until(row, 20, message="the named call's row in the task table")
+    assert row()["name"] == "nightly report"
+    with pytest.raises(TaskError, match="named step"):
+        aray.get(actor.fail.options(name="named step").remote(), timeout=30)
+    with pytest.raises(TypeError, match="name must be a string"):
+        actor.name.options(name=3)
 
 
 # --- 5. is_canceled ------------------------------------------------------------------------

@@ -135,7 +135,7 @@ def test_unknown_options_say_so_with_the_closest_name():
                                          r"\(did you mean 'runtime_env'\?\)"):
         aray.remote(runtime_envs={})
     with pytest.raises(ValueError, match="unknown option 'colour' for an actor method; the "
-                                         "options are: concurrency_group, num_returns"):
+                                         "options are: concurrency_group, name, num_returns"):
         aray.method(colour="red")
     # an option of the other kind says whose it is
     with pytest.raises(ValueError, match="max_concurrency is an option of actors, not of "
