@@ -248,6 +248,25 @@ def set_visible_gpus(gpu_ids: list) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = _CUDA_AT_START
 
 
+#: the variables that size the thread pools of numerical libraries (OpenMP, OpenBLAS, MKL,
+#: Apple's Accelerate, numexpr). A worker sets them to its task's or actor's CPUs, as Ray
+#: does: otherwise each of N parallel workers starts one thread per core, and N numpy tasks
+#: run slower together than one after another. A variable set when aray started is kept.
+THREAD_COUNT_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                          "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+_THREADS_SET_BY_USER = frozenset(v for v in THREAD_COUNT_VARIABLES if v in os.environ)
+
+
+def set_thread_counts(resources: dict) -> None:
+    """Size numerical libraries' thread pools for the CPUs a task or actor holds (at least
+    one thread), before its code runs. A library reads them when it is loaded, so a worker
+    that loaded it for an earlier task keeps that task's count."""
+    threads = str(max(1, int(resources.get("CPU") or 0)))
+    for variable in THREAD_COUNT_VARIABLES:
+        if variable not in _THREADS_SET_BY_USER:
+            os.environ[variable] = threads
+
+
 def _iterate(result: Any):
     try:
         return iter(result)
@@ -356,6 +375,7 @@ class TaskExecutor(_Executor):
         token = current_task.set(ctx)
         self._started(msg.task_id, msg.name, msg.job_id, "NORMAL_TASK")
         set_visible_gpus(msg.gpu_ids)
+        set_thread_counts(msg.resources)
         self.core.job_id = msg.job_id  # a worker serves one job
         try:
             fn = self._function(msg.fn_id)
@@ -462,6 +482,7 @@ class ActorExecutor(_Executor):
         self._ended = False  # the calls were failed, the process is on its way out
         self.instance: Any = None
         set_visible_gpus(self.gpu_ids)
+        set_thread_counts(spec.get("hold") or {})
 
     def _context(self, task_id: bytes, name: str, owner: str = "") -> TaskContext:
         return TaskContext(task_id, self.job_id, name, self.gpu_ids, self.actor_id, owner,

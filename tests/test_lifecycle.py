@@ -339,3 +339,39 @@ def test_a_killed_nodes_store_is_removed_by_the_next_init(run_script):
         aray.shutdown()
     """)
     assert "GONE True True" in r.stdout
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+@pytest.mark.parametrize("user_set", [False, True], ids=["unset", "set-by-user"])
+def test_numerical_libraries_get_as_many_threads_as_the_task_has_cpus(run_script, monkeypatch,
+                                                                      user_set):
+    for var in _THREAD_VARS:
+        monkeypatch.delenv(var, raising=False)
+    if user_set:
+        monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    r = run_script("""
+        aray.init(num_cpus=3)
+        VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+        @aray.remote
+        def threads():
+            return [os.environ.get(v) for v in VARS]
+        @aray.remote
+        class Holder:
+            def threads(self):
+                return [os.environ.get(v) for v in VARS]
+        print("ONE", aray.get(threads.remote()))
+        print("THREE", aray.get(threads.options(num_cpus=3).remote()))
+        print("HALF", aray.get(threads.options(num_cpus=0.5).remote()))
+        print("ACTOR", aray.get(Holder.remote().threads.remote()))
+        print("ACTOR2", aray.get(Holder.options(num_cpus=2).remote().threads.remote()))
+        aray.shutdown()
+    """)
+    first = "7" if user_set else None
+    for label, n in (("ONE", "1"), ("THREE", "3"), ("HALF", "1"), ("ACTOR", "1"),
+                     ("ACTOR2", "2")):
+        expected = [first or n, n, n, n, n]
+        assert f"{label} {expected}" in r.stdout, r.stdout

@@ -134,3 +134,90 @@ def test_store_accounts_spill_oldest_first_and_count_disk_writes():
     for oid in (b"a", b"b", b"c", b"d"):
         acc.deleted(oid)
     assert acc.stats()["used_bytes"] == 0 and acc.stats()["spilled_bytes"] == 0
+
+
+class _NaiveAccounts:
+    """What StoreAccounts must answer, recomputed from scratch at every step."""
+
+    def __init__(self, capacity):
+        self.capacity = capacity
+        self.objects = {}  # id -> [size, state, owner, order]
+        self.clock = 0
+
+    def _tick(self):
+        self.clock += 1
+        return self.clock
+
+    def sealed(self, oid, size, on_disk, owner):
+        if oid in self.objects:
+            return []
+        self.objects[oid] = [size, "disk" if on_disk else "mem", owner, self._tick()]
+        return [] if on_disk else self.to_spill()
+
+    def used(self):
+        return sum(o[0] for o in self.objects.values() if o[1] != "disk")
+
+    def to_spill(self):
+        over = (self.used() - sum(o[0] for o in self.objects.values() if o[1] == "spilling")
+                - self.capacity)
+        chosen = []
+        for oid, o in sorted(self.objects.items(), key=lambda kv: kv[1][3]):
+            if over <= 0:
+                break
+            if o[1] == "mem":
+                o[1] = "spilling"
+                chosen.append(oid)
+                over -= o[0]
+        return chosen
+
+    def spill_done(self, oid, ok):
+        o = self.objects.get(oid)
+        if o is not None and o[1] == "spilling":
+            o[1] = "disk" if ok else "mem"
+            if not ok:
+                o[3] = self._tick()  # back of the spill order
+
+    def deleted(self, oid):
+        self.objects.pop(oid, None)
+
+    def owned_by(self, owner):
+        return sorted(oid for oid, o in self.objects.items() if o[2] == owner)
+
+    def stats(self):
+        disk = [o for o in self.objects.values() if o[1] == "disk"]
+        return {"used_bytes": self.used(), "capacity_bytes": self.capacity,
+                "num_objects": len(self.objects), "spilled_bytes": sum(o[0] for o in disk),
+                "num_spilled": len(disk)}
+
+
+def test_store_accounts_agree_with_a_model_that_recomputes_everything():
+    import random
+
+    from aray.store.service import ObjectState, StoreAccounts
+
+    names = {"mem": ObjectState.IN_MEMORY, "spilling": ObjectState.SPILLING,
+             "disk": ObjectState.ON_DISK}
+    for seed in range(20):
+        rng = random.Random(seed)
+        acc, model = StoreAccounts(capacity=500), _NaiveAccounts(capacity=500)
+        for _ in range(400):
+            oid = bytes([rng.randrange(40)])
+            op = rng.random()
+            if op < 0.45:
+                size, on_disk, owner = rng.randrange(1, 200), rng.random() < 0.1, rng.choice("xyz")
+                assert acc.sealed(oid, size, on_disk, owner) == model.sealed(oid, size, on_disk,
+                                                                            owner)
+            elif op < 0.75:
+                ok = rng.random() < 0.8
+                acc.spill_done(oid, ok)
+                model.spill_done(oid, ok)
+            elif op < 0.95:
+                acc.deleted(oid)
+                model.deleted(oid)
+            else:
+                owner = rng.choice("xyz")
+                assert sorted(acc.owned_by(owner)) == model.owned_by(owner)
+            assert acc.stats() == model.stats()
+            assert {k: o.state for k, o in acc.objects.items()} == {
+                k: names[o[1]] for k, o in model.objects.items()}
+            assert acc.to_spill() == model.to_spill()
