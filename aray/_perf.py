@@ -7,7 +7,9 @@ workload, on Ray (from Ray's own virtual environment) or on aray::
     python -P aray/_perf.py RUNTIME WORKLOAD N NUM_CPUS ROUNDS
 
 ``RUNTIME`` is the name of the module to import, ``ray`` or ``aray``: the same code then runs
-on either (aray has Ray Core's API). The process starts a local cluster with
+on either (aray has Ray Core's API). ``pool`` and ``dask`` run the task workloads
+(``FLOOR_WORKLOADS``) on a plain process pool and on Dask distributed, the floor to measure
+the runtimes' per-task cost against. The process starts a local cluster with
 ``init(num_cpus=NUM_CPUS)``, runs WORKLOAD (one untimed warm-up round, then ROUNDS timed
 rounds of N operations), calls ``shutdown()`` and prints one JSON line: the measured values,
 the runtime's version, and the pids (with their start times) of every process of the
@@ -27,6 +29,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 import psutil
 
@@ -517,6 +520,96 @@ WORKLOADS = {
 }
 
 
+# --- the floor: the task workloads on a plain process pool and on Dask -------------------------
+# Per-task cost has a floor in Python: a process pool that pickles the call to a worker and
+# the result back. compare.py runs the task workloads on these two as well, through adapters
+# that give them the part of Ray's API those workloads use (remote, get, init, shutdown).
+
+#: the workloads that run on the floor runtimes too
+FLOOR_WORKLOADS = ("tasks_sync", "tasks_async", "tasks_queued")
+
+
+def _floor_small_value():
+    # module level: a process pool pickles functions by reference
+    return b"ok"
+
+
+class _Submit:
+    """``fn`` as a remote function: ``.remote(*args)`` submits it and returns a future."""
+
+    def __init__(self, submit, fn) -> None:
+        self._submit, self._fn = submit, fn
+
+    def remote(self, *args):
+        return self._submit(self._fn, *args)
+
+
+class PoolRuntime:
+    """``concurrent.futures.ProcessPoolExecutor`` with ``num_cpus`` processes."""
+
+    def __init__(self) -> None:
+        import platform
+
+        self.__version__ = f"Python {platform.python_version()}"
+        self.pool: Any = None
+
+    def init(self, num_cpus: int) -> dict:
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(max_workers=num_cpus)
+        return {}
+
+    def remote(self, fn):
+        return _Submit(lambda f, *a: self.pool.submit(f, *a), fn)
+
+    def get(self, futures):
+        if isinstance(futures, list):
+            return [f.result() for f in futures]
+        return futures.result()
+
+    def shutdown(self) -> None:
+        self.pool.shutdown()
+
+
+class DaskRuntime:
+    """Dask distributed: a ``LocalCluster`` of ``num_cpus`` worker processes of one thread."""
+
+    def __init__(self) -> None:
+        import distributed  # type: ignore[import-not-found]  # compare.py's venv has it
+
+        self.__version__ = distributed.__version__
+        self.client: Any = None
+        self.cluster: Any = None
+
+    def init(self, num_cpus: int) -> dict:
+        from distributed import Client, LocalCluster  # type: ignore[import-not-found]
+
+        self.cluster = LocalCluster(n_workers=num_cpus, threads_per_worker=1, processes=True,
+                                    dashboard_address=None)
+        self.client = Client(self.cluster)
+        return {}
+
+    def remote(self, fn):
+        return _Submit(lambda f, *a: self.client.submit(f, *a, pure=False), fn)
+
+    def get(self, futures):
+        return self.client.gather(futures)
+
+    def shutdown(self) -> None:
+        self.client.close()
+        self.cluster.close()
+
+
+class FloorDefs:
+    """What the task workloads use of :class:`Defs`, for a floor runtime."""
+
+    def __init__(self, rt) -> None:
+        self.small_value = rt.remote(_floor_small_value)
+
+
+FLOORS = {"pool": PoolRuntime, "dask": DaskRuntime}
+
+
 def session_dir(info) -> str | None:
     try:
         return info["session_dir"]  # aray: a dict; Ray: RayContext proxies address_info
@@ -546,12 +639,20 @@ def main() -> int:
     """One workload of compare.py, in this fresh process; prints one RESULT line."""
     runtime, workload, *counts = sys.argv[1:6]
     n, num_cpus, rounds = map(int, counts)
-    if runtime not in ("ray", "aray"):
+    if runtime not in ("ray", "aray", *FLOORS):
         raise SystemExit(f"unknown runtime {runtime!r}")
+    if runtime in FLOORS and workload not in FLOOR_WORKLOADS:
+        raise SystemExit(f"{runtime} runs only the workloads {', '.join(FLOOR_WORKLOADS)}")
     # a hung run shows where it hangs (compare.py kills it after 120 s)
     faulthandler.dump_traceback_later(100, exit=False)
-    rt = importlib.import_module(runtime)
-    d = Defs(rt)
+    rt: Any
+    d: Any
+    if runtime in FLOORS:
+        rt = FLOORS[runtime]()
+        d = FloorDefs(rt)
+    else:
+        rt = importlib.import_module(runtime)
+        d = Defs(rt)
     out: dict = {"runtime": runtime, "version": rt.__version__, "workload": workload}
     results: dict = {}
     try:

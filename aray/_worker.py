@@ -255,13 +255,18 @@ def set_visible_gpus(gpu_ids: list) -> None:
 THREAD_COUNT_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                           "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 _THREADS_SET_BY_USER = frozenset(v for v in THREAD_COUNT_VARIABLES if v in os.environ)
+_threads_set = ""  # the count set last, in this worker
 
 
 def set_thread_counts(resources: dict) -> None:
     """Size numerical libraries' thread pools for the CPUs a task or actor holds (at least
     one thread), before its code runs. A library reads them when it is loaded, so a worker
     that loaded it for an earlier task keeps that task's count."""
+    global _threads_set
     threads = str(max(1, int(resources.get("CPU") or 0)))
+    if threads == _threads_set:
+        return  # as for the previous task (putenv costs a few microseconds per variable)
+    _threads_set = threads
     for variable in THREAD_COUNT_VARIABLES:
         if variable not in _THREADS_SET_BY_USER:
             os.environ[variable] = threads

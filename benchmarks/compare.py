@@ -38,7 +38,7 @@ WORKLOADS = ROOT / "aray" / "_perf.py"  # standalone: it runs on Ray's interpret
 DOCS_PAGE = ROOT / "docs" / "benchmarks.md"
 MKDOCS = ROOT / "mkdocs.yml"
 DEFAULT_VENV = "/tmp/aray-ray-venv"
-RAY_PACKAGES = ["ray", "numpy", "psutil"]
+RAY_PACKAGES = ["ray", "numpy", "psutil", "dask[distributed]"]  # Dask runs from there too
 CHILD_TIMEOUT = 120.0  # seconds per workload process (the slowest takes about 15 s)
 ROUNDS = 2  # timed rounds per process, after one untimed warm-up round
 
@@ -134,7 +134,11 @@ ROWS = [
 ]
 
 SIDES = ("ray", "aray")
-NAMES = {"ray": "Ray", "aray": "aray"}
+#: the floor for the task workloads: a plain process pool (this interpreter) and Dask
+#: distributed (from the comparison venv, next to Ray), see aray/_perf.py
+FLOORS = ("pool", "dask")
+FLOOR_WORKLOADS = ("tasks_sync", "tasks_async", "tasks_queued")
+NAMES = {"ray": "Ray", "aray": "aray", "pool": "process pool", "dask": "Dask"}
 
 
 # --- the machine -------------------------------------------------------------------------------
@@ -170,10 +174,11 @@ def venv_python(venv: Path) -> Path:
 
 
 def has_ray(python: Path) -> str | None:
-    """Ray's version if ``python`` can import ray, numpy and psutil, else None."""
+    """Ray's version if ``python`` can import ray, numpy, psutil and distributed, else None."""
     if not python.exists():
         return None
-    proc = subprocess.run([str(python), "-c", "import numpy, psutil, ray; print(ray.__version__)"],
+    proc = subprocess.run([str(python), "-c",
+                           "import distributed, numpy, psutil, ray; print(ray.__version__)"],
                           check=False, capture_output=True, text=True, timeout=120)
     return proc.stdout.strip() if proc.returncode == 0 else None
 
@@ -305,7 +310,7 @@ class Runner:
         self.leaks: list[str] = []
         self.failures: list[str] = []
         self.versions: dict[str, str] = {}
-        self.shutdown_s: dict[str, list[float]] = {s: [] for s in SIDES}
+        self.shutdown_s: dict[str, list[float]] = {s: [] for s in (*SIDES, *FLOORS)}
 
     def run(self, side: str, workload: Workload, n: int) -> dict | None:
         cmd = [str(self.pythons[side]), "-P", str(WORKLOADS), side, workload.key, str(n),
@@ -401,10 +406,34 @@ HEADER = ["workload", "unit", "Ray best", "Ray median", "aray best", "aray media
           "aray vs Ray"]
 
 
-def text_table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
+FLOOR_HEADER = ["workload", "unit", "aray best", "process pool best", "Dask best",
+                "aray vs pool", "aray vs Dask"]
+
+
+def floor_rows(samples: dict) -> list[list[str]]:
+    """The task rows against the floor: aray, a plain process pool and Dask (best values;
+    the ratios are aray's rate over theirs, > 1 when aray is faster)."""
+    rows = []
+    for row in ROWS:
+        if row.workload not in FLOOR_WORKLOADS:
+            continue
+        best = {side: summarize(samples[side].get(row.metric, []), row.higher_is_better)
+                for side in ("aray", *FLOORS)}
+        cells = [row.label, row.unit] + [fmt(best[s] and best[s][0], row.digits)
+                                         for s in ("aray", *FLOORS)]
+        for side in FLOORS:
+            if best["aray"] and best[side] and best[side][0] > 0:
+                cells.append(f"{best['aray'][0] / best[side][0]:.2f}x")
+            else:
+                cells.append("-")
+        rows.append(cells)
+    return rows
+
+
+def text_table(rows: list[list[str]], header: list[str] = HEADER) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = []
-    for r in [HEADER, *rows]:
+    for r in [header, *rows]:
         cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
         cells += [c.rjust(w) for c, w in zip(r[2:], widths[2:])]
         lines.append("  ".join(cells))
@@ -412,9 +441,9 @@ def text_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |",
-             "|" + "|".join(["---", "---"] + ["---:"] * (len(HEADER) - 2)) + "|"]
+def markdown_table(rows: list[list[str]], header: list[str] = HEADER) -> str:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|"]
     for r in rows:
         lines.append("| " + " | ".join(r) + " |")
     return "\n".join(lines)
@@ -446,7 +475,7 @@ RATIO_NOTE = ("aray vs Ray: aray/Ray for rates, Ray/aray for times and memory, b
 # --- docs/benchmarks.md ------------------------------------------------------------------------
 
 
-def write_docs(rows, m, versions, args, reps, total_s) -> None:
+def write_docs(rows, floor, m, versions, args, reps, total_s) -> None:
     mode = " --quick" if args.quick else ""
     n = {w.key: (w.n_quick if args.quick else w.n) for w in WORKLOADS_LIST}
     date = datetime.date.today().isoformat()
@@ -490,6 +519,18 @@ is MB (10^6 bytes), less is better.
 
 {put_vs_memcpy(rows)}
 {slower_text(rows)}
+## Against the floor: a process pool and Dask
+
+The per-task cost of any Python runtime has a floor: a plain
+`concurrent.futures.ProcessPoolExecutor` with `{args.num_cpus}` processes, which pickles each
+call to a worker and its result back and does nothing else (no scheduling across machines,
+no object store, no fault tolerance). The task workloads also run on it, and on Dask
+distributed (a `LocalCluster` of `{args.num_cpus}` single-threaded worker processes, Dask
+{versions.get('dask', '?')}), through adapters in `aray/_perf.py` that give them `remote`
+and `get`. The ratios are aray's rate over theirs (> 1: aray is faster).
+
+{markdown_table(floor, FLOOR_HEADER) if floor else "(not measured in this run)"}
+
 ## Reading the numbers
 
 - **A small machine.** A local Ray cluster is about ten processes (gcs_server, raylet,
@@ -640,7 +681,8 @@ def main() -> int:
 
     m = machine()
     ray_python, ray_version = ensure_ray(Path(args.ray_venv))
-    runner = Runner({"ray": ray_python, "aray": Path(sys.executable)}, args.num_cpus, ROUNDS)
+    runner = Runner({"ray": ray_python, "aray": Path(sys.executable),
+                     "pool": Path(sys.executable), "dask": ray_python}, args.num_cpus, ROUNDS)
     runner.versions["ray"] = ray_version
     print(f"machine: {machine_line(m, runner.versions, args.num_cpus).rsplit('; Ray', 1)[0]}")
     if m["load"][0] > 0.5 * (m["cpus"] or 1):
@@ -649,14 +691,15 @@ def main() -> int:
     print(f"{reps} repetition(s) per workload and side, 1 warm-up + {ROUNDS} timed rounds "
           f"each, num_cpus={args.num_cpus}\n", flush=True)
 
-    samples: dict = {side: {} for side in SIDES}
+    samples: dict = {side: {} for side in (*SIDES, *FLOORS)}
     t_start = time.perf_counter()
     todo = [w for w in WORKLOADS_LIST if not args.only or w.key in args.only]
     for workload in todo:
         n = workload.n_quick if args.quick else workload.n
         t0 = time.perf_counter()
+        sides = (*SIDES, *FLOORS) if workload.key in FLOOR_WORKLOADS else SIDES
         for rep in range(reps):
-            order = SIDES if rep % 2 == 0 else SIDES[::-1]
+            order = sides if rep % 2 == 0 else sides[::-1]
             for side in order:
                 results = runner.run(side, workload, n)
                 for metric, values in (results or {}).items():
@@ -680,6 +723,10 @@ def main() -> int:
           f"{total / 60:.1f} minutes")
     print(f"{RATIO_NOTE}\n")
     print(text_table(rows))
+    floor = floor_rows(samples)
+    if floor:
+        print("\nThe task rows against the floor (best values; aray's rate over theirs)\n")
+        print(text_table(floor, FLOOR_HEADER))
     print()
     extra = []
     for side in SIDES:
@@ -716,7 +763,7 @@ def main() -> int:
         if status:
             print("not writing the docs: the run was not clean")
         else:
-            write_docs(rows, m, runner.versions, args, reps, total)
+            write_docs(rows, floor, m, runner.versions, args, reps, total)
     return status
 
 

@@ -40,6 +40,23 @@ def test_the_workload_script_runs_standalone(tmp_path):
     assert result["pids"], "it reports the runtime's processes for the leak check"
 
 
+@pytest.mark.parametrize("floor", ["pool", "dask"])
+def test_the_task_workloads_run_on_the_floor_runtimes(tmp_path, floor):
+    # compare.py's third and fourth columns: a plain process pool, and Dask where installed
+    if floor == "dask":
+        pytest.importorskip("distributed", reason="Dask runs from compare.py's own venv")
+    proc = subprocess.run(
+        [sys.executable, "-P", perf.__file__, floor, "tasks_async", "50", "1", "1"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert result["results"]["single client tasks async"][0] > 0
+    assert result["pids"], "its worker processes are reported for the leak check"
+    refused = subprocess.run([sys.executable, "-P", perf.__file__, floor, "actor_sync", "5",
+                              "1", "1"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "runs only the workloads tasks_sync" in refused.stderr
+
+
 def test_every_workload_reports_under_its_name():
     names = [label for _, _, label in perf.WORKLOADS.values()]
     assert len(set(names)) == len(names)
