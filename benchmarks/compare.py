@@ -5,8 +5,10 @@ Run::
     python benchmarks/compare.py [--quick] [--ray-venv PATH] [--write-docs]
 
 Ray runs from a virtual environment of its own (created on first use with
-``python -m venv PATH`` and ``pip install ray numpy psutil``; default /tmp/aray-ray-venv), so
-it never becomes a dependency of aray; aray runs with the interpreter that runs this script.
+``python -m venv PATH`` and ``pip install ray numpy psutil dask[distributed]``; default
+/tmp/aray-ray-venv), so it never becomes a dependency of aray; aray runs with the interpreter
+that runs this script. The task rows also run on a plain process pool and on Dask (from the
+same venv), the floor for per-task cost, in a second table.
 Every workload of aray/_perf.py runs in a fresh process per side and repetition
 (Ray, aray, aray, Ray, Ray, aray...), with the same ``num_cpus`` on both sides. The script
 prints the machine and one table (best and median per side, and the ratio, > 1 when aray is
