@@ -499,8 +499,8 @@ To run the same workloads on aray alone, as Ray's `ray microbenchmark` does, use
 prints one line per workload, `NAME per second MEAN +- STD`, with Ray's names.
 
 The script creates a virtual environment for Ray on first use (`python -m venv
-/tmp/aray-ray-venv`, then `pip install ray numpy psutil`; `--ray-venv PATH` puts it
-elsewhere), so Ray never becomes a dependency of aray; aray runs with the interpreter that
+/tmp/aray-ray-venv`, then `pip install ray numpy psutil dask[distributed]`; `--ray-venv PATH`
+puts it elsewhere), so Ray never becomes a dependency of aray; aray runs with the interpreter that
 runs the script. `--quick` runs each workload once per side with smaller n (the time a full run
 took is under Machine below); `--write-docs` rewrites this page with the run's numbers. Run it on an
 idle machine: other load changes the numbers a lot, most of all the sync round trips.
