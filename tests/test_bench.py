@@ -57,6 +57,17 @@ def test_the_task_workloads_run_on_the_floor_runtimes(tmp_path, floor):
     assert refused.returncode == 1 and "runs only the workloads tasks_sync" in refused.stderr
 
 
+def test_the_transfer_benchmark_runs_quick(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_transfer.py")
+    figures = tmp_path / "transfer.json"
+    proc = subprocess.run([sys.executable, script, "--quick", "--json", str(figures)],
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(figures.read_text())
+    for key in ("socket_gb_s", "transfer_gb_s", "one_reader_s", "many_readers_s"):
+        assert result[key] > 0, key
+
+
 def test_every_workload_reports_under_its_name():
     names = [label for _, _, label in perf.WORKLOADS.values()]
     assert len(set(names)) == len(names)
