@@ -68,6 +68,17 @@ def test_the_transfer_benchmark_runs_quick(tmp_path):
         assert result[key] > 0, key
 
 
+def test_the_numpy_benchmark_runs_quick(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_numpy.py")
+    figures = tmp_path / "numpy.json"
+    proc = subprocess.run([sys.executable, script, "--quick", "--json", str(figures)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(figures.read_text())
+    for key in ("serial_s", "aray_s", "aray_thread_per_core_s"):
+        assert result[key] > 0, key
+
+
 def test_every_workload_reports_under_its_name():
     names = [label for _, _, label in perf.WORKLOADS.values()]
     assert len(set(names)) == len(names)
