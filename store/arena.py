@@ -70,48 +70,76 @@ def _is_locked(fd: int, offset: int) -> bool:
 
 
 class Allocator:
-    """First-fit allocation of page-aligned regions in ``[0, size)``, with coalescing.
+    """Best-fit allocation of page-aligned regions in ``[0, size)``, with coalescing.
 
     Plain bookkeeping: no memory is touched here.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._starts: list[int] = [0] if size else []  # free regions, sorted by offset
-        self._lengths: dict[int, int] = {0: size} if size else {}
+        # the free regions by start, by end (to merge a freed region with its neighbours),
+        # and by length: the sorted distinct lengths, and each length's regions. Allocation
+        # takes a region of the smallest length that fits (bisection over the lengths, not
+        # a walk over the regions), so many small holes do not slow it down, and the
+        # untouched end of the arena, whose pages were never faulted in, is used last.
+        self._by_start: dict[int, int] = {}  # start -> length
+        self._by_end: dict[int, int] = {}  # end -> start
+        self._lengths: list[int] = []
+        self._of_length: dict[int, dict[int, None]] = {}  # length -> starts
         self.in_use = 0
+        if size:
+            self._add(0, size)
+
+    def _add(self, start: int, length: int) -> None:
+        self._by_start[start] = length
+        self._by_end[start + length] = start
+        starts = self._of_length.get(length)
+        if starts is None:
+            starts = self._of_length[length] = {}
+            bisect.insort(self._lengths, length)
+        starts[start] = None
+
+    def _remove(self, start: int, popped: bool = False) -> int:
+        """Forget a free region (``popped``: already taken out of its length's regions)."""
+        length = self._by_start.pop(start)
+        del self._by_end[start + length]
+        starts = self._of_length[length]
+        if not popped:
+            del starts[start]
+        if not starts:
+            del self._of_length[length]
+            del self._lengths[bisect.bisect_left(self._lengths, length)]
+        return length
 
     def allocate(self, nbytes: int) -> int | None:
         """Offset of a free region of at least ``nbytes`` (rounded to pages), or None."""
         nbytes = (nbytes + PAGE - 1) // PAGE * PAGE
-        for i, start in enumerate(self._starts):
-            length = self._lengths[start]
-            if length < nbytes:
-                continue
-            del self._starts[i]
-            del self._lengths[start]
-            if length > nbytes:
-                self._starts.insert(i, start + nbytes)
-                self._lengths[start + nbytes] = length - nbytes
-            self.in_use += nbytes
-            return start
-        return None
+        i = bisect.bisect_left(self._lengths, nbytes)
+        if i == len(self._lengths):
+            return None
+        length = self._lengths[i]
+        # the region of that length freed last (popitem: O(1), and its pages are warm)
+        start, _ = self._of_length[length].popitem()
+        self._remove(start, popped=True)
+        if length > nbytes:
+            self._add(start + nbytes, length - nbytes)
+        self.in_use += nbytes
+        return start
 
     def free(self, offset: int, nbytes: int) -> None:
         nbytes = (nbytes + PAGE - 1) // PAGE * PAGE
         self.in_use -= nbytes
-        i = bisect.bisect_left(self._starts, offset)
         # merge with the free neighbours on either side
-        if i < len(self._starts) and offset + nbytes == self._starts[i]:
-            nbytes += self._lengths.pop(self._starts.pop(i))
-        if i > 0 and self._starts[i - 1] + self._lengths[self._starts[i - 1]] == offset:
-            self._lengths[self._starts[i - 1]] += nbytes
-            return
-        self._starts.insert(i, offset)
-        self._lengths[offset] = nbytes
+        if offset + nbytes in self._by_start:
+            nbytes += self._remove(offset + nbytes)
+        before = self._by_end.get(offset)
+        if before is not None:
+            nbytes += self._remove(before)
+            offset = before
+        self._add(offset, nbytes)
 
     def largest_free(self) -> int:
-        return max(self._lengths.values(), default=0)
+        return self._lengths[-1] if self._lengths else 0
 
 
 class ArenaSpace:

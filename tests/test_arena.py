@@ -12,7 +12,7 @@ from aray.store.arena import PAGE, Allocator, ArenaClient, ArenaSpace
 pytestmark = pytest.mark.skipif(not arena.supported(), reason="needs OFD locks (Linux)")
 
 
-def test_allocator_is_first_fit_page_aligned_and_coalesces():
+def test_allocator_is_best_fit_page_aligned_and_coalesces():
     alloc = Allocator(10 * PAGE)
     a = alloc.allocate(1)
     b = alloc.allocate(PAGE + 1)  # two pages
@@ -20,13 +20,54 @@ def test_allocator_is_first_fit_page_aligned_and_coalesces():
     assert (a, b, c) == (0, PAGE, 3 * PAGE) and alloc.in_use == 6 * PAGE
     assert alloc.allocate(5 * PAGE) is None  # only 4 pages left at the end
     alloc.free(b, 2 * PAGE)
-    assert alloc.allocate(PAGE) == PAGE  # first fit: the hole left by b
+    assert alloc.allocate(PAGE) == PAGE  # the smallest hole that fits: the one left by b
     alloc.free(PAGE, PAGE)
     alloc.free(a, 1)
     alloc.free(c, 3 * PAGE)
     # every neighbour merged back: one region as large as the arena
     assert alloc.in_use == 0 and alloc.largest_free() == 10 * PAGE
     assert alloc.allocate(10 * PAGE) == 0
+
+
+def test_allocator_takes_the_smallest_hole_that_fits():
+    alloc = Allocator(20 * PAGE)
+    regions = [alloc.allocate(PAGE * n) for n in (3, 1, 1, 1, 2)]
+    assert regions == [0, 3 * PAGE, 4 * PAGE, 5 * PAGE, 6 * PAGE]
+    alloc.free(0, 3 * PAGE)  # a 3-page hole first, then a 1-page one
+    alloc.free(4 * PAGE, PAGE)
+    assert alloc.allocate(PAGE) == 4 * PAGE  # not the first hole: the one that fits best
+    assert alloc.allocate(2 * PAGE) == 0  # then the 3-page hole, before the untouched end
+    assert alloc.allocate(13 * PAGE) is None and alloc.largest_free() == 12 * PAGE
+
+
+def test_allocator_agrees_with_a_page_map_under_random_churn():
+    import random
+
+    rng = random.Random(7)
+    pages = 200
+    alloc = Allocator(pages * PAGE)
+    used = [False] * pages  # the model: which pages are taken
+    live: dict[int, int] = {}
+    for _ in range(3000):
+        if live and rng.random() < 0.45:
+            offset, n = live.popitem() if rng.random() < 0.5 else rng.choice(list(live.items()))
+            live.pop(offset, None)
+            alloc.free(offset, n * PAGE)
+            used[offset // PAGE:offset // PAGE + n] = [False] * n
+        else:
+            n = rng.randrange(1, 9)
+            offset = alloc.allocate(n * PAGE - rng.randrange(PAGE))  # rounded up to n pages
+            runs = [i for i in range(pages - n + 1) if not any(used[i:i + n])]
+            if offset is None:
+                assert not runs, "a free run of pages was there"
+                continue
+            first = offset // PAGE
+            assert offset % PAGE == 0 and not any(used[first:first + n])
+            used[first:first + n] = [True] * n
+            live[offset] = n
+        assert alloc.in_use == sum(used) * PAGE
+        free_runs = [len(run) for run in "".join(".#"[u] for u in used).split("#") if run]
+        assert alloc.largest_free() == max(free_runs, default=0) * PAGE  # holes coalesced
 
 
 def _space(tmp_path, size=64 * PAGE):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import time
+from collections import OrderedDict
 
 #: how many ended rows each table keeps for the state API
 MAX_DEAD_NODES = 1_000
@@ -301,7 +302,9 @@ class TaskTable:
     def __init__(self, limit: int = MAX_ENDED_TASKS) -> None:
         self.limit = limit
         self.tasks: dict[str, dict] = {}  # in order of first event
-        self._ended: dict[str, None] = {}  # ids of ended tasks, in the order they ended
+        # ids of ended tasks, in the order they ended (an OrderedDict: taking the oldest
+        # is O(1); a dict's first item is found by skipping the slots of those taken before)
+        self._ended: OrderedDict[str, None] = OrderedDict()
         self.version = 0  # changes with every batch applied
         self._counts: dict[str, dict[str, int]] = {}  # name -> state -> tasks
 
@@ -350,8 +353,7 @@ class TaskTable:
 
     def _bound(self) -> None:
         while len(self._ended) > self.limit:
-            key = next(iter(self._ended))
-            del self._ended[key]
+            key, _ = self._ended.popitem(last=False)
             task = self.tasks.pop(key, None)
             if task is not None:
                 self._count(task, -1)
