@@ -139,7 +139,12 @@ class Cluster:
         import aray
 
         self.pids += runtime_pids()
-        aray.shutdown()
+        t = time.perf_counter()
+        try:
+            aray.shutdown()
+        except BaseException as e:  # a finding of its own: the figures still stand
+            emit("SHUTDOWN_ERROR", error=f"aray.shutdown() raised {type(e).__name__}: {e} "
+                                         f"after {time.perf_counter() - t:.1f} s")
         left = alive(self.pids)
         if left:
             emit("LEAK", pids=left)
@@ -567,7 +572,8 @@ def run_row(row: str, sizes: list[int], num_cpus: int, timeout: float,
     cmd = [sys.executable, os.path.abspath(__file__), "--child", row, *(["--quick"] * quick),
            "--sizes", ",".join(map(str, sizes)), "--num-cpus", str(num_cpus)]
     result: dict = {"title": ROWS[row][0], "sizes": sizes, "figures": {}, "skipped": {},
-                    "memory": [], "sizes_info": [], "notes": [], "leaks": [], "error": ""}
+                    "memory": [], "sizes_info": [], "notes": [], "leaks": [], "error": "",
+                    "shutdown_error": ""}
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
@@ -589,10 +595,12 @@ def run_row(row: str, sizes: list[int], num_cpus: int, timeout: float,
     err = "".join(errors)
     result["seconds"] = time.perf_counter() - t
     if proc.returncode not in (0, -9):
-        result["error"] = f"exit {proc.returncode}: {err.strip()[-2000:]}"
+        err = err.strip()
+        result["error"] = f"exit {proc.returncode}: " + (
+            err if len(err) < 3000 else f"{err[:1500]}\n...\n{err[-1500:]}")
     for line in lines:
         kind, _, payload = line.partition(" ")
-        if kind not in ("FIGURE", "SKIP", "MEMORY", "SIZE", "NOTE", "LEAK"):
+        if kind not in ("FIGURE", "SKIP", "MEMORY", "SIZE", "NOTE", "LEAK", "SHUTDOWN_ERROR"):
             continue
         data = json.loads(payload)
         if kind == "FIGURE":
@@ -607,6 +615,8 @@ def run_row(row: str, sizes: list[int], num_cpus: int, timeout: float,
             result["sizes_info"].append(data)
         elif kind == "NOTE":
             result["notes"].append(data["text"])
+        elif kind == "SHUTDOWN_ERROR":
+            result["shutdown_error"] = data["error"]
         else:
             result["leaks"] += data["pids"]
     time.sleep(0.5)
@@ -667,6 +677,8 @@ def print_row(row: str, result: dict) -> None:
         print(f"  N={fmt_size(info['size'])}: {rest}")
     for text in result["notes"]:
         print(f"  note: {text}")
+    if result["shutdown_error"]:
+        print(f"  SHUTDOWN ERROR: {result['shutdown_error']}")
     if result["leaks"]:
         print(f"  LEAK: processes alive after shutdown: {result['leaks']}")
     if result["error"]:
@@ -715,9 +727,10 @@ def main() -> int:
         print_row(row, results[row])
     total = time.perf_counter() - t_start
     misses = [r for r, res in results.items() if res["status"] == "MISS"]
-    broken = [r for r, res in results.items() if res["status"] == "ERROR" or res["leaks"]]
+    broken = [r for r, res in results.items()
+              if res["status"] == "ERROR" or res["leaks"] or res["shutdown_error"]]
     print(f"total {total:.1f} s; MISS: {', '.join(misses) or 'none'}"
-          + (f"; ERROR/LEAK: {', '.join(broken)}" if broken else ""))
+          + (f"; ERROR/LEAK/SHUTDOWN ERROR: {', '.join(broken)}" if broken else ""))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"mode": mode, "machine": machine, "num_cpus": args.num_cpus,
