@@ -619,8 +619,11 @@ def run_row(row: str, sizes: list[int], num_cpus: int, timeout: float,
             result["shutdown_error"] = data["error"]
         else:
             result["leaks"] += data["pids"]
-    time.sleep(0.5)
-    shutil.rmtree(root, ignore_errors=True)
+    if result["error"] or result["shutdown_error"] or result["leaks"]:
+        result["notes"].append(f"session root kept (the nodes' logs): {root}")
+    else:
+        time.sleep(0.5)
+        shutil.rmtree(root, ignore_errors=True)
     for metric in result["figures"].values():
         values = metric["values"]
         done = sorted(values, key=int)
