@@ -145,7 +145,7 @@ class Cluster:
         except BaseException as e:  # a finding of its own: the figures still stand
             emit("SHUTDOWN_ERROR", error=f"aray.shutdown() raised {type(e).__name__}: {e} "
                                          f"after {time.perf_counter() - t:.1f} s")
-        left = alive(self.pids)
+        left = alive(sorted(set(self.pids)))
         if left:
             emit("LEAK", pids=left)
 
