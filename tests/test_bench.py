@@ -108,3 +108,29 @@ def test_the_soak_survives_a_node_loss(tmp_path):
     assert report["errors"] == 0 and report["leftovers"] == []
     assert report["kill"]["killed_node_marked_dead"] is True
     assert all(kind["done"] > 0 for kind in report["operations"].values()), report
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bench_scale_quick_runs(tmp_path):
+    # every row in a process (and cluster) of its own; the figures are not judged here (a
+    # MISS is a finding, not a failure), only that each row measured something
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_scale.py")
+    figures = tmp_path / "scale.json"
+    proc = subprocess.run([sys.executable, script, "--quick", "--json", str(figures)],
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert proc.stdout.startswith("aray scale benchmark (quick)\nmachine: "), out
+    report = json.loads(figures.read_text())
+    assert set(report["rows"]) == {"put_inline", "put_shm", "tasks", "returns", "actors",
+                                   "task_table", "store_accounts", "arena"}
+    for name, row in report["rows"].items():
+        assert not row["error"] and not row["leaks"] and not row["shutdown_error"], (name, row)
+        assert row["figures"], name
+        for metric, fig in row["figures"].items():
+            assert len(fig["values"]) == len(row["sizes"]), (name, metric, fig)
+            assert all(v > 0 for v in fig["values"].values()), (name, metric, fig)
+            assert fig["status"] in ("ok", "MISS"), (name, metric, fig)
+    tasks = report["rows"]["tasks"]
+    assert {m["process"] for m in tasks["memory"]} == {"driver", "node", "workers"}
