@@ -141,6 +141,11 @@ class Allocator:
     def largest_free(self) -> int:
         return self._lengths[-1] if self._lengths else 0
 
+    @property
+    def free_regions(self) -> int:
+        """How many free regions (holes) there are."""
+        return len(self._by_start)
+
 
 class ArenaSpace:
     """The node agent's side: the arena file, its free list and the regions still pinned."""
