@@ -800,13 +800,18 @@ DOCS_HEADING = "## Soak: a 2-node cluster that loses a node"
 
 
 def write_docs(report: dict, args: argparse.Namespace) -> None:
-    """Put this run's figures in docs/benchmarks.md, replacing the soak's section."""
+    """Put this run's figures in docs/benchmarks.md, replacing the soak's section (the
+    sections after it are kept)."""
     import platform
 
     page_path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
     page = page_path.read_text()
+    after = ""  # the sections that follow the soak's (the scale figures) stay
     if DOCS_HEADING in page:
-        page = page[:page.index(DOCS_HEADING)].rstrip() + "\n\n"
+        page, rest = page.split(DOCS_HEADING, 1)
+        page = page.rstrip() + "\n\n"
+        if "\n## " in rest:
+            after = "\n" + rest[rest.index("\n## ") + 1:]
     mib = 2**20
     kill = report.get("kill", {})
     lines = [
@@ -841,7 +846,7 @@ def write_docs(report: dict, args: argparse.Namespace) -> None:
         lines.append(f"| {group} | {s['processes']}, {s['rss'] / mib:.0f} MiB, "
                      f"{s['uss'] / mib:.0f} MiB, {s['fds']} | {e['processes']}, "
                      f"{e['rss'] / mib:.0f} MiB, {e['uss'] / mib:.0f} MiB, {e['fds']} |")
-    page_path.write_text(page + "\n".join(lines) + "\n")
+    page_path.write_text(page + "\n".join(lines) + "\n" + after)
     print(f"wrote the soak's section of {page_path}", flush=True)
 
 
