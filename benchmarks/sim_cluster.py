@@ -116,31 +116,37 @@ SKIM_ABOVE = 16 << 10
 _EMPTY_FRAME = msgpack.packb([])
 
 
-def _skim_views(data: bytes) -> list[list[str]] | None:
-    """The node ids of each ClusterViewChanged in a frame that holds nothing else (else
-    None), read without building the rest of each entry: one process stands for N agents,
-    and decoding every agent's copy of an N-node view would make the simulator, not the
-    head, the bottleneck (a real agent decodes only its own)."""
+def _skim_views(data: bytes) -> tuple[int, list[str]] | None:
+    """For a frame that holds only ClusterViewChanged messages (else None): how many it
+    holds, and the node ids of the last (which supersedes the others), read without
+    building the rest: one process stands for N agents, and decoding every agent's copy of
+    an N-node view would make the simulator, not the head, the bottleneck (a real agent
+    decodes only its own)."""
     unpacker = msgpack.Unpacker(max_buffer_size=len(data) + 1, raw=False)
     unpacker.feed(data)
-    views = []
     try:
-        for _ in range(unpacker.read_array_header()):
+        count = unpacker.read_array_header()
+        ids: list[str] = []
+        for i in range(count):
             if unpacker.read_array_header() != 2 or unpacker.unpack() != VIEW_TAG:
                 return None
-            ids = []
-            for _ in range(unpacker.read_array_header()):
+            entries = unpacker.read_array_header()
+            if i < count - 1:
+                for _ in range(entries):
+                    unpacker.skip()
+                continue
+            for _ in range(entries):
                 fields = unpacker.read_array_header()
                 ids.append(unpacker.unpack())
                 for _ in range(fields - 1):
                     unpacker.skip()
-            views.append(ids)
     except Exception:
         return None
-    return views
+    return count, ids
 
 
 VIEW_TAG = P.ClusterViewChanged.TAG
+VIEW_UPDATE = getattr(P, "ClusterViewUpdated", None)
 
 
 class _CountingWS:
@@ -162,10 +168,9 @@ class _CountingWS:
         if frame.type == aiohttp.WSMsgType.BINARY:
             self._agent.sim.rx_bytes += len(frame.data)
             if len(frame.data) > SKIM_ABOVE:
-                views = _skim_views(frame.data)
-                if views is not None:
-                    for ids in views:
-                        self._agent.full_view(ids)
+                skimmed = _skim_views(frame.data)
+                if skimmed is not None:
+                    self._agent.full_view(skimmed[1], skimmed[0])
                     return aiohttp.WSMessage(frame.type, _EMPTY_FRAME, frame.extra)
         return frame
 
@@ -206,9 +211,9 @@ class SimAgent:
                 self.link.send(P.Heartbeat(self.node_id, status))
             await asyncio.sleep(interval)
 
-    def full_view(self, node_ids: list) -> None:
-        self.sim.views += 1
-        self.sim.view_entries += len(node_ids)
+    def full_view(self, node_ids: list, views: int = 1) -> None:
+        """The head sent ``views`` full views, the last of these nodes."""
+        self.sim.views += views
         self.view = set(node_ids)
 
     def _report(self) -> None:
@@ -219,6 +224,10 @@ class SimAgent:
         kind = type(msg)
         if kind is P.ClusterViewChanged:
             self.full_view([entry[0] for entry in msg.nodes])
+        elif kind is VIEW_UPDATE:  # (a head that sends the view's changes)
+            sim.views += 1
+            self.view.update(entry[0] for entry in msg.changed)
+            self.view.difference_update(msg.removed)
         elif kind is P.CreateActor:
             hold = msg.spec.get("hold", {})
             for k, v in hold.items():
@@ -262,12 +271,14 @@ class SimAgent:
             self.link.abort("simulated crash")
 
     async def aclose(self) -> None:
+        """Drop the link without reading what is still on its way (a head that is behind
+        may have a lot queued for it)."""
         for task in self._tasks[1:]:
             task.cancel()
         if self.link is not None:
-            await self.link.aclose()
+            self.link.abort("the simulation is over")
         if self._tasks:
-            await asyncio.gather(self._tasks[0], return_exceptions=True)
+            await asyncio.wait(self._tasks[:1], timeout=10)
 
 
 class Sim:
@@ -276,9 +287,9 @@ class Sim:
         self.agents: list[SimAgent] = []
         self.rx_bytes = 0
         self.views = 0
-        self.view_entries = 0
         self.placed_on: dict[str, SimAgent] = {}
         self._died_seen: dict[str, float] = {}
+        self.join_failures: list[str] = []  # agents whose connect failed
         self._waiting_for: dict[str, asyncio.Future] = {}  # actor id -> re-placed
         self._died_waiters: dict[str, asyncio.Future] = {}
 
@@ -301,7 +312,11 @@ class Sim:
         async def one(i: int) -> None:
             async with sem:
                 agent = SimAgent(self, i, resources)
-                await agent.start(self.head_address)
+                try:
+                    await agent.start(self.head_address)
+                except ConnectionError as exc:  # e.g. the head did not finish the handshake
+                    self.join_failures.append(str(exc))
+                    return
                 self.agents.append(agent)
 
         tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
@@ -316,7 +331,7 @@ class Sim:
     async def wait_views(self, n: int, timeout: float) -> bool:
         """Until every agent's last view lists n nodes (the head's broadcasts arrived)."""
         end = time.perf_counter() + timeout
-        while time.perf_counter() < end:
+        while time.perf_counter() < end and not self._died_seen:
             if all(len(a.view) == n for a in self.agents):
                 return True
             await asyncio.sleep(0.2)
@@ -391,12 +406,18 @@ async def run_size(n: int, actors: int, idle_seconds: float, join_timeout: float
             time.perf_counter() - t0)))
         fig["join_s"] = time.perf_counter() - t0
         fig["joined"] = joined
+        fig["join_failures"] = len(sim.join_failures)
+        fig["died_during_join"] = len(sim._died_seen)
+        if sim.join_failures:
+            fig["join_failure_example"] = sim.join_failures[0]
         fig["join_head_cpu_s"] = head.cpu() - cpu0
         fig["join_bytes"] = sim.rx_bytes - rx0
         fig["join_sim_cpu_s"] = sum(me.cpu_times()[:2]) - sim_cpu0
-        if not settled:
-            fig["incomplete"] = (f"only {joined} of {n} nodes joined (and heard the full "
-                                 f"view) within {join_timeout:g} s")
+        if not settled or sim._died_seen:
+            fig["incomplete"] = (
+                f"{joined} of {n} nodes joined in {fig['join_s']:.0f} s (limit "
+                f"{join_timeout:g} s); {len(sim.join_failures)} failed to connect, "
+                f"{len(sim._died_seen)} were declared dead by the head while joining")
             return fig
         fig["rss_joined_mb"] = head.rss() / 1e6
         await asyncio.sleep(2.0)  # the last heartbeats of the join settle
