@@ -21,7 +21,8 @@ log = logging.getLogger("aray.head")
 
 #: how long a WaitActor for an actor id the head has never heard of is held before "no such actor"
 UNKNOWN_ACTOR_GRACE = 10.0
-#: how often, at most, node agents hear of the other nodes' free resources
+#: how often, at most, node agents hear of changes in the view (nodes joining, leaving,
+#: their free resources)
 VIEW_INTERVAL = 0.02
 #: node agents send a heartbeat this often; a node silent for NODE_TIMEOUT seconds is dead
 HEARTBEAT_INTERVAL = 1.0
@@ -132,8 +133,8 @@ class Head:
         self.nodes.join(msg.node_id, msg.address, msg.ip, msg.resources, msg.host)
         log.info("node %s joined with %s", msg.node_id[:12], msg.resources)
         self._view_dirty[msg.node_id] = None
-        self._broadcast_view()  # the others hear of it
-        if not link.closed:  # and it hears of every node, itself included
+        self._view_changed_soon()  # the others hear of it
+        if not link.closed:  # and it hears of every node, itself included, now
             link.send(P.ClusterViewChanged(self.nodes.view()))
             self._view_holders.add(link)
         self._actor_event(L.NodeJoined(msg.node_id))
@@ -172,9 +173,15 @@ class Head:
             return
         self.nodes.update_available(msg.node_id, msg.available)
         self._view_dirty[msg.node_id] = None
-        if len(self.node_links) > 1 and self._view_timer is None:
-            # agents spill work to nodes with free resources: keep them informed, at most
-            # every VIEW_INTERVAL seconds
+        if len(self.node_links) > 1:
+            # agents spill work to nodes with free resources: keep them informed
+            self._view_changed_soon()
+
+    def _view_changed_soon(self) -> None:
+        """Send the view's changes within VIEW_INTERVAL seconds: the changes of that
+        time (nodes joining, leaving, reporting resources) go out as one update, so that
+        N nodes joining cost N updates per agent at most, and a burst far fewer."""
+        if self._view_timer is None:
             self._view_timer = asyncio.get_running_loop().call_later(
                 VIEW_INTERVAL, self._broadcast_view)
 
@@ -223,7 +230,7 @@ class Head:
             for other in self.node_links:
                 other.send_if_open(died)
             self._remove_files_of(node_id)
-            self._broadcast_view()
+            self._view_changed_soon()
             self._actor_event(L.NodeDied(node_id))
 
     # --- actors: messages become events of the lifecycle, its instructions messages -------
