@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Protocol
 
 import msgpack
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 #: the HTTP header of the upgrade request that carries the client's Hello, and its
 #: largest size: all an unauthenticated peer may send (see aray._link)
@@ -136,9 +136,22 @@ class NodeResourcesChanged(NamedTuple):
 
 @_message(12, routes="head->node")
 class ClusterViewChanged(NamedTuple):
-    """Head -> node agents: every alive node's totals, for infeasibility and spillback."""
+    """Head -> a node agent that registered: every alive node's totals and free
+    resources, for infeasibility and spillback. What changes later comes as
+    :class:`ClusterViewUpdated`."""
 
     nodes: list  # [[node_id, address, total_resources, available_resources], ...]
+
+
+@_message(77, routes="head->node")
+class ClusterViewUpdated(NamedTuple):
+    """Head -> node agents: what changed in the view since the last one sent: the whole
+    entries of nodes that joined or whose resources changed, and the ids of nodes that
+    left. Applied to the view of the last ClusterViewChanged, in order, it gives the
+    head's view (an entry replaces the one of its node, a new node goes last)."""
+
+    changed: list  # [[node_id, address, total_resources, available_resources], ...]
+    removed: list  # [node_id, ...]
 
 
 @_message(15, routes="head->node")

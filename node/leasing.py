@@ -38,6 +38,9 @@ class Leasing:
         self.node_id = node_id
         self.closed = False  # the agent is closing: nothing more is decided
         self._code_paths = code_paths
+        # the cluster as the head last described it: node id -> [node_id, address, total,
+        # free], in the order the nodes joined (a ClusterViewChanged, then its updates)
+        self.view: dict[str, list] = {}
         self._head = head
         self._spawn_task = spawn_task
         self._carry_out: dict[type, Callable] = {
@@ -121,7 +124,15 @@ class Leasing:
         self.feed(E.WorkerKillRequested(link, msg.worker_id))
 
     def _on_ClusterViewChanged(self, link: Link, msg: P.ClusterViewChanged) -> None:
+        self.view = {entry[0]: entry for entry in msg.nodes}
         self.feed(E.ViewChanged(msg.nodes, self.node_id))
+
+    def _on_ClusterViewUpdated(self, link: Link, msg: P.ClusterViewUpdated) -> None:
+        for entry in msg.changed:
+            self.view[entry[0]] = entry  # in its place, or last for a node that joined
+        for node_id in msg.removed:
+            self.view.pop(node_id, None)
+        self.feed(E.ViewChanged(list(self.view.values()), self.node_id))
 
     def _on_CreateActor(self, link: Link, msg: P.CreateActor) -> None:
         """From the head: find (or start) a worker for this actor and construct it there."""

@@ -134,3 +134,35 @@ def test_bench_scale_quick_runs(tmp_path):
             assert fig["status"] in ("ok", "MISS"), (name, metric, fig)
     tasks = report["rows"]["tasks"]
     assert {m["process"] for m in tasks["memory"]} == {"driver", "node", "workers"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_sim_cluster_quick_runs(tmp_path):
+    # the real head in a process of its own against 10 and 100 simulated node agents
+    import psutil
+
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "sim_cluster.py")
+    figures = tmp_path / "sim.json"
+    proc = subprocess.run([sys.executable, script, "--quick", "--json", str(figures)],
+                          capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "idle head CPU %" in proc.stdout, out
+    rows = json.loads(figures.read_text())["sizes"]
+    assert [row["nodes"] for row in rows] == [10, 100]
+    for row in rows:
+        assert "incomplete" not in row, row
+        assert row["joined"] == row["nodes"] and row["actors"] == 2000
+        for key in ("join_s", "join_bytes", "place_per_s", "place_bytes_per_s",
+                    "place_head_cpu_ms_per_actor", "rss_joined_mb", "rss_placed_mb",
+                    "dead_socket_notice_s", "dead_socket_replace_s",
+                    "dead_heartbeat_notice_s", "dead_heartbeat_replace_s"):
+            assert row[key] > 0, (key, row)
+        # an idle cluster may cost the head (nearly) nothing: present, never negative
+        assert row["idle_head_cpu_pct"] >= 0 and row["idle_bytes_per_s"] >= 0, row
+        assert row["dead_socket_actors"] > 0 and row["dead_heartbeat_actors"] > 0, row
+        # a node that stops heartbeating is dead after the head's node timeout, not before
+        assert row["dead_heartbeat_notice_s"] >= row["node_timeout_s"] - 1.0, row
+        assert row["head_exit_code"] == 0 and row["head_exited"], row
+        assert not psutil.pid_exists(row["head_pid"]), row

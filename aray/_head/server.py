@@ -21,7 +21,8 @@ log = logging.getLogger("aray.head")
 
 #: how long a WaitActor for an actor id the head has never heard of is held before "no such actor"
 UNKNOWN_ACTOR_GRACE = 10.0
-#: how often, at most, node agents hear of the other nodes' free resources
+#: how often, at most, node agents hear of changes in the view (nodes joining, leaving,
+#: their free resources)
 VIEW_INTERVAL = 0.02
 #: node agents send a heartbeat this often; a node silent for NODE_TIMEOUT seconds is dead
 HEARTBEAT_INTERVAL = 1.0
@@ -56,6 +57,10 @@ class Head:
         self.lifecycle = L.ActorLifecycle(self.actors, self.nodes)
         self._carry_out = self._instructions()
         self._view_timer: asyncio.TimerHandle | None = None
+        # nodes whose view entry changed since the last ClusterViewUpdated (in the order
+        # they changed, so that new nodes come in the order they joined)
+        self._view_dirty: dict[str, None] = {}
+        self._view_holders: set[Link] = set()  # node links sent a full view
         self._last_heard: dict[str, float] = {}  # node id -> time of its last heartbeat
         self._watchdog: asyncio.Task | None = None
         # dead nodes of this machine whose files wait for their process to be gone
@@ -127,7 +132,11 @@ class Head:
     def _on_RegisterNode(self, link: Link, msg: P.RegisterNode) -> None:
         self.nodes.join(msg.node_id, msg.address, msg.ip, msg.resources, msg.host)
         log.info("node %s joined with %s", msg.node_id[:12], msg.resources)
-        self._broadcast_view()
+        self._view_dirty[msg.node_id] = None
+        self._view_changed_soon()  # the others hear of it
+        if not link.closed:  # and it hears of every node, itself included, now
+            link.send(P.ClusterViewChanged(self.nodes.view()))
+            self._view_holders.add(link)
         self._actor_event(L.NodeJoined(msg.node_id))
 
     def _remove_files_of(self, node_id: str) -> None:
@@ -160,10 +169,19 @@ class Head:
             del self._leftover_files[node_id]
 
     def _on_NodeResourcesChanged(self, link: Link, msg: P.NodeResourcesChanged) -> None:
+        if msg.node_id not in self.nodes.nodes:
+            return
         self.nodes.update_available(msg.node_id, msg.available)
-        if len(self.node_links) > 1 and self._view_timer is None:
-            # agents spill work to nodes with free resources: keep them informed, at most
-            # every VIEW_INTERVAL seconds
+        self._view_dirty[msg.node_id] = None
+        if len(self.node_links) > 1:
+            # agents spill work to nodes with free resources: keep them informed
+            self._view_changed_soon()
+
+    def _view_changed_soon(self) -> None:
+        """Send the view's changes within VIEW_INTERVAL seconds: the changes of that
+        time (nodes joining, leaving, reporting resources) go out as one update, so that
+        N nodes joining cost N updates per agent at most, and a burst far fewer."""
+        if self._view_timer is None:
             self._view_timer = asyncio.get_running_loop().call_later(
                 VIEW_INTERVAL, self._broadcast_view)
 
@@ -201,8 +219,10 @@ class Head:
 
     def _on_node_lost(self, link: Link, reason: str = "its link to the head dropped") -> None:
         node_id = self.node_links.pop(link, None)
+        self._view_holders.discard(link)
         if node_id is not None:
             self.nodes.mark_dead(node_id)
+            self._view_dirty[node_id] = None
             self._last_heard.pop(node_id, None)
             log.warning("node %s left the cluster: %s", node_id[:12], reason)
             # every process drops its links to that node, so nothing waits on a hung one
@@ -210,7 +230,7 @@ class Head:
             for other in self.node_links:
                 other.send_if_open(died)
             self._remove_files_of(node_id)
-            self._broadcast_view()
+            self._view_changed_soon()
             self._actor_event(L.NodeDied(node_id))
 
     # --- actors: messages become events of the lifecycle, its instructions messages -------
@@ -304,11 +324,18 @@ class Head:
             driver.send(P.Warn(msg.message))
 
     def _broadcast_view(self) -> None:
+        """Send the agents what changed in the view since the last time (each agent got
+        the whole view when it registered): one message for all, whose size grows with
+        the changes, not with the cluster."""
         if self._view_timer is not None:
             self._view_timer.cancel()
             self._view_timer = None
-        view = P.ClusterViewChanged(self.nodes.view())
-        for link in self.node_links:
+        if not self._view_dirty:
+            return
+        changed, removed = self.nodes.view_changes(self._view_dirty)
+        self._view_dirty = {}
+        update = P.ClusterViewUpdated(changed, removed)
+        for link in self._view_holders:
             if not link.closed:
-                link.send(view)
+                link.send(update)
 

@@ -53,6 +53,10 @@ class NodeInfo:
         return self.state is NodeState.ALIVE
 
 
+def _view_entry(n: NodeInfo) -> list:
+    return [n.node_id, n.address, n.total, n.available]
+
+
 class NodeTable:
     """Nodes by id, in the order they joined; the most recent ``max_dead`` dead ones are kept.
 
@@ -102,7 +106,20 @@ class NodeTable:
 
     def view(self) -> list:
         """What node agents need to know of each other: [node_id, address, totals, free]."""
-        return [[n.node_id, n.address, n.total, n.available] for n in self.alive()]
+        return [_view_entry(n) for n in self.alive()]
+
+    def view_changes(self, node_ids) -> tuple[list, list]:
+        """(entries, removed) for a ClusterViewUpdated of these nodes, in the order given:
+        the view entry of each that is alive, and the ids of the others. (Nodes new to the
+        agents must come in the order they joined: an agent appends them.)"""
+        changed, removed = [], []
+        for node_id in node_ids:
+            node = self.nodes.get(node_id)
+            if node is not None and node.alive:
+                changed.append(_view_entry(node))
+            else:
+                removed.append(node_id)
+        return changed, removed
 
     def describe(self, head_node: str = "") -> list[dict]:
         """One dict per node with Ray's keys (``NodeID``, ``Alive``, ``Resources`` ...);
