@@ -38,6 +38,20 @@ def feasible_anywhere(shape: dict, node_totals: list[dict]) -> bool:
     return any(fits(shape, total) for total in node_totals)
 
 
+def taken(available: dict, shape: dict) -> dict:
+    """``available`` with ``shape`` taken from it (a new dict, never below zero): what a
+    node has free once a request sent to it runs, counted before the node says so itself.
+
+    Example:
+        >>> taken({"CPU": 2.0, "GPU": 1.0}, {"CPU": 0.5}), taken({"CPU": 1.0}, {"CPU": 2})
+        ({'CPU': 1.5, 'GPU': 1.0}, {'CPU': 0.0})
+    """
+    left = dict(available)
+    for k, v in shape.items():
+        left[k] = max(0.0, _q(left.get(k, 0.0) - v))
+    return left
+
+
 def spillback_target(shape: dict, pool: ResourcePool, others: list[list]) -> str:
     """The agent address of another node to send a request to, or "" to keep it here.
 
@@ -57,8 +71,7 @@ def spillback_target(shape: dict, pool: ResourcePool, others: list[list]) -> str
     able = [n for n in others if fits(shape, n[2])]
     free = [n for n in able if fits(shape, n[3])]
     if free:
-        for k, v in shape.items():
-            free[0][3][k] = _q(free[0][3].get(k, 0.0) - v)
+        free[0][3] = taken(free[0][3], shape)
         return free[0][1]
     if able and not fits(shape, pool.total):
         return able[0][1]  # it can never run here: wait there

@@ -200,3 +200,23 @@ def test_a_caller_that_leaves_is_forgotten(world):
     assert world.waiting() == 1
     out = world.handle(L.Started("a1", "n1", "ws://a1", "w2", 44))
     assert out[0].waiters == [(stays, 2)]
+
+
+def test_placements_count_against_a_node_until_it_reports():
+    # a burst of creations before any node reports: each placement takes its shape from
+    # the head's idea of the node's free resources, so the burst spreads
+    nodes = NodeTable()
+    for name in ("n1", "n2"):
+        nodes.join(name, f"ws://{name}", "127.0.0.1", {"CPU": 2.0})
+    world = L.ActorLifecycle(ActorTable(), nodes)
+    placed = []
+    for i in range(5):
+        world.handle(L.Registered(f"a{i}", "", "ns", "j1", {}, False, (Caller("c"), i)))
+        [place] = world.handle(L.Created(f"a{i}", SPEC))
+        placed.append(place.node_id)
+    # the fifth fits nowhere now: it waits on the first node that could hold it
+    assert placed == ["n1", "n1", "n2", "n2", "n1"]
+    assert nodes.nodes["n2"].available == {"CPU": 0.0}
+    nodes.update_available("n2", {"CPU": 1.0})  # the node's own word replaces the estimate
+    world.handle(L.Registered("a9", "", "ns", "j1", {}, False, (Caller("c"), 9)))
+    assert world.handle(L.Created("a9", SPEC))[0].node_id == "n2"

@@ -347,6 +347,7 @@ class ActorLifecycle:
             self._mark_dead(record, "no node is alive to run it", out)
             return
         record.node_id = node_id
+        self.nodes.reserve(node_id, record.spec["placement"])
         out.append(Place(node_id, record.actor_id, record.spec))
 
     def _kill(self, record: ActorRecord, cause: str, no_restart: bool, out: list) -> None:

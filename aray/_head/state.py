@@ -9,6 +9,8 @@ import enum
 import time
 from collections import OrderedDict
 
+from ..node.scheduler import taken
+
 #: how many ended rows each table keeps for the state API
 MAX_DEAD_NODES = 1_000
 MAX_FINISHED_JOBS = 10_000
@@ -82,6 +84,14 @@ class NodeTable:
         node = self.nodes.get(node_id)
         if node is not None:
             node.available = dict(available)
+
+    def reserve(self, node_id: str, shape: dict) -> None:
+        """Count a request just placed on a node as taking ``shape`` of its free resources,
+        until the node's next report: placements made before it reports (a burst of actor
+        creations) then spread over the nodes instead of all going to the first."""
+        node = self.nodes.get(node_id)
+        if node is not None:
+            node.available = taken(node.available, shape)
 
     def update_status(self, node_id: str, status: dict) -> None:
         node = self.nodes.get(node_id)
