@@ -338,7 +338,10 @@ def test_output_of_concurrent_tasks_stays_with_its_task(run_script):
                 time.sleep(0.05)
         return os.getpid()
 
-    print("WORKERS", *aray.get([alpha.remote(), beta.remote()]), flush=True)
+    # one write: print() writes its arguments one by one, and a worker's line, printed by
+    # the runtime's thread, could land between them
+    sys.stdout.write("WORKERS %d %d\\n" % tuple(aray.get([alpha.remote(), beta.remote()])))
+    sys.stdout.flush()
     report_pids()
     aray.shutdown()
     """)

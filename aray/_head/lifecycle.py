@@ -342,7 +342,7 @@ class ActorLifecycle:
     # --- decisions shared by the events --------------------------------------------------
     def _place(self, record: ActorRecord, out: list) -> None:
         assert record.spec is not None  # only actors whose creator sent their spec are placed
-        node_id = placement.choose_node(self.nodes.alive(), record.spec["placement"])
+        node_id = placement.choose_node(self.nodes.iter_alive(), record.spec["placement"])
         if node_id is None:
             self._mark_dead(record, "no node is alive to run it", out)
             return

@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Protocol
 
 from ..node.scheduler import fits
@@ -28,7 +28,7 @@ class NodeResources(Protocol):
     available: dict
 
 
-def choose_node(alive: Sequence[NodeResources], shape: dict) -> str | None:
+def choose_node(alive: Iterable[NodeResources], shape: dict) -> str | None:
     """The node a request of ``shape`` goes to: the first with the resources free now,
     else the first that could ever hold it (its agent queues it until they are free),
     else the first node (whose agent tells the caller that no node can run it); ``None``
@@ -41,11 +41,16 @@ def choose_node(alive: Sequence[NodeResources], shape: dict) -> str | None:
         >>> choose_node([], {"CPU": 1.0}) is None
         True
     """
-    for candidates in ([n for n in alive if fits(shape, n.available)],
-                       [n for n in alive if fits(shape, n.total)], alive):
-        if candidates:
-            return candidates[0].node_id
-    return None
+    # one pass, which ends at the first node with the resources free
+    could = first = None
+    for node in alive:
+        if fits(shape, node.available):
+            return node.node_id
+        if could is None and fits(shape, node.total):
+            could = node.node_id
+        if first is None:
+            first = node.node_id
+    return could if could is not None else first
 
 
 def should_move(shape: dict, current: NodeResources | None, joined: NodeResources) -> bool:

@@ -52,6 +52,7 @@ class Head:
         self.server = Server(token, self._on_hello, name="head", role="head")
         self._dispatch = Dispatcher("head", self)
         self.node_links: dict[Link, str] = {}  # node agents' links -> their node ids
+        self._link_of_node: dict[str, Link] = {}  # and back
         self.local_node_id = ""  # the node whose process runs the head
         self._driver_links: dict[str, Link] = {}  # job id -> driver link
         self.lifecycle = L.ActorLifecycle(self.actors, self.nodes)
@@ -107,6 +108,7 @@ class Head:
         link.on_message = self._dispatch
         if hello.role == "node":
             self.node_links[link] = hello.ident
+            self._link_of_node[hello.ident] = link
             self._last_heard[hello.ident] = time.monotonic()
             link.on_close.append(self._on_node_lost)
             return {"heartbeat_interval": HEARTBEAT_INTERVAL, "cluster_id": self.cluster_id}
@@ -187,10 +189,8 @@ class Head:
 
     def node_link(self, node_id: str) -> Link | None:
         """The link to a live node's agent."""
-        for link, known in self.node_links.items():
-            if known == node_id and not link.closed:
-                return link
-        return None
+        link = self._link_of_node.get(node_id)
+        return link if link is not None and not link.closed else None
 
     def _on_GetState(self, link: Link, msg: P.GetState):
         """The head's tables for the state API (``aray.util.state``, ``aray list``)."""
@@ -220,6 +220,8 @@ class Head:
     def _on_node_lost(self, link: Link, reason: str = "its link to the head dropped") -> None:
         node_id = self.node_links.pop(link, None)
         self._view_holders.discard(link)
+        if node_id is not None and self._link_of_node.get(node_id) is link:
+            del self._link_of_node[node_id]
         if node_id is not None:
             self.nodes.mark_dead(node_id)
             self._view_dirty[node_id] = None

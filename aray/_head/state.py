@@ -108,6 +108,10 @@ class NodeTable:
     def alive(self) -> list[NodeInfo]:
         return [n for n in self.nodes.values() if n.alive]
 
+    def iter_alive(self):
+        """The alive nodes, in the order they joined, without making a list of them."""
+        return (n for n in self.nodes.values() if n.alive)
+
     def snapshot(self) -> NodeTable:
         """A copy to read from another thread (the rows are shared, and only read there)."""
         copy = _shallow(self)
