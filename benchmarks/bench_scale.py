@@ -27,6 +27,7 @@ import threading
 import time
 
 import psutil
+from bench_core import alive, runtime_pids
 from compare import cpu_model  # benchmarks/ is on sys.path when this script runs
 
 LIMIT = 1.5  # largest / smallest cost within this is "ok"
@@ -97,33 +98,6 @@ class Budget:
             return (time.perf_counter() - start) / done * 1e6, done
         finally:
             gc.enable()
-
-
-def runtime_pids() -> list[int]:
-    from aray import _global
-
-    node = _global.core().cluster.proc.pid
-    try:
-        return [node, *(p.pid for p in psutil.Process(node).children(recursive=True))]
-    except psutil.NoSuchProcess:
-        return [node]
-
-
-def alive(pids: list[int], timeout: float = 10.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    left = list(pids)
-    while True:
-        still = []
-        for pid in left:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    still.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        left = still
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(0.05)
 
 
 class Cluster:
