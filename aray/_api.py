@@ -90,8 +90,6 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     return aio.init_info(core)
 
 
-#: ``ray.init`` arguments aray does not have: what to do instead (a default value, None or
-#: False, is accepted and dropped, so code that spells one out runs)
 def _register_atexit() -> None:
     global _atexit_registered
     if not _atexit_registered:

@@ -266,9 +266,7 @@ _NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 #: the values of those options that ask for what aray does anyway (Ray's defaults): they are
-#: accepted, and dropped, so that code that spells out a default runs unchanged (init()'s
-#: arguments: None, False or {})
-_INIT_DEFAULTS: tuple[Any, ...] = (None, False, {})
+#: accepted, and dropped, so that code that spells out a default runs unchanged
 _DEFAULTS: dict[str, tuple[Any, ...]] = {
     "runtime_env": (None, {}), "scheduling_strategy": (None, "DEFAULT"),
     "placement_group": (None, "default"), "placement_group_bundle_index": (-1,),
@@ -281,6 +279,8 @@ _DEFAULTS: dict[str, tuple[Any, ...]] = {
     "tensor_transport": (None,), "max_task_retries": (None,),
     "retry_exceptions": (None,),
 }
+#: the same for init()'s arguments
+_INIT_DEFAULTS: tuple[Any, ...] = (None, False, {})
 
 _KINDS: dict[str, tuple[str, str, dict]] = {
     "task": ("a remote function", "remote functions", TASK_OPTIONS),
@@ -312,7 +312,7 @@ def known_option(key: str, value: Any, kind: str) -> bool:
         return True
     kinds, instead = _NOT_YET.get(key, ((), ""))
     if kind in kinds:
-        if _is_default(key, value, _DEFAULTS[key]):
+        if _is_default(value, _DEFAULTS[key]):
             return False
         raise ValueError(f"{key} is not supported by aray yet: {instead}. See \"Not in aray "
                          "yet\" in docs/migrating.md for what aray has instead.")
@@ -337,12 +337,12 @@ def check_init_argument(key: str, value: Any) -> None:
     kinds, instead = _NOT_YET.get(key, ((), ""))
     if "init" not in kinds:
         raise TypeError(f"init() got an unexpected keyword argument {key!r}")
-    if not _is_default(key, value, _INIT_DEFAULTS):
+    if not _is_default(value, _INIT_DEFAULTS):
         raise ValueError(f"init({key}=...) is not supported by aray yet: {instead}. See "
                          "\"Not in aray yet\" in docs/migrating.md.")
 
 
-def _is_default(key: str, value: Any, defaults: tuple[Any, ...]) -> bool:
+def _is_default(value: Any, defaults: tuple[Any, ...]) -> bool:
     return any(type(value) is type(d) and value == d for d in defaults)
 
 

@@ -27,7 +27,7 @@ import threading
 import time
 
 import psutil
-from bench_core import alive, runtime_pids
+from bench_core import alive, runtime_pids, tree_memory
 from compare import cpu_model  # benchmarks/ is on sys.path when this script runs
 
 LIMIT = 1.5  # largest / smallest cost within this is "ok"
@@ -307,17 +307,6 @@ def row_returns(sizes: list[int], num_cpus: int) -> None:
 
 
 # row 5: actors
-
-
-def tree_memory() -> tuple[int, int, int]:
-    rss = uss = count = 0
-    for pid in runtime_pids():
-        try:
-            info = psutil.Process(pid).memory_full_info()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        rss, uss, count = rss + info.rss, uss + info.uss, count + 1
-    return rss, uss, count
 
 
 def row_actors(sizes: list[int], num_cpus: int) -> None:

@@ -220,9 +220,9 @@ class Head:
     def _on_node_lost(self, link: Link, reason: str = "its link to the head dropped") -> None:
         node_id = self.node_links.pop(link, None)
         self._view_holders.discard(link)
-        if node_id is not None and self._link_of_node.get(node_id) is link:
-            del self._link_of_node[node_id]
         if node_id is not None:
+            if self._link_of_node.get(node_id) is link:
+                del self._link_of_node[node_id]
             self.nodes.mark_dead(node_id)
             self._view_dirty[node_id] = None
             self._last_heard.pop(node_id, None)

@@ -106,7 +106,7 @@ class NodeTable:
             _bound(self._dead, self.nodes, self.max_dead)
 
     def alive(self) -> list[NodeInfo]:
-        return [n for n in self.nodes.values() if n.alive]
+        return list(self.iter_alive())
 
     def iter_alive(self):
         """The alive nodes, in the order they joined, without making a list of them."""
