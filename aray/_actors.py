@@ -227,7 +227,7 @@ class ActorClass(Generic[T]):
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle[T]:
         """Create the actor (its constructor runs in a new worker); returns its handle."""
-        core = _global.core()
+        core = _global.core_or_init()
         o = self._options
         self._check_init(args, kwargs)
         blob, _ = self._descriptor.blob_and_id()
@@ -387,7 +387,7 @@ class ActorMethod(Generic[P, R]):
 
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> ObjectRef[R]:
         """Call the method on the actor; returns its ObjectRef(s) (or a ref generator)."""
-        core = _global.core()
+        core = _global.core_or_init()
         self._handle._check_call(self._name, args, kwargs)
         meta = self._handle._meta
         args_blob, deps, held = serialize_args(

@@ -193,7 +193,7 @@ def get(object_refs: ObjectRef[Any] | Sequence[ObjectRef[Any]], *,
     """
     refs, single = aio.as_ref_list(object_refs, "get")
     aio.check_timeout(timeout)
-    core = _global.core()
+    core = _global.core_or_init()
     refuse_on_loop(core.loop, "get")
     warn_blocking_get()  # (once, in an async actor's method: it blocks that loop)
     values = core.waits.ready_values(refs)  # already here: no need to wake the runtime loop
@@ -218,7 +218,7 @@ def wait(object_refs: Sequence[ObjectRef[R]], *, num_returns: int = 1,
         (2, 1)
     """
     refs = aio.check_wait_args(object_refs, num_returns, timeout)
-    core = _global.core()
+    core = _global.core_or_init()
     refuse_on_loop(core.loop, "wait")
     # every ref ready already (or none given): no need to wake the runtime loop
     return aio.split_ready(core, refs, num_returns, force=not refs) or call(
@@ -238,7 +238,7 @@ def put(value: R) -> ObjectRef[R]:
         >>> aray.get(ref)
         'hello'
     """
-    return _global.core().ownership.put(value)
+    return _global.core_or_init().ownership.put(value)
 
 
 def cancel(ref: ObjectRef[Any], *, force: bool = False, recursive: bool = True) -> None:

@@ -91,6 +91,7 @@ class Core:
                 session_dir, "sockets", f"{role[0]}{os.getpid()}-{os.urandom(3).hex()}.sock")
         self.cluster: Any = None  # the LocalCluster a driver started, if any
         self.dashboard_url = ""  # the cluster's dashboard, if it has one (drivers only)
+        self.cluster_address = ""  # what init(address=...) takes to reach it (drivers only)
         self.loop_thread: Any = None  # the private LoopThread of a sync init, if any
         self.ready = asyncio.Event()
         self.start_error: BaseException | None = None

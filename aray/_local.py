@@ -390,14 +390,36 @@ def login_url(dashboard_url: str, token: str) -> str:
     return f"{dashboard_url}/?token={token}"
 
 
+def cluster_address(info: dict) -> str:
+    """What ``aray.init(address=...)`` and ``--address`` take to reach the cluster of a
+    node's record: its head's ``HOST:PORT``, or the session directory of a cluster that
+    listens on no TCP port (a program's own).
+
+    Example:
+        >>> cluster_address({"head_tcp": "tcp://127.0.0.1:6379", "session_dir": "/tmp/s"})
+        '127.0.0.1:6379'
+        >>> cluster_address({"head_tcp": "", "session_dir": "/tmp/s"})
+        '/tmp/s'
+    """
+    head_tcp = info.get("head_tcp") or ""
+    return head_tcp.split("://", 1)[-1] if head_tcp else info["session_dir"]
+
+
 def find_cluster(address: str | None) -> dict:
-    """The running cluster for ``address`` ("auto"/None: the latest; "host:port": by head).
+    """The running cluster for ``address`` ("auto"/None: the latest; "host:port": by head;
+    a session directory: the cluster whose node runs there).
 
     Raises ConnectionError with what to do when there is none on this machine, and
     ValueError for a Ray Client address (``ray://``).
     """
     if address is not None and address.startswith("ray://"):
         raise ray_client_address_error(address)
+    if address is not None and os.path.isabs(address) and os.path.isdir(address):
+        for info in _live_nodes():
+            if info["session_dir"] == address.rstrip("/"):
+                return info
+        raise ConnectionError(f"no aray cluster runs in the session {address}: its node has "
+                              "stopped (its logs are there)")
     clusters = running_clusters()
     if address in (None, "auto"):
         if not clusters:

@@ -89,7 +89,7 @@ class RemoteFunction(Generic[P, R]):
 
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> ObjectRef[R]:
         """Submit a task running this function; returns its ObjectRef(s) at once."""
-        core = _global.core()
+        core = _global.core_or_init()
         self._descriptor.check_args(args, kwargs)
         self._descriptor.blob_and_id()  # fail here, not later, if the function cannot pickle
         blob, deps, held = serialize_args(args, kwargs, lambda: f"{self._name}.remote()")

@@ -1,0 +1,123 @@
+"""Ray programs that must behave on aray as they do on Ray (the second list): init that
+finds a running cluster, implicit init, exit() in a task or actor, cancel of a borrowed ref,
+decorator forms, GPU workers, functions too large to ship, actor generators, ActorPool.push,
+the driver's import path, legacy names."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import pytest
+from conftest import PRELUDE, wait_gone, watch_root
+from test_cli import cli, free_port
+
+
+def run(code: str, root=None, cwd=None, env=None, timeout=60) -> subprocess.CompletedProcess:
+    """A script with the tests' prelude in a fresh interpreter (under ``root`` if given)."""
+    full_env = {**os.environ, **(env or {})}
+    if root is not None:
+        full_env["ARAY_SESSION_ROOT"] = str(root)
+    return subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env=full_env)
+
+
+@pytest.fixture
+def own_head():
+    """A head that `aray start` runs under a session root of its own, on a free port."""
+    root = tempfile.mkdtemp(prefix="aray-h-")
+    watch_root(root)
+    port = free_port()
+    out = cli("start", "--head", "--port", str(port), "--num-cpus", "2",
+              "--node-ip-address", "127.0.0.1", root=root).stdout
+    pid = int(out.split("(pid ")[1].split(")")[0])
+    try:
+        yield root, port
+    finally:
+        cli("stop", root=root)
+        assert wait_gone([pid]) == []
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_init_joins_the_cluster_aray_start_runs_and_says_so(own_head):
+    root, port = own_head
+    joined = run("""
+        info = aray.init()
+        @aray.remote
+        def where():
+            return aray.get_runtime_context().get_node_id()
+        out = {"info": dict(info), "address": info.address, "node": aray.get(where.remote()),
+               "nodes": [n["NodeID"] for n in aray.nodes()]}
+        aray.shutdown()
+        sys.stdout.write("OUT " + json.dumps(out) + "\\n")
+    """, root=root)
+    assert joined.returncode == 0, joined.stderr
+    out = json.loads(joined.stdout.split("OUT ", 1)[1])
+    assert out["address"] == out["info"]["address"] == f"127.0.0.1:{port}"
+    assert out["nodes"] == [out["node"]]  # the head's node ran it
+    assert f"aray: connecting to the cluster at 127.0.0.1:{port}" in joined.stderr
+    assert joined.stderr.count("\n") == 1, joined.stderr  # one line
+
+    # the driver's shutdown left the cluster running; options of a new cluster are refused
+    assert "1 node alive" in cli("status", root=root).stdout
+    refused = run("""
+        try:
+            aray.init(num_cpus=3)
+        except ValueError as e:
+            sys.stdout.write("REFUSED " + str(e) + "\\n")
+    """, root=root)
+    assert "REFUSED" in refused.stdout and "address='local'" in refused.stdout, refused
+
+    # address="local" starts a cluster of its own, found by its session directory
+    local = run("""
+        info = aray.init(address="local", num_cpus=1)
+        same = aray.init(address=info["address"], ignore_reinit_error=True)
+        sys.stdout.write("OUT " + json.dumps([info["address"], info["session_dir"],
+                                              len(aray.nodes())]) + "\\n")
+        aray.shutdown()
+    """, root=root)
+    address, session_dir, n = json.loads(local.stdout.split("OUT ", 1)[1])
+    assert address == session_dir and n == 1 and "connecting" not in local.stderr
+
+
+def test_the_first_call_without_init_calls_it(own_head, tmp_path):
+    root, port = own_head
+    implicit = run("""
+        @aray.remote
+        def square(x):
+            return x * x
+        ref = square.remote(4)
+        out = [aray.get(ref), aray.is_initialized()]
+        sys.stdout.write("OUT " + json.dumps(out) + "\\n")
+    """, root=root)
+    assert implicit.returncode == 0, implicit.stderr
+    assert json.loads(implicit.stdout.split("OUT ", 1)[1])[:2] == [16, True]
+    assert "aray.init() was not called; calling it with default options" in implicit.stderr
+    assert f"connecting to the cluster at 127.0.0.1:{port}" in implicit.stderr
+
+    # with no cluster running: put starts one for the program, which ends with it
+    alone = tempfile.mkdtemp(prefix="aray-i-")
+    watch_root(alone)
+    try:
+        own = run("""
+            ref = aray.put([1, 2])
+            sys.stdout.write("OUT " + json.dumps(aray.get(ref)) + "\\n")
+            report_pids()
+        """, root=alone)
+        assert own.returncode == 0, own.stderr
+        assert json.loads(own.stdout.split("OUT ", 1)[1].splitlines()[0]) == [1, 2]
+        pids = json.loads(own.stdout.split("PIDS ", 1)[1].splitlines()[0])
+        assert wait_gone(pids) == []
+        off = run("""
+            try:
+                aray.wait([aray.put(1)])
+            except aray.exceptions.NotInitializedError as e:
+                sys.stdout.write("NOTINIT\\n")
+        """, root=alone, env={"RAY_ENABLE_AUTO_CONNECT": "0"})
+        assert "NOTINIT" in off.stdout, off
+    finally:
+        shutil.rmtree(alone, ignore_errors=True)
