@@ -389,12 +389,13 @@ class TaskExecutor(_Executor):
                 args, kwargs = self._arguments(msg.args, msg.deps)
                 self._mark(msg.job_id, msg.name)
                 if msg.num_returns < 0:
-                    self._running_task = self.core.loop.create_task(
-                        self._stream_async(link, msg.task_id, fn(*args, **kwargs)))
+                    self._running_task = self.core.loop.create_task(_exit_caught(
+                        self._stream_async(link, msg.task_id, fn(*args, **kwargs))))
                     await self._running_task
                     results = []
                 else:
-                    self._running_task = self.core.loop.create_task(fn(*args, **kwargs))
+                    self._running_task = self.core.loop.create_task(
+                        _exit_caught(fn(*args, **kwargs)))
                     result = await self._running_task
                     results = await self._pack_async(msg.name, msg.return_ids, msg.num_returns,
                                                      result)
@@ -407,12 +408,24 @@ class TaskExecutor(_Executor):
                 this = asyncio.current_task()
                 if self.core.loop.is_closed() or this is not None and this.cancelling():
                     raise  # the executor itself is stopped (worker shutdown), not the task
+            if isinstance(exc, (SystemExit, UserExit)):
+                self._exit_for(msg.name, exc)  # no answer: the owner sees a worker that ended
+                return
             self._send_error(link, msg.task_id, msg.name, _cancel_named(exc, msg.name))
             return
         finally:
             current_task.reset(token)
             _flush_std()
         self._reply(link, P.TaskFinished(msg.task_id, results, None))
+
+    def _exit_for(self, name: str, exc: BaseException) -> None:
+        """The task ``name`` called ``exit()``/``sys.exit()``: as in Ray, that ends the
+        worker, so its owner sees a worker that ended (``WorkerCrashedError``, or a retry
+        under ``max_retries``), not an error raised by the task. ``atexit`` handlers run."""
+        exc = exc.exit if isinstance(exc, UserExit) else exc
+        print(f"aray: {name}() raised SystemExit({exc.code!r}): its worker process exits",
+              file=sys.stderr)
+        self.core.spawn(_exit_process(), name="task exit")
 
     def _run_sync(self, fn, link: Link, msg: P.PushTask, ctx: TaskContext) -> list:
         """On the pool's thread: the task's user code (cancellable), then its results."""
@@ -740,10 +753,7 @@ class ActorExecutor(_Executor):
 
     async def _exit_process(self, callers: set) -> None:
         await _drained(callers)  # the answers leave before the process does
-        try:
-            await asyncio.to_thread(atexit._run_exitfuncs)  # the user's cleanup, as at exit
-        finally:
-            _flush_std()
+        await _run_exit_handlers()
         try:
             head = await self.core.head_link()
             # the head marks the actor dead for good and has its node end this process
@@ -756,6 +766,37 @@ class ActorExecutor(_Executor):
 
 def _ready() -> bool:
     return True
+
+
+class UserExit(Exception):
+    """``SystemExit`` raised by user code in an asyncio task, carried out as an ordinary
+    exception: asyncio lets a task's SystemExit escape the event loop itself."""
+
+    def __init__(self, exit: SystemExit) -> None:
+        super().__init__(exit.code)
+        self.exit = exit
+
+
+async def _exit_caught(coro: Any) -> Any:
+    try:
+        return await coro
+    except SystemExit as exc:
+        raise UserExit(exc) from None
+
+
+async def _run_exit_handlers() -> None:
+    """What an interpreter that exits runs: the user's ``atexit`` handlers (off the loop)."""
+    _flush_std()
+    try:
+        await asyncio.to_thread(atexit._run_exitfuncs)
+    finally:
+        _flush_std()
+
+
+async def _exit_process() -> None:
+    """End this worker as an interpreter that exits would: ``atexit`` handlers first."""
+    await _run_exit_handlers()
+    os._exit(0)
 
 
 def _ends_actor(exc: BaseException) -> bool:

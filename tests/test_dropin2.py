@@ -121,3 +121,69 @@ def test_the_first_call_without_init_calls_it(own_head, tmp_path):
         assert "NOTINIT" in off.stdout, off
     finally:
         shutil.rmtree(alone, ignore_errors=True)
+
+
+def test_exit_in_a_task_or_an_actor_ends_its_worker(run_script, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    r = run_script(f"""
+        import atexit
+        aray.init(num_cpus=1)
+        MARKS = {str(marks)!r}
+
+        def mark(what):
+            open(os.path.join(MARKS, f"{{what}}-{{os.getpid()}}"), "w").close()
+
+        @aray.remote(max_retries=0)
+        def quits(how):
+            atexit.register(mark, "task")
+            sys.exit(3) if how == "sys" else exit()
+
+        @aray.remote(max_retries=1)
+        def quits_once():
+            if not os.listdir(MARKS) or not any(m.startswith("retried") for m in
+                                                os.listdir(MARKS)):
+                mark("retried")
+                sys.exit(0)
+            return "second try"
+
+        @aray.remote(max_retries=0)
+        async def quits_async():
+            sys.exit(1)
+
+        @aray.remote
+        class Quitter:
+            def __init__(self):
+                atexit.register(mark, "actor")
+            def ping(self):
+                return "pong"
+            def leave(self):
+                exit(0)
+
+        out = []
+        for call in (quits.remote("sys"), quits.remote("builtin"), quits_async.remote()):
+            try:
+                aray.get(call, timeout=30)
+            except aray.exceptions.WorkerCrashedError:
+                out.append("crashed")
+            except Exception as e:
+                out.append(type(e).__name__)
+        out.append(aray.get(quits_once.remote(), timeout=30))
+        q = Quitter.remote()
+        out.append(aray.get(q.ping.remote()))
+        try:
+            aray.get(q.leave.remote(), timeout=30)
+        except aray.exceptions.ActorDiedError as e:
+            out.append("died" if "exited" in str(e) else str(e))
+        try:
+            aray.get(q.ping.remote(), timeout=30)
+        except aray.exceptions.ActorDiedError:
+            out.append("still dead")
+        sys.stdout.write("OUT " + json.dumps(out) + "\\n")
+        report_pids()
+    """)
+    out = json.loads(r.stdout.split("OUT ", 1)[1].splitlines()[0])
+    assert out == ["crashed"] * 3 + ["second try", "pong", "died", "still dead"], out
+    names = sorted(m.split("-")[0] for m in os.listdir(marks))
+    assert names == ["actor", "retried", "task", "task"], names  # atexit handlers ran
+    r.assert_no_leftovers()
