@@ -300,10 +300,32 @@ class Core:
         return task.job_id if task is not None and task.job_id else self.job_id
 
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> None:
-        """Loop only: cancel the task or actor call that produces ``ref``, if it is ours."""
-        task_id = ref._id[:12]
+        """Loop only: cancel the task or actor call that produces ``ref``. A ref that
+        another core owns (passed in, or returned by a task) is cancelled by that owner,
+        which submitted the task."""
+        if ref._owner and ref._owner != self.address:
+            self.spawn(self._cancel_at_owner(ref._owner, ref._id, force, recursive),
+                       name="cancel at owner")
+            return
+        self._cancel_own(ref._id, force, recursive)
+
+    def _cancel_own(self, object_id: bytes, force: bool, recursive: bool) -> None:
+        task_id = object_id[:12]
         if not self.tasks.cancel(task_id, force, recursive):
             self.actors.cancel(task_id)
+
+    async def _cancel_at_owner(self, owner: str, object_id: bytes, force: bool,
+                               recursive: bool) -> None:
+        try:
+            link = await self.peer(owner)
+        except (OSError, ConnectionError) as exc:  # an owner that is gone has no task to stop
+            log.info("cancel: the owner %s of %s is unreachable (%s)", owner,
+                     object_id.hex(), exc)
+            return
+        link.send(P.CancelObject(object_id, force, recursive))
+
+    def _on_CancelObject(self, link: Link, msg: P.CancelObject) -> None:
+        self._cancel_own(msg.object_id, msg.force, msg.recursive)
 
     def _on_LeaseInfeasible(self, link: Link, msg: P.LeaseInfeasible) -> None:
         log.warning(msg.message)

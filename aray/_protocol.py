@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Protocol
 
 import msgpack
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 #: the HTTP header of the upgrade request that carries the client's Hello, and its
 #: largest size: all an unauthenticated peer may send (see aray._link)
@@ -488,6 +488,16 @@ class TaskFinished(NamedTuple):
 class CancelTask(NamedTuple):
     task_id: bytes
     recursive: bool  # also cancel the tasks it submitted
+
+
+@_message(78, routes="core->core")
+class CancelObject(NamedTuple):
+    """``aray.cancel()`` of a ref that another core owns: its owner, which submitted the
+    task or actor call that makes it, cancels that (as for its own refs)."""
+
+    object_id: bytes
+    force: bool
+    recursive: bool
 
 
 @_message(43, routes="core->core")

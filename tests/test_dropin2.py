@@ -187,3 +187,45 @@ def test_exit_in_a_task_or_an_actor_ends_its_worker(run_script, tmp_path):
     names = sorted(m.split("-")[0] for m in os.listdir(marks))
     assert names == ["actor", "retried", "task", "task"], names  # atexit handlers ran
     r.assert_no_leftovers()
+
+
+def test_cancel_of_a_ref_another_task_created_reaches_that_task(run_script):
+    r = run_script("""
+        aray.init(num_cpus=3)
+
+        @aray.remote
+        def slow():
+            for _ in range(1200):  # (an injected cancel lands between sleeps)
+                time.sleep(0.05)
+
+        @aray.remote
+        def spawn():
+            return [slow.remote()]  # the ref is this task's worker's own
+
+        @aray.remote
+        def cancel_it(refs, force):
+            aray.cancel(refs[0], force=force)  # a ref of the driver's, passed in
+            return "sent"
+
+        def outcome(ref):
+            try:
+                aray.get(ref, timeout=30)
+                return "finished"
+            except aray.exceptions.TaskCancelledError:
+                return "cancelled"
+            except Exception as e:
+                return type(e).__name__
+
+        out = []
+        for force in (False, True):
+            mine = slow.remote()
+            assert aray.get(cancel_it.remote([mine], force)) == "sent"
+            out.append(outcome(mine))
+            [theirs] = aray.get(spawn.remote())
+            aray.cancel(theirs, force=force)
+            out.append(outcome(theirs))
+        sys.stdout.write("OUT " + json.dumps(out) + "\\n")
+        report_pids()
+    """, timeout=120)
+    assert json.loads(r.stdout.split("OUT ", 1)[1].splitlines()[0]) == ["cancelled"] * 4
+    r.assert_no_leftovers()
