@@ -179,8 +179,8 @@ class ActorClass(Generic[T]):
             self._method_options[name] = opts
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError(f"actors cannot be created directly: use {self.__name__}.remote(...) "
-                        f"instead of {self.__name__}(...)")
+        raise TypeError(f"Actors cannot be instantiated directly. Instead of "
+                        f"'{self.__name__}()', use '{self.__name__}.remote()'.")
 
     def __getattr__(self, name: str) -> Any:
         # The class's own attributes through its name: inside a method, ``Counter.LIMIT``

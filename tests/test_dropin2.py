@@ -229,3 +229,31 @@ def test_cancel_of_a_ref_another_task_created_reaches_that_task(run_script):
     """, timeout=120)
     assert json.loads(r.stdout.split("OUT ", 1)[1].splitlines()[0]) == ["cancelled"] * 4
     r.assert_no_leftovers()
+
+
+def test_gpu_tasks_get_workers_of_their_own_devices(run_script):
+    r = run_script("""
+        aray.init(num_cpus=4, num_gpus=2)
+
+        @aray.remote
+        def seen():
+            return [os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES"), aray.get_gpu_ids()]
+
+        runs = []
+        for gpus in [0, 1, 0.5, 0, 1, 0.5, 0.5, 1, 0, 2, 1, 0]:
+            runs.append([gpus] + aray.get(seen.options(num_gpus=gpus).remote()))
+        sys.stdout.write("OUT " + json.dumps(runs) + "\\n")
+        report_pids()
+    """)
+    runs = json.loads(r.stdout.split("OUT ", 1)[1].splitlines()[0])
+    devices_of_pid: dict = {}
+    for gpus, pid, visible, ids in runs:
+        if gpus:
+            assert visible == ",".join(map(str, ids)) and len(ids) == (2 if gpus == 2 else 1)
+        else:
+            assert visible is None and ids == [], (visible, ids)
+        devices_of_pid.setdefault(pid, set()).add(tuple(ids))
+    # each worker ran with one set of devices (or none) all its life
+    assert all(len(devices) == 1 for devices in devices_of_pid.values()), devices_of_pid
+    assert len(devices_of_pid) < len(runs)  # and workers were reused when they matched
+    r.assert_no_leftovers()
