@@ -18,7 +18,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cloudpickle
 
@@ -78,6 +78,41 @@ class TaskSpec:
         return tuple(sorted(self.shape.items()))
 
 
+#: Ray's bounds on a pickled function or class (its FUNCTION_SIZE_WARN_THRESHOLD and
+#: FUNCTION_SIZE_ERROR_THRESHOLD, about 9.5 and 95 MiB): every worker that runs it loads it,
+#: and what is this big is nearly always data captured by mistake
+FUNCTION_SIZE_WARN_THRESHOLD = 10**7
+FUNCTION_SIZE_ERROR_THRESHOLD = 10**8
+
+
+def check_function_size(obj: Any, size: int) -> None:
+    """Refuse a function or class that pickles to more than
+    ``ARAY_FUNCTION_SIZE_ERROR_THRESHOLD`` bytes (Ray's 95 MiB by default); warn above
+    ``ARAY_FUNCTION_SIZE_WARN_THRESHOLD``.
+
+    Example:
+        >>> check_function_size(len, 10**9)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: The remote function len is too large (953.67 MiB > ...
+    """
+    kind = "actor class" if isinstance(obj, type) else "remote function"
+    name = getattr(obj, "__qualname__", repr(obj))
+    limit = int(os.environ.get("ARAY_FUNCTION_SIZE_ERROR_THRESHOLD",
+                               FUNCTION_SIZE_ERROR_THRESHOLD))
+    warn = int(os.environ.get("ARAY_FUNCTION_SIZE_WARN_THRESHOLD",
+                              FUNCTION_SIZE_WARN_THRESHOLD))
+    mib = 2**20
+    what = (f"The {kind} {name} is too large ({size / mib:.2f} MiB > "
+            "FUNCTION_SIZE_{}_THRESHOLD={:.2f} MiB). Check that its definition is not "
+            "implicitly capturing a large array or other object in scope. Tip: use "
+            "aray.put() to put large objects in the object store and pass the ref instead.")
+    if size > limit:
+        raise ValueError(what.format("ERROR", limit / mib))
+    if size > warn:
+        log.warning(what.format("WARN", warn / mib))
+
+
 class FunctionDescriptor:
     """A remote function pickled once per process and shipped once per worker link."""
 
@@ -111,6 +146,7 @@ class FunctionDescriptor:
                             "must not capture locks, sockets, open files or similar objects; "
                             "create those inside the function instead."
                         ) from exc
+                    check_function_size(self.fn, len(blob))
                     self._id = hashlib.blake2b(blob, digest_size=16).digest()
                     self._blob = blob
         assert self._id is not None

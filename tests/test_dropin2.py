@@ -257,3 +257,56 @@ def test_gpu_tasks_get_workers_of_their_own_devices(run_script):
     assert all(len(devices) == 1 for devices in devices_of_pid.values()), devices_of_pid
     assert len(devices_of_pid) < len(runs)  # and workers were reused when they matched
     r.assert_no_leftovers()
+
+
+def test_items_of_a_dropped_generator_leave_the_store(run_script):
+    r = run_script("""
+        import gc
+        from aray import _global
+        aray.init(num_cpus=2)
+
+        @aray.remote
+        def numbers(n):
+            for _ in range(n):
+                yield b"x" * 200_000  # in the store, not inline
+
+        @aray.remote
+        class Source:
+            def numbers(self, n):
+                for _ in range(n):
+                    yield b"x" * 200_000
+            async def anumbers(self, n):
+                for _ in range(n):
+                    yield b"x" * 200_000
+            def ping(self):
+                return "pong"
+
+        source = Source.remote()
+        assert aray.get(source.ping.remote()) == "pong"
+        core = _global.core()
+        base = len(core.objects.entries)
+
+        def take_three(gen):
+            for i, ref in enumerate(gen):
+                aray.get(ref)
+                if i == 2:
+                    return
+
+        def settled():
+            gc.collect()
+            return (aray.object_store_stats()["num_objects"] == 0
+                    and len(core.objects.entries) <= base)
+
+        out = []
+        for make in (lambda: numbers.remote(40), lambda: source.numbers.remote(40),
+                     lambda: source.anumbers.remote(40)):
+            take_three(make())
+            deadline = time.time() + 20
+            while not settled() and time.time() < deadline:
+                time.sleep(0.05)
+            out.append([settled(), aray.get(source.ping.remote(), timeout=20)])
+        sys.stdout.write("OUT " + json.dumps(out) + "\\n")
+        report_pids()
+    """)
+    assert json.loads(r.stdout.split("OUT ", 1)[1].splitlines()[0]) == [[True, "pong"]] * 3
+    r.assert_no_leftovers()
