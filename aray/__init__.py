@@ -53,10 +53,14 @@ from . import actor, util  # noqa: E402  (after the API it builds on, as in Ray:
 
 __version__ = "0.1.0"
 
+#: Ray's old name of ObjectRef, kept for programs that still use it
+ObjectID = ObjectRef
+
 __all__ = [
     "ActorClass",
     "ActorHandle",
     "ActorProxy",
+    "ObjectID",
     "ObjectRef",
     "ObjectRefGenerator",
     "RemoteFunction",

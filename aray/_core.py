@@ -159,7 +159,7 @@ class Core:
         try:
             await self.links.listen(self.address, self._tcp_socket)
             info = {"address": self.address, "log_to_driver": self.log_to_driver,
-                    "namespace": self.namespace, "code_path": driver_code_path(),
+                    "namespace": self.namespace, "code_paths": driver_code_paths(),
                     "node_id": self.node_id}
             if self.role == "driver" and self.head_address:
                 self.head = await self.links.dial(self.head_address, "driver", "", info)
@@ -227,10 +227,10 @@ class Core:
 
     # --- links to other cores -----------------------------------------------------------
     def _dial_info(self) -> dict:
-        # job and code path: a node agent reached by spillback starts workers for this
+        # job and code paths: a node agent reached by spillback starts workers for this
         # job, which import its modules
         return {"address": self.address, "job_id": self.job_id, "node_id": self.node_id,
-                "code_path": driver_code_path() if self.role == "driver" else ""}
+                "code_paths": driver_code_paths() if self.role == "driver" else []}
 
     def _on_NodeDied(self, link: Link, msg: P.NodeDied) -> None:
         """The head declared a node dead: drop every link to its processes, so tasks retry
@@ -375,9 +375,37 @@ class Core:
         return reply.nodes
 
 
-def driver_code_path() -> str:
-    """Where the driver's own modules are: its script's directory, or the working one."""
+#: bytes of the driver's path entries passed on to its workers (see driver_code_paths)
+CODE_PATHS_MAX = 2048
+
+
+def driver_code_paths() -> list[str]:
+    """Where the driver's modules are, for its workers' ``sys.path``: its script's
+    directory (or the working one), then its own ``sys.path`` as Ray passes it, so that a
+    module next to a test file that pytest put on the path imports in tasks too.
+
+    Example:
+        >>> import os, sys
+        >>> paths = driver_code_paths()
+        >>> all(os.path.isabs(p) for p in paths) and len(paths) == len(set(paths))
+        True
+    """
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    return os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
+    first = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
+    # the interpreter's own folders (standard library, site-packages and what their .pth
+    # files add) are on every worker's path already
+    own = tuple(os.path.join(p, "") for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+    found = [first, *(os.path.abspath(p or os.curdir) for p in sys.path)]  # "": the cwd
+    paths, size = [], 0
+    for p in dict.fromkeys(found):
+        if os.path.join(p, "").startswith(own) or not os.path.exists(p):
+            continue
+        size += len(p.encode()) + 1
+        if size > CODE_PATHS_MAX:  # they travel in the Hello of a link, which is bounded
+            log.warning("the driver's sys.path is too long to pass on: its workers do not "
+                        "get %s and later entries", p)
+            break
+        paths.append(p)
+    return paths
 

@@ -439,7 +439,7 @@ class AssignJob(NamedTuple):
 
     req_id: int
     job_id: str
-    code_path: str
+    code_paths: list  # the driver's script directory and sys.path (see driver_code_paths)
 
 
 @_message(36, reply=True)

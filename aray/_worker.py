@@ -326,8 +326,9 @@ class TaskExecutor(_Executor):
 
     def _on_AssignJob(self, link: Link, msg: P.AssignJob) -> None:
         self.core.job_id = msg.job_id
-        if msg.code_path and msg.code_path not in sys.path:
-            sys.path.append(msg.code_path)  # the job's own modules, where its driver has them
+        for path in msg.code_paths:  # the job's own modules, where its driver has them
+            if path not in sys.path:
+                sys.path.append(path)
         link.send(P.JobAssigned(msg.req_id))
 
     def cancel_requested(self, task: TaskContext) -> bool:

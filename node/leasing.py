@@ -93,7 +93,7 @@ class Leasing:
         if handle.link is not None:
             try:
                 await handle.link.request(lambda r: P.AssignJob(
-                    r, job_id, self._code_paths.get(job_id, "")), timeout=CONTROL_TIMEOUT)
+                    r, job_id, self._code_paths.get(job_id, [])), timeout=CONTROL_TIMEOUT)
                 ok = True
             except (ConnectionError, TimeoutError):
                 pass

@@ -10,10 +10,13 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 
 import pytest
 from conftest import PRELUDE, wait_gone, watch_root
 from test_cli import cli, free_port
+
+import aray
 
 
 def run(code: str, root=None, cwd=None, env=None, timeout=60) -> subprocess.CompletedProcess:
@@ -310,3 +313,103 @@ def test_items_of_a_dropped_generator_leave_the_store(run_script):
     """)
     assert json.loads(r.stdout.split("OUT ", 1)[1].splitlines()[0]) == [[True, "pong"]] * 3
     r.assert_no_leftovers()
+
+
+class Point:
+    """Defined at module level in a test file: pickled by reference to this module, which
+    the workers import from the directory pytest put on the driver's path."""
+
+    def __init__(self, x):
+        self.x = x
+
+
+@aray.remote
+def double_x(point):
+    return Point(point.x * 2)
+
+
+def test_workers_import_what_the_driver_can(cluster):
+    assert aray.get(double_x.remote(Point(3))).x == 6
+
+
+def test_workers_see_a_folder_the_driver_put_on_its_path(run_script, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "helper_module_xyz.py").write_text("def answer():\n    return 42\n")
+    r = run_script(f"""
+        sys.path.insert(0, {str(elsewhere)!r})
+        import helper_module_xyz
+        aray.init(num_cpus=1)
+
+        @aray.remote
+        def use():
+            import helper_module_xyz as h
+            return h.answer()
+
+        sys.stdout.write("OUT " + json.dumps([aray.get(use.remote()),
+                                              aray.get(aray.put(helper_module_xyz.answer))()])
+                         + "\\n")
+        report_pids()
+    """)
+    assert json.loads(r.stdout.split("OUT ", 1)[1].splitlines()[0]) == [42, 42]
+    r.assert_no_leftovers()
+
+
+def test_decorator_forms_and_direct_calls_are_refused_as_in_ray(cluster):
+    for args in [(), (1,), ("x", "y")]:
+        with pytest.raises(AssertionError, match="The @aray.remote decorator must be applied "
+                           "either with no arguments and no parentheses") as info:
+            aray.remote(*args)
+        assert isinstance(info.value, TypeError) and "'num_cpus'" in str(info.value)
+
+    @aray.remote
+    class Counter:
+        pass
+
+    with pytest.raises(TypeError, match=r"Actors cannot be instantiated directly. Instead "
+                       r"of 'Counter\(\)', use 'Counter.remote\(\)'."):
+        Counter()
+
+
+def test_a_function_too_large_to_ship_is_refused(cluster, monkeypatch):
+    blob = b"x" * 3_000_000
+
+    @aray.remote
+    def captures():
+        return len(blob)
+
+    @aray.remote
+    class Holds:
+        def size(self):
+            return len(blob)
+
+    monkeypatch.setenv("ARAY_FUNCTION_SIZE_ERROR_THRESHOLD", str(2_000_000))
+    with pytest.raises(ValueError, match=r"The remote function .*captures is too large "
+                       r"\(2.86 MiB > FUNCTION_SIZE_ERROR_THRESHOLD=1.91 MiB\).*aray.put\(\)"):
+        captures.remote()
+    with pytest.raises(ValueError, match=r"The actor class .*Holds is too large"):
+        Holds.remote()
+    monkeypatch.delenv("ARAY_FUNCTION_SIZE_ERROR_THRESHOLD")
+    assert aray.get(captures.remote()) == 3_000_000
+
+
+def test_actor_pool_push_of_an_actor_it_has_is_refused(cluster):
+    from aray.util import ActorPool
+
+    @aray.remote
+    class Echo:
+        def echo(self, x):
+            time.sleep(0.2)
+            return x
+
+    busy, idle = Echo.remote(), Echo.remote()
+    pool = ActorPool([busy, idle])
+    pool.submit(lambda actor, v: actor.echo.remote(v), 1)  # takes the first: busy
+    for actor in (busy, idle, aray.get(aray.put([busy]))[0]):
+        with pytest.raises(ValueError, match="Actor already belongs to current ActorPool"):
+            pool.push(actor)
+    assert pool.get_next() == 1
+
+
+def test_legacy_names():
+    assert aray.ObjectID is aray.ObjectRef
