@@ -246,6 +246,7 @@ class ActorClass(Generic[T]):
                               self._method_options.items() if opts["concurrency_group"]},
             "is_async": self._is_async, "job_id": core.current_job_id(),
             "description": f"{self.__name__} (actor {actor_id})", "meta": meta,
+            "runtime_env": core.runtime_envs.inherited(o["runtime_env"] or {}),
         }
         register = None
         if o["name"]:

@@ -42,6 +42,7 @@ from ._ownership import Ownership
 from ._peer_links import PeerLinks
 from ._refs import ObjectRef
 from ._runtime_context import current_task
+from ._runtime_env_client import RuntimeEnvs
 from ._streams import ObjectRefGenerator, Streams
 from ._task_events import TaskEventReporter
 from ._tasks import TaskSpec, TaskSubmitter
@@ -127,6 +128,8 @@ class Core:
             loop, self.spawn, self._send_task_events, self.tasks.waiting_count,
             self.tasks.pending_events, lambda: self._closing)
         self.actors = ActorCaller(self)
+        self.runtime_envs = RuntimeEnvs(loop, self.head_link,
+                                        os.path.join(self.session_dir, "runtime_resources"))
         self.streams = Streams(
             loop, self.objects, self.borrowers.accept_value, self.address,
             lambda t: self.tasks.link_running(t) or self.actors.link_running(t))

@@ -758,7 +758,8 @@ class _NodeProcess:
         self.store_made = False  # a directory of that name that is not ours must stay as it is
         # joining an existing cluster: no head here, and the agent dials the cluster's head
         self.joining = config.get("join", "")
-        self.head = None if self.joining else Head(config["token"])
+        self.head = None if self.joining else Head(
+            config["token"], packages_dir=os.path.join(config["session_dir"], "packages"))
         # a node of a cluster others may join (aray start) listens on TCP for other nodes
         self.tcp_host = ((config.get("ip") or "127.0.0.1")
                          if (config.get("daemon") or self.joining) else "")

@@ -109,7 +109,8 @@ class RemoteFunction(Generic[P, R]):
             max_retries=0 if streaming else int(self._options["max_retries"]),
             retry_exceptions=self._retry_exceptions, job_id=core.current_job_id(),
             max_calls=int(self._options["max_calls"]),
-            streaming=streaming, parent=_current_task_id())
+            streaming=streaming, parent=_current_task_id(),
+            runtime_env=core.runtime_envs.inherited(self._options["runtime_env"] or {}))
         refs = core.submit(spec)
         if streaming:
             return refs  # type: ignore[return-value]
@@ -186,8 +187,8 @@ def remote_arguments_error() -> str:
     """Ray's message for ``@ray.remote()`` and ``@ray.remote(1)``, with aray's options.
 
     Example:
-        >>> remote_arguments_error()[:75]
-        "The @aray.remote decorator must be applied either with no arguments and no "
+        >>> print(remote_arguments_error()[:74])
+        The @aray.remote decorator must be applied either with no arguments and no
     """
     names = list(dict.fromkeys([*TASK_OPTIONS, *ACTOR_OPTIONS]))
     return ("The @aray.remote decorator must be applied either with no arguments and no "

@@ -25,7 +25,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import cloudpickle
 
@@ -43,7 +43,13 @@ from ._streams import StreamWindow
 from ._tasks import load_function
 from ._thread_cancel import ThreadCancelled, ThreadCancels
 from .actor import ActorExit
-from .exceptions import ActorDiedError, AsyncioActorExit, RemoteErrorInfo, TaskCancelledError
+from .exceptions import (
+    ActorDiedError,
+    AsyncioActorExit,
+    RemoteErrorInfo,
+    RuntimeEnvSetupError,
+    TaskCancelledError,
+)
 from .store._serialize import deserialize, serialize
 
 log = logging.getLogger("aray.worker")
@@ -329,7 +335,21 @@ class TaskExecutor(_Executor):
         for path in msg.code_paths:  # the job's own modules, where its driver has them
             if path not in sys.path:
                 sys.path.append(path)
-        link.send(P.JobAssigned(msg.req_id))
+        if not msg.runtime_env:
+            link.send(P.JobAssigned(msg.req_id, ""))
+            return
+        self.core.spawn(self._set_up_env(link, msg), name="runtime env setup")
+
+    async def _set_up_env(self, link: Link, msg: P.AssignJob) -> None:
+        """Set up the pool's runtime env (off the loop: downloads, pip), then answer."""
+        error = ""
+        try:
+            await asyncio.to_thread(self.core.runtime_envs.set_up, msg.runtime_env)
+        except Exception as exc:  # reported to the caller as RuntimeEnvSetupError
+            error = str(exc) if isinstance(exc, RuntimeEnvSetupError) else (
+                f"{type(exc).__name__}: {exc}")
+            log.warning("runtime env %s could not be set up: %s", msg.runtime_env, error)
+        link.send(P.JobAssigned(msg.req_id, error))
 
     def cancel_requested(self, task: TaskContext) -> bool:
         """Any thread: was the running task, or actor call, ``task`` cancelled? (what
@@ -423,8 +443,8 @@ class TaskExecutor(_Executor):
         """The task ``name`` called ``exit()``/``sys.exit()``: as in Ray, that ends the
         worker, so its owner sees a worker that ended (``WorkerCrashedError``, or a retry
         under ``max_retries``), not an error raised by the task. ``atexit`` handlers run."""
-        exc = exc.exit if isinstance(exc, UserExit) else exc
-        print(f"aray: {name}() raised SystemExit({exc.code!r}): its worker process exits",
+        code = (exc.exit if isinstance(exc, UserExit) else cast(SystemExit, exc)).code
+        print(f"aray: {name}() raised SystemExit({code!r}): its worker process exits",
               file=sys.stderr)
         self.core.spawn(_exit_process(), name="task exit")
 

@@ -36,6 +36,7 @@ from ._core import Core
 from ._objects import ObjectState
 from ._portal import on_runtime
 from ._refs import ObjectRef
+from ._runtime_env import check as check_runtime_env
 from .exceptions import GetTimeoutError
 
 if TYPE_CHECKING:
@@ -58,7 +59,8 @@ async def init(address: str | None = None, *, num_cpus: float | None = None,
                ignore_reinit_error: bool = False, token: str | None = None,
                namespace: str | None = None, include_dashboard: bool | None = None,
                dashboard_host: str = "127.0.0.1", dashboard_port: int | None = None,
-               _redis_password: str | None = None) -> InitInfo:
+               _redis_password: str | None = None, runtime_env: dict | None = None
+               ) -> InitInfo:
     """Start a local cluster on the running loop and connect to it.
 
     Same arguments as :func:`aray.init`; returns once the cluster is ready.
@@ -81,7 +83,8 @@ async def init(address: str | None = None, *, num_cpus: float | None = None,
             prepare, address, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
             object_store_memory=object_store_memory, token=token or _redis_password,
             namespace=namespace, include_dashboard=include_dashboard,
-            dashboard_host=dashboard_host, dashboard_port=dashboard_port))
+            dashboard_host=dashboard_host, dashboard_port=dashboard_port,
+            runtime_env=runtime_env))
         core = make_core(loop, plan, log_to_driver)
     await on_runtime(core.loop, connect(core))
     return init_info(core)
@@ -140,7 +143,8 @@ def bootstrap(loop: asyncio.AbstractEventLoop, address: str | None, *, log_to_dr
 def prepare(address: str | None, *, num_cpus, num_gpus, resources, object_store_memory,
             token: str | None = None, namespace: str | None = None,
             include_dashboard: bool | None = None, dashboard_host: str = "127.0.0.1",
-            dashboard_port: int | None = None, _redis_password: str | None = None) -> dict:
+            dashboard_port: int | None = None, _redis_password: str | None = None,
+            runtime_env: dict | None = None) -> dict:
     """Everything init does before a core exists, none of it on an event loop: check the
     options, find the cluster to join or start one (session folders, the node process).
     Returns what :func:`make_core` needs."""
@@ -152,7 +156,8 @@ def prepare(address: str | None, *, num_cpus, num_gpus, resources, object_store_
         raise TypeError("token must be a non-empty string")
     if namespace is not None and (not isinstance(namespace, str) or not namespace):
         raise TypeError("namespace must be a non-empty string")
-    plan: dict = {"namespace": namespace or "", "cluster": None, "dashboard_url": ""}
+    plan: dict = {"namespace": namespace or "", "cluster": None, "dashboard_url": "",
+                  "runtime_env": check_runtime_env(runtime_env, "aray.init()")}
     address = address or os.environ.get("ARAY_ADDRESS") or None
     found = None
     if address is None:
@@ -204,6 +209,7 @@ def make_core(loop: asyncio.AbstractEventLoop, plan: dict, log_to_driver: bool) 
     core.dashboard_url = plan["dashboard_url"]
     core.namespace = plan["namespace"]
     core.cluster_address = plan["address"]
+    core.runtime_envs.parent = plan["runtime_env"]
     core.on_log_lines = print_worker_lines
     _global.set_core(core)
     return core

@@ -243,6 +243,7 @@ class NodeAgent:
         if driver_address:
             self.objects.delete_objects_of(driver_address)
         self.code_paths.pop(job_id, None)
+        self.leasing.job_finished(job_id)
         self.leasing.feed(E.JobFinished(job_id))
 
     # --- objects and nodes ---------------------------------------------------------------

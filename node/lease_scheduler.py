@@ -312,8 +312,15 @@ class LeaseScheduler:
             assert worker.reserved is not None
             return self._grant(worker, worker.reserved)
         worker.state = WorkerState.DEAD  # a worker that cannot join is of no use
-        self._unreserve(worker, requeue=True)  # try another
-        return [E.KillWorker(worker.worker_id), *self._schedule()]
+        req = worker.reserved
+        if not ev.error or req is None:
+            self._unreserve(worker, requeue=True)  # its link failed: try another
+            return [E.KillWorker(worker.worker_id), *self._schedule()]
+        # its runtime env could not be set up: another worker would fail the same way
+        self._unreserve(worker, requeue=False)
+        return [E.KillWorker(worker.worker_id),
+                E.FailRequest(req.caller, req.req_id, req.actor_id, ev.error),
+                *self._schedule()]
 
     def _worker_exited(self, ev: E.WorkerExited) -> list:
         worker = self.workers.pop(ev.worker_id, None)
@@ -388,7 +395,7 @@ class LeaseScheduler:
             return []
         out: list = []
         for worker in list(self.workers.values()):
-            if worker.job_id == ev.job_id and not worker.actor_id \
+            if _of_job(worker.job_id, ev.job_id) and not worker.actor_id \
                     and worker.state is not WorkerState.DEAD:
                 out += self._end(worker, requeue=True)
         if self.shared:  # the next job should not wait for workers to start
@@ -427,3 +434,9 @@ def _pick(workers: list[WorkerSlot], job_id: str, gpu_ids: list) -> WorkerSlot |
             if worker.job_id == wanted and worker.gpu_ids in (None, devices):
                 return workers.pop(i)
     return None
+
+
+def _of_job(pool: str, job_id: str) -> bool:
+    """Is a worker of ``pool`` (a job id, or ``JOB:ENV`` for a job's runtime env) one of
+    ``job_id``'s?"""
+    return pool == job_id or pool.startswith(job_id + ":")
