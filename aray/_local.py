@@ -800,6 +800,12 @@ class _NodeProcess:
         dashboard_url = ""
         if head is not None:
             head.local_node_id = self.agent.node_id
+            from ._head.jobs import JobManager
+
+            # what a job's aray.init() joins: the head's TCP address, or this session
+            address = head_tcp.split("://", 1)[-1] if head_tcp else config["session_dir"]
+            head.submitted_jobs = JobManager(config["session_dir"], address,
+                                             os.path.join(config["session_dir"], "packages"))
             if config.get("dashboard"):
                 from ._head.dashboard import Dashboard
 

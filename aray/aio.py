@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import numbers
 import operator
@@ -37,6 +38,7 @@ from ._objects import ObjectState
 from ._portal import on_runtime
 from ._refs import ObjectRef
 from ._runtime_env import check as check_runtime_env
+from ._runtime_env import merge as merge_runtime_env
 from .exceptions import GetTimeoutError
 
 if TYPE_CHECKING:
@@ -156,8 +158,11 @@ def prepare(address: str | None, *, num_cpus, num_gpus, resources, object_store_
         raise TypeError("token must be a non-empty string")
     if namespace is not None and (not isinstance(namespace, str) or not namespace):
         raise TypeError("namespace must be a non-empty string")
+    # a job's entrypoint (aray job submit) runs in the job's env: its tasks inherit it
+    job_env = json.loads(os.environ.get("ARAY_JOB_RUNTIME_ENV") or "{}")
     plan: dict = {"namespace": namespace or "", "cluster": None, "dashboard_url": "",
-                  "runtime_env": check_runtime_env(runtime_env, "aray.init()")}
+                  "runtime_env": merge_runtime_env(
+                      job_env, check_runtime_env(runtime_env, "aray.init()"))}
     address = address or os.environ.get("ARAY_ADDRESS") or None
     found = None
     if address is None:

@@ -10,6 +10,8 @@ import signal
 import sys
 import time
 
+from ._cli_jobs import add_job_commands, cmd_job
+
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -23,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_start(sub)
     _add_cluster_commands(sub)
+    add_job_commands(sub)
     _add_microbenchmark(sub)
     return parser
 
@@ -152,12 +155,14 @@ def main(argv: list[str] | None = None) -> None:
         commands = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status,
                     "memory": cmd_memory, "microbenchmark": cmd_microbenchmark,
                     "list": cmd_list, "summary": cmd_summary, "timeline": cmd_timeline,
-                    "dashboard": cmd_dashboard}
+                    "dashboard": cmd_dashboard, "job": cmd_job}
         if args.command == "start" and args.block and (args.token or args.redis_password):
             _exec_with_token_in_env(argv, args.token or args.redis_password)
         commands[args.command](args)
-    except (OSError, ValueError, ConnectionError) as exc:
-        print(f"aray {args.command}: {exc}", file=sys.stderr)
+    except (OSError, ValueError, ConnectionError, LookupError, RuntimeError) as exc:
+        what = f"job {args.job_command}" if args.command == "job" else args.command
+        message = exc.args[0] if isinstance(exc, LookupError) and exc.args else exc
+        print(f"aray {what}: {message}", file=sys.stderr)
         sys.exit(1)
 
 

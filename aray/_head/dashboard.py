@@ -34,9 +34,10 @@ from typing import TYPE_CHECKING
 from aiohttp import WSMsgType, web
 
 from .._link import HANDSHAKE_TIMEOUT, MAX_UNAUTHENTICATED, GuardedServer
+from .._packages import max_package_bytes
 from .._periodic import RateLimitedLog
 from ..node.logs import MAX_OFFSET, MAX_READ
-from . import views
+from . import job_api, views
 from .login_pages import STATIC_DIR, LoginPages
 from .logins import (  # noqa: F401  (LOGIN_FAILURES, ...: the limits are named here too)
     LOGIN_FAILURES,
@@ -153,7 +154,9 @@ class Dashboard(LoginPages):
         self._token = token.encode()
         self._sessions = Sessions()
         self._limiter = LoginLimiter()
-        self.app = web.Application(middlewares=[self._guard])
+        # a request may carry a runtime env package (read only once the guard let it in)
+        self.app = web.Application(middlewares=[self._guard],
+                                   client_max_size=max_package_bytes() + 2**20)
         self.app.router.add_get("/", self._index)
         self.app.router.add_get("/login", self._login_form)
         self.app.router.add_post("/login", self._login)
@@ -170,6 +173,7 @@ class Dashboard(LoginPages):
         self.app.router.add_get("/api/timeline", self._api_timeline)
         self.app.router.add_get("/api/logs", self._api_logs)
         self.app.router.add_get("/api/logs/{node_id}/{file}", self._api_log)
+        job_api.add_routes(self)
         self._runner: web.AppRunner | None = None
         self._web: GuardedServer | None = None
         self._listener: asyncio.Server | None = None

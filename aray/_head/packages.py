@@ -49,6 +49,18 @@ class PackageStore:
         except FileNotFoundError:
             return -1
 
+    def put(self, name: str, data: bytes) -> None:
+        """Keep a whole package (an upload over HTTP); ValueError if its name is wrong."""
+        path = self._path(name)
+        if len(data) > max_package_bytes():
+            raise ValueError(f"package {name} is larger than the head takes "
+                             f"({max_package_bytes()} bytes)")
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        partial = f"{path}.partial-put-{os.getpid()}-{id(data)}"
+        with open(partial, "wb") as f:
+            f.write(data)
+        self._complete(name, partial, path)
+
     def _on_PackageInfo(self, link: Link, msg: P.PackageInfo) -> None:
         link.send(P.PackageSize(msg.req_id, self.size(msg.name)))
 

@@ -15,6 +15,7 @@ from .._link import Link, Server
 from .._periodic import every
 from . import lifecycle as L
 from . import views
+from .jobs import JobManager
 from .packages import PackageStore
 from .state import MAX_DEAD_NODES, ActorTable, JobTable, NodeTable, TaskTable
 
@@ -52,8 +53,12 @@ class Head:
         self.tasks = TaskTable()
         self.server = Server(token, self._on_hello, name="head", role="head")
         self._dispatch = Dispatcher("head", self)
-        if packages_dir:  # (runtime env packages: with a session folder to keep them in)
-            self._dispatch.add(PackageStore(packages_dir))
+        #: runtime env packages (with a session folder to keep them in)
+        self.packages = PackageStore(packages_dir) if packages_dir else None
+        if self.packages is not None:
+            self._dispatch.add(self.packages)
+        #: the jobs of `aray job submit` (set by the node process that runs this head)
+        self.submitted_jobs: JobManager | None = None
         self.node_links: dict[Link, str] = {}  # node agents' links -> their node ids
         self._link_of_node: dict[str, Link] = {}  # and back
         self.local_node_id = ""  # the node whose process runs the head
@@ -80,6 +85,8 @@ class Head:
     async def aclose(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self.submitted_jobs is not None:
+            await self.submitted_jobs.aclose()
         await self.server.aclose()
 
     def _check_heartbeats(self) -> None:
