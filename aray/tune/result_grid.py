@@ -67,8 +67,9 @@ class Result:
         """Every result of the trial, a row each, as a pandas DataFrame.
 
         Example:
-            >>> Result(metrics_history=[{"loss": 1}, {"loss": 0.5}]).metrics_dataframe["loss"].tolist()
-            [1, 0.5]
+            >>> r = Result(metrics_history=[{"loss": 1}, {"loss": 0.5}])
+            >>> r.metrics_dataframe["loss"].tolist()
+            [1.0, 0.5]
         """
         import pandas as pd
 
