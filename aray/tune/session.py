@@ -1,5 +1,5 @@
-"""What runs in a trial's actor: the trainable, in a thread of its own, and the functions it
-calls (:func:`report`, :func:`get_checkpoint`, :func:`get_context`).
+"""What runs in a trial's actor: the trainable, and the functions it calls (:func:`report`,
+:func:`get_checkpoint`, :func:`get_context`).
 
 ``report`` hands each result to the actor's :meth:`TrialRunner.next` (which the Tuner calls)
 and waits for the Tuner's decision on it; when the decision is STOP, it raises
@@ -13,7 +13,6 @@ import os
 import queue
 import shutil
 import socket
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -146,15 +145,17 @@ def get_context() -> TrialContext:
 class TrialRunner:
     """The actor of one trial (made remote by the Tuner with the trial's resources).
 
-    Its only call is :meth:`next`: it passes the decision on the previous result to the
-    trainable and returns the trainable's next event, ``("result", metrics, checkpoint)``,
-    ``("done",)`` or ``("stopped",)``; the trainable's exception is raised from it.
+    :meth:`run` runs the trainable; :meth:`next`, called beside it, passes the decision on
+    the previous result to the trainable and returns the trainable's next event,
+    ``("result", metrics, checkpoint)``, ``("done",)`` or ``("stopped",)``; the trainable's
+    exception is raised from it.
 
     Example:
-        >>> from aray import tune
+        >>>         >>> from aray import tune
         >>> def train(config):
         ...     tune.report({"x": config["x"]})
         >>> r = TrialRunner(train, {"x": 1}, "t_00000", "/tmp/t", "exp")
+        >>> threading.Thread(target=r.run).start()
         >>> r.next(None)[1]["x"]
         1
         >>> r.next("CONTINUE")
@@ -172,18 +173,22 @@ class TrialRunner:
         self.checkpoint_index = checkpoint_index
         self.events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.decisions: queue.Queue[str] = queue.Queue()
-        self.thread: threading.Thread | None = None
         self.hostname, self.pid = socket.gethostname(), os.getpid()
 
-    def _start(self) -> None:
+    def run(self) -> None:
+        """Run the trainable to its end (the Tuner calls it once, and :meth:`next` beside
+        it: the actor runs two calls at once). It runs in the actor's own call, not in a
+        thread of its own, so that ``aray.get_runtime_context()`` in it is the actor's.
+
+        Example:
+            >>> r = TrialRunner(lambda config: None, {}, "t_00000", "/tmp/t", "exp")
+            >>> r.run()
+            >>> r.next(None)
+            ('done',)
+        """
         global _session
         _session = _Session(self)
         self.started = self.last = time.time()
-        self.thread = threading.Thread(target=self._run, name=f"trial {self.trial_id}",
-                                       daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
         try:
             self.trainable(self.config)
             self.events.put(("done",))
@@ -224,14 +229,12 @@ class TrialRunner:
         and return the trainable's next event.
 
         Example:
-            >>> from aray import tune
             >>> r = TrialRunner(lambda config: None, {}, "t_00000", "/tmp/t", "exp")
+            >>> r.run()
             >>> r.next(None)
             ('done',)
         """
-        if self.thread is None:
-            self._start()
-        elif decision is not None:
+        if decision is not None:
             self.decisions.put(decision)
         event = self.events.get()
         if event[0] == "error":

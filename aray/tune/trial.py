@@ -9,6 +9,7 @@ result; :meth:`Trial.state` is what the experiment's state file keeps of it.
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import os
@@ -78,6 +79,7 @@ class Trial:
         if not os.path.exists(params):
             with open(params, "w") as f:
                 json.dump(self.config, f, default=_json_default)
+                f.write("\n")
         if self._json is None:
             self._json = open(os.path.join(self.path, "result.json"), "a")  # noqa: SIM115
 
@@ -159,7 +161,12 @@ class Trial:
 
     def state(self) -> dict[str, Any]:
         """What the experiment's state file keeps of the trial."""
-        return {"trial_id": self.trial_id, "config": self.config, "status": self.status,
+        # the config as JSON, for people and tools to read, and pickled, for restore: its
+        # values may be anything (actor handles, functions) that JSON cannot hold
+        config = json.loads(json.dumps(self.config, default=_json_default))
+        pickled = base64.b64encode(cloudpickle.dumps(self.config)).decode()
+        return {"trial_id": self.trial_id, "config": config, "config_pickle": pickled,
+                "status": self.status,
                 "dir": os.path.basename(self.path), "num_failures": self.num_failures,
                 "checkpoint_name": self.checkpoint_name,
                 "checkpoint_iteration": self.checkpoint_iteration,
@@ -177,7 +184,10 @@ class Trial:
             >>> t.status
             'ERROR'
         """
-        trial = cls(state["trial_id"], state["config"],
+        config = state["config"]
+        if "config_pickle" in state:
+            config = cloudpickle.loads(base64.b64decode(state["config_pickle"]))
+        trial = cls(state["trial_id"], config,
                     os.path.join(experiment_path, state["dir"]))
         trial.status = state["status"]
         trial.num_failures = state.get("num_failures", 0)

@@ -52,7 +52,8 @@ def with_resources(trainable: Callable[[dict[str, Any]], Any],
 
 def _remote_options(trainable: Any) -> dict[str, Any]:
     resources = dict(getattr(trainable, "_tune_resources", {"cpu": 1}))
-    options: dict[str, Any] = {"num_cpus": 0, "max_restarts": 0}
+    # two calls at once: run() runs the trainable, next() passes its results and decisions
+    options: dict[str, Any] = {"num_cpus": 0, "max_restarts": 0, "max_concurrency": 2}
     custom = {}
     for key, value in resources.items():
         if key.lower() == "cpu":
@@ -355,6 +356,7 @@ class _Run:
             self.trainable_ref, trial.config, trial.trial_id, trial.path, self.tuner.name,
             trial.checkpoint_path, trial.checkpoint_iteration, trial.checkpoint_time,
             trial.checkpoint_index)
+        trial.actor.run.remote()  # its end (or error) comes through next()
         trial.ref = trial.actor.next.remote(None)
 
     # -- events ----------------------------------------------------------------------------
