@@ -193,3 +193,46 @@ def test_progress_table_and_status_lines(capsys):
     out = capsys.readouterr().out
     assert "Trials: 2 (1 RUNNING, 1 TERMINATED; best loss=0.125 (t_00001))" in out
     assert "Results are in /tmp/exp" in out
+
+
+TUNE_MODULES = ["aray.tune", "aray.tune.tuner", "aray.tune.session", "aray.tune.search",
+                "aray.tune.search.sample", "aray.tune.search.optuna", "aray.tune.schedulers",
+                "aray.tune.checkpoint", "aray.tune.result_grid", "aray.tune.progress",
+                "aray.tune.config", "aray.tune.trial"]
+
+
+def test_every_public_name_of_tune_has_a_docstring_with_an_example():
+    import importlib
+    import inspect
+
+    missing = []
+    for name in TUNE_MODULES:
+        module = importlib.import_module(name)
+        for attr in getattr(module, "__all__", []):
+            obj = getattr(module, attr)
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+                continue
+            doc = inspect.getdoc(obj) or ""
+            if "Example" not in doc:
+                missing.append(f"{name}.{attr}")
+            for meth_name, meth in vars(obj).items() if inspect.isclass(obj) else ():
+                if meth_name.startswith("_") or not inspect.isfunction(meth):
+                    continue
+                if "Example" not in (inspect.getdoc(meth) or ""):
+                    missing.append(f"{name}.{attr}.{meth_name}")
+    assert missing == []
+
+
+def test_tune_docstring_examples_run(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from test_api import DOCTEST_RUNNER
+
+    # the examples' temporary directories go to tmp_path, and go with it
+    proc = subprocess.run([sys.executable, "-c", DOCTEST_RUNNER, *TUNE_MODULES],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert int(proc.stdout.split("ATTEMPTED ")[1].split()[0]) > 150

@@ -151,7 +151,8 @@ class TrialRunner:
     exception is raised from it.
 
     Example:
-        >>>         >>> from aray import tune
+        >>> import threading
+        >>> from aray import tune
         >>> def train(config):
         ...     tune.report({"x": config["x"]})
         >>> r = TrialRunner(train, {"x": 1}, "t_00000", "/tmp/t", "exp")

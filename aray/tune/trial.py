@@ -73,7 +73,15 @@ class Trial:
         return os.path.join(self.path, self.checkpoint_name) if self.checkpoint_name else None
 
     def open_files(self) -> None:
-        """Create the trial's directory and its params.json (once), and open its logs."""
+        """Create the trial's directory and its params.json (once), and open its logs.
+
+        Example:
+            >>> import os, tempfile
+            >>> t = Trial("a_00000", {"x": 1}, os.path.join(tempfile.mkdtemp(), "a_00000"))
+            >>> t.open_files()
+            >>> sorted(os.listdir(t.path))
+            ['params.json', 'result.json']
+        """
         os.makedirs(self.path, exist_ok=True)
         params = os.path.join(self.path, "params.json")
         if not os.path.exists(params):
@@ -84,13 +92,29 @@ class Trial:
             self._json = open(os.path.join(self.path, "result.json"), "a")  # noqa: SIM115
 
     def close_files(self) -> None:
+        """Close the trial's logs (add_result opens them again).
+
+        Example:
+            >>> import tempfile
+            >>> t = Trial("a_00000", {}, tempfile.mkdtemp())
+            >>> t.open_files()
+            >>> t.close_files()
+        """
         for f in (self._json, self._csv):
             if f is not None:
                 f.close()
         self._json = self._csv = self._csv_writer = None
 
     def add_result(self, result: dict[str, Any]) -> None:
-        """Keep ``result`` and append it to result.json and progress.csv."""
+        """Keep ``result`` and append it to result.json and progress.csv.
+
+        Example:
+            >>> import os, tempfile
+            >>> t = Trial("a_00000", {}, tempfile.mkdtemp())
+            >>> t.add_result({"loss": 1.0, "training_iteration": 1})
+            >>> open(os.path.join(t.path, "progress.csv")).read().splitlines()
+            ['loss,training_iteration', '1.0,1']
+        """
         self.results.append(result)
         self.open_files()
         self._json.write(json.dumps(result, default=_json_default) + "\n")
@@ -114,7 +138,18 @@ class Trial:
 
     def rewind(self) -> None:
         """Forget the results after the last checkpoint (all if there is none), in memory
-        and in the files: the trial resumes from there and reports them again."""
+        and in the files: the trial resumes from there and reports them again.
+
+        Example:
+            >>> import tempfile
+            >>> t = Trial("a_00000", {}, tempfile.mkdtemp())
+            >>> for i in (1, 2):
+            ...     t.add_result({"training_iteration": i})
+            >>> t.checkpoint_iteration = 1
+            >>> t.rewind()
+            >>> t.results
+            [{'training_iteration': 1}]
+        """
         self.close_files()
         self.results = [r for r in self.results
                         if r.get("training_iteration", 0) <= self.checkpoint_iteration]
@@ -127,7 +162,15 @@ class Trial:
             self.add_result(result)
 
     def keep_checkpoint(self, name: str, num_to_keep: int | None) -> None:
-        """Make ``name`` the latest checkpoint; delete the oldest beyond ``num_to_keep``."""
+        """Make ``name`` the latest checkpoint; delete the oldest beyond ``num_to_keep``.
+
+        Example:
+            >>> import tempfile
+            >>> t = Trial("a_00000", {}, tempfile.mkdtemp())
+            >>> t.keep_checkpoint("checkpoint_000003", None)
+            >>> t.checkpoint_index
+            4
+        """
         self.checkpoint_name = name
         self.checkpoint_iteration = self.last_result.get("training_iteration", 0)
         self.checkpoint_time = self.last_result.get("time_total_s", 0.0)
@@ -138,7 +181,15 @@ class Trial:
 
     def set_error(self, error: BaseException) -> None:
         """Fail the trial for good with ``error``, and write it to error.txt (and
-        error.pkl, which a restored experiment reads back)."""
+        error.pkl, which a restored experiment reads back).
+
+        Example:
+            >>> import tempfile
+            >>> t = Trial("a_00000", {}, tempfile.mkdtemp())
+            >>> t.set_error(ValueError("bad"))
+            >>> t.status
+            'ERROR'
+        """
         self.status, self.error = ERROR, error
         os.makedirs(self.path, exist_ok=True)
         with open(os.path.join(self.path, "error.txt"), "w") as f:
@@ -151,7 +202,12 @@ class Trial:
             f.write(blob)
 
     def result(self) -> Result:
-        """The :class:`~aray.tune.Result` of the trial, as it stands."""
+        """The :class:`~aray.tune.Result` of the trial, as it stands.
+
+        Example:
+            >>> Trial("a_00000", {"x": 1}, "/tmp/a").result().error is None
+            True
+        """
         checkpoint = Checkpoint(self.checkpoint_path) if self.checkpoint_path else None
         metrics = dict(self.last_result)
         if metrics:
@@ -160,7 +216,12 @@ class Trial:
                       metrics_history=list(self.results))
 
     def state(self) -> dict[str, Any]:
-        """What the experiment's state file keeps of the trial."""
+        """What the experiment's state file keeps of the trial.
+
+        Example:
+            >>> Trial("a_00000", {"x": 1}, "/tmp/a").state()["status"]
+            'PENDING'
+        """
         # the config as JSON, for people and tools to read, and pickled, for restore: its
         # values may be anything (actor handles, functions) that JSON cannot hold
         config = json.loads(json.dumps(self.config, default=_json_default))
