@@ -136,6 +136,8 @@ class ProgressReporter:
             for trial in trials:
                 result = {k: v for k, v in trial.last_result.items() if k not in _AUTO}
                 iters = trial.last_result.get("training_iteration", 0)
-                print(f"  {trial.trial_id} {trial.status} iter={iters} config={trial.config} "
-                      f"last={ {k: _fmt(v) for k, v in result.items()} }")
+                params = " ".join(f"{k}={_fmt(v)}" for k, v in flatten_result(trial.config)
+                                  .items())
+                metrics = " ".join(f"{k}={_fmt(v)}" for k, v in result.items())
+                print(f"  {trial.trial_id} {trial.status} iter={iters} {params} | {metrics}")
         print(f"Results are in {experiment_path}", flush=True)
