@@ -309,3 +309,112 @@ def test_restore_after_the_driver_is_killed(tmp_path, run_script):
     # a checkpoint resumed from it
     assert sorted(restarted) == sorted({0, 1, 2, 3, 10, 11, 12, 13} - finished)
     assert any(int(line.split()[1]) > 0 for line in starts_after), starts_after
+
+
+def test_a_trial_that_ignores_its_stop_is_killed(tmp_path, monkeypatch):
+    import aray.tune.tuner
+
+    monkeypatch.setattr(aray.tune.tuner, "STOP_GRACE_S", 0.5)
+
+    def train(config):
+        while True:
+            try:
+                tune.report({"pid": os.getpid()})
+            except BaseException:  # swallows StopTrial too: a trainable that will not stop
+                import time
+
+                time.sleep(0.05)
+
+    grid = run(train, tmp_path, run_config={"stop": {"training_iteration": 2}})
+    assert grid[0].metrics["training_iteration"] == 2 and grid.num_errors == 0
+    assert gone([grid[0].metrics["pid"]])
+
+
+def test_fail_fast_and_time_budget_end_the_experiment(tmp_path):
+    def train(config):
+        if config["i"] == 0:
+            raise ValueError("first")
+        for _ in range(1000):
+            tune.report({"i": config["i"]})
+            import time
+
+            time.sleep(0.01)
+
+    grid = run(train, tmp_path, {"i": tune.grid_search([0, 1, 2, 3])}, max_concurrent_trials=1,
+               run_config={"failure_config": tune.FailureConfig(fail_fast=True)})
+    assert grid.num_errors == 1 and [r.metrics for r in grid] == [{}]
+
+    grid = run(train, tmp_path / "b", {"i": tune.grid_search([1, 2, 3])},
+               max_concurrent_trials=1, time_budget_s=0.5)
+    iterations = [r.metrics.get("training_iteration", 0) for r in grid]
+    assert 0 < iterations[0] < 1000 and sum(iterations) < 1000, iterations
+
+
+def test_restore_restarts_or_resumes_errored_trials(tmp_path):
+    flag = tmp_path / "broken"
+    flag.touch()
+
+    def train(config):
+        if config["x"] == 2 and os.path.exists(config["flag"]):
+            raise RuntimeError("broken")
+        tune.report({"x": config["x"]}, y=1)  # the older keyword form of report
+
+    space = {"x": tune.grid_search([1, 2]), "flag": str(flag)}
+    grid = run(train, tmp_path, space)
+    assert grid.num_errors == 1
+    path = str(tmp_path / "exp")
+    # restored as it was: the failed trial stays failed, and nothing runs again
+    grid = tune.Tuner.restore(path, train).fit()
+    assert grid.num_errors == 1 and isinstance(grid[1].error, RuntimeError)
+    flag.unlink()
+    grid = tune.Tuner.restore(path, train, restart_errored=True).fit()
+    assert grid.num_errors == 0 and [r.metrics["x"] for r in grid] == [1, 2]
+    assert grid[1].metrics["y"] == 1
+    with pytest.raises(ValueError, match="not the directory of an experiment"):
+        tune.Tuner.restore(str(tmp_path), train)
+
+
+def test_report_outside_a_trial_says_so():
+    with pytest.raises(RuntimeError, match="inside a trainable"):
+        tune.report({"x": 1})
+
+
+def test_live_table_in_a_terminal(tmp_path):
+    import pty
+    import time
+
+    code = PRELUDE + textwrap.dedent(f"""
+        from aray import tune
+        aray.init(num_cpus=2)
+
+        def train(config):
+            for step in range(3):
+                tune.report({{"loss": config["lr"] / (step + 1)}})
+
+        tune.Tuner(train, param_space={{"lr": tune.grid_search([0.5, 0.25])}},
+                   tune_config=tune.TuneConfig(metric="loss", mode="min"),
+                   run_config=tune.RunConfig(storage_path={str(tmp_path)!r})).fit()
+        aray.shutdown()
+        """)
+    script = tmp_path / "live.py"
+    script.write_text(code)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=follower, stderr=follower,
+                            cwd=tmp_path, env={**os.environ, "COLUMNS": "160"})
+    os.close(follower)
+    chunks = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the script ended and closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert proc.wait(timeout=30) == 0
+    out = b"".join(chunks).decode(errors="replace")
+    # rich's table: box-drawing borders, a header row, a row per trial
+    for text in ("Trial name", "status", "lr", "TERMINATED", "0.08333", "┃", "Results are in"):
+        assert text in out, (text, out[-3000:])

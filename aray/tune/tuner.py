@@ -396,6 +396,11 @@ class _Run:
         if event[0] != "result":  # "done" or "stopped"
             self.finish(trial)
             return
+        if trial.stop_deadline is not None:
+            # reported again after it was told to stop (it caught StopTrial): not kept, and
+            # told again, until its deadline passes and it is killed
+            trial.ref = trial.actor.next.remote(STOP)
+            return
         result, checkpoint = event[1], event[2]
         result["config"] = trial.config
         result["date"] = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(result["timestamp"]))
