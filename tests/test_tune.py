@@ -418,3 +418,16 @@ def test_live_table_in_a_terminal(tmp_path):
     # rich's table: box-drawing borders, a header row, a row per trial
     for text in ("Trial name", "status", "lr", "TERMINATED", "0.08333", "┃", "Results are in"):
         assert text in out, (text, out[-3000:])
+
+
+def test_bench_tune_runs(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_tune.py")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, script, "--trials", "4", "--results", "20",
+                           "--rounds", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    timings = json.loads(out.read_text())["aray"]
+    assert timings["per trial (ms)"][0] > 0 and timings["per result (ms)"][0] > 0
+    assert "aray 0.1.0    per trial (ms)" in proc.stdout
