@@ -268,8 +268,8 @@ class MedianStoppingRule(TrialScheduler):
         history.append((float(t), score))
         if t < self.grace_period:
             return self.CONTINUE
-        means = [self._running_mean(other, t) for other in self.completed if other != trial_id]
-        means = [m for m in means if m is not None]
+        means = [m for other in self.completed if other != trial_id
+                 if (m := self._running_mean(other, t)) is not None]
         if len(means) < self.min_samples_required:
             return self.CONTINUE
         best = max(s for _, s in history)

@@ -326,8 +326,8 @@ class _Run:
         if config == Searcher.FINISHED:
             self.tuner.search_finished = True
             return None
-        if config is None:
-            return None  # the searcher waits for results first
+        if not isinstance(config, dict):
+            return None  # None: the searcher waits for results first
         trial = Trial(trial_id, config, os.path.join(self.tuner.experiment_path, trial_id))
         self.trials.append(trial)
         self.scheduler.on_trial_add(trial_id)

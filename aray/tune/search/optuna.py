@@ -84,7 +84,8 @@ class OptunaSearch(Searcher):
             else:
                 self.constants[path] = value
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-trial lines: noise
-        direction = "maximize" if self.mode == "max" else "minimize"
+        direction = (optuna.study.StudyDirection.MAXIMIZE if self.mode == "max"
+                     else optuna.study.StudyDirection.MINIMIZE)
         self.study = optuna.create_study(sampler=self.sampler, direction=direction)
         for point in self.points_to_evaluate:
             self.study.enqueue_trial({"/".join(p): v for p, v in flatten(point).items()})
@@ -104,7 +105,7 @@ class OptunaSearch(Searcher):
         trial = self.asked.pop(trial_id, None)
         if trial is None:
             return
-        value = (result or {}).get(self.metric)
+        value = (result or {}).get(self.metric or "")
         if error or value is None:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         else:
