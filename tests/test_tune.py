@@ -431,3 +431,43 @@ def test_bench_tune_runs(tmp_path):
     timings = json.loads(out.read_text())["aray"]
     assert timings["per trial (ms)"][0] > 0 and timings["per result (ms)"][0] > 0
     assert "aray 0.1.0    per trial (ms)" in proc.stdout
+
+
+def test_class_trainable_steps_checkpoints_and_resumes(tmp_path):
+    class Walk(tune.Trainable):
+        def setup(self, config):
+            self.position = 0
+            self.resumed_at = None
+
+        def step(self):
+            self.position += self.config["speed"]
+            if self.position == 4 and self.resumed_at is None and self.config["speed"] == 1:
+                raise RuntimeError("a crash at 4")
+            return {"position": self.position, "resumed_at": self.resumed_at,
+                    "done": self.position >= 6}
+
+        def save_checkpoint(self, checkpoint_dir):
+            with open(os.path.join(checkpoint_dir, "position"), "w") as f:
+                f.write(str(self.position))
+
+        def load_checkpoint(self, checkpoint_dir):
+            with open(os.path.join(checkpoint_dir, "position")) as f:
+                self.position = self.resumed_at = int(f.read())
+
+    grid = run(tune.with_resources(Walk, {"cpu": 1}), tmp_path,
+               {"speed": tune.grid_search([1, 2])},
+               run_config={"checkpoint_config": tune.CheckpointConfig(checkpoint_frequency=2,
+                                                                      checkpoint_at_end=True),
+                           "failure_config": tune.FailureConfig(max_failures=1)})
+    slow, fast = grid
+    assert grid.num_errors == 0
+    # the slow walk crashed at 4 and resumed from its checkpoint at 2 (its second step)
+    assert slow.metrics["position"] == 6 and slow.metrics["resumed_at"] == 2
+    assert slow.metrics_dataframe["position"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert fast.metrics_dataframe["position"].tolist() == [2, 4, 6]
+    # checkpoints at steps 2 and 3 (the end) of the fast walk
+    assert fast.checkpoint.path.endswith("checkpoint_000001")
+    with fast.checkpoint.as_directory() as d, open(os.path.join(d, "position")) as f:
+        assert f.read() == "6"
+    with pytest.raises(TypeError, match="subclasses tune.Trainable"):
+        tune.Tuner(dict)

@@ -198,7 +198,7 @@ def test_progress_table_and_status_lines(capsys):
 TUNE_MODULES = ["aray.tune", "aray.tune.tuner", "aray.tune.session", "aray.tune.search",
                 "aray.tune.search.sample", "aray.tune.search.optuna", "aray.tune.schedulers",
                 "aray.tune.checkpoint", "aray.tune.result_grid", "aray.tune.progress",
-                "aray.tune.config", "aray.tune.trial"]
+                "aray.tune.config", "aray.tune.trial", "aray.tune.trainable"]
 
 
 def test_every_public_name_of_tune_has_a_docstring_with_an_example():

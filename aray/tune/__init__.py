@@ -41,6 +41,7 @@ from .search.sample import (
     uniform,
 )
 from .session import StopTrial, TrialContext, get_checkpoint, get_context, report
+from .trainable import Trainable
 from .tuner import Tuner, with_resources
 
 # isort: split
@@ -54,6 +55,7 @@ __all__ = [
     "ResultGrid",
     "RunConfig",
     "StopTrial",
+    "Trainable",
     "TrialContext",
     "TuneConfig",
     "Tuner",

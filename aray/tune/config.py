@@ -74,6 +74,9 @@ class CheckpointConfig:
 
     Attributes:
         num_to_keep: keep each trial's latest this many checkpoints (None: all).
+        checkpoint_frequency: a class trainable's checkpoint every this many steps (0:
+            none); a function trainable saves its own with ``report``.
+        checkpoint_at_end: a class trainable's checkpoint after its last step.
 
     Example:
         >>> from aray import tune
@@ -81,6 +84,8 @@ class CheckpointConfig:
     """
 
     num_to_keep: int | None = None
+    checkpoint_frequency: int = 0
+    checkpoint_at_end: bool = False
 
 
 @dataclass

@@ -20,6 +20,7 @@ from .result_grid import ResultGrid
 from .schedulers import FIFOScheduler, TrialScheduler
 from .search import BasicVariantGenerator, Searcher
 from .session import CONTINUE, STOP, TrialRunner
+from .trainable import Trainable, as_function
 from .trial import ERROR, PENDING, RUNNING, TERMINATED, Trial
 
 __all__ = ["Tuner", "with_resources"]
@@ -42,6 +43,9 @@ def with_resources(trainable: Callable[[dict[str, Any]], Any],
         ...     tune.report({"x": 1})
         >>> train_2cpu = tune.with_resources(train, {"cpu": 2})
     """
+    if isinstance(trainable, type):  # a class trainable: a subclass that carries them
+        return type(trainable.__name__, (trainable,), {"_tune_resources": dict(resources)})
+
     @functools.wraps(trainable)
     def wrapped(config: dict[str, Any]) -> Any:
         return trainable(config)
@@ -108,7 +112,11 @@ class Tuner:
                  tune_config: TuneConfig | None = None,
                  run_config: RunConfig | None = None) -> None:
         if not callable(trainable):
-            raise TypeError(f"the trainable must be a function of a config, not {trainable!r}")
+            raise TypeError("the trainable must be a function of a config or a "
+                            f"tune.Trainable class, not {trainable!r}")
+        if isinstance(trainable, type) and not issubclass(trainable, Trainable):
+            raise TypeError(f"a class trainable subclasses tune.Trainable, and {trainable!r} "
+                            "does not")
         self.trainable = trainable
         self.param_space = dict(param_space or {})
         self.tune_config = tune_config or TuneConfig()
@@ -276,7 +284,11 @@ class _Run:
         self.checkpoints = run.checkpoint_config or CheckpointConfig()
         self.options = _remote_options(tuner.trainable)
         self.runner_class = aray.remote(**self.options)(TrialRunner)
-        self.trainable_ref = aray.put(tuner.trainable)  # pickled once, not per trial
+        trainable = tuner.trainable
+        if isinstance(trainable, type) and issubclass(trainable, Trainable):
+            trainable = as_function(trainable, self.checkpoints.checkpoint_frequency,
+                                    self.checkpoints.checkpoint_at_end)
+        self.trainable_ref = aray.put(trainable)  # pickled once, not per trial
         self.max_concurrent = tuner.tune_config.max_concurrent_trials or self._default_limit()
         # a searcher other than the basic one suggests as long as it is asked: num_samples
         # says how many trials to ask it for
