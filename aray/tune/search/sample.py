@@ -12,7 +12,8 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["Categorical", "Domain", "Float", "Function", "Integer", "choice", "grid_search",
+__all__ = ["Categorical", "Domain", "Float", "Function", "Integer", "Normal", "choice",
+           "grid_search",
            "lograndint", "loguniform", "qloguniform", "qrandint", "quniform", "randint",
            "randn", "sample_from", "uniform"]
 
