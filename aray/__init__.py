@@ -49,14 +49,18 @@ from ._runtime_context import RuntimeContext
 from ._streams import ObjectRefGenerator
 
 # isort: split
-from . import actor, util  # noqa: E402  (after the API it builds on, as in Ray: aray.util.ActorPool)
+from . import actor, runtime_env, util  # noqa: E402  (after the API it builds on, as in Ray: aray.util.ActorPool)
 
 __version__ = "0.1.0"
+
+#: Ray's old name of ObjectRef, kept for programs that still use it
+ObjectID = ObjectRef
 
 __all__ = [
     "ActorClass",
     "ActorHandle",
     "ActorProxy",
+    "ObjectID",
     "ObjectRef",
     "ObjectRefGenerator",
     "RemoteFunction",
@@ -81,6 +85,7 @@ __all__ = [
     "object_store_stats",
     "put",
     "remote",
+    "runtime_env",
     "shutdown",
     "util",
     "wait",

@@ -24,11 +24,18 @@ from . import _protocol as P
 from ._link import CONTROL_TIMEOUT, Link
 from ._objects import ObjectState
 from ._refs import ObjectRef
-from .exceptions import ActorDiedError, RemoteErrorInfo, error_from_blob
+from .exceptions import (
+    ActorDiedError,
+    AraySystemError,
+    RemoteErrorInfo,
+    RequestTimeoutError,
+    error_from_blob,
+)
 
 if TYPE_CHECKING:
     from ._objects import ObjectTable
     from ._ownership import Ownership
+    from ._runtime_env_client import RuntimeEnvs
     from ._streams import Streams
     from ._waits import Waits
 
@@ -102,6 +109,7 @@ class CallHost(Protocol):
     ownership: Ownership
     waits: Waits
     streams: Streams
+    runtime_envs: RuntimeEnvs
 
     def spawn(self, coro: Coroutine, name: str = "") -> asyncio.Task: ...
 
@@ -168,6 +176,14 @@ class ActorCaller:
                 return
         spec = dict(spec, deps=[[e.oid, e.resolved_value()] for e in entries])
         spec.pop("meta", None)
+        try:
+            spec["runtime_env"] = await self.core.runtime_envs.wire(spec["runtime_env"])
+        except (ValueError, OSError, AraySystemError, RequestTimeoutError) as exc:
+            self._queue(actor_id).dead = ActorDiedError(
+                f"the actor {spec['class_name']} could not be created: its runtime env "
+                f"could not be uploaded: {exc}")
+            self._pump(self._queue(actor_id))
+            return
         head = await self.core.head_link()
         head.send(P.CreateActor(actor_id, spec))
 

@@ -179,8 +179,8 @@ class ActorClass(Generic[T]):
             self._method_options[name] = opts
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError(f"actors cannot be created directly: use {self.__name__}.remote(...) "
-                        f"instead of {self.__name__}(...)")
+        raise TypeError(f"Actors cannot be instantiated directly. Instead of "
+                        f"'{self.__name__}()', use '{self.__name__}.remote()'.")
 
     def __getattr__(self, name: str) -> Any:
         # The class's own attributes through its name: inside a method, ``Counter.LIMIT``
@@ -227,7 +227,7 @@ class ActorClass(Generic[T]):
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle[T]:
         """Create the actor (its constructor runs in a new worker); returns its handle."""
-        core = _global.core()
+        core = _global.core_or_init()
         o = self._options
         self._check_init(args, kwargs)
         blob, _ = self._descriptor.blob_and_id()
@@ -246,6 +246,7 @@ class ActorClass(Generic[T]):
                               self._method_options.items() if opts["concurrency_group"]},
             "is_async": self._is_async, "job_id": core.current_job_id(),
             "description": f"{self.__name__} (actor {actor_id})", "meta": meta,
+            "runtime_env": core.runtime_envs.inherited(o["runtime_env"] or {}),
         }
         register = None
         if o["name"]:
@@ -387,7 +388,7 @@ class ActorMethod(Generic[P, R]):
 
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> ObjectRef[R]:
         """Call the method on the actor; returns its ObjectRef(s) (or a ref generator)."""
-        core = _global.core()
+        core = _global.core_or_init()
         self._handle._check_call(self._name, args, kwargs)
         meta = self._handle._meta
         args_blob, deps, held = serialize_args(

@@ -32,7 +32,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          ignore_reinit_error: bool = False, token: str | None = None,
          namespace: str | None = None, include_dashboard: bool | None = None,
          dashboard_host: str = "127.0.0.1", dashboard_port: int | None = None,
-         _redis_password: str | None = None, **ray_arguments: Any) -> aio.InitInfo:
+         _redis_password: str | None = None, runtime_env: dict | None = None,
+         **ray_arguments: Any) -> aio.InitInfo:
     """Start a local aray cluster (head, node agent, workers) and connect this process.
 
     Args:
@@ -54,6 +55,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         dashboard_host: where the dashboard listens (default loopback only).
         dashboard_port: the dashboard's port; by default 8265, or any free port if 8265 is
             taken; ``0`` for any free port.
+        runtime_env: the job's runtime env, which its tasks and actors inherit (and merge
+            their own with): ``working_dir``, ``py_modules``, ``env_vars``, ``excludes``,
+            ``pip``, ``config``. See docs/runtime-env.md.
 
     Returns a dict with ``node_id``, ``session_dir`` and ``dashboard_url``, also readable as
     attributes, and the attribute ``dashboard_login_url``: the dashboard's URL with the
@@ -77,7 +81,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         object_store_memory=object_store_memory, log_to_driver=log_to_driver,
         ignore_reinit_error=ignore_reinit_error, token=token, namespace=namespace,
         include_dashboard=include_dashboard, dashboard_host=dashboard_host,
-        dashboard_port=dashboard_port, _redis_password=_redis_password)
+        dashboard_port=dashboard_port, _redis_password=_redis_password,
+        runtime_env=runtime_env)
     _register_atexit()
     try:
         loop = asyncio.get_running_loop()
@@ -193,7 +198,7 @@ def get(object_refs: ObjectRef[Any] | Sequence[ObjectRef[Any]], *,
     """
     refs, single = aio.as_ref_list(object_refs, "get")
     aio.check_timeout(timeout)
-    core = _global.core()
+    core = _global.core_or_init()
     refuse_on_loop(core.loop, "get")
     warn_blocking_get()  # (once, in an async actor's method: it blocks that loop)
     values = core.waits.ready_values(refs)  # already here: no need to wake the runtime loop
@@ -218,7 +223,7 @@ def wait(object_refs: Sequence[ObjectRef[R]], *, num_returns: int = 1,
         (2, 1)
     """
     refs = aio.check_wait_args(object_refs, num_returns, timeout)
-    core = _global.core()
+    core = _global.core_or_init()
     refuse_on_loop(core.loop, "wait")
     # every ref ready already (or none given): no need to wake the runtime loop
     return aio.split_ready(core, refs, num_returns, force=not refs) or call(
@@ -238,7 +243,7 @@ def put(value: R) -> ObjectRef[R]:
         >>> aray.get(ref)
         'hello'
     """
-    return _global.core().ownership.put(value)
+    return _global.core_or_init().ownership.put(value)
 
 
 def cancel(ref: ObjectRef[Any], *, force: bool = False, recursive: bool = True) -> None:

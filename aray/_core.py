@@ -42,6 +42,7 @@ from ._ownership import Ownership
 from ._peer_links import PeerLinks
 from ._refs import ObjectRef
 from ._runtime_context import current_task
+from ._runtime_env_client import RuntimeEnvs
 from ._streams import ObjectRefGenerator, Streams
 from ._task_events import TaskEventReporter
 from ._tasks import TaskSpec, TaskSubmitter
@@ -91,6 +92,7 @@ class Core:
                 session_dir, "sockets", f"{role[0]}{os.getpid()}-{os.urandom(3).hex()}.sock")
         self.cluster: Any = None  # the LocalCluster a driver started, if any
         self.dashboard_url = ""  # the cluster's dashboard, if it has one (drivers only)
+        self.cluster_address = ""  # what init(address=...) takes to reach it (drivers only)
         self.loop_thread: Any = None  # the private LoopThread of a sync init, if any
         self.ready = asyncio.Event()
         self.start_error: BaseException | None = None
@@ -126,6 +128,8 @@ class Core:
             loop, self.spawn, self._send_task_events, self.tasks.waiting_count,
             self.tasks.pending_events, lambda: self._closing)
         self.actors = ActorCaller(self)
+        self.runtime_envs = RuntimeEnvs(loop, self.head_link,
+                                        os.path.join(self.session_dir, "runtime_resources"))
         self.streams = Streams(
             loop, self.objects, self.borrowers.accept_value, self.address,
             lambda t: self.tasks.link_running(t) or self.actors.link_running(t))
@@ -158,7 +162,7 @@ class Core:
         try:
             await self.links.listen(self.address, self._tcp_socket)
             info = {"address": self.address, "log_to_driver": self.log_to_driver,
-                    "namespace": self.namespace, "code_path": driver_code_path(),
+                    "namespace": self.namespace, "code_paths": driver_code_paths(),
                     "node_id": self.node_id}
             if self.role == "driver" and self.head_address:
                 self.head = await self.links.dial(self.head_address, "driver", "", info)
@@ -226,10 +230,10 @@ class Core:
 
     # --- links to other cores -----------------------------------------------------------
     def _dial_info(self) -> dict:
-        # job and code path: a node agent reached by spillback starts workers for this
+        # job and code paths: a node agent reached by spillback starts workers for this
         # job, which import its modules
         return {"address": self.address, "job_id": self.job_id, "node_id": self.node_id,
-                "code_path": driver_code_path() if self.role == "driver" else ""}
+                "code_paths": driver_code_paths() if self.role == "driver" else []}
 
     def _on_NodeDied(self, link: Link, msg: P.NodeDied) -> None:
         """The head declared a node dead: drop every link to its processes, so tasks retry
@@ -299,10 +303,32 @@ class Core:
         return task.job_id if task is not None and task.job_id else self.job_id
 
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> None:
-        """Loop only: cancel the task or actor call that produces ``ref``, if it is ours."""
-        task_id = ref._id[:12]
+        """Loop only: cancel the task or actor call that produces ``ref``. A ref that
+        another core owns (passed in, or returned by a task) is cancelled by that owner,
+        which submitted the task."""
+        if ref._owner and ref._owner != self.address:
+            self.spawn(self._cancel_at_owner(ref._owner, ref._id, force, recursive),
+                       name="cancel at owner")
+            return
+        self._cancel_own(ref._id, force, recursive)
+
+    def _cancel_own(self, object_id: bytes, force: bool, recursive: bool) -> None:
+        task_id = object_id[:12]
         if not self.tasks.cancel(task_id, force, recursive):
             self.actors.cancel(task_id)
+
+    async def _cancel_at_owner(self, owner: str, object_id: bytes, force: bool,
+                               recursive: bool) -> None:
+        try:
+            link = await self.peer(owner)
+        except (OSError, ConnectionError) as exc:  # an owner that is gone has no task to stop
+            log.info("cancel: the owner %s of %s is unreachable (%s)", owner,
+                     object_id.hex(), exc)
+            return
+        link.send(P.CancelObject(object_id, force, recursive))
+
+    def _on_CancelObject(self, link: Link, msg: P.CancelObject) -> None:
+        self._cancel_own(msg.object_id, msg.force, msg.recursive)
 
     def _on_LeaseInfeasible(self, link: Link, msg: P.LeaseInfeasible) -> None:
         log.warning(msg.message)
@@ -352,9 +378,37 @@ class Core:
         return reply.nodes
 
 
-def driver_code_path() -> str:
-    """Where the driver's own modules are: its script's directory, or the working one."""
+#: bytes of the driver's path entries passed on to its workers (see driver_code_paths)
+CODE_PATHS_MAX = 2048
+
+
+def driver_code_paths() -> list[str]:
+    """Where the driver's modules are, for its workers' ``sys.path``: its script's
+    directory (or the working one), then its own ``sys.path`` as Ray passes it, so that a
+    module next to a test file that pytest put on the path imports in tasks too.
+
+    Example:
+        >>> import os, sys
+        >>> paths = driver_code_paths()
+        >>> all(os.path.isabs(p) for p in paths) and len(paths) == len(set(paths))
+        True
+    """
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    return os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
+    first = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
+    # the interpreter's own folders (standard library, site-packages and what their .pth
+    # files add) are on every worker's path already
+    own = tuple(os.path.join(p, "") for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+    found = [first, *(os.path.abspath(p or os.curdir) for p in sys.path)]  # "": the cwd
+    paths, size = [], 0
+    for p in dict.fromkeys(found):
+        if os.path.join(p, "").startswith(own) or not os.path.exists(p):
+            continue
+        size += len(p.encode()) + 1
+        if size > CODE_PATHS_MAX:  # they travel in the Hello of a link, which is bounded
+            log.warning("the driver's sys.path is too long to pass on: its workers do not "
+                        "get %s and later entries", p)
+            break
+        paths.append(p)
+    return paths
 

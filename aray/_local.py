@@ -390,14 +390,36 @@ def login_url(dashboard_url: str, token: str) -> str:
     return f"{dashboard_url}/?token={token}"
 
 
+def cluster_address(info: dict) -> str:
+    """What ``aray.init(address=...)`` and ``--address`` take to reach the cluster of a
+    node's record: its head's ``HOST:PORT``, or the session directory of a cluster that
+    listens on no TCP port (a program's own).
+
+    Example:
+        >>> cluster_address({"head_tcp": "tcp://127.0.0.1:6379", "session_dir": "/tmp/s"})
+        '127.0.0.1:6379'
+        >>> cluster_address({"head_tcp": "", "session_dir": "/tmp/s"})
+        '/tmp/s'
+    """
+    head_tcp = info.get("head_tcp") or ""
+    return head_tcp.split("://", 1)[-1] if head_tcp else info["session_dir"]
+
+
 def find_cluster(address: str | None) -> dict:
-    """The running cluster for ``address`` ("auto"/None: the latest; "host:port": by head).
+    """The running cluster for ``address`` ("auto"/None: the latest; "host:port": by head;
+    a session directory: the cluster whose node runs there).
 
     Raises ConnectionError with what to do when there is none on this machine, and
     ValueError for a Ray Client address (``ray://``).
     """
     if address is not None and address.startswith("ray://"):
         raise ray_client_address_error(address)
+    if address is not None and os.path.isabs(address) and os.path.isdir(address):
+        for info in _live_nodes():
+            if info["session_dir"] == address.rstrip("/"):
+                return info
+        raise ConnectionError(f"no aray cluster runs in the session {address}: its node has "
+                              "stopped (its logs are there)")
     clusters = running_clusters()
     if address in (None, "auto"):
         if not clusters:
@@ -736,7 +758,8 @@ class _NodeProcess:
         self.store_made = False  # a directory of that name that is not ours must stay as it is
         # joining an existing cluster: no head here, and the agent dials the cluster's head
         self.joining = config.get("join", "")
-        self.head = None if self.joining else Head(config["token"])
+        self.head = None if self.joining else Head(
+            config["token"], packages_dir=os.path.join(config["session_dir"], "packages"))
         # a node of a cluster others may join (aray start) listens on TCP for other nodes
         self.tcp_host = ((config.get("ip") or "127.0.0.1")
                          if (config.get("daemon") or self.joining) else "")

@@ -12,6 +12,8 @@ import math
 import numbers
 from typing import Any, Protocol, cast
 
+from ._runtime_env import check as check_runtime_env
+
 TASK_OPTIONS = {
     "num_cpus": 1,
     "num_gpus": 0,
@@ -22,6 +24,7 @@ TASK_OPTIONS = {
     "retry_exceptions": False,
     "name": None,
     "max_calls": 0,
+    "runtime_env": None,
 }
 
 
@@ -112,6 +115,8 @@ def validate_task_options(options: dict) -> dict:
             value = _number(key, value, integer=True, minimum=-1)
         elif key == "max_calls":
             value = _number(key, value, integer=True)
+        elif key == "runtime_env":
+            value = check_runtime_env(value, "a remote function's options") or None
         elif key == "retry_exceptions":
             if not (isinstance(value, bool) or (
                     isinstance(value, (list, tuple)) and value
@@ -144,6 +149,7 @@ ACTOR_OPTIONS: dict[str, Any] = {
     "lifetime": None,
     "get_if_exists": False,
     "concurrency_groups": None,
+    "runtime_env": None,
 }
 
 METHOD_OPTIONS = {"num_returns": 1, "concurrency_group": None, "name": None}
@@ -174,6 +180,8 @@ def validate_actor_options(options: dict) -> dict:
             value = check_string(key, value)
         elif key == "lifetime" and value not in (None, "detached", "non_detached"):
             raise ValueError(f"lifetime must be None or 'detached', got {value!r}")
+        elif key == "runtime_env":
+            value = check_runtime_env(value, "an actor's options") or None
         elif key == "get_if_exists" and not isinstance(value, bool):
             raise TypeError("get_if_exists must be True or False")
         elif key == "concurrency_groups":
@@ -215,9 +223,6 @@ def validate_options_for_any(options: dict) -> None:
 #: not have yet: the kinds Ray takes each for ("init" for init()), and what to do instead in
 #: aray (docs/migrating.md, "Not in aray yet")
 _NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
-    "runtime_env": (("task", "actor", "init"), "workers run in their node's Python environment and "
-                    "import the driver's own modules from its working directory; install "
-                    "other packages on every node, and set environment variables there"),
     "scheduling_strategy": (("task", "actor"), "aray places work by resources only: to keep "
                             "work on some nodes, give them a custom resource (`aray start "
                             "--resources '{\"dataset\": 1}'`) and ask for a little of it "
@@ -268,7 +273,7 @@ _NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
 #: the values of those options that ask for what aray does anyway (Ray's defaults): they are
 #: accepted, and dropped, so that code that spells out a default runs unchanged
 _DEFAULTS: dict[str, tuple[Any, ...]] = {
-    "runtime_env": (None, {}), "scheduling_strategy": (None, "DEFAULT"),
+    "scheduling_strategy": (None, "DEFAULT"),
     "placement_group": (None, "default"), "placement_group_bundle_index": (-1,),
     "placement_group_capture_child_tasks": (None, False), "accelerator_type": (None,),
     "label_selector": (None, {}), "fallback_strategy": (None, []), "_labels": (None, {}),
@@ -296,12 +301,12 @@ def known_option(key: str, value: Any, kind: str) -> bool:
     and for a name that is no option of ``kind``, with the closest one.
 
     Examples:
-        >>> known_option("num_cpus", 2, "task"), known_option("runtime_env", None, "task")
+        >>> known_option("num_cpus", 2, "task"), known_option("placement_group", None, "task")
         (True, False)
-        >>> known_option("runtime_env", {"pip": ["requests"]}, "task")
+        >>> known_option("placement_group", "pg", "task")
         Traceback (most recent call last):
         ...
-        ValueError: runtime_env is not supported by aray yet: workers run in their node's ...
+        ValueError: placement_group is not supported by aray yet: aray has no placement ...
         >>> known_option("num_cpu", 2, "task")
         Traceback (most recent call last):
         ...

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Protocol
 
 import msgpack
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 #: the HTTP header of the upgrade request that carries the client's Hello, and its
 #: largest size: all an unauthenticated peer may send (see aray._link)
@@ -231,6 +231,51 @@ class ClusterState(NamedTuple):
     nodes: list  # list of dicts (see _head.state.NodeTable.describe)
 
 
+# --- head: runtime env packages ---------------------------------------------------------
+
+
+@_message(79, routes="driver,core->head")
+class PackageInfo(NamedTuple):
+    """Does the head hold this runtime env package? (a folder is uploaded once)"""
+
+    req_id: int
+    name: str
+
+
+@_message(80, routes="driver,core->head")
+class PutPackage(NamedTuple):
+    """A piece of a package being uploaded, at ``offset``; ``last`` completes it."""
+
+    req_id: int
+    name: str
+    offset: int
+    data: bytes
+    last: bool
+
+
+@_message(81, reply=True)
+class PackageSize(NamedTuple):
+    req_id: int
+    size: int  # -1: the head does not hold it (PackageInfo); else its bytes so far
+
+
+@_message(82, routes="driver,core->head")
+class GetPackage(NamedTuple):
+    """Up to ``length`` bytes of a package from ``offset`` (a node unpacking it)."""
+
+    req_id: int
+    name: str
+    offset: int
+    length: int
+
+
+@_message(83, reply=True)
+class PackageData(NamedTuple):
+    req_id: int
+    data: bytes
+    size: int  # the whole package's
+
+
 # --- node agent: leases and workers -----------------------------------------------------
 
 
@@ -241,6 +286,7 @@ class RequestLease(NamedTuple):
     description: str  # what the lease is for, used in warnings
     job_id: str  # workers serve one job: they import its code and die with it
     spilled: bool  # sent here by another node's spillback: queue it, do not send it on
+    runtime_env: dict  # its wire form ({}: none): workers are pooled per job and env
 
 
 @_message(19, reply=True)
@@ -249,6 +295,14 @@ class LeaseSpillback(NamedTuple):
 
     req_id: int
     address: str
+
+
+@_message(84, reply=True)
+class LeaseFailed(NamedTuple):
+    """Agent -> requester: no worker can serve the request (its runtime env failed)."""
+
+    req_id: int
+    message: str
 
 
 @_message(21, reply=True)
@@ -439,12 +493,14 @@ class AssignJob(NamedTuple):
 
     req_id: int
     job_id: str
-    code_path: str
+    code_paths: list  # the driver's script directory and sys.path (see driver_code_paths)
+    runtime_env: dict  # the wire form of the env to set up first ({}: none)
 
 
 @_message(36, reply=True)
 class JobAssigned(NamedTuple):
     req_id: int
+    error: str  # "": joined; else why its runtime env could not be set up
 
 
 # --- core to core: tasks and objects ----------------------------------------------------
@@ -488,6 +544,16 @@ class TaskFinished(NamedTuple):
 class CancelTask(NamedTuple):
     task_id: bytes
     recursive: bool  # also cancel the tasks it submitted
+
+
+@_message(78, routes="core->core")
+class CancelObject(NamedTuple):
+    """``aray.cancel()`` of a ref that another core owns: its owner, which submitted the
+    task or actor call that makes it, cancels that (as for its own refs)."""
+
+    object_id: bytes
+    force: bool
+    recursive: bool
 
 
 @_message(43, routes="core->core")

@@ -8,7 +8,13 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from . import _actors, _global
-from ._options import TASK_OPTIONS, resource_shape, validate_options_for_any, validate_task_options
+from ._options import (
+    ACTOR_OPTIONS,
+    TASK_OPTIONS,
+    resource_shape,
+    validate_options_for_any,
+    validate_task_options,
+)
 from ._refs import ObjectRef, new_task_id, return_id
 from ._runtime_context import current_task
 from ._tasks import FunctionDescriptor, TaskSpec, serialize_args
@@ -89,7 +95,7 @@ class RemoteFunction(Generic[P, R]):
 
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> ObjectRef[R]:
         """Submit a task running this function; returns its ObjectRef(s) at once."""
-        core = _global.core()
+        core = _global.core_or_init()
         self._descriptor.check_args(args, kwargs)
         self._descriptor.blob_and_id()  # fail here, not later, if the function cannot pickle
         blob, deps, held = serialize_args(args, kwargs, lambda: f"{self._name}.remote()")
@@ -103,7 +109,8 @@ class RemoteFunction(Generic[P, R]):
             max_retries=0 if streaming else int(self._options["max_retries"]),
             retry_exceptions=self._retry_exceptions, job_id=core.current_job_id(),
             max_calls=int(self._options["max_calls"]),
-            streaming=streaming, parent=_current_task_id())
+            streaming=streaming, parent=_current_task_id(),
+            runtime_env=core.runtime_envs.inherited(self._options["runtime_env"] or {}))
         refs = core.submit(spec)
         if streaming:
             return refs  # type: ignore[return-value]
@@ -161,16 +168,33 @@ def remote(*args: Any, **options: Any) -> Any:
     """
     if len(args) == 1 and not options and callable(args[0]):
         return _make_remote(args[0], {})
-    if args:
-        raise TypeError(
-            "@aray.remote takes either a function or keyword options, "
-            "e.g. @aray.remote or @aray.remote(num_cpus=2)")
+    if args or not options:  # @aray.remote() too, as Ray refuses it
+        raise RemoteArgumentsError(remote_arguments_error())
     validate_options_for_any(options)
 
     def decorate(obj: Any) -> Any:
         return _make_remote(obj, options)
 
     return decorate
+
+
+class RemoteArgumentsError(TypeError, AssertionError):
+    """``@aray.remote`` given positional arguments, or empty parentheses. Ray raises an
+    AssertionError with this message; it is a TypeError too, as a wrong call is."""
+
+
+def remote_arguments_error() -> str:
+    """Ray's message for ``@ray.remote()`` and ``@ray.remote(1)``, with aray's options.
+
+    Example:
+        >>> print(remote_arguments_error()[:74])
+        The @aray.remote decorator must be applied either with no arguments and no
+    """
+    names = list(dict.fromkeys([*TASK_OPTIONS, *ACTOR_OPTIONS]))
+    return ("The @aray.remote decorator must be applied either with no arguments and no "
+            "parentheses, for example '@aray.remote', or it must be applied using some of "
+            f"the arguments in the list {names}, for example "
+            "'@aray.remote(num_returns=2, resources={\"CustomResource\": 1})'.")
 
 
 def _make_remote(obj: Any, options: dict) -> Any:

@@ -142,14 +142,15 @@ class Streams:
         self.consumed[task_id] = StreamState(self._loop)
 
     def _on_StreamItem(self, link: Link, msg: P.StreamItem) -> None:
-        stream = self.consumed.get(msg.task_id)
-        if stream is None:
-            return  # the generator was dropped
         oid = return_id(msg.task_id, msg.index)
         ref: ObjectRef[Any] = ObjectRef(oid, self._address)
         self._objects.add(oid, owned=True)
         self._accept(oid, msg.value)
-        stream.add(ref)
+        stream = self.consumed.get(msg.task_id)
+        if stream is not None:
+            stream.add(ref)
+        # else the generator was dropped: this process still owns the item, whose value may
+        # sit in a store already, so it is taken in and freed as its only ref dies here
 
     def end(self, task_id: bytes, error: BaseException | None) -> None:
         """The task behind a stream ended (``error``: how it failed)."""

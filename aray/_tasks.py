@@ -18,7 +18,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cloudpickle
 
@@ -27,13 +27,22 @@ from ._link import Link
 from ._objects import INLINE_THRESHOLD, ObjectState
 from ._refs import ArgSlot, ObjectRef, collect_refs
 from ._runtime_context import job_namespace
+from ._runtime_env import describe, env_key
 from ._signatures import checker, spec_of
-from .exceptions import TaskCancelledError, WorkerCrashedError, error_from_blob
+from .exceptions import (
+    AraySystemError,
+    RequestTimeoutError,
+    RuntimeEnvSetupError,
+    TaskCancelledError,
+    WorkerCrashedError,
+    error_from_blob,
+)
 from .store._serialize import serialize
 
 if TYPE_CHECKING:
     from ._objects import ObjectTable
     from ._ownership import Ownership
+    from ._runtime_env_client import RuntimeEnvs
     from ._streams import Streams
     from ._task_events import TaskEventReporter
 
@@ -72,10 +81,48 @@ class TaskSpec:
     held_refs: list = dataclasses.field(default_factory=list)  # refs pickled inside the args
     cancelled: bool = False
     force_cancelled: bool = False
+    runtime_env: dict = dataclasses.field(default_factory=dict)  # checked, merged, local paths
 
     @property
     def shape_key(self) -> tuple:
-        return tuple(sorted(self.shape.items()))
+        """Tasks that can share a lease: the same resources, the same runtime env."""
+        key = tuple(sorted(self.shape.items()))
+        return (key, env_key(self.runtime_env)) if self.runtime_env else key
+
+
+#: Ray's bounds on a pickled function or class (its FUNCTION_SIZE_WARN_THRESHOLD and
+#: FUNCTION_SIZE_ERROR_THRESHOLD, about 9.5 and 95 MiB): every worker that runs it loads it,
+#: and what is this big is nearly always data captured by mistake
+FUNCTION_SIZE_WARN_THRESHOLD = 10**7
+FUNCTION_SIZE_ERROR_THRESHOLD = 10**8
+
+
+def check_function_size(obj: Any, size: int) -> None:
+    """Refuse a function or class that pickles to more than
+    ``ARAY_FUNCTION_SIZE_ERROR_THRESHOLD`` bytes (Ray's 95 MiB by default); warn above
+    ``ARAY_FUNCTION_SIZE_WARN_THRESHOLD``.
+
+    Example:
+        >>> check_function_size(len, 10**9)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: The remote function len is too large (953.67 MiB > ...
+    """
+    kind = "actor class" if isinstance(obj, type) else "remote function"
+    name = getattr(obj, "__qualname__", repr(obj))
+    limit = int(os.environ.get("ARAY_FUNCTION_SIZE_ERROR_THRESHOLD",
+                               FUNCTION_SIZE_ERROR_THRESHOLD))
+    warn = int(os.environ.get("ARAY_FUNCTION_SIZE_WARN_THRESHOLD",
+                              FUNCTION_SIZE_WARN_THRESHOLD))
+    mib = 2**20
+    what = (f"The {kind} {name} is too large ({size / mib:.2f} MiB > "
+            "FUNCTION_SIZE_{}_THRESHOLD={:.2f} MiB). Check that its definition is not "
+            "implicitly capturing a large array or other object in scope. Tip: use "
+            "aray.put() to put large objects in the object store and pass the ref instead.")
+    if size > limit:
+        raise ValueError(what.format("ERROR", limit / mib))
+    if size > warn:
+        log.warning(what.format("WARN", warn / mib))
 
 
 class FunctionDescriptor:
@@ -111,6 +158,7 @@ class FunctionDescriptor:
                             "must not capture locks, sockets, open files or similar objects; "
                             "create those inside the function instead."
                         ) from exc
+                    check_function_size(self.fn, len(blob))
                     self._id = hashlib.blake2b(blob, digest_size=16).digest()
                     self._blob = blob
         assert self._id is not None
@@ -144,10 +192,11 @@ class _Lease:
 class _ShapeQueue:
     """Tasks waiting for a worker of one resource shape, and the leases serving them."""
 
-    __slots__ = ("shape", "tasks", "leases", "requesting", "description")
+    __slots__ = ("shape", "runtime_env", "tasks", "leases", "requesting", "description")
 
-    def __init__(self, shape: dict) -> None:
+    def __init__(self, shape: dict, runtime_env: dict) -> None:
         self.shape = shape
+        self.runtime_env = runtime_env
         self.tasks: deque[TaskSpec] = deque()
         self.leases: list[_Lease] = []
         self.requesting = 0
@@ -254,17 +303,20 @@ def _unpicklable_argument(args, kwargs, where: str, exc: Exception) -> TypeError
 
 
 async def ask_for_lease(own: Link, peer: Callable[[str], Awaitable[Link]], shape: dict,
-                        description: str, job_id: str) -> tuple[P.LeaseGranted, Link]:
-    """A worker lease for ``shape``: from this node's agent ``own``, or from the agent of
-    the node it sends us to (spillback). Returns the grant and the agent that granted it;
-    raises ConnectionError if our own agent is gone."""
+                        description: str, job_id: str, runtime_env: dict | None = None
+                        ) -> tuple[P.LeaseGranted, Link]:
+    """A worker lease for ``shape`` (in ``runtime_env``, its wire form): from this node's
+    agent ``own``, or from the agent of the node it sends us to (spillback). Returns the
+    grant and the agent that granted it; raises ConnectionError if our own agent is gone,
+    RuntimeEnvSetupError if the env cannot be set up."""
     agent, spilled = own, False
     while True:
         try:
             # granted when the node has room, however long that takes; if that node
             # dies, the link closes (NodeDied) and we ask our own again
             request = functools.partial(P.RequestLease, shape=shape, description=description,
-                                        job_id=job_id, spilled=spilled)
+                                        job_id=job_id, spilled=spilled,
+                                        runtime_env=runtime_env or {})
             grant = await agent.request(request, timeout=None)
         except (ConnectionError, OSError):
             if agent is own:
@@ -272,6 +324,8 @@ async def ask_for_lease(own: Link, peer: Callable[[str], Awaitable[Link]], shape
             grant = None
         if isinstance(grant, P.LeaseGranted):
             return grant, agent
+        if isinstance(grant, P.LeaseFailed):
+            raise RuntimeEnvSetupError(grant.message)
         if grant is not None:  # another node can run it: ask that node's agent
             try:
                 agent, spilled = await peer(grant.address), True
@@ -295,6 +349,7 @@ class SubmitHost(Protocol):
     ownership: Ownership
     streams: Streams
     task_events: TaskEventReporter
+    runtime_envs: RuntimeEnvs
 
     def spawn(self, coro: Coroutine, name: str = "") -> asyncio.Task: ...
 
@@ -355,7 +410,7 @@ class TaskSubmitter:
         key = spec.shape_key
         q = self._queues.get(key)
         if q is None:
-            q = self._queues[key] = _ShapeQueue(spec.shape)
+            q = self._queues[key] = _ShapeQueue(spec.shape, spec.runtime_env)
         q.description = spec.name
         q.tasks.append(spec)
         self._pump(q)
@@ -394,8 +449,13 @@ class TaskSubmitter:
         try:
             await self.core.wait_ready()
             assert self.core.agent is not None
+            wire = await self._wire(q)
             grant, agent = await ask_for_lease(self.core.agent, self.core.peer, q.shape,
-                                               q.description, self.core.job_id)
+                                               q.description, self.core.job_id, wire)
+        except RuntimeEnvSetupError as exc:
+            while q.tasks:  # a worker in that env would fail the same way
+                self._fail_task(q.tasks.popleft(), exc)
+            return
         except (ConnectionError, OSError) as exc:
             # no node agent (the cluster stopped): nothing queued here can ever run
             while q.tasks:
@@ -413,6 +473,18 @@ class TaskSubmitter:
             return
         q.leases.append(_Lease(grant, link, agent, q))
         self._pump(q)
+
+    async def _wire(self, q: _ShapeQueue) -> dict:
+        """The queue's runtime env with its folders uploaded (RuntimeEnvSetupError if
+        that fails: too big, unreadable)."""
+        if not q.runtime_env:
+            return {}
+        try:
+            return await self.core.runtime_envs.wire(q.runtime_env)
+        except (ValueError, OSError, AraySystemError, RequestTimeoutError) as exc:
+            raise RuntimeEnvSetupError(
+                f"the runtime env {describe(q.runtime_env)} of {q.description} could not be "
+                f"uploaded: {exc}") from exc
 
     def _push(self, lease: _Lease, spec: TaskSpec) -> None:
         self._waiting.pop(spec.task_id, None)

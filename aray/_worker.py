@@ -25,7 +25,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import cloudpickle
 
@@ -43,7 +43,13 @@ from ._streams import StreamWindow
 from ._tasks import load_function
 from ._thread_cancel import ThreadCancelled, ThreadCancels
 from .actor import ActorExit
-from .exceptions import ActorDiedError, AsyncioActorExit, RemoteErrorInfo, TaskCancelledError
+from .exceptions import (
+    ActorDiedError,
+    AsyncioActorExit,
+    RemoteErrorInfo,
+    RuntimeEnvSetupError,
+    TaskCancelledError,
+)
 from .store._serialize import deserialize, serialize
 
 log = logging.getLogger("aray.worker")
@@ -326,9 +332,24 @@ class TaskExecutor(_Executor):
 
     def _on_AssignJob(self, link: Link, msg: P.AssignJob) -> None:
         self.core.job_id = msg.job_id
-        if msg.code_path and msg.code_path not in sys.path:
-            sys.path.append(msg.code_path)  # the job's own modules, where its driver has them
-        link.send(P.JobAssigned(msg.req_id))
+        for path in msg.code_paths:  # the job's own modules, where its driver has them
+            if path not in sys.path:
+                sys.path.append(path)
+        if not msg.runtime_env:
+            link.send(P.JobAssigned(msg.req_id, ""))
+            return
+        self.core.spawn(self._set_up_env(link, msg), name="runtime env setup")
+
+    async def _set_up_env(self, link: Link, msg: P.AssignJob) -> None:
+        """Set up the pool's runtime env (off the loop: downloads, pip), then answer."""
+        error = ""
+        try:
+            await asyncio.to_thread(self.core.runtime_envs.set_up, msg.runtime_env)
+        except Exception as exc:  # reported to the caller as RuntimeEnvSetupError
+            error = str(exc) if isinstance(exc, RuntimeEnvSetupError) else (
+                f"{type(exc).__name__}: {exc}")
+            log.warning("runtime env %s could not be set up: %s", msg.runtime_env, error)
+        link.send(P.JobAssigned(msg.req_id, error))
 
     def cancel_requested(self, task: TaskContext) -> bool:
         """Any thread: was the running task, or actor call, ``task`` cancelled? (what
@@ -389,12 +410,13 @@ class TaskExecutor(_Executor):
                 args, kwargs = self._arguments(msg.args, msg.deps)
                 self._mark(msg.job_id, msg.name)
                 if msg.num_returns < 0:
-                    self._running_task = self.core.loop.create_task(
-                        self._stream_async(link, msg.task_id, fn(*args, **kwargs)))
+                    self._running_task = self.core.loop.create_task(_exit_caught(
+                        self._stream_async(link, msg.task_id, fn(*args, **kwargs))))
                     await self._running_task
                     results = []
                 else:
-                    self._running_task = self.core.loop.create_task(fn(*args, **kwargs))
+                    self._running_task = self.core.loop.create_task(
+                        _exit_caught(fn(*args, **kwargs)))
                     result = await self._running_task
                     results = await self._pack_async(msg.name, msg.return_ids, msg.num_returns,
                                                      result)
@@ -407,12 +429,24 @@ class TaskExecutor(_Executor):
                 this = asyncio.current_task()
                 if self.core.loop.is_closed() or this is not None and this.cancelling():
                     raise  # the executor itself is stopped (worker shutdown), not the task
+            if isinstance(exc, (SystemExit, UserExit)):
+                self._exit_for(msg.name, exc)  # no answer: the owner sees a worker that ended
+                return
             self._send_error(link, msg.task_id, msg.name, _cancel_named(exc, msg.name))
             return
         finally:
             current_task.reset(token)
             _flush_std()
         self._reply(link, P.TaskFinished(msg.task_id, results, None))
+
+    def _exit_for(self, name: str, exc: BaseException) -> None:
+        """The task ``name`` called ``exit()``/``sys.exit()``: as in Ray, that ends the
+        worker, so its owner sees a worker that ended (``WorkerCrashedError``, or a retry
+        under ``max_retries``), not an error raised by the task. ``atexit`` handlers run."""
+        code = (exc.exit if isinstance(exc, UserExit) else cast(SystemExit, exc)).code
+        print(f"aray: {name}() raised SystemExit({code!r}): its worker process exits",
+              file=sys.stderr)
+        self.core.spawn(_exit_process(), name="task exit")
 
     def _run_sync(self, fn, link: Link, msg: P.PushTask, ctx: TaskContext) -> list:
         """On the pool's thread: the task's user code (cancellable), then its results."""
@@ -740,10 +774,7 @@ class ActorExecutor(_Executor):
 
     async def _exit_process(self, callers: set) -> None:
         await _drained(callers)  # the answers leave before the process does
-        try:
-            await asyncio.to_thread(atexit._run_exitfuncs)  # the user's cleanup, as at exit
-        finally:
-            _flush_std()
+        await _run_exit_handlers()
         try:
             head = await self.core.head_link()
             # the head marks the actor dead for good and has its node end this process
@@ -756,6 +787,37 @@ class ActorExecutor(_Executor):
 
 def _ready() -> bool:
     return True
+
+
+class UserExit(Exception):
+    """``SystemExit`` raised by user code in an asyncio task, carried out as an ordinary
+    exception: asyncio lets a task's SystemExit escape the event loop itself."""
+
+    def __init__(self, exit: SystemExit) -> None:
+        super().__init__(exit.code)
+        self.exit = exit
+
+
+async def _exit_caught(coro: Any) -> Any:
+    try:
+        return await coro
+    except SystemExit as exc:
+        raise UserExit(exc) from None
+
+
+async def _run_exit_handlers() -> None:
+    """What an interpreter that exits runs: the user's ``atexit`` handlers (off the loop)."""
+    _flush_std()
+    try:
+        await asyncio.to_thread(atexit._run_exitfuncs)
+    finally:
+        _flush_std()
+
+
+async def _exit_process() -> None:
+    """End this worker as an interpreter that exits would: ``atexit`` handlers first."""
+    await _run_exit_handlers()
+    os._exit(0)
 
 
 def _ends_actor(exc: BaseException) -> bool:

@@ -36,6 +36,7 @@ from ._core import Core
 from ._objects import ObjectState
 from ._portal import on_runtime
 from ._refs import ObjectRef
+from ._runtime_env import check as check_runtime_env
 from .exceptions import GetTimeoutError
 
 if TYPE_CHECKING:
@@ -58,7 +59,8 @@ async def init(address: str | None = None, *, num_cpus: float | None = None,
                ignore_reinit_error: bool = False, token: str | None = None,
                namespace: str | None = None, include_dashboard: bool | None = None,
                dashboard_host: str = "127.0.0.1", dashboard_port: int | None = None,
-               _redis_password: str | None = None) -> InitInfo:
+               _redis_password: str | None = None, runtime_env: dict | None = None
+               ) -> InitInfo:
     """Start a local cluster on the running loop and connect to it.
 
     Same arguments as :func:`aray.init`; returns once the cluster is ready.
@@ -70,7 +72,7 @@ async def init(address: str | None = None, *, num_cpus: float | None = None,
         ...     await aray.aio.shutdown()
         ...     return sorted(info)
         >>> asyncio.run(main())
-        ['dashboard_url', 'node_id', 'session_dir']
+        ['address', 'dashboard_url', 'node_id', 'session_dir']
     """
     loop = asyncio.get_running_loop()
     core = existing_core(ignore_reinit_error)
@@ -81,15 +83,18 @@ async def init(address: str | None = None, *, num_cpus: float | None = None,
             prepare, address, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
             object_store_memory=object_store_memory, token=token or _redis_password,
             namespace=namespace, include_dashboard=include_dashboard,
-            dashboard_host=dashboard_host, dashboard_port=dashboard_port))
+            dashboard_host=dashboard_host, dashboard_port=dashboard_port,
+            runtime_env=runtime_env))
         core = make_core(loop, plan, log_to_driver)
     await on_runtime(core.loop, connect(core))
     return init_info(core)
 
 
 class InitInfo(dict):
-    """What :func:`aray.init` returns: a dict of ``node_id``, ``session_dir`` and
-    ``dashboard_url`` (also readable as attributes, as in Ray), and the attribute
+    """What :func:`aray.init` returns: a dict of ``address`` (what ``aray.init(address=...)``
+    and ``--address`` take to reach this cluster: ``HOST:PORT`` of a head that `aray start`
+    runs, the session directory of a program's own cluster), ``node_id``, ``session_dir``
+    and ``dashboard_url`` (also readable as attributes, as in Ray), and the attribute
     ``dashboard_login_url``: the dashboard's URL with the token, a link that logs in.
 
     The login link is an attribute, not a key, so that printing the dict shows no token.
@@ -120,8 +125,9 @@ class InitInfo(dict):
 def init_info(core: Core) -> InitInfo:
     """What ``init`` returns: the node, the session directory and the dashboard's URL
     ("" when there is none, or while a cluster started from inside a loop is starting)."""
-    return InitInfo({"node_id": core.node_id, "session_dir": core.session_dir,
-                     "dashboard_url": core.dashboard_url}, core.token)
+    return InitInfo({"address": core.cluster_address, "node_id": core.node_id,
+                     "session_dir": core.session_dir, "dashboard_url": core.dashboard_url},
+                    core.token)
 
 
 def bootstrap(loop: asyncio.AbstractEventLoop, address: str | None, *, log_to_driver: bool,
@@ -137,11 +143,12 @@ def bootstrap(loop: asyncio.AbstractEventLoop, address: str | None, *, log_to_dr
 def prepare(address: str | None, *, num_cpus, num_gpus, resources, object_store_memory,
             token: str | None = None, namespace: str | None = None,
             include_dashboard: bool | None = None, dashboard_host: str = "127.0.0.1",
-            dashboard_port: int | None = None, _redis_password: str | None = None) -> dict:
+            dashboard_port: int | None = None, _redis_password: str | None = None,
+            runtime_env: dict | None = None) -> dict:
     """Everything init does before a core exists, none of it on an event loop: check the
     options, find the cluster to join or start one (session folders, the node process).
     Returns what :func:`make_core` needs."""
-    from ._local import LocalCluster, find_cluster
+    from ._local import LocalCluster, cluster_address, find_cluster, running_clusters
 
     dashboard = dashboard_config(include_dashboard, dashboard_host, dashboard_port)
     token = token or _redis_password or None
@@ -149,30 +156,46 @@ def prepare(address: str | None, *, num_cpus, num_gpus, resources, object_store_
         raise TypeError("token must be a non-empty string")
     if namespace is not None and (not isinstance(namespace, str) or not namespace):
         raise TypeError("namespace must be a non-empty string")
-    plan: dict = {"namespace": namespace or "", "cluster": None, "dashboard_url": ""}
+    plan: dict = {"namespace": namespace or "", "cluster": None, "dashboard_url": "",
+                  "runtime_env": check_runtime_env(runtime_env, "aray.init()")}
     address = address or os.environ.get("ARAY_ADDRESS") or None
-    if address not in (None, "local"):
+    found = None
+    if address is None:
+        # as Ray's init after `ray start`: join the cluster `aray start` runs on this machine,
+        # and start one for this program only when there is none ("local" always starts one)
+        found = find_cluster("auto") if running_clusters() else None
+    if address not in (None, "local") or found is not None:
         if (num_cpus is not None or num_gpus is not None or resources or object_store_memory
                 or dashboard_port is not None):
             raise ValueError(
                 "num_cpus, num_gpus, resources, object_store_memory and dashboard_port describe "
-                "a new cluster; when connecting to an existing one (address=...) leave them "
-                "out, and give them to `aray start` instead")
-        if address.startswith("aray://"):
+                "a new cluster; when connecting to an existing one "
+                + ("(address=...)" if found is None else
+                   f"(one that `aray start` runs on this machine, found at {cluster_address(found)}"
+                   "; pass address='local' to start a new one instead)")
+                + " leave them out, and give them to `aray start` instead")
+        if address is not None and address.startswith("aray://"):
             plan["core"] = client_settings(address, token)
+            plan["address"] = address
             return plan
-        info = find_cluster(address)
+        info = found or find_cluster(address)
+        if found is not None:
+            print(f"aray: connecting to the cluster at {cluster_address(found)} that `aray "
+                  "start` runs on this machine (address='local' starts a new one)",
+                  file=sys.stderr, flush=True)
         plan["core"] = dict(token=token or os.environ.get("ARAY_TOKEN") or info["token"],
                             session_dir=info["session_dir"], node_address=info["node_address"],
                             head_address=info["head_address"], store_dir=info["store_dir"],
                             tcp_host=info.get("tcp_host", ""))
         plan["dashboard_url"] = info.get("dashboard_url", "")
+        plan["address"] = cluster_address(info)
         return plan
     total = node_resources(num_cpus, num_gpus, resources, object_store_memory)
     cluster = LocalCluster(resources=total, object_store_memory=object_store_memory,
                            token=token, dashboard=dashboard)
     cluster.spawn()
     plan["cluster"] = cluster
+    plan["address"] = cluster.session_dir  # it has no TCP port: found by its session
     plan["core"] = dict(token=cluster.token, session_dir=cluster.session_dir,
                         node_address=cluster.node_address, head_address=cluster.head_address,
                         store_dir=cluster.store_dir)
@@ -185,6 +208,8 @@ def make_core(loop: asyncio.AbstractEventLoop, plan: dict, log_to_driver: bool) 
     core.cluster = plan["cluster"]
     core.dashboard_url = plan["dashboard_url"]
     core.namespace = plan["namespace"]
+    core.cluster_address = plan["address"]
+    core.runtime_envs.parent = plan["runtime_env"]
     core.on_log_lines = print_worker_lines
     _global.set_core(core)
     return core

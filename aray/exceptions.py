@@ -305,7 +305,13 @@ class PendingCallsLimitExceeded(ActorError):
 
 
 class RuntimeEnvSetupError(ArayError):
-    """A task's runtime environment could not be set up (Ray's name)."""
+    """A task's runtime env could not be set up: pip failed, a package was too big to
+    upload, or the setup outlasted ``setup_timeout_seconds`` (see docs/runtime-env.md).
+
+    Example:
+        >>> str(RuntimeEnvSetupError("runtime_env pip: pip install x failed"))
+        'runtime_env pip: pip install x failed'
+    """
 
 
 class AsyncioActorExit(ArayError):

@@ -77,7 +77,7 @@ class NodeAgent:
         self.stopped = asyncio.Event()
         self.server = Server(token, self._on_hello, name="node", role="node")
         self.drivers: dict[Link, dict] = {}  # driver link -> its Hello info
-        self.code_paths: dict[str, str] = {}  # job id -> where its driver's modules are
+        self.code_paths: dict[str, list] = {}  # job id -> where its driver's modules are
         self.head: Link | None = None
         self.cluster_id = ""  # the head's name for the cluster (see Head.cluster_id)
         self.address = ""
@@ -179,8 +179,8 @@ class NodeAgent:
         else:
             if hello.role == "driver":
                 self.drivers[link] = dict(hello.info)
-            if hello.info.get("job_id") and hello.info.get("code_path"):
-                self.code_paths.setdefault(hello.info["job_id"], hello.info["code_path"])
+            if hello.info.get("job_id") and hello.info.get("code_paths"):
+                self.code_paths.setdefault(hello.info["job_id"], list(hello.info["code_paths"]))
             link.on_close.append(self._on_caller_gone)
         return {"node_id": self.node_id, "store_dir": self.store_dir,
                 "session_dir": self.session_dir,
@@ -243,6 +243,7 @@ class NodeAgent:
         if driver_address:
             self.objects.delete_objects_of(driver_address)
         self.code_paths.pop(job_id, None)
+        self.leasing.job_finished(job_id)
         self.leasing.feed(E.JobFinished(job_id))
 
     # --- objects and nodes ---------------------------------------------------------------

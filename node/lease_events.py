@@ -53,6 +53,7 @@ class JobAssigned(NamedTuple):
 
     worker_id: str
     ok: bool
+    error: str = ""  # its runtime env failed: the request it was reserved for fails
 
 
 class WorkerExited(NamedTuple):
@@ -180,6 +181,15 @@ class WarnInfeasible(NamedTuple):
     req_id: int
     message: str
     actor_id: str  # "" for a task's lease
+
+
+class FailRequest(NamedTuple):
+    """Tell the caller its request cannot be served (an actor's: report it dead)."""
+
+    caller: Hashable
+    req_id: int
+    actor_id: str
+    message: str
 
 
 class ReportActorDied(NamedTuple):

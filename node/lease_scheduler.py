@@ -98,6 +98,10 @@ class WorkerSlot:
     actor_id: str = ""  # set for the life of the worker once it hosts an actor
     lease: Lease | None = None
     reserved: Request | None = None  # the request it starts or joins a job for
+    #: the GPU devices of its last lease (None: it has had none). A process that used a
+    #: GPU keeps that device's context, whatever CUDA_VISIBLE_DEVICES says next, so a
+    #: worker is leased again only with the same devices (or none again)
+    gpu_ids: tuple | None = None
 
     @property
     def holder(self) -> Hashable | None:
@@ -210,7 +214,7 @@ class LeaseScheduler:
                     if w.state is WorkerState.STARTING and w.reserved is None]
         for req, gpu_ids in self.queue.take_grantable(self.pool, lambda r: r.shape):
             req.gpu_ids = gpu_ids
-            worker = _pick(idle, req.job_id)
+            worker = _pick(idle, req.job_id, gpu_ids)
             if worker is not None and worker.job_id == req.job_id:
                 out += self._grant(worker, req)  # the common case: at once
                 continue
@@ -219,7 +223,7 @@ class LeaseScheduler:
                 worker.reserved = req
                 out.append(self._join(worker, req))
                 continue
-            worker = _pick(starting, req.job_id)
+            worker = _pick(starting, req.job_id, gpu_ids)
             if worker is None:
                 out.append(self._new_worker())
                 worker = self.workers[out[-1].worker_id]
@@ -247,6 +251,7 @@ class LeaseScheduler:
                     self._report(), *self._schedule()]
         worker.state = WorkerState.LEASED
         worker.lease = Lease(req.caller, dict(req.shape), req.gpu_ids)
+        worker.gpu_ids = tuple(req.gpu_ids)
         if not req.actor_id:
             return [E.GrantLease(req.caller, req.req_id, worker.worker_id, req.gpu_ids),
                     self._report()]
@@ -307,8 +312,15 @@ class LeaseScheduler:
             assert worker.reserved is not None
             return self._grant(worker, worker.reserved)
         worker.state = WorkerState.DEAD  # a worker that cannot join is of no use
-        self._unreserve(worker, requeue=True)  # try another
-        return [E.KillWorker(worker.worker_id), *self._schedule()]
+        req = worker.reserved
+        if not ev.error or req is None:
+            self._unreserve(worker, requeue=True)  # its link failed: try another
+            return [E.KillWorker(worker.worker_id), *self._schedule()]
+        # its runtime env could not be set up: another worker would fail the same way
+        self._unreserve(worker, requeue=False)
+        return [E.KillWorker(worker.worker_id),
+                E.FailRequest(req.caller, req.req_id, req.actor_id, ev.error),
+                *self._schedule()]
 
     def _worker_exited(self, ev: E.WorkerExited) -> list:
         worker = self.workers.pop(ev.worker_id, None)
@@ -383,7 +395,7 @@ class LeaseScheduler:
             return []
         out: list = []
         for worker in list(self.workers.values()):
-            if worker.job_id == ev.job_id and not worker.actor_id \
+            if _of_job(worker.job_id, ev.job_id) and not worker.actor_id \
                     and worker.state is not WorkerState.DEAD:
                 out += self._end(worker, requeue=True)
         if self.shared:  # the next job should not wait for workers to start
@@ -413,10 +425,18 @@ class LeaseScheduler:
         return []
 
 
-def _pick(workers: list[WorkerSlot], job_id: str) -> WorkerSlot | None:
-    """Take a worker for ``job_id`` from ``workers``: one of that job, else a fresh one."""
+def _pick(workers: list[WorkerSlot], job_id: str, gpu_ids: list) -> WorkerSlot | None:
+    """Take a worker for ``job_id`` from ``workers``: one of that job, else a fresh one;
+    either way one that last had the devices ``gpu_ids`` (or none, or never a lease)."""
+    devices = tuple(gpu_ids)
     for wanted in (job_id, ""):
         for i, worker in enumerate(workers):
-            if worker.job_id == wanted:
+            if worker.job_id == wanted and worker.gpu_ids in (None, devices):
                 return workers.pop(i)
     return None
+
+
+def _of_job(pool: str, job_id: str) -> bool:
+    """Is a worker of ``pool`` (a job id, or ``JOB:ENV`` for a job's runtime env) one of
+    ``job_id``'s?"""
+    return pool == job_id or pool.startswith(job_id + ":")

@@ -12,6 +12,7 @@ from typing import cast
 
 from aray import _protocol as P
 from aray._link import CONTROL_TIMEOUT, Link
+from aray._runtime_env import describe, env_key, setup_timeout
 
 from . import lease_events as E
 from .lease_scheduler import LeaseScheduler
@@ -38,6 +39,9 @@ class Leasing:
         self.node_id = node_id
         self.closed = False  # the agent is closing: nothing more is decided
         self._code_paths = code_paths
+        #: worker pool (``JOB:ENV``) -> the wire form of its runtime env; workers are pooled
+        #: per job and env, and set the env up when they join the pool
+        self.envs: dict[str, dict] = {}
         # the cluster as the head last described it: node id -> [node_id, address, total,
         # free], in the order the nodes joined (a ClusterViewChanged, then its updates)
         self.view: dict[str, list] = {}
@@ -55,6 +59,7 @@ class Leasing:
             E.WarnInfeasible: lambda ins: ins.caller.send(
                 P.LeaseInfeasible(ins.req_id, ins.message, ins.actor_id)),
             E.ReportActorDied: lambda ins: self.to_head(P.ActorDied(ins.actor_id, ins.reason)),
+            E.FailRequest: self._fail_request,
         }
 
     def feed(self, event) -> None:
@@ -82,22 +87,51 @@ class Leasing:
         caller.send(P.LeaseGranted(ins.req_id, ins.worker_id, handle.address, self.node_id,
                                    ins.gpu_ids))
 
+    def pool(self, job_id: str, runtime_env: dict) -> str:
+        """The worker pool of a job's requests with ``runtime_env`` (the job id itself
+        for none)."""
+        if not runtime_env:
+            return job_id
+        pool = f"{job_id}:{env_key(runtime_env)}"
+        self.envs.setdefault(pool, runtime_env)
+        return pool
+
+    def job_finished(self, job_id: str) -> None:
+        """Forget the runtime envs of a job that ended."""
+        for pool in [p for p in self.envs if p.startswith(job_id + ":")]:
+            del self.envs[pool]
+
+    def _fail_request(self, ins: E.FailRequest) -> None:
+        if ins.actor_id:
+            self.to_head(P.ActorDied(ins.actor_id, ins.message))
+        else:
+            cast(Link, ins.caller).send_if_open(P.LeaseFailed(ins.req_id, ins.message))
+
     def _assign_job(self, ins: E.AssignJob) -> None:
         handle = self.workers.handles[ins.worker_id]
         handle.job_id = ins.job_id
         self._spawn_task(self._join_job(handle, ins.job_id), "assign job")
 
-    async def _join_job(self, handle: WorkerHandle, job_id: str) -> None:
-        """A fresh worker imports the job's code before its first lease of that job."""
-        ok = False
+    async def _join_job(self, handle: WorkerHandle, pool: str) -> None:
+        """A fresh worker imports the job's code, and sets up the pool's runtime env,
+        before its first lease of that pool."""
+        ok, error = False, ""
+        job_id = pool.partition(":")[0]
+        env = self.envs.get(pool, {})
+        timeout = setup_timeout(env) if env else 0.0
         if handle.link is not None:
             try:
-                await handle.link.request(lambda r: P.AssignJob(
-                    r, job_id, self._code_paths.get(job_id, "")), timeout=CONTROL_TIMEOUT)
-                ok = True
-            except (ConnectionError, TimeoutError):
+                reply = await handle.link.request(lambda r: P.AssignJob(
+                    r, job_id, self._code_paths.get(job_id, []), env),
+                    timeout=None if timeout is None else timeout + CONTROL_TIMEOUT)
+                ok, error = not reply.error, reply.error
+            except TimeoutError:
+                if env:  # (a pip install that hangs, a head that sends no package)
+                    error = (f"setting up the runtime env {describe(env)} took longer than "
+                             f"setup_timeout_seconds={timeout:g}")
+            except ConnectionError:
                 pass
-        self.feed(E.JobAssigned(handle.worker_id, ok))
+        self.feed(E.JobAssigned(handle.worker_id, ok, error))
 
     def _start_actor(self, ins: E.StartActor) -> None:
         handle = self.workers.handles[ins.worker_id]
@@ -108,8 +142,8 @@ class Leasing:
     # --- messages ------------------------------------------------------------------------
     def _on_RequestLease(self, link: Link, msg: P.RequestLease) -> None:
         # ``spilled``: sent here by another node's spillback, so it is not sent on
-        self.feed(E.LeaseRequested(link, msg.req_id, msg.shape, msg.description, msg.job_id,
-                                   not msg.spilled))
+        self.feed(E.LeaseRequested(link, msg.req_id, msg.shape, msg.description,
+                                   self.pool(msg.job_id, msg.runtime_env), not msg.spilled))
 
     def _on_ReturnLease(self, link: Link, msg: P.ReturnLease) -> None:
         self.feed(E.LeaseReturned(link, msg.worker_id))
@@ -139,7 +173,8 @@ class Leasing:
         spec = msg.spec
         self.feed(E.ActorPlacementRequested(
             link, msg.actor_id, spec["placement"], spec["hold"],
-            spec.get("description", "actor"), spec.get("job_id", ""), spec))
+            spec.get("description", "actor"),
+            self.pool(spec.get("job_id", ""), spec.get("runtime_env") or {}), spec))
 
     def _on_WithdrawActor(self, link: Link, msg: P.WithdrawActor) -> None:
         self.feed(E.ActorWithdrawn(msg.actor_id))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 
 from aray import _protocol as P
@@ -24,6 +25,10 @@ log = logging.getLogger("aray.node")
 
 #: no capacity given: as good as unbounded (and no arena)
 UNBOUNDED = 2**62
+
+#: how many deletes of objects not sealed yet are remembered (a seal that comes later
+#: than that many others is taken as a new object)
+DELETED_EARLY_KEPT = 65536
 
 
 class ObjectService:
@@ -44,6 +49,10 @@ class ObjectService:
         self.arena: ArenaSpace | None = None  # made in open(), sized like the store
         self._store_dir = store_dir
         self._allocated: dict[bytes, tuple[int, int, Link]] = {}  # region not yet sealed
+        #: objects deleted before their seal arrived: the owner learns of an object from its
+        #: writer (a task's result, a stream's item) on another link than the one the seal
+        #: takes to this agent, and may free it first. Its seal then frees it at once.
+        self._deleted_early: OrderedDict[bytes, None] = OrderedDict()
         self._spawn_task = spawn_task
         self._describe_owner = describe_owner
         #: called with each object dropped, so that copies elsewhere go too
@@ -76,6 +85,12 @@ class ObjectService:
 
     def _on_ObjectSealed(self, link: Link, msg: P.ObjectSealed) -> None:
         self._allocated.pop(msg.object_id, None)
+        if msg.object_id in self._deleted_early:  # its owner freed it already
+            del self._deleted_early[msg.object_id]
+            if msg.offset >= 0 and self.arena is not None:
+                self.arena.release(msg.offset, msg.size)
+            self.store.delete(msg.object_id)
+            return
         if msg.object_id in self.accounts.objects:
             # written twice (a retried task): keep the first copy
             if msg.offset >= 0 and self.arena is not None:
@@ -150,6 +165,10 @@ class ObjectService:
         """Free an object here (and, through ``on_drop``, its copies elsewhere)."""
         self.on_drop(object_id)
         obj = self.accounts.deleted(object_id)
+        if obj is None:  # not sealed here yet (or never will be): see _deleted_early
+            self._deleted_early[object_id] = None
+            if len(self._deleted_early) > DELETED_EARLY_KEPT:
+                self._deleted_early.popitem(last=False)
         self.store.delete(object_id)
         # a region being copied to disk is freed when the copy is done (see _spill)
         if obj is not None and obj.offset >= 0 and not obj.spilling and self.arena is not None:

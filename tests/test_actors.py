@@ -40,7 +40,7 @@ def test_the_seed_example():
 
 
 def test_misuse_is_reported_at_the_call_site():
-    with pytest.raises(TypeError, match=r"Example.remote\(\.\.\.\)"):
+    with pytest.raises(TypeError, match=r"Instead of 'Example\(\)', use 'Example.remote\(\)'"):
         Example(1)
     e = Example.remote(1)
     with pytest.raises(AttributeError, match="no method 'nope'"):

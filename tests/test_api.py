@@ -14,7 +14,8 @@ EXPECTED = {
     "RuntimeContext", "__version__", "actor", "aio", "as_completed", "available_resources",
     "cancel", "cluster_resources", "exceptions", "get", "get_actor", "get_gpu_ids",
     "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes",
-    "object_store_stats", "put", "remote", "shutdown", "util", "wait",
+    "object_store_stats", "put", "remote", "shutdown", "util", "wait", "ObjectID",
+    "runtime_env",
 }
 
 

@@ -48,11 +48,11 @@ def kinds(out, kind):
     return [i for i in out if isinstance(i, kind)]
 
 
-def with_idle_worker(s, job="job1") -> str:
-    """A started worker of ``job`` that has served and returned one lease."""
+def with_idle_worker(s, job="job1", shape=None) -> str:
+    """A started worker of ``job`` that has served and returned one lease (of ``shape``)."""
     (spawn,) = s.handle(NodeStarted(1))
     s.handle(WorkerStarted(spawn.worker_id))
-    out = s.handle(ask(0, job=job))
+    out = s.handle(ask(0, shape, job=job))
     (assign,) = kinds(out, AssignJob)
     s.handle(JobAssigned(assign.worker_id, True))
     s.handle(LeaseReturned("driver", assign.worker_id))
@@ -212,7 +212,7 @@ def test_lending_a_blocked_workers_cpu_and_reclaiming_it():
 
 def test_a_lease_returned_while_its_cpu_is_lent_gives_back_only_the_rest():
     s = make({"CPU": 1, "GPU": 1})
-    w = with_idle_worker(s)
+    w = with_idle_worker(s, shape={"CPU": 1, "GPU": 1})
     s.handle(ask(1, {"CPU": 1, "GPU": 1}))
     s.handle(WorkerBlocked(w))
     s.handle(LeaseReturned("driver", w))
@@ -226,7 +226,7 @@ def place(actor_id, placement, hold, job="job1"):
 
 def test_an_actor_needs_its_placement_to_start_and_holds_only_its_hold():
     s = make({"CPU": 1, "GPU": 1})
-    w = with_idle_worker(s)
+    w = with_idle_worker(s, shape={"CPU": 1, "GPU": 1})
     out = s.handle(place("a1", {"CPU": 1, "GPU": 1}, {"CPU": 0, "GPU": 1}))
     assert kinds(out, StartActor) == [StartActor(w, "a1", [0], {"spec": "a1"})]
     assert s.pool.available == {"CPU": 1.0, "GPU": 0.0}  # the CPU was for placement only
@@ -326,12 +326,33 @@ def test_releasing_a_lease_twice_raises():
 
 def test_gpu_leases_pack_fractions_and_keep_their_ids():
     s = make({"CPU": 4, "GPU": 2})
-    w = with_idle_worker(s)
-    (half,) = kinds(s.handle(ask(1, {"CPU": 1, "GPU": 0.5})), GrantLease)
-    s.handle(NodeStarted(1))
+    s.handle(NodeStarted(2))
+    s.handle(WorkerStarted("w1"))
     s.handle(WorkerStarted("w2"))
+    s.handle(ask(1, {"CPU": 1, "GPU": 0.5}))
+    (half,) = kinds(s.handle(JobAssigned("w1", True)), GrantLease)
     s.handle(ask(2, {"CPU": 1, "GPU": 1}))
     (whole,) = kinds(s.handle(JobAssigned("w2", True)), GrantLease)
-    assert (half.worker_id, half.gpu_ids, whole.gpu_ids) == (w, [0], [1])
-    s.handle(LeaseReturned("driver", w))
+    assert (half.worker_id, half.gpu_ids, whole.gpu_ids) == ("w1", [0], [1])
+    s.handle(LeaseReturned("driver", "w1"))
     assert s.pool.free_gpus == [0]
+
+
+def test_a_worker_is_leased_again_only_with_the_gpus_it_had():
+    s = make({"CPU": 4, "GPU": 2})
+    cpu_worker = with_idle_worker(s)  # it ran a lease without GPUs
+    out = s.handle(ask(1, {"CPU": 1, "GPU": 1}))
+    assert not kinds(out, GrantLease) and kinds(out, SpawnWorker)  # not that one
+    (spawn,) = kinds(out, SpawnWorker)
+    s.handle(WorkerStarted(spawn.worker_id))
+    (gpu0,) = kinds(s.handle(JobAssigned(spawn.worker_id, True)), GrantLease)
+    assert gpu0.gpu_ids == [0]
+    s.handle(LeaseReturned("driver", gpu0.worker_id))
+    # the same device again: the same worker; no GPU: the worker that had none
+    (again,) = kinds(s.handle(ask(2, {"CPU": 1, "GPU": 1})), GrantLease)
+    assert (again.worker_id, again.gpu_ids) == (gpu0.worker_id, [0])
+    (cpu,) = kinds(s.handle(ask(3, {"CPU": 1})), GrantLease)
+    assert cpu.worker_id == cpu_worker
+    # device 1 (device 0 is taken) goes to no worker that had another device or none
+    out = s.handle(ask(4, {"CPU": 1, "GPU": 1}))
+    assert not kinds(out, GrantLease) and kinds(out, SpawnWorker)

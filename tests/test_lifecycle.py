@@ -50,10 +50,16 @@ def test_second_init_and_unknown_keywords(run_script):
             print("TYPEERROR", e)
         assert not aray.is_initialized()
         try:
-            aray.get(aray.put(1))
+            aray.nodes()
         except aray.exceptions.NotInitializedError as e:
             print("NOTINIT", e)
+        os.environ["ARAY_ENABLE_AUTO_CONNECT"] = "0"
+        try:
+            aray.get(aray.put(1))
+        except aray.exceptions.NotInitializedError as e:
+            print("NOAUTO", e)
     """)
+    assert "NOAUTO" in r.stdout
     assert "REINIT" in r.stdout and "TYPEERROR" in r.stdout and "NOTINIT" in r.stdout
     assert "aray.init()" in r.stdout
     r.assert_no_leftovers()

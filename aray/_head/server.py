@@ -15,6 +15,7 @@ from .._link import Link, Server
 from .._periodic import every
 from . import lifecycle as L
 from . import views
+from .packages import PackageStore
 from .state import MAX_DEAD_NODES, ActorTable, JobTable, NodeTable, TaskTable
 
 log = logging.getLogger("aray.head")
@@ -41,7 +42,7 @@ class Head:
         ...     await head.aclose()
     """
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, packages_dir: str = "") -> None:
         # names this cluster in every ref it makes: a ref of another cluster (or of an
         # earlier session) is known for what it is
         self.cluster_id = uuid.uuid4().hex[:16]
@@ -51,6 +52,8 @@ class Head:
         self.tasks = TaskTable()
         self.server = Server(token, self._on_hello, name="head", role="head")
         self._dispatch = Dispatcher("head", self)
+        if packages_dir:  # (runtime env packages: with a session folder to keep them in)
+            self._dispatch.add(PackageStore(packages_dir))
         self.node_links: dict[Link, str] = {}  # node agents' links -> their node ids
         self._link_of_node: dict[str, Link] = {}  # and back
         self.local_node_id = ""  # the node whose process runs the head
