@@ -472,3 +472,21 @@ def test_class_trainable_steps_checkpoints_and_resumes(tmp_path):
         assert f.read() == "6"
     with pytest.raises(TypeError, match="subclasses tune.Trainable"):
         tune.Tuner(dict)
+
+
+def test_a_trial_whose_worker_dies_is_retried(tmp_path):
+    def train(config):
+        marker = os.path.join(config["dir"], "died")
+        tune.report({"attempt": 1 + os.path.exists(marker)})
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)  # the worker process dies, as in a segfault or an OOM kill
+
+    grid = run(train, tmp_path, {"dir": str(tmp_path)},
+               run_config={"failure_config": tune.FailureConfig(max_failures=1)})
+    assert grid.num_errors == 0 and grid[0].metrics["attempt"] == 2
+    # no checkpoint: the retry started from the beginning, and its results replace the first's
+    assert grid[0].metrics_dataframe["attempt"].tolist() == [2]
+
+    grid = run(train, tmp_path / "b", {"dir": str(tmp_path / "b")})
+    assert grid.num_errors == 1 and "ActorDied" in type(grid[0].error).__name__
