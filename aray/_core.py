@@ -163,6 +163,8 @@ class Core:
             await self.links.listen(self.address, self._tcp_socket)
             info = {"address": self.address, "log_to_driver": self.log_to_driver,
                     "namespace": self.namespace, "code_paths": driver_code_paths(),
+                    # a job's entrypoint (aray job submit) names its submission
+                    "submission_id": os.environ.get("ARAY_SUBMISSION_ID", ""),
                     "node_id": self.node_id}
             if self.role == "driver" and self.head_address:
                 self.head = await self.links.dial(self.head_address, "driver", "", info)

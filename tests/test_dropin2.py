@@ -307,7 +307,9 @@ def test_items_of_a_dropped_generator_leave_the_store(run_script):
             deadline = time.time() + 20
             while not settled() and time.time() < deadline:
                 time.sleep(0.05)
-            out.append([settled(), aray.get(source.ping.remote(), timeout=20)])
+            out.append([settled() or [aray.object_store_stats()["num_objects"],
+                                      len(core.objects.entries), base],
+                        aray.get(source.ping.remote(), timeout=20)])
         sys.stdout.write("OUT " + json.dumps(out) + "\\n")
         report_pids()
     """)

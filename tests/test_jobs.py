@@ -29,6 +29,15 @@ def cluster():
     c.stop()
 
 
+def dashboard_jobs(c) -> dict:
+    """The rows of the dashboard's jobs page, by submission id."""
+    request = urllib.request.Request(c.dashboard + "/api/jobs",
+                                     headers={"Authorization": f"Bearer {c.token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return {row["submission_id"]: row for row in json.load(response)["rows"]
+                if row.get("submission_id")}
+
+
 def job(c, *args, check=True):
     return c.cli("job", *args, check=check)
 
@@ -66,6 +75,9 @@ def test_a_job_runs_code_that_exists_only_in_its_working_dir(cluster, tmp_path):
     assert "VALUES [0, 3, 6]" in job(cluster, "logs", "first").stdout
     listed = [json.loads(line) for line in job(cluster, "list").stdout.splitlines()]
     assert {"submission_id": "first", "status": "SUCCEEDED"}.items() <= listed[0].items()
+    # the dashboard's jobs page shows it with the driver it ran
+    row = dashboard_jobs(cluster)["first"]
+    assert row["submission_status"] == "SUCCEEDED" and row["job_id"] and not row["alive"]
 
     # the same id again, an unknown id: one clear line each
     again = job(cluster, "submit", "--submission-id", "first", "--", "true", check=False)
@@ -88,6 +100,8 @@ def test_bad_entrypoints_and_working_dirs_fail_in_one_line(cluster, tmp_path):
            "line: " in missing.stdout and "no_such_script.py" in missing.stdout
     not_found = job(cluster, "submit", "--", "no-such-command-aray", check=False)
     assert "exit code 127: the command was not found" in not_found.stdout
+    row = dashboard_jobs(cluster)["missing"]  # no driver ever connected: a row of its own
+    assert (row["job_id"], row["submission_status"], row["alive"]) == ("", "FAILED", False)
 
     big = tmp_path / "big"
     big.mkdir()

@@ -76,6 +76,11 @@ class Head:
         # (node id -> session directory; at most MAX_DEAD_NODES)
         self._leftover_files: dict[str, str] = {}
 
+    @property
+    def submissions(self) -> list[dict]:
+        """The records of the submitted jobs (aray job submit), oldest first."""
+        return [] if self.submitted_jobs is None else self.submitted_jobs.list()
+
     async def start(self, address: str) -> str:
         self._watchdog = asyncio.get_running_loop().create_task(every(
             HEARTBEAT_INTERVAL, self._check_heartbeats, name="node watchdog", log=log,
@@ -126,7 +131,8 @@ class Head:
         if hello.role != "driver":  # a worker's core: actor lookups only
             return {}
         address = hello.info.get("address", "")
-        job_id = self.jobs.new_job(hello.pid, hello.info.get("namespace", ""), address)
+        job_id = self.jobs.new_job(hello.pid, hello.info.get("namespace", ""), address,
+                                   str(hello.info.get("submission_id", "")))
         self._driver_links[job_id] = link
         link.on_close.append(lambda _l: self._on_job_finished(job_id, address))
         return {"job_id": job_id, "namespace": self.jobs.namespace(job_id),

@@ -167,14 +167,16 @@ class JobTable:
         self._finished: dict[str, None] = {}  # finished job ids, oldest first
         self.max_finished = max_finished
 
-    def new_job(self, pid: int, namespace: str = "", address: str = "") -> str:
+    def new_job(self, pid: int, namespace: str = "", address: str = "",
+                submission_id: str = "") -> str:
         """A new job id; its namespace is the driver's, or an anonymous one of its own.
-        ``address``: where the driver's core listens (it owns the job's objects)."""
+        ``address``: where the driver's core listens (it owns the job's objects);
+        ``submission_id``: the submitted job (aray job submit) whose entrypoint it is."""
         job_id = self._next.to_bytes(4, "little").hex()
         self._next += 1
         self.jobs[job_id] = {"job_id": job_id, "driver_pid": pid, "start_time": time.time(),
                              "alive": True, "namespace": namespace or f"anonymous-{job_id}",
-                             "driver_address": address}
+                             "driver_address": address, "submission_id": submission_id}
         return job_id
 
     def snapshot(self) -> JobTable:

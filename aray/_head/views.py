@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .. import _protocol as P
 from ..node.logs import MAX_OFFSET, MAX_READ
+from .jobs import JobStatus
 from .state import TASK_STATES
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ class Tables(Protocol):
     def actors(self) -> ActorTable: ...
     @property
     def tasks(self) -> Tasks: ...
+    @property
+    def submissions(self) -> list[dict]: ...
 
 
 class Snapshot:
@@ -74,6 +77,7 @@ class Snapshot:
         self.nodes = head.nodes.snapshot()
         self.jobs = head.jobs.snapshot()
         self.actors = head.actors.snapshot()
+        self.submissions = head.submissions
         # without task_rows: the tasks' number and counts only (all the summary needs)
         self.tasks = head.tasks.snapshot(task_rows)
 
@@ -119,7 +123,27 @@ def actors(head: Tables, *, state: str = "", offset: int = 0, limit: int = 100) 
 
 
 def jobs(head: Tables) -> list[dict]:
-    return [dict(job) for job in head.jobs.jobs.values()]
+    """The drivers' jobs, each with its submission's state if ``aray job submit`` started
+    it (``submission_status``), then the submitted jobs whose entrypoint has no driver
+    (it has not called ``aray.init()``, or failed before), as rows of their own."""
+    submissions = {s["submission_id"]: s for s in head.submissions}
+    rows, linked = [], set()
+    for job in head.jobs.jobs.values():
+        row = dict(job)
+        submitted = submissions.get(job.get("submission_id", ""))
+        if submitted is not None:
+            row["submission_status"] = submitted["status"]
+            linked.add(submitted["submission_id"])
+        rows.append(row)
+    for s in submissions.values():
+        if s["submission_id"] not in linked:
+            rows.append({"job_id": "", "driver_pid": s["driver_pid"],
+                         "start_time": s["start_time"] / 1000,
+                         "end_time": s["end_time"] / 1000 if s["end_time"] else None,
+                         "alive": not JobStatus(s["status"]).is_terminal(), "namespace": "",
+                         "submission_id": s["submission_id"],
+                         "submission_status": s["status"]})
+    return sorted(rows, key=lambda r: r["start_time"])
 
 
 def summary(head: Tables) -> dict:

@@ -89,7 +89,7 @@ const TABLE_VIEWS = {
     emptyText: 'No objects.', renderRow: renderObjectRow, after: renderObjectsHeader,
   }),
   jobs: makeTableView({
-    name: 'jobs', url: '/api/jobs', tbody: 'job-rows', columns: 6,
+    name: 'jobs', url: '/api/jobs', tbody: 'job-rows', columns: 7,
     emptyText: 'No jobs.', renderRow: renderJobRow,
   }),
 };
@@ -1027,6 +1027,9 @@ function renderJobRow(job) {
     el('td', null, el('span', {
       className: `chip ${job.alive ? 'state-ALIVE' : 'state-DEAD'}`, text: job.alive ? 'yes' : 'no',
     })),
+    // a job of `aray job submit`: its submission id and state (SUCCEEDED, STOPPED...)
+    el('td', { text: job.submission_id ? `${job.submission_id} (${job.submission_status || '?'})` : '—',
+               title: job.submission_id || null }),
     el('td', { text: formatTime(start) }),
     el('td', { className: 'num mono', text: typeof start === 'number' ? formatSpan(end - start) : '—' }),
   ]);
