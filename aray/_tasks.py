@@ -474,6 +474,22 @@ class TaskSubmitter:
         q.leases.append(_Lease(grant, link, agent, q))
         self._pump(q)
 
+    async def prepare_env(self, env: dict) -> None:
+        """Upload ``env`` and have this node set it up in a worker, ahead of the tasks
+        that will use it (the worker is returned at once and waits for them)."""
+        try:
+            await self.core.wait_ready()
+            assert self.core.agent is not None
+            wire = await self.core.runtime_envs.wire(env)
+            grant, agent = await ask_for_lease(self.core.agent, self.core.peer, {},
+                                               "the job's runtime env (eager install)",
+                                               self.core.job_id, wire)
+        except (RuntimeEnvSetupError, ValueError, OSError, AraySystemError) as exc:
+            # its tasks will fail with the same cause, where the user sees it
+            log.warning("the job's runtime env could not be set up ahead: %s", exc)
+            return
+        agent.send_if_open(P.ReturnLease(grant.worker_id))
+
     async def _wire(self, q: _ShapeQueue) -> dict:
         """The queue's runtime env with its folders uploaded (RuntimeEnvSetupError if
         that fails: too big, unreadable)."""

@@ -285,3 +285,72 @@ def test_code_travels_to_another_node_and_to_clients(two_nodes, tmp_path):
                                    aray.get(use.options(resources={{"far": 1}}).remote())]))
     """, script_dir)
     assert out_of(r) == ["from the client", "from the client"]
+
+
+def test_a_jobs_env_is_set_up_at_init_unless_eager_install_is_off(run_script, tmp_path):
+    wheel = make_wheel(str(tmp_path), "eagerwheel")
+    r = run_script(f"""
+        from aray import _global
+        for eager in (True, False):
+            aray.init(num_cpus=1, runtime_env={{"pip": [{wheel!r}],
+                                               "config": {{"eager_install": eager}}}})
+            pip_root = os.path.join(_global.core().session_dir, "runtime_resources", "pip")
+            def built():
+                return os.path.isdir(pip_root) and any(
+                    e.startswith("pip_") and "." not in e for e in os.listdir(pip_root))
+            deadline = time.time() + (30 if eager else 2)
+            while not built() and time.time() < deadline:  # no task has been submitted
+                time.sleep(0.05)
+            before_any_task = built()
+
+            @aray.remote
+            def use():
+                import eagerwheel
+                return eagerwheel.ANSWER
+
+            out = [eager, before_any_task, aray.get(use.remote())]
+            sys.stdout.write(f"OUT {{json.dumps(out)}}\\n")
+            aray.shutdown()
+    """, timeout=120)
+    lines = [json.loads(line[4:]) for line in r.stdout.splitlines() if line.startswith("OUT ")]
+    assert lines == [[True, True, 42], [False, False, 42]]
+
+
+def test_the_package_cache_removes_what_no_live_process_uses(tmp_path):
+    import subprocess
+    import sys
+    root = tmp_path / "cache"
+    code = f"""
+import io, zipfile, sys
+from aray._packages import PackageCache
+buffer = io.BytesIO()
+with zipfile.ZipFile(buffer, "w") as z:
+    z.writestr("m.py", "x = 1")
+cache = PackageCache({str(root)!r}, keep=100)  # (the test prunes)
+for name in sys.argv[1:]:
+    cache.get(name, lambda n: buffer.getvalue())
+"""
+    names = [f"wd_{i}.zip" for i in range(4)]
+    for name in names:  # each by a process that has exited since
+        subprocess.run([sys.executable, "-c", code, name], check=True, timeout=60)
+    for i, name in enumerate(names):  # oldest first, and none of them just made
+        os.utime(root / name[:-4], (1000 + i, 1000 + i))
+    from aray._packages import PackageCache
+    cache = PackageCache(str(root), keep=2)
+    cache.prune()
+    kept = sorted(e for e in os.listdir(root) if "." not in e)
+    assert kept == ["wd_2", "wd_3"]  # the newest two; the others were unused
+    # an entry a live process uses stays, however old
+    holder = subprocess.Popen([sys.executable, "-c", code + "\nimport time; print('held', "
+                               "flush=True); time.sleep(60)", "wd_9.zip"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        os.utime(root / "wd_9", (1, 1))  # the oldest now
+        for name in ("wd_10.zip", "wd_11.zip"):
+            subprocess.run([sys.executable, "-c", code, name], check=True, timeout=60)
+        cache.prune()
+        assert "wd_9" in os.listdir(root)
+    finally:
+        holder.kill()
+        holder.wait()
