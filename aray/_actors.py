@@ -209,12 +209,13 @@ class ActorClass(Generic[T]):
     def _shapes(self) -> tuple[dict, dict]:
         """(placement, hold): by default an actor needs a CPU to be placed and holds none."""
         o = self._options
+        kind = o["accelerator_type"]
         if o["num_cpus"] is None:
-            placement = resource_shape(1, o["num_gpus"], o["resources"], o["memory"])
-            hold = resource_shape(0, o["num_gpus"], o["resources"], o["memory"])
+            placement = resource_shape(1, o["num_gpus"], o["resources"], o["memory"], kind)
+            hold = resource_shape(0, o["num_gpus"], o["resources"], o["memory"], kind)
         else:
             placement = hold = resource_shape(o["num_cpus"], o["num_gpus"], o["resources"],
-                                              o["memory"])
+                                              o["memory"], kind)
         return placement, hold
 
     def _meta(self) -> dict:

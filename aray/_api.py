@@ -43,7 +43,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
             ``ARAY_ADDRESS`` environment variable is used when no address is given; the
             token comes from ``token=``, ``ARAY_TOKEN`` or the cluster's session directory.
         num_cpus: CPUs to offer (default: the machine's logical CPU count).
-        num_gpus: GPUs to offer (default 0).
+        num_gpus: GPUs to offer (default: those ``nvidia-smi`` lists, within
+            ``CUDA_VISIBLE_DEVICES``; see docs/gpus.md).
         resources: custom resources, e.g. ``{"dataset": 1}``.
         object_store_memory: object store capacity in bytes (default 30% of RAM).
         log_to_driver: echo workers' stdout/stderr here, prefixed with ``(task pid=N)``.

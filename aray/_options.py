@@ -25,6 +25,7 @@ TASK_OPTIONS = {
     "name": None,
     "max_calls": 0,
     "runtime_env": None,
+    "accelerator_type": None,
 }
 
 
@@ -117,6 +118,8 @@ def validate_task_options(options: dict) -> dict:
             value = _number(key, value, integer=True)
         elif key == "runtime_env":
             value = check_runtime_env(value, "a remote function's options") or None
+        elif key == "accelerator_type" and value is not None:
+            value = check_string(key, value)
         elif key == "retry_exceptions":
             if not (isinstance(value, bool) or (
                     isinstance(value, (list, tuple)) and value
@@ -128,11 +131,24 @@ def validate_task_options(options: dict) -> dict:
     return out
 
 
+#: how much of the resource ``accelerator_type:X`` a task of that type asks for (Ray's)
+ACCELERATOR_AMOUNT = 0.001
+
+
 def resource_shape(num_cpus: float, num_gpus: float, resources: dict | None,
-                   memory: float = 0) -> dict:
-    """The resource request of a task or actor, without zero entries."""
+                   memory: float = 0, accelerator_type: str | None = None) -> dict:
+    """The resource request of a task or actor, without zero entries; an
+    ``accelerator_type`` asks for a little of the resource a node of that type has, as
+    in Ray.
+
+    Example:
+        >>> resource_shape(1, 1, None, accelerator_type="H100")
+        {'CPU': 1.0, 'GPU': 1.0, 'accelerator_type:H100': 0.001}
+    """
     shape = {"CPU": float(num_cpus), "GPU": float(num_gpus), "memory": float(memory)}
     shape.update({k: float(v) for k, v in (resources or {}).items()})
+    if accelerator_type:
+        shape[f"accelerator_type:{accelerator_type}"] = ACCELERATOR_AMOUNT
     return {k: v for k, v in shape.items() if v > 0}
 
 
@@ -150,6 +166,7 @@ ACTOR_OPTIONS: dict[str, Any] = {
     "get_if_exists": False,
     "concurrency_groups": None,
     "runtime_env": None,
+    "accelerator_type": None,
 }
 
 METHOD_OPTIONS = {"num_returns": 1, "concurrency_group": None, "name": None}
@@ -182,6 +199,8 @@ def validate_actor_options(options: dict) -> dict:
             raise ValueError(f"lifetime must be None or 'detached', got {value!r}")
         elif key == "runtime_env":
             value = check_runtime_env(value, "an actor's options") or None
+        elif key == "accelerator_type":
+            value = check_string(key, value)
         elif key == "get_if_exists" and not isinstance(value, bool):
             raise TypeError("get_if_exists must be True or False")
         elif key == "concurrency_groups":
@@ -232,8 +251,6 @@ _NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
     "placement_group_bundle_index": (("task", "actor"), "aray has no placement groups yet"),
     "placement_group_capture_child_tasks": (("task", "actor"),
                                             "aray has no placement groups yet"),
-    "accelerator_type": (("task", "actor"), "start the nodes that have that accelerator with "
-                         "a custom resource named for it, and ask for that resource"),
     "label_selector": (("task", "actor"), "aray's nodes have no labels: give them custom "
                        "resources and ask for those"),
     "fallback_strategy": (("task", "actor"), "aray's nodes have no labels: give them custom "
@@ -275,7 +292,7 @@ _NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
 _DEFAULTS: dict[str, tuple[Any, ...]] = {
     "scheduling_strategy": (None, "DEFAULT"),
     "placement_group": (None, "default"), "placement_group_bundle_index": (-1,),
-    "placement_group_capture_child_tasks": (None, False), "accelerator_type": (None,),
+    "placement_group_capture_child_tasks": (None, False),
     "label_selector": (None, {}), "fallback_strategy": (None, []), "_labels": (None, {}),
     "_metadata": (None, {}), "enable_task_events": (None, True),
     "object_store_memory": (None,),

@@ -62,7 +62,7 @@ class RemoteFunction(Generic[P, R]):
         self._name = self._options["name"] or getattr(fn, "__qualname__", "task")
         opts = self._options
         self._shape = resource_shape(opts["num_cpus"], opts["num_gpus"], opts["resources"],
-                                     opts["memory"])
+                                     opts["memory"], opts["accelerator_type"])
         retry = opts["retry_exceptions"]
         self._retry_exceptions = tuple(retry) if isinstance(retry, (list, tuple)) else retry
         self.__doc__ = getattr(fn, "__doc__", None)

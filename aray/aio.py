@@ -308,7 +308,11 @@ def node_resources(num_cpus, num_gpus, resources, object_store_memory) -> dict:
     if num_cpus is None:
         num_cpus = psutil.cpu_count() or 1
     _number("num_cpus", num_cpus)
-    num_gpus = 0 if num_gpus is None else num_gpus
+    model = ""
+    if num_gpus is None:  # what the machine has (nvidia-smi, CUDA_VISIBLE_DEVICES)
+        from .node.accelerators import detect
+
+        num_gpus, model = detect()
     _number("num_gpus", num_gpus, integer=True)
     if object_store_memory is not None:
         object_store_memory = _number("object_store_memory", object_store_memory,
@@ -319,6 +323,8 @@ def node_resources(num_cpus, num_gpus, resources, object_store_memory) -> dict:
     total = {"CPU": float(num_cpus), "memory": float(int(mem * 0.7) - store)}
     if num_gpus:
         total["GPU"] = float(num_gpus)
+        if model:  # as Ray names it: tasks may ask for accelerator_type:H100
+            total[f"accelerator_type:{model}"] = 1.0
     total["object_store_memory"] = float(store)
     total.update({k: float(v) for k, v in custom.items()})
     return total

@@ -39,7 +39,8 @@ def _add_start(sub) -> None:
     start.add_argument("--address", help="HOST:PORT of the head of the cluster to join")
     start.add_argument("--port", type=int, default=6379, help="the head's port (default 6379)")
     start.add_argument("--num-cpus", type=float, help="CPUs to offer (default: all)")
-    start.add_argument("--num-gpus", type=float, help="GPUs to offer (default: 0)")
+    start.add_argument("--num-gpus", type=float, help="GPUs to offer (default: those "
+                       "nvidia-smi lists, within CUDA_VISIBLE_DEVICES)")
     start.add_argument("--resources", default="{}", help='custom resources as JSON, e.g. '
                        '\'{"dataset": 1}\'')
     start.add_argument("--object-store-memory", type=int, help="object store bytes")

@@ -15,6 +15,7 @@ from aray._link import CONTROL_TIMEOUT, Link
 from aray._runtime_env import describe, env_key, setup_timeout
 
 from . import lease_events as E
+from .accelerators import device_ids
 from .lease_scheduler import LeaseScheduler
 from .workers import WorkerHandle, WorkerTable
 
@@ -39,6 +40,8 @@ class Leasing:
         self.node_id = node_id
         self.closed = False  # the agent is closing: nothing more is decided
         self._code_paths = code_paths
+        #: the device of each GPU slot of the scheduler (see accelerators.device_ids)
+        self.devices = device_ids(int(scheduler.pool.total.get("GPU", 0)))
         #: worker pool (``JOB:ENV``) -> the wire form of its runtime env; workers are pooled
         #: per job and env, and set the env up when they join the pool
         self.envs: dict[str, dict] = {}
@@ -85,7 +88,7 @@ class Leasing:
             return
         handle = self.workers.handles[ins.worker_id]
         caller.send(P.LeaseGranted(ins.req_id, ins.worker_id, handle.address, self.node_id,
-                                   ins.gpu_ids))
+                                   self._devices(ins.gpu_ids)))
 
     def pool(self, job_id: str, runtime_env: dict) -> str:
         """The worker pool of a job's requests with ``runtime_env`` (the job id itself
@@ -137,7 +140,12 @@ class Leasing:
         handle = self.workers.handles[ins.worker_id]
         handle.actor_id = ins.actor_id
         assert handle.link is not None
-        handle.link.send(P.CreateActor(ins.actor_id, dict(ins.spec, gpu_ids=ins.gpu_ids)))
+        handle.link.send(P.CreateActor(ins.actor_id, dict(
+            ins.spec, gpu_ids=self._devices(ins.gpu_ids))))
+
+    def _devices(self, slots: list) -> list:
+        """The devices of the scheduler's GPU slots (what CUDA_VISIBLE_DEVICES names)."""
+        return [self.devices[i] if i < len(self.devices) else i for i in slots]
 
     # --- messages ------------------------------------------------------------------------
     def _on_RequestLease(self, link: Link, msg: P.RequestLease) -> None:

@@ -81,7 +81,6 @@ class Plain:
     ("placement_group_bundle_index", 0),
     ("placement_group_capture_child_tasks", True),
     ("_metadata", {"lib": {"x": 1}}),
-    ("accelerator_type", "A100"),
     ("label_selector", {"zone": "a"}),
     ("fallback_strategy", [{"label_selector": {"zone": "b"}}]),
     ("enable_task_events", False),
@@ -98,7 +97,6 @@ def test_rays_task_options_aray_lacks_say_not_supported_yet(option, value):
 @pytest.mark.parametrize("option, value", [
     ("scheduling_strategy", "SPREAD"),
     ("placement_group", object()),
-    ("accelerator_type", "A100"),
     ("label_selector", {"zone": "a"}),
     ("max_pending_calls", 10),
     ("allow_out_of_order_execution", True),
