@@ -72,13 +72,21 @@ class _PoolWorker:
     """One process of a :class:`Pool`: runs the initializer once, then chunks of calls."""
 
     def __init__(self, initializer: Callable | None, initargs: tuple) -> None:
+        # kept for pid(), which the pool calls first: the pool's creator gets the error of
+        # the initializer itself (a constructor's error would come as ActorDiedError)
+        self.init_failure: _Failure | None = None
         if initializer is not None:
-            initializer(*initargs)
+            try:
+                initializer(*initargs)
+            except Exception as exc:
+                self.init_failure = _Failure.capture(exc)
 
-    def pid(self) -> int:
-        return os.getpid()
+    def pid(self) -> int | _Failure:
+        return self.init_failure or os.getpid()
 
     def run_chunk(self, func: Callable, items: list, star: bool) -> list | _Failure:
+        if self.init_failure is not None:  # a replacement actor whose initializer failed
+            return self.init_failure
         out = []
         try:
             for item in items:
@@ -88,6 +96,8 @@ class _PoolWorker:
         return out
 
     def run_call(self, func: Callable, args: tuple, kwds: dict) -> Any:
+        if self.init_failure is not None:
+            return self.init_failure
         try:
             return func(*args, **kwds)
         except Exception as exc:
@@ -637,7 +647,9 @@ class Pool:
         # Wait for the actors as the standard library waits for its processes: an
         # initializer that fails raises here, not at the first map
         try:
-            aray.get([slot.actor.pid.remote() for slot in self._engine.slots])
+            for answer in aray.get([slot.actor.pid.remote() for slot in self._engine.slots]):
+                if isinstance(answer, _Failure):
+                    raise answer.exception()
         except BaseException:
             self._engine.terminate()
             raise
@@ -739,7 +751,7 @@ class Pool:
         if chunksize is None:
             # the standard library's choice: about four chunks per process
             chunksize, extra = divmod(len(items), self._processes * 4)
-            chunksize += bool(extra)
+            chunksize = max(chunksize + bool(extra), 1)
         _check_chunksize(chunksize)
         n_chunks = -(-len(items) // chunksize)
         result = AsyncResult(n_chunks, False, callback, error_callback)
