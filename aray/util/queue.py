@@ -68,6 +68,10 @@ class _QueueActor:
         return self.queue.full()
 
     async def put(self, item: Any, timeout: float | None) -> int:
+        # what fits now goes in now: wait_for with a timeout of 0 would not even try
+        if not self.queue.full():
+            self.queue.put_nowait(item)
+            return _OK
         try:
             await asyncio.wait_for(self.queue.put(item), timeout)
         except TimeoutError:
@@ -75,6 +79,8 @@ class _QueueActor:
         return _OK
 
     async def get(self, timeout: float | None) -> tuple[int, Any]:
+        if not self.queue.empty():
+            return _OK, self.queue.get_nowait()
         try:
             return _OK, await asyncio.wait_for(self.queue.get(), timeout)
         except TimeoutError:
