@@ -273,3 +273,30 @@ def test_the_pool_spreads_over_the_nodes_of_the_cluster_at_its_address(tmp_path)
             assert f"NODES {sorted([head['node_id'], second['node_id']])}" in out, out
     finally:
         nodes.stop()
+
+
+DOCTESTS = """
+import doctest, importlib, sys
+import aray
+failed = 0
+finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+for name in sys.argv[1:]:
+    for test in finder.find(importlib.import_module(name)):
+        if test.examples:
+            failed += runner.run(test).failed
+            aray.shutdown()  # each example starts from a clean slate
+print("ATTEMPTED", runner.tries, "FAILED", failed)
+sys.exit(1 if failed else 0)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_docstring_examples_of_the_pool_queue_and_joblib_modules_run():
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", DOCTESTS, "aray.util.multiprocessing",
+                           "aray.util.queue", "aray.util.joblib"],
+                          capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert int(proc.stdout.split("ATTEMPTED ")[1].split()[0]) > 100

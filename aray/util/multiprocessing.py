@@ -27,7 +27,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing import TimeoutError
-from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
+from multiprocessing import pool as stdlib_pool
 from typing import Any
 
 import cloudpickle
@@ -35,6 +35,10 @@ import cloudpickle
 import aray
 
 __all__ = ["AsyncResult", "IMapIterator", "Pool", "TimeoutError"]
+
+# the standard library's errors for these cases (typeshed does not list them)
+MaybeEncodingError = stdlib_pool.MaybeEncodingError  # type: ignore[attr-defined]
+RemoteTraceback = stdlib_pool.RemoteTraceback  # type: ignore[attr-defined]
 
 # chunk calls in flight per actor: one running, one queued behind it (see the module doc)
 _DEPTH = 2

@@ -24,6 +24,8 @@ class Empty(queue.Empty):
 
     Example:
         >>> from aray.util.queue import Empty, Queue
+        >>> import aray
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> try:
         ...     Queue().get_nowait()
         ... except Empty:
@@ -38,6 +40,8 @@ class Full(queue.Full):
 
     Example:
         >>> from aray.util.queue import Full, Queue
+        >>> import aray
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> q = Queue(maxsize=1)
         >>> q.put(1)
         >>> try:
@@ -157,6 +161,8 @@ class Queue:
 
         Example:
             >>> from aray.util.queue import Queue
+            >>> import aray
+            >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> q = Queue()
             >>> q.put("a")
             >>> q.size(), len(q)
@@ -169,6 +175,8 @@ class Queue:
 
         Example:
             >>> from aray.util.queue import Queue
+            >>> import aray
+            >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> Queue().qsize()
             0
         """
@@ -179,6 +187,8 @@ class Queue:
 
         Example:
             >>> from aray.util.queue import Queue
+            >>> import aray
+            >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> Queue().empty()
             True
         """
@@ -189,6 +199,8 @@ class Queue:
 
         Example:
             >>> from aray.util.queue import Queue
+            >>> import aray
+            >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> q = Queue(maxsize=1)
             >>> q.put(1)
             >>> q.full()
@@ -205,6 +217,8 @@ class Queue:
 
         Example:
             >>> from aray.util.queue import Full, Queue
+            >>> import aray
+            >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> q = Queue(maxsize=1)
             >>> q.put(1)
             >>> try:
@@ -222,6 +236,8 @@ class Queue:
         Example:
             >>> import asyncio
             >>> from aray.util.queue import Queue
+            >>> import aray
+            >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> q = Queue()
             >>> asyncio.run(q.put_async("a"))
             >>> q.get()
@@ -238,6 +254,8 @@ class Queue:
 
         Example:
             >>> from aray.util.queue import Empty, Queue
+            >>> import aray
+            >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> try:
             ...     Queue().get(timeout=0.1)
             ... except Empty:
@@ -252,6 +270,8 @@ class Queue:
         Example:
             >>> import asyncio
             >>> from aray.util.queue import Queue
+            >>> import aray
+            >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> q = Queue()
             >>> q.put("a")
             >>> asyncio.run(q.get_async())
@@ -264,6 +284,8 @@ class Queue:
 
         Example:
             >>> from aray.util.queue import Queue
+            >>> import aray
+            >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> q = Queue()
             >>> q.put_nowait(1)
             >>> q.get_nowait()
@@ -276,6 +298,8 @@ class Queue:
 
         Example:
             >>> from aray.util.queue import Full, Queue
+            >>> import aray
+            >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> q = Queue(maxsize=2)
             >>> try:
             ...     q.put_nowait_batch([1, 2, 3])
@@ -295,6 +319,8 @@ class Queue:
 
         Example:
             >>> from aray.util.queue import Queue
+            >>> import aray
+            >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> q = Queue()
             >>> q.put("x")
             >>> q.get_nowait()
@@ -307,6 +333,8 @@ class Queue:
 
         Example:
             >>> from aray.util.queue import Queue
+            >>> import aray
+            >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> q = Queue()
             >>> q.put_nowait_batch([1, 2, 3])
             >>> q.get_nowait_batch(2)
@@ -331,6 +359,8 @@ class Queue:
 
         Example:
             >>> from aray.util.queue import Queue
+            >>> import aray
+            >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> q = Queue()
             >>> q.shutdown()
         """
