@@ -1,6 +1,7 @@
 """aray.util.multiprocessing.Pool, the standard library's Pool API over actors, on the
 shared 2-CPU cluster (each test ends its pools, which hold a CPU per actor)."""
 
+import gc
 import multiprocessing
 import os
 import pickle
@@ -176,6 +177,16 @@ def test_terminate_ends_the_actors_and_fails_what_is_not_ready():
     assert wait_gone(pids) == [], "terminate() left the pool's actors running"
     with pytest.raises(ValueError, match="Pool not running"):
         pool.map(square, [1])
+
+
+def test_a_pool_dropped_while_running_ends_its_actors_after_its_work():
+    pool = Pool(processes=2)
+    pids = pool_pids(pool)
+    pending = pool.map_async(sleep_and_return, range(4), chunksize=1)
+    del pool
+    gc.collect()
+    assert pending.get(timeout=30) == [0, 1, 2, 3]  # the work given still ran
+    assert wait_gone(pids) == [], "a collected pool left its actors running"
 
 
 def test_initializer_runs_in_each_actor_and_its_error_raises_at_the_start():

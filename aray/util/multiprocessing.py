@@ -503,29 +503,37 @@ class _Engine:
             event = self.events.get()
             if event is None:
                 return
-            if event == "close":  # the Pool was collected while running
-                self.close()
-                continue
-            slot, job, index, future = event
-            ok, value = _outcome(future)
+            if event == _CLOSE:  # from close(), or from a Pool collected while running
+                with self.lock:
+                    if self.state == _RUN:
+                        self.state = _CLOSE
+            else:
+                self._finished_call(*event)
             with self.lock:
-                slot.in_flight -= 1
                 if self.state == _TERMINATE:
-                    continue
-                if not ok and isinstance(value, aray.exceptions.ActorDiedError) and \
-                        slot in self.slots:
-                    # a worker that crashed is replaced, as the standard library does
-                    self.slots[self.slots.index(slot)] = _Slot(self._new_actor())
-            try:
-                job.deliver(index, ok, value)  # may run the user's callbacks: not under the lock
-            except Exception:
-                traceback.print_exc()  # a failing callback must not stop the pool's thread
-            with self.lock:
-                if job.done():
-                    self.active.discard(job)
-                self._dispatch()
+                    return
                 if self.state == _CLOSE and not self.active:
-                    self._stop_actors()
+                    self._stop_actors()  # no call is in flight: the thread's work is done
+                    return
+
+    def _finished_call(self, slot: _Slot, job: _Job, index: int, future: Any) -> None:
+        ok, value = _outcome(future)
+        with self.lock:
+            slot.in_flight -= 1
+            if self.state == _TERMINATE:
+                return
+            if not ok and isinstance(value, aray.exceptions.ActorDiedError) and \
+                    slot in self.slots:
+                # a worker that crashed is replaced, as the standard library does
+                self.slots[self.slots.index(slot)] = _Slot(self._new_actor())
+        try:
+            job.deliver(index, ok, value)  # may run the user's callbacks: not under the lock
+        except Exception:
+            traceback.print_exc()  # a failing callback must not stop the pool's thread
+        with self.lock:
+            if job.done():
+                self.active.discard(job)
+            self._dispatch()
 
     def _stop_actors(self) -> None:
         if not self.finished.is_set():
@@ -534,14 +542,12 @@ class _Engine:
 
     # --- ending --------------------------------------------------------------------------
     def close(self) -> None:
+        # no aray call here (the pool's thread ends the actors): safe from __del__, which
+        # may run on any thread, aray's loop included
         with self.lock:
             if self.state == _RUN:
                 self.state = _CLOSE
-                if not self.active:
-                    self._stop_actors()
-
-    def close_later(self) -> None:
-        self.events.put("close")
+        self.events.put(_CLOSE)
 
     def terminate(self) -> None:
         with self.lock:
@@ -567,14 +573,13 @@ class _Engine:
 
     def join(self, timeout: float | None = None) -> None:
         self.finished.wait(timeout)
-        stopping, self.stopping = self.stopping, []
+        with self.lock:
+            stopping, self.stopping = self.stopping, []
         if stopping:
             try:
                 aray.wait(stopping, num_returns=len(stopping), timeout=timeout)
             except Exception:  # the cluster is gone: so are the actors
                 pass
-        if self.state == _CLOSE:
-            self.events.put(None)
         if threading.current_thread() is not self.thread:
             self.thread.join(timeout)
 
@@ -853,7 +858,7 @@ class Pool:
         if engine is not None and engine.state == _RUN:
             # never call into aray here (the collection may run on its loop): the pool's
             # thread ends the actors once the work given so far is done
-            engine.close_later()
+            engine.close()
 
     def __reduce__(self) -> Any:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")

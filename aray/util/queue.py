@@ -131,7 +131,8 @@ class Queue:
     Args:
         maxsize: the most items it holds; 0 (the default) for no limit.
         actor_options: options of the actor that holds the items, as for
-            ``ActorClass.options`` (``num_cpus``, ``resources``, ``name``...).
+            ``ActorClass.options`` (``num_cpus``, ``resources``, ``name``...). By default
+            the actor holds no CPU and is placed without waiting for one (``num_cpus=0``).
 
     Example:
         >>> import aray
@@ -151,7 +152,10 @@ class Queue:
         if isinstance(maxsize, bool) or not isinstance(maxsize, int):
             raise TypeError(f"maxsize must be an int, got {maxsize!r}")
         self.maxsize = maxsize
-        self.actor: Any = _Actor.options(**(actor_options or {})).remote(maxsize)
+        # num_cpus=0: the actor is placed at once even when every CPU is taken (by a Pool
+        # whose functions use the queue, say); it waits on its items and needs none
+        options = {"num_cpus": 0, **(actor_options or {})}
+        self.actor: Any = _Actor.options(**options).remote(maxsize)
 
     def __len__(self) -> int:
         return self.size()
