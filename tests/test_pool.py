@@ -311,3 +311,15 @@ def test_docstring_examples_of_the_pool_queue_and_joblib_modules_run():
                           capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert int(proc.stdout.split("ATTEMPTED ")[1].split()[0]) > 100
+
+
+@pytest.mark.slow
+def test_the_pool_benchmark_runs_both_pools():
+    import subprocess
+
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_pool.py")
+    proc = subprocess.run([sys.executable, script, "--items", "2000", "--ms", "0.5"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "multiprocessing.Pool: start" in proc.stdout and "aray Pool:" in proc.stdout
+    assert "ratio aray / multiprocessing: map " in proc.stdout, proc.stdout
