@@ -353,7 +353,8 @@ class _Job:
         self.result._set(index, ok, value)
 
     def done(self) -> bool:
-        return self.result.ready() if isinstance(self.result, AsyncResult) else False
+        """Whether every chunk has gone out and come back."""
+        return self.result.ready()
 
 
 class _ApplyJob(_Job):

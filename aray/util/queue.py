@@ -97,13 +97,13 @@ class _QueueActor:
             return _FULL
         return _OK
 
-    async def put_nowait_batch(self, items: list) -> int:
+    async def put_nowait_batch(self, items: list) -> tuple[int, int]:
         # all or nothing: check the room first (one event loop, so nothing comes in between)
         if self.maxsize > 0 and len(items) + self.queue.qsize() > self.maxsize:
-            return _FULL
+            return _FULL, self.queue.qsize()
         for item in items:
             self.queue.put_nowait(item)
-        return _OK
+        return _OK, self.queue.qsize()
 
     async def get_nowait(self) -> tuple[int, Any]:
         try:
@@ -314,8 +314,9 @@ class Queue:
         if not isinstance(items, Iterable):
             raise TypeError("Argument 'items' must be an Iterable")
         items = list(items)
-        if aray.get(self._actor().put_nowait_batch.remote(items)) == _FULL:
-            raise Full(f"Cannot add {len(items)} items to queue of size {self.qsize()} "
+        flag, size = aray.get(self._actor().put_nowait_batch.remote(items))
+        if flag == _FULL:
+            raise Full(f"Cannot add {len(items)} items to queue of size {size} "
                        f"and maxsize {self.maxsize}.")
 
     def get_nowait(self) -> Any:
