@@ -286,6 +286,28 @@ def test_the_pool_spreads_over_the_nodes_of_the_cluster_at_its_address(tmp_path)
         nodes.stop()
 
 
+def test_every_public_name_of_the_three_modules_has_a_docstring_with_an_example():
+    import inspect
+
+    import aray.util.joblib
+    import aray.util.multiprocessing
+    import aray.util.queue
+
+    missing = []
+    for module in (aray.util.multiprocessing, aray.util.queue, aray.util.joblib):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if obj is multiprocessing.TimeoutError:
+                continue  # the standard library's, re-exported as Ray's module does
+            members = [(name, obj)] + [
+                (f"{name}.{attr}", member) for attr, member in vars(obj).items()
+                if inspect.isclass(obj) and not attr.startswith("_") and callable(member)]
+            for label, member in members:
+                if "Example" not in (inspect.getdoc(member) or ""):
+                    missing.append(f"{module.__name__}.{label}")
+    assert missing == []
+
+
 DOCTESTS = """
 import doctest, importlib, sys
 import aray
