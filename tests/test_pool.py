@@ -224,8 +224,8 @@ def test_imap_reads_its_input_as_actors_have_room():
     with Pool(processes=2) as pool:
         results = pool.imap(sleep_and_return, items())
         assert next(results) == 0
-        # two calls in flight per actor: a few items read ahead, not the whole input
-        assert len(pulled) < 20, len(pulled)
+        # a few calls in flight per actor: some items read ahead, not the whole input
+        assert len(pulled) < 100, len(pulled)
         assert next(results) == 1
 
 

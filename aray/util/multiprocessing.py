@@ -7,9 +7,9 @@ chunks of items, one actor call per chunk, so that a map over many small items p
 cost of a call per chunk rather than per item.
 
 How it runs: every call of the pool becomes a *job* that hands out chunks. The pool keeps
-at most ``_DEPTH`` chunk calls in flight on each actor (one running and one waiting in its
-mailbox, so that an actor never idles for the round trip) and gives the next chunk to the
-first actor with room. A thread of the pool (as the standard library's result handler)
+a few calls in flight on each actor (for a map's chunks two: one running and one waiting in
+its mailbox, so that an actor never idles for the round trip) and gives the next chunk to
+the first actor with room. A thread of the pool (as the standard library's result handler)
 takes the finished calls, stores their results, sends out the next chunks and runs the
 callbacks, so that a callback never runs on aray's own event loop.
 
@@ -40,8 +40,12 @@ __all__ = ["AsyncResult", "IMapIterator", "Pool", "TimeoutError"]
 MaybeEncodingError = stdlib_pool.MaybeEncodingError  # type: ignore[attr-defined]
 RemoteTraceback = stdlib_pool.RemoteTraceback  # type: ignore[attr-defined]
 
-# chunk calls in flight per actor: one running, one queued behind it (see the module doc)
-_DEPTH = 2
+# chunk calls in flight per actor for map's large chunks: one running, one queued behind it,
+# so an actor never idles for the round trip and the rest go to whichever actor is free
+# first (see the module doc); single calls and imap's small chunks keep more queued, since
+# there the round trip per call, not the balance, is what takes the time
+_MAP_DEPTH = 2
+_CALL_DEPTH = 8
 _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
 _ADDRESS_ENV = ("ARAY_ADDRESS", "RAY_ADDRESS")
 
@@ -343,6 +347,7 @@ class _Job:
     """A call of the pool: a source of actor calls and the result they fill in."""
 
     result: Any
+    depth = _CALL_DEPTH  # the calls of this job an actor may have in flight
 
     def next_call(self) -> tuple[int, str, tuple] | None:
         """The next chunk to run, as ``(index, method name, arguments)``; None when all
@@ -368,6 +373,8 @@ class _ApplyJob(_Job):
 
 
 class _MapJob(_Job):
+    depth = _MAP_DEPTH
+
     def __init__(self, func: Callable, items: list, chunksize: int, star: bool,
                  result: AsyncResult) -> None:
         self._func = func
@@ -472,9 +479,9 @@ class _Engine:
     def _dispatch(self) -> None:
         while self.jobs and self.state != _TERMINATE:
             slot = min(self.slots, key=lambda s: s.in_flight)
-            if slot.in_flight >= _DEPTH:
-                return
             job = self.jobs[0]
+            if slot.in_flight >= job.depth:
+                return
             call = job.next_call()
             if call is None:
                 self.jobs.popleft()
