@@ -375,22 +375,47 @@ class _ApplyJob(_Job):
 class _MapJob(_Job):
     depth = _MAP_DEPTH
 
-    def __init__(self, func: Callable, items: list, chunksize: int, star: bool,
-                 result: AsyncResult) -> None:
+    def __init__(self, func: Callable, items: list, bounds: list[tuple[int, int]],
+                 star: bool, result: AsyncResult) -> None:
         self._func = func
         self._items = items
-        self._chunksize = chunksize
+        self._bounds = bounds  # (start, end) of each chunk, in order
         self._star = star
         self._next = 0
         self.result = result
 
     def next_call(self) -> tuple[int, str, tuple] | None:
-        start = self._next * self._chunksize
-        if start >= len(self._items):
+        if self._next >= len(self._bounds):
             return None
-        chunk = self._items[start:start + self._chunksize]
+        start, end = self._bounds[self._next]
         index, self._next = self._next, self._next + 1
-        return index, "run_chunk", (self._func, chunk, self._star)
+        return index, "run_chunk", (self._func, self._items[start:end], self._star)
+
+
+def _fixed_chunks(n: int, chunksize: int) -> list[tuple[int, int]]:
+    return [(start, min(start + chunksize, n)) for start in range(0, n, chunksize)]
+
+
+def _guided_chunks(n: int, processes: int) -> list[tuple[int, int]]:
+    """Chunks that shrink as the map goes, each a share of what is left (the "guided"
+    schedule of OpenMP): large ones first, for few calls, and small ones last, so that the
+    actors run out of work at about the same time. With the standard library's four equal
+    chunks per process, an actor slowed down (by other load, by costlier items) finishes up
+    to a whole chunk (a quarter of its work) after the others.
+
+    Example:
+        >>> _guided_chunks(10, 2)
+        [(0, 3), (3, 5), (5, 7), (7, 8), (8, 9), (9, 10)]
+    """
+    # no chunk below 1/64 of each actor's share: about 4 log(32) + 4, some 18, chunks
+    smallest = max(1, -(-n // (processes * 64)))
+    bounds = []
+    start = 0
+    while start < n:
+        size = max(smallest, -(-(n - start) // (2 * processes)))
+        bounds.append((start, min(start + size, n)))
+        start += size
+    return bounds
 
 
 class _IMapJob(_Job):
@@ -706,8 +731,8 @@ class Pool:
     def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
         """``[func(x) for x in iterable]``, computed by the pool's actors a chunk at a time.
 
-        Without ``chunksize``, the items are cut into about four chunks per actor, as the
-        standard library does.
+        Without ``chunksize``, the chunks shrink as the map goes: large ones first (few
+        calls), small ones last (the actors finish together).
 
         Example:
             >>> from aray.util.multiprocessing import Pool
@@ -766,14 +791,13 @@ class Pool:
         if star:
             items = [tuple(args) for args in items]
         if chunksize is None:
-            # the standard library's choice: about four chunks per process
-            chunksize, extra = divmod(len(items), self._processes * 4)
-            chunksize = max(chunksize + bool(extra), 1)
-        _check_chunksize(chunksize)
-        n_chunks = -(-len(items) // chunksize)
-        result = AsyncResult(n_chunks, False, callback, error_callback)
-        if n_chunks:
-            self._engine.add(_MapJob(func, items, chunksize, star, result))
+            bounds = _guided_chunks(len(items), self._processes)
+        else:
+            _check_chunksize(chunksize)
+            bounds = _fixed_chunks(len(items), chunksize)
+        result = AsyncResult(len(bounds), False, callback, error_callback)
+        if bounds:
+            self._engine.add(_MapJob(func, items, bounds, star, result))
         return result
 
     def imap(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> IMapIterator:
