@@ -87,6 +87,23 @@ def test_blocking_calls_give_up_after_their_timeout():
     q.shutdown()
 
 
+def test_a_timeout_holds_even_when_the_actor_cannot_answer(monkeypatch):
+    import aray.util.queue as queue_module
+
+    monkeypatch.setattr(queue_module, "_ANSWER_GRACE_S", 0.5)
+    # no node has this resource: the queue's actor is never placed, and never answers
+    q = Queue(actor_options={"resources": {"NoNodeHasThis": 1}})
+    for call, error in ((lambda: q.get(timeout=0.1), Empty),
+                        (lambda: q.put("x", timeout=0.1), Full),
+                        (lambda: q.get_nowait(), Empty),
+                        (lambda: asyncio.run(q.get_async(timeout=0.1)), Empty)):
+        start = time.monotonic()
+        with pytest.raises(error):
+            call()
+        assert time.monotonic() - start < 5
+    q.shutdown(force=True)
+
+
 def test_a_blocked_get_in_a_task_wakes_up_when_the_driver_puts():
     q = Queue()
     waiting = consume.remote(q, 2, 30)

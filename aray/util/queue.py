@@ -3,7 +3,9 @@
 The items live in an async actor (an ``asyncio.Queue`` inside); :class:`Queue` is a handle
 on it that pickles, so a queue passed to a task or an actor is the same queue there. A
 blocking ``get``/``put`` with a timeout waits in the actor, which answers :class:`Empty` or
-:class:`Full` when the time is up, so the caller is never held longer than that.
+:class:`Full` when the time is up, so the caller is never held longer than that; should
+the actor not answer at all (not placed yet, its node gone), the caller gives up a few
+seconds later (``_ANSWER_GRACE_S``), cancels its request, and raises the same.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ class Empty(queue.Empty):
     ``ray.util.queue.Empty``; also a ``queue.Empty``.
 
     Example:
-        >>> from aray.util.queue import Empty, Queue
         >>> import aray
+        >>> from aray.util.queue import Empty, Queue
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> try:
         ...     Queue().get_nowait()
@@ -39,8 +41,8 @@ class Full(queue.Full):
     ``ray.util.queue.Full``; also a ``queue.Full``.
 
     Example:
-        >>> from aray.util.queue import Full, Queue
         >>> import aray
+        >>> from aray.util.queue import Full, Queue
         >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
         >>> q = Queue(maxsize=1)
         >>> q.put(1)
@@ -164,8 +166,8 @@ class Queue:
         """How many items the queue holds.
 
         Example:
-            >>> from aray.util.queue import Queue
             >>> import aray
+            >>> from aray.util.queue import Queue
             >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> q = Queue()
             >>> q.put("a")
@@ -178,8 +180,8 @@ class Queue:
         """How many items the queue holds (the standard library's name for :meth:`size`).
 
         Example:
-            >>> from aray.util.queue import Queue
             >>> import aray
+            >>> from aray.util.queue import Queue
             >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> Queue().qsize()
             0
@@ -190,8 +192,8 @@ class Queue:
         """Whether the queue holds no item.
 
         Example:
-            >>> from aray.util.queue import Queue
             >>> import aray
+            >>> from aray.util.queue import Queue
             >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> Queue().empty()
             True
@@ -202,8 +204,8 @@ class Queue:
         """Whether the queue holds ``maxsize`` items (never, for ``maxsize=0``).
 
         Example:
-            >>> from aray.util.queue import Queue
             >>> import aray
+            >>> from aray.util.queue import Queue
             >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> q = Queue(maxsize=1)
             >>> q.put(1)
@@ -220,8 +222,8 @@ class Queue:
             ValueError: ``timeout`` is negative.
 
         Example:
-            >>> from aray.util.queue import Full, Queue
             >>> import aray
+            >>> from aray.util.queue import Full, Queue
             >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> q = Queue(maxsize=1)
             >>> q.put(1)
@@ -231,7 +233,7 @@ class Queue:
             ...     print("still full")
             still full
         """
-        _put_done(aray.get(self._put_ref(item, block, timeout)))
+        _put_done(_answer(self._put_ref(item, block, timeout), block, timeout))
 
     async def put_async(self, item: Any, block: bool = True,
                         timeout: float | None = None) -> None:
@@ -239,15 +241,15 @@ class Queue:
 
         Example:
             >>> import asyncio
-            >>> from aray.util.queue import Queue
             >>> import aray
+            >>> from aray.util.queue import Queue
             >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> q = Queue()
             >>> asyncio.run(q.put_async("a"))
             >>> q.get()
             'a'
         """
-        _put_done(await self._put_ref(item, block, timeout))
+        _put_done(await _answer_async(self._put_ref(item, block, timeout), block, timeout))
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Take the first item; when empty, wait for one (at most ``timeout`` seconds).
@@ -257,8 +259,8 @@ class Queue:
             ValueError: ``timeout`` is negative.
 
         Example:
-            >>> from aray.util.queue import Empty, Queue
             >>> import aray
+            >>> from aray.util.queue import Empty, Queue
             >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> try:
             ...     Queue().get(timeout=0.1)
@@ -266,29 +268,29 @@ class Queue:
             ...     print("nothing came")
             nothing came
         """
-        return _got(aray.get(self._get_ref(block, timeout)))
+        return _got(_answer(self._get_ref(block, timeout), block, timeout))
 
     async def get_async(self, block: bool = True, timeout: float | None = None) -> Any:
         """:meth:`get` for async code: waits without blocking the event loop.
 
         Example:
             >>> import asyncio
-            >>> from aray.util.queue import Queue
             >>> import aray
+            >>> from aray.util.queue import Queue
             >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> q = Queue()
             >>> q.put("a")
             >>> asyncio.run(q.get_async())
             'a'
         """
-        return _got(await self._get_ref(block, timeout))
+        return _got(await _answer_async(self._get_ref(block, timeout), block, timeout))
 
     def put_nowait(self, item: Any) -> None:
         """``put(item, block=False)``: Full at once if there is no room.
 
         Example:
-            >>> from aray.util.queue import Queue
             >>> import aray
+            >>> from aray.util.queue import Queue
             >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> q = Queue()
             >>> q.put_nowait(1)
@@ -301,8 +303,8 @@ class Queue:
         """Add ``items`` in order, all of them or (raising :class:`Full`) none.
 
         Example:
-            >>> from aray.util.queue import Full, Queue
             >>> import aray
+            >>> from aray.util.queue import Full, Queue
             >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> q = Queue(maxsize=2)
             >>> try:
@@ -323,8 +325,8 @@ class Queue:
         """``get(block=False)``: Empty at once if there is no item.
 
         Example:
-            >>> from aray.util.queue import Queue
             >>> import aray
+            >>> from aray.util.queue import Queue
             >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> q = Queue()
             >>> q.put("x")
@@ -337,8 +339,8 @@ class Queue:
         """Take the first ``num_items`` items, all of them or (raising :class:`Empty`) none.
 
         Example:
-            >>> from aray.util.queue import Queue
             >>> import aray
+            >>> from aray.util.queue import Queue
             >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> q = Queue()
             >>> q.put_nowait_batch([1, 2, 3])
@@ -363,8 +365,8 @@ class Queue:
             grace_period_s: how long to wait for that, in seconds.
 
         Example:
-            >>> from aray.util.queue import Queue
             >>> import aray
+            >>> from aray.util.queue import Queue
             >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
             >>> q = Queue()
             >>> q.shutdown()
@@ -399,13 +401,48 @@ class Queue:
         return self._actor().get.remote(timeout)
 
 
+# How much longer than its timeout a put or get waits for the actor's answer. The actor
+# answers at the timeout itself; this bounds the wait when it cannot answer (it is not
+# placed yet, or its node is gone): the call is then cancelled, and it raises Full or Empty.
+_ANSWER_GRACE_S = 5.0
+_NO_ANSWER = (_EMPTY, None)  # what get and put read when the actor did not answer
+
+
+def _limit(block: bool, timeout: float | None) -> float | None:
+    if block and timeout is None:
+        return None  # waits for as long as it takes, as asked
+    return (timeout or 0.0) + _ANSWER_GRACE_S
+
+
+def _answer(ref: Any, block: bool, timeout: float | None) -> Any:
+    try:
+        return aray.get(ref, timeout=_limit(block, timeout))
+    except aray.exceptions.GetTimeoutError:
+        try:
+            aray.cancel(ref)  # a call that never started never takes an item
+        except Exception:  # it finished meanwhile: its answer is dropped with it
+            pass
+        return _NO_ANSWER
+
+
+async def _answer_async(ref: Any, block: bool, timeout: float | None) -> Any:
+    ready, _ = await aray.aio.wait([ref], timeout=_limit(block, timeout))
+    if not ready:
+        try:
+            await aray.aio.cancel(ref)
+        except Exception:
+            pass
+        return _NO_ANSWER
+    return await ref
+
+
 def _check_timeout(timeout: float | None) -> None:
     if timeout is not None and timeout < 0:
         raise ValueError("'timeout' must be a non-negative number")
 
 
-def _put_done(flag: int) -> None:
-    if flag == _FULL:
+def _put_done(answer: Any) -> None:
+    if answer != _OK:  # _FULL, or no answer in time
         raise Full
 
 
