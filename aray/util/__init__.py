@@ -1,6 +1,8 @@
 """Utilities built on the public API, under Ray's names: :class:`ActorPool`,
 :func:`as_completed` and :func:`map_unordered` (``ray.util.*``), and the state API in
-:mod:`aray.util.state`.
+:mod:`aray.util.state`. The submodules :mod:`aray.util.multiprocessing` (``Pool``),
+:mod:`aray.util.queue` (``Queue``) and :mod:`aray.util.joblib` (a joblib backend) are
+imported on their own, as Ray's are.
 
 ``aray.util.as_completed`` is Ray's: it yields *values* (or refs, with
 ``yield_obj_refs=True``) a batch of ``chunk_size`` at a time. :func:`aray.as_completed`
