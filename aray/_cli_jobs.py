@@ -23,7 +23,12 @@ def add_job_commands(sub) -> None:
     submit.add_argument("--runtime-env-json", help="the job's runtime_env, as JSON")
     submit.add_argument("--submission-id", help="the job's id (default: a new one)")
     submit.add_argument("--entrypoint-num-cpus", type=float, default=None,
-                        help="CPUs to count for the entrypoint itself")
+                        help="CPUs the entrypoint itself holds while it runs (it runs on a "
+                        "node that has them)")
+    submit.add_argument("--entrypoint-num-gpus", type=float, default=None,
+                        help="GPUs the entrypoint holds while it runs")
+    submit.add_argument("--entrypoint-resources", help="other resources the entrypoint "
+                        "holds while it runs, as JSON: '{\"far\": 1}'")
     submit.add_argument("--metadata-json", help="metadata to keep with the job, as JSON")
     submit.add_argument("--no-wait", action="store_true",
                         help="return once submitted instead of following the logs to the end")
@@ -89,13 +94,17 @@ def _submit(client, args) -> None:
     try:
         env = json.loads(args.runtime_env_json) if args.runtime_env_json else {}
         metadata = json.loads(args.metadata_json) if args.metadata_json else None
+        resources = (json.loads(args.entrypoint_resources) if args.entrypoint_resources
+                     else None)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"--runtime-env-json / --metadata-json is not JSON: {exc}") from None
+        raise ValueError("--runtime-env-json, --metadata-json or --entrypoint-resources is "
+                         f"not JSON: {exc}") from None
     if args.working_dir:
         env["working_dir"] = args.working_dir
     submission_id = client.submit_job(
         entrypoint=" ".join(entrypoint), submission_id=args.submission_id, runtime_env=env,
-        metadata=metadata, entrypoint_num_cpus=args.entrypoint_num_cpus)
+        metadata=metadata, entrypoint_num_cpus=args.entrypoint_num_cpus,
+        entrypoint_num_gpus=args.entrypoint_num_gpus, entrypoint_resources=resources)
     print(f"Job '{submission_id}' submitted successfully")
     if args.no_wait:
         print(f"Follow it with: aray job logs --follow {submission_id}")

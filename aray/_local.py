@@ -802,10 +802,7 @@ class _NodeProcess:
             head.local_node_id = self.agent.node_id
             from ._head.jobs import JobManager
 
-            # what a job's aray.init() joins: the head's TCP address, or this session
-            address = head_tcp.split("://", 1)[-1] if head_tcp else config["session_dir"]
-            head.submitted_jobs = JobManager(config["session_dir"], address,
-                                             os.path.join(config["session_dir"], "packages"))
+            head.set_job_manager(JobManager(head))
             if config.get("dashboard"):
                 from ._head.dashboard import Dashboard
 

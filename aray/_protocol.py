@@ -259,7 +259,7 @@ class PackageSize(NamedTuple):
     size: int  # -1: the head does not hold it (PackageInfo); else its bytes so far
 
 
-@_message(82, routes="driver,core->head")
+@_message(82, routes="driver,core,node->head")
 class GetPackage(NamedTuple):
     """Up to ``length`` bytes of a package from ``offset`` (a node unpacking it)."""
 
@@ -274,6 +274,42 @@ class PackageData(NamedTuple):
     req_id: int
     data: bytes
     size: int  # the whole package's
+
+
+# --- submitted jobs: entrypoints that a node runs for the head ---------------------------
+
+
+@_message(85, routes="head->node")
+class StartEntrypoint(NamedTuple):
+    """Run a submitted job's entrypoint on this node, holding ``resources`` while it runs."""
+
+    submission_id: str
+    entrypoint: str
+    runtime_env: dict  # its wire form
+    env: dict  # variables to set (ARAY_ADDRESS, ARAY_SUBMISSION_ID, ...)
+    resources: dict
+
+
+@_message(86, routes="node->head")
+class EntrypointStarted(NamedTuple):
+    submission_id: str
+    pid: int
+    log_file: str  # its output, in the node's logs folder
+
+
+@_message(87, routes="node->head")
+class EntrypointEnded(NamedTuple):
+    submission_id: str
+    exit_code: int | None  # None: it never started
+    message: str  # why it did not start, or what its output's last line says
+
+
+@_message(88, routes="head->node")
+class StopEntrypoint(NamedTuple):
+    """SIGTERM the entrypoint's process group, then SIGKILL after ``grace`` seconds."""
+
+    submission_id: str
+    grace: float
 
 
 # --- node agent: leases and workers -----------------------------------------------------

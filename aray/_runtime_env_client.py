@@ -117,15 +117,19 @@ class RuntimeEnvs:
 
     async def _download(self, name: str) -> bytes:
         assert self._head_link is not None
-        head = await self._head_link()
-        pieces, offset, size = [], 0, None
-        while size is None or offset < size:
-            reply: P.PackageData = await head.request(
-                functools.partial(P.GetPackage, name=name, offset=offset, length=PIECE),
-                timeout=CONTROL_TIMEOUT)
-            size = reply.size
-            if not reply.data and offset < size:
-                raise ConnectionError(f"the head sent no more of package {name}")
-            pieces.append(reply.data)
-            offset += len(reply.data)
-        return b"".join(pieces)
+        return await download_package(await self._head_link(), name)
+
+
+async def download_package(head: Link, name: str) -> bytes:
+    """The bytes of package ``name``, read from the head a piece at a time."""
+    pieces, offset, size = [], 0, None
+    while size is None or offset < size:
+        reply: P.PackageData = await head.request(
+            functools.partial(P.GetPackage, name=name, offset=offset, length=PIECE),
+            timeout=CONTROL_TIMEOUT)
+        size = reply.size
+        if not reply.data and offset < size:
+            raise ConnectionError(f"the head sent no more of package {name}")
+        pieces.append(reply.data)
+        offset += len(reply.data)
+    return b"".join(pieces)

@@ -61,6 +61,7 @@ class JobDetails:
     entrypoint_num_gpus: float = 0
     entrypoint_resources: dict = dataclasses.field(default_factory=dict)
     driver_pid: int | None = None
+    driver_node_id: str | None = None
 
     def __post_init__(self) -> None:
         self.status = JobStatus(self.status)

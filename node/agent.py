@@ -31,6 +31,7 @@ from aray._link import Link, Server, connect
 from aray._periodic import every
 
 from . import lease_events as E
+from .entrypoints import Entrypoints
 from .lease_scheduler import LeaseScheduler, WorkerState
 from .leasing import Leasing
 from .log_forwarding import LogForwarder
@@ -95,8 +96,10 @@ class NodeAgent:
                                  lambda: bool(self.leases.view.others), self._spawn)
         self.leasing = Leasing(self.leases, self.workers, self.node_id, self.code_paths,
                                lambda: self.head, self._spawn)
+        self.entrypoints = Entrypoints(session_dir, lambda: self.head, self.leasing.feed,
+                                       self._spawn)
         self._dispatch = Dispatcher("node", self, self.leasing, self.objects, self.transfers,
-                                    self.logs)
+                                    self.logs, self.entrypoints)
         self.transfers.dispatch = self._dispatch
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -156,6 +159,7 @@ class NodeAgent:
         if self._closing:
             return
         self._closing = self.leasing.closed = True
+        await self.entrypoints.aclose()
         await self.workers.aclose()
         await self.server.aclose()
         if self.head is not None:

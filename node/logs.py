@@ -14,7 +14,9 @@ import re
 from aray import _protocol as P
 
 #: the names a read may ask for: nothing outside the logs directory, nothing but worker logs
+#: and the output of the entrypoints of submitted jobs
 _LOG_NAME = re.compile(r"^worker-([0-9a-f]+)\.(out|err)$")
+_JOB_LOG_NAME = re.compile(r"^job-driver-[A-Za-z0-9_.\-]{1,128}\.log$")
 #: the most one read returns
 MAX_READ = 1 << 20
 #: the largest offset, either way, a read may ask for: more than any file holds, small enough
@@ -54,9 +56,9 @@ def read_log(logs_dir: str, name: str, offset: int, limit: int) -> tuple[bytes, 
     ``name`` from ``offset``; a negative offset counts from the end of the file, and an
     offset past either end means that end. ``limit`` 0 means MAX_READ. Only the names
     :func:`list_log_files` gives are readable."""
-    if not _LOG_NAME.match(name):
+    if not (_LOG_NAME.match(name) or _JOB_LOG_NAME.match(name)):
         return b"", 0, 0, (f"no such log file: {name!r} (worker log files are named "
-                           "worker-ID.out or worker-ID.err)")
+                           "worker-ID.out or worker-ID.err, jobs' job-driver-ID.log)")
     limit = max(0, min(limit or MAX_READ, MAX_READ))
     try:
         with open(os.path.join(logs_dir, name), "rb") as f:

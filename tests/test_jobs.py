@@ -226,3 +226,36 @@ def test_the_http_api_and_the_python_client(cluster, tmp_path):
     assert "from the wheel from the wheel" in logs  # the entrypoint and its task
     assert (status, metadata, listed, stopped) == ("SUCCEEDED", {"owner": "test"}, True, False)
     assert (http_status, http_logs) == ("SUCCEEDED", "http-api\n")
+
+
+def test_an_entrypoint_runs_where_its_resources_are_and_holds_them(cluster, tmp_path):
+    (tmp_path / "placed.py").write_text(textwrap.dedent("""
+        import aray
+        aray.init()
+
+        @aray.remote(resources={"far": 1})
+        def needs_far():
+            return 1
+
+        ready, _ = aray.wait([needs_far.remote()], timeout=1.0)
+        print("NODE", aray.get_runtime_context().get_node_id(),
+              "FAR", aray.available_resources().get("far", 0.0), "RAN", len(ready))
+    """))
+    out = job(cluster, "submit", "--submission-id", "placed", "--working-dir", str(tmp_path),
+              "--entrypoint-resources", '{"far": 1}', "--", "python", "placed.py").stdout
+    # on the node that has "far", which the entrypoint holds: its own task must wait
+    assert f"NODE {cluster.second['node_id']} FAR 0.0 RAN 0" in out, out
+    info = json.loads(subprocess.run(
+        [sys.executable, "-c", "import json, sys; from aray.job_submission import "
+         "JobSubmissionClient as C; print(json.dumps(C().get_job_info('placed').__dict__, "
+         "default=str))"], capture_output=True, text=True, env=cluster.env,
+        timeout=60).stdout)
+    assert info["driver_node_id"] == cluster.second["node_id"]
+    # it gave "far" back when it ended
+    r = cluster.driver("""
+        aray.init(address="auto")
+        print("FAR", aray.get(aray.remote(resources={"far": 1})(lambda: "free").remote()))
+    """, tmp_path)
+    assert "FAR free" in r.stdout
+    bad = job(cluster, "submit", "--entrypoint-resources", "[1]", "--", "true", check=False)
+    assert bad.returncode == 1 and "entrypoint_resources must map resource names" in bad.stderr

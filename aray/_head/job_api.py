@@ -104,15 +104,15 @@ class JobApi:
         return await self._answer(lambda: self._jobs.info(request.match_info["id"]))
 
     async def logs(self, request: web.Request) -> web.Response:
-        return await self._answer(lambda: {"logs": self._jobs.logs(request.match_info["id"])})
-
-    async def stop(self, request: web.Request) -> web.Response:
         submission_id = request.match_info["id"]
 
-        async def stop() -> dict:
-            return {"stopped": await self._jobs.stop(submission_id)}
+        async def logs() -> dict:
+            return {"logs": await self._jobs.logs(submission_id)}
 
-        return await self._answer(stop)
+        return await self._answer(logs)
+
+    async def stop(self, request: web.Request) -> web.Response:
+        return await self._answer(lambda: {"stopped": self._jobs.stop(request.match_info["id"])})
 
     async def delete(self, request: web.Request) -> web.Response:
         return await self._answer(lambda: {"deleted": self._jobs.delete(
@@ -122,7 +122,7 @@ class JobApi:
         """The job's output as text frames, from the start, until it has ended."""
         submission_id = request.match_info["id"]
         try:
-            path = await self._call(lambda: self._jobs.log_path(submission_id))
+            await self._call(lambda: self._jobs.info(submission_id))
         except JobError as exc:
             return web.json_response({"error": str(exc)}, status=exc.status)
         ws = web.WebSocketResponse()
@@ -130,10 +130,11 @@ class JobApi:
         offset = 0
         while not ws.closed:
             status = await self._call(lambda: self._jobs.info(submission_id)["status"])
-            data = _read_from(path, offset)  # after the status: nothing written is missed
-            if data:
-                offset += len(data)
-                await ws.send_str(data.decode(errors="replace"))
+            # read after the status: what a job that has ended wrote is all there
+            text, end = await self._call(self._jobs.read_log, submission_id, offset)
+            if end != offset:
+                offset = end
+                await ws.send_str(text)
             elif JobStatus(status).is_terminal():
                 break
             else:
@@ -162,12 +163,3 @@ class JobApi:
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"name": name, "size": len(data)})
-
-
-def _read_from(path: str, offset: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(1 << 20)
-    except FileNotFoundError:  # (nothing written yet)
-        return b""

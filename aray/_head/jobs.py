@@ -1,12 +1,14 @@
-"""Submitted jobs: entrypoints the head runs as supervised processes (``aray job submit``).
+"""Submitted jobs: entrypoints the cluster runs as supervised processes (``aray job submit``).
 
-A job is a shell command (``python script.py ARGS``) run on the head's node in the job's
-runtime env: its ``working_dir`` unpacked (from the package the submitter uploaded) as the
-current directory, its ``py_modules`` and ``pip`` environment on ``PYTHONPATH``, its
-``env_vars`` set, and ``ARAY_ADDRESS`` pointing at this cluster, so that ``aray.init()``
-inside it joins the cluster as a driver whose tasks inherit the same env
-(``ARAY_JOB_RUNTIME_ENV``). Its output goes to a log file that outlives it. States, as in
-Ray: PENDING (its env is being set up), RUNNING, then SUCCEEDED, FAILED or STOPPED.
+A job is a shell command (``python script.py ARGS``). The head keeps its record and places
+it: on the head's node, or, when its ``entrypoint_num_cpus``/``_gpus``/``_resources`` ask
+for what that node lacks, on a node that has them. That node's agent
+(:mod:`aray.node.entrypoints`) holds those resources while it runs, sets up the job's
+runtime env, runs the command with ``ARAY_ADDRESS`` pointing at that node (so that
+``aray.init()`` inside it joins the cluster there, as a driver whose tasks inherit the
+job's env, ``ARAY_JOB_RUNTIME_ENV``), writes its output to a log file that outlives it, and reports
+when it started and how it ended. States, as in Ray: PENDING (placed, its env being set
+up), RUNNING, then SUCCEEDED, FAILED or STOPPED.
 
 The records live in the head (they outlive the entrypoint and any client), at most
 :data:`MAX_JOBS` of them; finished ones go first when there are more.
@@ -19,15 +21,17 @@ import enum
 import json
 import os
 import re
-import signal
-import sys
 import time
 import uuid
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from .._packages import PackageCache
+from .. import _protocol as P
+from .._link import Link
 from .._runtime_env import PACKAGE_SCHEME, check
-from .._runtime_env_setup import pip_environment
+from ..node.scheduler import fits
+
+if TYPE_CHECKING:
+    from .server import Head
 
 #: job records kept (finished ones are dropped, oldest first, beyond it)
 MAX_JOBS = 1000
@@ -35,6 +39,10 @@ MAX_JOBS = 1000
 STOP_GRACE = float(os.environ.get("ARAY_JOB_STOP_GRACE_SECONDS", "3"))
 #: what a submission id may be: it names a log file
 SUBMISSION_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+#: how long a job waits for a node with its entrypoint's resources (Ray's default: 15 min)
+START_TIMEOUT = float(os.environ.get("ARAY_JOB_START_TIMEOUT_SECONDS", "900"))
+#: how often a job that waits for such a node looks again
+PLACE_INTERVAL = 0.5
 
 
 class JobStatus(enum.StrEnum):
@@ -68,37 +76,29 @@ class JobManager:
     """The submitted jobs of one head, on the head's loop.
 
     Args:
-        session_dir: the head node's session folder (logs go to its ``logs/``).
-        address: what the entrypoint's ``aray.init()`` connects to (``ARAY_ADDRESS``).
-        packages_dir: where the head keeps uploaded packages (see
-            :mod:`aray._head.packages`).
+        head: the head (its nodes, their links, its own node).
 
     Example:
-        >>> import tempfile
-        >>> manager = JobManager(tempfile.mkdtemp(), "127.0.0.1:6379", tempfile.mkdtemp())
-        >>> manager.list()
+        >>> from aray._head.server import Head
+        >>> JobManager(Head("token")).list()
         []
     """
 
-    def __init__(self, session_dir: str, address: str, packages_dir: str) -> None:
-        self.session_dir = session_dir
-        self.address = address
-        self.packages_dir = packages_dir
+    def __init__(self, head: Head) -> None:
+        self.head = head
         self.jobs: dict[str, dict] = {}
-        self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._stopping: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
-        self.logs_dir = os.path.join(session_dir, "logs")
 
     # --- requests --------------------------------------------------------------------------
     def submit(self, entrypoint: str, submission_id: str | None = None,
                runtime_env: dict | None = None, metadata: dict | None = None,
                entrypoint_num_cpus: float = 0, entrypoint_num_gpus: float = 0,
                entrypoint_resources: dict | None = None) -> str:
-        """Record a job and start it; returns its submission id.
+        """Record a job and place it; returns its submission id.
 
-        Raises JobError for an empty entrypoint, a taken or malformed id, or a runtime
-        env whose folders were not uploaded.
+        Raises JobError for an empty entrypoint, a taken or malformed id, bad resources,
+        or a runtime env whose folders were not uploaded.
         """
         if not isinstance(entrypoint, str) or not entrypoint.strip():
             raise JobError("the entrypoint must be a non-empty shell command, such as "
@@ -121,10 +121,8 @@ class JobManager:
                     raise JobError(f"runtime_env {field} {path!r} is a path on the submitting "
                                    "machine: upload it first (JobSubmissionClient and `aray "
                                    "job submit` do)")
-        for name, value in (("entrypoint_num_cpus", entrypoint_num_cpus),
-                            ("entrypoint_num_gpus", entrypoint_num_gpus)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise JobError(f"{name} must be a number >= 0")
+        resources = _entrypoint_resources(entrypoint_num_cpus, entrypoint_num_gpus,
+                                          entrypoint_resources)
         now = time.time()
         self.jobs[submission_id] = {
             "type": "SUBMISSION", "submission_id": submission_id, "job_id": submission_id,
@@ -134,9 +132,10 @@ class JobManager:
             "metadata": dict(metadata or {}), "entrypoint_num_cpus": entrypoint_num_cpus,
             "entrypoint_num_gpus": entrypoint_num_gpus,
             "entrypoint_resources": dict(entrypoint_resources or {}), "driver_pid": None,
+            "driver_node_id": None, "log_file": None, "resources": resources,
         }
         self._bound()
-        task = asyncio.get_running_loop().create_task(self._run(submission_id))
+        task = asyncio.get_running_loop().create_task(self._place(submission_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return submission_id
@@ -147,138 +146,136 @@ class JobManager:
         if job is None:
             raise JobError(f"no job with submission id {submission_id!r}: `aray job list` "
                            "shows the jobs of this cluster", status=404)
-        return dict(job, status=str(job["status"]))
+        out = {k: v for k, v in job.items() if k not in ("log_file", "resources")}
+        return dict(out, status=str(job["status"]))
 
     def list(self) -> list[dict]:
         """Every job's record, oldest first."""
         return [self.info(s) for s in self.jobs]
 
-    def log_path(self, submission_id: str) -> str:
-        self.info(submission_id)  # (404 if unknown)
-        return os.path.join(self.logs_dir, f"job-driver-{submission_id}.log")
+    async def read_log(self, submission_id: str, offset: int) -> tuple[str, int]:
+        """The job's output from ``offset`` (up to a read's worth) and where it ends."""
+        from ..node.logs import MAX_READ
+        from .views import read_log
 
-    def logs(self, submission_id: str) -> str:
-        """All the job's output so far."""
+        self.info(submission_id)
+        job = self.jobs[submission_id]
+        if job["log_file"] is None:
+            return "", offset
         try:
-            with open(self.log_path(submission_id), errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+            part = await read_log(self.head, job["driver_node_id"], job["log_file"], offset,
+                                  MAX_READ)
+        except LookupError:  # its node is gone, and its log with it
+            return "", offset
+        return part["data"], part["offset"]
 
-    async def stop(self, submission_id: str) -> bool:
-        """SIGTERM the job's processes, then SIGKILL after the grace period; False if it
-        was not running."""
+    async def logs(self, submission_id: str) -> str:
+        """All the job's output so far."""
+        pieces: list[str] = []
+        offset = 0
+        while True:
+            text, end = await self.read_log(submission_id, offset)
+            if end == offset:
+                return "".join(pieces)
+            pieces.append(text)
+            offset = end
+
+    def stop(self, submission_id: str) -> bool:
+        """Have its node SIGTERM the job's processes, then SIGKILL them after the grace
+        period; False if it had ended."""
         job = self.jobs.get(submission_id)
         self.info(submission_id)
         assert job is not None
         if job["status"].is_terminal():
             return False
         self._stopping.add(submission_id)
-        proc = self._procs.get(submission_id)
-        if proc is None:  # still setting up its env: it will not start
-            return True
-        # the whole group: the shell may be gone while the command it ran ignores SIGTERM
-        _signal_group(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if _group_alive(proc.pid):
-            _signal_group(proc.pid, signal.SIGKILL)
+        link = self.head.node_link(job["driver_node_id"]) if job["driver_node_id"] else None
+        if link is not None:
+            link.send(P.StopEntrypoint(submission_id, STOP_GRACE))
         return True
 
     def delete(self, submission_id: str) -> bool:
-        """Forget an ended job and remove its log; JobError if it still runs."""
+        """Forget an ended job; JobError if it still runs."""
         job = self.info(submission_id)
         if not JobStatus(job["status"]).is_terminal():
             raise JobError(f"job {submission_id!r} is {job['status']}: stop it before "
                            "deleting it (`aray job stop`)")
-        try:
-            os.unlink(self.log_path(submission_id))
-        except FileNotFoundError:
-            pass
         del self.jobs[submission_id]
         return True
 
-    async def aclose(self) -> None:
+    def aclose(self) -> None:
         """Stop every running job (the head is stopping)."""
-        await asyncio.gather(*(self.stop(s) for s, j in self.jobs.items()
-                               if not j["status"].is_terminal()), return_exceptions=True)
+        for submission_id, job in self.jobs.items():
+            if not job["status"].is_terminal():
+                self.stop(submission_id)
 
-    # --- running -----------------------------------------------------------------------------
-    async def _run(self, submission_id: str) -> None:
+    # --- placing, and what the nodes report --------------------------------------------------
+    async def _place(self, submission_id: str) -> None:
         job = self.jobs[submission_id]
-        os.makedirs(self.logs_dir, exist_ok=True)
-        log_path = os.path.join(self.logs_dir, f"job-driver-{submission_id}.log")
-        try:
-            cwd, env = await asyncio.to_thread(self._prepare, job["runtime_env"])
-        except Exception as exc:  # the job fails, saying why
-            self._end(job, JobStatus.FAILED, f"its runtime env could not be set up: {exc}")
-            return
-        if submission_id in self._stopping:
-            self._end(job, JobStatus.STOPPED, "Job was stopped before it started.")
-            return
-        env.update(ARAY_ADDRESS=self.address, ARAY_SUBMISSION_ID=submission_id,
-                   ARAY_JOB_RUNTIME_ENV=json.dumps(job["runtime_env"]))
-        with open(log_path, "ab") as log:
-            try:
-                # a session of its own: stop() signals the entrypoint and what it started
-                proc = await asyncio.create_subprocess_shell(
-                    job["entrypoint"], stdin=asyncio.subprocess.DEVNULL, stdout=log,
-                    stderr=asyncio.subprocess.STDOUT, cwd=cwd, env=env,
-                    start_new_session=True)
-            except OSError as exc:
-                self._end(job, JobStatus.FAILED, f"the entrypoint could not start: {exc}")
+        shape = job["resources"]
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if submission_id in self._stopping:
+                self._end(job, JobStatus.STOPPED, "Job was stopped before it started.")
                 return
-        self._procs[submission_id] = proc
-        job.update(status=JobStatus.RUNNING, message="Job is currently running.",
-                   driver_pid=proc.pid)
-        code = await proc.wait()
-        del self._procs[submission_id]
-        job["driver_exit_code"] = code
-        if submission_id in self._stopping:
-            deadline = time.monotonic() + STOP_GRACE + 1  # (stop() ends what is left)
-            while _group_alive(proc.pid) and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            node_id = self._choose_node(shape)
+            link = self.head.node_link(node_id) if node_id else None
+            if link is not None:
+                break
+            if time.monotonic() > deadline:
+                self._end(job, JobStatus.FAILED, f"no node of the cluster has the resources "
+                          f"of its entrypoint ({shape}) after {START_TIMEOUT:g} s")
+                return
+            await asyncio.sleep(PLACE_INTERVAL)
+        job["driver_node_id"] = node_id
+        variables = {"ARAY_SUBMISSION_ID": submission_id,
+                     "ARAY_JOB_RUNTIME_ENV": json.dumps(job["runtime_env"])}
+        link.send(P.StartEntrypoint(submission_id, job["entrypoint"], job["runtime_env"],
+                                    variables, shape))
+
+    def _choose_node(self, shape: dict) -> str:
+        """The head's node if it has the resources at all, else the live node with the
+        most of them free ("" for none)."""
+        nodes = [n for n in self.head.nodes.iter_alive() if fits(shape, n.total)]
+        for node in nodes:
+            if node.node_id == self.head.local_node_id:
+                return node.node_id
+        if not nodes:
+            return ""
+        return max(nodes, key=lambda n: n.available.get("CPU", 0.0)).node_id
+
+    def _on_EntrypointStarted(self, link: Link, msg: P.EntrypointStarted) -> None:
+        job = self.jobs.get(msg.submission_id)
+        if job is not None and not job["status"].is_terminal():
+            job.update(status=JobStatus.RUNNING, message="Job is currently running.",
+                       driver_pid=msg.pid, log_file=msg.log_file)
+
+    def _on_EntrypointEnded(self, link: Link, msg: P.EntrypointEnded) -> None:
+        job = self.jobs.get(msg.submission_id)
+        if job is None or job["status"].is_terminal():
+            return
+        job["driver_exit_code"] = msg.exit_code
+        code = msg.exit_code
+        if msg.submission_id in self._stopping:
+            self._stopping.discard(msg.submission_id)
             self._end(job, JobStatus.STOPPED, "Job was intentionally stopped.")
+        elif code is None:
+            self._end(job, JobStatus.FAILED, f"Job did not start: {msg.message}")
         elif code == 0:
             self._end(job, JobStatus.SUCCEEDED, "Job finished successfully.")
         else:
-            last = self.logs(submission_id).strip().splitlines()[-1:] or [""]
             why = ("the command was not found" if code == 127 else
-                   f"it was killed by signal {-code}" if code < 0 else f"its last line: {last[0]}")
+                   f"it was killed by signal {-code}" if code < 0 else
+                   f"its last line: {msg.message}")
             self._end(job, JobStatus.FAILED,
                       f"Job entrypoint command failed with exit code {code}: {why}")
 
-    def _prepare(self, env: dict) -> tuple[str | None, dict]:
-        """On a thread: the entrypoint's working directory and environment variables."""
-        variables = {**os.environ, **env.get("env_vars", {})}
-        # `python` in the entrypoint is the node's interpreter, which has aray
-        variables["PATH"] = os.pathsep.join(
-            [os.path.dirname(sys.executable), *filter(None, [variables.get("PATH", "")])])
-        cache = PackageCache(os.path.join(self.session_dir, "runtime_resources", "packages"))
-        fetch: Callable[[str], bytes] = self._read_package
-        paths = [cache.get(uri[len(PACKAGE_SCHEME):], fetch) for uri in env.get("py_modules", [])]
-        if env.get("pip"):
-            from .._runtime_env import setup_timeout
-
-            paths.insert(0, pip_environment(
-                env["pip"]["packages"], os.path.join(self.session_dir, "runtime_resources",
-                                                     "pip"), setup_timeout(env)))
-        cwd = None
-        if env.get("working_dir"):
-            cwd = cache.get(env["working_dir"][len(PACKAGE_SCHEME):], fetch)
-            paths.insert(0, cwd)
-        if paths:
-            variables["PYTHONPATH"] = os.pathsep.join(
-                [*paths, *filter(None, [variables.get("PYTHONPATH", "")])])
-        return cwd, variables
-
-    def _read_package(self, name: str) -> bytes:
-        path = os.path.join(self.packages_dir, name)
-        if os.path.dirname(os.path.abspath(path)) != os.path.abspath(self.packages_dir):
-            raise ValueError(f"{name!r} is not a package name")
-        with open(path, "rb") as f:
-            return f.read()
+    def node_lost(self, node_id: str) -> None:
+        """A node died: the jobs it ran (or was about to) fail."""
+        for job in self.jobs.values():
+            if job["driver_node_id"] == node_id and not job["status"].is_terminal():
+                self._end(job, JobStatus.FAILED, f"the node {node_id[:12]} that ran its "
+                          "entrypoint died")
 
     def _end(self, job: dict, status: JobStatus, message: str) -> None:
         job.update(status=status, message=message, end_time=int(time.time() * 1000))
@@ -289,16 +286,19 @@ class JobManager:
             self.delete(submission_id)
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+def _entrypoint_resources(cpus, gpus, resources) -> dict:
+    """The resources an entrypoint holds while it runs (JobError for bad amounts).
 
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass  # it has exited meanwhile
+    Example:
+        >>> _entrypoint_resources(1, 0, {"X": 2})
+        {'CPU': 1.0, 'X': 2.0}
+    """
+    if resources is not None and not isinstance(resources, dict):
+        raise JobError("entrypoint_resources must map resource names to amounts")
+    shape = {}
+    for name, value in (("CPU", cpus), ("GPU", gpus), *(resources or {}).items()):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise JobError(f"the entrypoint's {name} must be a number >= 0, got {value!r}")
+        if value:
+            shape[str(name)] = float(value)
+    return shape

@@ -57,7 +57,7 @@ class Head:
         self.packages = PackageStore(packages_dir) if packages_dir else None
         if self.packages is not None:
             self._dispatch.add(self.packages)
-        #: the jobs of `aray job submit` (set by the node process that runs this head)
+        #: the jobs of `aray job submit` (see set_job_manager)
         self.submitted_jobs: JobManager | None = None
         self.node_links: dict[Link, str] = {}  # node agents' links -> their node ids
         self._link_of_node: dict[str, Link] = {}  # and back
@@ -76,6 +76,11 @@ class Head:
         # (node id -> session directory; at most MAX_DEAD_NODES)
         self._leftover_files: dict[str, str] = {}
 
+    def set_job_manager(self, manager: JobManager) -> None:
+        """Run submitted jobs (the node process of a head with a session does)."""
+        self.submitted_jobs = manager
+        self._dispatch.add(manager)
+
     @property
     def submissions(self) -> list[dict]:
         """The records of the submitted jobs (aray job submit), oldest first."""
@@ -91,7 +96,7 @@ class Head:
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self.submitted_jobs is not None:
-            await self.submitted_jobs.aclose()
+            self.submitted_jobs.aclose()
         await self.server.aclose()
 
     def _check_heartbeats(self) -> None:
@@ -250,6 +255,8 @@ class Head:
             self._remove_files_of(node_id)
             self._view_changed_soon()
             self._actor_event(L.NodeDied(node_id))
+            if self.submitted_jobs is not None:
+                self.submitted_jobs.node_lost(node_id)
 
     # --- actors: messages become events of the lifecycle, its instructions messages -------
     def _actor_event(self, event) -> None:
