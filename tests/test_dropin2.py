@@ -304,7 +304,7 @@ def test_items_of_a_dropped_generator_leave_the_store(run_script):
         for make in (lambda: numbers.remote(40), lambda: source.numbers.remote(40),
                      lambda: source.anumbers.remote(40)):
             take_three(make())
-            deadline = time.time() + 20
+            deadline = time.time() + 30
             while not settled() and time.time() < deadline:
                 time.sleep(0.05)
             out.append([settled() or [aray.object_store_stats()["num_objects"],
