@@ -248,6 +248,7 @@ class ActorClass(Generic[T]):
             "is_async": self._is_async, "job_id": core.current_job_id(),
             "description": f"{self.__name__} (actor {actor_id})", "meta": meta,
             "runtime_env": core.runtime_envs.inherited(o["runtime_env"] or {}),
+            "scheduling_strategy": o["scheduling_strategy"] or {},
         }
         register = None
         if o["name"]:

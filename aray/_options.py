@@ -26,6 +26,7 @@ TASK_OPTIONS = {
     "max_calls": 0,
     "runtime_env": None,
     "accelerator_type": None,
+    "scheduling_strategy": None,
 }
 
 
@@ -120,6 +121,8 @@ def validate_task_options(options: dict) -> dict:
             value = check_runtime_env(value, "a remote function's options") or None
         elif key == "accelerator_type" and value is not None:
             value = check_string(key, value)
+        elif key == "scheduling_strategy":
+            value = check_strategy(value)
         elif key == "retry_exceptions":
             if not (isinstance(value, bool) or (
                     isinstance(value, (list, tuple)) and value
@@ -129,6 +132,19 @@ def validate_task_options(options: dict) -> dict:
             value = check_string(key, value)
         out[key] = value
     return out
+
+
+def check_strategy(value: Any) -> dict | None:
+    """A ``scheduling_strategy`` as it travels (None for the default): see
+    :mod:`aray.util.scheduling_strategies`.
+
+    Example:
+        >>> check_strategy("SPREAD"), check_strategy("DEFAULT")
+        ({'kind': 'spread'}, None)
+    """
+    from .util.scheduling_strategies import strategy_wire  # (aray.util imports the API)
+
+    return strategy_wire(value) or None
 
 
 #: how much of the resource ``accelerator_type:X`` a task of that type asks for (Ray's)
@@ -167,6 +183,7 @@ ACTOR_OPTIONS: dict[str, Any] = {
     "concurrency_groups": None,
     "runtime_env": None,
     "accelerator_type": None,
+    "scheduling_strategy": None,
 }
 
 METHOD_OPTIONS = {"num_returns": 1, "concurrency_group": None, "name": None}
@@ -201,6 +218,8 @@ def validate_actor_options(options: dict) -> dict:
             value = check_runtime_env(value, "an actor's options") or None
         elif key == "accelerator_type":
             value = check_string(key, value)
+        elif key == "scheduling_strategy":
+            value = check_strategy(value)
         elif key == "get_if_exists" and not isinstance(value, bool):
             raise TypeError("get_if_exists must be True or False")
         elif key == "concurrency_groups":
@@ -242,10 +261,6 @@ def validate_options_for_any(options: dict) -> None:
 #: not have yet: the kinds Ray takes each for ("init" for init()), and what to do instead in
 #: aray (docs/migrating.md, "Not in aray yet")
 _NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
-    "scheduling_strategy": (("task", "actor"), "aray places work by resources only: to keep "
-                            "work on some nodes, give them a custom resource (`aray start "
-                            "--resources '{\"dataset\": 1}'`) and ask for a little of it "
-                            "(resources={\"dataset\": 0.01})"),
     "placement_group": (("task", "actor"), "aray has no placement groups yet: ask for custom "
                         "resources to keep work together on a node"),
     "placement_group_bundle_index": (("task", "actor"), "aray has no placement groups yet"),
@@ -290,7 +305,7 @@ _NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
 #: the values of those options that ask for what aray does anyway (Ray's defaults): they are
 #: accepted, and dropped, so that code that spells out a default runs unchanged
 _DEFAULTS: dict[str, tuple[Any, ...]] = {
-    "scheduling_strategy": (None, "DEFAULT"),
+
     "placement_group": (None, "default"), "placement_group_bundle_index": (-1,),
     "placement_group_capture_child_tasks": (None, False),
     "label_selector": (None, {}), "fallback_strategy": (None, []), "_labels": (None, {}),

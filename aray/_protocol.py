@@ -323,6 +323,7 @@ class RequestLease(NamedTuple):
     job_id: str  # workers serve one job: they import its code and die with it
     spilled: bool  # sent here by another node's spillback: queue it, do not send it on
     runtime_env: dict  # its wire form ({}: none): workers are pooled per job and env
+    strategy: dict  # scheduling_strategy's wire form ({}: the default)
 
 
 @_message(19, reply=True)
@@ -335,10 +336,12 @@ class LeaseSpillback(NamedTuple):
 
 @_message(84, reply=True)
 class LeaseFailed(NamedTuple):
-    """Agent -> requester: no worker can serve the request (its runtime env failed)."""
+    """Agent -> requester: no worker can serve the request (its runtime env failed, or its
+    strategy names a node that cannot run it)."""
 
     req_id: int
     message: str
+    unschedulable: bool  # True: TaskUnschedulableError; False: RuntimeEnvSetupError
 
 
 @_message(21, reply=True)

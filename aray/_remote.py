@@ -110,7 +110,8 @@ class RemoteFunction(Generic[P, R]):
             retry_exceptions=self._retry_exceptions, job_id=core.current_job_id(),
             max_calls=int(self._options["max_calls"]),
             streaming=streaming, parent=_current_task_id(),
-            runtime_env=core.runtime_envs.inherited(self._options["runtime_env"] or {}))
+            runtime_env=core.runtime_envs.inherited(self._options["runtime_env"] or {}),
+            strategy=self._options["scheduling_strategy"] or {})
         refs = core.submit(spec)
         if streaming:
             return refs  # type: ignore[return-value]

@@ -34,6 +34,7 @@ from .exceptions import (
     RequestTimeoutError,
     RuntimeEnvSetupError,
     TaskCancelledError,
+    TaskUnschedulableError,
     WorkerCrashedError,
     error_from_blob,
 )
@@ -82,12 +83,15 @@ class TaskSpec:
     cancelled: bool = False
     force_cancelled: bool = False
     runtime_env: dict = dataclasses.field(default_factory=dict)  # checked, merged, local paths
+    strategy: dict = dataclasses.field(default_factory=dict)  # scheduling_strategy's wire form
 
     @property
     def shape_key(self) -> tuple:
-        """Tasks that can share a lease: the same resources, the same runtime env."""
+        """Tasks that can share a lease: the same resources, runtime env and strategy."""
         key = tuple(sorted(self.shape.items()))
-        return (key, env_key(self.runtime_env)) if self.runtime_env else key
+        if self.runtime_env or self.strategy:
+            return (key, env_key(self.runtime_env), tuple(sorted(self.strategy.items())))
+        return key
 
 
 #: Ray's bounds on a pickled function or class (its FUNCTION_SIZE_WARN_THRESHOLD and
@@ -192,11 +196,13 @@ class _Lease:
 class _ShapeQueue:
     """Tasks waiting for a worker of one resource shape, and the leases serving them."""
 
-    __slots__ = ("shape", "runtime_env", "tasks", "leases", "requesting", "description")
+    __slots__ = ("shape", "runtime_env", "strategy", "tasks", "leases", "requesting",
+                 "description")
 
-    def __init__(self, shape: dict, runtime_env: dict) -> None:
+    def __init__(self, shape: dict, runtime_env: dict, strategy: dict) -> None:
         self.shape = shape
         self.runtime_env = runtime_env
+        self.strategy = strategy
         self.tasks: deque[TaskSpec] = deque()
         self.leases: list[_Lease] = []
         self.requesting = 0
@@ -303,8 +309,8 @@ def _unpicklable_argument(args, kwargs, where: str, exc: Exception) -> TypeError
 
 
 async def ask_for_lease(own: Link, peer: Callable[[str], Awaitable[Link]], shape: dict,
-                        description: str, job_id: str, runtime_env: dict | None = None
-                        ) -> tuple[P.LeaseGranted, Link]:
+                        description: str, job_id: str, runtime_env: dict | None = None,
+                        strategy: dict | None = None) -> tuple[P.LeaseGranted, Link]:
     """A worker lease for ``shape`` (in ``runtime_env``, its wire form): from this node's
     agent ``own``, or from the agent of the node it sends us to (spillback). Returns the
     grant and the agent that granted it; raises ConnectionError if our own agent is gone,
@@ -316,7 +322,8 @@ async def ask_for_lease(own: Link, peer: Callable[[str], Awaitable[Link]], shape
             # dies, the link closes (NodeDied) and we ask our own again
             request = functools.partial(P.RequestLease, shape=shape, description=description,
                                         job_id=job_id, spilled=spilled,
-                                        runtime_env=runtime_env or {})
+                                        runtime_env=runtime_env or {},
+                                        strategy=strategy or {})
             grant = await agent.request(request, timeout=None)
         except (ConnectionError, OSError):
             if agent is own:
@@ -325,7 +332,8 @@ async def ask_for_lease(own: Link, peer: Callable[[str], Awaitable[Link]], shape
         if isinstance(grant, P.LeaseGranted):
             return grant, agent
         if isinstance(grant, P.LeaseFailed):
-            raise RuntimeEnvSetupError(grant.message)
+            raise (TaskUnschedulableError if grant.unschedulable
+                   else RuntimeEnvSetupError)(grant.message)
         if grant is not None:  # another node can run it: ask that node's agent
             try:
                 agent, spilled = await peer(grant.address), True
@@ -410,7 +418,7 @@ class TaskSubmitter:
         key = spec.shape_key
         q = self._queues.get(key)
         if q is None:
-            q = self._queues[key] = _ShapeQueue(spec.shape, spec.runtime_env)
+            q = self._queues[key] = _ShapeQueue(spec.shape, spec.runtime_env, spec.strategy)
         q.description = spec.name
         q.tasks.append(spec)
         self._pump(q)
@@ -451,9 +459,10 @@ class TaskSubmitter:
             assert self.core.agent is not None
             wire = await self._wire(q)
             grant, agent = await ask_for_lease(self.core.agent, self.core.peer, q.shape,
-                                               q.description, self.core.job_id, wire)
-        except RuntimeEnvSetupError as exc:
-            while q.tasks:  # a worker in that env would fail the same way
+                                               q.description, self.core.job_id, wire,
+                                               q.strategy)
+        except (RuntimeEnvSetupError, TaskUnschedulableError) as exc:
+            while q.tasks:  # the others would fail the same way
                 self._fail_task(q.tasks.popleft(), exc)
             return
         except (ConnectionError, OSError) as exc:

@@ -266,12 +266,21 @@ class LocalRayletDiedError(NodeDiedError):
 
 
 class TaskUnschedulableError(ArayError):
-    """No node can ever run the task (Ray's name; aray warns and keeps it queued, since a
-    node with the resources may join)."""
+    """The task can never be scheduled as asked: its ``NodeAffinitySchedulingStrategy``
+    (``soft=False``) names a node that is dead, unknown or too small. (A task no node has
+    the resources for is not an error: aray warns and keeps it queued, since a node with
+    them may join.)
+
+    Example:
+        >>> issubclass(TaskUnschedulableError, ArayError)
+        True
+    """
 
 
 class ActorUnschedulableError(ActorError):
-    """No node can ever host the actor (Ray's name; aray warns and keeps it pending)."""
+    """No node can ever host the actor as asked (Ray's name). aray warns and keeps an actor
+    no node has the resources for pending; an actor whose hard node affinity names a
+    node that is dead or unknown dies, and its calls raise ActorDiedError saying why."""
 
 
 class OutOfMemoryError(ArayError):

@@ -147,7 +147,12 @@ class JobSubmissionClient:
                                entrypoint_num_gpus: float | None = None,
                                entrypoint_resources: dict | None = None,
                                job_id: str | None = None) -> str:
-        """The async version of :meth:`submit_job`."""
+        """The async version of :meth:`submit_job`.
+
+        Example:
+            >>> async def look(client):
+            ...     return await client.submit_job_async(entrypoint="python job.py")
+        """
         body = {"entrypoint": entrypoint, "submission_id": submission_id or job_id,
                 "runtime_env": await self._upload_env(runtime_env), "metadata": metadata,
                 "entrypoint_num_cpus": entrypoint_num_cpus,
@@ -158,27 +163,57 @@ class JobSubmissionClient:
         return reply["submission_id"]
 
     async def get_job_info_async(self, job_id: str) -> JobDetails:
-        """The async version of :meth:`get_job_info`."""
+        """The async version of :meth:`get_job_info`.
+
+        Example:
+            >>> async def look(client):
+            ...     return await client.get_job_info_async("job-1")
+        """
         return JobDetails.from_json(await self._request("GET", f"/api/jobs/{job_id}"))
 
     async def get_job_status_async(self, job_id: str) -> JobStatus:
-        """The async version of :meth:`get_job_status`."""
+        """The async version of :meth:`get_job_status`.
+
+        Example:
+            >>> async def look(client):
+            ...     return await client.get_job_status_async("job-1")
+        """
         return (await self.get_job_info_async(job_id)).status
 
     async def get_job_logs_async(self, job_id: str) -> str:
-        """The async version of :meth:`get_job_logs`."""
+        """The async version of :meth:`get_job_logs`.
+
+        Example:
+            >>> async def look(client):
+            ...     return await client.get_job_logs_async("job-1")
+        """
         return (await self._request("GET", f"/api/jobs/{job_id}/logs"))["logs"]
 
     async def stop_job_async(self, job_id: str) -> bool:
-        """The async version of :meth:`stop_job`."""
+        """The async version of :meth:`stop_job`.
+
+        Example:
+            >>> async def look(client):
+            ...     return await client.stop_job_async("job-1")
+        """
         return (await self._request("POST", f"/api/jobs/{job_id}/stop"))["stopped"]
 
     async def delete_job_async(self, job_id: str) -> bool:
-        """The async version of :meth:`delete_job`."""
+        """The async version of :meth:`delete_job`.
+
+        Example:
+            >>> async def look(client):
+            ...     return await client.delete_job_async("job-1")
+        """
         return (await self._request("DELETE", f"/api/jobs/{job_id}"))["deleted"]
 
     async def list_jobs_async(self) -> list[JobDetails]:
-        """The async version of :meth:`list_jobs`."""
+        """The async version of :meth:`list_jobs`.
+
+        Example:
+            >>> async def look(client):
+            ...     return await client.list_jobs_async()
+        """
         return [JobDetails.from_json(j) for j in await self._request("GET", "/api/jobs/")]
 
     async def tail_job_logs(self, job_id: str) -> AsyncIterator[str]:
@@ -221,27 +256,57 @@ class JobSubmissionClient:
             job_id=job_id))
 
     def get_job_info(self, job_id: str) -> JobDetails:
-        """The job's record; LookupError for an unknown id."""
+        """The job's record; LookupError for an unknown id.
+
+        Example:
+            >>> def look(client):
+            ...     return client.get_job_info("job-1").status
+        """
         return _run(self.get_job_info_async(job_id))
 
     def get_job_status(self, job_id: str) -> JobStatus:
-        """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+        """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED.
+
+        Example:
+            >>> def look(client):
+            ...     return client.get_job_status("job-1").is_terminal()
+        """
         return _run(self.get_job_status_async(job_id))
 
     def get_job_logs(self, job_id: str) -> str:
-        """Everything the job printed so far."""
+        """Everything the job printed so far.
+
+        Example:
+            >>> def look(client):
+            ...     return client.get_job_logs("job-1")
+        """
         return _run(self.get_job_logs_async(job_id))
 
     def stop_job(self, job_id: str) -> bool:
-        """SIGTERM the job, then SIGKILL after a grace period; False if it had ended."""
+        """SIGTERM the job, then SIGKILL after a grace period; False if it had ended.
+
+        Example:
+            >>> def look(client):
+            ...     return client.stop_job("job-1")
+        """
         return _run(self.stop_job_async(job_id))
 
     def delete_job(self, job_id: str) -> bool:
-        """Forget an ended job and its logs (RuntimeError if it still runs)."""
+        """Forget an ended job and its logs (RuntimeError if it still runs).
+
+        Example:
+            >>> def look(client):
+            ...     return client.delete_job("job-1")
+        """
         return _run(self.delete_job_async(job_id))
 
     def list_jobs(self) -> list[JobDetails]:
-        """Every job of the cluster, oldest first."""
+        """Every job of the cluster, oldest first.
+
+        Example:
+            >>> def look(client):
+            ...     return [job.submission_id for job in client.list_jobs()]
+        """
         return _run(self.list_jobs_async())
 
 

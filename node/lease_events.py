@@ -28,6 +28,7 @@ class LeaseRequested(NamedTuple):
     description: str  # what the lease is for, used in warnings
     job_id: str
     may_spillback: bool  # False when another node's spillback sent it here
+    strategy: dict = {}  # scheduling_strategy: {"kind": "spread"} or {"kind": "node", ...}
 
 
 class ActorPlacementRequested(NamedTuple):
@@ -190,6 +191,7 @@ class FailRequest(NamedTuple):
     req_id: int
     actor_id: str
     message: str
+    unschedulable: bool = False  # its strategy cannot be met (else its env failed)
 
 
 class ReportActorDied(NamedTuple):

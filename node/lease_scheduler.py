@@ -131,6 +131,7 @@ class LeaseScheduler:
         self.shared = shared
         self._new_id = new_id or (lambda: uuid.uuid4().hex[:16])
         self._killed_actors: dict[str, None] = {}  # killed before their worker started
+        self._spread_turn = 0  # SPREAD's rotation over the nodes
         self._handlers: dict[type, Callable[[Any], list]] = {
             E.NodeStarted: lambda ev: [self._new_worker() for _ in range(ev.prestart)],
             E.LeaseRequested: self._lease_requested,
@@ -164,12 +165,45 @@ class LeaseScheduler:
 
     # --- requests ------------------------------------------------------------------------
     def _lease_requested(self, ev: E.LeaseRequested) -> list:
-        if ev.may_spillback:
-            target = self.view.spillback(ev.shape, self.pool)
+        if ev.may_spillback:  # (a request another node sent here stays: no ping-pong)
+            kind = ev.strategy.get("kind")
+            target = (self._affinity(ev) if kind == "node" else
+                      self._spread_target(ev.shape) if kind == "spread" else
+                      self.view.spillback(ev.shape, self.pool))
+            if isinstance(target, list):  # the request cannot be served
+                return target
             if target:
                 return [E.SpillBack(ev.caller, ev.req_id, target)]
         return self._enqueue(Request(ev.caller, ev.req_id, dict(ev.shape), ev.description,
                                      ev.job_id))
+
+    def _affinity(self, ev: E.LeaseRequested) -> str | list:
+        """Where a request for another node goes: that node's address, else, when it is
+        soft, where the default strategy says, else a failure naming the node. (A
+        request for this node comes as one that may not spill back.)"""
+        node_id = ev.strategy["node_id"]
+        for entry in self.view.others:
+            if entry[0] == node_id and fits(ev.shape, entry[2]):
+                return entry[1]
+        if ev.strategy.get("soft"):
+            return self.view.spillback(ev.shape, self.pool)
+        known = any(entry[0] == node_id for entry in self.view.others)
+        why = ("can never hold " + format_resources(ev.shape) if known
+               else "is not alive (or not a node of this cluster)")
+        return [E.FailRequest(ev.caller, ev.req_id, "", (
+            f"{ev.description}: its NodeAffinitySchedulingStrategy(node_id={node_id!r}, "
+            f"soft=False) names a node that {why}; use soft=True to run it elsewhere then"),
+            unschedulable=True)]
+
+    def _spread_target(self, shape: dict) -> str:
+        """SPREAD: the next of the nodes that can hold ``shape``, this one ("") among
+        them, in turn."""
+        nodes = ([""] if fits(shape, self.pool.total) else []) + [
+            entry[1] for entry in self.view.others if fits(shape, entry[2])]
+        if not nodes:
+            return self.view.spillback(shape, self.pool)
+        self._spread_turn += 1
+        return nodes[self._spread_turn % len(nodes)]
 
     def _actor_placement_requested(self, ev: E.ActorPlacementRequested) -> list:
         return self._enqueue(Request(ev.caller, 0, dict(ev.placement), ev.description,

@@ -108,7 +108,8 @@ class Leasing:
         if ins.actor_id:
             self.to_head(P.ActorDied(ins.actor_id, ins.message))
         else:
-            cast(Link, ins.caller).send_if_open(P.LeaseFailed(ins.req_id, ins.message))
+            cast(Link, ins.caller).send_if_open(P.LeaseFailed(ins.req_id, ins.message,
+                                                              ins.unschedulable))
 
     def _assign_job(self, ins: E.AssignJob) -> None:
         handle = self.workers.handles[ins.worker_id]
@@ -150,8 +151,12 @@ class Leasing:
     # --- messages ------------------------------------------------------------------------
     def _on_RequestLease(self, link: Link, msg: P.RequestLease) -> None:
         # ``spilled``: sent here by another node's spillback, so it is not sent on
+        strategy, may_spillback = msg.strategy, not msg.spilled
+        if strategy.get("kind") == "node" and strategy["node_id"] == self.node_id:
+            strategy, may_spillback = {}, False  # this node was asked for: it stays here
         self.feed(E.LeaseRequested(link, msg.req_id, msg.shape, msg.description,
-                                   self.pool(msg.job_id, msg.runtime_env), not msg.spilled))
+                                   self.pool(msg.job_id, msg.runtime_env), may_spillback,
+                                   strategy))
 
     def _on_ReturnLease(self, link: Link, msg: P.ReturnLease) -> None:
         self.feed(E.LeaseReturned(link, msg.worker_id))

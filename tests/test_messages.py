@@ -76,7 +76,6 @@ class Plain:
 
 
 @pytest.mark.parametrize("option, value", [
-    ("scheduling_strategy", "SPREAD"),
     ("placement_group", object()),
     ("placement_group_bundle_index", 0),
     ("placement_group_capture_child_tasks", True),
@@ -95,7 +94,6 @@ def test_rays_task_options_aray_lacks_say_not_supported_yet(option, value):
 
 
 @pytest.mark.parametrize("option, value", [
-    ("scheduling_strategy", "SPREAD"),
     ("placement_group", object()),
     ("label_selector", {"zone": "a"}),
     ("max_pending_calls", 10),

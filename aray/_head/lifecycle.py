@@ -210,6 +210,7 @@ class ActorLifecycle:
         self.nodes = nodes
         self._waiters: dict[str, list[Waiter]] = {}  # actor id -> WaitRequested callers
         self._kill_waiters: dict[str, list[Waiter]] = {}  # actor id -> KillRequested callers
+        self._spread_turn = 0  # SPREAD's rotation over the nodes
         self._handlers: dict[type, Callable[[Any, list], None]] = {
             Registered: self._registered, Created: self._created, Started: self._started,
             StartFailed: self._start_failed, Died: self._died,
@@ -322,6 +323,8 @@ class ActorLifecycle:
             if record.state not in _WAITING or record.spec is None:
                 continue
             current = self.nodes.nodes.get(record.node_id)
+            if (record.spec.get("scheduling_strategy") or {}).get("kind") == "node":
+                continue  # it waits for its own node
             if placement.should_move(record.spec["placement"],
                                      current if current is not None and current.alive else None,
                                      joined):
@@ -342,9 +345,13 @@ class ActorLifecycle:
     # --- decisions shared by the events --------------------------------------------------
     def _place(self, record: ActorRecord, out: list) -> None:
         assert record.spec is not None  # only actors whose creator sent their spec are placed
-        node_id = placement.choose_node(self.nodes.iter_alive(), record.spec["placement"])
+        strategy = record.spec.get("scheduling_strategy") or {}
+        node_id, why = placement.place(self.nodes.iter_alive(), record.spec["placement"],
+                                       strategy, self._spread_turn)
+        if strategy.get("kind") == "spread":
+            self._spread_turn += 1
         if node_id is None:
-            self._mark_dead(record, "no node is alive to run it", out)
+            self._mark_dead(record, why or "no node is alive to run it", out)
             return
         record.node_id = node_id
         self.nodes.reserve(node_id, record.spec["placement"])

@@ -53,6 +53,40 @@ def choose_node(alive: Iterable[NodeResources], shape: dict) -> str | None:
     return could if could is not None else first
 
 
+def place(alive: Iterable[NodeResources], shape: dict, strategy: dict,
+          turn: int = 0) -> tuple[str | None, str]:
+    """The node an actor of ``shape`` goes to under its ``scheduling_strategy`` (its wire
+    form: ``{}``, ``{"kind": "spread"}``, ``{"kind": "node", "node_id", "soft"}``), and
+    why there is none ("" when that is just no node alive). ``turn`` rotates SPREAD.
+
+    Example:
+        >>> from aray._head.state import NodeInfo
+        >>> nodes = [NodeInfo(n, "", "", {"CPU": 2.0}, {"CPU": 2.0}) for n in "ab"]
+        >>> place(nodes, {"CPU": 1.0}, {"kind": "spread"}, turn=1)
+        ('b', '')
+        >>> why = place(nodes, {"CPU": 1.0}, {"kind": "node", "node_id": "z", "soft": False})[1]
+        >>> why.endswith("names a node that is not alive (or not a node of this cluster)")
+        True
+    """
+    nodes = list(alive)
+    kind = strategy.get("kind")
+    if kind == "spread":
+        could = [n for n in nodes if fits(shape, n.total)]
+        if could:
+            return could[turn % len(could)].node_id, ""
+    elif kind == "node":
+        node_id = strategy["node_id"]
+        target = next((n for n in nodes if n.node_id == node_id), None)
+        if target is not None and fits(shape, target.total):
+            return node_id, ""
+        if not strategy.get("soft"):
+            why = ("is not alive (or not a node of this cluster)" if target is None
+                   else f"can never hold {shape}")
+            return None, (f"its NodeAffinitySchedulingStrategy(node_id={node_id!r}, "
+                          f"soft=False) names a node that {why}")
+    return choose_node(nodes, shape), ""
+
+
 def should_move(shape: dict, current: NodeResources | None, joined: NodeResources) -> bool:
     """Whether a pending request of ``shape`` waiting on ``current`` (``None``: a node
     that is gone) moves to the node that ``joined``: when the new node can hold it and
