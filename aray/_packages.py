@@ -109,12 +109,13 @@ def _check_size(path: str, size: int, limit: int) -> None:
 
 
 class PackageCache:
-    """A node's unpacked packages, under ``root`` (one folder per package).
+    """A node's cache of folders under ``root``: unpacked packages, pip environments.
 
-    ``fetch(name)`` returns a package's bytes (from the head). :meth:`get` unpacks a
-    package once, whatever the number of workers asking at the same time (a file lock),
-    records the asking process as a user, and returns the folder. :meth:`prune` removes
-    the entries no live process uses, oldest first, beyond ``keep`` entries.
+    :meth:`entry` makes a folder once, whatever the number of workers asking at the same
+    time (a file lock), records the asking process as a user, and returns the folder;
+    :meth:`get` is the entry of an unpacked package, whose bytes ``fetch(name)`` returns
+    (from the head). :meth:`prune` removes the entries no live process uses, oldest first,
+    beyond ``keep`` entries.
 
     Example:
         >>> import tempfile
@@ -134,17 +135,28 @@ class PackageCache:
     def get(self, name: str, fetch: Callable[[str], bytes]) -> str:
         """The folder package ``name`` is unpacked in (a wheel is a zip too: unpacked,
         its modules import from the folder)."""
+        def unpack(partial: str) -> None:
+            with zipfile.ZipFile(io.BytesIO(fetch(name))) as archive:
+                _extract(archive, partial)
+
+        return self.entry(os.path.splitext(name)[0], unpack)
+
+    def entry(self, key: str, make: Callable[[str], None]) -> str:
+        """The folder ``key``, made by ``make(folder)`` in a folder of its own that is
+        renamed into place, so that the entry is complete or absent, never half there."""
         os.makedirs(self.root, mode=0o700, exist_ok=True)
-        folder = os.path.join(self.root, os.path.splitext(name)[0])
+        folder = os.path.join(self.root, key)
         with open(folder + ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one unpacks; the others wait, then use it
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one makes it; the others wait, then use it
             if not os.path.isdir(folder):
-                data = fetch(name)
                 partial = folder + f".partial-{os.getpid()}"
                 shutil.rmtree(partial, ignore_errors=True)
-                with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                    _extract(archive, partial)
-                os.rename(partial, folder)  # complete or absent, never half there
+                try:
+                    make(partial)
+                except BaseException:
+                    shutil.rmtree(partial, ignore_errors=True)
+                    raise
+                os.rename(partial, folder)
             self._add_user(folder)
         self.prune()
         return folder

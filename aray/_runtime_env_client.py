@@ -61,18 +61,8 @@ class RuntimeEnvs:
             return env
         if self._packing is None:
             self._packing = asyncio.Lock()
-        out = dict(env)
-        excludes = list(env.get("excludes", []))
         async with self._packing:  # one at a time: the same folder is never packed twice
-            if "working_dir" in env:
-                out["working_dir"] = await self._uri(env["working_dir"], excludes,
-                                                     "working_dir", "")
-            if "py_modules" in env:
-                out["py_modules"] = [
-                    await self._uri(p, excludes, "py_modules", os.path.basename(p))
-                    for p in env["py_modules"]]
-        out.pop("excludes", None)  # applied: what travels is packed already
-        return out
+            return await replace_folders(env, self._uri)
 
     async def _uri(self, path: str, excludes: list, prefix: str, top: str) -> str:
         if path.startswith(PACKAGE_SCHEME):
@@ -118,6 +108,22 @@ class RuntimeEnvs:
     async def _download(self, name: str) -> bytes:
         assert self._head_link is not None
         return await download_package(await self._head_link(), name)
+
+
+async def replace_folders(env: dict, uri_of: Callable[[str, list, str, str], Awaitable[str]]
+                          ) -> dict:
+    """``env`` with its ``working_dir`` and each of its ``py_modules`` replaced by the
+    package ``await uri_of(path, excludes, prefix, top)`` makes of it, and without
+    ``excludes``, which packing applied. (``top``: a ``py_modules`` folder keeps its name
+    in its package, so that it imports by that name.)"""
+    out = dict(env)
+    excludes = list(out.pop("excludes", []))
+    if "working_dir" in env:
+        out["working_dir"] = await uri_of(env["working_dir"], excludes, "working_dir", "")
+    if "py_modules" in env:
+        out["py_modules"] = [await uri_of(p, excludes, "py_modules", os.path.basename(p))
+                             for p in env["py_modules"]]
+    return out
 
 
 async def download_package(head: Link, name: str) -> bytes:

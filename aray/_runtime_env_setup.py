@@ -14,11 +14,9 @@ package's bytes from the head.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
-import shutil
 import signal
 import site
 import subprocess
@@ -84,24 +82,11 @@ def pip_environment(packages: list[str], root: str, timeout: float | None,
     made once per node and distinct list (a file lock keeps two workers from both
     building it); raises RuntimeEnvSetupError with pip's own words when it fails."""
     digest = hashlib.blake2b(json.dumps(packages).encode(), digest_size=8).hexdigest()
-    folder = os.path.join(root, f"pip_{digest}")
-    os.makedirs(root, mode=0o700, exist_ok=True)
-    with open(folder + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.isdir(folder):
-            partial = f"{folder}.partial-{os.getpid()}"
-            shutil.rmtree(partial, ignore_errors=True)
-            try:
-                _build(partial, packages, timeout, configured or timeout)
-            except BaseException:
-                shutil.rmtree(partial, ignore_errors=True)
-                raise
-            # the environment's scripts name their own path, but only its site-packages
-            # is used here: moving it is safe
-            os.rename(partial, folder)
-        users = folder + ".users"
-        os.makedirs(users, exist_ok=True)
-        open(os.path.join(users, str(os.getpid())), "w").close()
+    # (the environment is built in a folder then moved into place: its scripts name their
+    # own path, but only its site-packages is used here, so moving it is safe)
+    folder = PackageCache(root, keep=CACHE_ENTRIES).entry(
+        f"pip_{digest}", lambda partial: _build(partial, packages, timeout,
+                                                configured or timeout))
     return _site_packages(folder)
 
 

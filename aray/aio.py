@@ -150,7 +150,7 @@ def prepare(address: str | None, *, num_cpus, num_gpus, resources, object_store_
     """Everything init does before a core exists, none of it on an event loop: check the
     options, find the cluster to join or start one (session folders, the node process).
     Returns what :func:`make_core` needs."""
-    from ._local import LocalCluster, cluster_address, find_cluster, running_clusters
+    from ._local import LocalCluster, cluster_address, find_cluster
 
     dashboard = dashboard_config(include_dashboard, dashboard_host, dashboard_port)
     token = token or _redis_password or None
@@ -168,7 +168,10 @@ def prepare(address: str | None, *, num_cpus, num_gpus, resources, object_store_
     if address is None:
         # as Ray's init after `ray start`: join the cluster `aray start` runs on this machine,
         # and start one for this program only when there is none ("local" always starts one)
-        found = find_cluster("auto") if running_clusters() else None
+        try:
+            found = find_cluster("auto")
+        except ConnectionError:  # none runs here
+            found = None
     if address not in (None, "local") or found is not None:
         if (num_cpus is not None or num_gpus is not None or resources or object_store_memory
                 or dashboard_port is not None):

@@ -23,6 +23,7 @@ import aiohttp
 from ._head.jobs import JobStatus
 from ._packages import pack
 from ._runtime_env import PACKAGE_SCHEME, check
+from ._runtime_env_client import replace_folders
 
 __all__ = ["JobDetails", "JobInfo", "JobStatus", "JobSubmissionClient", "JobType"]
 
@@ -119,17 +120,7 @@ class JobSubmissionClient:
 
     async def _upload_env(self, runtime_env: dict | None) -> dict:
         """The env with its local folders packed and uploaded (each package once)."""
-        env = check(runtime_env or {}, "submit_job()")
-        excludes = env.pop("excludes", [])
-        out = dict(env)
-        if "working_dir" in env:
-            out["working_dir"] = await self._upload(env["working_dir"], excludes,
-                                                    "working_dir", "")
-        if "py_modules" in env:
-            out["py_modules"] = [await self._upload(p, excludes, "py_modules",
-                                                    os.path.basename(p))
-                                 for p in env["py_modules"]]
-        return out
+        return await replace_folders(check(runtime_env or {}, "submit_job()"), self._upload)
 
     async def _upload(self, path: str, excludes: list, prefix: str, top: str) -> str:
         if path.startswith(PACKAGE_SCHEME):
