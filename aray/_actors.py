@@ -19,11 +19,13 @@ from ._actor_calls import ActorCall
 from ._options import (
     ACTOR_OPTIONS,
     METHOD_OPTIONS,
+    check_bundle_fit,
     resource_shape,
     validate_actor_options,
     validate_method_options,
 )
 from ._portal import on_loop
+from ._runtime_context import captured_strategy
 from ._refs import ObjectRef, new_task_id, return_id
 from ._signatures import checker, spec_of
 from ._tasks import FunctionDescriptor, serialize_args
@@ -237,6 +239,7 @@ class ActorClass(Generic[T]):
         actor_id = os.urandom(8).hex()
         meta = self._meta()
         placement, hold = self._shapes()
+        check_bundle_fit(placement, o["scheduling_strategy"], f"actor {self.__name__}")
         default_concurrency = 1000 if self._is_async else 1
         spec = {
             "class_blob": blob, "class_name": self.__name__, "args": args_blob,
@@ -248,7 +251,7 @@ class ActorClass(Generic[T]):
             "is_async": self._is_async, "job_id": core.current_job_id(),
             "description": f"{self.__name__} (actor {actor_id})", "meta": meta,
             "runtime_env": core.runtime_envs.inherited(o["runtime_env"] or {}),
-            "scheduling_strategy": o["scheduling_strategy"] or {},
+            "scheduling_strategy": o["scheduling_strategy"] or captured_strategy(),
         }
         register = None
         if o["name"]:

@@ -147,6 +147,33 @@ def check_strategy(value: Any) -> dict | None:
     return strategy_wire(value) or None
 
 
+def check_bundle_fit(shape: dict, strategy: dict | None, what: str) -> None:
+    """Refuse a request for a placement group's bundle that the bundle can never hold.
+
+    Example:
+        >>> wire = {"kind": "pg", "pg_id": "ab", "index": 0, "bundles": [{"CPU": 1.0}]}
+        >>> check_bundle_fit({"CPU": 2.0}, wire, "f")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: f asks for {CPU: 2.0}, more than bundle 0 of placement group ab has ...
+    """
+    from .node.scheduler import fits, resources_text
+
+    if not strategy or strategy.get("kind") != "pg" or not strategy.get("bundles"):
+        return
+    bundles, index = strategy["bundles"], int(strategy.get("index", -1))
+    if index >= 0 and not fits(shape, bundles[index]):
+        raise ValueError(f"{what} asks for {resources_text(shape)}, more than bundle {index} "
+                         f"of placement group {strategy['pg_id']} has "
+                         f"({resources_text(bundles[index])}); ask for less, or use a bigger "
+                         "bundle")
+    if index < 0 and not any(fits(shape, b) for b in bundles):
+        raise ValueError(f"{what} asks for {resources_text(shape)}, more than any bundle of "
+                         f"placement group {strategy['pg_id']} has "
+                         f"({', '.join(resources_text(b) for b in bundles)}); ask for less, "
+                         "or use bigger bundles")
+
+
 #: how much of the resource ``accelerator_type:X`` a task of that type asks for (Ray's)
 ACCELERATOR_AMOUNT = 0.001
 

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Protocol
 
 import msgpack
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 #: the HTTP header of the upgrade request that carries the client's Hello, and its
 #: largest size: all an unauthenticated peer may send (see aray._link)
@@ -341,7 +341,9 @@ class LeaseFailed(NamedTuple):
 
     req_id: int
     message: str
-    unschedulable: bool  # True: TaskUnschedulableError; False: RuntimeEnvSetupError
+    #: "unschedulable": TaskUnschedulableError; "env": RuntimeEnvSetupError; "bundle": the
+    #: placement group's bundle is not on this node (ask the head where it is now)
+    kind: str
 
 
 @_message(21, reply=True)
@@ -542,6 +544,77 @@ class JobAssigned(NamedTuple):
     error: str  # "": joined; else why its runtime env could not be set up
 
 
+# --- placement groups -------------------------------------------------------------------
+
+
+@_message(89, routes="driver,core->head")
+class CreatePlacementGroup(NamedTuple):
+    """Caller -> head: reserve these bundles (answered at once with PlacementGroupInfo;
+    WaitPlacementGroup waits for the reservation)."""
+
+    req_id: int
+    pg_id: str
+    name: str
+    bundles: list  # [shape, ...]
+    strategy: str  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    job_id: str
+    detached: bool  # lifetime="detached": it outlives its creator's job
+
+
+@_message(90, routes="driver,core->head")
+class RemovePlacementGroup(NamedTuple):
+    req_id: int
+    pg_id: str
+
+
+@_message(91, routes="driver,core->head")
+class WaitPlacementGroup(NamedTuple):
+    """Caller -> head: reply once the group is placed (or removed)."""
+
+    req_id: int
+    pg_id: str
+
+
+@_message(92, routes="driver,core->head")
+class LookupPlacementGroup(NamedTuple):
+    """Caller -> head: a group by id (``pg_id``) or by name in the caller's namespace."""
+
+    req_id: int
+    pg_id: str
+    name: str
+    job_id: str
+
+
+@_message(93, reply=True)
+class PlacementGroupInfo(NamedTuple):
+    req_id: int
+    info: dict  # {} when there is no such group; else its row (see PlacementGroupRecord)
+    error: str
+
+
+@_message(94, routes="head->node")
+class ReserveBundles(NamedTuple):
+    """Head -> node agent: reserve all of these bundles now, or none (BundlesReserved)."""
+
+    req_id: int
+    pg_id: str
+    bundles: list  # [[index, shape], ...]
+
+
+@_message(95, reply=True)
+class BundlesReserved(NamedTuple):
+    req_id: int
+    ok: bool
+
+
+@_message(96, routes="head->node")
+class ReleaseBundles(NamedTuple):
+    """Head -> node agent: these bundles end; what runs in them is killed."""
+
+    pg_id: str
+    indexes: list
+
+
 # --- core to core: tasks and objects ----------------------------------------------------
 
 
@@ -561,6 +634,9 @@ class PushTask(NamedTuple):
     resources: dict  # the task's resource request, e.g. {"CPU": 1.0} (get_runtime_context)
     namespace: str  # its job's namespace (get_runtime_context)
     max_calls: int  # the worker exits after this many calls of the function (0: never)
+    #: its placement group ({"pg_id", "index", "capture", "bundles"}), {} for none: for
+    #: get_current_placement_group() and the child tasks it captures
+    placement_group: dict
 
 
 @_message(76, routes="core->core")

@@ -31,11 +31,32 @@ class TaskContext:
     #: "hold" (its resources) and, where the creator or head sent them, "name",
     #: "job_namespace", "restarts" (how often it restarted before this start) and "meta"
     actor: dict | None = None
+    #: a task's placement group as its caller sent it ({} for none; an actor's is in
+    #: ``actor["scheduling_strategy"]``)
+    placement_group: dict = dataclasses.field(default_factory=dict)
 
 
 #: the task this thread or asyncio task is executing (None in a driver)
 current_task: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
     "aray_current_task", default=None)
+
+
+def current_group_wire() -> dict:
+    """The placement group of the running task or actor, as its strategy's wire form
+    (``{"kind": "pg", "pg_id", "index", "capture", "bundles"}``), or ``{}``."""
+    task = current_task.get()
+    if task is None:
+        return {}
+    wire = task.placement_group or ((task.actor or {}).get("scheduling_strategy") or {})
+    return wire if wire.get("kind") == "pg" else {}
+
+
+def captured_strategy() -> dict:
+    """The strategy of a task or actor created with none from inside a task or actor whose
+    group captures its children (``placement_group_capture_child_tasks``): any bundle of
+    that group; else ``{}``."""
+    wire = current_group_wire()
+    return dict(wire, index=-1) if wire.get("capture") else {}
 
 
 class NotCarriedError(RuntimeError):

@@ -24,6 +24,7 @@ import cloudpickle
 
 from . import _protocol as P
 from ._link import Link
+from .node.scheduler import fits
 from ._objects import INLINE_THRESHOLD, ObjectState
 from ._refs import ArgSlot, ObjectRef, collect_refs
 from ._runtime_context import job_namespace
@@ -34,6 +35,7 @@ from .exceptions import (
     RequestTimeoutError,
     RuntimeEnvSetupError,
     TaskCancelledError,
+    TaskPlacementGroupRemoved,
     TaskUnschedulableError,
     WorkerCrashedError,
     error_from_blob,
@@ -90,7 +92,7 @@ class TaskSpec:
         """Tasks that can share a lease: the same resources, runtime env and strategy."""
         key = tuple(sorted(self.shape.items()))
         if self.runtime_env or self.strategy:
-            return (key, env_key(self.runtime_env), tuple(sorted(self.strategy.items())))
+            return (key, env_key(self.runtime_env), strategy_key(self.strategy))
         return key
 
 
@@ -308,15 +310,33 @@ def _unpicklable_argument(args, kwargs, where: str, exc: Exception) -> TypeError
     return TypeError(f"the arguments of {where} cannot be pickled: {exc}")
 
 
+def strategy_key(strategy: dict) -> tuple:
+    """A strategy's wire form as part of a dict key (a group's bundles left out: its id
+    names them)."""
+    return tuple(sorted((k, v) for k, v in strategy.items() if k != "bundles"))
+
+
 async def ask_for_lease(own: Link, peer: Callable[[str], Awaitable[Link]], shape: dict,
                         description: str, job_id: str, runtime_env: dict | None = None,
-                        strategy: dict | None = None) -> tuple[P.LeaseGranted, Link]:
+                        strategy: dict | None = None,
+                        locate: Callable[[dict, dict], Awaitable[str]] | None = None,
+                        ) -> tuple[P.LeaseGranted, Link]:
     """A worker lease for ``shape`` (in ``runtime_env``, its wire form): from this node's
-    agent ``own``, or from the agent of the node it sends us to (spillback). Returns the
-    grant and the agent that granted it; raises ConnectionError if our own agent is gone,
-    RuntimeEnvSetupError if the env cannot be set up."""
+    agent ``own``, or from the agent of the node it sends us to (spillback); for a
+    placement group's bundle, from the agent ``locate(strategy, shape)`` names (asked
+    again when the bundle moved). Returns the grant and the agent that granted it; raises
+    ConnectionError if our own agent is gone, RuntimeEnvSetupError if the env cannot be
+    set up, TaskPlacementGroupRemoved if the group is gone."""
     agent, spilled = own, False
+    in_group = (strategy or {}).get("kind") == "pg"
     while True:
+        if in_group:
+            assert locate is not None
+            try:
+                agent, spilled = await peer(await locate(strategy or {}, shape)), True
+            except (ConnectionError, OSError):  # that node died: the head hears of it
+                await asyncio.sleep(SPILLBACK_RETRY_DELAY)
+                continue
         try:
             # granted when the node has room, however long that takes; if that node
             # dies, the link closes (NodeDied) and we ask our own again
@@ -332,7 +352,10 @@ async def ask_for_lease(own: Link, peer: Callable[[str], Awaitable[Link]], shape
         if isinstance(grant, P.LeaseGranted):
             return grant, agent
         if isinstance(grant, P.LeaseFailed):
-            raise (TaskUnschedulableError if grant.unschedulable
+            if grant.kind == "bundle":  # it moved (its node died) or the group is gone
+                await asyncio.sleep(SPILLBACK_RETRY_DELAY)
+                continue
+            raise (TaskUnschedulableError if grant.kind == "unschedulable"
                    else RuntimeEnvSetupError)(grant.message)
         if grant is not None:  # another node can run it: ask that node's agent
             try:
@@ -376,6 +399,7 @@ class TaskSubmitter:
         self._waiting: dict[bytes, TaskSpec] = {}  # task id -> spec waiting for deps/lease
         self.lineage: dict[bytes, TaskSpec] = {}  # stored result id -> the task that made it
         self._unreported: list[TaskSpec] = []  # waiting tasks whose state the head lacks
+        self._group_turn = 0  # rotates leases for "any bundle" over the bundles' nodes
 
     def accept(self, spec: TaskSpec) -> None:
         """Loop only (scheduled by ``Core.submit``): track ``spec`` until it has run."""
@@ -460,8 +484,9 @@ class TaskSubmitter:
             wire = await self._wire(q)
             grant, agent = await ask_for_lease(self.core.agent, self.core.peer, q.shape,
                                                q.description, self.core.job_id, wire,
-                                               q.strategy)
-        except (RuntimeEnvSetupError, TaskUnschedulableError) as exc:
+                                               q.strategy, self._locate_bundle)
+        except (RuntimeEnvSetupError, TaskUnschedulableError,
+                TaskPlacementGroupRemoved) as exc:
             while q.tasks:  # the others would fail the same way
                 self._fail_task(q.tasks.popleft(), exc)
             return
@@ -482,6 +507,24 @@ class TaskSubmitter:
             return
         q.leases.append(_Lease(grant, link, agent, q))
         self._pump(q)
+
+    async def _locate_bundle(self, strategy: dict, shape: dict) -> str:
+        """The agent address of the node of a group's bundle (for index -1: of one that
+        can hold ``shape``, in turn), once the group is placed."""
+        head = await self.core.head_link()
+        pg_id = strategy["pg_id"]
+        reply = await head.request(lambda r: P.WaitPlacementGroup(r, pg_id), timeout=None)
+        info = reply.info
+        if not info or info.get("state") == "REMOVED":
+            raise TaskPlacementGroupRemoved(
+                f"the placement group {pg_id} of this task was removed"
+                if info else f"there is no placement group {pg_id} in this cluster")
+        addresses, index = info["bundle_addresses"], int(strategy.get("index", -1))
+        if index >= 0:
+            return addresses[index]
+        able = [a for i, a in sorted(addresses.items()) if fits(shape, info["bundles"][i])]
+        self._group_turn += 1
+        return able[self._group_turn % len(able)] if able else next(iter(addresses.values()))
 
     async def prepare_env(self, env: dict) -> None:
         """Upload ``env`` and have this node set it up in a worker, ahead of the tasks
@@ -527,7 +570,8 @@ class TaskSubmitter:
         lease.link.send(P.PushTask(
             spec.task_id, fn_id, blob, spec.name, spec.args, spec.deps, spec.return_ids,
             -1 if spec.streaming else len(spec.return_ids), spec.job_id, lease.gpu_ids,
-            self.core.address, spec.shape, job_namespace(), spec.max_calls))
+            self.core.address, spec.shape, job_namespace(), spec.max_calls,
+            spec.strategy if spec.strategy.get("kind") == "pg" else {}))
 
     def on_task_finished(self, msg: P.TaskFinished) -> bool:
         """A reply to one of our tasks? Then resolve its refs and return True."""

@@ -397,7 +397,8 @@ class TaskExecutor(_Executor):
 
     async def _execute(self, link: Link, msg: P.PushTask) -> None:
         ctx = TaskContext(msg.task_id, msg.job_id, msg.name, list(msg.gpu_ids), owner=msg.owner,
-                          resources=msg.resources, namespace=msg.namespace)
+                          resources=msg.resources, namespace=msg.namespace,
+                          placement_group=msg.placement_group)
         token = current_task.set(ctx)
         self._started(msg.task_id, msg.name, msg.job_id, "NORMAL_TASK")
         set_visible_gpus(msg.gpu_ids)

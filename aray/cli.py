@@ -87,10 +87,12 @@ def _add_cluster_commands(sub) -> None:
                             "use (of every node, for a cluster with no node here)")
     _add_target(memory)
 
-    listing = sub.add_parser("list", help="the nodes, actors, jobs, tasks or objects of a "
-                             "running cluster", description="List what the head of a running "
-                             "cluster knows of its nodes, actors, jobs, tasks or objects.")
-    listing.add_argument("kind", choices=["nodes", "actors", "jobs", "tasks", "objects"])
+    listing = sub.add_parser("list", help="the nodes, actors, jobs, tasks, objects or placement "
+                             "groups of a running cluster", description="List what the head "
+                             "of a running cluster knows of its nodes, actors, jobs, tasks, "
+                             "objects or placement groups.")
+    listing.add_argument("kind", choices=["nodes", "actors", "jobs", "tasks", "objects",
+                                          "placement-groups"])
     listing.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                          help="only rows where KEY is VALUE (KEY!=VALUE: is not); repeatable")
     _add_target(listing)
@@ -451,6 +453,8 @@ LIST_COLUMNS = {
     "tasks": ["task_id", "name", "type", "state", "node_id", "worker_pid", "duration_s",
               "error"],
     "objects": ["object_id", "size", "owner", "nodes", "spilled"],
+    "placement_groups": ["placement_group_id", "name", "state", "strategy", "bundles",
+                         "bundles_to_node_id"],
 }
 
 
@@ -463,8 +467,9 @@ def cmd_list(args) -> None:
         if not op or not key:
             raise ValueError(f"--filter wants KEY=VALUE or KEY!=VALUE, not {text!r}")
         filters.append((key, op, value))
-    rows = _rows(args.kind, filters, args.address or "auto", args.token, _note(args))
-    columns = LIST_COLUMNS[args.kind]
+    kind = args.kind.replace("-", "_")
+    rows = _rows(kind, filters, args.address or "auto", args.token, _note(args))
+    columns = LIST_COLUMNS[kind]
 
     def cell(row: dict, column: str) -> str:
         value = row.get(column, "")
@@ -474,6 +479,11 @@ def cmd_list(args) -> None:
             return str(value)[:12]
         if column == "nodes":  # where an object's copies are
             return ",".join(node_id[:12] for node_id in value)
+        if column == "bundles_to_node_id":  # bundle index -> node
+            return ", ".join(f"{i}: {node[:12]}" for i, node in sorted(value.items()))
+        if column == "bundles":  # bundle index -> resources
+            return "; ".join(f"{i}: " + ", ".join(f"{k}: {v:g}" for k, v in sorted(b.items()))
+                             for i, b in sorted(value.items()))
         if isinstance(value, dict):  # resources; memory sizes in GiB
             return ", ".join(
                 f"{k}: {v / 2**30:.1f} GiB" if k in ("memory", "object_store_memory")
@@ -484,7 +494,8 @@ def cmd_list(args) -> None:
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     for line in table:
         print("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
-    print(f"({len(rows)} {args.kind if len(rows) != 1 else args.kind[:-1]})")
+    noun = args.kind.replace("-", " ")
+    print(f"({len(rows)} {noun if len(rows) != 1 else noun[:-1]})")
 
 
 def cmd_summary(args) -> None:

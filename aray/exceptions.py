@@ -342,9 +342,14 @@ class PlasmaObjectNotAvailable(ObjectLostError):
 
 
 class TaskPlacementGroupRemoved(ArayError):
-    """A task's placement group was removed (Ray's name; aray has no placement groups yet)."""
+    """The placement group a task was to run in was removed (before or while it ran).
+
+    Example:
+        >>> issubclass(TaskPlacementGroupRemoved, ArayError)
+        True
+    """
 
 
 class ActorPlacementGroupRemoved(ActorError):
-    """An actor's placement group was removed (Ray's name; aray has no placement groups
-    yet)."""
+    """Ray's error for an actor whose placement group was removed (aray raises
+    :class:`ActorDiedError`, whose message says the group was removed)."""

@@ -28,7 +28,9 @@ class LeaseRequested(NamedTuple):
     description: str  # what the lease is for, used in warnings
     job_id: str
     may_spillback: bool  # False when another node's spillback sent it here
-    strategy: dict = {}  # scheduling_strategy: {"kind": "spread"} or {"kind": "node", ...}
+    #: scheduling_strategy: {"kind": "spread"}, {"kind": "node", ...} or
+    #: {"kind": "pg", "pg_id", "index", ...} (a placement group's bundle on this node)
+    strategy: dict = {}
 
 
 class ActorPlacementRequested(NamedTuple):
@@ -41,6 +43,25 @@ class ActorPlacementRequested(NamedTuple):
     description: str
     job_id: str
     spec: Any  # the actor's spec, handed back in StartActor as it is
+    bundle: tuple | None = None  # (placement group id, bundle index or -1 for any)
+
+
+class BundlesRequested(NamedTuple):
+    """The head asks this node to reserve bundles of placement group ``pg_id`` now, all of
+    them or none: ``bundles`` as ``[[index, shape], ...]``."""
+
+    caller: Hashable
+    req_id: int
+    pg_id: str
+    bundles: list
+
+
+class BundlesReleased(NamedTuple):
+    """The bundles ``indexes`` of placement group ``pg_id`` end here (the group was removed,
+    or its reservation elsewhere failed): what runs in them is killed."""
+
+    pg_id: str
+    indexes: list
 
 
 class WorkerStarted(NamedTuple):
@@ -191,7 +212,17 @@ class FailRequest(NamedTuple):
     req_id: int
     actor_id: str
     message: str
-    unschedulable: bool = False  # its strategy cannot be met (else its env failed)
+    #: why: "env" (its runtime env failed), "unschedulable" (its strategy cannot be met),
+    #: "bundle" (its placement group's bundle is not, or no longer, on this node)
+    kind: str = "env"
+
+
+class AnswerBundles(NamedTuple):
+    """Tell the head whether the bundles it asked for are reserved here."""
+
+    caller: Hashable
+    req_id: int
+    ok: bool
 
 
 class ReportActorDied(NamedTuple):

@@ -76,6 +76,10 @@ class Request:
     state: RequestState = RequestState.QUEUED
     gpu_ids: list = dataclasses.field(default_factory=list)
     warned: bool = False  # the caller was told it is infeasible
+    #: (placement group id, bundle index, -1 for any of the group's bundles here), or None
+    bundle: tuple | None = None
+    #: the pool its resources were taken from once reserved or granted (None: the node's)
+    pool_key: tuple | None = None
 
 
 @dataclasses.dataclass
@@ -86,6 +90,17 @@ class Lease:
     shape: dict
     gpu_ids: list
     state: LeaseState = LeaseState.HELD
+    pool_key: tuple | None = None  # the bundle it took them from (None: the node's pool)
+
+
+@dataclasses.dataclass
+class Bundle:
+    """A placement group's bundle reserved on this node: its resources, taken from the
+    node's pool, are a pool of their own that only requests for the group draw on."""
+
+    shape: dict
+    pool: ResourcePool
+    gpu_ids: list  # the node's GPU slots it took
 
 
 @dataclasses.dataclass
@@ -132,6 +147,8 @@ class LeaseScheduler:
         self._new_id = new_id or (lambda: uuid.uuid4().hex[:16])
         self._killed_actors: dict[str, None] = {}  # killed before their worker started
         self._spread_turn = 0  # SPREAD's rotation over the nodes
+        #: placement groups' bundles reserved here: (pg id, index) -> bundle
+        self.bundles: dict[tuple[str, int], Bundle] = {}
         self._handlers: dict[type, Callable[[Any], list]] = {
             E.NodeStarted: lambda ev: [self._new_worker() for _ in range(ev.prestart)],
             E.LeaseRequested: self._lease_requested,
@@ -148,6 +165,8 @@ class LeaseScheduler:
             E.ViewChanged: self._view_changed,
             E.ActorWithdrawn: self._actor_withdrawn,
             E.ActorKilled: self._actor_killed,
+            E.BundlesRequested: self._bundles_requested,
+            E.BundlesReleased: self._bundles_released,
         }
 
     def handle(self, event: Any) -> list:
@@ -165,6 +184,14 @@ class LeaseScheduler:
 
     # --- requests ------------------------------------------------------------------------
     def _lease_requested(self, ev: E.LeaseRequested) -> list:
+        if ev.strategy.get("kind") == "pg":  # the caller found the bundle's node: this one
+            bundle = (ev.strategy["pg_id"], int(ev.strategy.get("index", -1)))
+            if not self._pools(bundle):
+                return [E.FailRequest(ev.caller, ev.req_id, "", (
+                    f"{ev.description}: bundle {bundle[1]} of placement group {bundle[0]} is "
+                    "not on this node"), kind="bundle")]
+            return self._enqueue(Request(ev.caller, ev.req_id, dict(ev.shape),
+                                         ev.description, ev.job_id, bundle=bundle))
         if ev.may_spillback:  # (a request another node sent here stays: no ping-pong)
             kind = ev.strategy.get("kind")
             target = (self._affinity(ev) if kind == "node" else
@@ -193,7 +220,7 @@ class LeaseScheduler:
         return [E.FailRequest(ev.caller, ev.req_id, "", (
             f"{ev.description}: its NodeAffinitySchedulingStrategy(node_id={node_id!r}, "
             f"soft=False) names a node that {why}; use soft=True to run it elsewhere then"),
-            unschedulable=True)]
+            kind="unschedulable")]
 
     def _spread_target(self, shape: dict) -> str:
         """SPREAD: the next of the nodes that can hold ``shape``, this one ("") among
@@ -206,8 +233,13 @@ class LeaseScheduler:
         return nodes[self._spread_turn % len(nodes)]
 
     def _actor_placement_requested(self, ev: E.ActorPlacementRequested) -> list:
+        if ev.bundle is not None and not self._pools(ev.bundle):
+            return [E.ReportActorDied(ev.actor_id, (
+                f"bundle {ev.bundle[1]} of its placement group {ev.bundle[0]} is not on the "
+                "node it was sent to"))]
         return self._enqueue(Request(ev.caller, 0, dict(ev.placement), ev.description,
-                                     ev.job_id, ev.actor_id, dict(ev.hold), ev.spec))
+                                     ev.job_id, ev.actor_id, dict(ev.hold), ev.spec,
+                                     bundle=ev.bundle))
 
     def _enqueue(self, req: Request) -> list:
         self.queue.push(req)
@@ -217,7 +249,7 @@ class LeaseScheduler:
         return out
 
     def _warn_if_infeasible(self, req: Request) -> list:
-        if req.warned or self.view.feasible(req.shape):
+        if req.warned or req.bundle is not None or self.view.feasible(req.shape):
             return []
         req.warned = True
         what = "actor" if req.actor_id else "task"
@@ -229,7 +261,7 @@ class LeaseScheduler:
         out: list = []
         # what can never run here but can on a node that joined: send it there
         for req in list(self.queue):
-            if req.actor_id or fits(req.shape, self.pool.total):
+            if req.actor_id or req.bundle is not None or fits(req.shape, self.pool.total):
                 continue
             target = self.view.spillback(req.shape, self.pool)
             if target:
@@ -246,8 +278,8 @@ class LeaseScheduler:
         idle = [w for w in self.workers.values() if w.state is WorkerState.IDLE]
         starting = [w for w in self.workers.values()
                     if w.state is WorkerState.STARTING and w.reserved is None]
-        for req, gpu_ids in self.queue.take_grantable(self.pool, lambda r: r.shape):
-            req.gpu_ids = gpu_ids
+        for req, pool, gpu_ids in self.queue.take_grantable(self._pools_of, lambda r: r.shape):
+            req.gpu_ids, req.pool_key = gpu_ids, self._key_of(pool)
             worker = _pick(idle, req.job_id, gpu_ids)
             if worker is not None and worker.job_id == req.job_id:
                 out += self._grant(worker, req)  # the common case: at once
@@ -279,20 +311,22 @@ class LeaseScheduler:
         req.state = RequestState.GRANTED
         if req.actor_id and req.actor_id in self._killed_actors:
             del self._killed_actors[req.actor_id]  # killed while its worker was starting
-            self.pool.release(req.shape, req.gpu_ids)
+            self._give_back(req.pool_key, req.shape, req.gpu_ids)
             worker.state = WorkerState.IDLE
             return [E.ReportActorDied(req.actor_id, "it was killed before it started"),
                     self._report(), *self._schedule()]
         worker.state = WorkerState.LEASED
-        worker.lease = Lease(req.caller, dict(req.shape), req.gpu_ids)
+        worker.lease = Lease(req.caller, dict(req.shape), req.gpu_ids, pool_key=req.pool_key)
         worker.gpu_ids = tuple(req.gpu_ids)
         if not req.actor_id:
             return [E.GrantLease(req.caller, req.req_id, worker.worker_id, req.gpu_ids),
                     self._report()]
         # the worker is the actor's for life; it keeps only what the actor holds
         # (by default an actor needs a CPU to be placed but holds none while it lives)
-        self.pool.release({k: v for k, v in req.shape.items() if k != "GPU"}, [])
-        self.pool.acquire({k: v for k, v in req.hold.items() if k != "GPU"})
+        pool = self._pool(req.pool_key)
+        assert pool is not None  # (a bundle's end takes its queued requests out)
+        pool.release({k: v for k, v in req.shape.items() if k != "GPU"}, [])
+        pool.acquire({k: v for k, v in req.hold.items() if k != "GPU"})
         worker.lease.shape = dict(req.hold)
         worker.actor_id = req.actor_id
         # what the placement needed beyond the hold is free again: place the next one
@@ -310,7 +344,7 @@ class LeaseScheduler:
         shape = dict(lease.shape)
         if lease.state is LeaseState.LENT:  # its CPUs were lent out already
             shape.pop("CPU", None)
-        self.pool.release(shape, lease.gpu_ids)
+        self._give_back(lease.pool_key, shape, lease.gpu_ids)
         worker.lease = None
         return [self._report()]
 
@@ -320,8 +354,8 @@ class LeaseScheduler:
         req, worker.reserved = worker.reserved, None
         if req is None:
             return
-        self.pool.release(req.shape, req.gpu_ids)
-        req.gpu_ids, req.state = [], RequestState.QUEUED
+        self._give_back(req.pool_key, req.shape, req.gpu_ids)
+        req.gpu_ids, req.state, req.pool_key = [], RequestState.QUEUED, None
         if requeue:
             self.queue.push(req)
 
@@ -386,7 +420,9 @@ class LeaseScheduler:
                 or worker.lease.state is LeaseState.LENT:
             return []
         worker.lease.state = LeaseState.LENT
-        self.pool.lend(worker.lease.shape.get("CPU", 0))
+        pool = self._pool(worker.lease.pool_key)
+        if pool is not None:
+            pool.lend(worker.lease.shape.get("CPU", 0))
         return self._schedule()
 
     def _worker_unblocked(self, ev: E.WorkerUnblocked) -> list:
@@ -395,7 +431,9 @@ class LeaseScheduler:
                 and worker.lease.state is LeaseState.LENT:
             worker.lease.state = LeaseState.HELD
             # take its CPUs back, briefly oversubscribing if they were leased meanwhile
-            self.pool.reclaim(worker.lease.shape.get("CPU", 0))
+            pool = self._pool(worker.lease.pool_key)
+            if pool is not None:
+                pool.reclaim(worker.lease.shape.get("CPU", 0))
         return []
 
     def _worker_kill_requested(self, ev: E.WorkerKillRequested) -> list:
@@ -457,6 +495,88 @@ class LeaseScheduler:
         while len(self._killed_actors) > MAX_KILLED_ACTORS:
             del self._killed_actors[next(iter(self._killed_actors))]
         return []
+
+
+    # --- placement groups' bundles --------------------------------------------------------
+    def _pools(self, bundle: tuple | None) -> list[ResourcePool]:
+        """The pools a request may draw on: the node's, or its bundle's (any of its group's
+        bundles here, for index -1)."""
+        if bundle is None:
+            return [self.pool]
+        pg_id, index = bundle
+        if index >= 0:
+            found = self.bundles.get((pg_id, index))
+            return [found.pool] if found is not None else []
+        return [b.pool for (pg, _), b in self.bundles.items() if pg == pg_id]
+
+    def _pools_of(self, req: Request) -> list[ResourcePool]:
+        return self._pools(req.bundle)
+
+    def _key_of(self, pool: ResourcePool) -> tuple | None:
+        if pool is self.pool:
+            return None
+        return next(key for key, b in self.bundles.items() if b.pool is pool)
+
+    def _pool(self, key: tuple | None) -> ResourcePool | None:
+        """The pool of ``key`` (None once its bundle has ended)."""
+        if key is None:
+            return self.pool
+        bundle = self.bundles.get(key)
+        return bundle.pool if bundle is not None else None
+
+    def _give_back(self, key: tuple | None, shape: dict, gpu_ids: list) -> None:
+        pool = self._pool(key)
+        if pool is not None:  # (what a bundle that ended held went back with it)
+            pool.release(shape, gpu_ids)
+
+    def _bundles_requested(self, ev: E.BundlesRequested) -> list:
+        """All of the bundles now, or none: the head asks again when resources change."""
+        shapes = [shape for _, shape in ev.bundles]
+        if not self._fit_together(shapes) or any((ev.pg_id, i) in self.bundles
+                                                  for i, _ in ev.bundles):
+            return [E.AnswerBundles(ev.caller, ev.req_id, False)]
+        for index, shape in ev.bundles:
+            gpu_ids = self.pool.acquire(shape)
+            self.bundles[(ev.pg_id, index)] = Bundle(dict(shape), ResourcePool(shape, gpu_ids),
+                                                     gpu_ids)
+        return [E.AnswerBundles(ev.caller, ev.req_id, True), self._report(), *self._schedule()]
+
+    def _fit_together(self, shapes: list[dict]) -> bool:
+        """Whether all of ``shapes`` fit the node's free resources at once (GPU devices
+        included): tried on a copy of the pool."""
+        trial = ResourcePool(self.pool.total)
+        trial.available, trial.gpu_free = dict(self.pool.available), list(self.pool.gpu_free)
+        for shape in shapes:
+            if not trial.fits(shape):
+                return False
+            trial.acquire(shape)
+        return True
+
+    def _bundles_released(self, ev: E.BundlesReleased) -> list:
+        ended = {(ev.pg_id, i) for i in ev.indexes if (ev.pg_id, i) in self.bundles}
+        if not ended:
+            return []
+        out: list = []
+        gone = self.queue.remove_if(lambda r: r.pool_key in ended or (
+            r.bundle is not None and r.bundle[0] == ev.pg_id and (
+                r.bundle[1] < 0 or (ev.pg_id, r.bundle[1]) in ended)))
+        why = f"its placement group {ev.pg_id} was removed (or its bundle moved)"
+        for req in gone:
+            out.append(E.FailRequest(req.caller, req.req_id, req.actor_id,
+                                     f"{req.description}: {why}", kind="bundle"))
+        for worker in list(self.workers.values()):
+            key = (worker.lease.pool_key if worker.lease is not None else
+                   worker.reserved.pool_key if worker.reserved is not None else None)
+            if key in ended and worker.state is not WorkerState.DEAD:
+                req = worker.reserved
+                out += self._end(worker, requeue=False)
+                if req is not None:
+                    out.append(E.FailRequest(req.caller, req.req_id, req.actor_id,
+                                             f"{req.description}: {why}", kind="bundle"))
+        for key in ended:
+            bundle = self.bundles.pop(key)
+            self.pool.release(bundle.shape, bundle.gpu_ids)
+        return [*out, self._report(), *self._schedule()]
 
 
 def _pick(workers: list[WorkerSlot], job_id: str, gpu_ids: list) -> WorkerSlot | None:

@@ -63,6 +63,8 @@ class Leasing:
                 P.LeaseInfeasible(ins.req_id, ins.message, ins.actor_id)),
             E.ReportActorDied: lambda ins: self.to_head(P.ActorDied(ins.actor_id, ins.reason)),
             E.FailRequest: self._fail_request,
+            E.AnswerBundles: lambda ins: ins.caller.send_if_open(
+                P.BundlesReserved(ins.req_id, ins.ok)),
         }
 
     def feed(self, event) -> None:
@@ -109,7 +111,7 @@ class Leasing:
             self.to_head(P.ActorDied(ins.actor_id, ins.message))
         else:
             cast(Link, ins.caller).send_if_open(P.LeaseFailed(ins.req_id, ins.message,
-                                                              ins.unschedulable))
+                                                              ins.kind))
 
     def _assign_job(self, ins: E.AssignJob) -> None:
         handle = self.workers.handles[ins.worker_id]
@@ -184,10 +186,19 @@ class Leasing:
     def _on_CreateActor(self, link: Link, msg: P.CreateActor) -> None:
         """From the head: find (or start) a worker for this actor and construct it there."""
         spec = msg.spec
+        strategy = spec.get("scheduling_strategy") or {}
+        bundle = ((strategy["pg_id"], int(strategy.get("index", -1)))
+                  if strategy.get("kind") == "pg" else None)
         self.feed(E.ActorPlacementRequested(
             link, msg.actor_id, spec["placement"], spec["hold"],
             spec.get("description", "actor"),
-            self.pool(spec.get("job_id", ""), spec.get("runtime_env") or {}), spec))
+            self.pool(spec.get("job_id", ""), spec.get("runtime_env") or {}), spec, bundle))
+
+    def _on_ReserveBundles(self, link: Link, msg: P.ReserveBundles) -> None:
+        self.feed(E.BundlesRequested(link, msg.req_id, msg.pg_id, msg.bundles))
+
+    def _on_ReleaseBundles(self, link: Link, msg: P.ReleaseBundles) -> None:
+        self.feed(E.BundlesReleased(msg.pg_id, msg.indexes))
 
     def _on_WithdrawActor(self, link: Link, msg: P.WithdrawActor) -> None:
         self.feed(E.ActorWithdrawn(msg.actor_id))

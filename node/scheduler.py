@@ -211,13 +211,17 @@ class ResourcePool:
         aray.node.scheduler.ReleaseError: released more GPU than the node has (2.5 of 2.0 free): released twice?
     """
 
-    def __init__(self, total: dict) -> None:
+    def __init__(self, total: dict, gpu_slots: list[int] | None = None) -> None:
         self.total = {k: _q(v) for k, v in total.items()}
         self.available = dict(self.total)
         gpus = self.total.get("GPU", 0.0)
         # each device's capacity: whole devices, and a fraction of one if the total says so
         self.gpu_capacity = [1.0] * int(gpus) + ([_q(gpus - int(gpus))] if gpus % 1 else [])
         self.gpu_free = list(self.gpu_capacity)
+        #: the ids that acquire() gives out for the devices (a placement group's bundle
+        #: names the node's devices it reserved); by default 0, 1, ...
+        self.gpu_slots = list(gpu_slots) if gpu_slots is not None else list(
+            range(len(self.gpu_capacity)))
 
     @property
     def free_gpus(self) -> list[int]:
@@ -249,7 +253,7 @@ class ResourcePool:
             self.available[k] = _q(self.available.get(k, 0.0) - v)
         for i in devices:
             self.gpu_free[i] = 0.0 if gpu >= 1 else _q(self.gpu_free[i] - gpu)
-        return devices
+        return [self.gpu_slots[i] for i in devices]
 
     def release(self, shape: dict, gpu_ids: list[int]) -> None:
         """Give back ``shape`` and the GPU ids :meth:`acquire` gave it.
@@ -263,13 +267,16 @@ class ResourcePool:
                 raise ReleaseError(f"released more {k} than the node has ({after} of "
                                    f"{self.total.get(k, 0.0)} free): released twice?")
         gpu = shape.get("GPU", 0)
-        for i in gpu_ids if gpu > 0 else ():
+        devices = [self.gpu_slots.index(i) for i in gpu_ids if i in self.gpu_slots]
+        if gpu > 0 and len(devices) < len(gpu_ids):
+            raise ReleaseError(f"released GPUs {gpu_ids}, not all of them this pool's")
+        for i in devices if gpu > 0 else ():
             after = self.gpu_capacity[i] if gpu >= 1 else _q(self.gpu_free[i] + gpu)
             if after > self.gpu_capacity[i] + 1e-9 or (gpu >= 1 and self.gpu_free[i] > 1e-9):
                 raise ReleaseError(f"released GPU {i}, which was not taken: released twice?")
         for k, v in shape.items():
             self.available[k] = _q(self.available.get(k, 0.0) + v)
-        for i in gpu_ids if gpu > 0 else ():
+        for i in devices if gpu > 0 else ():
             self.gpu_free[i] = self.gpu_capacity[i] if gpu >= 1 else _q(self.gpu_free[i] + gpu)
 
     def lend(self, cpus: float) -> None:
@@ -286,8 +293,9 @@ class LeaseQueue:
 
     Examples:
         >>> q = LeaseQueue(); q.push("big"); q.push("small")
-        >>> [item for item, _ in q.take_grantable(ResourcePool({"CPU": 1}),
-        ...                                        lambda i: {"CPU": 4 if i == "big" else 1})]
+        >>> pool = ResourcePool({"CPU": 1})
+        >>> [item for item, _, _ in q.take_grantable(lambda i: [pool],
+        ...                                           lambda i: {"CPU": 4 if i == "big" else 1})]
         ['small']
     """
 
@@ -305,14 +313,17 @@ class LeaseQueue:
             self._items.remove(i)
         return gone
 
-    def take_grantable(self, pool: ResourcePool, shape_of) -> list:
-        """Pop every request that fits, acquiring its resources; returns [(item, gpu_ids)]."""
+    def take_grantable(self, pools_of, shape_of) -> list:
+        """Pop every request that fits one of its pools (``pools_of(item)``: the pools it may
+        take from, in order), acquiring its resources there; returns
+        ``[(item, pool, gpu_ids)]``."""
         granted = []
         for item in list(self._items):
             shape = shape_of(item)
-            if pool.fits(shape):
+            pool = next((p for p in pools_of(item) if p.fits(shape)), None)
+            if pool is not None:
                 self._items.remove(item)
-                granted.append((item, pool.acquire(shape)))
+                granted.append((item, pool, pool.acquire(shape)))
         return granted
 
     def __len__(self) -> int:

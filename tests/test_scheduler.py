@@ -57,8 +57,8 @@ def test_lease_queue_lets_small_requests_pass_a_big_one():
     q = LeaseQueue()
     q.push(("big", {"CPU": 4}))
     q.push(("small", {"CPU": 1}))
-    granted = q.take_grantable(pool, lambda item: item[1])
-    assert [item[0] for item, _ in granted] == ["small"]
+    granted = q.take_grantable(lambda item: [pool], lambda item: item[1])
+    assert [item[0] for item, _, _ in granted] == ["small"]
     assert [item[0] for item in q] == ["big"]
 
 

@@ -38,7 +38,7 @@ def test_the_node_decides_spread_and_affinity_over_plain_data():
             if isinstance(o, SpillBack)] == ["addr-b"]
     (fail,) = [o for o in ask(10, {"kind": "node", "node_id": "gone", "soft": False})
                if isinstance(o, FailRequest)]
-    assert fail.unschedulable and "names a node that is not alive" in fail.message
+    assert fail.kind == "unschedulable" and "names a node that is not alive" in fail.message
     assert "can never hold" in [o for o in ask(11, {"kind": "node", "node_id": "tiny",
                                                     "soft": False})][0].message
     soft = ask(12, {"kind": "node", "node_id": "gone", "soft": True})
@@ -58,8 +58,9 @@ def test_the_head_places_actors_by_strategy_over_plain_data():
 
 
 def test_strategies_are_checked_where_they_are_given():
-    with pytest.raises(ValueError, match="PlacementGroupSchedulingStrategy is not supported"):
-        strategy_wire(PlacementGroupSchedulingStrategy(None))
+    with pytest.raises(TypeError, match="placement_group must be a PlacementGroup"):
+        strategy_wire(PlacementGroupSchedulingStrategy("my-group"))
+    assert strategy_wire(PlacementGroupSchedulingStrategy(None)) == {"kind": "default"}
     with pytest.raises(TypeError, match="scheduling_strategy must be 'DEFAULT', 'SPREAD'"):
         strategy_wire("NEAREST")
     with pytest.raises(TypeError, match="needs a node id"):

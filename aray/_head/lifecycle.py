@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import placement
+from .group_table import PlacementGroupTable
 from .state import ActorRecord, ActorState, ActorTable, NodeTable
 
 log = logging.getLogger("aray.head")
@@ -141,6 +142,21 @@ class JobFinished:
     job_id: str
 
 
+@dataclass(frozen=True)
+class PlacementGroupPlaced:
+    """Every bundle of a placement group is reserved: its waiting actors can be placed."""
+
+    pg_id: str
+
+
+@dataclass(frozen=True)
+class PlacementGroupRemoved:
+    """A placement group was removed: the actors in it die (``why`` says how)."""
+
+    pg_id: str
+    why: str
+
+
 # --- instructions ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Place:
@@ -203,11 +219,14 @@ class ActorLifecycle:
     Args:
         actors: the table it changes.
         nodes: the table of nodes it reads (to place actors and to know which are alive).
+        groups: the placement groups it reads (where an actor's bundle is).
     """
 
-    def __init__(self, actors: ActorTable, nodes: NodeTable) -> None:
+    def __init__(self, actors: ActorTable, nodes: NodeTable,
+                 groups: PlacementGroupTable | None = None) -> None:
         self.actors = actors
         self.nodes = nodes
+        self.groups = groups if groups is not None else PlacementGroupTable()
         self._waiters: dict[str, list[Waiter]] = {}  # actor id -> WaitRequested callers
         self._kill_waiters: dict[str, list[Waiter]] = {}  # actor id -> KillRequested callers
         self._spread_turn = 0  # SPREAD's rotation over the nodes
@@ -218,6 +237,8 @@ class ActorLifecycle:
             GraceOver: self._grace_over, CallerLeft: self._caller_left,
             NodeJoined: self._node_joined, NodeDied: self._node_died,
             JobFinished: self._job_finished,
+            PlacementGroupPlaced: self._group_placed,
+            PlacementGroupRemoved: self._group_removed,
         }
 
     def handle(self, event) -> list:
@@ -323,8 +344,8 @@ class ActorLifecycle:
             if record.state not in _WAITING or record.spec is None:
                 continue
             current = self.nodes.nodes.get(record.node_id)
-            if (record.spec.get("scheduling_strategy") or {}).get("kind") == "node":
-                continue  # it waits for its own node
+            if (record.spec.get("scheduling_strategy") or {}).get("kind") in ("node", "pg"):
+                continue  # it waits for its own node, or its bundle
             if placement.should_move(record.spec["placement"],
                                      current if current is not None and current.alive else None,
                                      joined):
@@ -342,10 +363,29 @@ class ActorLifecycle:
                     record.state != ActorState.DEAD:
                 self._kill(record, f"its driver (job {ev.job_id}) exited", True, out)
 
+    def _group_placed(self, ev: PlacementGroupPlaced, out: list) -> None:
+        for record in self._in_group(ev.pg_id):
+            if record.state in _WAITING and not record.node_id and record.spec is not None:
+                self._place(record, out)
+
+    def _group_removed(self, ev: PlacementGroupRemoved, out: list) -> None:
+        for record in self._in_group(ev.pg_id):
+            if record.state != ActorState.DEAD:  # (its node kills its worker too)
+                record.no_restart = True
+                self._mark_dead(record, f"its placement group {ev.pg_id} was removed: {ev.why}",
+                                out)
+
+    def _in_group(self, pg_id: str) -> list[ActorRecord]:
+        return [r for r in self.actors.actors.values() if r.spec is not None and (
+            r.spec.get("scheduling_strategy") or {}).get("pg_id") == pg_id]
+
     # --- decisions shared by the events --------------------------------------------------
     def _place(self, record: ActorRecord, out: list) -> None:
         assert record.spec is not None  # only actors whose creator sent their spec are placed
         strategy = record.spec.get("scheduling_strategy") or {}
+        if strategy.get("kind") == "pg":
+            self._place_in_group(record, strategy, out)
+            return
         node_id, why = placement.place(self.nodes.iter_alive(), record.spec["placement"],
                                        strategy, self._spread_turn)
         if strategy.get("kind") == "spread":
@@ -356,6 +396,20 @@ class ActorLifecycle:
         record.node_id = node_id
         self.nodes.reserve(node_id, record.spec["placement"])
         out.append(Place(node_id, record.actor_id, record.spec))
+
+    def _place_in_group(self, record: ActorRecord, strategy: dict, out: list) -> None:
+        """On the node of its bundle, once the group is placed (until then it waits)."""
+        assert record.spec is not None
+        bundles = self.groups.bundle_nodes(strategy["pg_id"])
+        if bundles is None:
+            self._mark_dead(record, f"its placement group {strategy['pg_id']} was removed", out)
+            return
+        node_id = placement.bundle_node(bundles, int(strategy.get("index", -1)),
+                                        record.spec["placement"], self._spread_turn)
+        self._spread_turn += 1
+        record.node_id = node_id or ""
+        if node_id:
+            out.append(Place(node_id, record.actor_id, record.spec))
 
     def _kill(self, record: ActorRecord, cause: str, no_restart: bool, out: list) -> None:
         record.no_restart = record.no_restart or no_restart

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from ..node.scheduler import fits
+from ..node.scheduler import fits, taken
 
 
 class NodeResources(Protocol):
@@ -108,3 +108,88 @@ def on_node(items: Iterable, node_id: str) -> list:
     """Those of ``items`` (anything with a ``node_id``) placed on ``node_id``: what a
     node's death affects."""
     return [item for item in items if item.node_id == node_id]
+
+
+def bundle_node(bundles: list[tuple[str | None, dict]], index: int, shape: dict,
+                turn: int = 0) -> str | None:
+    """The node a request of ``shape`` in a placement group goes to: that of bundle
+    ``index``, or for -1 the node of a bundle that can hold it (``turn`` rotates among
+    them); ``None`` while the bundle is not reserved.
+
+    Example:
+        >>> bundle_node([("a", {"CPU": 1.0}), ("b", {"CPU": 4.0})], -1, {"CPU": 2})
+        'b'
+    """
+    if index >= 0:
+        return bundles[index][0] if index < len(bundles) else None
+    able = [node for node, b in bundles if node is not None and fits(shape, b)]
+    return able[turn % len(able)] if able else None
+
+
+#: the placement group strategies, as Ray names them
+PG_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
+def plan_bundles(nodes: Iterable[NodeResources], bundles: list[dict], strategy: str,
+                 fixed: dict[int, str] | None = None, *, free: bool = True) -> list[str] | None:
+    """The node of each bundle of a placement group, all at once, or ``None`` when they
+    cannot all be placed (nothing is half-placed). ``fixed``: the bundles that keep their
+    node (a group rescheduling the bundles of a dead node). ``free``: plan over what the
+    nodes have free now; ``False``: over their totals (could the group ever be placed?).
+
+    * ``PACK``: as few nodes as will do, one if one can hold them all;
+    * ``SPREAD``: a node of its own for each bundle where there are nodes enough;
+    * ``STRICT_PACK``: one node for all, or none;
+    * ``STRICT_SPREAD``: a node of its own for each bundle, or none.
+
+    Examples:
+        >>> from aray._head.state import NodeInfo
+        >>> nodes = [NodeInfo(n, "", "", {"CPU": 2.0}, {"CPU": 2.0}) for n in "ab"]
+        >>> plan_bundles(nodes, [{"CPU": 1}, {"CPU": 1}], "PACK")
+        ['a', 'a']
+        >>> plan_bundles(nodes, [{"CPU": 1}, {"CPU": 1}], "SPREAD")
+        ['a', 'b']
+        >>> plan_bundles(nodes, [{"CPU": 1}] * 3, "STRICT_SPREAD") is None
+        True
+        >>> plan_bundles(nodes, [{"CPU": 2}, {"CPU": 1}], "PACK")
+        ['a', 'b']
+        >>> plan_bundles(nodes, [{"CPU": 1}, {"CPU": 1}], "STRICT_SPREAD", {0: "b"})
+        ['b', 'a']
+    """
+    fixed = fixed or {}
+    have = {n.node_id: dict(n.available if free else n.total) for n in nodes}
+    order = list(have)
+    plan: list[str | None] = [fixed.get(i) for i in range(len(bundles))]
+    todo = [i for i in range(len(bundles)) if plan[i] is None]
+    if strategy in ("PACK", "STRICT_PACK"):
+        # the node that holds the fixed ones (or any, in order) if it takes all the others
+        used = [n for n in dict.fromkeys(plan) if n is not None]
+        for node_id in used + [n for n in order if n not in used]:
+            if node_id in have and fits(_sum(bundles[i] for i in todo), have[node_id]):
+                for i in todo:
+                    plan[i] = node_id
+                return plan  # type: ignore[return-value]
+        if strategy == "STRICT_PACK":
+            return None
+    for i in todo:
+        used = [n for n in plan if n is not None]
+        if strategy == "PACK":  # the nodes already used first, in the order they were
+            candidates = list(dict.fromkeys(used)) + [n for n in order if n not in used]
+        else:  # spread: nodes not used yet first (only those, when strict)
+            candidates = [n for n in order if n not in used]
+            if strategy == "SPREAD":
+                candidates += list(dict.fromkeys(used))
+        node_id = next((n for n in candidates if fits(bundles[i], have[n])), None)
+        if node_id is None:
+            return None
+        plan[i] = node_id
+        have[node_id] = taken(have[node_id], bundles[i])
+    return plan  # type: ignore[return-value]
+
+
+def _sum(shapes: Iterable[dict]) -> dict:
+    total: dict = {}
+    for shape in shapes:
+        for k, v in shape.items():
+            total[k] = total.get(k, 0.0) + v
+    return total

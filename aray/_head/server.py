@@ -15,8 +15,10 @@ from .._link import Link, Server
 from .._periodic import every
 from . import lifecycle as L
 from . import views
+from .group_table import PlacementGroupTable
 from .jobs import JobManager
 from .packages import PackageStore
+from .placement_groups import PlacementGroups
 from .state import MAX_DEAD_NODES, ActorTable, JobTable, NodeTable, TaskTable
 
 log = logging.getLogger("aray.head")
@@ -63,7 +65,11 @@ class Head:
         self._link_of_node: dict[str, Link] = {}  # and back
         self.local_node_id = ""  # the node whose process runs the head
         self._driver_links: dict[str, Link] = {}  # job id -> driver link
-        self.lifecycle = L.ActorLifecycle(self.actors, self.nodes)
+        self.placement_groups = PlacementGroupTable()
+        self.lifecycle = L.ActorLifecycle(self.actors, self.nodes, self.placement_groups)
+        #: placement groups' messages, and the reservation of their bundles
+        self.groups = PlacementGroups(self)
+        self._dispatch.add(self.groups)
         self._carry_out = self._instructions()
         self._view_timer: asyncio.TimerHandle | None = None
         # nodes whose view entry changed since the last ClusterViewUpdated (in the order
@@ -97,6 +103,7 @@ class Head:
             self._watchdog.cancel()
         if self.submitted_jobs is not None:
             self.submitted_jobs.aclose()
+        self.groups.aclose()
         await self.server.aclose()
 
     def _check_heartbeats(self) -> None:
@@ -151,6 +158,7 @@ class Head:
             if not node_link.closed:
                 node_link.send(P.JobFinished(job_id, driver_address))
         self._actor_event(L.JobFinished(job_id))
+        self.groups.job_finished(job_id)
 
     def _on_RegisterNode(self, link: Link, msg: P.RegisterNode) -> None:
         self.nodes.join(msg.node_id, msg.address, msg.ip, msg.resources, msg.host)
@@ -161,6 +169,7 @@ class Head:
             link.send(P.ClusterViewChanged(self.nodes.view()))
             self._view_holders.add(link)
         self._actor_event(L.NodeJoined(msg.node_id))
+        self.groups.changed()
 
     def _remove_files_of(self, node_id: str) -> None:
         """A dead node of this machine whose process is gone (killed) could not remove its
@@ -196,6 +205,7 @@ class Head:
             return
         self.nodes.update_available(msg.node_id, msg.available)
         self._view_dirty[msg.node_id] = None
+        self.groups.changed()  # (at once, when no group waits)
         if len(self.node_links) > 1:
             # agents spill work to nodes with free resources: keep them informed
             self._view_changed_soon()
@@ -226,10 +236,13 @@ class Head:
             rows = self.tasks.rows()
         elif msg.kind == "task_summary":
             rows = [self.tasks.summary()]
+        elif msg.kind == "placement_groups":
+            rows = self.groups.rows()
         elif msg.kind == "objects":  # the nodes know them: answer once they have
             return self._send_objects(link, msg.req_id)  # run by the link
         else:
-            error = f"unknown state kind {msg.kind!r}: nodes, actors, jobs, tasks or objects"
+            error = (f"unknown state kind {msg.kind!r}: nodes, actors, jobs, tasks, objects or "
+                     "placement_groups")
         link.send(P.StateRows(msg.req_id, rows, error))
 
     async def _send_objects(self, link: Link, req_id: int) -> None:
@@ -255,6 +268,7 @@ class Head:
             self._remove_files_of(node_id)
             self._view_changed_soon()
             self._actor_event(L.NodeDied(node_id))
+            self.groups.node_lost(node_id)
             if self.submitted_jobs is not None:
                 self.submitted_jobs.node_lost(node_id)
 
@@ -344,9 +358,14 @@ class Head:
     def _on_LeaseInfeasible(self, link: Link, msg: P.LeaseInfeasible) -> None:
         """An agent cannot place an actor anywhere: tell the driver of its job."""
         record = self.actors.actors.get(msg.actor_id)
-        driver = self._driver_links.get(record.job_id) if record else None
+        if record is not None:
+            self.warn_job(record.job_id, msg.message)
+
+    def warn_job(self, job_id: str, message: str) -> None:
+        """Show ``message`` to the user of a job: its driver prints it."""
+        driver = self._driver_links.get(job_id)
         if driver is not None and not driver.closed:
-            driver.send(P.Warn(msg.message))
+            driver.send(P.Warn(message))
 
     def _broadcast_view(self) -> None:
         """Send the agents what changed in the view since the last time (each agent got

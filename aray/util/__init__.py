@@ -19,8 +19,18 @@ from .._api import get, wait
 from .._as_completed import as_completed as _refs_as_completed
 from .._refs import ObjectRef
 from ._actor_pool import ActorPool
+from .placement_group import (
+    PlacementGroup,
+    get_current_placement_group,
+    get_placement_group,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
 
-__all__ = ["ActorPool", "as_completed", "map_unordered"]
+__all__ = ["ActorPool", "PlacementGroup", "as_completed", "get_current_placement_group",
+           "get_placement_group", "map_unordered", "placement_group", "placement_group_table",
+           "remove_placement_group"]
 
 # Ray's defaults (ray.util.helpers)
 DEFAULT_CHUNK_SIZE = 10

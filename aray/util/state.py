@@ -24,8 +24,8 @@ from .. import _protocol as P
 from .._link import CONTROL_TIMEOUT, ask
 from .._portal import call
 
-__all__ = ["list_actors", "list_jobs", "list_nodes", "list_objects", "list_tasks",
-           "summarize_tasks"]
+__all__ = ["list_actors", "list_jobs", "list_nodes", "list_objects", "list_placement_groups",
+           "list_tasks", "summarize_tasks"]
 
 Filter = tuple[str, str, Any]
 
@@ -127,6 +127,27 @@ def list_objects(filters: list[Filter] | None = None, *,
         [True]
     """
     return _rows("objects", filters, address)
+
+
+def list_placement_groups(filters: list[Filter] | None = None, *,
+                          address: str | None = None) -> list[dict]:
+    """Every placement group the head knows (removed ones too, the last 10,000):
+    ``placement_group_id``, ``name``, ``namespace``, ``job_id``, ``state`` (``PENDING``,
+    ``CREATED``, ``RESCHEDULING``, ``REMOVED``), ``strategy``, ``bundles`` (index ->
+    resources), ``bundles_to_node_id``, ``is_detached`` and ``created_at``.
+
+    Examples:
+        >>> import aray
+        >>> from aray.util.state import list_placement_groups
+        >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+        >>> pg = aray.util.placement_group([{"CPU": 1}], name="state-doc-pg")
+        >>> pg.wait(30)
+        True
+        >>> [g["state"] for g in list_placement_groups(filters=[("name", "=", "state-doc-pg")])]
+        ['CREATED']
+        >>> aray.util.remove_placement_group(pg)
+    """
+    return _rows("placement_groups", filters, address)
 
 
 def summarize_tasks(*, address: str | None = None) -> dict[str, dict[str, int]]:
