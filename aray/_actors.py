@@ -25,8 +25,8 @@ from ._options import (
     validate_method_options,
 )
 from ._portal import on_loop
-from ._runtime_context import captured_strategy
 from ._refs import ObjectRef, new_task_id, return_id
+from ._runtime_context import captured_strategy
 from ._signatures import checker, spec_of
 from ._tasks import FunctionDescriptor, serialize_args
 

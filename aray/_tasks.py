@@ -24,7 +24,6 @@ import cloudpickle
 
 from . import _protocol as P
 from ._link import Link
-from .node.scheduler import fits
 from ._objects import INLINE_THRESHOLD, ObjectState
 from ._refs import ArgSlot, ObjectRef, collect_refs
 from ._runtime_context import job_namespace
@@ -40,6 +39,7 @@ from .exceptions import (
     WorkerCrashedError,
     error_from_blob,
 )
+from .node.scheduler import fits
 from .store._serialize import serialize
 
 if TYPE_CHECKING:
