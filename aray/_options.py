@@ -98,11 +98,44 @@ def check_num_returns(value: Any) -> Any:
     return _number("num_returns", value, integer=True, maximum=MAX_RETURNS)
 
 
+#: Ray's older options for a placement group, which its scheduling_strategy replaced
+LEGACY_GROUP_OPTIONS = ("placement_group", "placement_group_bundle_index",
+                        "placement_group_capture_child_tasks")
+
+
+def fold_group_options(options: dict) -> dict:
+    """Ray's older ``placement_group=pg, placement_group_bundle_index=i,
+    placement_group_capture_child_tasks=b`` as the ``scheduling_strategy`` they mean (as
+    Ray still takes them); their defaults are dropped.
+
+    Example:
+        >>> fold_group_options({"num_cpus": 1, "placement_group": "default"})
+        {'num_cpus': 1}
+    """
+    given = {k: options[k] for k in LEGACY_GROUP_OPTIONS if k in options}
+    if not given:
+        return options
+    out = {k: v for k, v in options.items() if k not in LEGACY_GROUP_OPTIONS}
+    group = given.get("placement_group")
+    if group is None or group == "default":
+        return out
+    if options.get("scheduling_strategy") is not None:
+        raise ValueError("give either placement_group or scheduling_strategy, not both "
+                         "(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, ...) is "
+                         "the newer form)")
+    from .util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    out["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+        group, given.get("placement_group_bundle_index", -1),
+        given.get("placement_group_capture_child_tasks"))
+    return out
+
+
 def validate_task_options(options: dict) -> dict:
     """Check ``@aray.remote``/``.options`` keywords for a task; returns them with numbers
     as plain ints and floats."""
     out = {}
-    for key, value in options.items():
+    for key, value in fold_group_options(options).items():
         if not known_option(key, value, "task"):
             continue
         if key in ("num_cpus", "num_gpus", "memory"):
@@ -223,7 +256,7 @@ MAX_CONCURRENCY = 100_000
 def validate_actor_options(options: dict) -> dict:
     """Check an actor's options; returns them with numbers as plain ints and floats."""
     out: dict[str, Any] = {}
-    for key, value in options.items():
+    for key, value in fold_group_options(options).items():
         if not known_option(key, value, "actor"):
             continue
         if value is None and ACTOR_OPTIONS[key] is None:
@@ -288,11 +321,6 @@ def validate_options_for_any(options: dict) -> None:
 #: not have yet: the kinds Ray takes each for ("init" for init()), and what to do instead in
 #: aray (docs/migrating.md, "Not in aray yet")
 _NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
-    "placement_group": (("task", "actor"), "aray has no placement groups yet: ask for custom "
-                        "resources to keep work together on a node"),
-    "placement_group_bundle_index": (("task", "actor"), "aray has no placement groups yet"),
-    "placement_group_capture_child_tasks": (("task", "actor"),
-                                            "aray has no placement groups yet"),
     "label_selector": (("task", "actor"), "aray's nodes have no labels: give them custom "
                        "resources and ask for those"),
     "fallback_strategy": (("task", "actor"), "aray's nodes have no labels: give them custom "
@@ -333,8 +361,6 @@ _NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
 #: accepted, and dropped, so that code that spells out a default runs unchanged
 _DEFAULTS: dict[str, tuple[Any, ...]] = {
 
-    "placement_group": (None, "default"), "placement_group_bundle_index": (-1,),
-    "placement_group_capture_child_tasks": (None, False),
     "label_selector": (None, {}), "fallback_strategy": (None, []), "_labels": (None, {}),
     "_metadata": (None, {}), "enable_task_events": (None, True),
     "object_store_memory": (None,),
@@ -360,12 +386,12 @@ def known_option(key: str, value: Any, kind: str) -> bool:
     and for a name that is no option of ``kind``, with the closest one.
 
     Examples:
-        >>> known_option("num_cpus", 2, "task"), known_option("placement_group", None, "task")
+        >>> known_option("num_cpus", 2, "task"), known_option("_metadata", None, "task")
         (True, False)
-        >>> known_option("placement_group", "pg", "task")
+        >>> known_option("_metadata", {"a": 1}, "task")
         Traceback (most recent call last):
         ...
-        ValueError: placement_group is not supported by aray yet: aray has no placement ...
+        ValueError: _metadata is not supported by aray yet: it carries settings of Ray's ...
         >>> known_option("num_cpu", 2, "task")
         Traceback (most recent call last):
         ...

@@ -461,6 +461,21 @@ def as_completed_10k(rt, n, rounds, d):
     return {"as_completed over 10k refs": rates(n * 10_000, timed(run, rounds))}
 
 
+def placement_group_create_removal(rt, n, rounds, d):
+    """Ray's ``placement_group_create/removal`` row: create n groups of one small bundle,
+    wait for each, then remove them all (one operation: a group created and removed)."""
+    util = __import__(rt.__name__ + ".util", fromlist=["placement_group"])
+
+    def run():
+        groups = [util.placement_group([{"CPU": 0.001}]) for _ in range(n)]
+        for pg in groups:
+            assert pg.wait(timeout_seconds=30)
+        for pg in groups:
+            util.remove_placement_group(pg)
+
+    return {"placement group create/removal": rates(n, timed(run, rounds))}
+
+
 def actor_memory(rt, n, rounds, d):
     """Memory of the whole process tree with n idle actors, minus the same without them.
 
@@ -516,6 +531,8 @@ WORKLOADS = {
     "actor_calls_awaited": (actor_calls_awaited, 5_000, "actor calls awaited (asyncio.gather)"),
     "as_completed_10k": (as_completed_10k, 3, "as_completed over 10k refs"),
     "tasks_queued": (tasks_queued, 1, "tasks async, 1k/10k/100k queued"),
+    "placement_group_create_removal": (placement_group_create_removal, 100,
+                                       "placement group create/removal"),
     "actor_memory": (actor_memory, 10, "memory per idle actor"),
 }
 

@@ -240,8 +240,9 @@ class RuntimeContext:
         return list(task.gpu_ids) if task is not None else []
 
     def get_placement_group_id(self) -> str | None:
-        """None: aray has no placement groups (yet), so no task runs in one."""
-        return None
+        """The id (hex) of the placement group the running task or actor was scheduled
+        in, or None (in the driver, or outside any group)."""
+        return current_group_wire().get("pg_id")
 
     # --- the running actor ---------------------------------------------------------------
     def get_actor_id(self) -> str | None:

@@ -388,6 +388,8 @@ class SubmitHost(Protocol):
 
     async def peer(self, address: str) -> Link: ...
 
+    async def head_link(self) -> Link: ...
+
 
 class TaskSubmitter:
     """This process's submitted tasks, from ``f.remote()`` until their results arrive."""

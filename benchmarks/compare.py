@@ -89,6 +89,7 @@ WORKLOADS_LIST = [
     Workload("tasks_awaited", 5_000, 2_000, "tasks per round"),
     Workload("actor_calls_awaited", 5_000, 2_000, "calls per round"),
     Workload("tasks_queued", 1, 1, "1k, 10k and 100k tasks, one round each"),
+    Workload("placement_group_create_removal", 100, 50, "groups per round"),
     Workload("actor_memory", 10, 10, "actors"),
 ]
 BY_KEY = {w.key: w for w in WORKLOADS_LIST}
@@ -130,6 +131,7 @@ ROWS = [
     _rate("tasks async, 1k queued", "tasks/s", "tasks_queued"),
     _rate("tasks async, 10k queued", "tasks/s", "tasks_queued"),
     _rate("tasks async, 100k queued", "tasks/s", "tasks_queued"),
+    _rate("placement group create/removal", "groups/s", "placement_group_create_removal"),
     Row("memory per idle actor", "memory per idle actor (RSS)", "MB", False, "actor_memory", 1),
     Row("memory per idle actor (PSS)", "memory per idle actor (PSS)", "MB", False,
         "actor_memory", 1),

@@ -266,7 +266,7 @@ def echo_output() -> tuple[Echo, Echo]:
 
 #: the polling helpers and Echo, for scripts the tests run in interpreters of their own
 SCRIPT_HELPERS = "\n\n".join(inspect.getsource(f)
-                               for f in (wait_until, stays_true, Echo, echo_output))
+                               for f in (_timed_out, wait_until, stays_true, Echo, echo_output))
 PRELUDE += "\n" + SCRIPT_HELPERS
 
 

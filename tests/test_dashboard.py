@@ -21,7 +21,7 @@ from aray.util.state import list_objects
 pytestmark = pytest.mark.anyio
 
 API_PATHS = ["/api/summary", "/api/nodes", "/api/tasks", "/api/actors", "/api/objects",
-             "/api/jobs", "/api/timeline", "/api/logs", "/metrics"]
+             "/api/jobs", "/api/placement_groups", "/api/timeline", "/api/logs", "/metrics"]
 
 
 @aray.remote
@@ -55,6 +55,8 @@ def work(cluster):
     assert aray.get(counter.ping.remote()) == "pong"
     assert aray.get(counter.say.remote("hello")) == "hello"
     big = aray.put(b"x" * 2_000_000)
+    group = aray.util.placement_group([{"Custom": 1}], name="dash-group")
+    assert group.wait(30)
     core = _global.core()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # task events go to the head in batches
@@ -65,6 +67,7 @@ def work(cluster):
     time.sleep(1.2)  # and a heartbeat brings the host's CPU and memory
     yield {"url": core.dashboard_url, "token": core.token, "node_id": core.node_id,
            "object": big.hex(), "actor": counter}
+    aray.util.remove_placement_group(group)
 
 
 def browser_like(source: str = "127.0.0.1"):
@@ -383,6 +386,11 @@ async def test_api_shows_nodes_tasks_actors_objects_jobs(work):
 
         jobs = (await get_json(s, url + "/api/jobs", token))["rows"]
         assert any(j["driver_pid"] == os.getpid() and j["alive"] for j in jobs)
+
+        groups = (await get_json(s, url + "/api/placement_groups", token))["rows"]
+        group = next(g for g in groups if g["name"] == "dash-group")
+        assert group["state"] == "CREATED" and group["bundles"] == {"0": {"Custom": 1.0}}
+        assert group["bundles_to_node_id"] == {"0": work["node_id"]}
 
         timeline = await get_json(s, url + "/api/timeline?seconds=600", token)
         assert any(r["name"] == "dash_square" and r["end"] >= r["start"]
@@ -725,6 +733,11 @@ def test_dashboard_in_a_browser(work, tmp_path):
             page.wait_for_function("() => document.querySelector('#log-view').textContent"
                                    ".includes('dash says in the browser')", timeout=15000)
             page.screenshot(path=str(tmp_path / "logs.png"), full_page=True)
+            page.goto(url + "/#groups")  # the placement groups, with their bundles' nodes
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#group-rows td')].some(td => "
+                f"td.textContent.includes('on {work['node_id'][:8]}'))", timeout=15000)
+            assert "dash-group" in page.inner_text("#group-rows")
             assert errors == []
         finally:
             browser.close()

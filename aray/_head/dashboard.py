@@ -170,6 +170,7 @@ class Dashboard(LoginPages):
         self.app.router.add_get("/api/actors", self._api_actors)
         self.app.router.add_get("/api/objects", self._api_objects)
         self.app.router.add_get("/api/jobs", self._api_jobs)
+        self.app.router.add_get("/api/placement_groups", self._api_placement_groups)
         self.app.router.add_get("/api/timeline", self._api_timeline)
         self.app.router.add_get("/api/logs", self._api_logs)
         self.app.router.add_get("/api/logs/{node_id}/{file}", self._api_log)
@@ -339,6 +340,12 @@ class Dashboard(LoginPages):
     async def _api_jobs(self, request: web.Request) -> web.Response:
         rows = list(reversed(views.jobs(await self._snapshot())))
         return web.json_response(views.page(rows, 0, len(rows), len(rows)))
+
+    async def _api_placement_groups(self, request: web.Request) -> web.Response:
+        """The placement groups, newest first, a page at a time (``offset``, ``limit``)."""
+        offset, limit = _window(request.query)
+        rows = list(reversed((await self._snapshot()).group_rows))
+        return web.json_response(views.page_of(rows, offset, limit))
 
     async def _api_timeline(self, request: web.Request) -> web.Response:
         seconds = int_param(request.query, "seconds", 60, TIMELINE_SECONDS)

@@ -365,7 +365,8 @@ class ActorLifecycle:
 
     def _group_placed(self, ev: PlacementGroupPlaced, out: list) -> None:
         for record in self._in_group(ev.pg_id):
-            if record.state in _WAITING and not record.node_id and record.spec is not None:
+            node = self.nodes.nodes.get(record.node_id)
+            if record.state in _WAITING and (node is None or not node.alive):
                 self._place(record, out)
 
     def _group_removed(self, ev: PlacementGroupRemoved, out: list) -> None:

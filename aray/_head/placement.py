@@ -179,11 +179,11 @@ def plan_bundles(nodes: Iterable[NodeResources], bundles: list[dict], strategy: 
             candidates = [n for n in order if n not in used]
             if strategy == "SPREAD":
                 candidates += list(dict.fromkeys(used))
-        node_id = next((n for n in candidates if fits(bundles[i], have[n])), None)
-        if node_id is None:
+        chosen = next((n for n in candidates if fits(bundles[i], have[n])), None)
+        if chosen is None:
             return None
-        plan[i] = node_id
-        have[node_id] = taken(have[node_id], bundles[i])
+        plan[i] = chosen
+        have[chosen] = taken(have[chosen], bundles[i])
     return plan  # type: ignore[return-value]
 
 

@@ -267,8 +267,8 @@ class Head:
                 other.send_if_open(died)
             self._remove_files_of(node_id)
             self._view_changed_soon()
+            self.groups.node_lost(node_id)  # (first: its actors restart in their bundles)
             self._actor_event(L.NodeDied(node_id))
-            self.groups.node_lost(node_id)
             if self.submitted_jobs is not None:
                 self.submitted_jobs.node_lost(node_id)
 

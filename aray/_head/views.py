@@ -78,6 +78,7 @@ class Snapshot:
         self.jobs = head.jobs.snapshot()
         self.actors = head.actors.snapshot()
         self.submissions = head.submissions
+        self.group_rows = head.groups.rows()  # (a list of new dicts: safe on another thread)
         # without task_rows: the tasks' number and counts only (all the summary needs)
         self.tasks = head.tasks.snapshot(task_rows)
 

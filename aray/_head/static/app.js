@@ -7,7 +7,7 @@
 
 // --- constants ----------------------------------------------------------------------------
 
-const ROUTES = ['overview', 'tasks', 'actors', 'objects', 'logs', 'jobs'];
+const ROUTES = ['overview', 'tasks', 'actors', 'objects', 'logs', 'jobs', 'groups'];
 const PAGE_SIZE = 50;
 const NAME_FILTER_DELAY_MS = 300;
 const RECONNECT_MIN_MS = 1000;
@@ -91,6 +91,10 @@ const TABLE_VIEWS = {
   jobs: makeTableView({
     name: 'jobs', url: '/api/jobs', tbody: 'job-rows', columns: 7,
     emptyText: 'No jobs.', renderRow: renderJobRow,
+  }),
+  groups: makeTableView({
+    name: 'groups', url: '/api/placement_groups', tbody: 'group-rows', columns: 6,
+    emptyText: 'No placement groups.', renderRow: renderGroupRow,
   }),
 };
 
@@ -1015,6 +1019,23 @@ function renderObjectsHeader(data) {
   const total = Number(data.total) || 0;
   $('objects-header').textContent = `${total} object${total === 1 ? '' : 's'}, `
     + `${formatBytes(data.total_bytes)} in total`;
+}
+
+// A placement group: its bundles (index: resources) and the node each is reserved on.
+function renderGroupRow(group) {
+  const bundles = Object.entries(group.bundles || {}).map(([i, shape]) => {
+    const node = (group.bundles_to_node_id || {})[i];
+    const resources = Object.entries(shape).map(([k, v]) => `${k}: ${v}`).join(', ');
+    return `${i}: {${resources}}${node ? ` on ${shortId(node, 8)}` : ''}`;
+  });
+  return el('tr', { dataset: { groupId: group.placement_group_id } }, [
+    idCell(group.placement_group_id),
+    el('td', { text: group.name || '', title: group.name || null }),
+    el('td', null, stateChip(group.state)),
+    el('td', { text: group.strategy || '' }),
+    el('td', { className: 'mono', text: bundles.join('; ') }),
+    el('td', { text: group.is_detached ? 'detached' : (group.job_id || '') }),
+  ]);
 }
 
 function renderJobRow(job) {
