@@ -3,8 +3,6 @@ groups on real clusters started by the CLI (two nodes; a node killed under a gro
 group waiting for a node to join)."""
 
 import json
-import os
-import signal
 
 import pytest
 from test_cluster import Cluster
