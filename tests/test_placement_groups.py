@@ -365,3 +365,20 @@ def test_a_group_waits_for_a_node_and_moves_off_a_dead_one(cluster, tmp_path):
     """, tmp_path, timeout=150)
     assert "MOVED True True" in r.stdout
     assert "cannot be placed right now" in r.stderr and "STRICT_PACK" in r.stderr
+
+
+def test_groups_created_while_others_are_placed_are_all_placed(run_script):
+    """Groups that arrive while the head is reserving others are tried too, not left
+    pending until something else changes."""
+    r = run_script("""
+        from aray.util import placement_group, remove_placement_group, placement_group_table
+        aray.init(num_cpus=2)
+        for _ in range(3):
+            groups = [placement_group([{"CPU": 0.001}]) for _ in range(100)]
+            wait_until(lambda: all(placement_group_table(g)["state"] == "CREATED"
+                                   for g in groups), 20, message="every group placed")
+            for g in groups:
+                remove_placement_group(g)
+        print("DONE")
+    """).check()
+    assert "DONE" in r.stdout

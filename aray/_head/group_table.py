@@ -99,6 +99,9 @@ class PlacementGroupTable:
     def __init__(self, max_removed: int = MAX_REMOVED_GROUPS) -> None:
         self.groups: dict[str, PlacementGroupRecord] = {}
         self.names: dict[tuple[str, str], str] = {}
+        # the groups with bundles to reserve, oldest first: what every node's report asks
+        # about, kept apart from the (many) groups placed or removed
+        self._waiting: dict[str, None] = {}
         self._removed: dict[str, None] = {}
         self.max_removed = max_removed
 
@@ -109,6 +112,7 @@ class PlacementGroupTable:
                                        for b in bundles],
                                       strategy, job_id, detached, nodes=[None] * len(bundles))
         self.groups[pg_id] = record
+        self._waiting[pg_id] = None
         if name:
             self.names[(namespace, name)] = pg_id
         return record
@@ -118,16 +122,26 @@ class PlacementGroupTable:
         return self.groups.get(pg_id) if pg_id else None
 
     def mark_removed(self, record: PlacementGroupRecord) -> None:
-        record.state = PlacementGroupState.REMOVED
+        self.set_state(record, PlacementGroupState.REMOVED)
         record.nodes = [None] * len(record.bundles)
         if record.name and self.names.get((record.namespace, record.name)) == record.pg_id:
             del self.names[(record.namespace, record.name)]
         self._removed[record.pg_id] = None
         _bound(self._removed, self.groups, self.max_removed)
 
+    def set_state(self, record: PlacementGroupRecord, state: PlacementGroupState) -> None:
+        record.state = state
+        if record.waiting:
+            self._waiting[record.pg_id] = None
+        else:
+            self._waiting.pop(record.pg_id, None)
+
     def waiting(self) -> list[PlacementGroupRecord]:
         """The groups with bundles to reserve, oldest first."""
-        return [r for r in self.groups.values() if r.waiting]
+        return [self.groups[pg_id] for pg_id in self._waiting]
+
+    def any_waiting(self) -> bool:
+        return bool(self._waiting)
 
     def bundle_nodes(self, pg_id: str) -> list[tuple[str | None, dict]] | None:
         """Where each bundle of a group is (None: not reserved now), with its shape; None

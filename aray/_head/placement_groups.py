@@ -39,6 +39,9 @@ log = logging.getLogger("aray.head")
 #: how soon after a change (a node reported, joined, a group was removed) pending groups
 #: are tried again: a burst of changes costs one try
 RETRY_DELAY = 0.01
+#: how soon a group is tried again after a node refused its bundles, whatever else happens
+#: (its view of the node was stale, or the node's devices are too fragmented)
+REFUSED_RETRY = 1.0
 
 
 class PlacementGroups:
@@ -52,6 +55,7 @@ class PlacementGroups:
         self._timer: asyncio.TimerHandle | None = None
         self._placing: asyncio.Task | None = None
         self._again = False  # something changed while the placing task ran
+        self._refused: asyncio.TimerHandle | None = None  # a retry after a node said no
 
     # --- messages ------------------------------------------------------------------------
     def _on_CreatePlacementGroup(self, link: Link, msg: P.CreatePlacementGroup) -> None:
@@ -117,7 +121,7 @@ class PlacementGroups:
         for record in self.table.groups.values():
             if node_id in record.nodes and record.state is not PlacementGroupState.REMOVED:
                 record.nodes = [None if n == node_id else n for n in record.nodes]
-                record.state = PlacementGroupState.RESCHEDULING
+                self.table.set_state(record, PlacementGroupState.RESCHEDULING)
                 log.warning("placement group %s lost bundles on node %s: rescheduling",
                             record.pg_id[:12], node_id[:12])
         self.changed()
@@ -131,14 +135,20 @@ class PlacementGroups:
 
     def changed(self) -> None:
         """Something that may let a waiting group be placed happened: try soon."""
-        if not any(r.waiting for r in self.table.groups.values()):
+        if not self.table.any_waiting():
             return
         if self._placing is not None and not self._placing.done():
             self._again = True
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(RETRY_DELAY, self._start)
 
+    def _retry_refused(self) -> None:
+        self._refused = None
+        self.changed()
+
     def aclose(self) -> None:
+        if self._refused is not None:
+            self._refused.cancel()
         if self._timer is not None:
             self._timer.cancel()
         if self._placing is not None:
@@ -150,15 +160,18 @@ class PlacementGroups:
         self._placing = asyncio.get_running_loop().create_task(self._place_waiting())
 
     async def _place_waiting(self) -> None:
-        try:
+        """Try every waiting group; again while something changed meanwhile (a group
+        created, a node's report) that may let one be placed."""
+        self._again = True
+        while self._again:
             self._again = False
-            for record in self.table.waiting():
-                await self._try(record)
-        except Exception:  # (a bug: say so, and go on with the next change)
-            log.exception("placing placement groups failed")
-        if self._again:
-            self._again = False
-            self.changed()
+            try:
+                for record in self.table.waiting():
+                    await self._try(record)
+            except Exception:  # (a bug: say so, and go on with the next change)
+                log.exception("placing placement groups failed")
+            if self._again:
+                await asyncio.sleep(RETRY_DELAY)  # (a burst of changes costs one pass)
 
     async def _try(self, record: PlacementGroupRecord) -> None:
         """Reserve the group's waiting bundles, all of them or none."""
@@ -181,13 +194,17 @@ class PlacementGroups:
         if len(reserved) < len(asks) or not record.waiting:  # all or none
             for node_id in reserved:
                 self._send(node_id, P.ReleaseBundles(record.pg_id, [i for i, _ in asks[node_id]]))
-            self._again = self._again or record.waiting and len(reserved) < len(asks)
+            if record.waiting and self._refused is None:
+                # a node's free resources were not what its last report said: its next
+                # report tries again, and so does this, in case that report came first
+                self._refused = asyncio.get_running_loop().call_later(
+                    REFUSED_RETRY, self._retry_refused)
             return
         for node_id, bundles in asks.items():
             for i, shape in bundles:
                 record.nodes[i] = node_id
                 self.head.nodes.reserve(node_id, shape)
-        record.state = PlacementGroupState.CREATED
+        self.table.set_state(record, PlacementGroupState.CREATED)
         self._wake(record)
         self.head._actor_event(L.PlacementGroupPlaced(record.pg_id))
 
