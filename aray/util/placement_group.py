@@ -101,7 +101,7 @@ class PlacementGroup:
         """The resources of each bundle (asked of the head for a group found by id)."""
         if self._bundles is None:
             info = _head_call(_lookup(self.id.hex(), ""), "bundle_specs")
-            self._bundles = [info["bundles"][i] for i in sorted(info["bundles"])] if info else []
+            self._bundles = _bundles_of(info) if info else []
         return self._bundles
 
     @property
@@ -184,10 +184,15 @@ async def _on_head(coro):
     return await coro
 
 
-async def _request(make) -> P.PlacementGroupInfo:
+async def _request(make, timeout: float | None = CONTROL_TIMEOUT) -> P.PlacementGroupInfo:
     core = _global.core_or_init()
     head = await on_runtime(core.loop, core.head_link())
-    return await on_runtime(core.loop, head.request(make, timeout=CONTROL_TIMEOUT))
+    return await on_runtime(core.loop, head.request(make, timeout=timeout))
+
+
+def _bundles_of(info: dict) -> list[dict]:
+    """A group's bundles in order, from its row (``{index: resources}``)."""
+    return [info["bundles"][i] for i in sorted(info["bundles"])]
 
 
 async def _lookup(pg_hex: str, name: str) -> dict:
@@ -302,17 +307,12 @@ async def wait_async(pg: PlacementGroup, timeout_seconds: float | None = 30) -> 
         True
     """
     try:
-        reply = await asyncio.wait_for(_request_wait(pg.id.hex()), timeout_seconds)
+        pg_hex = pg.id.hex()
+        reply = await asyncio.wait_for(_request(lambda r: P.WaitPlacementGroup(r, pg_hex),
+                                                timeout=None), timeout_seconds)
     except TimeoutError:
         return False
     return reply.info.get("state") == "CREATED"
-
-
-async def _request_wait(pg_hex: str) -> P.PlacementGroupInfo:
-    core = _global.core_or_init()
-    head = await on_runtime(core.loop, core.head_link())
-    return await on_runtime(core.loop, head.request(
-        lambda r: P.WaitPlacementGroup(r, pg_hex), timeout=None))
 
 
 def remove_placement_group(placement_group: PlacementGroup) -> None:
@@ -357,7 +357,7 @@ def get_placement_group(placement_group_name: str) -> PlacementGroup:
         raise ValueError(f"Failed to look up placement group with name: "
                          f"{placement_group_name}")
     return PlacementGroup(PlacementGroupID.from_hex(info["placement_group_id"]),
-                          [info["bundles"][i] for i in sorted(info["bundles"])])
+                          _bundles_of(info))
 
 
 def placement_group_table(placement_group: PlacementGroup | None = None) -> dict:
