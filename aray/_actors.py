@@ -19,6 +19,7 @@ from ._actor_calls import ActorCall
 from ._options import (
     ACTOR_OPTIONS,
     METHOD_OPTIONS,
+    placement_strategy,
     resource_shape,
     validate_actor_options,
     validate_method_options,
@@ -151,6 +152,7 @@ class ActorClass(Generic[T]):
                  descriptor: FunctionDescriptor | None = None) -> None:
         self._cls = cls
         self._options = {**ACTOR_OPTIONS, **validate_actor_options(options)}
+        self._strategy = placement_strategy(self._options)  # (label_selector folded in)
         self._descriptor = descriptor or FunctionDescriptor(cls)
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
@@ -248,7 +250,7 @@ class ActorClass(Generic[T]):
             "is_async": self._is_async, "job_id": core.current_job_id(),
             "description": f"{self.__name__} (actor {actor_id})", "meta": meta,
             "runtime_env": core.runtime_envs.inherited(o["runtime_env"] or {}),
-            "scheduling_strategy": o["scheduling_strategy"] or {},
+            "scheduling_strategy": self._strategy,
         }
         register = None
         if o["name"]:

@@ -27,6 +27,8 @@ TASK_OPTIONS = {
     "runtime_env": None,
     "accelerator_type": None,
     "scheduling_strategy": None,
+    "label_selector": None,
+    "fallback_strategy": None,
 }
 
 
@@ -123,6 +125,8 @@ def validate_task_options(options: dict) -> dict:
             value = check_string(key, value)
         elif key == "scheduling_strategy":
             value = check_strategy(value)
+        elif key in ("label_selector", "fallback_strategy"):
+            value = check_label_option(key, value)
         elif key == "retry_exceptions":
             if not (isinstance(value, bool) or (
                     isinstance(value, (list, tuple)) and value
@@ -145,6 +149,36 @@ def check_strategy(value: Any) -> dict | None:
     from .util.scheduling_strategies import strategy_wire  # (aray.util imports the API)
 
     return strategy_wire(value) or None
+
+
+def check_label_option(key: str, value: Any) -> Any:
+    """``label_selector`` or ``fallback_strategy`` in its wire form (None for none): see
+    :mod:`aray.util.scheduling_strategies`.
+
+    Example:
+        >>> check_label_option("label_selector", {"zone": "!a"})
+        {'zone': ['!in', ['a']]}
+    """
+    from .util import scheduling_strategies as S  # (aray.util imports the API)
+
+    if key == "label_selector":
+        return S.check_label_selector(value)
+    return S.check_fallback_strategy(value)
+
+
+def placement_strategy(options: dict) -> dict:
+    """The wire form of where a task or actor of these (checked) options runs: its
+    ``scheduling_strategy``, with ``label_selector`` and ``fallback_strategy`` folded in.
+
+    Example:
+        >>> placement_strategy({"scheduling_strategy": None, "fallback_strategy": None,
+        ...                     "label_selector": {"zone": ["in", ["a"]]}})["kind"]
+        'labels'
+    """
+    from .util.scheduling_strategies import with_label_selector
+
+    return with_label_selector(options.get("scheduling_strategy"),
+                               options.get("label_selector"), options.get("fallback_strategy"))
 
 
 #: how much of the resource ``accelerator_type:X`` a task of that type asks for (Ray's)
@@ -184,6 +218,8 @@ ACTOR_OPTIONS: dict[str, Any] = {
     "runtime_env": None,
     "accelerator_type": None,
     "scheduling_strategy": None,
+    "label_selector": None,
+    "fallback_strategy": None,
 }
 
 METHOD_OPTIONS = {"num_returns": 1, "concurrency_group": None, "name": None}
@@ -220,6 +256,8 @@ def validate_actor_options(options: dict) -> dict:
             value = check_string(key, value)
         elif key == "scheduling_strategy":
             value = check_strategy(value)
+        elif key in ("label_selector", "fallback_strategy"):
+            value = check_label_option(key, value)
         elif key == "get_if_exists" and not isinstance(value, bool):
             raise TypeError("get_if_exists must be True or False")
         elif key == "concurrency_groups":
@@ -266,11 +304,8 @@ _NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
     "placement_group_bundle_index": (("task", "actor"), "aray has no placement groups yet"),
     "placement_group_capture_child_tasks": (("task", "actor"),
                                             "aray has no placement groups yet"),
-    "label_selector": (("task", "actor"), "aray's nodes have no labels: give them custom "
-                       "resources and ask for those"),
-    "fallback_strategy": (("task", "actor"), "aray's nodes have no labels: give them custom "
-                          "resources and ask for those"),
-    "_labels": (("task", "actor"), "aray's nodes have no labels"),
+    "_labels": (("task", "actor"), "aray records no labels of tasks and actors (node labels "
+                "and label_selector are there)"),
     "_metadata": (("task", "actor"), "it carries settings of Ray's libraries, which aray "
                   "does not have"),
     "enable_task_events": (("task", "actor", "method"), "aray records every task and call "
@@ -299,7 +334,6 @@ _NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
     "storage": (("init",), "aray has no cluster storage"),
     "object_spilling_directory": (("init",), "objects spill into the session directory"),
     "enable_resource_isolation": (("init",), "aray has no resource isolation"),
-    "labels": (("init",), "aray's nodes have no labels: give them custom resources"),
 }
 
 #: the values of those options that ask for what aray does anyway (Ray's defaults): they are
@@ -308,7 +342,7 @@ _DEFAULTS: dict[str, tuple[Any, ...]] = {
 
     "placement_group": (None, "default"), "placement_group_bundle_index": (-1,),
     "placement_group_capture_child_tasks": (None, False),
-    "label_selector": (None, {}), "fallback_strategy": (None, []), "_labels": (None, {}),
+    "_labels": (None, {}),
     "_metadata": (None, {}), "enable_task_events": (None, True),
     "object_store_memory": (None,),
     "_generator_backpressure_num_objects": (None, -1), "max_pending_calls": (None, -1),

@@ -80,8 +80,7 @@ class Plain:
     ("placement_group_bundle_index", 0),
     ("placement_group_capture_child_tasks", True),
     ("_metadata", {"lib": {"x": 1}}),
-    ("label_selector", {"zone": "a"}),
-    ("fallback_strategy", [{"label_selector": {"zone": "b"}}]),
+    ("_labels", {"team": "a"}),
     ("enable_task_events", False),
     ("_generator_backpressure_num_objects", 2),
 ])
@@ -95,7 +94,6 @@ def test_rays_task_options_aray_lacks_say_not_supported_yet(option, value):
 
 @pytest.mark.parametrize("option, value", [
     ("placement_group", object()),
-    ("label_selector", {"zone": "a"}),
     ("max_pending_calls", 10),
     ("allow_out_of_order_execution", True),
     ("enable_tensor_transport", True),

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..node import labels
 from . import placement
 from .state import ActorRecord, ActorState, ActorTable, NodeTable
 
@@ -186,6 +187,14 @@ class RegistrationAnswered:
 
 
 @dataclass(frozen=True)
+class WarnDriver:
+    """Tell the driver of the actor's job why it waits (no node's labels match it)."""
+
+    actor_id: str
+    message: str
+
+
+@dataclass(frozen=True)
 class GiveUpLater:
     """Hand back :class:`GraceOver` for this actor after a while."""
 
@@ -323,7 +332,12 @@ class ActorLifecycle:
             if record.state not in _WAITING or record.spec is None:
                 continue
             current = self.nodes.nodes.get(record.node_id)
-            if (record.spec.get("scheduling_strategy") or {}).get("kind") == "node":
+            kind = (record.spec.get("scheduling_strategy") or {}).get("kind")
+            if kind == "labels":
+                if not record.node_id:  # no node matched it: the new one may
+                    self._place(record, out, warn=False)
+                continue
+            if kind == "node":
                 continue  # it waits for its own node
             if placement.should_move(record.spec["placement"],
                                      current if current is not None and current.alive else None,
@@ -343,13 +357,21 @@ class ActorLifecycle:
                 self._kill(record, f"its driver (job {ev.job_id}) exited", True, out)
 
     # --- decisions shared by the events --------------------------------------------------
-    def _place(self, record: ActorRecord, out: list) -> None:
+    def _place(self, record: ActorRecord, out: list, warn: bool = True) -> None:
         assert record.spec is not None  # only actors whose creator sent their spec are placed
         strategy = record.spec.get("scheduling_strategy") or {}
         node_id, why = placement.place(self.nodes.iter_alive(), record.spec["placement"],
                                        strategy, self._spread_turn)
         if strategy.get("kind") == "spread":
             self._spread_turn += 1
+        if node_id == "":  # no node's labels match: it waits for one that joins
+            record.node_id = ""
+            if warn:
+                out.append(WarnDriver(record.actor_id, labels.unmatched_message(
+                    "actor", record.spec.get("description", record.actor_id),
+                    record.spec["placement"], strategy,
+                    [(n.node_id, n.labels) for n in self.nodes.iter_alive()])))
+            return
         if node_id is None:
             self._mark_dead(record, why or "no node is alive to run it", out)
             return

@@ -153,7 +153,7 @@ class Head:
         self._actor_event(L.JobFinished(job_id))
 
     def _on_RegisterNode(self, link: Link, msg: P.RegisterNode) -> None:
-        self.nodes.join(msg.node_id, msg.address, msg.ip, msg.resources, msg.host)
+        self.nodes.join(msg.node_id, msg.address, msg.ip, msg.resources, msg.host, msg.labels)
         log.info("node %s joined with %s", msg.node_id[:12], msg.resources)
         self._view_dirty[msg.node_id] = None
         self._view_changed_soon()  # the others hear of it
@@ -331,6 +331,7 @@ class Head:
                 i.node_id, P.KillActor(0, i.actor_id, i.no_restart)),
             L.Reply: reply, L.RegistrationAnswered: answer_registration,
             L.GiveUpLater: give_up_later,
+            L.WarnDriver: lambda i: self._warn_driver(i.actor_id, i.message),
         }
 
     def _spec_for_worker(self, actor_id: str, spec: dict) -> dict:
@@ -343,10 +344,14 @@ class Head:
 
     def _on_LeaseInfeasible(self, link: Link, msg: P.LeaseInfeasible) -> None:
         """An agent cannot place an actor anywhere: tell the driver of its job."""
-        record = self.actors.actors.get(msg.actor_id)
+        self._warn_driver(msg.actor_id, msg.message)
+
+    def _warn_driver(self, actor_id: str, message: str) -> None:
+        """Warn the driver of the actor's job (when it is still there)."""
+        record = self.actors.actors.get(actor_id)
         driver = self._driver_links.get(record.job_id) if record else None
         if driver is not None and not driver.closed:
-            driver.send(P.Warn(msg.message))
+            driver.send(P.Warn(message))
 
     def _broadcast_view(self) -> None:
         """Send the agents what changed in the view since the last time (each agent got
