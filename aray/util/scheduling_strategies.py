@@ -282,7 +282,8 @@ def with_label_selector(strategy: dict | None, label_selector: dict | None,
                         fallback: list | None) -> dict:
     """The wire form of a task's or actor's placement: its ``scheduling_strategy`` (wire
     form, None for the default), with its ``label_selector`` and ``fallback_strategy``
-    (their wire forms) folded in as a label strategy.
+    (their wire forms) folded in as a label strategy (with a NodeLabelSchedulingStrategy,
+    a node must match both; with SPREAD or a node affinity, ValueError).
 
     Examples:
         >>> with_label_selector(None, {"zone": ["in", ["a"]]}, None)
@@ -292,10 +293,16 @@ def with_label_selector(strategy: dict | None, label_selector: dict | None,
     """
     if not label_selector and not fallback:
         return strategy or {}
+    if strategy and strategy.get("kind") == "labels":  # both must match
+        merged = dict(strategy, hard={**strategy.get("hard", {}), **(label_selector or {})})
+        if fallback:
+            merged["fallback"] = [*strategy.get("fallback", []), *fallback]
+        return merged
     if strategy:
         raise ValueError("label_selector and fallback_strategy go with the default "
-                         "scheduling_strategy in aray; to combine labels with a preference, "
-                         "use NodeLabelSchedulingStrategy(hard=..., soft=...)")
+                         "scheduling_strategy or a NodeLabelSchedulingStrategy in aray, not "
+                         f"with {strategy.get('kind')!r}; to pin work to a node, select its "
+                         "label ray.io/node-id")
     out: dict = {"kind": "labels", "hard": dict(label_selector or {}), "soft": {}}
     if fallback:
         out["fallback"] = list(fallback)
