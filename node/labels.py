@@ -51,7 +51,15 @@ _SET = re.compile(r"(!?)in\((.*)\)")
 
 
 class LabelError(ValueError):
-    """A label or a selector that is not of Ray's syntax."""
+    """A label or a selector that is not of Ray's syntax (a ValueError).
+
+    Example:
+        >>> try:
+        ...     parse_selector({"zone": "in("})
+        ... except ValueError as exc:
+        ...     type(exc).__name__
+        'LabelError'
+    """
 
 
 def check_key(key: Any, what: str = "label") -> str:
@@ -77,7 +85,16 @@ def check_key(key: Any, what: str = "label") -> str:
 
 
 def check_value(value: Any, key: str, what: str = "label") -> str:
-    """``value`` if it is a valid label value ("" or a name as in :func:`check_key`)."""
+    """``value`` if it is a valid label value ("" or a name as in :func:`check_key`).
+
+    Examples:
+        >>> check_value("h100", "gpu"), check_value("", "tier")
+        ('h100', '')
+        >>> check_value("a b", "zone")
+        Traceback (most recent call last):
+        ...
+        aray.node.labels.LabelError: invalid value 'a b' of label 'zone': at most 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit
+    """
     if not isinstance(value, str):
         raise LabelError(f"the value of {what} {key!r} must be a string, got {value!r}")
     if value and not _NAME.fullmatch(value):
@@ -403,7 +420,12 @@ def route(strategy: dict, shape: dict, own: Candidate, others: list[list]) -> st
 
 
 def entry_labels(entry: Sequence) -> dict:
-    """The labels of a view entry (none from a head that sends four fields)."""
+    """The labels of a view entry (none from a head that sends four fields).
+
+    Example:
+        >>> entry_labels(["b", "addr-b", {}, {}, {"zone": "b"}]), entry_labels(["b", "a", {}, {}])
+        ({'zone': 'b'}, {})
+    """
     return entry[4] if len(entry) > 4 and isinstance(entry[4], dict) else {}
 
 
