@@ -20,6 +20,7 @@ from ._options import (
     ACTOR_OPTIONS,
     METHOD_OPTIONS,
     check_bundle_fit,
+    placement_strategy,
     resource_shape,
     validate_actor_options,
     validate_method_options,
@@ -153,6 +154,7 @@ class ActorClass(Generic[T]):
                  descriptor: FunctionDescriptor | None = None) -> None:
         self._cls = cls
         self._options = {**ACTOR_OPTIONS, **validate_actor_options(options)}
+        self._strategy = placement_strategy(self._options)  # (label_selector folded in)
         self._descriptor = descriptor or FunctionDescriptor(cls)
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
@@ -239,7 +241,7 @@ class ActorClass(Generic[T]):
         actor_id = os.urandom(8).hex()
         meta = self._meta()
         placement, hold = self._shapes()
-        check_bundle_fit(placement, o["scheduling_strategy"], f"actor {self.__name__}")
+        check_bundle_fit(placement, self._strategy, f"actor {self.__name__}")
         default_concurrency = 1000 if self._is_async else 1
         spec = {
             "class_blob": blob, "class_name": self.__name__, "args": args_blob,
@@ -251,7 +253,7 @@ class ActorClass(Generic[T]):
             "is_async": self._is_async, "job_id": core.current_job_id(),
             "description": f"{self.__name__} (actor {actor_id})", "meta": meta,
             "runtime_env": core.runtime_envs.inherited(o["runtime_env"] or {}),
-            "scheduling_strategy": o["scheduling_strategy"] or captured_strategy(),
+            "scheduling_strategy": self._strategy or captured_strategy(),
         }
         register = None
         if o["name"]:

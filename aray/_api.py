@@ -33,7 +33,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          namespace: str | None = None, include_dashboard: bool | None = None,
          dashboard_host: str = "127.0.0.1", dashboard_port: int | None = None,
          _redis_password: str | None = None, runtime_env: dict | None = None,
-         **ray_arguments: Any) -> aio.InitInfo:
+         labels: dict | None = None, **ray_arguments: Any) -> aio.InitInfo:
     """Start a local aray cluster (head, node agent, workers) and connect this process.
 
     Args:
@@ -59,6 +59,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         runtime_env: the job's runtime env, which its tasks and actors inherit (and merge
             their own with): ``working_dir``, ``py_modules``, ``env_vars``, ``excludes``,
             ``pip``, ``config``. See docs/runtime-env.md.
+        labels: the new cluster's node's labels, str -> str (``{"zone": "a"}``), for
+            ``label_selector`` and ``NodeLabelSchedulingStrategy``; aray adds
+            ``ray.io/node-id``. See docs/scheduling.md.
 
     Returns a dict with ``node_id``, ``session_dir`` and ``dashboard_url``, also readable as
     attributes, and the attribute ``dashboard_login_url``: the dashboard's URL with the
@@ -83,7 +86,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         ignore_reinit_error=ignore_reinit_error, token=token, namespace=namespace,
         include_dashboard=include_dashboard, dashboard_host=dashboard_host,
         dashboard_port=dashboard_port, _redis_password=_redis_password,
-        runtime_env=runtime_env)
+        runtime_env=runtime_env, labels=labels)
     _register_atexit()
     try:
         loop = asyncio.get_running_loop()

@@ -592,7 +592,8 @@ class LocalCluster:
     def __init__(self, *, resources: dict, object_store_memory: int | None = None,
                  token: str | None = None, daemon: bool = False,
                  head_tcp: str | None = None, ip: str = "127.0.0.1", join: str = "",
-                 dashboard: dict | None = None, lifeline: bool | None = None) -> None:
+                 dashboard: dict | None = None, lifeline: bool | None = None,
+                 labels: dict | None = None) -> None:
         self.session_dir = new_session_dir()
         self.store_dir = store_dir_for(self.session_dir)
         self.token = token or secrets.token_hex(16)
@@ -605,7 +606,8 @@ class LocalCluster:
                        "daemon": daemon, "head_tcp": head_tcp, "ip": ip, "join": join,
                        "lifeline": not daemon if lifeline is None else lifeline,
                        # {"host": ..., "port": ... or None for the default}; None: no dashboard
-                       "dashboard": dashboard}
+                       "dashboard": dashboard,
+                       "labels": dict(labels or {})}  # the node's own (see node/labels.py)
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
 
@@ -795,7 +797,8 @@ class _NodeProcess:
             token=config["token"], session_dir=config["session_dir"],
             store_dir=config["store_dir"], resources=config["resources"],
             head_address=head_address, ip=config.get("ip") or "127.0.0.1",
-            shared=bool(config.get("daemon")), tcp_host=self.tcp_host)
+            shared=bool(config.get("daemon")), tcp_host=self.tcp_host,
+            labels=config.get("labels") or {})
         node_address = await self.agent.start(config["node_address"])
         dashboard_url = ""
         if head is not None:

@@ -27,6 +27,8 @@ TASK_OPTIONS = {
     "runtime_env": None,
     "accelerator_type": None,
     "scheduling_strategy": None,
+    "label_selector": None,
+    "fallback_strategy": None,
 }
 
 
@@ -156,6 +158,8 @@ def validate_task_options(options: dict) -> dict:
             value = check_string(key, value)
         elif key == "scheduling_strategy":
             value = check_strategy(value)
+        elif key in ("label_selector", "fallback_strategy"):
+            value = check_label_option(key, value)
         elif key == "retry_exceptions":
             if not (isinstance(value, bool) or (
                     isinstance(value, (list, tuple)) and value
@@ -207,6 +211,36 @@ def check_bundle_fit(shape: dict, strategy: dict | None, what: str) -> None:
                          "or use bigger bundles")
 
 
+def check_label_option(key: str, value: Any) -> Any:
+    """``label_selector`` or ``fallback_strategy`` in its wire form (None for none): see
+    :mod:`aray.util.scheduling_strategies`.
+
+    Example:
+        >>> check_label_option("label_selector", {"zone": "!a"})
+        {'zone': ['!in', ['a']]}
+    """
+    from .util import scheduling_strategies as S  # (aray.util imports the API)
+
+    if key == "label_selector":
+        return S.check_label_selector(value)
+    return S.check_fallback_strategy(value)
+
+
+def placement_strategy(options: dict) -> dict:
+    """The wire form of where a task or actor of these (checked) options runs: its
+    ``scheduling_strategy``, with ``label_selector`` and ``fallback_strategy`` folded in.
+
+    Example:
+        >>> placement_strategy({"scheduling_strategy": None, "fallback_strategy": None,
+        ...                     "label_selector": {"zone": ["in", ["a"]]}})["kind"]
+        'labels'
+    """
+    from .util.scheduling_strategies import with_label_selector
+
+    return with_label_selector(options.get("scheduling_strategy"),
+                               options.get("label_selector"), options.get("fallback_strategy"))
+
+
 #: how much of the resource ``accelerator_type:X`` a task of that type asks for (Ray's)
 ACCELERATOR_AMOUNT = 0.001
 
@@ -244,6 +278,8 @@ ACTOR_OPTIONS: dict[str, Any] = {
     "runtime_env": None,
     "accelerator_type": None,
     "scheduling_strategy": None,
+    "label_selector": None,
+    "fallback_strategy": None,
 }
 
 METHOD_OPTIONS = {"num_returns": 1, "concurrency_group": None, "name": None}
@@ -280,6 +316,8 @@ def validate_actor_options(options: dict) -> dict:
             value = check_string(key, value)
         elif key == "scheduling_strategy":
             value = check_strategy(value)
+        elif key in ("label_selector", "fallback_strategy"):
+            value = check_label_option(key, value)
         elif key == "get_if_exists" and not isinstance(value, bool):
             raise TypeError("get_if_exists must be True or False")
         elif key == "concurrency_groups":
@@ -310,7 +348,7 @@ def validate_options_for_any(options: dict) -> None:
     """Refuse the names that are options of neither tasks nor actors, in aray or in Ray,
     before ``@aray.remote(...)`` knows what it decorates; the options are checked again
     for the kind of object they decorate."""
-    allowed = set(TASK_OPTIONS) | set(ACTOR_OPTIONS)
+    allowed = set(TASK_OPTIONS) | set(ACTOR_OPTIONS) | set(LEGACY_GROUP_OPTIONS)
     for key in options:
         if key not in allowed and not set(_NOT_YET.get(key, ((),))[0]) - {"init"}:
             raise ValueError(_unknown(key, "@aray.remote", sorted(allowed), sorted(
@@ -321,11 +359,8 @@ def validate_options_for_any(options: dict) -> None:
 #: not have yet: the kinds Ray takes each for ("init" for init()), and what to do instead in
 #: aray (docs/migrating.md, "Not in aray yet")
 _NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
-    "label_selector": (("task", "actor"), "aray's nodes have no labels: give them custom "
-                       "resources and ask for those"),
-    "fallback_strategy": (("task", "actor"), "aray's nodes have no labels: give them custom "
-                          "resources and ask for those"),
-    "_labels": (("task", "actor"), "aray's nodes have no labels"),
+    "_labels": (("task", "actor"), "aray records no labels of tasks and actors (node labels "
+                "and label_selector are there)"),
     "_metadata": (("task", "actor"), "it carries settings of Ray's libraries, which aray "
                   "does not have"),
     "enable_task_events": (("task", "actor", "method"), "aray records every task and call "
@@ -354,14 +389,13 @@ _NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
     "storage": (("init",), "aray has no cluster storage"),
     "object_spilling_directory": (("init",), "objects spill into the session directory"),
     "enable_resource_isolation": (("init",), "aray has no resource isolation"),
-    "labels": (("init",), "aray's nodes have no labels: give them custom resources"),
 }
 
 #: the values of those options that ask for what aray does anyway (Ray's defaults): they are
 #: accepted, and dropped, so that code that spells out a default runs unchanged
 _DEFAULTS: dict[str, tuple[Any, ...]] = {
 
-    "label_selector": (None, {}), "fallback_strategy": (None, []), "_labels": (None, {}),
+    "_labels": (None, {}),
     "_metadata": (None, {}), "enable_task_events": (None, True),
     "object_store_memory": (None,),
     "_generator_backpressure_num_objects": (None, -1), "max_pending_calls": (None, -1),

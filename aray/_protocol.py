@@ -127,6 +127,8 @@ class RegisterNode(NamedTuple):
     ip: str
     resources: dict
     host: dict  # {"machine", "pid", "session_dir"}: to clean up after it if it is killed
+    labels: dict = {}  # its labels (its own and aray's ray.io/...), for label scheduling
+
 
 @_message(11, routes="node->head")
 class NodeResourcesChanged(NamedTuple):
@@ -136,11 +138,11 @@ class NodeResourcesChanged(NamedTuple):
 
 @_message(12, routes="head->node")
 class ClusterViewChanged(NamedTuple):
-    """Head -> a node agent that registered: every alive node's totals and free
-    resources, for infeasibility and spillback. What changes later comes as
+    """Head -> a node agent that registered: every alive node's totals, free resources
+    and labels, for infeasibility, spillback and label strategies. What changes later comes as
     :class:`ClusterViewUpdated`."""
 
-    nodes: list  # [[node_id, address, total_resources, available_resources], ...]
+    nodes: list  # [[node_id, address, total_resources, available_resources, labels], ...]
 
 
 @_message(77, routes="head->node")
@@ -150,7 +152,7 @@ class ClusterViewUpdated(NamedTuple):
     left. Applied to the view of the last ClusterViewChanged, in order, it gives the
     head's view (an entry replaces the one of its node, a new node goes last)."""
 
-    changed: list  # [[node_id, address, total_resources, available_resources], ...]
+    changed: list  # [[node_id, address, total, available, labels], ...]
     removed: list  # [node_id, ...]
 
 

@@ -12,6 +12,7 @@ from ._options import (
     ACTOR_OPTIONS,
     TASK_OPTIONS,
     check_bundle_fit,
+    placement_strategy,
     resource_shape,
     validate_options_for_any,
     validate_task_options,
@@ -64,7 +65,8 @@ class RemoteFunction(Generic[P, R]):
         opts = self._options
         self._shape = resource_shape(opts["num_cpus"], opts["num_gpus"], opts["resources"],
                                      opts["memory"], opts["accelerator_type"])
-        check_bundle_fit(self._shape, opts["scheduling_strategy"], self._name)
+        self._strategy = placement_strategy(opts)  # (label_selector folded in)
+        check_bundle_fit(self._shape, self._strategy, self._name)
         retry = opts["retry_exceptions"]
         self._retry_exceptions = tuple(retry) if isinstance(retry, (list, tuple)) else retry
         self.__doc__ = getattr(fn, "__doc__", None)
@@ -113,7 +115,7 @@ class RemoteFunction(Generic[P, R]):
             max_calls=int(self._options["max_calls"]),
             streaming=streaming, parent=_current_task_id(),
             runtime_env=core.runtime_envs.inherited(self._options["runtime_env"] or {}),
-            strategy=self._options["scheduling_strategy"] or captured_strategy())
+            strategy=self._strategy or captured_strategy())
         refs = core.submit(spec)
         if streaming:
             return refs  # type: ignore[return-value]

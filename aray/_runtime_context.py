@@ -110,6 +110,22 @@ class RuntimeContext:
         """The id (hex) of the node this code runs on."""
         return _global.core().node_id
 
+    def get_node_labels(self) -> dict[str, str]:
+        """The labels of the node this code runs on (``ray.io/node-id`` and the node's own:
+        see docs/scheduling.md), as :func:`aray.nodes` shows them; a question to the head.
+
+        Example:
+            >>> import aray
+            >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+            >>> ctx = aray.get_runtime_context()
+            >>> ctx.get_node_labels()["ray.io/node-id"] == ctx.get_node_id()
+            True
+        """
+        from ._api import nodes
+
+        node_id = self.get_node_id()
+        return next((dict(n.get("Labels", {})) for n in nodes() if n["NodeID"] == node_id), {})
+
     def get_job_id(self) -> str:
         """The id (hex) of the job: the driver that started this work."""
         task = current_task.get()

@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import functools
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -92,8 +93,18 @@ class TaskSpec:
         """Tasks that can share a lease: the same resources, runtime env and strategy."""
         key = tuple(sorted(self.shape.items()))
         if self.runtime_env or self.strategy:
-            return (key, env_key(self.runtime_env), strategy_key(self.strategy))
+            return (key, env_key(self.runtime_env), _strategy_key(self.strategy))
         return key
+
+
+def _strategy_key(strategy: dict) -> str:
+    """A strategy's wire form as a key (its values may be dicts: a label selector's).
+
+    Example:
+        >>> _strategy_key({"kind": "labels", "hard": {"zone": ["in", ["a"]]}})
+        '{"hard": {"zone": ["in", ["a"]]}, "kind": "labels"}'
+    """
+    return json.dumps(strategy, sort_keys=True)
 
 
 #: Ray's bounds on a pickled function or class (its FUNCTION_SIZE_WARN_THRESHOLD and
@@ -308,12 +319,6 @@ def _unpicklable_argument(args, kwargs, where: str, exc: Exception) -> TypeError
                 "the object inside the task."
             )
     return TypeError(f"the arguments of {where} cannot be pickled: {exc}")
-
-
-def strategy_key(strategy: dict) -> tuple:
-    """A strategy's wire form as part of a dict key (a group's bundles left out: its id
-    names them)."""
-    return tuple(sorted((k, v) for k, v in strategy.items() if k != "bundles"))
 
 
 async def ask_for_lease(own: Link, peer: Callable[[str], Awaitable[Link]], shape: dict,

@@ -61,8 +61,8 @@ async def init(address: str | None = None, *, num_cpus: float | None = None,
                ignore_reinit_error: bool = False, token: str | None = None,
                namespace: str | None = None, include_dashboard: bool | None = None,
                dashboard_host: str = "127.0.0.1", dashboard_port: int | None = None,
-               _redis_password: str | None = None, runtime_env: dict | None = None
-               ) -> InitInfo:
+               _redis_password: str | None = None, runtime_env: dict | None = None,
+               labels: dict | None = None) -> InitInfo:
     """Start a local cluster on the running loop and connect to it.
 
     Same arguments as :func:`aray.init`; returns once the cluster is ready.
@@ -86,7 +86,7 @@ async def init(address: str | None = None, *, num_cpus: float | None = None,
             object_store_memory=object_store_memory, token=token or _redis_password,
             namespace=namespace, include_dashboard=include_dashboard,
             dashboard_host=dashboard_host, dashboard_port=dashboard_port,
-            runtime_env=runtime_env))
+            runtime_env=runtime_env, labels=labels))
         core = make_core(loop, plan, log_to_driver)
     await on_runtime(core.loop, connect(core))
     return init_info(core)
@@ -146,7 +146,7 @@ def prepare(address: str | None, *, num_cpus, num_gpus, resources, object_store_
             token: str | None = None, namespace: str | None = None,
             include_dashboard: bool | None = None, dashboard_host: str = "127.0.0.1",
             dashboard_port: int | None = None, _redis_password: str | None = None,
-            runtime_env: dict | None = None) -> dict:
+            runtime_env: dict | None = None, labels: dict | None = None) -> dict:
     """Everything init does before a core exists, none of it on an event loop: check the
     options, find the cluster to join or start one (session folders, the node process).
     Returns what :func:`make_core` needs."""
@@ -174,9 +174,10 @@ def prepare(address: str | None, *, num_cpus, num_gpus, resources, object_store_
             found = None
     if address not in (None, "local") or found is not None:
         if (num_cpus is not None or num_gpus is not None or resources or object_store_memory
-                or dashboard_port is not None):
+                or dashboard_port is not None or labels):
             raise ValueError(
-                "num_cpus, num_gpus, resources, object_store_memory and dashboard_port describe "
+                "num_cpus, num_gpus, resources, object_store_memory, labels and dashboard_port "
+                "describe "
                 "a new cluster; when connecting to an existing one "
                 + ("(address=...)" if found is None else
                    f"(one that `aray start` runs on this machine, found at {cluster_address(found)}"
@@ -200,7 +201,7 @@ def prepare(address: str | None, *, num_cpus, num_gpus, resources, object_store_
         return plan
     total = node_resources(num_cpus, num_gpus, resources, object_store_memory)
     cluster = LocalCluster(resources=total, object_store_memory=object_store_memory,
-                           token=token, dashboard=dashboard)
+                           token=token, dashboard=dashboard, labels=init_labels(labels))
     cluster.spawn()
     plan["cluster"] = cluster
     plan["address"] = cluster.session_dir  # it has no TCP port: found by its session
@@ -331,6 +332,21 @@ def node_resources(num_cpus, num_gpus, resources, object_store_memory) -> dict:
     total["object_store_memory"] = float(store)
     total.update({k: float(v) for k, v in custom.items()})
     return total
+
+
+def init_labels(labels: Any) -> dict:
+    """``init(labels=...)`` checked: a dict of str -> str, as ``aray start --labels``.
+
+    Example:
+        >>> init_labels({"zone": "a"})
+        {'zone': 'a'}
+    """
+    from .node.labels import LabelError, check_labels
+
+    try:
+        return check_labels(labels, "init(labels=...)")
+    except LabelError as exc:
+        raise ValueError(f"init(labels=...): {exc}") from None
 
 
 def _shm_free_bytes() -> int:

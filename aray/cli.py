@@ -44,6 +44,11 @@ def _add_start(sub) -> None:
     start.add_argument("--resources", default="{}", help='custom resources as JSON, e.g. '
                        '\'{"dataset": 1}\'')
     start.add_argument("--object-store-memory", type=int, help="object store bytes")
+    start.add_argument("--labels", default="", help='the node\'s labels as a JSON object of '
+                       'strings, e.g. \'{"zone": "a"}\' (or Ray\'s zone=a,gpu=h100), for '
+                       "label_selector and NodeLabelSchedulingStrategy")
+    start.add_argument("--labels-file", metavar="PATH", help="labels from a file: a JSON "
+                       "object, or YAML's key: value lines (--labels adds to them)")
     start.add_argument("--token", help="the cluster's secret token (default: $ARAY_TOKEN, "
                        "else one is generated). Every user of the machine sees a command "
                        "line in `ps`: prefer ARAY_TOKEN, which only you and root can read")
@@ -181,6 +186,7 @@ def cmd_start(args) -> None:
     except json.JSONDecodeError as exc:
         raise ValueError(f"--resources must be JSON, e.g. '{{\"dataset\": 1}}': {exc}") from None
     resources = node_resources(args.num_cpus, args.num_gpus, custom, args.object_store_memory)
+    labels = _labels_from_args(args)
     _tls_from_args(args)
     token = args.token or args.redis_password or os.environ.get("ARAY_TOKEN")
     join = ""
@@ -196,7 +202,7 @@ def cmd_start(args) -> None:
     cluster = LocalCluster(resources=resources, object_store_memory=args.object_store_memory,
                            token=token, daemon=True, ip=args.node_ip_address,
                            head_tcp=f"tcp://{args.node_ip_address}:{args.port}", join=join,
-                           dashboard=dashboard, lifeline=args.block)
+                           dashboard=dashboard, lifeline=args.block, labels=labels)
     _write_token(cluster.session_dir, cluster.token)
     cluster.spawn()
     try:
@@ -213,6 +219,16 @@ def cmd_start(args) -> None:
     _print_started(info, cluster.session_dir, bool(join))
     if args.block:
         _block_until_signal(cluster)
+
+
+def _labels_from_args(args) -> dict:
+    """The node's labels: those of --labels-file, then --labels (which wins), checked now."""
+    from .node.labels import parse_labels_file, parse_labels_json
+
+    labels = parse_labels_file(args.labels_file) if args.labels_file else {}
+    if args.labels.strip():
+        labels.update(parse_labels_json(args.labels))
+    return labels
 
 
 def _tls_from_args(args) -> None:
@@ -447,7 +463,7 @@ def cmd_status(args) -> None:
 
 
 LIST_COLUMNS = {
-    "nodes": ["NodeID", "Alive", "NodeManagerAddress", "Resources"],
+    "nodes": ["NodeID", "Alive", "NodeManagerAddress", "Resources", "Labels"],
     "actors": ["actor_id", "class_name", "name", "state", "node_id", "pid", "restarts"],
     "jobs": ["job_id", "driver_pid", "namespace", "alive"],
     "tasks": ["task_id", "name", "type", "state", "node_id", "worker_pid", "duration_s",
@@ -484,6 +500,9 @@ def cmd_list(args) -> None:
         if column == "bundles":  # bundle index -> resources
             return "; ".join(f"{i}: " + ", ".join(f"{k}: {v:g}" for k, v in sorted(b.items()))
                              for i, b in sorted(value.items()))
+        if column == "Labels":  # (the node id is the first column already)
+            return ",".join(f"{k}={v}" for k, v in sorted(value.items())
+                            if k != "ray.io/node-id")
         if isinstance(value, dict):  # resources; memory sizes in GiB
             return ", ".join(
                 f"{k}: {v / 2**30:.1f} GiB" if k in ("memory", "object_store_memory")

@@ -32,6 +32,7 @@ from aray._periodic import every
 
 from . import lease_events as E
 from .entrypoints import Entrypoints
+from .labels import node_labels
 from .lease_scheduler import LeaseScheduler, WorkerState
 from .leasing import Leasing
 from .log_forwarding import LogForwarder
@@ -56,8 +57,10 @@ class NodeAgent:
                  head_address: str, ip: str = "127.0.0.1", node_id: str | None = None,
                  worker_target: str = "aray._worker:main",
                  preload: tuple[str, ...] = ("aray._worker",), prestart: int | None = None,
-                 shared: bool = False, tcp_host: str = "") -> None:
+                 shared: bool = False, tcp_host: str = "", labels: dict | None = None) -> None:
         self.node_id = node_id or uuid.uuid4().hex
+        #: its labels: aray's (ray.io/node-id ...) and its own (``labels``)
+        self.labels = node_labels(self.node_id, resources, labels)
         self.token = token
         self.session_dir = session_dir
         self.store_dir = store_dir
@@ -70,7 +73,8 @@ class NodeAgent:
             prestart = cpus if shared else min(cpus, 1)
         self.prestart = prestart
         self.shared = shared  # serves many jobs (aray start): keep fresh workers ready
-        self.leases = LeaseScheduler(resources, prestart=prestart, shared=shared)
+        self.leases = LeaseScheduler(resources, prestart=prestart, shared=shared,
+                                     labels=self.labels)
         # in a cluster of several nodes: the host this node's agent and workers listen on
         # (TCP), so that processes of other nodes reach them
         self.tcp_host = tcp_host
@@ -133,7 +137,8 @@ class NodeAgent:
         self._spawn(self.head.run(), "head link")
         self.head.send(P.RegisterNode(
             self.node_id, self.public_address or self.address, self.ip, self.leases.pool.total,
-            {"machine": machine_id(), "pid": os.getpid(), "session_dir": self.session_dir}))
+            {"machine": machine_id(), "pid": os.getpid(), "session_dir": self.session_dir},
+            self.labels))
         self.leasing.feed(E.NodeStarted(self.prestart))
         self._spawn(self.logs.run(), "log reader")
         self._spawn(every(self.head.peer.info.get("heartbeat_interval", 1.0),

@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from . import labels
 from . import lease_events as E
 from .scheduler import ClusterView, LeaseQueue, ReleaseError, ResourcePool, fits, format_resources
 
@@ -134,10 +135,11 @@ class LeaseScheduler:
         prestart: fresh workers to keep ready when ``shared`` (see JobFinished).
         shared: the node serves many jobs: a finished job's workers are replaced at once.
         new_id: names new workers (a uuid by default; tests pass their own).
+        labels: the node's labels, for requests with a label strategy.
     """
 
     def __init__(self, resources: dict, *, prestart: int = 0, shared: bool = False,
-                 new_id: Callable[[], str] | None = None) -> None:
+                 new_id: Callable[[], str] | None = None, labels: dict | None = None) -> None:
         self.pool = ResourcePool(resources)
         self.queue = LeaseQueue()
         self.workers: dict[str, WorkerSlot] = {}
@@ -149,6 +151,10 @@ class LeaseScheduler:
         self._spread_turn = 0  # SPREAD's rotation over the nodes
         #: placement groups' bundles reserved here: (pg id, index) -> bundle
         self.bundles: dict[tuple[str, int], Bundle] = {}
+        self.labels = dict(labels or {})
+        #: requests with a label strategy that no node matches yet, and their strategies:
+        #: they wait here until a node that matches joins
+        self.unmatched: list[tuple[Request, dict]] = []
         self._handlers: dict[type, Callable[[Any], list]] = {
             E.NodeStarted: lambda ev: [self._new_worker() for _ in range(ev.prestart)],
             E.LeaseRequested: self._lease_requested,
@@ -180,6 +186,9 @@ class LeaseScheduler:
             entry = pending.setdefault(format_resources(req.shape), [req.shape, 0, False])
             entry[1] += 1
             entry[2] = entry[2] or not self.view.feasible(req.shape)
+        for req, _ in self.unmatched:
+            entry = pending.setdefault(format_resources(req.shape), [req.shape, 0, True])
+            entry[1], entry[2] = entry[1] + 1, True
         return list(pending.values())
 
     # --- requests ------------------------------------------------------------------------
@@ -192,6 +201,8 @@ class LeaseScheduler:
                     "not on this node"), kind="bundle")]
             return self._enqueue(Request(ev.caller, ev.req_id, dict(ev.shape),
                                          ev.description, ev.job_id, bundle=bundle))
+        if ev.strategy.get("kind") == "labels":
+            return self._by_labels(ev)
         if ev.may_spillback:  # (a request another node sent here stays: no ping-pong)
             kind = ev.strategy.get("kind")
             target = (self._affinity(ev) if kind == "node" else
@@ -232,6 +243,44 @@ class LeaseScheduler:
         self._spread_turn += 1
         return nodes[self._spread_turn % len(nodes)]
 
+    def _by_labels(self, ev: E.LeaseRequested) -> list:
+        """A label strategy (see :func:`.labels.pick`): here, or the node it names, or (no
+        node matches) it waits here, with a warning, until one that matches joins. One
+        another node sent here stays if this node matches, and fails if it does not (the
+        sender's view was wrong; it is not sent on)."""
+        req = Request(ev.caller, ev.req_id, dict(ev.shape), ev.description, ev.job_id)
+        own: labels.Candidate = ("", self.labels, self.pool.total, self.pool.fits(req.shape))
+        if not ev.may_spillback:
+            if labels.pick([own], req.shape, ev.strategy) is None:
+                return [E.FailRequest(ev.caller, ev.req_id, "", (
+                    f"{ev.description} was sent to a node whose labels do not match its "
+                    f"{labels.strategy_text(ev.strategy)}: {self.labels}"), kind="unschedulable")]
+            return self._enqueue(req)
+        target = labels.route(ev.strategy, req.shape, own, self.view.others)
+        if target is None:
+            self.unmatched.append((req, ev.strategy))
+            req.warned = True
+            nodes = [(self.labels.get(labels.NODE_ID_LABEL, "this node"), self.labels)] + [
+                (entry[0], labels.entry_labels(entry)) for entry in self.view.others]
+            return [E.WarnInfeasible(ev.caller, ev.req_id, labels.unmatched_message(
+                "task", ev.description, req.shape, ev.strategy, nodes), "")]
+        if target:
+            return [E.SpillBack(ev.caller, ev.req_id, target)]
+        return self._enqueue(req)
+
+    def _rematch(self) -> list:
+        """The view changed: send the requests no node matched to a node that now does."""
+        out: list = []
+        for pair in list(self.unmatched):
+            req, strategy = pair
+            own: labels.Candidate = ("", self.labels, self.pool.total, self.pool.fits(req.shape))
+            target = labels.route(strategy, req.shape, own, self.view.others)
+            if target is not None:
+                self.unmatched.remove(pair)
+                out += ([E.SpillBack(req.caller, req.req_id, target)] if target
+                        else self._enqueue(req))
+        return out
+
     def _actor_placement_requested(self, ev: E.ActorPlacementRequested) -> list:
         if ev.bundle is not None and not self._pools(ev.bundle):
             return [E.ReportActorDied(ev.actor_id, (
@@ -258,7 +307,7 @@ class LeaseScheduler:
 
     def _view_changed(self, ev: E.ViewChanged) -> list:
         self.view.update(ev.nodes, ev.node_id)
-        out: list = []
+        out: list = self._rematch()
         # what can never run here but can on a node that joined: send it there
         for req in list(self.queue):
             if req.actor_id or req.bundle is not None or fits(req.shape, self.pool.total):
@@ -451,6 +500,7 @@ class LeaseScheduler:
 
     def _caller_gone(self, ev: E.CallerGone) -> list:
         self.queue.remove_if(lambda r: r.caller == ev.caller)
+        self.unmatched = [pair for pair in self.unmatched if pair[0].caller != ev.caller]
         out: list = []
         for worker in list(self.workers.values()):
             if worker.holder != ev.caller:

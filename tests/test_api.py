@@ -88,7 +88,8 @@ def test_docstring_examples_run():
     modules = ["aray", "aray._api", "aray.aio", "aray._refs", "aray._remote", "aray._actors",
                "aray._streams", "aray._as_completed", "aray.exceptions", "aray._runtime_context",
                "aray.util.state", "aray._local", "aray.actor",
-               "aray._options", "aray.node.lease_scheduler", "aray.node.scheduler"]
+               "aray._options", "aray.node.lease_scheduler", "aray.node.scheduler",
+               "aray.node.labels", "aray.util.scheduling_strategies", "aray._head.placement"]
     proc = subprocess.run([sys.executable, "-c", DOCTEST_RUNNER, *modules],
                           capture_output=True, text=True, timeout=580)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]

@@ -76,12 +76,8 @@ class Plain:
 
 
 @pytest.mark.parametrize("option, value", [
-    ("placement_group", object()),
-    ("placement_group_bundle_index", 0),
-    ("placement_group_capture_child_tasks", True),
     ("_metadata", {"lib": {"x": 1}}),
-    ("label_selector", {"zone": "a"}),
-    ("fallback_strategy", [{"label_selector": {"zone": "b"}}]),
+    ("_labels", {"team": "a"}),
     ("enable_task_events", False),
     ("_generator_backpressure_num_objects", 2),
 ])
@@ -93,9 +89,29 @@ def test_rays_task_options_aray_lacks_say_not_supported_yet(option, value):
         aray.remote(plain).options(**{option: value})
 
 
+def test_rays_older_placement_group_options_become_the_strategy():
+    """``placement_group=``, ``placement_group_bundle_index=`` and
+    ``placement_group_capture_child_tasks=`` mean a PlacementGroupSchedulingStrategy; a
+    placement_group that is no group is refused, naming what it must be."""
+    from aray._options import validate_actor_options, validate_task_options
+    from aray.util.placement_group import PlacementGroup, PlacementGroupID
+
+    pg = PlacementGroup(PlacementGroupID.from_hex("ab12"), [{"CPU": 1.0}, {"CPU": 1.0}])
+    for validate in (validate_task_options, validate_actor_options):
+        wire = validate({"placement_group": pg, "placement_group_bundle_index": 1,
+                         "placement_group_capture_child_tasks": True})["scheduling_strategy"]
+        assert (wire["kind"], wire["pg_id"], wire["index"], wire["capture"]) == \
+            ("pg", "ab12", 1, True)
+        assert "scheduling_strategy" not in validate({"placement_group": "default"})
+        with pytest.raises(TypeError, match="placement_group must be a PlacementGroup"):
+            validate({"placement_group": object()})
+        with pytest.raises(ValueError, match="either placement_group or scheduling_strategy"):
+            validate({"placement_group": pg, "scheduling_strategy": "SPREAD"})
+    with pytest.raises(ValueError, match="placement_group_bundle_index 2 is out of range"):
+        aray.remote(placement_group=pg, placement_group_bundle_index=2)(plain)
+
+
 @pytest.mark.parametrize("option, value", [
-    ("placement_group", object()),
-    ("label_selector", {"zone": "a"}),
     ("max_pending_calls", 10),
     ("allow_out_of_order_execution", True),
     ("enable_tensor_transport", True),

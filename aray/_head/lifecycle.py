@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..node import labels
 from . import placement
 from .group_table import PlacementGroupTable
 from .state import ActorRecord, ActorState, ActorTable, NodeTable
@@ -202,6 +203,14 @@ class RegistrationAnswered:
 
 
 @dataclass(frozen=True)
+class WarnDriver:
+    """Tell the driver of the actor's job why it waits (no node's labels match it)."""
+
+    actor_id: str
+    message: str
+
+
+@dataclass(frozen=True)
 class GiveUpLater:
     """Hand back :class:`GraceOver` for this actor after a while."""
 
@@ -344,7 +353,12 @@ class ActorLifecycle:
             if record.state not in _WAITING or record.spec is None:
                 continue
             current = self.nodes.nodes.get(record.node_id)
-            if (record.spec.get("scheduling_strategy") or {}).get("kind") in ("node", "pg"):
+            kind = (record.spec.get("scheduling_strategy") or {}).get("kind")
+            if kind == "labels":
+                if not record.node_id:  # no node matched it: the new one may
+                    self._place(record, out, warn=False)
+                continue
+            if kind in ("node", "pg"):
                 continue  # it waits for its own node, or its bundle
             if placement.should_move(record.spec["placement"],
                                      current if current is not None and current.alive else None,
@@ -381,7 +395,7 @@ class ActorLifecycle:
             r.spec.get("scheduling_strategy") or {}).get("pg_id") == pg_id]
 
     # --- decisions shared by the events --------------------------------------------------
-    def _place(self, record: ActorRecord, out: list) -> None:
+    def _place(self, record: ActorRecord, out: list, warn: bool = True) -> None:
         assert record.spec is not None  # only actors whose creator sent their spec are placed
         strategy = record.spec.get("scheduling_strategy") or {}
         if strategy.get("kind") == "pg":
@@ -391,6 +405,14 @@ class ActorLifecycle:
                                        strategy, self._spread_turn)
         if strategy.get("kind") == "spread":
             self._spread_turn += 1
+        if node_id == "":  # no node's labels match: it waits for one that joins
+            record.node_id = ""
+            if warn:
+                out.append(WarnDriver(record.actor_id, labels.unmatched_message(
+                    "actor", record.spec.get("description", record.actor_id),
+                    record.spec["placement"], strategy,
+                    [(n.node_id, n.labels) for n in self.nodes.iter_alive()])))
+            return
         if node_id is None:
             self._mark_dead(record, why or "no node is alive to run it", out)
             return

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
+from ..node import labels
 from ..node.scheduler import fits, taken
 
 
@@ -56,8 +57,10 @@ def choose_node(alive: Iterable[NodeResources], shape: dict) -> str | None:
 def place(alive: Iterable[NodeResources], shape: dict, strategy: dict,
           turn: int = 0) -> tuple[str | None, str]:
     """The node an actor of ``shape`` goes to under its ``scheduling_strategy`` (its wire
-    form: ``{}``, ``{"kind": "spread"}``, ``{"kind": "node", "node_id", "soft"}``), and
-    why there is none ("" when that is just no node alive). ``turn`` rotates SPREAD.
+    form: ``{}``, ``{"kind": "spread"}``, ``{"kind": "node", "node_id", "soft"}``,
+    ``{"kind": "labels", ...}``), and why there is none ("" when that is just no node
+    alive). ``turn`` rotates SPREAD. Under a label strategy that no node can meet, the node
+    is "": the actor waits for one that can (see :func:`by_labels`).
 
     Example:
         >>> from aray._head.state import NodeInfo
@@ -74,6 +77,8 @@ def place(alive: Iterable[NodeResources], shape: dict, strategy: dict,
         could = [n for n in nodes if fits(shape, n.total)]
         if could:
             return could[turn % len(could)].node_id, ""
+    elif kind == "labels":
+        return by_labels(nodes, shape, strategy) or "", ""
     elif kind == "node":
         node_id = strategy["node_id"]
         target = next((n for n in nodes if n.node_id == node_id), None)
@@ -85,6 +90,22 @@ def place(alive: Iterable[NodeResources], shape: dict, strategy: dict,
             return None, (f"its NodeAffinitySchedulingStrategy(node_id={node_id!r}, "
                           f"soft=False) names a node that {why}")
     return choose_node(nodes, shape), ""
+
+
+def by_labels(alive: Iterable[NodeResources], shape: dict, strategy: dict) -> str | None:
+    """The node a request of ``shape`` goes to under a label strategy (see
+    :func:`aray.node.labels.pick`; a node's labels are its ``labels``), None when no node
+    whose labels match can hold it.
+
+    Example:
+        >>> from aray._head.state import NodeInfo
+        >>> nodes = [NodeInfo(n, "", "", {"CPU": 1.0}, {"CPU": 1.0}, labels={"zone": n})
+        ...          for n in "ab"]
+        >>> by_labels(nodes, {"CPU": 1.0}, {"kind": "labels", "hard": {"zone": ["in", ["b"]]}})
+        'b'
+    """
+    return labels.pick([(n.node_id, getattr(n, "labels", {}), n.total, fits(shape, n.available))
+                        for n in alive], shape, strategy)
 
 
 def should_move(shape: dict, current: NodeResources | None, joined: NodeResources) -> bool:

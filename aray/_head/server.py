@@ -161,7 +161,7 @@ class Head:
         self.groups.job_finished(job_id)
 
     def _on_RegisterNode(self, link: Link, msg: P.RegisterNode) -> None:
-        self.nodes.join(msg.node_id, msg.address, msg.ip, msg.resources, msg.host)
+        self.nodes.join(msg.node_id, msg.address, msg.ip, msg.resources, msg.host, msg.labels)
         log.info("node %s joined with %s", msg.node_id[:12], msg.resources)
         self._view_dirty[msg.node_id] = None
         self._view_changed_soon()  # the others hear of it
@@ -345,6 +345,7 @@ class Head:
                 i.node_id, P.KillActor(0, i.actor_id, i.no_restart)),
             L.Reply: reply, L.RegistrationAnswered: answer_registration,
             L.GiveUpLater: give_up_later,
+            L.WarnDriver: lambda i: self._warn_driver(i.actor_id, i.message),
         }
 
     def _spec_for_worker(self, actor_id: str, spec: dict) -> dict:
@@ -357,9 +358,13 @@ class Head:
 
     def _on_LeaseInfeasible(self, link: Link, msg: P.LeaseInfeasible) -> None:
         """An agent cannot place an actor anywhere: tell the driver of its job."""
-        record = self.actors.actors.get(msg.actor_id)
+        self._warn_driver(msg.actor_id, msg.message)
+
+    def _warn_driver(self, actor_id: str, message: str) -> None:
+        """Warn the driver of the actor's job (when it is still there)."""
+        record = self.actors.actors.get(actor_id)
         if record is not None:
-            self.warn_job(record.job_id, msg.message)
+            self.warn_job(record.job_id, message)
 
     def warn_job(self, job_id: str, message: str) -> None:
         """Show ``message`` to the user of a job: its driver prints it."""

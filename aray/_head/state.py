@@ -38,7 +38,8 @@ class NodeState(enum.StrEnum):
 @dataclasses.dataclass
 class NodeInfo:
     """One node as the head knows it: its agent's address, its resources (``total``, and
-    ``available`` as of its last report) and its last heartbeat's ``status``."""
+    ``available`` as of its last report), its last heartbeat's ``status`` and its
+    ``labels``."""
 
     node_id: str
     address: str
@@ -49,6 +50,7 @@ class NodeInfo:
     joined_at: float = dataclasses.field(default_factory=time.time)
     status: dict = dataclasses.field(default_factory=dict)  # from its last heartbeat
     host: dict = dataclasses.field(default_factory=dict)  # machine, pid, session directory
+    labels: dict = dataclasses.field(default_factory=dict)  # str -> str (docs/scheduling.md)
 
     @property
     def alive(self) -> bool:
@@ -56,7 +58,7 @@ class NodeInfo:
 
 
 def _view_entry(n: NodeInfo) -> list:
-    return [n.node_id, n.address, n.total, n.available]
+    return [n.node_id, n.address, n.total, n.available, n.labels]
 
 
 class NodeTable:
@@ -75,8 +77,9 @@ class NodeTable:
         self.max_dead = max_dead
 
     def join(self, node_id: str, address: str, ip: str, total: dict,
-             host: dict | None = None) -> NodeInfo:
-        info = NodeInfo(node_id, address, ip, dict(total), dict(total), host=dict(host or {}))
+             host: dict | None = None, labels: dict | None = None) -> NodeInfo:
+        info = NodeInfo(node_id, address, ip, dict(total), dict(total), host=dict(host or {}),
+                        labels=dict(labels or {}))
         self.nodes[node_id] = info
         return info
 
@@ -119,7 +122,8 @@ class NodeTable:
         return copy
 
     def view(self) -> list:
-        """What node agents need to know of each other: [node_id, address, totals, free]."""
+        """What node agents need to know of each other: [node_id, address, totals, free,
+        labels]."""
         return [_view_entry(n) for n in self.alive()]
 
     def view_changes(self, node_ids) -> tuple[list, list]:
@@ -151,6 +155,7 @@ class NodeTable:
                 "NodeName": n.ip,
                 "AgentAddress": n.address,
                 "Resources": resources,
+                "Labels": dict(n.labels),
                 "Available": dict(n.available) if n.alive else {},
                 "ObjectStore": n.status.get("store", {}) if n.alive else {},
                 "PendingDemands": n.status.get("pending", []) if n.alive else [],
