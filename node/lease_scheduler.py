@@ -26,8 +26,9 @@ import uuid
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from . import labels
 from . import lease_events as E
+from .bundles import Pools
+from .routing import Router
 from .scheduler import ClusterView, LeaseQueue, ReleaseError, ResourcePool, fits, format_resources
 
 #: actors killed before their worker started, remembered until it does (the most recent)
@@ -95,16 +96,6 @@ class Lease:
 
 
 @dataclasses.dataclass
-class Bundle:
-    """A placement group's bundle reserved on this node: its resources, taken from the
-    node's pool, are a pool of their own that only requests for the group draw on."""
-
-    shape: dict
-    pool: ResourcePool
-    gpu_ids: list  # the node's GPU slots it took
-
-
-@dataclasses.dataclass
 class WorkerSlot:
     """The scheduler's view of one worker process."""
 
@@ -144,17 +135,14 @@ class LeaseScheduler:
         self.queue = LeaseQueue()
         self.workers: dict[str, WorkerSlot] = {}
         self.view = ClusterView(self.pool.total)
+        #: the node's pool and its placement groups' bundles
+        self.pools = Pools(self.pool)
+        #: where requests go under their strategies (and label requests no node matches)
+        self.router = Router(self.pool, self.view, labels or {})
         self.prestart = prestart
         self.shared = shared
         self._new_id = new_id or (lambda: uuid.uuid4().hex[:16])
         self._killed_actors: dict[str, None] = {}  # killed before their worker started
-        self._spread_turn = 0  # SPREAD's rotation over the nodes
-        #: placement groups' bundles reserved here: (pg id, index) -> bundle
-        self.bundles: dict[tuple[str, int], Bundle] = {}
-        self.labels = dict(labels or {})
-        #: requests with a label strategy that no node matches yet, and their strategies:
-        #: they wait here until a node that matches joins
-        self.unmatched: list[tuple[Request, dict]] = []
         self._handlers: dict[type, Callable[[Any], list]] = {
             E.NodeStarted: lambda ev: [self._new_worker() for _ in range(ev.prestart)],
             E.LeaseRequested: self._lease_requested,
@@ -186,7 +174,7 @@ class LeaseScheduler:
             entry = pending.setdefault(format_resources(req.shape), [req.shape, 0, False])
             entry[1] += 1
             entry[2] = entry[2] or not self.view.feasible(req.shape)
-        for req, _ in self.unmatched:
+        for req, _, _ in self.router.unmatched:
             entry = pending.setdefault(format_resources(req.shape), [req.shape, 0, True])
             entry[1], entry[2] = entry[1] + 1, True
         return list(pending.values())
@@ -195,94 +183,26 @@ class LeaseScheduler:
     def _lease_requested(self, ev: E.LeaseRequested) -> list:
         if ev.strategy.get("kind") == "pg":  # the caller found the bundle's node: this one
             bundle = (ev.strategy["pg_id"], int(ev.strategy.get("index", -1)))
-            if not self._pools(bundle):
+            if not self.pools.for_request(bundle):
                 return [E.FailRequest(ev.caller, ev.req_id, "", (
                     f"{ev.description}: bundle {bundle[1]} of placement group {bundle[0]} is "
                     "not on this node"), kind="bundle")]
             return self._enqueue(Request(ev.caller, ev.req_id, dict(ev.shape),
                                          ev.description, ev.job_id, bundle=bundle))
-        if ev.strategy.get("kind") == "labels":
-            return self._by_labels(ev)
-        if ev.may_spillback:  # (a request another node sent here stays: no ping-pong)
-            kind = ev.strategy.get("kind")
-            target = (self._affinity(ev) if kind == "node" else
-                      self._spread_target(ev.shape) if kind == "spread" else
-                      self.view.spillback(ev.shape, self.pool))
-            if isinstance(target, list):  # the request cannot be served
-                return target
-            if target:
-                return [E.SpillBack(ev.caller, ev.req_id, target)]
-        return self._enqueue(Request(ev.caller, ev.req_id, dict(ev.shape), ev.description,
-                                     ev.job_id))
-
-    def _affinity(self, ev: E.LeaseRequested) -> str | list:
-        """Where a request for another node goes: that node's address, else, when it is
-        soft, where the default strategy says, else a failure naming the node. (A
-        request for this node comes as one that may not spill back.)"""
-        node_id = ev.strategy["node_id"]
-        for entry in self.view.others:
-            if entry[0] == node_id and fits(ev.shape, entry[2]):
-                return entry[1]
-        if ev.strategy.get("soft"):
-            return self.view.spillback(ev.shape, self.pool)
-        known = any(entry[0] == node_id for entry in self.view.others)
-        why = ("can never hold " + format_resources(ev.shape) if known
-               else "is not alive (or not a node of this cluster)")
-        return [E.FailRequest(ev.caller, ev.req_id, "", (
-            f"{ev.description}: its NodeAffinitySchedulingStrategy(node_id={node_id!r}, "
-            f"soft=False) names a node that {why}; use soft=True to run it elsewhere then"),
-            kind="unschedulable")]
-
-    def _spread_target(self, shape: dict) -> str:
-        """SPREAD: the next of the nodes that can hold ``shape``, this one ("") among
-        them, in turn."""
-        nodes = ([""] if fits(shape, self.pool.total) else []) + [
-            entry[1] for entry in self.view.others if fits(shape, entry[2])]
-        if not nodes:
-            return self.view.spillback(shape, self.pool)
-        self._spread_turn += 1
-        return nodes[self._spread_turn % len(nodes)]
-
-    def _by_labels(self, ev: E.LeaseRequested) -> list:
-        """A label strategy (see :func:`.labels.pick`): here, or the node it names, or (no
-        node matches) it waits here, with a warning, until one that matches joins. One
-        another node sent here stays if this node matches, and fails if it does not (the
-        sender's view was wrong; it is not sent on)."""
+        route = self.router.route(ev.shape, ev.description, ev.strategy, ev.may_spillback)
+        if route.verdict == "spill":
+            return [E.SpillBack(ev.caller, ev.req_id, route.detail)]
+        if route.verdict == "fail":
+            return [E.FailRequest(ev.caller, ev.req_id, "", route.detail, kind="unschedulable")]
         req = Request(ev.caller, ev.req_id, dict(ev.shape), ev.description, ev.job_id)
-        own: labels.Candidate = ("", self.labels, self.pool.total, self.pool.fits(req.shape))
-        if not ev.may_spillback:
-            if labels.pick([own], req.shape, ev.strategy) is None:
-                return [E.FailRequest(ev.caller, ev.req_id, "", (
-                    f"{ev.description} was sent to a node whose labels do not match its "
-                    f"{labels.strategy_text(ev.strategy)}: {self.labels}"), kind="unschedulable")]
-            return self._enqueue(req)
-        target = labels.route(ev.strategy, req.shape, own, self.view.others)
-        if target is None:
-            self.unmatched.append((req, ev.strategy))
+        if route.verdict == "wait":  # no node's labels match: until one that does joins
             req.warned = True
-            nodes = [(self.labels.get(labels.NODE_ID_LABEL, "this node"), self.labels)] + [
-                (entry[0], labels.entry_labels(entry)) for entry in self.view.others]
-            return [E.WarnInfeasible(ev.caller, ev.req_id, labels.unmatched_message(
-                "task", ev.description, req.shape, ev.strategy, nodes), "")]
-        if target:
-            return [E.SpillBack(ev.caller, ev.req_id, target)]
+            self.router.wait(req, req.shape, ev.strategy)
+            return [E.WarnInfeasible(ev.caller, ev.req_id, route.detail, "")]
         return self._enqueue(req)
 
-    def _rematch(self) -> list:
-        """The view changed: send the requests no node matched to a node that now does."""
-        out: list = []
-        for pair in list(self.unmatched):
-            req, strategy = pair
-            own: labels.Candidate = ("", self.labels, self.pool.total, self.pool.fits(req.shape))
-            target = labels.route(strategy, req.shape, own, self.view.others)
-            if target is not None:
-                self.unmatched.remove(pair)
-                out += ([E.SpillBack(req.caller, req.req_id, target)] if target
-                        else self._enqueue(req))
-        return out
-
     def _actor_placement_requested(self, ev: E.ActorPlacementRequested) -> list:
-        if ev.bundle is not None and not self._pools(ev.bundle):
+        if ev.bundle is not None and not self.pools.for_request(ev.bundle):
             return [E.ReportActorDied(ev.actor_id, (
                 f"bundle {ev.bundle[1]} of its placement group {ev.bundle[0]} is not on the "
                 "node it was sent to"))]
@@ -307,7 +227,9 @@ class LeaseScheduler:
 
     def _view_changed(self, ev: E.ViewChanged) -> list:
         self.view.update(ev.nodes, ev.node_id)
-        out: list = self._rematch()
+        out: list = []
+        for req, target in self.router.rematch():  # a node that matches their labels
+            out += [E.SpillBack(req.caller, req.req_id, target)] if target else self._enqueue(req)
         # what can never run here but can on a node that joined: send it there
         for req in list(self.queue):
             if req.actor_id or req.bundle is not None or fits(req.shape, self.pool.total):
@@ -328,7 +250,7 @@ class LeaseScheduler:
         starting = [w for w in self.workers.values()
                     if w.state is WorkerState.STARTING and w.reserved is None]
         for req, pool, gpu_ids in self.queue.take_grantable(self._pools_of, lambda r: r.shape):
-            req.gpu_ids, req.pool_key = gpu_ids, self._key_of(pool)
+            req.gpu_ids, req.pool_key = gpu_ids, self.pools.key_of(pool)
             worker = _pick(idle, req.job_id, gpu_ids)
             if worker is not None and worker.job_id == req.job_id:
                 out += self._grant(worker, req)  # the common case: at once
@@ -360,7 +282,7 @@ class LeaseScheduler:
         req.state = RequestState.GRANTED
         if req.actor_id and req.actor_id in self._killed_actors:
             del self._killed_actors[req.actor_id]  # killed while its worker was starting
-            self._give_back(req.pool_key, req.shape, req.gpu_ids)
+            self.pools.give_back(req.pool_key, req.shape, req.gpu_ids)
             worker.state = WorkerState.IDLE
             return [E.ReportActorDied(req.actor_id, "it was killed before it started"),
                     self._report(), *self._schedule()]
@@ -372,7 +294,7 @@ class LeaseScheduler:
                     self._report()]
         # the worker is the actor's for life; it keeps only what the actor holds
         # (by default an actor needs a CPU to be placed but holds none while it lives)
-        pool = self._pool(req.pool_key)
+        pool = self.pools.pool(req.pool_key)
         assert pool is not None  # (a bundle's end takes its queued requests out)
         pool.release({k: v for k, v in req.shape.items() if k != "GPU"}, [])
         pool.acquire({k: v for k, v in req.hold.items() if k != "GPU"})
@@ -393,7 +315,7 @@ class LeaseScheduler:
         shape = dict(lease.shape)
         if lease.state is LeaseState.LENT:  # its CPUs were lent out already
             shape.pop("CPU", None)
-        self._give_back(lease.pool_key, shape, lease.gpu_ids)
+        self.pools.give_back(lease.pool_key, shape, lease.gpu_ids)
         worker.lease = None
         return [self._report()]
 
@@ -403,7 +325,7 @@ class LeaseScheduler:
         req, worker.reserved = worker.reserved, None
         if req is None:
             return
-        self._give_back(req.pool_key, req.shape, req.gpu_ids)
+        self.pools.give_back(req.pool_key, req.shape, req.gpu_ids)
         req.gpu_ids, req.state, req.pool_key = [], RequestState.QUEUED, None
         if requeue:
             self.queue.push(req)
@@ -469,7 +391,7 @@ class LeaseScheduler:
                 or worker.lease.state is LeaseState.LENT:
             return []
         worker.lease.state = LeaseState.LENT
-        pool = self._pool(worker.lease.pool_key)
+        pool = self.pools.pool(worker.lease.pool_key)
         if pool is not None:
             pool.lend(worker.lease.shape.get("CPU", 0))
         return self._schedule()
@@ -480,7 +402,7 @@ class LeaseScheduler:
                 and worker.lease.state is LeaseState.LENT:
             worker.lease.state = LeaseState.HELD
             # take its CPUs back, briefly oversubscribing if they were leased meanwhile
-            pool = self._pool(worker.lease.pool_key)
+            pool = self.pools.pool(worker.lease.pool_key)
             if pool is not None:
                 pool.reclaim(worker.lease.shape.get("CPU", 0))
         return []
@@ -500,7 +422,7 @@ class LeaseScheduler:
 
     def _caller_gone(self, ev: E.CallerGone) -> list:
         self.queue.remove_if(lambda r: r.caller == ev.caller)
-        self.unmatched = [pair for pair in self.unmatched if pair[0].caller != ev.caller]
+        self.router.forget(lambda r: r.caller == ev.caller)
         out: list = []
         for worker in list(self.workers.values()):
             if worker.holder != ev.caller:
@@ -548,84 +470,37 @@ class LeaseScheduler:
 
 
     # --- placement groups' bundles --------------------------------------------------------
-    def _pools(self, bundle: tuple | None) -> list[ResourcePool]:
-        """The pools a request may draw on: the node's, or its bundle's (any of its group's
-        bundles here, for index -1)."""
-        if bundle is None:
-            return [self.pool]
-        pg_id, index = bundle
-        if index >= 0:
-            found = self.bundles.get((pg_id, index))
-            return [found.pool] if found is not None else []
-        return [b.pool for (pg, _), b in self.bundles.items() if pg == pg_id]
-
     def _pools_of(self, req: Request) -> list[ResourcePool]:
-        return self._pools(req.bundle)
-
-    def _key_of(self, pool: ResourcePool) -> tuple | None:
-        if pool is self.pool:
-            return None
-        return next(key for key, b in self.bundles.items() if b.pool is pool)
-
-    def _pool(self, key: tuple | None) -> ResourcePool | None:
-        """The pool of ``key`` (None once its bundle has ended)."""
-        if key is None:
-            return self.pool
-        bundle = self.bundles.get(key)
-        return bundle.pool if bundle is not None else None
-
-    def _give_back(self, key: tuple | None, shape: dict, gpu_ids: list) -> None:
-        pool = self._pool(key)
-        if pool is not None:  # (what a bundle that ended held went back with it)
-            pool.release(shape, gpu_ids)
+        return self.pools.for_request(req.bundle)
 
     def _bundles_requested(self, ev: E.BundlesRequested) -> list:
         """All of the bundles now, or none: the head asks again when resources change."""
-        shapes = [shape for _, shape in ev.bundles]
-        if not self._fit_together(shapes) or any((ev.pg_id, i) in self.bundles
-                                                  for i, _ in ev.bundles):
+        if not self.pools.reserve(ev.pg_id, ev.bundles):
             return [E.AnswerBundles(ev.caller, ev.req_id, False)]
-        for index, shape in ev.bundles:
-            gpu_ids = self.pool.acquire(shape)
-            self.bundles[(ev.pg_id, index)] = Bundle(dict(shape), ResourcePool(shape, gpu_ids),
-                                                     gpu_ids)
         return [E.AnswerBundles(ev.caller, ev.req_id, True), self._report(), *self._schedule()]
 
-    def _fit_together(self, shapes: list[dict]) -> bool:
-        """Whether all of ``shapes`` fit the node's free resources at once (GPU devices
-        included): tried on a copy of the pool."""
-        trial = ResourcePool(self.pool.total)
-        trial.available, trial.gpu_free = dict(self.pool.available), list(self.pool.gpu_free)
-        for shape in shapes:
-            if not trial.fits(shape):
-                return False
-            trial.acquire(shape)
-        return True
-
     def _bundles_released(self, ev: E.BundlesReleased) -> list:
-        ended = {(ev.pg_id, i) for i in ev.indexes if (ev.pg_id, i) in self.bundles}
+        """The bundles end: what waits for them fails, what runs in them is killed."""
+        ended = self.pools.here(ev.pg_id, ev.indexes)
         if not ended:
             return []
-        out: list = []
-        gone = self.queue.remove_if(lambda r: r.pool_key in ended or (
-            r.bundle is not None and r.bundle[0] == ev.pg_id and (
-                r.bundle[1] < 0 or (ev.pg_id, r.bundle[1]) in ended)))
         why = f"its placement group {ev.pg_id} was removed (or its bundle moved)"
-        for req in gone:
-            out.append(E.FailRequest(req.caller, req.req_id, req.actor_id,
-                                     f"{req.description}: {why}", kind="bundle"))
+
+        def fail(req: Request) -> E.FailRequest:
+            return E.FailRequest(req.caller, req.req_id, req.actor_id,
+                                 f"{req.description}: {why}", kind="bundle")
+
+        out: list = [fail(req) for req in self.queue.remove_if(
+            lambda r: r.bundle is not None and r.bundle[0] == ev.pg_id and (
+                r.bundle[1] < 0 or (ev.pg_id, r.bundle[1]) in ended))]
         for worker in list(self.workers.values()):
-            key = (worker.lease.pool_key if worker.lease is not None else
-                   worker.reserved.pool_key if worker.reserved is not None else None)
-            if key in ended and worker.state is not WorkerState.DEAD:
+            held = worker.lease if worker.lease is not None else worker.reserved
+            if held is not None and held.pool_key in ended \
+                    and worker.state is not WorkerState.DEAD:
                 req = worker.reserved
                 out += self._end(worker, requeue=False)
-                if req is not None:
-                    out.append(E.FailRequest(req.caller, req.req_id, req.actor_id,
-                                             f"{req.description}: {why}", kind="bundle"))
-        for key in ended:
-            bundle = self.bundles.pop(key)
-            self.pool.release(bundle.shape, bundle.gpu_ids)
+                out += [fail(req)] if req is not None else []
+        self.pools.end(ended)
         return [*out, self._report(), *self._schedule()]
 
 

@@ -197,9 +197,9 @@ def test_no_node_matches_it_waits_with_a_warning_until_one_joins():
     out = s.handle(ViewChanged([*VIEW, ["z", "addr-z", {"CPU": 1}, {"CPU": 1},
                                         {"zone": "z"}]], "me"))
     assert only(out, SpillBack) == [SpillBack("c", 1, "addr-z")]
-    assert len(s.unmatched) == 1  # the one for zone t still waits
+    assert len(s.router.unmatched) == 1  # the one for zone t still waits
     s.handle(CallerGone("c"))
-    assert s.unmatched == [] and s.pending() == []
+    assert s.router.unmatched == [] and s.pending() == []
 
 
 def test_a_request_another_node_sent_is_not_sent_on():

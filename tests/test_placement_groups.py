@@ -154,7 +154,7 @@ def test_releasing_a_bundle_kills_what_runs_in_it_and_fails_what_waits():
     out = s.handle(E.BundlesReleased("pg", [0]))
     assert E.KillWorker(worker) in out
     assert [(i.req_id, i.kind) for i in out if isinstance(i, E.FailRequest)] == [(2, "bundle")]
-    assert s.pool.available["CPU"] == 2 and not s.bundles
+    assert s.pool.available["CPU"] == 2 and not s.pools.bundles
     # the killed worker's exit later gives back nothing twice
     assert s.handle(E.WorkerExited(worker, "killed")) == []
     assert s.pool.available["CPU"] == 2
@@ -167,7 +167,7 @@ def test_an_actor_in_a_bundle_holds_only_its_hold_of_the_bundle():
     out = s.handle(E.ActorPlacementRequested("head", "a1", {"CPU": 1}, {}, "A", "j", {},
                                              ("pg", 0)))
     assert any(isinstance(i, E.StartActor) for i in started(s, out))
-    assert s.bundles[("pg", 0)].pool.available["CPU"] == 1  # placed with 1, holds none
+    assert s.pools.bundles[("pg", 0)].pool.available["CPU"] == 1  # placed with 1, holds none
     assert s.pool.available["CPU"] == 1
     missing = s.handle(E.ActorPlacementRequested("head", "a2", {"CPU": 1}, {}, "A", "j", {},
                                                  ("pg", 3)))
