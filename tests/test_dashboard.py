@@ -21,7 +21,7 @@ from aray.util.state import list_objects
 pytestmark = pytest.mark.anyio
 
 API_PATHS = ["/api/summary", "/api/nodes", "/api/tasks", "/api/actors", "/api/objects",
-             "/api/jobs", "/api/placement_groups", "/api/timeline", "/api/logs", "/metrics"]
+             "/api/jobs", "/api/timeline", "/api/logs", "/metrics"]
 
 
 @aray.remote
@@ -123,6 +123,11 @@ async def test_everything_needs_the_token(work):
         async with s.ws_connect(url + "/ws") as ws:
             msg = await ws.receive(timeout=5)
             assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4401
+    # newer pages too (from an address of its own: see below)
+    async with browser_like("127.0.0.6") as s:
+        for headers in ({}, bearer("wrong-token"), {"Cookie": "aray_session=forged"}):
+            async with s.get(url + "/api/placement_groups", headers=headers) as r:
+                assert r.status == 401 and "dash-group" not in await r.text()
     # a token with bytes that are not UTF-8 is just a wrong one (from an address of its own:
     # the wrong tokens above are as many as one address may send in a minute)
     host, port = url.split("//")[1].split(":")

@@ -23,9 +23,17 @@ def page_code(page: Path) -> str:
     return "\n".join(BLOCK.findall(page.read_text()))
 
 
-def run_python(args, cwd, timeout=120):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
+def run_python(args, cwd, timeout=100):
+    """Run Python on ``args``; a run that times out fails with what it printed so far
+    (before pytest's own timeout would end the test without it)."""
+    try:
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                              cwd=cwd, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        def text(out):
+            return out.decode(errors="replace") if isinstance(out, bytes) else out or ""
+        pytest.fail(f"{args} ran for more than {timeout} s; its output so far:\n"
+                    f"{text(exc.stdout)[-3000:]}\n{text(exc.stderr)[-3000:]}")
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if page_code(p).strip()],
