@@ -51,6 +51,9 @@ from .store.shm import ShmDirectory
 
 log = logging.getLogger("aray")
 
+#: how long a driver dials again a head with storage that went away (its nodes wait as long)
+HEAD_RECONNECT_TIMEOUT = float(os.environ.get("ARAY_HEAD_RECONNECT_TIMEOUT", "60"))
+
 
 class Core:
     """The runtime of one process (driver or worker), bound to one event loop."""
@@ -99,6 +102,7 @@ class Core:
         self.agent: Link | None = None
         self.head: Link | None = None
         self._head_dial: asyncio.Task | None = None
+        self._driver_info: dict = {}  # a driver's Hello info, to come back as that driver
         self._tasks: set[asyncio.Task] = set()
         self.executor: Any = None  # the worker's task executor (see serve)
         self.on_log_lines: Callable[[P.LogLines], None] | None = None
@@ -167,7 +171,9 @@ class Core:
                     "submission_id": os.environ.get("ARAY_SUBMISSION_ID", ""),
                     "node_id": self.node_id}
             if self.role == "driver" and self.head_address:
+                self._driver_info = dict(info)
                 self.head = await self.links.dial(self.head_address, "driver", "", info)
+                self.head.on_close.append(self._on_head_lost)
                 self.job_id = self.head.peer.info.get("job_id", "")
                 info["job_id"] = self.job_id
             if self.client:  # the agent of the head's node serves it
@@ -339,16 +345,47 @@ class Core:
         log.warning(msg.message)
 
     async def head_link(self) -> Link:
-        """The link to the head (drivers have one; workers dial it when first needed)."""
+        """The link to the head (drivers have one; workers dial it when first needed, and
+        either dials it again once it closed: a restarted head)."""
         await self.wait_ready()
         if self.head is None or self.head.closed:
-            if self._head_dial is None or self._head_dial.done() and (
-                    self._head_dial.exception() is not None):
-                self._head_dial = self.loop.create_task(
-                    self.links.dial(self.head_address, "core", self.worker_id, {}))
+            dial = self._head_dial
+            if dial is None or dial.done() and (dial.exception() is not None
+                                                or dial.result().closed):
+                self._head_dial = self.loop.create_task(self._dial_head())
             self.head = head = await asyncio.shield(self._head_dial)
             return head
         return self.head
+
+    async def _dial_head(self) -> Link:
+        if self.role != "driver":
+            return await self.links.dial(self.head_address, "core", self.worker_id, {})
+        # a driver comes back as the driver of its job (to a head that restarted)
+        head = await self.links.dial(self.head_address, "driver", "",
+                                     dict(self._driver_info, job_id=self.job_id))
+        head.on_close.append(self._on_head_lost)
+        return head
+
+    def _on_head_lost(self, link: Link) -> None:
+        """A driver's link to a head with storage closed: dial it again (it restarts), so
+        that the head knows this job runs; operations that need the head wait or fail
+        meanwhile."""
+        if not self._closing and link.peer is not None \
+                and link.peer.info.get("fault_tolerant"):
+            self.spawn(self._rejoin_head(), name="rejoin the head")
+
+    async def _rejoin_head(self) -> None:
+        delay, deadline = 0.1, self.loop.time() + HEAD_RECONNECT_TIMEOUT
+        while not self._closing and self.loop.time() < deadline:
+            await asyncio.sleep(delay)
+            try:
+                await self.head_link()
+                return
+            except (OSError, ConnectionError):
+                delay = min(delay * 2, 2.0)
+        if not self._closing:
+            log.error("the head at %s did not come back within %g s", self.head_address,
+                      HEAD_RECONNECT_TIMEOUT)
 
     # --- a worker's tasks ------------------------------------------------------------------
     def serve(self, executor: Any) -> None:

@@ -593,7 +593,8 @@ class LocalCluster:
                  token: str | None = None, daemon: bool = False,
                  head_tcp: str | None = None, ip: str = "127.0.0.1", join: str = "",
                  dashboard: dict | None = None, lifeline: bool | None = None,
-                 labels: dict | None = None) -> None:
+                 labels: dict | None = None, storage: str = "",
+                 head_reconnect_timeout: float = 60.0) -> None:
         self.session_dir = new_session_dir()
         self.store_dir = store_dir_for(self.session_dir)
         self.token = token or secrets.token_hex(16)
@@ -607,7 +608,9 @@ class LocalCluster:
                        "lifeline": not daemon if lifeline is None else lifeline,
                        # {"host": ..., "port": ... or None for the default}; None: no dashboard
                        "dashboard": dashboard,
-                       "labels": dict(labels or {})}  # the node's own (see node/labels.py)
+                       "labels": dict(labels or {}),  # the node's own (see node/labels.py)
+                       # a head's Redis URL, to outlive it (see aray/_head/recovery.py)
+                       "storage": storage, "head_reconnect_timeout": head_reconnect_timeout}
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
 
@@ -761,7 +764,9 @@ class _NodeProcess:
         # joining an existing cluster: no head here, and the agent dials the cluster's head
         self.joining = config.get("join", "")
         self.head = None if self.joining else Head(
-            config["token"], packages_dir=os.path.join(config["session_dir"], "packages"))
+            config["token"], packages_dir=os.path.join(config["session_dir"], "packages"),
+            storage=config.get("storage", ""),
+            reconnect_grace=config.get("head_reconnect_timeout", 60.0))
         # a node of a cluster others may join (aray start) listens on TCP for other nodes
         self.tcp_host = ((config.get("ip") or "127.0.0.1")
                          if (config.get("daemon") or self.joining) else "")
@@ -788,6 +793,7 @@ class _NodeProcess:
         config, head = self.config, self.head
         self._make_store()
         if head is not None:
+            await head.restore()  # (a head with storage: what an earlier one left)
             head_address = await head.start(config["head_address"])
             head_tcp = (await head.server.listen(config["head_tcp"])
                         if config.get("head_tcp") else "")
@@ -798,7 +804,8 @@ class _NodeProcess:
             store_dir=config["store_dir"], resources=config["resources"],
             head_address=head_address, ip=config.get("ip") or "127.0.0.1",
             shared=bool(config.get("daemon")), tcp_host=self.tcp_host,
-            labels=config.get("labels") or {})
+            labels=config.get("labels") or {},
+            head_reconnect_timeout=config.get("head_reconnect_timeout", 60.0))
         node_address = await self.agent.start(config["node_address"])
         dashboard_url = ""
         if head is not None:

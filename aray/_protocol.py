@@ -128,6 +128,10 @@ class RegisterNode(NamedTuple):
     resources: dict
     host: dict  # {"machine", "pid", "session_dir"}: to clean up after it if it is killed
     labels: dict = {}  # its labels (its own and aray's ray.io/...), for label scheduling
+    #: what it holds when it registers again with a restarted head: its actors as
+    #: [actor_id, worker_id, address, pid] and its placement groups' bundles as [pg_id, index]
+    actors: list = []
+    bundles: list = []
 
 
 @_message(11, routes="node->head")

@@ -53,6 +53,17 @@ def _add_start(sub) -> None:
                        "else one is generated). Every user of the machine sees a command "
                        "line in `ps`: prefer ARAY_TOKEN, which only you and root can read")
     start.add_argument("--redis-password", help="the same as --token, as in Ray's command line")
+    start.add_argument("--storage", default=os.environ.get("ARAY_STORAGE", ""),
+                       metavar="REDIS_URL",
+                       help="a head's storage, so that the cluster outlives the head: "
+                            "redis://[:PASSWORD@]HOST:PORT[/DB] (rediss:// for TLS; default "
+                            "$ARAY_STORAGE). A head restarted with the same storage and port "
+                            "takes the cluster back")
+    start.add_argument("--head-reconnect-timeout", type=float,
+                       default=float(os.environ.get("ARAY_HEAD_RECONNECT_TIMEOUT", "60")),
+                       metavar="SECONDS",
+                       help="how long a node waits for a head with storage that went away "
+                            "to come back (default 60, as Ray's)")
     start.add_argument("--node-ip-address", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only)")
     start.add_argument("--dashboard-host", default="127.0.0.1",
@@ -189,6 +200,13 @@ def cmd_start(args) -> None:
     labels = _labels_from_args(args)
     _tls_from_args(args)
     token = args.token or args.redis_password or os.environ.get("ARAY_TOKEN")
+    if args.storage:
+        if not args.head:
+            raise ValueError("--storage is the head's: give it to `aray start --head`")
+        from ._head.storage import check_url, stored_token
+
+        check_url(args.storage)  # (a bad URL, or no redis client, is said now)
+        token = token or stored_token(args.storage) or None  # a restarted head's cluster
     join = ""
     if args.address:
         join = _head_address(args.address)
@@ -202,7 +220,9 @@ def cmd_start(args) -> None:
     cluster = LocalCluster(resources=resources, object_store_memory=args.object_store_memory,
                            token=token, daemon=True, ip=args.node_ip_address,
                            head_tcp=f"tcp://{args.node_ip_address}:{args.port}", join=join,
-                           dashboard=dashboard, lifeline=args.block, labels=labels)
+                           dashboard=dashboard, lifeline=args.block, labels=labels,
+                           storage=args.storage,
+                           head_reconnect_timeout=args.head_reconnect_timeout)
     _write_token(cluster.session_dir, cluster.token)
     cluster.spawn()
     try:

@@ -57,7 +57,8 @@ class NodeAgent:
                  head_address: str, ip: str = "127.0.0.1", node_id: str | None = None,
                  worker_target: str = "aray._worker:main",
                  preload: tuple[str, ...] = ("aray._worker",), prestart: int | None = None,
-                 shared: bool = False, tcp_host: str = "", labels: dict | None = None) -> None:
+                 shared: bool = False, tcp_host: str = "", labels: dict | None = None,
+                 head_reconnect_timeout: float = 60.0) -> None:
         self.node_id = node_id or uuid.uuid4().hex
         #: its labels: aray's (ray.io/node-id ...) and its own (``labels``)
         self.labels = node_labels(self.node_id, resources, labels)
@@ -66,6 +67,9 @@ class NodeAgent:
         self.store_dir = store_dir
         self.ip = ip
         self.head_address = head_address
+        #: how long the agent waits for a fault-tolerant head (one with storage) that went
+        #: away to come back, before it stops
+        self.head_reconnect_timeout = head_reconnect_timeout
         if prestart is None:
             # a cluster that serves many jobs (aray start) keeps a worker per CPU ready; the
             # one aray.init() starts for a program begins with one and adds them on demand
@@ -130,20 +134,48 @@ class NodeAgent:
             tcp_host=self.tcp_host)
         # the template process imports the worker module while we connect to the head
         self._spawn(self.workers.warm_up(), "warm up")
-        self.head = await connect(self.head_address, self._hello(), name="node->head")
-        self.head.on_message = self._dispatch
-        self.head.on_close.append(self._on_head_lost)
-        self.cluster_id = self.head.peer.info.get("cluster_id", "")
-        self._spawn(self.head.run(), "head link")
-        self.head.send(P.RegisterNode(
-            self.node_id, self.public_address or self.address, self.ip, self.leases.pool.total,
-            {"machine": machine_id(), "pid": os.getpid(), "session_dir": self.session_dir},
-            self.labels))
+        await self._connect_head()
         self.leasing.feed(E.NodeStarted(self.prestart))
         self._spawn(self.logs.run(), "log reader")
         self._spawn(every(self.head.peer.info.get("heartbeat_interval", 1.0),
                           self._send_heartbeat, name="heartbeat", log=log), "heartbeat")
         return self.address
+
+    async def _connect_head(self) -> None:
+        """Dial the head and register: with what this node holds, when it is a restarted
+        head that this node comes back to."""
+        head = await connect(self.head_address, self._hello(), name="node->head")
+        head.on_message = self._dispatch
+        head.on_close.append(self._on_head_lost)
+        self.head = head
+        self.cluster_id = head.peer.info.get("cluster_id", "")
+        self._spawn(head.run(), "head link")
+        actors = [[h.actor_id, h.worker_id, h.address, h.pid]
+                  for h in self.workers.handles.values() if h.actor_id and h.address]
+        head.send(P.RegisterNode(
+            self.node_id, self.public_address or self.address, self.ip, self.leases.pool.total,
+            {"machine": machine_id(), "pid": os.getpid(), "session_dir": self.session_dir},
+            self.labels, actors, [list(key) for key in self.leases.pools.bundles]))
+        head.send(P.NodeResourcesChanged(self.node_id, dict(self.leases.pool.available)))
+
+    async def _reconnect_head(self) -> None:
+        """Dial the head again, backing off, until it is back or the time is up."""
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + self.head_reconnect_timeout, 0.1
+        while not self._closing and loop.time() < deadline:
+            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+            try:
+                await self._connect_head()
+            except (OSError, ConnectionError) as exc:
+                delay = min(delay * 2, 2.0)
+                log.debug("the head is not back yet: %s", exc)
+                continue
+            log.warning("back in the cluster: the head at %s is up again", self.head_address)
+            return
+        if not self._closing:
+            log.error("the head did not come back within %g s; this node agent stops",
+                      self.head_reconnect_timeout)
+            await self.aclose()
 
     def _send_heartbeat(self) -> None:
         if self.head is not None:
@@ -154,10 +186,17 @@ class NodeAgent:
         return {"store": self.objects.accounts.stats(), "pending": self.leases.pending(),
                 "host": host_stats()}
 
-    def _on_head_lost(self, _link: Link) -> None:
-        if not self._closing:
-            log.error("lost the link to the head; this node agent stops")
-            self._spawn(self.aclose(), "stop")
+    def _on_head_lost(self, link: Link) -> None:
+        if self._closing:
+            return
+        if link.peer is not None and link.peer.info.get("fault_tolerant") \
+                and self.head_reconnect_timeout > 0:
+            log.warning("lost the link to the head; waiting up to %g s for it to come back",
+                        self.head_reconnect_timeout)
+            self._spawn(self._reconnect_head(), "reconnect to the head")
+            return
+        log.error("lost the link to the head; this node agent stops")
+        self._spawn(self.aclose(), "stop")
 
     async def aclose(self) -> None:
         """Stop the workers, the server and the head link; cancel the agent's tasks."""

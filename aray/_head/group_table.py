@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import time
+from collections.abc import Callable
 
 from .placement import PG_STRATEGIES
 from .state import _bound
@@ -104,6 +105,8 @@ class PlacementGroupTable:
         self._waiting: dict[str, None] = {}
         self._removed: dict[str, None] = {}
         self.max_removed = max_removed
+        #: told of every group whose state or bundles' nodes changed (the head's storage)
+        self.on_change: Callable[[PlacementGroupRecord], None] = lambda record: None
 
     def add(self, pg_id: str, name: str, namespace: str, bundles: list[dict], strategy: str,
             job_id: str, detached: bool) -> PlacementGroupRecord:
@@ -111,19 +114,25 @@ class PlacementGroupTable:
                                       [{k: float(v) for k, v in b.items() if v > 0}
                                        for b in bundles],
                                       strategy, job_id, detached, nodes=[None] * len(bundles))
-        self.groups[pg_id] = record
-        self._waiting[pg_id] = None
-        if name:
-            self.names[(namespace, name)] = pg_id
+        self.restore(record)
         return record
+
+    def restore(self, record: PlacementGroupRecord) -> None:
+        """Keep ``record`` (a new one, or one a restarted head read back)."""
+        self.groups[record.pg_id] = record
+        if record.waiting:
+            self._waiting[record.pg_id] = None
+        if record.name and record.state is not PlacementGroupState.REMOVED:
+            self.names[(record.namespace, record.name)] = record.pg_id
+        self.on_change(record)
 
     def lookup(self, name: str, namespace: str) -> PlacementGroupRecord | None:
         pg_id = self.names.get((namespace, name))
         return self.groups.get(pg_id) if pg_id else None
 
     def mark_removed(self, record: PlacementGroupRecord) -> None:
-        self.set_state(record, PlacementGroupState.REMOVED)
         record.nodes = [None] * len(record.bundles)
+        self.set_state(record, PlacementGroupState.REMOVED)
         if record.name and self.names.get((record.namespace, record.name)) == record.pg_id:
             del self.names[(record.namespace, record.name)]
         self._removed[record.pg_id] = None
@@ -135,6 +144,7 @@ class PlacementGroupTable:
             self._waiting[record.pg_id] = None
         else:
             self._waiting.pop(record.pg_id, None)
+        self.on_change(record)
 
     def waiting(self) -> list[PlacementGroupRecord]:
         """The groups with bundles to reserve, oldest first."""

@@ -126,6 +126,19 @@ class PlacementGroups:
                             record.pg_id[:12], node_id[:12])
         self.changed()
 
+    def bundles_confirmed(self, node_id: str, held: list[tuple]) -> None:
+        """A node registered again after a head restart, holding the bundles ``held``
+        (``(pg_id, index)``): those it no longer holds are reserved again elsewhere."""
+        keep = {(pg, int(i)) for pg, i in held}
+        for record in self.table.groups.values():
+            lost = [i for i, n in enumerate(record.nodes)
+                    if n == node_id and (record.pg_id, i) not in keep]
+            if lost and record.state is not PlacementGroupState.REMOVED:
+                for i in lost:
+                    record.nodes[i] = None
+                self.table.set_state(record, PlacementGroupState.RESCHEDULING)
+        self.changed()
+
     def job_finished(self, job_id: str) -> None:
         """A group fate-shares with its creator's job, unless it is detached."""
         for record in list(self.table.groups.values()):

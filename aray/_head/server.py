@@ -19,6 +19,7 @@ from .group_table import PlacementGroupTable
 from .jobs import JobManager
 from .packages import PackageStore
 from .placement_groups import PlacementGroups
+from .recovery import make_recovery
 from .state import MAX_DEAD_NODES, ActorTable, JobTable, NodeTable, TaskTable
 
 log = logging.getLogger("aray.head")
@@ -45,7 +46,8 @@ class Head:
         ...     await head.aclose()
     """
 
-    def __init__(self, token: str, packages_dir: str = "") -> None:
+    def __init__(self, token: str, packages_dir: str = "", storage: str = "",
+                 reconnect_grace: float = 60.0) -> None:
         # names this cluster in every ref it makes: a ref of another cluster (or of an
         # earlier session) is known for what it is
         self.cluster_id = uuid.uuid4().hex[:16]
@@ -70,6 +72,11 @@ class Head:
         #: placement groups' messages, and the reservation of their bundles
         self.groups = PlacementGroups(self)
         self._dispatch.add(self.groups)
+        #: the tables kept in ``storage`` (a Redis URL), to outlive this process; None:
+        #: this head's state ends with it, and so does the cluster
+        self.recovery = make_recovery(self, storage, reconnect_grace) if storage else None
+        if self.recovery is not None:
+            self.placement_groups.on_change = self.recovery.group_changed
         self._carry_out = self._instructions()
         self._view_timer: asyncio.TimerHandle | None = None
         # nodes whose view entry changed since the last ClusterViewUpdated (in the order
@@ -92,11 +99,19 @@ class Head:
         """The records of the submitted jobs (aray job submit), oldest first."""
         return [] if self.submitted_jobs is None else self.submitted_jobs.list()
 
+    async def restore(self) -> bool:
+        """Read back what an earlier head of this cluster kept in the storage (before
+        :meth:`start`); True if there was anything. StorageError if it cannot be read."""
+        return await self.recovery.restore() if self.recovery is not None else False
+
     async def start(self, address: str) -> str:
         self._watchdog = asyncio.get_running_loop().create_task(every(
             HEARTBEAT_INTERVAL, self._check_heartbeats, name="node watchdog", log=log,
             first_delay=HEARTBEAT_INTERVAL))
-        return await self.server.start(address)
+        address = await self.server.start(address)
+        if self.recovery is not None:
+            self.recovery.start_grace()
+        return address
 
     async def aclose(self) -> None:
         if self._watchdog is not None:
@@ -105,6 +120,9 @@ class Head:
             self.submitted_jobs.aclose()
         self.groups.aclose()
         await self.server.aclose()
+        if self.recovery is not None:
+            self.recovery.aclose()
+            await self.recovery.storage.aclose()
 
     def _check_heartbeats(self) -> None:
         """A node whose agent stopped sending heartbeats (hung, or cut off by the network)
@@ -138,20 +156,29 @@ class Head:
             self._link_of_node[hello.ident] = link
             self._last_heard[hello.ident] = time.monotonic()
             link.on_close.append(self._on_node_lost)
-            return {"heartbeat_interval": HEARTBEAT_INTERVAL, "cluster_id": self.cluster_id}
+            return {"heartbeat_interval": HEARTBEAT_INTERVAL, "cluster_id": self.cluster_id,
+                    "fault_tolerant": self.recovery is not None}
         link.on_close.append(self._forget_waiters)
         if hello.role != "driver":  # a worker's core: actor lookups only
             return {}
         address = hello.info.get("address", "")
-        job_id = self.jobs.new_job(hello.pid, hello.info.get("namespace", ""), address,
-                                   str(hello.info.get("submission_id", "")))
+        job_id = str(hello.info.get("job_id", ""))
+        job = self.jobs.jobs.get(job_id)
+        if not (job and job["alive"] and job_id not in self._driver_links):
+            # (a driver that reconnects to a restarted head gets its job back)
+            job_id = self.jobs.new_job(hello.pid, hello.info.get("namespace", ""), address,
+                                       str(hello.info.get("submission_id", "")))
+        if self.recovery is not None:
+            self.recovery.job_changed(job_id)
         self._driver_links[job_id] = link
         link.on_close.append(lambda _l: self._on_job_finished(job_id, address))
         return {"job_id": job_id, "namespace": self.jobs.namespace(job_id),
-                "cluster_id": self.cluster_id}
+                "cluster_id": self.cluster_id, "fault_tolerant": self.recovery is not None}
 
     def _on_job_finished(self, job_id: str, driver_address: str) -> None:
         self.jobs.finish(job_id)
+        if self.recovery is not None:
+            self.recovery.job_changed(job_id)
         self.tasks.finish_job(job_id)
         self._driver_links.pop(job_id, None)
         for node_link in self.node_links:
@@ -163,6 +190,8 @@ class Head:
     def _on_RegisterNode(self, link: Link, msg: P.RegisterNode) -> None:
         self.nodes.join(msg.node_id, msg.address, msg.ip, msg.resources, msg.host, msg.labels)
         log.info("node %s joined with %s", msg.node_id[:12], msg.resources)
+        if self.recovery is not None:  # (back after a restart: what it holds is there)
+            self.recovery.node_registered(msg.node_id, msg.actors, msg.bundles)
         self._view_dirty[msg.node_id] = None
         self._view_changed_soon()  # the others hear of it
         if not link.closed:  # and it hears of every node, itself included, now
@@ -276,6 +305,8 @@ class Head:
     def _actor_event(self, event) -> None:
         for instruction in self.lifecycle.handle(event):
             self._carry_out[type(instruction)](instruction)
+        if self.recovery is not None:  # (events without an actor id may touch many)
+            self.recovery.actors_changed(getattr(event, "actor_id", None))
 
     def _on_RegisterActor(self, link: Link, msg: P.RegisterActor) -> None:
         namespace = self.jobs.namespace(msg.job_id, msg.namespace)

@@ -1,0 +1,194 @@
+"""A head that survives restarts: its tables in a real Redis (Debian's redis-server, started
+by the test on a loopback port), the head killed with SIGKILL mid-workload and started
+again; the node agents, the driver and a detached actor carry on."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import msgpack
+import pytest
+from conftest import wait_until
+from test_cluster import DRIVER_PRELUDE, Cluster, free_port
+
+from aray._head.group_table import PlacementGroupRecord
+from aray._head.recovery import actor_from_row, actor_row, group_from_row, group_row
+from aray._head.state import ActorRecord, ActorState
+
+REDIS = shutil.which("redis-server")
+needs_redis = pytest.mark.skipif(REDIS is None, reason="needs Debian's redis-server "
+                                 "(apt-get install redis-server; .ci/run installs it)")
+
+
+def test_rows_round_trip_through_storage():
+    actor = ActorRecord("a1", "c", "ns", "j1", {"lifetime": "detached"}, ActorState.ALIVE,
+                        {"class_blob": b"\x00pickled", "placement": {"CPU": 1.0}},
+                        "tcp://x:1", "w1", "n1", 42, 2)
+    assert actor_from_row(_stored(actor_row(actor))) == actor
+    group = PlacementGroupRecord("g1", "", "ns", [{"CPU": 1.0}], "PACK", "j1", False,
+                                 nodes=["n1"])
+    assert group_row(group_from_row(_stored(group_row(group)))) == group_row(group)
+
+
+def _stored(row: dict) -> dict:
+    """A row as Redis gives it back: through msgpack."""
+    return msgpack.unpackb(msgpack.packb(row, use_bin_type=True), raw=False,
+                           strict_map_key=False)
+
+
+class Redis:
+    """A redis-server of the test's own, on a free loopback port."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="aray-redis-")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = subprocess.Popen(
+            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        import redis
+
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        wait_until(lambda: _pings(client), 10, message="redis-server to answer")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _pings(client) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture
+def redis_server():
+    server = Redis()
+    yield server
+    server.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@needs_redis
+def test_a_head_killed_and_started_again_takes_its_cluster_back(redis_server, tmp_path):
+    c = Cluster()
+    c.env.update(ARAY_TOKEN="restart-test-token", ARAY_HEAD_RECONNECT_TIMEOUT="60")
+    try:
+        head = c.start_head("--num-cpus", "1", "--storage", redis_server.url)
+        second = c.join("--num-cpus", "2", "--resources", '{"b": 2}')
+        # a driver on the second node: a detached actor with state, and a task running
+        # there while the head is killed and started again
+        script = tmp_path / "driver.py"
+        script.write_text(DRIVER_PRELUDE + textwrap.dedent(f"""
+            aray.init(address={second["session_dir"]!r}, namespace="ft")
+
+            @aray.remote(resources={{"b": 1}})
+            class Counter:
+                def __init__(self):
+                    self.n = 0
+                def incr(self):
+                    self.n += 1
+                    return self.n
+
+            @aray.remote(resources={{"b": 1}})
+            def slow(path):
+                while not os.path.exists(path):  # until the head is back
+                    time.sleep(0.05)
+                return "finished"
+
+            counter = Counter.options(name="counter", lifetime="detached").remote()
+            print("COUNT", aray.get([counter.incr.remote() for _ in range(5)])[-1], flush=True)
+            ref = slow.remote({str(tmp_path / "go")!r})
+            print("READY", aray.get_runtime_context().get_job_id(), flush=True)
+            print("TASK", aray.get(ref, timeout=120), flush=True)
+            print("COUNT", aray.get(counter.incr.remote()), flush=True)
+            print("LOOKUP", aray.get(aray.get_actor("counter").incr.remote()), flush=True)
+        """))
+        driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=c.env, cwd=tmp_path)
+        lines: list[str] = []
+        wait_until(lambda: _read_until(driver, lines, "READY"), 60, message="the driver's start")
+        job_id = next(line.split()[1] for line in lines if line.startswith("READY"))
+
+        os.kill(head["pid"], signal.SIGKILL)
+        wait_until(lambda: not _alive(head["pid"]), 10, message="the head to be gone")
+        assert _alive(second["pid"])  # it waits for the head
+        again = c.start_head("--num-cpus", "1", "--storage", redis_server.url)
+        assert again["pid"] != head["pid"]
+        (tmp_path / "go").write_text("")
+
+        out, err = driver.communicate(timeout=120)
+        lines += out.splitlines()
+        assert driver.returncode == 0, "\n".join(lines) + err
+        assert "TASK finished" in lines and "COUNT 6" in lines and "LOOKUP 7" in lines, lines
+
+        # a new driver finds the detached actor by name, with its state, and the jobs
+        r = c.driver("""
+            import json
+            aray.init(address="auto", namespace="ft")
+            print("NEXT", aray.get(aray.get_actor("counter").incr.remote()))
+            from aray.util.state import list_actors, list_jobs
+            print("ACTORS " + json.dumps([(a["name"], a["state"]) for a in list_actors()]))
+            print("JOBS " + json.dumps({j["job_id"]: j["alive"] for j in list_jobs()}))
+        """, tmp_path)
+        assert "NEXT 8" in r.stdout
+        actors = json.loads(r.stdout.split("ACTORS ", 1)[1].splitlines()[0])
+        assert ["counter", "ALIVE"] in actors
+        jobs = json.loads(r.stdout.split("JOBS ", 1)[1].splitlines()[0])
+        # the first driver came back as its job's driver: its end ended the job
+        assert jobs[job_id] is False, jobs
+    finally:
+        c.stop()
+
+
+def _read_until(proc: subprocess.Popen, lines: list[str], marker: str) -> bool:
+    assert proc.stdout is not None
+    if proc.poll() is not None:
+        err = proc.stderr.read() if proc.stderr else ""
+        raise AssertionError(f"the driver ended: {lines} {err}")
+    line = proc.stdout.readline()
+    if line:
+        lines.append(line.strip())
+    return any(x.startswith(marker) for x in lines)
+
+
+@needs_redis
+def test_a_head_whose_storage_is_gone_says_so(redis_server):
+    c = Cluster()
+    try:
+        redis_server.stop()
+        proc = c.cli("start", "--head", "--port", str(c.port), "--storage", redis_server.url,
+                     check=False)
+        assert proc.returncode != 0
+        said = f"cannot read the head's storage at {redis_server.url}: Error 111"
+        assert said in proc.stderr, proc.stderr
+        assert "Start Redis there" in proc.stderr
+    finally:
+        c.stop()
+
+
+def test_storage_must_be_a_redis_url():
+    c = Cluster()
+    try:
+        proc = c.cli("start", "--head", "--port", str(c.port), "--storage", "postgres://db",
+                     check=False)
+        assert proc.returncode != 0 and "--storage must be a Redis URL" in proc.stderr
+    finally:
+        c.stop()
