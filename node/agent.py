@@ -24,6 +24,8 @@ import asyncio
 import logging
 import os
 import uuid
+from collections import deque
+from typing import cast
 
 from aray import _protocol as P
 from aray._dispatch import Dispatcher
@@ -143,13 +145,16 @@ class NodeAgent:
 
     async def _connect_head(self) -> None:
         """Dial the head and register: with what this node holds, when it is a restarted
-        head that this node comes back to."""
+        head that this node comes back to (after what it was told meanwhile)."""
         head = await connect(self.head_address, self._hello(), name="node->head")
         head.on_message = self._dispatch
         head.on_close.append(self._on_head_lost)
+        told = self.head.messages if isinstance(self.head, HeadOutbox) else []
         self.head = head
         self.cluster_id = head.peer.info.get("cluster_id", "")
         self._spawn(head.run(), "head link")
+        for msg in told:  # (an actor that died meanwhile: before the node says what it has)
+            head.send(msg)
         actors = [[h.actor_id, h.worker_id, h.address, h.pid]
                   for h in self.workers.handles.values() if h.actor_id and h.address]
         head.send(P.RegisterNode(
@@ -193,6 +198,7 @@ class NodeAgent:
                 and self.head_reconnect_timeout > 0:
             log.warning("lost the link to the head; waiting up to %g s for it to come back",
                         self.head_reconnect_timeout)
+            self.head = cast(Link, HeadOutbox())  # what the agent's parts tell it, kept
             self._spawn(self._reconnect_head(), "reconnect to the head")
             return
         log.error("lost the link to the head; this node agent stops")
@@ -347,3 +353,38 @@ def host_stats() -> dict:
     mem = psutil.virtual_memory()
     return {"cpu_percent": psutil.cpu_percent(None), "memory_total": mem.total,
             "memory_used": mem.total - mem.available, "memory_percent": mem.percent}
+
+
+#: what a node keeps of what it tells a head that is restarting (the newest)
+OUTBOX_MAX = 10_000
+
+
+class HeadOutbox:
+    """Stands for the link to the head while a node waits for a restarted head: what the
+    agent's parts tell the head (an actor started or died, an entrypoint ended) is kept,
+    the newest OUTBOX_MAX, and sent once the head is back; what the node says again anyway
+    (heartbeats, free resources, workers' output) is dropped.
+
+    Example:
+        >>> outbox = HeadOutbox()
+        >>> outbox.send(P.ActorDied("a1", "it exited")); outbox.send_if_open(P.Heartbeat("n", {}))
+        >>> [type(m).__name__ for m in outbox.messages]
+        ['ActorDied']
+    """
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.messages: deque = deque(maxlen=OUTBOX_MAX)
+
+    def send(self, msg) -> None:
+        if not isinstance(msg, (P.Heartbeat, P.NodeResourcesChanged, P.LogLines)):
+            self.messages.append(msg)
+
+    send_if_open = send
+
+    async def request(self, *args, **kwargs):
+        raise ConnectionError("the head is restarting: try again once it is back")
+
+    async def aclose(self) -> None:
+        self.messages.clear()

@@ -121,6 +121,18 @@ def test_a_head_killed_and_started_again_takes_its_cluster_back(redis_server, tm
             print("COUNT", aray.get(counter.incr.remote()), flush=True)
             print("LOOKUP", aray.get(aray.get_actor("counter").incr.remote()), flush=True)
         """))
+        # a submitted job whose entrypoint runs on the second node, and ends while the
+        # head is away
+        gone = tmp_path / "head-gone"
+        entrypoint = tmp_path / "job.py"
+        entrypoint.write_text(f"import os, time\nwhile not os.path.exists({str(gone)!r}):\n"
+                              "    time.sleep(0.05)\nprint('job done')\n")
+        c.cli("job", "submit", "--address", head["session_dir"], "--no-wait",
+              "--submission-id", "ft-job", "--entrypoint-resources", '{"b": 0.1}', "--",
+              sys.executable, str(entrypoint))
+        wait_until(lambda: "RUNNING" in c.cli("job", "status", "--address",
+                                              head["session_dir"], "ft-job").stdout, 60,
+                   message="the submitted job to run")
         driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, env=c.env, cwd=tmp_path)
         lines: list[str] = []
@@ -130,6 +142,7 @@ def test_a_head_killed_and_started_again_takes_its_cluster_back(redis_server, tm
         os.kill(head["pid"], signal.SIGKILL)
         wait_until(lambda: not _alive(head["pid"]), 10, message="the head to be gone")
         assert _alive(second["pid"])  # it waits for the head
+        gone.write_text("")  # the job's entrypoint ends while the head is away
         again = c.start_head("--num-cpus", "1", "--storage", redis_server.url)
         assert again["pid"] != head["pid"]
         (tmp_path / "go").write_text("")
@@ -149,6 +162,10 @@ def test_a_head_killed_and_started_again_takes_its_cluster_back(redis_server, tm
             print("JOBS " + json.dumps({j["job_id"]: j["alive"] for j in list_jobs()}))
         """, tmp_path)
         assert "NEXT 8" in r.stdout
+        status = c.cli("job", "status", "--address", again["session_dir"], "ft-job").stdout
+        assert "SUCCEEDED" in status, status
+        logs = c.cli("job", "logs", "--address", again["session_dir"], "ft-job").stdout
+        assert "job done" in logs, logs
         actors = json.loads(r.stdout.split("ACTORS ", 1)[1].splitlines()[0])
         assert ["counter", "ALIVE"] in actors
         jobs = json.loads(r.stdout.split("JOBS ", 1)[1].splitlines()[0])

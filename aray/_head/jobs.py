@@ -23,6 +23,7 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import _protocol as P
@@ -87,6 +88,9 @@ class JobManager:
     def __init__(self, head: Head) -> None:
         self.head = head
         self.jobs: dict[str, dict] = {}
+        #: told of each job whose record changed (its record, None once deleted): the
+        #: head's storage
+        self.on_change: Callable[[str, dict | None], None] = lambda submission_id, job: None
         self._stopping: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
 
@@ -135,6 +139,7 @@ class JobManager:
             "driver_node_id": None, "log_file": None, "resources": resources,
         }
         self._bound()
+        self.on_change(submission_id, self.jobs[submission_id])
         task = asyncio.get_running_loop().create_task(self._place(submission_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -201,7 +206,13 @@ class JobManager:
             raise JobError(f"job {submission_id!r} is {job['status']}: stop it before "
                            "deleting it (`aray job stop`)")
         del self.jobs[submission_id]
+        self.on_change(submission_id, None)
         return True
+
+    def restore(self, rows: dict[str, dict]) -> None:
+        """The records a restarted head read back from its storage."""
+        for submission_id, job in rows.items():
+            self.jobs[submission_id] = dict(job, status=JobStatus(job["status"]))
 
     def aclose(self) -> None:
         """Stop every running job (the head is stopping)."""
@@ -228,6 +239,7 @@ class JobManager:
                 return
             await asyncio.sleep(PLACE_INTERVAL)
         job["driver_node_id"] = node_id
+        self.on_change(submission_id, job)
         variables = {"ARAY_SUBMISSION_ID": submission_id,
                      "ARAY_JOB_RUNTIME_ENV": json.dumps(job["runtime_env"])}
         link.send(P.StartEntrypoint(submission_id, job["entrypoint"], job["runtime_env"],
@@ -249,6 +261,7 @@ class JobManager:
         if job is not None and not job["status"].is_terminal():
             job.update(status=JobStatus.RUNNING, message="Job is currently running.",
                        driver_pid=msg.pid, log_file=msg.log_file)
+            self.on_change(msg.submission_id, job)
 
     def _on_EntrypointEnded(self, link: Link, msg: P.EntrypointEnded) -> None:
         job = self.jobs.get(msg.submission_id)
@@ -279,6 +292,7 @@ class JobManager:
 
     def _end(self, job: dict, status: JobStatus, message: str) -> None:
         job.update(status=status, message=message, end_time=int(time.time() * 1000))
+        self.on_change(job["submission_id"], job)
 
     def _bound(self) -> None:
         finished = [s for s, j in self.jobs.items() if j["status"].is_terminal()]

@@ -33,6 +33,7 @@ from .state import ActorRecord, ActorState
 from .storage import _where
 
 if TYPE_CHECKING:
+    from .jobs import JobManager
     from .server import Head
     from .storage import RedisStorage
 
@@ -78,6 +79,7 @@ class Recovery:
         self._nodes_back: set[str] = set()  # nodes that registered since the restart
         self._restored_nodes: set[str] = set()  # the nodes the restored state names
         self._timer: asyncio.TimerHandle | None = None
+        self._submissions: dict[str, dict] = {}  # read back, for the head's JobManager
 
     # --- writing -------------------------------------------------------------------------
     def save_cluster(self) -> None:
@@ -106,6 +108,18 @@ class Recovery:
             if self._written.get(one) != mark:
                 self._written[one] = mark
                 self.storage.put("actors", one, actor_row(record))
+
+    def submission_changed(self, submission_id: str, job: dict | None) -> None:
+        self.storage.put("submissions", submission_id, job)
+
+    def attach_jobs(self, manager: JobManager) -> None:
+        """The head's submitted jobs: those read back, and their changes from now on."""
+        manager.restore(self._submissions)
+        for job in self._submissions.values():
+            if job.get("driver_node_id"):
+                self._restored_nodes.add(job["driver_node_id"])
+        self._submissions = {}
+        manager.on_change = self.submission_changed
 
     def group_changed(self, record: PlacementGroupRecord) -> None:
         removed = record.state is PlacementGroupState.REMOVED
@@ -138,6 +152,7 @@ class Recovery:
                 head.actors.names[(record.namespace, record.name)] = actor_id
             self._unconfirmed.add(actor_id)
             self._restored_nodes.add(record.node_id)
+        self._submissions = tables["submissions"]
         for row in tables["groups"].values():
             group = group_from_row(row)
             head.placement_groups.restore(group)
@@ -189,6 +204,8 @@ class Recovery:
         self._unconfirmed.clear()
         for node_id in sorted(self._restored_nodes - self._nodes_back):
             self.head.groups.node_lost(node_id)
+            if self.head.submitted_jobs is not None:  # the entrypoints it ran
+                self.head.submitted_jobs.node_lost(node_id)
         self.actors_changed(None)
 
     def aclose(self) -> None:

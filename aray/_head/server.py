@@ -93,6 +93,8 @@ class Head:
         """Run submitted jobs (the node process of a head with a session does)."""
         self.submitted_jobs = manager
         self._dispatch.add(manager)
+        if self.recovery is not None:
+            self.recovery.attach_jobs(manager)
 
     @property
     def submissions(self) -> list[dict]:
