@@ -209,3 +209,72 @@ def test_storage_must_be_a_redis_url():
         assert proc.returncode != 0 and "--storage must be a Redis URL" in proc.stderr
     finally:
         c.stop()
+
+
+@needs_redis
+def test_what_no_node_confirms_in_time_is_lost_with_its_node(redis_server, tmp_path):
+    """An actor on the head's own node dies with the head's process: once the nodes had
+    their time to come back, the restarted head restarts it (max_restarts) on a node that
+    can hold it."""
+    c = Cluster()
+    c.env.update(ARAY_TOKEN="restart-test-token", ARAY_HEAD_RECONNECT_TIMEOUT="3")
+    try:
+        head = c.start_head("--num-cpus", "1", "--resources", '{"h": 1}', "--storage",
+                            redis_server.url)
+        c.driver("""
+            aray.init(address="auto", namespace="ft")
+
+            @aray.remote(resources={"h": 1}, max_restarts=1)
+            class Here:
+                def node(self):
+                    return aray.get_runtime_context().get_node_id()
+
+            here = Here.options(name="here", lifetime="detached").remote()
+            print("NODE", aray.get(here.node.remote()))
+        """, tmp_path)
+        os.kill(head["pid"], signal.SIGKILL)
+        wait_until(lambda: not _alive(head["pid"]), 10, message="the head to be gone")
+        again = c.start_head("--num-cpus", "1", "--resources", '{"h": 1}', "--storage",
+                             redis_server.url)
+        r = c.driver("""
+            aray.init(address="auto", namespace="ft")
+            here = aray.get_actor("here")
+
+            def node_of(actor):
+                try:
+                    return aray.get(actor.node.remote(), timeout=5)
+                except (aray.exceptions.ActorUnavailableError,
+                        aray.exceptions.GetTimeoutError, aray.exceptions.ActorDiedError):
+                    return None
+
+            print("NODE", wait_until(lambda: node_of(here), 60, message="the actor back"))
+            from aray.util.state import list_actors
+            print("RESTARTS", [a["restarts"] for a in list_actors() if a["name"] == "here"])
+        """, tmp_path)
+        assert f"NODE {again['node_id']}" in r.stdout and "RESTARTS [1]" in r.stdout, r.stdout
+    finally:
+        c.stop()
+
+
+@needs_redis
+def test_a_head_that_loses_its_storage_says_so_and_goes_on(redis_server, tmp_path):
+    c = Cluster()
+    try:
+        head = c.start_head("--num-cpus", "1", "--storage", redis_server.url)
+        redis_server.stop()
+        r = c.driver("""
+            aray.init(address="auto")
+
+            @aray.remote(num_cpus=0)
+            class A:
+                def ping(self):
+                    return "pong"
+
+            print("PING", aray.get(A.remote().ping.remote()))
+        """, tmp_path)
+        assert "PING pong" in r.stdout  # the cluster works on
+        log = os.path.join(head["session_dir"], "logs", "node.log")
+        said = f"cannot write the head's state to {redis_server.url}"
+        wait_until(lambda: said in open(log).read(), 30, message="the head to say so")
+    finally:
+        c.stop()
