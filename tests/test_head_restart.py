@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -275,6 +276,6 @@ def test_a_head_that_loses_its_storage_says_so_and_goes_on(redis_server, tmp_pat
         assert "PING pong" in r.stdout  # the cluster works on
         log = os.path.join(head["session_dir"], "logs", "node.log")
         said = f"cannot write the head's state to {redis_server.url}"
-        wait_until(lambda: said in open(log).read(), 30, message="the head to say so")
+        wait_until(lambda: said in Path(log).read_text(), 30, message="the head to say so")
     finally:
         c.stop()
