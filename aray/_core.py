@@ -352,8 +352,8 @@ class Core:
             dial = self._head_dial
             if dial is None or dial.done() and (dial.exception() is not None
                                                 or dial.result().closed):
-                self._head_dial = self.loop.create_task(self._dial_head())
-            self.head = head = await asyncio.shield(self._head_dial)
+                dial = self._head_dial = self.loop.create_task(self._dial_head())
+            self.head = head = await asyncio.shield(dial)
             return head
         return self.head
 

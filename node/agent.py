@@ -136,20 +136,20 @@ class NodeAgent:
             tcp_host=self.tcp_host)
         # the template process imports the worker module while we connect to the head
         self._spawn(self.workers.warm_up(), "warm up")
-        await self._connect_head()
+        head = await self._connect_head()
         self.leasing.feed(E.NodeStarted(self.prestart))
         self._spawn(self.logs.run(), "log reader")
-        self._spawn(every(self.head.peer.info.get("heartbeat_interval", 1.0),
+        self._spawn(every(head.peer.info.get("heartbeat_interval", 1.0),
                           self._send_heartbeat, name="heartbeat", log=log), "heartbeat")
         return self.address
 
-    async def _connect_head(self) -> None:
+    async def _connect_head(self) -> Link:
         """Dial the head and register: with what this node holds, when it is a restarted
         head that this node comes back to (after what it was told meanwhile)."""
         head = await connect(self.head_address, self._hello(), name="node->head")
         head.on_message = self._dispatch
         head.on_close.append(self._on_head_lost)
-        told = self.head.messages if isinstance(self.head, HeadOutbox) else []
+        told: list = list(self.head.messages) if isinstance(self.head, HeadOutbox) else []
         self.head = head
         self.cluster_id = head.peer.info.get("cluster_id", "")
         self._spawn(head.run(), "head link")
@@ -162,6 +162,7 @@ class NodeAgent:
             {"machine": machine_id(), "pid": os.getpid(), "session_dir": self.session_dir},
             self.labels, actors, [list(key) for key in self.leases.pools.bundles]))
         head.send(P.NodeResourcesChanged(self.node_id, dict(self.leases.pool.available)))
+        return head
 
     async def _reconnect_head(self) -> None:
         """Dial the head again, backing off, until it is back or the time is up."""

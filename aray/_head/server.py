@@ -15,6 +15,7 @@ from .._link import Link, Server
 from .._periodic import every
 from . import lifecycle as L
 from . import views
+from .actor_service import ActorService
 from .group_table import PlacementGroupTable
 from .jobs import JobManager
 from .packages import PackageStore
@@ -24,8 +25,6 @@ from .state import MAX_DEAD_NODES, ActorTable, JobTable, NodeTable, TaskTable
 
 log = logging.getLogger("aray.head")
 
-#: how long a WaitActor for an actor id the head has never heard of is held before "no such actor"
-UNKNOWN_ACTOR_GRACE = 10.0
 #: how often, at most, node agents hear of changes in the view (nodes joining, leaving,
 #: their free resources)
 VIEW_INTERVAL = 0.02
@@ -68,7 +67,10 @@ class Head:
         self.local_node_id = ""  # the node whose process runs the head
         self._driver_links: dict[str, Link] = {}  # job id -> driver link
         self.placement_groups = PlacementGroupTable()
-        self.lifecycle = L.ActorLifecycle(self.actors, self.nodes, self.placement_groups)
+        #: the actors' messages, and their lifecycle (see aray/_head/actor_service.py)
+        self.actor_service = ActorService(self)
+        self.lifecycle = self.actor_service.lifecycle
+        self._dispatch.add(self.actor_service)
         #: placement groups' messages, and the reservation of their bundles
         self.groups = PlacementGroups(self)
         self._dispatch.add(self.groups)
@@ -77,7 +79,6 @@ class Head:
         self.recovery = make_recovery(self, storage, reconnect_grace) if storage else None
         if self.recovery is not None:
             self.placement_groups.on_change = self.recovery.group_changed
-        self._carry_out = self._instructions()
         self._view_timer: asyncio.TimerHandle | None = None
         # nodes whose view entry changed since the last ClusterViewUpdated (in the order
         # they changed, so that new nodes come in the order they joined)
@@ -160,7 +161,7 @@ class Head:
             link.on_close.append(self._on_node_lost)
             return {"heartbeat_interval": HEARTBEAT_INTERVAL, "cluster_id": self.cluster_id,
                     "fault_tolerant": self.recovery is not None}
-        link.on_close.append(self._forget_waiters)
+        link.on_close.append(self.actor_service.forget_waiters)
         if hello.role != "driver":  # a worker's core: actor lookups only
             return {}
         address = hello.info.get("address", "")
@@ -303,101 +304,9 @@ class Head:
             if self.submitted_jobs is not None:
                 self.submitted_jobs.node_lost(node_id)
 
-    # --- actors: messages become events of the lifecycle, its instructions messages -------
+    # --- actors: the messages are the ActorService's ---------------------------------------
     def _actor_event(self, event) -> None:
-        for instruction in self.lifecycle.handle(event):
-            self._carry_out[type(instruction)](instruction)
-        if self.recovery is not None:  # (events without an actor id may touch many)
-            self.recovery.actors_changed(getattr(event, "actor_id", None))
-
-    def _on_RegisterActor(self, link: Link, msg: P.RegisterActor) -> None:
-        namespace = self.jobs.namespace(msg.job_id, msg.namespace)
-        self._actor_event(L.Registered(msg.actor_id, msg.name, namespace, msg.job_id,
-                                       msg.meta, msg.get_if_exists, (link, msg.req_id)))
-
-    def _on_CreateActor(self, link: Link, msg: P.CreateActor) -> None:
-        self._actor_event(L.Created(msg.actor_id, msg.spec))
-
-    def _on_ActorStarted(self, link: Link, msg: P.ActorStarted) -> None:
-        if msg.error is not None:
-            self._actor_event(L.StartFailed(msg.actor_id, msg.node_id, msg.error))
-        else:
-            self._actor_event(L.Started(msg.actor_id, msg.node_id, msg.address,
-                                        msg.worker_id, msg.pid))
-
-    def _on_ActorDied(self, link: Link, msg: P.ActorDied) -> None:
-        self._actor_event(L.Died(msg.actor_id, msg.reason))
-
-    def _on_WaitActor(self, link: Link, msg: P.WaitActor) -> None:
-        self._actor_event(L.WaitRequested(msg.actor_id, (link, msg.req_id)))
-
-    def _on_KillActor(self, link: Link, msg: P.KillActor) -> None:
-        """Kill an actor; the reply comes once it is down (dead, or restarting), so calls
-        made after ``aray.kill()`` returns cannot reach the old instance."""
-        record = self.actors.actors.get(msg.actor_id)
-        itself = (record is not None and bool(record.worker_id)
-                  and getattr(link.peer, "ident", "") == record.worker_id)
-        cause = ("it ended itself (exit_actor() or __ray_terminate__)" if itself
-                 else "it was killed with aray.kill()")
-        self._actor_event(L.KillRequested(msg.actor_id, msg.no_restart, (link, msg.req_id),
-                                          cause))
-
-    def _on_LookupActor(self, link: Link, msg: P.LookupActor) -> None:
-        record = self.actors.lookup(msg.name, self.jobs.namespace(msg.job_id, msg.namespace))
-        link.send(P.ActorInfo(msg.req_id, record.describe() if record else {}))
-
-    def _forget_waiters(self, link: Link) -> None:
-        """A caller left: nobody is waiting for its WaitActor and KillActor replies."""
-        self._actor_event(L.CallerLeft(link))
-
-    def _send_to_node(self, node_id: str, msg) -> None:
-        link = self.node_link(node_id)
-        if link is not None:  # else its node is dying, and the lifecycle hears of it soon
-            link.send(msg)
-
-    def _instructions(self) -> dict:
-        """How each instruction of the lifecycle is carried out."""
-        def reply(ins: L.Reply) -> None:
-            for link, req_id in ins.waiters:
-                if not link.closed:
-                    link.send(P.ActorInfo(req_id, ins.info))
-
-        def answer_registration(ins: L.RegistrationAnswered) -> None:
-            link, req_id = ins.waiter
-            link.send(P.ActorRegistered(req_id, ins.actor_id, ins.error))
-
-        def give_up_later(ins: L.GiveUpLater) -> None:
-            asyncio.get_running_loop().call_later(
-                UNKNOWN_ACTOR_GRACE, self._actor_event, L.GraceOver(ins.actor_id))
-
-        return {
-            L.Place: lambda i: self._send_to_node(i.node_id, P.CreateActor(
-                i.actor_id, self._spec_for_worker(i.actor_id, i.spec))),
-            L.Withdraw: lambda i: self._send_to_node(i.node_id, P.WithdrawActor(i.actor_id)),
-            L.KillOnNode: lambda i: self._send_to_node(
-                i.node_id, P.KillActor(0, i.actor_id, i.no_restart)),
-            L.Reply: reply, L.RegistrationAnswered: answer_registration,
-            L.GiveUpLater: give_up_later,
-            L.WarnDriver: lambda i: self._warn_driver(i.actor_id, i.message),
-        }
-
-    def _spec_for_worker(self, actor_id: str, spec: dict) -> dict:
-        """What an actor's worker gets: its creator's spec, and what the head knows of the
-        actor, for ``get_runtime_context()`` (its name, its job's namespace, how often it
-        restarted before this start, and its handle's metadata for ``current_actor``)."""
-        record = self.actors.actors[actor_id]
-        return dict(spec, name=record.name, job_namespace=self.jobs.namespace(record.job_id),
-                    restarts=record.restarts, meta=record.meta)
-
-    def _on_LeaseInfeasible(self, link: Link, msg: P.LeaseInfeasible) -> None:
-        """An agent cannot place an actor anywhere: tell the driver of its job."""
-        self._warn_driver(msg.actor_id, msg.message)
-
-    def _warn_driver(self, actor_id: str, message: str) -> None:
-        """Warn the driver of the actor's job (when it is still there)."""
-        record = self.actors.actors.get(actor_id)
-        if record is not None:
-            self.warn_job(record.job_id, message)
+        self.actor_service.event(event)
 
     def warn_job(self, job_id: str, message: str) -> None:
         """Show ``message`` to the user of a job: its driver prints it."""

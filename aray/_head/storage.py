@@ -55,7 +55,7 @@ class RedisStorage:
             out = {}
             for table in TABLES:
                 raw = await self._client.hgetall(PREFIX + table)
-                out[table] = {k.decode(): msgpack.unpackb(v, raw=False, strict_map_key=False)
+                out[table] = {_text(k): msgpack.unpackb(v, raw=False, strict_map_key=False)
                               for k, v in raw.items()}
             return out
         except Exception as exc:  # redis' errors, OSError, a row that is not msgpack
@@ -132,6 +132,10 @@ def open_storage(url: str) -> RedisStorage:
     """The storage a ``--storage`` URL names (see :func:`check_url`)."""
     check_url(url)
     return RedisStorage(url)
+
+
+def _text(key: bytes | str) -> str:
+    return key.decode() if isinstance(key, bytes) else key
 
 
 def _where(url: str) -> str:
