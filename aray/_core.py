@@ -36,6 +36,7 @@ from ._actor_calls import ActorCall, ActorCaller
 from ._borrowing import Borrowers
 from ._dispatch import Dispatcher
 from ._fetch import Fetcher
+from ._head_link import HeadLink
 from ._link import CONTROL_TIMEOUT, Link, bind_tcp
 from ._objects import ObjectEntry, ObjectTable
 from ._ownership import Ownership
@@ -51,8 +52,6 @@ from .store.shm import ShmDirectory
 
 log = logging.getLogger("aray")
 
-#: how long a driver dials again a head with storage that went away (its nodes wait as long)
-HEAD_RECONNECT_TIMEOUT = float(os.environ.get("ARAY_HEAD_RECONNECT_TIMEOUT", "60"))
 
 
 class Core:
@@ -100,9 +99,6 @@ class Core:
         self.ready = asyncio.Event()
         self.start_error: BaseException | None = None
         self.agent: Link | None = None
-        self.head: Link | None = None
-        self._head_dial: asyncio.Task | None = None
-        self._driver_info: dict = {}  # a driver's Hello info, to come back as that driver
         self._tasks: set[asyncio.Task] = set()
         self.executor: Any = None  # the worker's task executor (see serve)
         self.on_log_lines: Callable[[P.LogLines], None] | None = None
@@ -114,6 +110,8 @@ class Core:
         loop = self.loop
         self.links = PeerLinks(loop, self.token, self.role, self.spawn, self._on_peer_closed,
                                self._dial_info)
+        self.head_links = HeadLink(self.links, self.head_address, self.role, self.worker_id,
+                                   lambda: self.job_id, self.spawn, lambda: self._closing)
         self.peer = self.links.peer
         self.objects = ObjectTable(loop, lambda e: self.fetcher.materialize(e),
                                    lambda e: self.ownership.on_unused(e),
@@ -171,10 +169,8 @@ class Core:
                     "submission_id": os.environ.get("ARAY_SUBMISSION_ID", ""),
                     "node_id": self.node_id}
             if self.role == "driver" and self.head_address:
-                self._driver_info = dict(info)
-                self.head = await self.links.dial(self.head_address, "driver", "", info)
-                self.head.on_close.append(self._on_head_lost)
-                self.job_id = self.head.peer.info.get("job_id", "")
+                head = await self.head_links.start_driver(info)
+                self.job_id = head.peer.info.get("job_id", "")
                 info["job_id"] = self.job_id
             if self.client:  # the agent of the head's node serves it
                 self.node_address = await self._head_node_agent()
@@ -345,47 +341,14 @@ class Core:
         log.warning(msg.message)
 
     async def head_link(self) -> Link:
-        """The link to the head (drivers have one; workers dial it when first needed, and
-        either dials it again once it closed: a restarted head)."""
+        """The link to the head (see :class:`~aray._head_link.HeadLink`)."""
         await self.wait_ready()
-        if self.head is None or self.head.closed:
-            dial = self._head_dial
-            if dial is None or dial.done() and (dial.exception() is not None
-                                                or dial.result().closed):
-                dial = self._head_dial = self.loop.create_task(self._dial_head())
-            self.head = head = await asyncio.shield(dial)
-            return head
-        return self.head
+        return await self.head_links.get()
 
-    async def _dial_head(self) -> Link:
-        if self.role != "driver":
-            return await self.links.dial(self.head_address, "core", self.worker_id, {})
-        # a driver comes back as the driver of its job (to a head that restarted)
-        head = await self.links.dial(self.head_address, "driver", "",
-                                     dict(self._driver_info, job_id=self.job_id))
-        head.on_close.append(self._on_head_lost)
-        return head
-
-    def _on_head_lost(self, link: Link) -> None:
-        """A driver's link to a head with storage closed: dial it again (it restarts), so
-        that the head knows this job runs; operations that need the head wait or fail
-        meanwhile."""
-        if not self._closing and link.peer is not None \
-                and link.peer.info.get("fault_tolerant"):
-            self.spawn(self._rejoin_head(), name="rejoin the head")
-
-    async def _rejoin_head(self) -> None:
-        delay, deadline = 0.1, self.loop.time() + HEAD_RECONNECT_TIMEOUT
-        while not self._closing and self.loop.time() < deadline:
-            await asyncio.sleep(delay)
-            try:
-                await self.head_link()
-                return
-            except (OSError, ConnectionError):
-                delay = min(delay * 2, 2.0)
-        if not self._closing:
-            log.error("the head at %s did not come back within %g s", self.head_address,
-                      HEAD_RECONNECT_TIMEOUT)
+    @property
+    def head(self) -> Link | None:
+        """The link to the head, if one was dialled (it may have closed since)."""
+        return self.head_links.link
 
     # --- a worker's tasks ------------------------------------------------------------------
     def serve(self, executor: Any) -> None:
