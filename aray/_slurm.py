@@ -120,7 +120,7 @@ def _expand_entry(entry: str, whole: str) -> list[str]:
     end = entry.index("]", start)
     prefix, body, rest = entry[:start], entry[start + 1:end], entry[end + 1:]
     tails = _expand_entry(rest, whole)
-    out = []
+    out: list[str] = []
     for number in _range_numbers(body, whole):
         out.extend(prefix + number + tail for tail in tails)
     return out
@@ -198,7 +198,8 @@ def allocation_resources(env: Mapping[str, str] = os.environ) -> dict:
     (``SLURM_CPUS_ON_NODE``), ``num_gpus`` and ``memory`` in bytes (``SLURM_MEM_PER_NODE``,
     else ``SLURM_MEM_PER_CPU`` times the CPUs; Slurm counts in MiB). None means "as
     ``aray start`` finds it": every value outside Slurm, the memory of a job that asked for
-    none (it has the node's), and the GPUs when ``CUDA_VISIBLE_DEVICES`` is set (Slurm sets
+    none (it has the node's; or a step of srun outside sbatch, which says nothing of it:
+    see :func:`job_memory`), and the GPUs when ``CUDA_VISIBLE_DEVICES`` is set (Slurm sets
     it to the job's GPUs, and aray's detection counts those and learns their model). A
     job with neither ``CUDA_VISIBLE_DEVICES`` nor ``SLURM_GPUS_ON_NODE`` has no GPU: 0.
 
@@ -226,6 +227,42 @@ def allocation_resources(env: Mapping[str, str] = os.environ) -> dict:
     elif per_cpu and cpus:
         found["memory"] = per_cpu * cpus * 2**20
     return found
+
+
+def job_memory(job: str, cpus: int | None) -> int | None:
+    """A node's memory in bytes from ``scontrol show job -o`` (``job``): ``MinMemoryNode``,
+    or ``MinMemoryCPU`` times ``cpus``. None when the job asked for none (0: the node's
+    memory, as ``aray start`` finds it). A step that ``srun`` started outside ``sbatch``
+    has no ``SLURM_MEM_PER_NODE``: its memory is found this way.
+
+    Example:
+        >>> job_memory("JobId=7 MinMemoryNode=300M TRES=cpu=2", None)
+        314572800
+        >>> job_memory("JobId=7 MinMemoryCPU=1G", 2), job_memory("MinMemoryNode=0", 4)
+        (2147483648, None)
+    """
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    for name, times in (("MinMemoryNode", 1), ("MinMemoryCPU", cpus)):
+        match = re.search(rf"\b{name}=(\d+(?:\.\d+)?)([KMGT]?)\b", job)
+        if match and times:
+            amount = float(match.group(1)) * units.get(match.group(2), 2**20) * times
+            return int(amount) or None
+    return None
+
+
+def _scontrol_job_memory(env: Mapping[str, str], cpus: float | None) -> int | None:
+    """:func:`job_memory` of this job, asked of ``scontrol``; None if it cannot say."""
+    scontrol = shutil.which("scontrol", path=env.get("PATH", os.defpath))
+    if not scontrol or not env.get("SLURM_JOB_ID"):
+        return None
+    try:
+        proc = subprocess.run([scontrol, "show", "job", "-o", env["SLURM_JOB_ID"]],
+                              capture_output=True, text=True, timeout=30, env=dict(env))
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return None
+    return job_memory(proc.stdout, int(cpus) if cpus else None)
 
 
 def _count(text: str | None) -> int | None:
@@ -290,7 +327,7 @@ def resolve(host: str) -> str:
         ('127.0.0.1', True)
     """
     try:
-        return socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]
+        return str(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0])
     except socket.gaierror as exc:
         raise ValueError(f"--address: cannot resolve the host {host!r}: {exc}") from None
 
@@ -410,6 +447,8 @@ def plan(args: argparse.Namespace, start_parser: argparse.ArgumentParser,
         token = token or env.get("ARAY_TOKEN") or None
         token_file = None if token else default_token_file(env)
     resources = allocation_resources(env) if slurm else allocation_resources({})
+    if slurm and resources["memory"] is None:  # srun outside sbatch: ask the controller
+        resources["memory"] = _scontrol_job_memory(env, resources["num_cpus"])
     return Plan(head=head, host=head_ip, port=port, min_nodes=min_nodes,
                 entrypoint=list(args.entrypoint),
                 start_options=start_options(args, start_parser, resources),
@@ -516,7 +555,7 @@ async def _run(p: Plan) -> int:
     stop = _Stop()
     stop.install()
     wrote_token = False
-    node: asyncio.subprocess.Process | None = None
+    node: _Node | None = None
     try:
         if p.head:
             token = p.token
@@ -541,28 +580,53 @@ async def _run(p: Plan) -> int:
             _remove(p.token_file)
 
 
-async def _start_node(p: Plan, token: str, role: list[str], ip: str):
-    """``aray start --block`` for this node, its token in its environment (not in ``ps``);
-    what it prints goes to stderr (stdout is the entrypoint's)."""
+async def _start_node(p: Plan, token: str, role: list[str], ip: str) -> _Node:
+    """``aray start --block`` for this node, its token in its environment (not in ``ps``).
+    Its errors go to stderr; of what it prints, which tells how to use a cluster of ``aray
+    start``, one line is said: where its session (and logs) are."""
     argv = [sys.executable, "-P", "-m", "aray", "start", *role, "--node-ip-address", ip,
             "--block", *p.start_options]
-    return await asyncio.create_subprocess_exec(
-        *argv, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         env={**os.environ, "ARAY_TOKEN": token})
+    assert proc.stdout is not None
+    what = "the head node" if p.head else "a node"
+    return _Node(proc, asyncio.ensure_future(_session_line(proc.stdout, what, p.node)))
 
 
-async def _stop_node(node) -> None:
+@dataclass
+class _Node:
+    """An ``aray start --block`` process, and the task that reads what it prints."""
+
+    proc: asyncio.subprocess.Process
+    reader: asyncio.Future
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+
+async def _session_line(stdout: asyncio.StreamReader, what: str, name: str) -> None:
+    """Read what ``aray start`` prints until it ends; say its session directory."""
+    while line := await stdout.readline():
+        text = line.decode(errors="replace").strip()
+        if text.startswith("Session:"):
+            _say(f"started {what} on {name} (session {text.split(':', 1)[1].strip()})")
+
+
+async def _stop_node(node: _Node) -> None:
     """SIGTERM to ``aray start --block``, which stops its node and removes its store;
     SIGKILL if it takes too long (its node then stops as its lifeline closes)."""
-    if node.returncode is None:
+    if node.proc.returncode is None:
         try:
-            node.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(node.wait(), NODE_STOP_GRACE)
+            node.proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(node.proc.wait(), NODE_STOP_GRACE)
         except ProcessLookupError:
             pass
         except TimeoutError:
-            node.kill()
-    await node.wait()
+            node.proc.kill()
+    await node.proc.wait()
+    await node.reader
 
 
 async def _alive_nodes(address: str, token: str) -> int | None:
@@ -582,7 +646,7 @@ async def _alive_nodes(address: str, token: str) -> int | None:
     return sum(1 for node in reply.nodes if node.get("Alive"))
 
 
-async def _head(p: Plan, token: str, node, stop: _Stop) -> int:
+async def _head(p: Plan, token: str, node: _Node, stop: _Stop) -> int:
     deadline = time.monotonic() + p.wait_timeout
     seen = 0
     while True:
@@ -671,7 +735,7 @@ async def _wait_for_head(p: Plan, token: str, stop: _Stop) -> str:
             raise _Stopped
 
 
-async def _worker(p: Plan, token: str, node, stop: _Stop) -> int:
+async def _worker(p: Plan, token: str, node: _Node, stop: _Stop) -> int:
     """Until the head goes away (the end of the job): then 0. A node that stops while the
     head still answers failed: its exit code."""
     misses = 0

@@ -177,10 +177,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _add_symmetric_run(sub) -> None:
-    """``aray symmetric-run``: ``aray start``'s options (its parser is the parent) and its
-    own; see :mod:`aray._slurm`."""
+    """``aray symmetric-run``: its own options, and ``aray start``'s (copies of them: the
+    start parser's own stay as they are) but those it sets itself; see :mod:`aray._slurm`."""
+    import copy
+
     run = sub.add_parser(
-        "symmetric-run", parents=[sub.choices["start"]], conflict_handler="resolve",
+        "symmetric-run",
         help="run on every node of an allocation (srun): start the cluster, run a command on "
              "its head, stop the cluster",
         usage="aray symmetric-run --address HOST:PORT [--min-nodes N] [aray start options] "
@@ -193,6 +195,10 @@ def _add_symmetric_run(sub) -> None:
                     "its exit code. The other nodes join and stay until the head goes away. "
                     "SIGTERM (scancel) stops COMMAND, then the nodes. As Ray's `ray "
                     "symmetric-run`; see docs/slurm.md.")
+    own = {"help", "address", "head", "port", "block", "node_ip_address"}
+    for action in sub.choices["start"]._actions:
+        if action.dest not in own:
+            run._add_action(copy.copy(action))
     run.add_argument("--address", required=True, metavar="HOST:PORT",
                      help="the head's address: an address of the first node of the "
                           "allocation, and the port the head listens on")
