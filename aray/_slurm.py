@@ -43,7 +43,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 #: seconds the entrypoint has to exit after SIGTERM (or SIGINT) before it is killed
@@ -378,7 +378,13 @@ def is_head(env: Mapping[str, str], head_ip: str, min_nodes: int,
 
 @dataclass
 class Plan:
-    """What one task of ``aray symmetric-run`` does (see :func:`plan`)."""
+    """What one task of ``aray symmetric-run`` does (see :func:`plan`).
+
+    Example:
+        >>> Plan(head=False, host="10.0.0.1", port=6379, min_nodes=2, entrypoint=["true"],
+        ...      start_options=[], token="t", token_file=None, wait_timeout=60).address
+        '10.0.0.1:6379'
+    """
 
     head: bool
     host: str  # the head's IP address
@@ -390,7 +396,6 @@ class Plan:
     token_file: str | None
     wait_timeout: float
     node: str = ""  # this node's name (Slurm's), for messages
-    notes: list[str] = field(default_factory=list)
 
     @property
     def address(self) -> str:

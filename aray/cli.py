@@ -233,6 +233,13 @@ def start_parser() -> argparse.ArgumentParser:
 
 
 def cmd_symmetric_run(args) -> None:
+    """``aray symmetric-run``: this node's part (see :func:`aray._slurm.symmetric_run`);
+    exits with its exit code.
+
+    Example:
+        >>> main(["symmetric-run", "--address", "127.0.0.1:6392", "--include-dashboard",
+        ...       "false", "--", "true"])  # doctest: +SKIP
+    """
     from ._slurm import symmetric_run
 
     _tls_from_args(args)  # this process asks the head too, and the entrypoint inherits them

@@ -513,6 +513,21 @@ def test_sbatch_template_runs_train_py_across_the_nodes(slurm, job_env, tmp_path
     _assert_sessions_clean(job_env["ARAY_SESSION_ROOT"])
 
 
+@pytest.mark.timeout(300)
+def test_the_programs_exit_code_is_the_jobs(slurm, job_env, tmp_path):
+    out = tmp_path / "job.out"
+    proc = slurm.run(["sbatch", "--wait", "--parsable", "--cpus-per-task=1", "--mem=300M",
+                      f"--output={out}", f"--chdir={tmp_path}", str(TEMPLATE), "python", "-c",
+                      "import aray, sys; aray.init(); sys.exit(7)"], env=job_env, timeout=240)
+    text = out.read_text() if out.exists() else ""
+    assert proc.returncode == 7, proc.stdout + proc.stderr + text
+    job = proc.stdout.strip().split(";")[0]
+    shown = slurm.run(["scontrol", "show", "job", "-o", job]).stdout
+    assert "ExitCode=7:0" in shown, shown  # (finished jobs stay listed for MinJobAge, 300 s)
+    assert "the entrypoint exited with code 7" in text, text
+    _assert_sessions_clean(job_env["ARAY_SESSION_ROOT"])
+
+
 ENTRY = """
 import json, os, sys, aray
 aray.init()
