@@ -56,7 +56,7 @@ POLL_INTERVAL = 0.5
 HEAD_GONE_AFTER = 3
 #: the options of ``aray start`` that symmetric-run sets itself, or refuses
 OWN_OPTIONS = {"head", "address", "port", "node_ip_address", "block", "token",
-               "redis_password"}
+               "redis_password", "min_nodes"}
 
 
 # --- the allocation ------------------------------------------------------------------------
