@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_commands(sub)
     add_job_commands(sub)
     _add_microbenchmark(sub)
+    _add_symmetric_run(sub)
     return parser
 
 
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
                     "memory": cmd_memory, "microbenchmark": cmd_microbenchmark,
                     "list": cmd_list, "summary": cmd_summary, "timeline": cmd_timeline,
                     "dashboard": cmd_dashboard, "job": cmd_job}
+        commands["symmetric-run"] = cmd_symmetric_run
         if args.command == "start" and args.block and (args.token or args.redis_password):
             _exec_with_token_in_env(argv, args.token or args.redis_password)
         commands[args.command](args)
@@ -631,3 +633,78 @@ async def _cluster_state(info: dict) -> list[dict]:
 
     reply = await ask(info["head_address"], info["token"], lambda r: P.GetClusterState(r))
     return reply.nodes
+
+
+# --- aray symmetric-run (see aray/_slurm.py) ---------------------------------------------
+
+
+def _add_symmetric_run(sub) -> None:
+    """``aray symmetric-run``: its own options, and ``aray start``'s (copies of them: the
+    start parser's own stay as they are) but those it sets itself; see :mod:`aray._slurm`."""
+    import copy
+
+    run = sub.add_parser(
+        "symmetric-run",
+        help="run on every node of an allocation (srun): start the cluster, run a command on "
+             "its head, stop the cluster",
+        usage="aray symmetric-run --address HOST:PORT [--min-nodes N] [aray start options] "
+              "-- COMMAND [ARGS ...]",
+        description="Run the same command on every node (under Slurm: srun "
+                    "--ntasks-per-node=1 aray symmetric-run ...). The head (the first node "
+                    "of the allocation; elsewhere, the machine that has the address) starts "
+                    "the cluster, waits for --min-nodes nodes, runs COMMAND with ARAY_ADDRESS "
+                    "set (aray.init() joins), and stops the cluster when COMMAND exits, with "
+                    "its exit code. The other nodes join and stay until the head goes away. "
+                    "SIGTERM (scancel) stops COMMAND, then the nodes. As Ray's `ray "
+                    "symmetric-run`; see docs/slurm.md.")
+    # those it sets itself or has its own of (aray start may come to have them too)
+    own = {"help", "address", "head", "port", "block", "node_ip_address", "min_nodes",
+           "wait_timeout", "token_file", "entrypoint"}
+    for action in sub.choices["start"]._actions:
+        if action.dest not in own:
+            run._add_action(copy.copy(action))
+    run.add_argument("--address", required=True, metavar="HOST:PORT",
+                     help="the head's address: an address of the first node of the "
+                          "allocation, and the port the head listens on")
+    run.add_argument("--min-nodes", type=int, metavar="N",
+                     help="run COMMAND once N nodes (the head's included) have joined "
+                          "(default: the Slurm step's node count, else 1)")
+    run.add_argument("--wait-timeout", type=float, default=120.0, metavar="SECONDS",
+                     help="how long the head waits for the nodes, and the nodes for the head "
+                          "(default 120)")
+    run.add_argument("--token-file", metavar="PATH",
+                     help="the head writes a new token there (mode 0600) and the nodes read "
+                          "it: a path every node sees (default under Slurm, when neither "
+                          "--token nor ARAY_TOKEN gives one: ~/.aray/slurm-JOB.STEP.token)")
+    # what symmetric-run sets itself: refused (see aray._slurm.plan)
+    for flag in ("--head", "--block"):
+        run.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--node-ip-address", help=argparse.SUPPRESS)
+    run.add_argument("entrypoint", nargs="*", metavar="-- COMMAND", help=argparse.SUPPRESS)
+
+
+def start_parser() -> argparse.ArgumentParser:
+    """The parser of ``aray start``'s options, which ``aray symmetric-run`` passes on.
+
+    Example:
+        >>> start_parser().parse_args(["--num-cpus", "2"]).num_cpus
+        2.0
+    """
+    sub = next(action for action in build_parser()._actions
+               if isinstance(action, argparse._SubParsersAction))
+    return sub.choices["start"]
+
+
+def cmd_symmetric_run(args) -> None:
+    """``aray symmetric-run``: this node's part (see :func:`aray._slurm.symmetric_run`);
+    exits with its exit code.
+
+    Example:
+        >>> main(["symmetric-run", "--address", "127.0.0.1:6392", "--include-dashboard",
+        ...       "false", "--", "true"])  # doctest: +SKIP
+    """
+    from ._slurm import symmetric_run
+
+    _tls_from_args(args)  # this process asks the head too, and the entrypoint inherits them
+    sys.exit(symmetric_run(args, start_parser()))
