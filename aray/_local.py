@@ -593,7 +593,7 @@ class LocalCluster:
                  token: str | None = None, daemon: bool = False,
                  head_tcp: str | None = None, ip: str = "127.0.0.1", join: str = "",
                  dashboard: dict | None = None, lifeline: bool | None = None,
-                 labels: dict | None = None) -> None:
+                 labels: dict | None = None, min_nodes: int = 1, agent_port: int = 0) -> None:
         self.session_dir = new_session_dir()
         self.store_dir = store_dir_for(self.session_dir)
         self.token = token or secrets.token_hex(16)
@@ -607,7 +607,11 @@ class LocalCluster:
                        "lifeline": not daemon if lifeline is None else lifeline,
                        # {"host": ..., "port": ... or None for the default}; None: no dashboard
                        "dashboard": dashboard,
-                       "labels": dict(labels or {})}  # the node's own (see node/labels.py)
+                       "labels": dict(labels or {}),  # the node's own (see node/labels.py)
+                       # the head is ready (/readyz) once this many nodes are alive
+                       "min_nodes": min_nodes,
+                       # the agent's TCP port (0: any free one)
+                       "agent_port": agent_port}
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
 
@@ -798,8 +802,9 @@ class _NodeProcess:
             store_dir=config["store_dir"], resources=config["resources"],
             head_address=head_address, ip=config.get("ip") or "127.0.0.1",
             shared=bool(config.get("daemon")), tcp_host=self.tcp_host,
-            labels=config.get("labels") or {})
+            labels=config.get("labels") or {}, tcp_port=config.get("agent_port") or 0)
         node_address = await self.agent.start(config["node_address"])
+        self._add_probes()
         dashboard_url = ""
         if head is not None:
             head.local_node_id = self.agent.node_id
@@ -817,6 +822,21 @@ class _NodeProcess:
                 "pid": os.getpid(), "session_dir": config["session_dir"],
                 "store_dir": config["store_dir"], "is_head": head is not None,
                 "tcp_host": self.tcp_host, "dashboard_url": dashboard_url}
+
+    def _add_probes(self) -> None:
+        """The health checks of the head's and the agent's servers (see aray._health), and
+        the warning of a store larger than /dev/shm holds, in the node's log."""
+        from ._health import agent_probes, head_probes
+        from ._shmcheck import store_warning
+
+        self.agent.server.probes.update(agent_probes(self.agent))
+        if self.head is not None:
+            self.head.server.probes.update(
+                head_probes(self.head, self.config.get("min_nodes") or 1))
+        warning = store_warning(self.config["resources"],
+                                self.config.get("object_store_memory") is not None)
+        if warning:
+            log.warning("%s", warning)
 
     async def wait_for_end(self, stop: asyncio.Event) -> None:
         """Until a signal (``stop``), the agent stops, or the lifeline (stdin) closes."""
