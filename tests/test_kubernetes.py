@@ -271,6 +271,34 @@ def test_the_components_add_redis_storage_and_gpus(tmp_path):
                    for e in pod_spec(plain, "aray-head")["containers"][0]["env"])
 
 
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed: an overlay needs "
+                    "kustomize (kubectl kustomize) to render")
+def test_the_overlay_of_the_docs_renders_and_validates(tmp_path):
+    import kubernetes_validate
+
+    page = (ROOT / "docs" / "kubernetes.md").read_text()
+    (block,) = [b for b in re.findall(r"^```yaml\n(.*?)^```", page, re.S | re.M)
+                if "kind: Kustomization" in b]
+    (tmp_path / "kustomization.yaml").write_text(
+        block.replace("../aray/deploy/kubernetes", os.path.relpath(BASE, tmp_path)))
+    docs = kustomize(tmp_path)
+    for doc in docs:
+        kubernetes_validate.validate(doc, kubernetes_validate.utils.latest_version(),
+                                     strict=True)
+        assert doc["metadata"]["namespace"] == "ml"
+    head, worker = pod_spec(docs, "aray-head"), pod_spec(docs, "aray-worker")
+    assert env_entry(head["containers"][0], "MIN_NODES")["value"] == "9"
+    assert env_entry(head["containers"][0], "ARAY_STORAGE")
+    assert find(docs, "Deployment", "aray-worker")["spec"]["replicas"] == 8
+    container = worker["containers"][0]
+    assert container["image"] == "registry.example.com/aray:0.1.0"
+    assert container["resources"]["limits"] == {"cpu": "8", "memory": "32Gi"}
+    shm = next(v for v in worker["volumes"] if v["name"] == "dshm")["emptyDir"]
+    assert int(env_entry(container, "OBJECT_STORE_BYTES")["value"]) == quantity(
+        shm["sizeLimit"])
+    assert any(v["name"] == "tmp" for v in worker["volumes"])  # the base's, kept
+
+
 # --- the image ----------------------------------------------------------------------------
 
 
@@ -490,15 +518,20 @@ def test_the_manifests_start_commands_run_here(tmp_path):
         # the head pod is replaced: the same command, the same name and port
         assert pods.stop(head) == 0
         head = pods.start(command(head_c, head_env), head_env)
-        if worker.poll() is not None:  # it stopped with its head: the kubelet restarts it
-            assert worker.returncode == 1
-            pods.stop(worker)
-            worker = pods.start(command(worker_c, worker_env), worker_env)
+        workers = [worker]
+
+        def rejoined():
+            if workers[-1].poll() is not None:  # it stopped with its head: the kubelet
+                assert workers[-1].returncode == 1  # sees it fail, and starts it again
+                pods.stop(workers[-1])
+                workers.append(pods.start(command(worker_c, worker_env), worker_env))
+            return probe(head_port, "/readyz")[0] == 200
+
+        wait_until(rejoined, 60, interval=0.2, message="the worker in the new head's cluster")
+        worker = workers[-1]
         again = pods.run([*ARAY, "status", "--wait", "2", "--timeout", "60", "--address",
                           f"localhost:{head_port}"], init_env, timeout=90)
         assert again.returncode == 0 and "2 nodes alive" in again.stdout, again.stderr
-        wait_until(lambda: probe(head_port, "/readyz")[0] == 200, 30,
-                   message="the new head ready with 2 nodes")
         for proc in (worker, head):
             assert pods.stop(proc) == 0
     finally:
