@@ -78,7 +78,7 @@ async def test_garbage_and_unauthenticated_pickles_are_refused(server):
         for header in (None, "\xff garbage", base64.b64encode(pickle.dumps(Evil())).decode(),
                        base64.b64encode(P.encode([P.PushTask(
                            b"t", b"f", pickle.dumps(Evil()), "n", b"", [], [], 1, "", [],
-                           "", {}, "", 0)])).decode()):
+                           "", {}, "", 0, {})])).decode()):
             headers = {} if header is None else {P.HELLO_HEADER: header}
             with pytest.raises(aiohttp.WSServerHandshakeError) as info:
                 await s.ws_connect("http://localhost/link", headers=headers)
