@@ -792,6 +792,9 @@ class _NodeProcess:
         config, head = self.config, self.head
         self._make_store()
         if head is not None:
+            from ._health import head_probes
+
+            head.server.probes.update(head_probes(head, config.get("min_nodes") or 1))
             head_address = await head.start(config["head_address"])
             head_tcp = (await head.server.listen(config["head_tcp"])
                         if config.get("head_tcp") else "")
@@ -803,8 +806,8 @@ class _NodeProcess:
             head_address=head_address, ip=config.get("ip") or "127.0.0.1",
             shared=bool(config.get("daemon")), tcp_host=self.tcp_host,
             labels=config.get("labels") or {}, tcp_port=config.get("agent_port") or 0)
+        self._add_probes()  # before they listen: a probe is never refused
         node_address = await self.agent.start(config["node_address"])
-        self._add_probes()
         dashboard_url = ""
         if head is not None:
             head.local_node_id = self.agent.node_id
@@ -824,15 +827,13 @@ class _NodeProcess:
                 "tcp_host": self.tcp_host, "dashboard_url": dashboard_url}
 
     def _add_probes(self) -> None:
-        """The health checks of the head's and the agent's servers (see aray._health), and
-        the warning of a store larger than /dev/shm holds, in the node's log."""
-        from ._health import agent_probes, head_probes
+        """The health checks of the agent's server (see aray._health; the head's are set
+        before it starts), and the warning of a store larger than /dev/shm holds, in the
+        node's log."""
+        from ._health import agent_probes
         from ._shmcheck import store_warning
 
         self.agent.server.probes.update(agent_probes(self.agent))
-        if self.head is not None:
-            self.head.server.probes.update(
-                head_probes(self.head, self.config.get("min_nodes") or 1))
         warning = store_warning(self.config["resources"],
                                 self.config.get("object_store_memory") is not None)
         if warning:

@@ -51,9 +51,8 @@ def resolve(host: str, port: int = 0) -> list[str]:
         raise ValueError(f"cannot resolve the head's host name {host!r}: {exc.strerror}. "
                          "Check the name (on Kubernetes: the head's Service and "
                          "namespace)") from None
-    found = sorted({info[4][0]: info[0] for info in infos}.items(),
-                   key=lambda item: item[1] != socket.AF_INET)
-    return [address for address, _ in found]
+    families = {str(info[4][0]): info[0] for info in infos}  # each address once
+    return sorted(families, key=lambda address: families[address] != socket.AF_INET)
 
 
 def route_source(address: str, port: int = 9) -> str:
