@@ -15,9 +15,13 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import ThreadedResolver
+
+if TYPE_CHECKING:  # (a name of aiohttp's types only: older versions lack it)
+    from aiohttp.abc import ResolveResult
 
 log = logging.getLogger("aray.netaddr")
 

@@ -508,6 +508,9 @@ def test_the_manifests_start_commands_run_here(tmp_path):
         status = pods.run([*ARAY, "status", "--wait", "2", "--timeout", "30", "--address",
                            f"localhost:{head_port}"], init_env)
         assert status.returncode == 0 and "2 nodes alive" in status.stdout, status.stderr
+        # each node offers the CPUs and memory of its limits (1 and 1 GiB)
+        assert re.search(r"CPU +0 / 2\n", status.stdout), status.stdout
+        assert re.search(r"memory +2\.00 GiB\n", status.stdout), status.stdout
         script = tmp_path / "driver.py"
         script.write_text(textwrap.dedent(DRIVER))
         ran = pods.run([sys.executable, str(script)], {}, timeout=90)
