@@ -49,6 +49,7 @@ from aiohttp import web
 
 from . import _protocol as P
 from . import _tls as tls
+from ._netaddr import DialResolver
 from ._periodic import RateLimitedLog
 from .exceptions import AraySystemError, AuthenticationError, RequestTimeoutError
 
@@ -448,6 +449,9 @@ class Server:
         self.address = ""
         self.links: set[Link] = set()
         self._socket_files: list[str] = []
+        #: unauthenticated health checks (path -> the status and text it answers), for
+        #: Kubernetes' probes: see aray._health. They must reveal nothing.
+        self.probes: dict[str, Callable[[], tuple[int, str]]] = {}
 
     def _refused(self, reason: str, peer: str = "") -> None:
         self._refusals(self._refusal_level, "%s refused a connection%s: %s", self.name,
@@ -498,6 +502,10 @@ class Server:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         peer = request.remote or "a local process"
+        probe = self.probes.get(request.path)
+        if probe is not None and request.method in ("GET", "HEAD"):
+            status, text = probe()
+            return web.Response(status=status, text=text)
         if request.path != "/link" or request.method != "GET":
             self._refused(f"{request.method} {request.path[:64]!r} is not a link", peer)
             return web.Response(status=404, reason="Not Found")
@@ -634,7 +642,9 @@ async def _dial(kind: str, host: str, port: int, address: str, header: str, role
         url = "http://localhost/link"
     else:
         context = tls.client_context()
-        connector = aiohttp.TCPConnector(ssl=context if context is not None else False)
+        # a name (a head's Service) is resolved at each dial: see aray._netaddr
+        connector = aiohttp.TCPConnector(ssl=context if context is not None else False,
+                                         resolver=DialResolver())
         url = f"{'https' if context is not None else 'http'}://{host}:{port}/link"
     session = aiohttp.ClientSession(connector=connector)
     try:

@@ -594,7 +594,8 @@ class LocalCluster:
                  head_tcp: str | None = None, ip: str = "127.0.0.1", join: str = "",
                  dashboard: dict | None = None, lifeline: bool | None = None,
                  labels: dict | None = None, storage: str = "",
-                 head_reconnect_timeout: float = 60.0) -> None:
+                 head_reconnect_timeout: float = 60.0, min_nodes: int = 1,
+                 agent_port: int = 0) -> None:
         self.session_dir = new_session_dir()
         self.store_dir = store_dir_for(self.session_dir)
         self.token = token or secrets.token_hex(16)
@@ -610,7 +611,11 @@ class LocalCluster:
                        "dashboard": dashboard,
                        "labels": dict(labels or {}),  # the node's own (see node/labels.py)
                        # a head's Redis URL, to outlive it (see aray/_head/recovery.py)
-                       "storage": storage, "head_reconnect_timeout": head_reconnect_timeout}
+                       "storage": storage, "head_reconnect_timeout": head_reconnect_timeout,
+                       # the head is ready (/readyz) once this many nodes are alive
+                       "min_nodes": min_nodes,
+                       # the agent's TCP port (0: any free one)
+                       "agent_port": agent_port}
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
 
@@ -794,6 +799,9 @@ class _NodeProcess:
         self._make_store()
         if head is not None:
             await head.restore()  # (a head with storage: what an earlier one left)
+            from ._health import head_probes
+
+            head.server.probes.update(head_probes(head, config.get("min_nodes") or 1))
             head_address = await head.start(config["head_address"])
             head_tcp = (await head.server.listen(config["head_tcp"])
                         if config.get("head_tcp") else "")
@@ -804,8 +812,9 @@ class _NodeProcess:
             store_dir=config["store_dir"], resources=config["resources"],
             head_address=head_address, ip=config.get("ip") or "127.0.0.1",
             shared=bool(config.get("daemon")), tcp_host=self.tcp_host,
-            labels=config.get("labels") or {},
+            labels=config.get("labels") or {}, tcp_port=config.get("agent_port") or 0,
             head_reconnect_timeout=config.get("head_reconnect_timeout", 60.0))
+        self._add_probes()  # before they listen: a probe is never refused
         node_address = await self.agent.start(config["node_address"])
         dashboard_url = ""
         if head is not None:
@@ -824,6 +833,19 @@ class _NodeProcess:
                 "pid": os.getpid(), "session_dir": config["session_dir"],
                 "store_dir": config["store_dir"], "is_head": head is not None,
                 "tcp_host": self.tcp_host, "dashboard_url": dashboard_url}
+
+    def _add_probes(self) -> None:
+        """The health checks of the agent's server (see aray._health; the head's are set
+        before it starts), and the warning of a store larger than /dev/shm holds, in the
+        node's log."""
+        from ._health import agent_probes
+        from ._shmcheck import store_warning
+
+        self.agent.server.probes.update(agent_probes(self.agent))
+        warning = store_warning(self.config["resources"],
+                                self.config.get("object_store_memory") is not None)
+        if warning:
+            log.warning("%s", warning)
 
     async def wait_for_end(self, stop: asyncio.Event) -> None:
         """Until a signal (``stop``), the agent stops, or the lifeline (stdin) closes."""

@@ -37,14 +37,20 @@ def _add_start(sub) -> None:
                            "machine: the head of a new cluster (--head), or a node that joins "
                            "the cluster whose head is at --address.")
     start.add_argument("--head", action="store_true", help="start the head of a new cluster")
-    start.add_argument("--address", help="HOST:PORT of the head of the cluster to join")
+    start.add_argument("--address", help="HOST:PORT of the head of the cluster to join; "
+                       "HOST may be a DNS name (a Kubernetes Service), resolved anew at "
+                       "each connection")
     start.add_argument("--port", type=int, default=6379, help="the head's port (default 6379)")
     start.add_argument("--num-cpus", type=float, help="CPUs to offer (default: all)")
     start.add_argument("--num-gpus", type=float, help="GPUs to offer (default: those "
                        "nvidia-smi lists, within CUDA_VISIBLE_DEVICES)")
     start.add_argument("--resources", default="{}", help='custom resources as JSON, e.g. '
                        '\'{"dataset": 1}\'')
-    start.add_argument("--object-store-memory", type=int, help="object store bytes")
+    start.add_argument("--object-store-memory", type=int, help="object store bytes "
+                       "(default: 30%% of memory, at most what /dev/shm has free)")
+    start.add_argument("--memory", type=int, help="bytes of the `memory` resource tasks and "
+                       "actors reserve (default: 70%% of memory less the object store; in a "
+                       "container, give its memory limit)")
     start.add_argument("--labels", default="", help='the node\'s labels as a JSON object of '
                        'strings, e.g. \'{"zone": "a"}\' (or Ray\'s zone=a,gpu=h100), for '
                        "label_selector and NodeLabelSchedulingStrategy")
@@ -65,8 +71,11 @@ def _add_start(sub) -> None:
                        metavar="SECONDS",
                        help="how long a node waits for a head with storage that went away "
                             "to come back (default 60, as Ray's)")
-    start.add_argument("--node-ip-address", default="127.0.0.1",
-                       help="address to listen on (default 127.0.0.1: this machine only)")
+    start.add_argument("--node-ip-address",
+                       help="the address this node listens on and other nodes reach it at "
+                            "(default: 127.0.0.1, this machine only, for a head or a node "
+                            "joining one on this machine; for a node joining a head "
+                            "elsewhere, this machine's address on the route to that head)")
     start.add_argument("--dashboard-host", default="127.0.0.1",
                        help="where the head's dashboard listens (default 127.0.0.1: this "
                             "machine only; 0.0.0.0: every interface)")
@@ -75,7 +84,14 @@ def _add_start(sub) -> None:
     start.add_argument("--include-dashboard", type=_flag, default=True, metavar="BOOL",
                        help="false: start the head without its dashboard")
     start.add_argument("--object-manager-port", type=int, help=argparse.SUPPRESS)
-    start.add_argument("--node-manager-port", type=int, help=argparse.SUPPRESS)
+    start.add_argument("--node-manager-port", type=int, default=0, metavar="PORT",
+                       help="the node agent's TCP port, which other nodes dial and which "
+                            "answers the health checks /healthz and /readyz (default: any "
+                            "free port)")
+    start.add_argument("--min-nodes", type=int, metavar="N",
+                       help="(head) the cluster is ready once N nodes are alive, the head's "
+                            "own counting: until then the head's /readyz answers 503 (see "
+                            "`aray status --wait`; default 1)")
     start.add_argument("--block", action="store_true",
                        help="stay in the foreground; Ctrl-C or SIGTERM stops the node, and "
                             "so does the end of this process, even by SIGKILL")
@@ -125,6 +141,11 @@ def _add_cluster_commands(sub) -> None:
     _add_target(timeline)
 
     status = sub.add_parser("status", help="nodes and resources of a running cluster")
+    status.add_argument("--wait", type=int, metavar="N", help="first wait until N nodes are "
+                        "alive (a head not answering yet is asked again); exit 1 if they "
+                        "are not within --timeout")
+    status.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                        help="how long --wait waits (default 300)")
     _add_target(status)
 
 
@@ -188,7 +209,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def cmd_start(args) -> None:
+    from ._health import check_min_nodes
     from ._local import LocalCluster
+    from ._netaddr import default_node_ip
+    from ._shmcheck import store_warning
     from .aio import dashboard_config, node_resources
 
     if args.head == bool(args.address):
@@ -199,6 +223,11 @@ def cmd_start(args) -> None:
     except json.JSONDecodeError as exc:
         raise ValueError(f"--resources must be JSON, e.g. '{{\"dataset\": 1}}': {exc}") from None
     resources = node_resources(args.num_cpus, args.num_gpus, custom, args.object_store_memory)
+    if args.memory is not None:
+        if args.memory < 0:
+            raise ValueError(f"--memory must be a number of bytes, not {args.memory}")
+        resources["memory"] = float(args.memory)
+    min_nodes = check_min_nodes(args.min_nodes, joining=bool(args.address))
     labels = _labels_from_args(args)
     _tls_from_args(args)
     token = args.token or args.redis_password or os.environ.get("ARAY_TOKEN")
@@ -218,11 +247,15 @@ def cmd_start(args) -> None:
                              "(or pass --token; the head printed where to find it)")
     dashboard = None if join else dashboard_config(args.include_dashboard, args.dashboard_host,
                                                    args.dashboard_port)
+    ip = args.node_ip_address or default_node_ip(join)
+    warning = store_warning(resources, args.object_store_memory is not None)
+    if warning:
+        print(f"aray start: warning: {warning}", file=sys.stderr, flush=True)
     # --block: the node lives as long as this process, through the pipe to its stdin
     cluster = LocalCluster(resources=resources, object_store_memory=args.object_store_memory,
-                           token=token, daemon=True, ip=args.node_ip_address,
-                           head_tcp=f"tcp://{args.node_ip_address}:{args.port}", join=join,
-                           dashboard=dashboard, lifeline=args.block, labels=labels,
+                           token=token, daemon=True, ip=ip, head_tcp=f"tcp://{ip}:{args.port}",
+                           join=join, dashboard=dashboard, lifeline=args.block, labels=labels,
+                           min_nodes=min_nodes, agent_port=args.node_manager_port,
                            storage=args.storage,
                            head_reconnect_timeout=args.head_reconnect_timeout)
     _write_token(cluster.session_dir, cluster.token)
@@ -239,8 +272,12 @@ def cmd_start(args) -> None:
         cluster.detach()
     _point_latest(cluster.session_dir)
     _print_started(info, cluster.session_dir, bool(join))
-    if args.block:
-        _block_until_signal(cluster)
+    if min_nodes > 1:
+        print(f"Ready once {min_nodes} nodes are alive: aray status --wait {min_nodes}",
+              flush=True)
+    if args.block and not _block_until_signal(cluster):
+        raise RuntimeError("the node stopped by itself (it lost its head, or failed); its "
+                           f"log: {os.path.join(cluster.session_dir, 'logs', 'node.log')}")
 
 
 def _labels_from_args(args) -> dict:
@@ -355,9 +392,10 @@ def _point_latest(session_dir: str) -> None:
     os.replace(tmp, latest)
 
 
-def _block_until_signal(cluster) -> None:
+def _block_until_signal(cluster) -> bool:
     """--block: stay until Ctrl-C/SIGTERM (then stop the node) or until the node exits.
-    Should this process die without stopping it, the node sees its stdin close, and stops."""
+    Should this process die without stopping it, the node sees its stdin close, and stops.
+    False when the node stopped by itself (a supervisor then sees the command fail)."""
     stop = {"now": False}
 
     def on_signal(signum, frame):
@@ -373,6 +411,7 @@ def _block_until_signal(cluster) -> None:
     cluster.stop()
     if running:
         print("Stopped the aray node.")
+    return running
 
 
 def _stop_pids(pids: list[int], force: bool, grace: float = 10.0) -> None:
@@ -441,6 +480,14 @@ def _note(args):
 
 
 def cmd_status(args) -> None:
+    if args.wait is not None:
+        from ._health import wait_for_nodes
+        from ._local import reach_cluster
+
+        # (a note on which of several clusters is asked comes once, below)
+        wait_for_nodes(args.wait, args.timeout, lambda: [
+            n for n in asyncio.run(_cluster_state(reach_cluster(args.address, args.token)))
+            if n["Alive"]])
     nodes = asyncio.run(_cluster_state(_reach(args, args.token)))
     alive = [n for n in nodes if n["Alive"]]
     print(f"{len(alive)} node{'s' if len(alive) != 1 else ''} alive, "

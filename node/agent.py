@@ -60,7 +60,7 @@ class NodeAgent:
                  worker_target: str = "aray._worker:main",
                  preload: tuple[str, ...] = ("aray._worker",), prestart: int | None = None,
                  shared: bool = False, tcp_host: str = "", labels: dict | None = None,
-                 head_reconnect_timeout: float = 60.0) -> None:
+                 tcp_port: int = 0, head_reconnect_timeout: float = 60.0) -> None:
         self.node_id = node_id or uuid.uuid4().hex
         #: its labels: aray's (ray.io/node-id ...) and its own (``labels``)
         self.labels = node_labels(self.node_id, resources, labels)
@@ -84,6 +84,7 @@ class NodeAgent:
         # in a cluster of several nodes: the host this node's agent and workers listen on
         # (TCP), so that processes of other nodes reach them
         self.tcp_host = tcp_host
+        self.tcp_port = tcp_port  # and its port there (0: any free one)
         self.public_address = ""  # the agent's TCP address in such a cluster
         self.stopped = asyncio.Event()
         self.server = Server(token, self._on_hello, name="node", role="node")
@@ -129,7 +130,8 @@ class NodeAgent:
         self.objects.open()
         self.address = await self.server.start(address)
         if self.tcp_host:
-            self.public_address = await self.server.listen(f"tcp://{self.tcp_host}:0")
+            self.public_address = await self.server.listen(
+                f"tcp://{self.tcp_host}:{self.tcp_port}")
         self.workers.config.update(
             token=self.token, session_dir=self.session_dir, node_address=self.address,
             head_address=self.head_address, store_dir=self.store_dir, node_id=self.node_id,
@@ -373,7 +375,8 @@ class HeadOutbox:
         ['ActorDied']
     """
 
-    closed = False
+    closed = False  # (the agent's parts tell it what they would tell the head)
+    restarting = True  # (the agent is not ready: /readyz)
 
     def __init__(self) -> None:
         self.messages: deque = deque(maxlen=OUTBOX_MAX)
