@@ -43,19 +43,23 @@ def _stored(row: dict) -> dict:
 
 
 class Redis:
-    """A redis-server of the test's own, on a free loopback port."""
+    """A redis-server of the test's own, on a free loopback port (with a password, if
+    given)."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str = "") -> None:
         self.dir = tempfile.mkdtemp(prefix="aray-redis-")
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{password}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
         self.proc = subprocess.Popen(
             [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
+             "--save", "", "--appendonly", "no",
+             *(["--requirepass", password] if password else [])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        client = redis.Redis(port=self.port, password=password or None,
+                             socket_connect_timeout=1)
         wait_until(lambda: _pings(client), 10, message="redis-server to answer")
 
     def stop(self) -> None:
@@ -277,5 +281,41 @@ def test_a_head_that_loses_its_storage_says_so_and_goes_on(redis_server, tmp_pat
         log = os.path.join(head["session_dir"], "logs", "node.log")
         said = f"cannot write the head's state to {redis_server.url}"
         wait_until(lambda: said in Path(log).read_text(), 30, message="the head to say so")
+    finally:
+        c.stop()
+
+
+@needs_redis
+def test_a_redis_with_a_password_and_the_wrong_one(tmp_path):
+    server = Redis(password="s3cret-pass")
+    c = Cluster()
+    try:
+        wrong = server.url.replace("s3cret-pass", "wrong")
+        proc = c.cli("start", "--head", "--port", str(c.port), "--storage", wrong, check=False)
+        assert proc.returncode != 0 and "cannot read the head's storage at redis://127.0.0.1" \
+            in proc.stderr, proc.stderr
+        assert "wrong" not in proc.stderr  # (no password in what is printed)
+        c.start_head("--num-cpus", "1", "--storage", server.url)
+        r = c.driver("""
+            aray.init(address="auto")
+            print("NODES", len(aray.nodes()))
+        """, tmp_path)
+        assert "NODES 1" in r.stdout
+    finally:
+        c.stop()
+        server.stop()
+
+
+@needs_redis
+def test_nodes_stop_once_the_head_does_not_come_back_in_time(redis_server):
+    c = Cluster()
+    c.env.update(ARAY_TOKEN="restart-test-token", ARAY_HEAD_RECONNECT_TIMEOUT="2")
+    try:
+        head = c.start_head("--num-cpus", "1", "--storage", redis_server.url)
+        second = c.join("--num-cpus", "1")
+        os.kill(head["pid"], signal.SIGKILL)
+        # it waits 2 s, then stops cleanly: its store and files go with it
+        wait_until(lambda: not _alive(second["pid"]), 30, message="the node to stop")
+        assert not os.path.exists(second["store_dir"])
     finally:
         c.stop()
