@@ -40,20 +40,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("aray.head")
 
 
-def actor_row(record: ActorRecord) -> dict:
+def record_row(record: ActorRecord | PlacementGroupRecord) -> dict:
+    """A record (an actor's, a placement group's) as the storage keeps it: its fields,
+    its state as the enum's value."""
     row = dataclasses.asdict(record)
     row["state"] = record.state.value
     return row
+
+
+#: the row of an actor's or of a placement group's record
+actor_row = group_row = record_row
 
 
 def actor_from_row(row: dict) -> ActorRecord:
     return ActorRecord(**dict(row, state=ActorState(row["state"])))
-
-
-def group_row(record: PlacementGroupRecord) -> dict:
-    row = dataclasses.asdict(record)
-    row["state"] = record.state.value
-    return row
 
 
 def group_from_row(row: dict) -> PlacementGroupRecord:
