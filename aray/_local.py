@@ -798,8 +798,12 @@ class _NodeProcess:
         config, head = self.config, self.head
         self._make_store()
         if head is not None:
-            await head.restore()  # (a head with storage: what an earlier one left)
+            from ._head.jobs import JobManager
             from ._health import head_probes
+
+            await head.restore()  # (a head with storage: what an earlier one left)
+            # before the head listens: a node back after a restart may tell of its jobs
+            head.set_job_manager(JobManager(head))
 
             head.server.probes.update(head_probes(head, config.get("min_nodes") or 1))
             head_address = await head.start(config["head_address"])
@@ -819,9 +823,6 @@ class _NodeProcess:
         dashboard_url = ""
         if head is not None:
             head.local_node_id = self.agent.node_id
-            from ._head.jobs import JobManager
-
-            head.set_job_manager(JobManager(head))
             if config.get("dashboard"):
                 from ._head.dashboard import Dashboard
 
