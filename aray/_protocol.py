@@ -565,6 +565,7 @@ class CreatePlacementGroup(NamedTuple):
     strategy: str  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     job_id: str
     detached: bool  # lifetime="detached": it outlives its creator's job
+    label_selectors: list = []  # per bundle, the labels its node must have ({}: any)
 
 
 @_message(90, routes="driver,core->head")

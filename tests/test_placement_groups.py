@@ -44,6 +44,23 @@ def test_the_plan_places_every_bundle_or_none_by_strategy():
                         "PACK") == ["n1", "n1"]
 
 
+def test_bundles_go_to_nodes_whose_labels_match_their_selectors():
+    a, b = nodes({"CPU": 2.0}, {"CPU": 2.0})
+    a.labels, b.labels = {"zone": "x"}, {"zone": "y"}
+    zone = [{"zone": ["in", ["y"]]}, {}]  # bundle 0 in zone y, bundle 1 anywhere
+    assert plan_bundles([a, b], [{"CPU": 1}] * 2, "PACK", selectors=zone) == ["n1", "n1"]
+    assert plan_bundles([a, b], [{"CPU": 1}] * 2, "STRICT_SPREAD",
+                        selectors=zone) == ["n1", "n0"]
+    nowhere = [{"zone": ["in", ["z"]]}, {}]
+    assert plan_bundles([a, b], [{"CPU": 1}] * 2, "PACK", selectors=nowhere) is None
+    assert plan_bundles([a, b], [{"CPU": 1}] * 2, "PACK", free=False,
+                        selectors=nowhere) is None  # (so its creator is warned)
+    from aray.util.placement_group import _selectors
+    assert _selectors([{"zone": "!x"}, None], 2) == [{"zone": ["!in", ["x"]]}, {}]
+    with pytest.raises(ValueError, match="one label selector per bundle"):
+        _selectors([{"zone": "x"}], 2)
+
+
 def test_a_request_in_any_bundle_goes_to_a_bundle_that_can_hold_it():
     bundles = [("a", {"CPU": 1.0}), ("b", {"CPU": 4.0}), (None, {"CPU": 4.0})]
     assert bundle_node(bundles, -1, {"CPU": 2}) == "b"
@@ -60,9 +77,9 @@ def test_bad_groups_are_refused_with_what_to_do():
     for bad, words in [([], "non-empty list"), ([{"CPU": 0}], "is empty"),
                        ([{"CPU": "1"}], "not a resource amount"), ([["CPU"]], "must be a dict")]:
         with pytest.raises(ValueError, match=words):
-            _check(bad, "PACK", None, None, None)
+            _check(bad, "PACK", None, None)
     with pytest.raises(ValueError, match="lifetime must be None or 'detached'"):
-        _check([{"CPU": 1}], "PACK", "forever", None, None)
+        _check([{"CPU": 1}], "PACK", "forever", None)
     pg = PlacementGroup(PlacementGroupID.from_hex("ab12"), [{"CPU": 1.0}, {"GPU": 1.0}])
     with pytest.raises(ValueError, match="placement_group_bundle_index 2 is out of range"):
         strategy_wire(PlacementGroupSchedulingStrategy(pg, 2))
@@ -186,6 +203,7 @@ def two_nodes():
 
 def test_groups_place_tasks_and_actors_in_their_bundles(two_nodes, tmp_path):
     head, second = two_nodes.head["node_id"], two_nodes.second["node_id"]
+    two_nodes.env["SECOND_NODE"] = second
     r = two_nodes.driver("""
         import json
         from aray.util import placement_group, remove_placement_group, placement_group_table
@@ -213,6 +231,11 @@ def test_groups_place_tasks_and_actors_in_their_bundles(two_nodes, tmp_path):
         member = Member.options(scheduling_strategy=In(pg, 1)).remote()
         out["actor"] = aray.get(member.where.remote())
         out["named"] = aray.util.get_placement_group("pair") == pg
+        pinned = placement_group([{"CPU": 0.5}], bundle_label_selector=[
+            {"ray.io/node-id": os.environ["SECOND_NODE"]}])
+        assert pinned.wait(30)
+        out["pinned"] = placement_group_table(pinned)["bundles_to_node_id"]
+        remove_placement_group(pinned)
         try:
             where.options(num_cpus=2, scheduling_strategy=In(pg, 0))
         except ValueError as e:
@@ -233,6 +256,7 @@ def test_groups_place_tasks_and_actors_in_their_bundles(two_nodes, tmp_path):
     assert out["state"] == "CREATED" and sorted(out["nodes"].values()) == sorted([head, second])
     assert [set(t) for t in out["tasks"]] == [{out["nodes"]["0"]}, {out["nodes"]["1"]}]
     assert out["actor"][0] == out["nodes"]["1"] and out["named"] is True
+    assert out["pinned"] == {"0": second}
     assert "more than bundle 0 of placement group" in out["too_big"]
     assert "placement group" in out["actor_after"] and "was removed" in out["actor_after"]
     assert "was removed" in out["task_after"] and out["state_after"] == "REMOVED"

@@ -47,6 +47,8 @@ class PlacementGroupRecord:
     nodes: list[str | None] = dataclasses.field(default_factory=list)  # per bundle
     created_at: float = dataclasses.field(default_factory=time.time)
     warned: bool = False  # its creator was told it cannot be placed on this cluster
+    #: a label selector per bundle (wire form; [] or {}: any node), bundle_label_selector
+    label_selectors: list = dataclasses.field(default_factory=list)
 
     def describe(self) -> dict:
         """Its row, with the keys of Ray's ``placement_group_table()``."""
@@ -55,6 +57,7 @@ class PlacementGroupRecord:
                 "bundles": dict(enumerate(self.bundles)),
                 "bundles_to_node_id": {i: n for i, n in enumerate(self.nodes) if n},
                 "strategy": self.strategy, "state": self.state.value,
+                "bundle_label_selector": list(self.label_selectors),
                 "is_detached": self.detached, "created_at": self.created_at}
 
     @property
@@ -109,11 +112,13 @@ class PlacementGroupTable:
         self.on_change: Callable[[PlacementGroupRecord], None] = lambda record: None
 
     def add(self, pg_id: str, name: str, namespace: str, bundles: list[dict], strategy: str,
-            job_id: str, detached: bool) -> PlacementGroupRecord:
+            job_id: str, detached: bool, label_selectors: list | None = None
+            ) -> PlacementGroupRecord:
         record = PlacementGroupRecord(pg_id, name, namespace,
                                       [{k: float(v) for k, v in b.items() if v > 0}
                                        for b in bundles],
-                                      strategy, job_id, detached, nodes=[None] * len(bundles))
+                                      strategy, job_id, detached, nodes=[None] * len(bundles),
+                                      label_selectors=list(label_selectors or []))
         self.restore(record)
         return record
 

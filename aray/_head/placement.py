@@ -152,7 +152,8 @@ PG_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 def plan_bundles(nodes: Iterable[NodeResources], bundles: list[dict], strategy: str,
-                 fixed: dict[int, str] | None = None, *, free: bool = True) -> list[str] | None:
+                 fixed: dict[int, str] | None = None, *, free: bool = True,
+                 selectors: list[dict] | None = None) -> list[str] | None:
     """The node of each bundle of a placement group, all at once, or ``None`` when they
     cannot all be placed (nothing is half-placed). ``fixed``: the bundles that keep their
     node (a group rescheduling the bundles of a dead node). ``free``: plan over what the
@@ -162,6 +163,9 @@ def plan_bundles(nodes: Iterable[NodeResources], bundles: list[dict], strategy: 
     * ``SPREAD``: a node of its own for each bundle where there are nodes enough;
     * ``STRICT_PACK``: one node for all, or none;
     * ``STRICT_SPREAD``: a node of its own for each bundle, or none.
+
+    ``selectors``: a label selector per bundle (wire form, ``{}``: any node), which the
+    bundle's node must match (``bundle_label_selector``).
 
     Examples:
         >>> from aray._head.state import NodeInfo
@@ -178,15 +182,23 @@ def plan_bundles(nodes: Iterable[NodeResources], bundles: list[dict], strategy: 
         ['b', 'a']
     """
     fixed = fixed or {}
+    nodes = list(nodes)
     have = {n.node_id: dict(n.available if free else n.total) for n in nodes}
     order = list(have)
+    node_labels = {n.node_id: getattr(n, "labels", {}) for n in nodes}
+
+    def allowed(i: int, node_id: str) -> bool:
+        return not selectors or not selectors[i] or labels.matches(selectors[i],
+                                                                  node_labels[node_id])
+
     plan: list[str | None] = [fixed.get(i) for i in range(len(bundles))]
     todo = [i for i in range(len(bundles)) if plan[i] is None]
     if strategy in ("PACK", "STRICT_PACK"):
         # the node that holds the fixed ones (or any, in order) if it takes all the others
         used = [n for n in dict.fromkeys(plan) if n is not None]
         for node_id in used + [n for n in order if n not in used]:
-            if node_id in have and fits(_sum(bundles[i] for i in todo), have[node_id]):
+            if node_id in have and fits(_sum(bundles[i] for i in todo), have[node_id]) \
+                    and all(allowed(i, node_id) for i in todo):
                 for i in todo:
                     plan[i] = node_id
                 return plan  # type: ignore[return-value]
@@ -200,7 +212,8 @@ def plan_bundles(nodes: Iterable[NodeResources], bundles: list[dict], strategy: 
             candidates = [n for n in order if n not in used]
             if strategy == "SPREAD":
                 candidates += list(dict.fromkeys(used))
-        chosen = next((n for n in candidates if fits(bundles[i], have[n])), None)
+        chosen = next((n for n in candidates if fits(bundles[i], have[n]) and allowed(i, n)),
+                      None)
         if chosen is None:
             return None
         plan[i] = chosen

@@ -68,7 +68,7 @@ class PlacementGroups:
             link.send(P.PlacementGroupInfo(msg.req_id, {}, error))
             return
         record = self.table.add(msg.pg_id, msg.name, namespace, msg.bundles, msg.strategy,
-                                msg.job_id, msg.detached)
+                                msg.job_id, msg.detached, msg.label_selectors)
         link.send(P.PlacementGroupInfo(msg.req_id, record.describe(), ""))
         self.changed()
 
@@ -190,10 +190,12 @@ class PlacementGroups:
         """Reserve the group's waiting bundles, all of them or none."""
         alive = list(self.head.nodes.iter_alive())
         fixed = {i: n for i, n in enumerate(record.nodes) if n is not None}
-        plan = plan_bundles(alive, record.bundles, record.strategy, fixed)
+        plan = plan_bundles(alive, record.bundles, record.strategy, fixed,
+                            selectors=record.label_selectors)
         if plan is None:
             if not record.warned and plan_bundles(alive, record.bundles, record.strategy,
-                                                  fixed, free=False) is None:
+                                                  fixed, free=False,
+                                                  selectors=record.label_selectors) is None:
                 record.warned = True
                 self.head.warn_job(record.job_id, _infeasible_message(record, alive))
             return

@@ -218,12 +218,13 @@ async def placement_group_async(bundles: list[dict], strategy: str = "PACK", nam
         >>> asyncio.run(main())
         True
     """
-    shapes = _check(bundles, strategy, lifetime, bundle_label_selector, _soft_target_node_id)
+    shapes = _check(bundles, strategy, lifetime, _soft_target_node_id)
+    selectors = _selectors(bundle_label_selector, len(shapes))
     core = _global.core_or_init()
     pg_id = os.urandom(9).hex()
     reply = await _request(lambda r: P.CreatePlacementGroup(
         r, pg_id, str(name or ""), shapes, strategy, core.current_job_id(),
-        lifetime == "detached"))
+        lifetime == "detached", selectors))
     if reply.error:
         raise ValueError(reply.error)
     return PlacementGroup(PlacementGroupID.from_hex(pg_id), shapes)
@@ -244,7 +245,8 @@ def placement_group(bundles: list[dict], strategy: str = "PACK", name: str = "",
         name: a name to find it by with :func:`get_placement_group` (unique in the
             namespace).
         lifetime: None (it is removed when its creator's job ends) or ``"detached"``.
-        bundle_label_selector: not supported yet (ValueError when given).
+        bundle_label_selector: a label selector per bundle (Ray's syntax, as for
+            ``label_selector``): the labels the bundle's node must have.
 
     Raises:
         ValueError: bad bundles, strategy or lifetime, or a name already taken.
@@ -263,15 +265,27 @@ def placement_group(bundles: list[dict], strategy: str = "PACK", name: str = "",
                       "placement_group")
 
 
-def _check(bundles: Any, strategy: Any, lifetime: Any, selector: Any, soft_node: Any
-           ) -> list[dict]:
+def _selectors(selectors: Any, count: int) -> list[dict]:
+    """``bundle_label_selector`` in its wire form: a selector per bundle (``[]``: none)."""
+    from .scheduling_strategies import check_label_selector
+
+    if selectors is None:
+        return []
+    if not isinstance(selectors, (list, tuple)) or len(selectors) != count:
+        raise ValueError(f"bundle_label_selector must be a list of one label selector per "
+                         f"bundle ({count}), e.g. [{{'zone': 'a'}}] * {count}; got "
+                         f"{selectors!r}")
+    return [check_label_selector(s) or {} for s in selectors]
+
+
+def _check(bundles: Any, strategy: Any, lifetime: Any, soft_node: Any) -> list[dict]:
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
     if lifetime not in (None, "detached"):
         raise ValueError(f"lifetime must be None or 'detached'; got {lifetime!r}")
-    if selector or soft_node:
-        raise ValueError("bundle_label_selector and _soft_target_node_id are not supported by "
-                         "aray yet; give nodes custom resources and ask for them in bundles")
+    if soft_node:
+        raise ValueError("_soft_target_node_id is not supported by aray yet: use "
+                         "bundle_label_selector with the node's ray.io/node-id label")
     if not isinstance(bundles, (list, tuple)) or not bundles:
         raise ValueError("bundles must be a non-empty list of dicts, e.g. [{'CPU': 1}]; "
                          f"got {bundles!r}")
