@@ -132,6 +132,7 @@ class RegisterNode(NamedTuple):
     #: [actor_id, worker_id, address, pid] and its placement groups' bundles as [pg_id, index]
     actors: list = []
     bundles: list = []
+    entrypoints: dict = {}  # {"running": [id, ...], "ended": {id: [exit code, message]}}
 
 
 @_message(11, routes="node->head")

@@ -162,7 +162,8 @@ class NodeAgent:
         head.send(P.RegisterNode(
             self.node_id, self.public_address or self.address, self.ip, self.leases.pool.total,
             {"machine": machine_id(), "pid": os.getpid(), "session_dir": self.session_dir},
-            self.labels, actors, [list(key) for key in self.leases.pools.bundles]))
+            self.labels, actors, [list(key) for key in self.leases.pools.bundles],
+            self.entrypoints.held()))
         head.send(P.NodeResourcesChanged(self.node_id, dict(self.leases.pool.available)))
         return head
 

@@ -47,6 +47,10 @@ class _Hold:
     send_if_open = send
 
 
+#: the entrypoints that ended that a node remembers, for a head that restarts
+MAX_ENDED = 1_000
+
+
 class Entrypoints:
     """The entrypoints running on one node.
 
@@ -64,6 +68,7 @@ class Entrypoints:
         self._feed = feed
         self._spawn_task = spawn_task
         self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self.ended: dict[str, list] = {}  # the last MAX_ENDED that ended: [code, message]
         self._stopping: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -101,7 +106,16 @@ class Entrypoints:
                 else:
                     self._feed(E.CallerGone(hold))
         self._stopping.discard(sid)
+        self.ended[sid] = [code, message]  # (told again to a head that restarts)
+        while len(self.ended) > MAX_ENDED:
+            del self.ended[next(iter(self.ended))]
         self._tell_head(P.EntrypointEnded(sid, code, message))
+
+    def held(self) -> dict:
+        """What a node tells a restarted head of its entrypoints: those that run, and the
+        last ones that ended (id -> [exit code, message]), whose news may have been lost
+        with the link to the head that went away."""
+        return {"running": list(self._procs), "ended": dict(self.ended)}
 
     async def _start_and_wait(self, msg: P.StartEntrypoint) -> tuple[int | None, str]:
         sid = msg.submission_id

@@ -144,10 +144,16 @@ def test_a_head_killed_and_started_again_takes_its_cluster_back(redis_server, tm
         wait_until(lambda: _read_until(driver, lines, "READY"), 60, message="the driver's start")
         job_id = next(line.split()[1] for line in lines if line.startswith("READY"))
 
+        # the job's entrypoint ends while the head hangs, then dies: the news of its end
+        # goes into a link that is not yet known to be gone, and is lost with it
+        os.kill(head["pid"], signal.SIGSTOP)
+        gone.write_text("")
+        job_log = Path(second["session_dir"], "logs", "job-driver-ft-job.log")
+        wait_until(lambda: job_log.exists() and "job done" in job_log.read_text(), 30,
+                   message="the entrypoint to end")
         os.kill(head["pid"], signal.SIGKILL)
         wait_until(lambda: not _alive(head["pid"]), 10, message="the head to be gone")
         assert _alive(second["pid"])  # it waits for the head
-        gone.write_text("")  # the job's entrypoint ends while the head is away
         again = c.start_head("--num-cpus", "1", "--storage", redis_server.url)
         assert again["pid"] != head["pid"]
         (tmp_path / "go").write_text("")

@@ -264,6 +264,9 @@ class JobManager:
             self.on_change(msg.submission_id, job)
 
     def _on_EntrypointEnded(self, link: Link, msg: P.EntrypointEnded) -> None:
+        self._entrypoint_ended(msg)
+
+    def _entrypoint_ended(self, msg: P.EntrypointEnded) -> None:
         job = self.jobs.get(msg.submission_id)
         if job is None or job["status"].is_terminal():
             return
@@ -282,6 +285,20 @@ class JobManager:
                    f"its last line: {msg.message}")
             self._end(job, JobStatus.FAILED,
                       f"Job entrypoint command failed with exit code {code}: {why}")
+
+    def node_registered(self, node_id: str, held: dict) -> None:
+        """A node back after a head restart says which of its entrypoints run and which
+        ended (their news may have been lost with the old head): the records follow."""
+        running, ended = set(held.get("running", [])), held.get("ended", {})
+        for sid, job in list(self.jobs.items()):
+            if job["driver_node_id"] != node_id or job["status"].is_terminal():
+                continue
+            if sid in ended:
+                code, message = ended[sid]
+                self._entrypoint_ended(P.EntrypointEnded(sid, code, message))
+            elif sid not in running and job["status"] is JobStatus.RUNNING:
+                self._end(job, JobStatus.FAILED, "its entrypoint was gone when its node "
+                          "came back to the restarted head")
 
     def node_lost(self, node_id: str) -> None:
         """A node died: the jobs it ran (or was about to) fail."""

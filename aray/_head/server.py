@@ -195,6 +195,8 @@ class Head:
         log.info("node %s joined with %s", msg.node_id[:12], msg.resources)
         if self.recovery is not None:  # (back after a restart: what it holds is there)
             self.recovery.node_registered(msg.node_id, msg.actors, msg.bundles)
+            if self.submitted_jobs is not None:
+                self.submitted_jobs.node_registered(msg.node_id, msg.entrypoints)
         self._view_dirty[msg.node_id] = None
         self._view_changed_soon()  # the others hear of it
         if not link.closed:  # and it hears of every node, itself included, now
