@@ -12,7 +12,7 @@ import functools
 import inspect
 import os
 from collections.abc import Callable, Coroutine
-from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, Union, overload
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, Union, cast, overload
 
 from . import _global
 from ._actor_calls import ActorCall
@@ -35,6 +35,11 @@ T = TypeVar("T")
 P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
+# An actor class is generic in the class it was made of (its constructor's type), so that
+# type checkers read ``Cls.remote(...)`` against ``__init__``: ``remote`` takes ``self`` as
+# an ``ActorClass`` of a callable, which binds the constructor's parameters and the instance
+# type. Covariant, so that ``ActorClass[type[Impl]]`` is an ``ActorClass`` of that callable.
+K = TypeVar("K", covariant=True)
 
 class RemoteMethod(Protocol[P, R]):
     """How type checkers see a method marked with :func:`aray.method`: called as it is
@@ -128,7 +133,7 @@ def _methods(cls: type) -> dict[str, tuple[Any, bool]]:
     return found
 
 
-class ActorClass(Generic[T]):
+class ActorClass(Generic[K]):
     """A class turned into an actor factory by :func:`aray.remote`.
 
     ``Cls.remote(*args)`` creates an actor and returns its handle at once;
@@ -150,9 +155,9 @@ class ActorClass(Generic[T]):
         [1, 2]
     """
 
-    def __init__(self, cls: type[T], options: dict,
+    def __init__(self, impl: K, options: dict,
                  descriptor: FunctionDescriptor | None = None) -> None:
-        self._cls = cls
+        cls = self._cls = cast(type, impl)
         self._options = {**ACTOR_OPTIONS, **validate_actor_options(options)}
         self._strategy = placement_strategy(self._options)  # (label_selector folded in)
         self._descriptor = descriptor or FunctionDescriptor(cls)
@@ -204,11 +209,11 @@ class ActorClass(Generic[T]):
             return functools.wraps(value)(functools.partial(value))
         return value
 
-    def options(self, **options: Any) -> ActorClass[T]:
+    def options(self, **options: Any) -> ActorClass[K]:
         """A copy of this actor class with some options changed."""
         merged = {k: v for k, v in self._options.items() if v != ACTOR_OPTIONS[k]}
         merged.update(validate_actor_options(options))
-        return ActorClass(self._cls, merged, self._descriptor)
+        return ActorClass(self._cls, merged, self._descriptor)  # type: ignore[arg-type]
 
     def _shapes(self) -> tuple[dict, dict]:
         """(placement, hold): by default an actor needs a CPU to be placed and holds none."""
@@ -230,7 +235,8 @@ class ActorClass(Generic[T]):
                 "max_restarts": int(self._options["max_restarts"]),
                 "lifetime": self._options["lifetime"]}
 
-    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle[T]:
+    def remote(self: ActorClass[Callable[P, T]], *args: P.args,
+               **kwargs: P.kwargs) -> ActorHandle[T]:
         """Create the actor (its constructor runs in a new worker); returns its handle."""
         core = _global.core_or_init()
         o = self._options
@@ -415,6 +421,6 @@ class ActorMethod(Generic[P, R]):
         return refs[0] if n == 1 else None  # type: ignore[return-value, index]
 
 
-def make_actor_class(cls: type[T], options: dict) -> ActorClass[T]:
+def make_actor_class(cls: type[T], options: dict) -> ActorClass[type[T]]:
     """The actor class of ``cls`` (what ``@aray.remote`` makes of a class)."""
     return ActorClass(cls, options)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+C = TypeVar("C", bound=type)
 
 
 def _current_task_id() -> bytes:
@@ -136,7 +137,7 @@ class _Decorator(Protocol):
     """What ``aray.remote(**options)`` returns: a decorator of functions and classes."""
 
     @overload
-    def __call__(self, obj: type[T], /) -> ActorClass[T]: ...  # type: ignore[overload-overlap]
+    def __call__(self, obj: C, /) -> ActorClass[C]: ...  # type: ignore[overload-overlap]
     @overload
     def __call__(self, obj: Callable[P, Coroutine[Any, Any, R]], /) -> RemoteFunction[P, R]: ...
     @overload
@@ -148,7 +149,7 @@ class _Decorator(Protocol):
 # what its tasks produce), any other function a remote function of its own return type.
 # (mypy sees a class as a callable too, hence its complaint about the first overload.)
 @overload
-def remote(obj: type[T], /) -> ActorClass[T]: ...  # type: ignore[overload-overlap]
+def remote(obj: C, /) -> ActorClass[C]: ...  # type: ignore[overload-overlap]
 @overload
 def remote(obj: Callable[P, Coroutine[Any, Any, R]], /) -> RemoteFunction[P, R]: ...
 @overload

@@ -1,9 +1,10 @@
 """A typed aray program: what pyright and mypy check in the code that uses aray.
 
 ``word_count.remote(...)`` is checked against ``word_count``'s parameters and gives an
-``ObjectRef[int]``; ``aray.get`` of it is an ``int``, ``await`` of it too. ``Tally.remote()``
-gives an ``ActorHandle[Tally]``; seen as an ``ActorProxy[Tally]``, its calls of methods marked
-``@aray.method`` are checked method by method. Run it with ``python examples/typed.py``;
+``ObjectRef[int]``; ``aray.get`` of it is an ``int``, ``await`` of it too. ``Tally.remote(0)``
+is checked against ``Tally.__init__`` and gives an ``ActorHandle[Tally]``; seen as an
+``ActorProxy[Tally]``, its calls of methods marked ``@aray.method`` are checked method by
+method. Run it with ``python examples/typed.py``;
 check it with ``pyright examples/typed.py`` or ``mypy examples/typed.py``.
 """
 

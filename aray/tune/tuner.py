@@ -8,7 +8,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import cloudpickle
 
@@ -365,7 +365,8 @@ class _Run:
         trial.status = RUNNING
         trial.stop_deadline = None
         trial.actor = self.runner_class.remote(
-            self.trainable_ref, trial.config, trial.trial_id, trial.path, self.tuner.name,
+            cast(Any, self.trainable_ref),  # (a ref in place of its value: resolved first)
+            trial.config, trial.trial_id, trial.path, self.tuner.name,
             trial.checkpoint_path, trial.checkpoint_iteration, trial.checkpoint_time,
             trial.checkpoint_index)
         trial.actor.run.remote()  # its end (or error) comes through next()

@@ -56,3 +56,11 @@ async def method_mistakes(counter: aray.ActorProxy[Counter]) -> None:
     total: str = aray.get(counter.add.remote(1))  # expect-error: the method returns an int
     label: int = await counter.label.remote("n")  # expect-error: the method returns a str
     print(total, label)
+
+
+def constructor_mistakes() -> None:
+    CounterActor.remote("zero")  # expect-error: a str for the constructor's int parameter
+    CounterActor.remote()  # expect-error: the constructor's argument is missing
+    CounterActor.options(num_cpus=1).remote(0, 1)  # expect-error: options keep the signature
+    handle: aray.ActorHandle[str] = CounterActor.remote(0)  # expect-error: a Counter's handle
+    print(handle)
