@@ -68,6 +68,26 @@ class Pools:
         if pool is not None:
             pool.release(shape, gpu_ids)
 
+    def keep_only(self, key: tuple | None, placement: dict, hold: dict) -> None:
+        """An actor placed with ``placement`` now holds only ``hold`` (its GPUs stay), in
+        the pool of ``key``."""
+        pool = self.pool(key)
+        assert pool is not None  # (a bundle's end takes its queued requests out)
+        pool.release({k: v for k, v in placement.items() if k != "GPU"}, [])
+        pool.acquire({k: v for k, v in hold.items() if k != "GPU"})
+
+    def lend(self, key: tuple | None, cpus: float) -> None:
+        """A blocked worker's ``cpus`` serve other leases of the pool of ``key``."""
+        pool = self.pool(key)
+        if pool is not None:
+            pool.lend(cpus)
+
+    def reclaim(self, key: tuple | None, cpus: float) -> None:
+        """The worker resumes: it takes its ``cpus`` back (see ResourcePool.reclaim)."""
+        pool = self.pool(key)
+        if pool is not None:
+            pool.reclaim(cpus)
+
     def reserve(self, pg_id: str, bundles: list) -> bool:
         """Reserve ``[[index, shape], ...]`` of a group now, all of them or none."""
         if any((pg_id, i) in self.bundles for i, _ in bundles) or not self._fit_together(

@@ -20,102 +20,51 @@ Examples:
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import uuid
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any
 
 from . import lease_events as E
+from .admission import Admission
 from .bundles import Pools
+from .lease_records import (
+    Lease,
+    LeaseState,
+    Request,
+    RequestState,
+    WorkerSlot,
+    WorkerSlots,
+    WorkerState,
+)
 from .routing import Router
-from .scheduler import ClusterView, LeaseQueue, ReleaseError, ResourcePool, fits, format_resources
+from .scheduler import ClusterView, LeaseQueue, ReleaseError, ResourcePool
+
+__all__ = ["MAX_KILLED_ACTORS", "LeaseScheduler", "WorkerState"]
 
 #: actors killed before their worker started, remembered until it does (the most recent)
 MAX_KILLED_ACTORS = 10_000
 
 
-class WorkerState(enum.Enum):
-    """A worker's life: STARTING -> IDLE <-> LEASED, with JOINING while a fresh worker joins
-    the job of the request it is reserved for; DEAD once it is ending or gone."""
-
-    STARTING = 0
-    IDLE = 1
-    LEASED = 2
-    DEAD = 3
-    JOINING = 4
-
-
-class RequestState(enum.Enum):
-    """QUEUED until resources allow; RESERVED while its resources are taken and a worker
-    starts or joins its job for it; GRANTED once the caller has its worker."""
-
-    QUEUED = 0
-    RESERVED = 1
-    GRANTED = 2
-
-
-class LeaseState(enum.Enum):
-    """HELD: the lease's resources are taken; LENT: its worker blocks in get, and its CPUs
-    serve other leases until it resumes."""
-
-    HELD = 0
-    LENT = 1
-
-
-@dataclasses.dataclass(eq=False)
-class Request:
-    """A caller's request for a worker (an actor's placement when ``actor_id`` is set)."""
-
-    caller: Hashable
-    req_id: int
-    shape: dict
-    description: str
-    job_id: str
-    actor_id: str = ""
-    hold: dict = dataclasses.field(default_factory=dict)
-    spec: Any = None
-    state: RequestState = RequestState.QUEUED
-    gpu_ids: list = dataclasses.field(default_factory=list)
-    warned: bool = False  # the caller was told it is infeasible
-    #: (placement group id, bundle index, -1 for any of the group's bundles here), or None
-    bundle: tuple | None = None
-    #: the pool its resources were taken from once reserved or granted (None: the node's)
-    pool_key: tuple | None = None
-
-
-@dataclasses.dataclass
-class Lease:
-    """What a worker's holder took: ``shape`` and the GPU devices it got."""
-
-    caller: Hashable
-    shape: dict
-    gpu_ids: list
-    state: LeaseState = LeaseState.HELD
-    pool_key: tuple | None = None  # the bundle it took them from (None: the node's pool)
-
-
-@dataclasses.dataclass
-class WorkerSlot:
-    """The scheduler's view of one worker process."""
-
-    worker_id: str
-    state: WorkerState = WorkerState.STARTING
-    job_id: str = ""  # the job it serves ("" until its first lease): workers are per job
-    actor_id: str = ""  # set for the life of the worker once it hosts an actor
-    lease: Lease | None = None
-    reserved: Request | None = None  # the request it starts or joins a job for
-    #: the GPU devices of its last lease (None: it has had none). A process that used a
-    #: GPU keeps that device's context, whatever CUDA_VISIBLE_DEVICES says next, so a
-    #: worker is leased again only with the same devices (or none again)
-    gpu_ids: tuple | None = None
-
-    @property
-    def holder(self) -> Hashable | None:
-        """The caller its lease (or reservation) is for."""
-        if self.lease is not None:
-            return self.lease.caller
-        return self.reserved.caller if self.reserved is not None else None
+#: which method takes which event
+_HANDLERS: dict[type, str] = {
+    E.NodeStarted: "_node_started",
+    E.LeaseRequested: "_lease_requested",
+    E.ActorPlacementRequested: "_actor_placement_requested",
+    E.WorkerStarted: "_worker_started",
+    E.JobAssigned: "_job_assigned",
+    E.WorkerExited: "_worker_exited",
+    E.LeaseReturned: "_lease_returned",
+    E.WorkerBlocked: "_worker_blocked",
+    E.WorkerUnblocked: "_worker_unblocked",
+    E.WorkerKillRequested: "_worker_kill_requested",
+    E.CallerGone: "_caller_gone",
+    E.JobFinished: "_job_finished",
+    E.ViewChanged: "_view_changed",
+    E.ActorWithdrawn: "_actor_withdrawn",
+    E.ActorKilled: "_actor_killed",
+    E.BundlesRequested: "_bundles_requested",
+    E.BundlesReleased: "_bundles_released",
+}
 
 
 class LeaseScheduler:
@@ -133,35 +82,19 @@ class LeaseScheduler:
                  new_id: Callable[[], str] | None = None, labels: dict | None = None) -> None:
         self.pool = ResourcePool(resources)
         self.queue = LeaseQueue()
-        self.workers: dict[str, WorkerSlot] = {}
+        self.workers = WorkerSlots(new_id or (lambda: uuid.uuid4().hex[:16]))
         self.view = ClusterView(self.pool.total)
         #: the node's pool and its placement groups' bundles
         self.pools = Pools(self.pool)
         #: where requests go under their strategies (and label requests no node matches)
         self.router = Router(self.pool, self.view, labels or {})
+        #: which requests are taken here, sent on, failed or set aside
+        self.admission = Admission(self.pool, self.view, self.pools, self.router)
         self.prestart = prestart
         self.shared = shared
-        self._new_id = new_id or (lambda: uuid.uuid4().hex[:16])
         self._killed_actors: dict[str, None] = {}  # killed before their worker started
         self._handlers: dict[type, Callable[[Any], list]] = {
-            E.NodeStarted: lambda ev: [self._new_worker() for _ in range(ev.prestart)],
-            E.LeaseRequested: self._lease_requested,
-            E.ActorPlacementRequested: self._actor_placement_requested,
-            E.WorkerStarted: self._worker_started,
-            E.JobAssigned: self._job_assigned,
-            E.WorkerExited: self._worker_exited,
-            E.LeaseReturned: self._lease_returned,
-            E.WorkerBlocked: self._worker_blocked,
-            E.WorkerUnblocked: self._worker_unblocked,
-            E.WorkerKillRequested: self._worker_kill_requested,
-            E.CallerGone: self._caller_gone,
-            E.JobFinished: self._job_finished,
-            E.ViewChanged: self._view_changed,
-            E.ActorWithdrawn: self._actor_withdrawn,
-            E.ActorKilled: self._actor_killed,
-            E.BundlesRequested: self._bundles_requested,
-            E.BundlesReleased: self._bundles_released,
-        }
+            kind: getattr(self, name) for kind, name in _HANDLERS.items()}
 
     def handle(self, event: Any) -> list:
         """Take in one event; returns the instructions to carry out, in order."""
@@ -169,89 +102,46 @@ class LeaseScheduler:
 
     def pending(self) -> list[list]:
         """The queued requests by shape: ``[shape, count, infeasible]`` (for status)."""
-        pending: dict[str, list] = {}
-        for req in self.queue:
-            entry = pending.setdefault(format_resources(req.shape), [req.shape, 0, False])
-            entry[1] += 1
-            entry[2] = entry[2] or not self.view.feasible(req.shape)
-        for req, _, _ in self.router.unmatched:
-            entry = pending.setdefault(format_resources(req.shape), [req.shape, 0, True])
-            entry[1], entry[2] = entry[1] + 1, True
-        return list(pending.values())
+        return self.admission.pending(self.queue)
 
     # --- requests ------------------------------------------------------------------------
+    def _node_started(self, ev: E.NodeStarted) -> list:
+        return [self._new_worker() for _ in range(ev.prestart)]
+
     def _lease_requested(self, ev: E.LeaseRequested) -> list:
-        if ev.strategy.get("kind") == "pg":  # the caller found the bundle's node: this one
-            bundle = (ev.strategy["pg_id"], int(ev.strategy.get("index", -1)))
-            if not self.pools.for_request(bundle):
-                return [E.FailRequest(ev.caller, ev.req_id, "", (
-                    f"{ev.description}: bundle {bundle[1]} of placement group {bundle[0]} is "
-                    "not on this node"), kind="bundle")]
-            return self._enqueue(Request(ev.caller, ev.req_id, dict(ev.shape),
-                                         ev.description, ev.job_id, bundle=bundle))
-        route = self.router.route(ev.shape, ev.description, ev.strategy, ev.may_spillback)
-        if route.verdict == "spill":
-            return [E.SpillBack(ev.caller, ev.req_id, route.detail)]
-        if route.verdict == "fail":
-            return [E.FailRequest(ev.caller, ev.req_id, "", route.detail, kind="unschedulable")]
-        req = Request(ev.caller, ev.req_id, dict(ev.shape), ev.description, ev.job_id)
-        if route.verdict == "wait":  # no node's labels match: until one that does joins
-            req.warned = True
-            self.router.wait(req, req.shape, ev.strategy)
-            return [E.WarnInfeasible(ev.caller, ev.req_id, route.detail, "")]
-        return self._enqueue(req)
+        admitted = self.admission.lease(ev)
+        return self._enqueue(admitted) if isinstance(admitted, Request) else admitted
 
     def _actor_placement_requested(self, ev: E.ActorPlacementRequested) -> list:
-        if ev.bundle is not None and not self.pools.for_request(ev.bundle):
-            return [E.ReportActorDied(ev.actor_id, (
-                f"bundle {ev.bundle[1]} of its placement group {ev.bundle[0]} is not on the "
-                "node it was sent to"))]
-        return self._enqueue(Request(ev.caller, 0, dict(ev.placement), ev.description,
-                                     ev.job_id, ev.actor_id, dict(ev.hold), ev.spec,
-                                     bundle=ev.bundle))
+        admitted = self.admission.actor(ev)
+        return self._enqueue(admitted) if isinstance(admitted, Request) else admitted
 
     def _enqueue(self, req: Request) -> list:
         self.queue.push(req)
         out = self._schedule()
         if req.state is RequestState.QUEUED:
-            out += self._warn_if_infeasible(req)
+            out += self.admission.warn_if_infeasible(req)
         return out
 
-    def _warn_if_infeasible(self, req: Request) -> list:
-        if req.warned or req.bundle is not None or self.view.feasible(req.shape):
-            return []
-        req.warned = True
-        what = "actor" if req.actor_id else "task"
-        return [E.WarnInfeasible(req.caller, req.req_id, self.view.infeasible_message(
-            what, req.description, req.shape), req.actor_id)]
-
     def _view_changed(self, ev: E.ViewChanged) -> list:
-        self.view.update(ev.nodes, ev.node_id)
-        out: list = []
-        for req, target in self.router.rematch():  # a node that matches their labels
-            out += [E.SpillBack(req.caller, req.req_id, target)] if target else self._enqueue(req)
-        # what can never run here but can on a node that joined: send it there
-        for req in list(self.queue):
-            if req.actor_id or req.bundle is not None or fits(req.shape, self.pool.total):
-                continue
-            target = self.view.spillback(req.shape, self.pool)
-            if target:
-                self.queue.remove_if(lambda r, req=req: r is req)
-                out.append(E.SpillBack(req.caller, req.req_id, target))
+        admit, moved, out = self.admission.view_changed(ev, self.queue)
+        if moved:  # (requests compare by identity)
+            self.queue.remove_if(lambda r: r in moved)
+        for req in admit:
+            out += self._enqueue(req)
         for req in self.queue:
-            out += self._warn_if_infeasible(req)
+            out += self.admission.warn_if_infeasible(req)
         return out
 
     # --- granting ------------------------------------------------------------------------
     def _schedule(self) -> list:
         """Grant every queued request that fits, to an idle worker or a reserved one."""
         out: list = []
-        idle = [w for w in self.workers.values() if w.state is WorkerState.IDLE]
-        starting = [w for w in self.workers.values()
-                    if w.state is WorkerState.STARTING and w.reserved is None]
-        for req, pool, gpu_ids in self.queue.take_grantable(self._pools_of, lambda r: r.shape):
+        idle, starting = self.workers.grantable()
+        for req, pool, gpu_ids in self.queue.take_grantable(
+                lambda r: self.pools.for_request(r.bundle), lambda r: r.shape):
             req.gpu_ids, req.pool_key = gpu_ids, self.pools.key_of(pool)
-            worker = _pick(idle, req.job_id, gpu_ids)
+            worker = WorkerSlots.pick(idle, req.job_id, gpu_ids)
             if worker is not None and worker.job_id == req.job_id:
                 out += self._grant(worker, req)  # the common case: at once
                 continue
@@ -260,7 +150,7 @@ class LeaseScheduler:
                 worker.reserved = req
                 out.append(self._join(worker, req))
                 continue
-            worker = _pick(starting, req.job_id, gpu_ids)
+            worker = WorkerSlots.pick(starting, req.job_id, gpu_ids)
             if worker is None:
                 out.append(self._new_worker())
                 worker = self.workers[out[-1].worker_id]
@@ -272,9 +162,7 @@ class LeaseScheduler:
         return E.AssignJob(worker.worker_id, req.job_id)
 
     def _new_worker(self) -> E.SpawnWorker:
-        worker = WorkerSlot(self._new_id())
-        self.workers[worker.worker_id] = worker
-        return E.SpawnWorker(worker.worker_id)
+        return E.SpawnWorker(self.workers.spawn().worker_id)
 
     def _grant(self, worker: WorkerSlot, req: Request) -> list:
         worker.job_id = worker.job_id or req.job_id
@@ -294,10 +182,7 @@ class LeaseScheduler:
                     self._report()]
         # the worker is the actor's for life; it keeps only what the actor holds
         # (by default an actor needs a CPU to be placed but holds none while it lives)
-        pool = self.pools.pool(req.pool_key)
-        assert pool is not None  # (a bundle's end takes its queued requests out)
-        pool.release({k: v for k, v in req.shape.items() if k != "GPU"}, [])
-        pool.acquire({k: v for k, v in req.hold.items() if k != "GPU"})
+        self.pools.keep_only(req.pool_key, req.shape, req.hold)
         worker.lease.shape = dict(req.hold)
         worker.actor_id = req.actor_id
         # what the placement needed beyond the hold is free again: place the next one
@@ -312,10 +197,7 @@ class LeaseScheduler:
         lease = worker.lease
         if lease is None:
             raise ReleaseError(f"worker {worker.worker_id} holds no lease: released twice?")
-        shape = dict(lease.shape)
-        if lease.state is LeaseState.LENT:  # its CPUs were lent out already
-            shape.pop("CPU", None)
-        self.pools.give_back(lease.pool_key, shape, lease.gpu_ids)
+        self.pools.give_back(lease.pool_key, lease.to_give_back(), lease.gpu_ids)
         worker.lease = None
         return [self._report()]
 
@@ -391,9 +273,7 @@ class LeaseScheduler:
                 or worker.lease.state is LeaseState.LENT:
             return []
         worker.lease.state = LeaseState.LENT
-        pool = self.pools.pool(worker.lease.pool_key)
-        if pool is not None:
-            pool.lend(worker.lease.shape.get("CPU", 0))
+        self.pools.lend(worker.lease.pool_key, worker.lease.shape.get("CPU", 0))
         return self._schedule()
 
     def _worker_unblocked(self, ev: E.WorkerUnblocked) -> list:
@@ -402,9 +282,7 @@ class LeaseScheduler:
                 and worker.lease.state is LeaseState.LENT:
             worker.lease.state = LeaseState.HELD
             # take its CPUs back, briefly oversubscribing if they were leased meanwhile
-            pool = self.pools.pool(worker.lease.pool_key)
-            if pool is not None:
-                pool.reclaim(worker.lease.shape.get("CPU", 0))
+            self.pools.reclaim(worker.lease.pool_key, worker.lease.shape.get("CPU", 0))
         return []
 
     def _worker_kill_requested(self, ev: E.WorkerKillRequested) -> list:
@@ -424,9 +302,7 @@ class LeaseScheduler:
         self.queue.remove_if(lambda r: r.caller == ev.caller)
         self.router.forget(lambda r: r.caller == ev.caller)
         out: list = []
-        for worker in list(self.workers.values()):
-            if worker.holder != ev.caller:
-                continue
+        for worker in self.workers.held_by(ev.caller):
             if worker.state is WorkerState.STARTING:
                 self._unreserve(worker, requeue=False)  # it starts for someone else
             elif worker.state in (WorkerState.LEASED, WorkerState.JOINING):
@@ -438,13 +314,10 @@ class LeaseScheduler:
         if not ev.job_id:
             return []
         out: list = []
-        for worker in list(self.workers.values()):
-            if _of_job(worker.job_id, ev.job_id) and not worker.actor_id \
-                    and worker.state is not WorkerState.DEAD:
-                out += self._end(worker, requeue=True)
+        for worker in self.workers.of_job(ev.job_id):
+            out += self._end(worker, requeue=True)
         if self.shared:  # the next job should not wait for workers to start
-            fresh = sum(1 for w in self.workers.values()
-                        if not w.job_id and w.state is not WorkerState.DEAD)
+            fresh = self.workers.fresh()
             out += [self._new_worker() for _ in range(max(0, self.prestart - fresh))]
         return out + self._schedule()
 
@@ -459,9 +332,9 @@ class LeaseScheduler:
     def _actor_killed(self, ev: E.ActorKilled) -> list:
         if self._unqueue_actor(ev.actor_id):
             return [E.ReportActorDied(ev.actor_id, "it was killed before it started")]
-        for worker in self.workers.values():
-            if worker.actor_id == ev.actor_id:
-                return [E.KillWorker(worker.worker_id)]
+        worker = self.workers.of_actor(ev.actor_id)
+        if worker is not None:
+            return [E.KillWorker(worker.worker_id)]
         # its worker may still be starting (or it was never here): remember a bounded few
         self._killed_actors[ev.actor_id] = None
         while len(self._killed_actors) > MAX_KILLED_ACTORS:
@@ -470,9 +343,6 @@ class LeaseScheduler:
 
 
     # --- placement groups' bundles --------------------------------------------------------
-    def _pools_of(self, req: Request) -> list[ResourcePool]:
-        return self.pools.for_request(req.bundle)
-
     def _bundles_requested(self, ev: E.BundlesRequested) -> list:
         """All of the bundles now, or none: the head asks again when resources change."""
         if not self.pools.reserve(ev.pg_id, ev.bundles):
@@ -493,29 +363,9 @@ class LeaseScheduler:
         out: list = [fail(req) for req in self.queue.remove_if(
             lambda r: r.bundle is not None and r.bundle[0] == ev.pg_id and (
                 r.bundle[1] < 0 or (ev.pg_id, r.bundle[1]) in ended))]
-        for worker in list(self.workers.values()):
-            held = worker.lease if worker.lease is not None else worker.reserved
-            if held is not None and held.pool_key in ended \
-                    and worker.state is not WorkerState.DEAD:
-                req = worker.reserved
-                out += self._end(worker, requeue=False)
-                out += [fail(req)] if req is not None else []
+        for worker in self.workers.in_pools(ended):
+            req = worker.reserved
+            out += self._end(worker, requeue=False)
+            out += [fail(req)] if req is not None else []
         self.pools.end(ended)
         return [*out, self._report(), *self._schedule()]
-
-
-def _pick(workers: list[WorkerSlot], job_id: str, gpu_ids: list) -> WorkerSlot | None:
-    """Take a worker for ``job_id`` from ``workers``: one of that job, else a fresh one;
-    either way one that last had the devices ``gpu_ids`` (or none, or never a lease)."""
-    devices = tuple(gpu_ids)
-    for wanted in (job_id, ""):
-        for i, worker in enumerate(workers):
-            if worker.job_id == wanted and worker.gpu_ids in (None, devices):
-                return workers.pop(i)
-    return None
-
-
-def _of_job(pool: str, job_id: str) -> bool:
-    """Is a worker of ``pool`` (a job id, or ``JOB:ENV`` for a job's runtime env) one of
-    ``job_id``'s?"""
-    return pool == job_id or pool.startswith(job_id + ":")
