@@ -85,6 +85,10 @@ class Defs:
     """The remote functions and actor classes of the workloads, made for one runtime."""
 
     def __init__(self, rt) -> None:
+        self._define_tasks(rt)
+        self._define_actors(rt)
+
+    def _define_tasks(self, rt) -> None:
         @rt.remote
         def small_value():
             return b"ok"
@@ -107,6 +111,15 @@ class Defs:
         def do_put_small():
             for _ in range(100):
                 rt.put(0)
+
+        self.small_value = small_value
+        self.small_value_batch = small_value_batch
+        self.create_object_containing_ref = create_object_containing_ref
+        self.call_actors = call_actors
+        self.do_put_small = do_put_small
+
+    def _define_actors(self, rt) -> None:
+        small_value = self.small_value
 
         @rt.remote(num_cpus=0)
         class Actor:
@@ -144,11 +157,6 @@ class Defs:
                     refs.extend([s.small_value.remote() for _ in range(n)])
                 rt.get(refs)
 
-        self.small_value = small_value
-        self.small_value_batch = small_value_batch
-        self.create_object_containing_ref = create_object_containing_ref
-        self.call_actors = call_actors
-        self.do_put_small = do_put_small
         self.Actor = Actor
         self.AsyncActor = AsyncActor
         self.Client = Client

@@ -183,22 +183,7 @@ def prepare(address: str | None, *, num_cpus, num_gpus, resources, object_store_
                    f"(one that `aray start` runs on this machine, found at {cluster_address(found)}"
                    "; pass address='local' to start a new one instead)")
                 + " leave them out, and give them to `aray start` instead")
-        if address is not None and address.startswith("aray://"):
-            plan["core"] = client_settings(address, token)
-            plan["address"] = address
-            return plan
-        info = found or find_cluster(address)
-        if found is not None:
-            print(f"aray: connecting to the cluster at {cluster_address(found)} that `aray "
-                  "start` runs on this machine (address='local' starts a new one)",
-                  file=sys.stderr, flush=True)
-        plan["core"] = dict(token=token or os.environ.get("ARAY_TOKEN") or info["token"],
-                            session_dir=info["session_dir"], node_address=info["node_address"],
-                            head_address=info["head_address"], store_dir=info["store_dir"],
-                            tcp_host=info.get("tcp_host", ""))
-        plan["dashboard_url"] = info.get("dashboard_url", "")
-        plan["address"] = cluster_address(info)
-        return plan
+        return _plan_to_join(plan, address, found, token)
     total = node_resources(num_cpus, num_gpus, resources, object_store_memory)
     cluster = LocalCluster(resources=total, object_store_memory=object_store_memory,
                            token=token, dashboard=dashboard, labels=init_labels(labels))
@@ -208,6 +193,31 @@ def prepare(address: str | None, *, num_cpus, num_gpus, resources, object_store_
     plan["core"] = dict(token=cluster.token, session_dir=cluster.session_dir,
                         node_address=cluster.node_address, head_address=cluster.head_address,
                         store_dir=cluster.store_dir)
+    return plan
+
+
+def _plan_to_join(plan: dict, address: str | None, found: dict | None,
+                  token: str | None) -> dict:
+    """:func:`prepare`'s plan for a cluster that runs already: a client's, through the
+    head (``aray://``), or a driver's on a node of that cluster (``found`` on this
+    machine, or at ``address``)."""
+    from ._local import cluster_address, find_cluster
+
+    if address is not None and address.startswith("aray://"):
+        plan["core"] = client_settings(address, token)
+        plan["address"] = address
+        return plan
+    info = found or find_cluster(address)
+    if found is not None:
+        print(f"aray: connecting to the cluster at {cluster_address(found)} that `aray "
+              "start` runs on this machine (address='local' starts a new one)",
+              file=sys.stderr, flush=True)
+    plan["core"] = dict(token=token or os.environ.get("ARAY_TOKEN") or info["token"],
+                        session_dir=info["session_dir"], node_address=info["node_address"],
+                        head_address=info["head_address"], store_dir=info["store_dir"],
+                        tcp_host=info.get("tcp_host", ""))
+    plan["dashboard_url"] = info.get("dashboard_url", "")
+    plan["address"] = cluster_address(info)
     return plan
 
 

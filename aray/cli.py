@@ -213,38 +213,16 @@ def cmd_start(args) -> None:
     from ._local import LocalCluster
     from ._netaddr import default_node_ip
     from ._shmcheck import store_warning
-    from .aio import dashboard_config, node_resources
+    from .aio import dashboard_config
 
     if args.head == bool(args.address):
         raise ValueError("say what to start: `aray start --head` for a new cluster, or "
                          "`aray start --address HOST:PORT` to join the cluster of that head")
-    try:
-        custom = json.loads(args.resources)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--resources must be JSON, e.g. '{{\"dataset\": 1}}': {exc}") from None
-    resources = node_resources(args.num_cpus, args.num_gpus, custom, args.object_store_memory)
-    if args.memory is not None:
-        if args.memory < 0:
-            raise ValueError(f"--memory must be a number of bytes, not {args.memory}")
-        resources["memory"] = float(args.memory)
+    resources = _start_resources(args)
     min_nodes = check_min_nodes(args.min_nodes, joining=bool(args.address))
     labels = _labels_from_args(args)
     _tls_from_args(args)
-    token = args.token or args.redis_password or os.environ.get("ARAY_TOKEN")
-    if args.storage:
-        if not args.head:
-            raise ValueError("--storage is the head's: give it to `aray start --head`")
-        from ._head.storage import check_url, stored_token
-
-        check_url(args.storage)  # (a bad URL, or no redis client, is said now)
-        token = token or stored_token(args.storage) or None  # a restarted head's cluster
-    join = ""
-    if args.address:
-        join = _head_address(args.address)
-        token = token or _local_token(args.address)
-        if not token:
-            raise ValueError(f"no token for the cluster at {args.address}: set ARAY_TOKEN "
-                             "(or pass --token; the head printed where to find it)")
+    token, join = _start_token(args)
     dashboard = None if join else dashboard_config(args.include_dashboard, args.dashboard_host,
                                                    args.dashboard_port)
     ip = args.node_ip_address or default_node_ip(join)
@@ -278,6 +256,43 @@ def cmd_start(args) -> None:
     if args.block and not _block_until_signal(cluster):
         raise RuntimeError("the node stopped by itself (it lost its head, or failed); its "
                            f"log: {os.path.join(cluster.session_dir, 'logs', 'node.log')}")
+
+
+def _start_resources(args) -> dict:
+    """The node's resources from ``aray start``'s options."""
+    from .aio import node_resources
+
+    try:
+        custom = json.loads(args.resources)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--resources must be JSON, e.g. '{{\"dataset\": 1}}': {exc}") from None
+    resources = node_resources(args.num_cpus, args.num_gpus, custom, args.object_store_memory)
+    if args.memory is not None:
+        if args.memory < 0:
+            raise ValueError(f"--memory must be a number of bytes, not {args.memory}")
+        resources["memory"] = float(args.memory)
+    return resources
+
+
+def _start_token(args) -> tuple[str | None, str]:
+    """``(token, head address to join or "")``: the token from the options, the
+    environment, a restarted head's storage or the local session of the head joined."""
+    token = args.token or args.redis_password or os.environ.get("ARAY_TOKEN")
+    if args.storage:
+        if not args.head:
+            raise ValueError("--storage is the head's: give it to `aray start --head`")
+        from ._head.storage import check_url, stored_token
+
+        check_url(args.storage)  # (a bad URL, or no redis client, is said now)
+        token = token or stored_token(args.storage) or None  # a restarted head's cluster
+    join = ""
+    if args.address:
+        join = _head_address(args.address)
+        token = token or _local_token(args.address)
+        if not token:
+            raise ValueError(f"no token for the cluster at {args.address}: set ARAY_TOKEN "
+                             "(or pass --token; the head printed where to find it)")
+    return token, join
 
 
 def _labels_from_args(args) -> dict:
