@@ -254,6 +254,16 @@ def test_login_limiter_counts_failures_per_address_in_a_window():
     assert len(limiter) == 1
 
 
+def test_the_examples_of_the_json_api_module_run():
+    # the JSON API (its routes, the checks of the parameters) is a module of its own
+    import doctest
+
+    from aray._head import views_api
+
+    found = doctest.testmod(views_api, optionflags=doctest.ELLIPSIS)
+    assert found.failed == 0 and found.attempted >= 8
+
+
 async def test_wrong_tokens_from_one_address_are_refused_for_a_while(work):
     from aray._head.dashboard import LOGIN_FAILURES, LOGIN_WINDOW
 

@@ -206,6 +206,22 @@ async def test_amap_submits_at_once_and_drops_earlier_results():
     assert sorted([x async for x in pool.amap_unordered(double, range(3))]) == [0, 2, 4]
 
 
+def test_ray_attribute_names_show_the_calls_in_flight(tmp_path):
+    # the bookkeeping lives in an InFlight; code written for Ray's pool still reads it here
+    gate = str(tmp_path / "gate")
+    worker = Worker.remote()
+    pool = ActorPool([worker])
+    pool.submit(lambda a, v: a.wait_for.remote(gate, v), 1)
+    ((key, (index, actor)),) = pool._future_to_actor.items()
+    assert (index, actor) == (0, worker) and pool._index_to_future == {0: key}
+    assert (pool._next_task_index, pool._next_return_index) == (1, 0)
+    open(gate, "w").close()
+    assert pool.get_next() == 1
+    assert pool._future_to_actor == {} and pool._index_to_future == {}
+    assert (pool._next_task_index, pool._next_return_index) == (1, 0)
+    assert pool._idle_actors == [worker]
+
+
 # --- as_completed and map_unordered ------------------------------------------------------
 
 
@@ -466,7 +482,8 @@ def test_docstring_examples_of_the_util_modules_run():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", DOCTESTS, "aray.util", "aray.util._actor_pool"],
+    proc = subprocess.run([sys.executable, "-c", DOCTESTS, "aray.util", "aray.util._actor_pool",
+                           "aray.util._in_flight"],
                           capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert int(proc.stdout.split("ATTEMPTED ")[1].split()[0]) > 30

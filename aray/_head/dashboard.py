@@ -1,6 +1,7 @@
 """The dashboard: an aiohttp app in the head's process that serves the pages in
 ``static/``, a JSON API over the head's views, ``/metrics`` and a websocket that pushes
-updates to open pages.
+updates to open pages. The JSON API's handlers and the checks of every parameter are in
+:mod:`aray._head.views_api`; the login side is in :mod:`aray._head.login_pages`.
 
 It runs on a loop of its own, in a thread (:class:`~aray._head.loop_thread.LoopThread`),
 not on the loop that serves the cluster: a page of 100,000 tasks takes tens of
@@ -26,9 +27,7 @@ import json
 import logging
 import math
 import os
-import re
 import sys
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
@@ -36,7 +35,6 @@ from aiohttp import WSMsgType, web
 from .._link import HANDSHAKE_TIMEOUT, MAX_UNAUTHENTICATED, GuardedServer
 from .._packages import max_package_bytes
 from .._periodic import RateLimitedLog
-from ..node.logs import MAX_OFFSET, MAX_READ
 from . import job_api, views
 from .login_pages import STATIC_DIR, LoginPages
 from .logins import (  # noqa: F401  (LOGIN_FAILURES, ...: the limits are named here too)
@@ -50,6 +48,7 @@ from .logins import (  # noqa: F401  (LOGIN_FAILURES, ...: the limits are named 
     TooManyLogins,
 )
 from .loop_thread import LoopThread, run_on
+from .views_api import LOG_OFFSET, BadParam, ViewsApi, int_param, str_param
 
 if TYPE_CHECKING:
     from .server import Head
@@ -71,17 +70,6 @@ GIL_SWITCH_INTERVAL = 0.001
 #: the websocket close code that tells a page it is not (or no longer) logged in
 CLOSE_UNAUTHORIZED = 4401
 
-# The range of every integer parameter, both ends included. Pages: offsets up to 10**9
-# rows, at most MAX_PAGE a page. Logs: the offsets and lengths a node reads (a negative
-# offset counts from the end; limit 0 means MAX_READ). Timeline: up to a day.
-PAGE_OFFSET = (0, 10**9)
-PAGE_LIMIT = (0, views.MAX_PAGE)
-LOG_OFFSET = (-MAX_OFFSET, MAX_OFFSET)
-LOG_LIMIT = (0, MAX_READ)
-TIMELINE_SECONDS = (1, 86400)
-#: the longest string parameter (state, name, job_id, node_id, file)
-MAX_STRING = 256
-
 SECURITY_HEADERS = {
     "Content-Security-Policy": ("default-src 'self'; script-src 'self'; style-src 'self'; "
                                 "img-src 'self' data:; connect-src 'self'; "
@@ -91,49 +79,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-
-class BadParam(ValueError):
-    """A parameter out of its range; the dashboard answers 400 (or, on the websocket, an
-    error message) with this text, which names the parameter and its range."""
-
-
-#: an integer as a query string spells it: no sign but '-', no spaces, no '_', no exponent
-_INTEGER = re.compile(r"-?[0-9]{1,20}")
-
-
-def _shown(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:40] + "..."
-
-
-def int_param(source: Mapping, name: str, default: int, bounds: tuple[int, int]) -> int:
-    """``source[name]`` (a query's string, or a number of a websocket command) as an integer
-    within ``bounds``; ``default`` when it is missing or empty. Raises BadParam otherwise:
-    for junk, floats, booleans and anything out of range."""
-    value = source.get(name)
-    if value is None or value == "":
-        return default
-    if isinstance(value, str) and _INTEGER.fullmatch(value):
-        value = int(value)
-    low, high = bounds
-    if type(value) is int and low <= value <= high:  # type(): True is an int, not a number
-        return value
-    raise BadParam(f"{name} must be an integer from {low} to {high}, not {_shown(value)}")
-
-
-def str_param(source: Mapping, name: str) -> str:
-    """``source[name]`` as a string of at most MAX_STRING characters, ``""`` when missing;
-    raises BadParam for anything else."""
-    value = source.get(name, "")
-    if isinstance(value, str) and len(value) <= MAX_STRING:
-        return value
-    raise BadParam(f"{name} must be a string of at most {MAX_STRING} characters, "
-                   f"not {_shown(value)}")
-
-
-def _window(query: Mapping) -> tuple[int, int]:
-    """The ``offset`` and ``limit`` of a page of rows."""
-    return int_param(query, "offset", 0, PAGE_OFFSET), int_param(query, "limit", 100, PAGE_LIMIT)
 
 
 class Dashboard(LoginPages):
@@ -164,16 +109,8 @@ class Dashboard(LoginPages):
         self.app.router.add_get("/static/{name}", self._static)
         self.app.router.add_get("/ws", self._websocket)
         self.app.router.add_get("/metrics", self._metrics)
-        self.app.router.add_get("/api/summary", self._api_summary)
-        self.app.router.add_get("/api/nodes", self._api_nodes)
-        self.app.router.add_get("/api/tasks", self._api_tasks)
-        self.app.router.add_get("/api/actors", self._api_actors)
-        self.app.router.add_get("/api/objects", self._api_objects)
-        self.app.router.add_get("/api/jobs", self._api_jobs)
-        self.app.router.add_get("/api/placement_groups", self._api_placement_groups)
-        self.app.router.add_get("/api/timeline", self._api_timeline)
-        self.app.router.add_get("/api/logs", self._api_logs)
-        self.app.router.add_get("/api/logs/{node_id}/{file}", self._api_log)
+        # the JSON API's answers are built apart (views_api.py), from what is passed here
+        ViewsApi(head, self._snapshot, self._on_head).add_routes(self.app.router)
         job_api.add_routes(self)
         self._runner: web.AppRunner | None = None
         self._web: GuardedServer | None = None
@@ -307,64 +244,6 @@ class Dashboard(LoginPages):
 
     async def _take_snapshot(self, task_rows: bool) -> views.Snapshot:
         return views.Snapshot(self.head, task_rows)
-
-    # --- the JSON API --------------------------------------------------------------------
-    async def _api_summary(self, request: web.Request) -> web.Response:
-        return web.json_response(views.summary(await self._snapshot()))
-
-    async def _api_nodes(self, request: web.Request) -> web.Response:
-        rows = views.nodes(await self._snapshot())
-        return web.json_response(views.page(rows, 0, len(rows), len(rows)))
-
-    async def _api_tasks(self, request: web.Request) -> web.Response:
-        q = request.query
-        offset, limit = _window(q)
-        state, name, job_id = str_param(q, "state"), str_param(q, "name"), str_param(q, "job_id")
-        return web.json_response(views.tasks(
-            await self._snapshot(task_rows=True), state=state, name=name, job_id=job_id,
-            offset=offset, limit=limit))
-
-    async def _api_actors(self, request: web.Request) -> web.Response:
-        offset, limit = _window(request.query)
-        state = str_param(request.query, "state")
-        return web.json_response(views.actors(
-            await self._snapshot(), state=state, offset=offset, limit=limit))
-
-    async def _api_objects(self, request: web.Request) -> web.Response:
-        offset, limit = _window(request.query)  # checked before the nodes are asked
-        rows = sorted(await self._on_head(views.objects(self.head)), key=lambda o: -o["size"])
-        body = views.page_of(rows, offset, limit)
-        body["total_bytes"] = sum(o["size"] for o in rows)
-        return web.json_response(body)
-
-    async def _api_jobs(self, request: web.Request) -> web.Response:
-        rows = list(reversed(views.jobs(await self._snapshot())))
-        return web.json_response(views.page(rows, 0, len(rows), len(rows)))
-
-    async def _api_placement_groups(self, request: web.Request) -> web.Response:
-        """The placement groups, newest first, a page at a time (``offset``, ``limit``)."""
-        offset, limit = _window(request.query)
-        rows = list(reversed((await self._snapshot()).group_rows))
-        return web.json_response(views.page_of(rows, offset, limit))
-
-    async def _api_timeline(self, request: web.Request) -> web.Response:
-        seconds = int_param(request.query, "seconds", 60, TIMELINE_SECONDS)
-        return web.json_response(views.timeline(await self._snapshot(task_rows=True), seconds))
-
-    async def _api_logs(self, request: web.Request) -> web.Response:
-        return web.json_response({"rows": await self._on_head(views.log_files(self.head))})
-
-    async def _api_log(self, request: web.Request) -> web.Response:
-        where, q = request.match_info, request.query
-        node_id, file = str_param(where, "node_id"), str_param(where, "file")
-        offset, limit = int_param(q, "offset", 0, LOG_OFFSET), int_param(q, "limit", 0, LOG_LIMIT)
-        try:
-            body = await self._on_head(views.read_log(self.head, node_id, file, offset, limit))
-        except LookupError as exc:
-            return web.json_response({"error": str(exc)}, status=404)
-        except (TimeoutError, ConnectionError):
-            return web.json_response({"error": f"node {node_id} did not answer"}, status=504)
-        return web.json_response(body)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         from .metrics import CONTENT_TYPE, render

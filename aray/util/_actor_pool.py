@@ -4,11 +4,18 @@ It behaves as Ray's ``ray.util.ActorPool``: the same methods, arguments, errors 
 messages. ``fn(actor, value)`` returns the ref of the call (or the list of refs of a method
 with ``num_returns > 1``); an actor stays busy until its result is collected with
 ``get_next``/``get_next_unordered`` (or by iterating over ``map``/``map_unordered``).
+
+The pool is cut in two. :class:`ActorPool` keeps the actors (the idle ones, and the values
+waiting for one) and the public API; the bookkeeping of the calls in flight (their order,
+which is the oldest, which are done, taking and dropping them) is an
+:class:`~aray.util._in_flight.InFlight`, plain data with no I/O. Waiting for refs is done by
+the functions at the end of this module, which ask an ``InFlight`` what to wait for. The
+bookkeeping is the part with the subtle rules (results in order after unordered ones,
+dropped calls, a key per call), and on its own it is tested without a cluster.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, NoReturn
@@ -17,7 +24,7 @@ from .. import aio
 from .._api import get, wait
 from .._refs import ObjectRef
 from .._streams import ObjectRefGenerator
-from ..exceptions import ActorDiedError
+from ._in_flight import InFlight, refs_of
 
 Submit = Callable[[Any, Any], Any]
 
@@ -48,11 +55,17 @@ class ActorPool:
     def __init__(self, actors: Iterable[Any]) -> None:
         # Ray's attribute names: code and tests written for Ray's pool read some of them
         self._idle_actors: list[Any] = list(actors)
-        self._future_to_actor: dict[Any, tuple[int, Any]] = {}  # key -> (index, actor)
-        self._index_to_future: dict[int, Any] = {}  # in flight: a ref, or a list of refs
-        self._next_task_index = 0
-        self._next_return_index = 0  # every result before this index is collected
         self._pending_submits: list[tuple[Submit, Any]] = []  # waiting for a free actor
+        # the calls in flight are plain bookkeeping of their own, with no I/O, so that the
+        # rules of their order are kept (and tested) in one place; an actor whose call
+        # leaves comes back through _return_actor
+        self._calls = InFlight(self._return_actor)
+
+    # the rest of Ray's attribute names, read from the bookkeeping of the calls in flight
+    _future_to_actor = property(lambda self: self._calls.future_to_actor)
+    _index_to_future = property(lambda self: self._calls.index_to_future)
+    _next_task_index = property(lambda self: self._calls.next_task_index)
+    _next_return_index = property(lambda self: self._calls.next_return_index)
 
     # --- submitting ---------------------------------------------------------------------
     def submit(self, fn: Submit, value: Any) -> None:
@@ -81,9 +94,7 @@ class ActorPool:
         except BaseException:
             self._idle_actors.append(actor)  # no call started: the actor is still free
             raise
-        self._future_to_actor[_key(future)] = (self._next_task_index, actor)
-        self._index_to_future[self._next_task_index] = future
-        self._next_task_index += 1
+        self._calls.add(future, actor)
 
     def _return_actor(self, actor: Any, alive: bool = True) -> None:
         if alive:  # a dead actor stays out: every call given to it would fail
@@ -99,7 +110,7 @@ class ActorPool:
             >>> ActorPool([]).has_next()
             False
         """
-        return bool(self._future_to_actor)
+        return bool(self._calls)
 
     def has_free(self) -> bool:
         """Whether an actor is idle (and no value waits for one).
@@ -140,8 +151,7 @@ class ActorPool:
             >>> pool.has_free()
             True
         """
-        busy = [a for _, a in self._future_to_actor.values()]
-        if actor in self._idle_actors or actor in busy:
+        if actor in self._idle_actors or self._calls.runs_on(actor):
             raise ValueError("Actor already belongs to current ActorPool")
         self._return_actor(actor)
 
@@ -173,10 +183,10 @@ class ActorPool:
         """
         if not self.has_next():
             raise StopIteration("No more results to get")
-        index = self._oldest_index()
-        if timeout is not None and not _ready(self._index_to_future[index], timeout):
-            self._timed_out(index, ignore_if_timedout)
-        with self._collecting(index) as future:
+        index = self._calls.oldest()
+        if timeout is not None and not _ready(self._calls.future(index), timeout):
+            _timed_out(self._calls, index, ignore_if_timedout)
+        with self._calls.collecting(index) as future:
             return get(future)
 
     def get_next_unordered(self, timeout: float | None = None,
@@ -208,74 +218,11 @@ class ActorPool:
         """
         if not self.has_next():
             raise StopIteration("No more results to get")
-        index = self._first_ready(timeout)
+        index = _first_ready(self._calls, timeout)
         if index is None:
-            self._timed_out(next(iter(self._future_to_actor.values()))[0], ignore_if_timedout)
-        with self._collecting(index) as future:
+            _timed_out(self._calls, self._calls.first(), ignore_if_timedout)
+        with self._calls.collecting(index) as future:
             return get(future)
-
-    def _oldest_index(self) -> int:
-        """The oldest call not collected yet (``get_next_unordered`` may have taken later
-        ones: ``get_next`` still returns the earlier ones, in order)."""
-        while self._next_return_index not in self._index_to_future:
-            self._next_return_index += 1
-        return self._next_return_index
-
-    def _first_ready(self, timeout: float | None) -> int | None:
-        """The index of the oldest call whose refs are all ready, waiting up to ``timeout``."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            refs = self._in_flight_refs()
-            ready, not_ready = wait(refs, num_returns=len(refs), timeout=0)
-            index = self._oldest_done(set(ready))
-            if index is not None:
-                return index
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return None
-            wait(not_ready, num_returns=1, timeout=left)  # then look again
-
-    def _in_flight_refs(self) -> list[ObjectRef]:
-        return [r for key in self._future_to_actor for r in _refs(key)]
-
-    def _oldest_done(self, done: set[ObjectRef]) -> int | None:
-        for key, (index, _) in self._future_to_actor.items():  # in submission order
-            if all(r in done for r in _refs(key)):
-                return index
-        return None
-
-    def _timed_out(self, index: int, ignore: bool) -> NoReturn:
-        if not ignore:
-            raise TimeoutError(_TIMED_OUT)
-        future = self._drop(index)
-        raise TimeoutError(f"{_TIMED_OUT}. The task {future} has been ignored.")
-
-    def _take(self, index: int) -> tuple[Any, Any]:
-        """Take call ``index`` out of the pool: its refs and its actor."""
-        future = self._index_to_future.pop(index)
-        _, actor = self._future_to_actor.pop(_key(future))
-        return future, actor
-
-    def _drop(self, index: int) -> Any:
-        """Forget call ``index`` (its result is never read); as in Ray, its actor takes new
-        work at once, which queues behind the dropped call."""
-        future, actor = self._take(index)
-        self._return_actor(actor)
-        return future
-
-    @contextlib.contextmanager
-    def _collecting(self, index: int):
-        """Take call ``index`` out of the pool while its result is read; its actor comes back
-        afterwards, unless the result says that the actor died."""
-        future, actor = self._take(index)
-        alive = True
-        try:
-            yield future
-        except ActorDiedError:
-            alive = False
-            raise
-        finally:
-            self._return_actor(actor, alive)
 
     # --- mapping ------------------------------------------------------------------------
     def map(self, fn: Submit, values: Iterable[Any]) -> Iterator[Any]:
@@ -299,7 +246,7 @@ class ActorPool:
             [0, 2, 4, 6, 8]
         """
         self._start_map(fn, values)
-        return self._results(self.get_next)
+        return _results(self._calls, self.get_next)
 
     def map_unordered(self, fn: Submit, values: Iterable[Any]) -> Iterator[Any]:
         """Results of ``fn(actor, v)`` for every value, as they are ready.
@@ -319,25 +266,12 @@ class ActorPool:
             [0, 2, 4, 6, 8]
         """
         self._start_map(fn, values)
-        return self._results(self.get_next_unordered)
+        return _results(self._calls, self.get_next_unordered)
 
     def _start_map(self, fn: Submit, values: Iterable[Any], read_earlier: bool = True) -> None:
-        # as in Ray, a map returns only its own results: an earlier call that is done is
-        # collected (its error raised here), one still running is dropped. ``amap`` (which
-        # may run on aray's own loop, where nothing may block) drops them all unread.
-        while self.has_next():
-            index = self._oldest_index()
-            if read_earlier and _ready(self._index_to_future[index], 0):
-                with self._collecting(index) as future:
-                    get(future)
-            else:
-                self._drop(index)
+        _clear(self._calls, read_earlier)
         for value in values:
             self.submit(fn, value)
-
-    def _results(self, get_one: Callable[[], Any]) -> Iterator[Any]:
-        while self.has_next():
-            yield get_one()
 
     # --- mapping with async for ---------------------------------------------------------
     def amap(self, fn: Submit, values: Iterable[Any]) -> AsyncIterator[Any]:
@@ -358,7 +292,7 @@ class ActorPool:
             [2, 4]
         """
         self._start_map(fn, values, read_earlier=False)
-        return self._aresults(ordered=True)
+        return _aresults(self._calls, ordered=True)
 
     def amap_unordered(self, fn: Submit, values: Iterable[Any]) -> AsyncIterator[Any]:
         """:meth:`map_unordered` for ``async for``: results as they are ready.
@@ -379,27 +313,7 @@ class ActorPool:
             [2, 4]
         """
         self._start_map(fn, values, read_earlier=False)
-        return self._aresults(ordered=False)
-
-    async def _aresults(self, ordered: bool) -> AsyncIterator[Any]:
-        while self.has_next():
-            if ordered:
-                index = self._oldest_index()
-                await _all_done(_refs(self._index_to_future[index]))
-            else:
-                index = await self._afirst_ready()
-            with self._collecting(index) as future:
-                value = await _values(future)
-            yield value
-
-    async def _afirst_ready(self) -> int:
-        while True:
-            refs = self._in_flight_refs()
-            ready, not_ready = await aio.wait(refs, num_returns=len(refs), timeout=0)
-            index = self._oldest_done(set(ready))
-            if index is not None:
-                return index
-            await aio.wait(not_ready, num_returns=1)
+        return _aresults(self._calls, ordered=False)
 
 
 def _checked(future: Any) -> ObjectRef | list[ObjectRef]:
@@ -418,16 +332,9 @@ def _checked(future: Any) -> ObjectRef | list[ObjectRef]:
                     f"lambda actor, v: actor.method.remote(v); it returned {future!r}")
 
 
-def _key(future: ObjectRef | list[ObjectRef]) -> Any:
-    return tuple(future) if isinstance(future, list) else future
-
-
-def _refs(future: Any) -> list[ObjectRef]:
-    return list(future) if isinstance(future, (list, tuple)) else [future]
-
-
+# --- waiting for the calls in flight (the I/O that InFlight leaves to the pool) ------------
 def _ready(future: ObjectRef | list[ObjectRef], timeout: float) -> bool:
-    refs = _refs(future)
+    refs = refs_of(future)
     ready, _ = wait(refs, num_returns=len(refs), timeout=timeout)
     return len(ready) == len(refs)
 
@@ -441,3 +348,64 @@ async def _values(future: ObjectRef | list[ObjectRef]) -> Any:
         return [await ref for ref in future]
     return await future
 
+
+def _first_ready(calls: InFlight, timeout: float | None) -> int | None:
+    """The index of the oldest call whose refs are all ready, waiting up to ``timeout``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        refs = calls.refs()
+        ready, not_ready = wait(refs, num_returns=len(refs), timeout=0)
+        index = calls.oldest_done(set(ready))
+        if index is not None:
+            return index
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return None
+        wait(not_ready, num_returns=1, timeout=left)  # then look again
+
+
+async def _afirst_ready(calls: InFlight) -> int:
+    while True:
+        refs = calls.refs()
+        ready, not_ready = await aio.wait(refs, num_returns=len(refs), timeout=0)
+        index = calls.oldest_done(set(ready))
+        if index is not None:
+            return index
+        await aio.wait(not_ready, num_returns=1)
+
+
+def _timed_out(calls: InFlight, index: int, ignore: bool) -> NoReturn:
+    if not ignore:
+        raise TimeoutError(_TIMED_OUT)
+    future = calls.drop(index)
+    raise TimeoutError(f"{_TIMED_OUT}. The task {future} has been ignored.")
+
+
+def _clear(calls: InFlight, read_earlier: bool) -> None:
+    # as in Ray, a map returns only its own results: an earlier call that is done is
+    # collected (its error raised here), one still running is dropped. ``amap`` (which
+    # may run on aray's own loop, where nothing may block) drops them all unread.
+    while calls:
+        index = calls.oldest()
+        if read_earlier and _ready(calls.future(index), 0):
+            with calls.collecting(index) as future:
+                get(future)
+        else:
+            calls.drop(index)
+
+
+def _results(calls: InFlight, get_one: Callable[[], Any]) -> Iterator[Any]:
+    while calls:
+        yield get_one()
+
+
+async def _aresults(calls: InFlight, ordered: bool) -> AsyncIterator[Any]:
+    while calls:
+        if ordered:
+            index = calls.oldest()
+            await _all_done(refs_of(calls.future(index)))
+        else:
+            index = await _afirst_ready(calls)
+        with calls.collecting(index) as future:
+            value = await _values(future)
+        yield value
