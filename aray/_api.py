@@ -171,10 +171,12 @@ def shutdown() -> None:
 
 
 def _shutdown_at_exit() -> None:
+    core = _global.core_or_none()
     try:
         shutdown()
     except Exception:
-        core = _global.core_or_none()
+        # the process ends anyway: say why the shutdown failed, and stop what it started
+        log.exception("aray: shutdown at exit failed")
         if core is not None and core.cluster is not None:
             core.cluster.stop()
 

@@ -41,6 +41,7 @@ from ._link import CONTROL_TIMEOUT, Link, bind_tcp
 from ._objects import ObjectEntry, ObjectTable
 from ._ownership import Ownership
 from ._peer_links import PeerLinks
+from ._portal import off_loop
 from ._refs import ObjectRef
 from ._runtime_context import current_task
 from ._runtime_env_client import RuntimeEnvs
@@ -226,7 +227,7 @@ class Core:
         self._closing = True
         await self.links.aclose(self.agent, self.head)
         if self.client:  # its private scratch directory (off the loop: it may be big)
-            await asyncio.to_thread(shutil.rmtree, self.session_dir, True)
+            await off_loop(shutil.rmtree, self.session_dir, True)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

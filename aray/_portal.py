@@ -84,3 +84,24 @@ async def on_runtime(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, 
     if on_loop(loop):
         return await coro
     return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking ``fn(*args)`` on a thread, so that the loop stays responsive.
+
+    Once the interpreter is exiting (``atexit``, where :func:`aray.shutdown` runs for a
+    program that did not call it), no new thread may start: ``fn`` then runs here, since
+    blocking the loop no longer matters and skipping it would leave its work undone.
+
+    Example:
+        >>> import asyncio
+        >>> asyncio.run(off_loop(sum, [1, 2, 3]))
+        6
+    """
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except RuntimeError as exc:
+        # "cannot schedule new futures after [interpreter] shutdown": the executors' end
+        if "cannot schedule new futures" not in str(exc):
+            raise
+        return fn(*args)

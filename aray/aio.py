@@ -35,7 +35,7 @@ from . import _global
 from . import _protocol as P
 from ._core import Core
 from ._objects import ObjectState
-from ._portal import on_runtime
+from ._portal import off_loop, on_runtime
 from ._refs import ObjectRef
 from ._runtime_env import check as check_runtime_env
 from ._runtime_env import merge as merge_runtime_env
@@ -258,7 +258,8 @@ def client_settings(address: str, token: str | None) -> dict:
                        socket.SOCK_DGRAM) as probe:
         probe.connect((host, port))
         local_ip = probe.getsockname()[0]
-    session_dir = tempfile.mkdtemp(prefix="aray-client-")
+    # (the pid in its name says whose it is: see tests/_leaks.py)
+    session_dir = tempfile.mkdtemp(prefix=f"aray-client-{os.getpid()}-")
     return dict(token=token, session_dir=session_dir, node_address="",
                 head_address=f"tcp://{host}:{port}", store_dir=os.path.join(session_dir, "store"),
                 node_id="client-" + os.urandom(8).hex(), tcp_host=local_ip, client=True)
@@ -294,7 +295,7 @@ async def connect(core: Core) -> None:
             _global.set_core(None)
         await core.stop()
         if core.cluster is not None:
-            await asyncio.get_running_loop().run_in_executor(None, core.cluster.stop)
+            await off_loop(core.cluster.stop)
         raise
 
 
@@ -412,7 +413,7 @@ async def shutdown() -> None:
     _global.set_core(None)
     await on_runtime(core.loop, core.stop())
     if core.cluster is not None:
-        await asyncio.get_running_loop().run_in_executor(None, core.cluster.stop)
+        await off_loop(core.cluster.stop)
 
 
 # --- objects ------------------------------------------------------------------------------

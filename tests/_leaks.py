@@ -1,4 +1,5 @@
-"""What a test session leaves behind: processes, shared-memory stores and spill files.
+"""What a test session leaves behind: processes, shared-memory stores, spill files and the
+scratch directories of clients.
 
 :class:`LeakWatch` looks after every test at what the session has started (the pytest
 process's descendants, and any process whose environment carries the session's mark, which
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 
 import psutil
@@ -43,6 +45,7 @@ class LeakWatch:
         self.pids: dict[int, tuple[str, str]] = {}  # pid -> (test first seen after, cmdline)
         self.sessions: dict[str, tuple[str, str]] = {}  # session name -> (test, its dir)
         self.test = "session start"
+        self.began = time.time()
         # stores made before this session began are someone else's
         self.stores_before = set(self._stores())
         self.stores = dict.fromkeys(self.stores_before, "")
@@ -88,6 +91,28 @@ class LeakWatch:
         for path, test in self._spill_files():
             found.append(f"spill file {path}, of a session first seen after {test}")
             os.remove(path)
+        for path in self._client_dirs():
+            found.append(f"client scratch directory {path}")
+            shutil.rmtree(path, ignore_errors=True)
+        return found
+
+    def _client_dirs(self) -> list[str]:
+        """Scratch directories of clients (``aray-client-<pid>-...`` in the temporary
+        directory) made since the session began by one of its processes, or by a process
+        that has ended (a driver the tests ran, whose pid the watch may not have seen)."""
+        root = tempfile.gettempdir()
+        found = []
+        for name in _listdir(root):
+            parts = name.split("-")
+            if not (name.startswith("aray-client-") and len(parts) > 3 and parts[2].isdigit()):
+                continue
+            path, pid = os.path.join(root, name), int(parts[2])
+            try:
+                made = os.stat(path).st_mtime
+            except OSError:
+                continue
+            if made >= self.began and (self._ours(pid) or not psutil.pid_exists(pid)):
+                found.append(path)
         return found
 
     def _processes(self) -> list[psutil.Process]:

@@ -253,11 +253,17 @@ def test_a_driver_outside_the_cluster_in_client_mode(two_nodes, tmp_path):
     env = {k: v for k, v in two_nodes.env.items() if k != "ARAY_TOKEN"}
     # no session root of its own: a client needs nothing of this machine's clusters
     env["ARAY_SESSION_ROOT"] = str(tmp_path / "none")
+    # its scratch directory goes here; the script ends without aray.shutdown(), so the
+    # shutdown at exit must remove it
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env["TMPDIR"] = str(scratch)
     script = tmp_path / "client.py"
     script.write_text(DRIVER_PRELUDE + textwrap.dedent(code))
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                        timeout=60, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert list(scratch.iterdir()) == [], r.stderr
     assert "NO-TOKEN True" in r.stdout and "GOT True" in r.stdout
     assert "SUM 2000000" in r.stdout and "making 3000000" in r.stdout
 
