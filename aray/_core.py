@@ -141,7 +141,7 @@ class Core:
             lambda t: self.tasks.link_running(t) or self.actors.link_running(t))
         self._dispatch = self.links.dispatch = Dispatcher(
             "core", self, self.ownership, self.borrowers, self.fetcher, self.streams,
-            self.cancels)
+            self.tasks, self.tasks.leases, self.cancels)
 
     def _forget(self, entry: ObjectEntry) -> None:
         """An entry nobody uses any more: what the fetcher and the lineage know of it goes."""
@@ -299,9 +299,6 @@ class Core:
         self.call_soon(self.actors.submit, actor_id, call)
         return refs
 
-    def _on_WorkerRetires(self, link: Link, msg: P.WorkerRetires) -> None:
-        self.tasks.worker_retires(msg.task_id)
-
     def _on_TaskFinished(self, link: Link, msg: P.TaskFinished) -> None:
         if not self.tasks.on_task_finished(msg):
             self.actors.on_task_finished(msg)
@@ -310,9 +307,6 @@ class Core:
         """Any thread: the job of the running task, or this driver's job."""
         task = current_task.get()
         return task.job_id if task is not None and task.job_id else self.job_id
-
-    def _on_LeaseInfeasible(self, link: Link, msg: P.LeaseInfeasible) -> None:
-        log.warning(msg.message)
 
     def _on_Warn(self, link: Link, msg: P.Warn) -> None:
         log.warning(msg.message)

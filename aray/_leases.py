@@ -365,6 +365,9 @@ class WorkerLeases:
                 lease.agent.send_if_open(P.ReturnLease(lease.worker_id))
             self.pump(q)
 
+    def _on_LeaseInfeasible(self, link: Link, msg: P.LeaseInfeasible) -> None:
+        log.warning(msg.message)  # (the request stays queued: a node that can may join)
+
     def fail_queued(self, error: BaseException) -> None:
         """The node agent is gone: nothing queued can run any more."""
         for q in self._queues.values():

@@ -370,9 +370,10 @@ class TaskSubmitter:
         self.leases.pump(q)
         return True
 
-    def worker_retires(self, task_id: bytes) -> None:
-        """The worker running ``task_id`` exits after it (``max_calls``): use it no more."""
-        lease = self._running.get(task_id)
+    def _on_WorkerRetires(self, link: Link, msg: P.WorkerRetires) -> None:
+        """The worker running ``msg.task_id`` exits after it (``max_calls``): use it no
+        more."""
+        lease = self._running.get(msg.task_id)
         if lease is not None:
             lease.retiring = True
 
