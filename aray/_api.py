@@ -278,7 +278,7 @@ def cancel(ref: ObjectRef[Any], *, force: bool = False, recursive: bool = True) 
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"aray.cancel() expects an ObjectRef, got a {type(ref).__name__}")
     core = _global.core()
-    core.call_soon(core.cancel, ref, bool(force), bool(recursive))
+    core.call_soon(core.cancels.cancel, ref, bool(force), bool(recursive))
 
 
 def nodes() -> list[dict]:

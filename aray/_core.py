@@ -12,8 +12,9 @@ Every driver and every worker runs one :class:`Core` on one event loop. It
 The work is done by components the core makes and hands what they use: ownership
 (:class:`~aray._ownership.Ownership`), waits (:class:`~aray._waits.Waits`), borrowing
 (:class:`~aray._borrowing.Borrowers`), fetching and reading values
-(:class:`~aray._fetch.Fetcher`), streams (:class:`~aray._streams.Streams`), the task-event
-feed (:class:`~aray._task_events.TaskEventReporter`), the links to other processes
+(:class:`~aray._fetch.Fetcher`), streams (:class:`~aray._streams.Streams`), cancels
+(:class:`~aray._cancels.Cancels`), the task-event feed
+(:class:`~aray._task_events.TaskEventReporter`), the links to other processes
 (:class:`~aray._peer_links.PeerLinks`); their ``_on_<Message>`` handlers are dispatched by
 the core's :class:`~aray._dispatch.Dispatcher`. The core itself keeps the process's
 identity, its links to the node agent and the head, and the order of start and stop.
@@ -34,6 +35,7 @@ from typing import Any
 from . import _protocol as P
 from ._actor_calls import ActorCall, ActorCaller
 from ._borrowing import Borrowers
+from ._cancels import Cancels
 from ._dispatch import Dispatcher
 from ._fetch import Fetcher
 from ._head_link import HeadLink
@@ -131,13 +133,16 @@ class Core:
             loop, self.spawn, self._send_task_events, self.tasks.waiting_count,
             self.tasks.pending_events, lambda: self._closing)
         self.actors = ActorCaller(self)
+        self.cancels = Cancels(self.address, self.peer, self.spawn, self.tasks.cancel,
+                               self.actors.cancel)
         self.runtime_envs = RuntimeEnvs(loop, self.head_link,
                                         os.path.join(self.session_dir, "runtime_resources"))
         self.streams = Streams(
             loop, self.objects, self.borrowers.accept_value, self.address,
             lambda t: self.tasks.link_running(t) or self.actors.link_running(t))
         self._dispatch = self.links.dispatch = Dispatcher(
-            "core", self, self.ownership, self.borrowers, self.fetcher, self.streams)
+            "core", self, self.ownership, self.borrowers, self.fetcher, self.streams,
+            self.tasks, self.tasks.leases, self.cancels)
 
     def _forget(self, entry: ObjectEntry) -> None:
         """An entry nobody uses any more: what the fetcher and the lineage know of it goes."""
@@ -295,9 +300,6 @@ class Core:
         self.call_soon(self.actors.submit, actor_id, call)
         return refs
 
-    def _on_WorkerRetires(self, link: Link, msg: P.WorkerRetires) -> None:
-        self.tasks.worker_retires(msg.task_id)
-
     def _on_TaskFinished(self, link: Link, msg: P.TaskFinished) -> None:
         if not self.tasks.on_task_finished(msg):
             self.actors.on_task_finished(msg)
@@ -306,37 +308,6 @@ class Core:
         """Any thread: the job of the running task, or this driver's job."""
         task = current_task.get()
         return task.job_id if task is not None and task.job_id else self.job_id
-
-    def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> None:
-        """Loop only: cancel the task or actor call that produces ``ref``. A ref that
-        another core owns (passed in, or returned by a task) is cancelled by that owner,
-        which submitted the task."""
-        if ref._owner and ref._owner != self.address:
-            self.spawn(self._cancel_at_owner(ref._owner, ref._id, force, recursive),
-                       name="cancel at owner")
-            return
-        self._cancel_own(ref._id, force, recursive)
-
-    def _cancel_own(self, object_id: bytes, force: bool, recursive: bool) -> None:
-        task_id = object_id[:12]
-        if not self.tasks.cancel(task_id, force, recursive):
-            self.actors.cancel(task_id)
-
-    async def _cancel_at_owner(self, owner: str, object_id: bytes, force: bool,
-                               recursive: bool) -> None:
-        try:
-            link = await self.peer(owner)
-        except (OSError, ConnectionError) as exc:  # an owner that is gone has no task to stop
-            log.info("cancel: the owner %s of %s is unreachable (%s)", owner,
-                     object_id.hex(), exc)
-            return
-        link.send(P.CancelObject(object_id, force, recursive))
-
-    def _on_CancelObject(self, link: Link, msg: P.CancelObject) -> None:
-        self._cancel_own(msg.object_id, msg.force, msg.recursive)
-
-    def _on_LeaseInfeasible(self, link: Link, msg: P.LeaseInfeasible) -> None:
-        log.warning(msg.message)
 
     def _on_Warn(self, link: Link, msg: P.Warn) -> None:
         log.warning(msg.message)

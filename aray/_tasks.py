@@ -1,66 +1,45 @@
-"""Submitting tasks: dependencies, worker leases per resource shape, and retries.
+"""Submitting tasks: dependencies, pushes to leased workers, replies and retries.
 
 A task waits until its ObjectRef arguments are ready, then joins the queue of its resource
-shape. The queue asks the node agent for worker leases (a few at a time), pushes tasks
-straight to leased workers, keeps an idle lease a moment for the next task, and gives it
-back when the queue stays empty. A worker that dies takes its running tasks with it: they
-are retried (``max_retries``) or fail with :class:`~aray.exceptions.WorkerCrashedError`.
+shape, where the process's :class:`~aray._leases.WorkerLeases` find it a leased worker; the
+submitter pushes it there and resolves its refs from the reply. A worker that dies takes
+its running tasks with it: they are retried (``max_retries``) or fail with
+:class:`~aray.exceptions.WorkerCrashedError`. A task whose stored results were lost with
+their node runs again (its lineage).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
 import os
 import threading
-from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import cloudpickle
 
 from . import _protocol as P
+from ._leases import Lease, LeaseHost, WorkerLeases
 from ._link import Link
 from ._objects import INLINE_THRESHOLD, ObjectState
 from ._refs import ArgSlot, ObjectRef, collect_refs
 from ._runtime_context import job_namespace
-from ._runtime_env import describe, env_key
+from ._runtime_env import env_key
 from ._signatures import checker, spec_of
-from .exceptions import (
-    AraySystemError,
-    RequestTimeoutError,
-    RuntimeEnvSetupError,
-    TaskCancelledError,
-    TaskPlacementGroupRemoved,
-    TaskUnschedulableError,
-    WorkerCrashedError,
-    error_from_blob,
-)
-from .node.scheduler import fits
+from .exceptions import TaskCancelledError, WorkerCrashedError, error_from_blob
 from .store._serialize import serialize
 
 if TYPE_CHECKING:
     from ._objects import ObjectTable
     from ._ownership import Ownership
-    from ._runtime_env_client import RuntimeEnvs
     from ._streams import Streams
     from ._task_events import TaskEventReporter
 
 log = logging.getLogger("aray")
-
-#: after a node that a request was sent to has gone, wait this long before asking again
-SPILLBACK_RETRY_DELAY = 0.2
-#: tasks pushed to one leased worker before waiting for its results
-MAX_IN_FLIGHT_PER_WORKER = 1
-#: outstanding lease requests per resource shape (the agent queues the rest of the demand)
-MAX_PENDING_LEASES = 10
-#: an idle lease is kept this long before it goes back to the node agent, so a loop of
-#: ``get(f.remote())`` reuses one worker instead of asking for a lease per task
-LEASE_LINGER = 0.005
 
 
 @dataclasses.dataclass(eq=False)
@@ -188,40 +167,6 @@ class FunctionDescriptor:
         FunctionDescriptor.__init__(self, state["fn"])
 
 
-class _Lease:
-    __slots__ = ("worker_id", "address", "node_id", "gpu_ids", "link", "agent", "in_flight",
-                 "queue", "linger", "retiring")
-
-    def __init__(self, grant: P.LeaseGranted, link: Link, agent: Link,
-                 queue: _ShapeQueue) -> None:
-        self.worker_id = grant.worker_id
-        self.address = grant.address
-        self.node_id = grant.node_id
-        self.gpu_ids = grant.gpu_ids
-        self.link = link  # to the worker
-        self.agent = agent  # to the node agent that granted it (this node's, or another's)
-        self.in_flight: dict[bytes, TaskSpec] = {}
-        self.queue = queue
-        self.linger: asyncio.TimerHandle | None = None
-        self.retiring = False  # the worker exits after its running task (max_calls)
-
-
-class _ShapeQueue:
-    """Tasks waiting for a worker of one resource shape, and the leases serving them."""
-
-    __slots__ = ("shape", "runtime_env", "strategy", "tasks", "leases", "requesting",
-                 "description")
-
-    def __init__(self, shape: dict, runtime_env: dict, strategy: dict) -> None:
-        self.shape = shape
-        self.runtime_env = runtime_env
-        self.strategy = strategy
-        self.tasks: deque[TaskSpec] = deque()
-        self.leases: list[_Lease] = []
-        self.requesting = 0
-        self.description = ""
-
-
 def load_function(blob: bytes) -> Callable:
     """Unpickle a FunctionDescriptor blob, pointing blanked code back at its source file."""
     fn, source = cloudpickle.loads(blob)
@@ -321,92 +266,30 @@ def _unpicklable_argument(args, kwargs, where: str, exc: Exception) -> TypeError
     return TypeError(f"the arguments of {where} cannot be pickled: {exc}")
 
 
-async def ask_for_lease(own: Link, peer: Callable[[str], Awaitable[Link]], shape: dict,
-                        description: str, job_id: str, runtime_env: dict | None = None,
-                        strategy: dict | None = None,
-                        locate: Callable[[dict, dict], Awaitable[str]] | None = None,
-                        ) -> tuple[P.LeaseGranted, Link]:
-    """A worker lease for ``shape`` (in ``runtime_env``, its wire form): from this node's
-    agent ``own``, or from the agent of the node it sends us to (spillback); for a
-    placement group's bundle, from the agent ``locate(strategy, shape)`` names (asked
-    again when the bundle moved). Returns the grant and the agent that granted it; raises
-    ConnectionError if our own agent is gone, RuntimeEnvSetupError if the env cannot be
-    set up, TaskPlacementGroupRemoved if the group is gone."""
-    agent, spilled = own, False
-    in_group = (strategy or {}).get("kind") == "pg"
-    while True:
-        if in_group:
-            assert locate is not None
-            try:
-                agent, spilled = await peer(await locate(strategy or {}, shape)), True
-            except (ConnectionError, OSError):  # that node died: the head hears of it
-                await asyncio.sleep(SPILLBACK_RETRY_DELAY)
-                continue
-        try:
-            # granted when the node has room, however long that takes; if that node
-            # dies, the link closes (NodeDied) and we ask our own again
-            request = functools.partial(P.RequestLease, shape=shape, description=description,
-                                        job_id=job_id, spilled=spilled,
-                                        runtime_env=runtime_env or {},
-                                        strategy=strategy or {})
-            grant = await agent.request(request, timeout=None)
-        except (ConnectionError, OSError):
-            if agent is own:
-                raise  # our own node agent is gone: the cluster has stopped
-            grant = None
-        if isinstance(grant, P.LeaseGranted):
-            return grant, agent
-        if isinstance(grant, P.LeaseFailed):
-            if grant.kind == "bundle":  # it moved (its node died) or the group is gone
-                await asyncio.sleep(SPILLBACK_RETRY_DELAY)
-                continue
-            raise (TaskUnschedulableError if grant.kind == "unschedulable"
-                   else RuntimeEnvSetupError)(grant.message)
-        if grant is not None:  # another node can run it: ask that node's agent
-            try:
-                agent, spilled = await peer(grant.address), True
-                continue
-            except (ConnectionError, OSError):
-                pass  # it has died, and our agent's view does not know yet
-        # that node went away: ask ours again, once it had time to hear of it
-        agent, spilled = own, False
-        await asyncio.sleep(SPILLBACK_RETRY_DELAY)
+class SubmitHost(LeaseHost, Protocol):
+    """What the task submitter needs of its process (:class:`~aray._core.Core`): what its
+    :class:`~aray._leases.WorkerLeases` need, and the tables its tasks' results go to."""
 
-
-class SubmitHost(Protocol):
-    """What the task submitter needs of its process (:class:`~aray._core.Core`)."""
-
-    loop: asyncio.AbstractEventLoop
     address: str  # the owner named in the results' refs
-    job_id: str
     session_dir: str
-    agent: Link | None  # this node's agent, once started
     objects: ObjectTable
     ownership: Ownership
     streams: Streams
     task_events: TaskEventReporter
-    runtime_envs: RuntimeEnvs
-
-    def spawn(self, coro: Coroutine, name: str = "") -> asyncio.Task: ...
-
-    async def wait_ready(self) -> None: ...
-
-    async def peer(self, address: str) -> Link: ...
-
-    async def head_link(self) -> Link: ...
 
 
 class TaskSubmitter:
-    """This process's submitted tasks, from ``f.remote()`` until their results arrive."""
+    """This process's submitted tasks, from ``f.remote()`` until their results arrive:
+    their arguments, their push to a leased worker (its :attr:`leases` find the workers),
+    their replies, retries and cancels, and the lineage that rebuilds lost results."""
 
     def __init__(self, core: SubmitHost) -> None:
         self.core = core
-        self._queues: dict[tuple, _ShapeQueue] = {}
-        self._running: dict[bytes, _Lease] = {}  # task id -> lease running it
+        self.leases = WorkerLeases(core, self._push, self._fail_task, self._worker_lost)
+        self._running: dict[bytes, Lease] = {}  # task id -> lease running it
         self._waiting: dict[bytes, TaskSpec] = {}  # task id -> spec waiting for deps/lease
         self.lineage: dict[bytes, TaskSpec] = {}  # stored result id -> the task that made it
         self._unreported: list[TaskSpec] = []  # waiting tasks whose state the head lacks
-        self._group_turn = 0  # rotates leases for "any bundle" over the bundles' nodes
 
     def accept(self, spec: TaskSpec) -> None:
         """Loop only (scheduled by ``Core.submit``): track ``spec`` until it has run."""
@@ -417,7 +300,7 @@ class TaskSubmitter:
         self._unreported.append(spec)
         self.core.task_events.wake()
         if not spec.dep_refs:
-            self._enqueue(spec)
+            self.leases.enqueue(spec)
             return
         remaining = [len(spec.dep_refs)]
 
@@ -443,125 +326,11 @@ class TaskSubmitter:
         spec.held_entries = entries
         spec.dep_refs = []  # the holds keep the objects now
         self._unreported.append(spec)  # now waiting for a worker
-        self._enqueue(spec)
+        self.leases.enqueue(spec)
 
-    def _enqueue(self, spec: TaskSpec) -> None:
-        key = spec.shape_key
-        q = self._queues.get(key)
-        if q is None:
-            q = self._queues[key] = _ShapeQueue(spec.shape, spec.runtime_env, spec.strategy)
-        q.description = spec.name
-        q.tasks.append(spec)
-        self._pump(q)
-
-    def _pump(self, q: _ShapeQueue) -> None:
-        """Push queued tasks to leased workers; ask for more leases; return idle ones."""
-        while q.tasks:
-            lease = None
-            for candidate in q.leases:
-                busy = len(candidate.in_flight)
-                if not candidate.retiring and busy < MAX_IN_FLIGHT_PER_WORKER and (
-                        lease is None or busy < len(lease.in_flight)):
-                    lease = candidate
-            if lease is None:
-                break
-            self._push(lease, q.tasks.popleft())
-        want = min(len(q.tasks), MAX_PENDING_LEASES) - q.requesting
-        for _ in range(max(0, want)):
-            q.requesting += 1
-            self.core.spawn(self._request_lease(q), name="lease")
-        if not q.tasks:
-            for lease in q.leases:
-                if not lease.in_flight and lease.linger is None:
-                    lease.linger = self.core.loop.call_later(
-                        LEASE_LINGER, self._return_lease, lease)
-
-    def _return_lease(self, lease: _Lease) -> None:
-        lease.linger = None
-        q = lease.queue
-        if lease.in_flight or q.tasks or lease not in q.leases:
-            return
-        q.leases.remove(lease)
-        lease.agent.send_if_open(P.ReturnLease(lease.worker_id))
-
-    async def _request_lease(self, q: _ShapeQueue) -> None:
-        try:
-            await self.core.wait_ready()
-            assert self.core.agent is not None
-            wire = await self._wire(q)
-            grant, agent = await ask_for_lease(self.core.agent, self.core.peer, q.shape,
-                                               q.description, self.core.job_id, wire,
-                                               q.strategy, self._locate_bundle)
-        except (RuntimeEnvSetupError, TaskUnschedulableError,
-                TaskPlacementGroupRemoved) as exc:
-            while q.tasks:  # the others would fail the same way
-                self._fail_task(q.tasks.popleft(), exc)
-            return
-        except (ConnectionError, OSError) as exc:
-            # no node agent (the cluster stopped): nothing queued here can ever run
-            while q.tasks:
-                self._fail_task(q.tasks.popleft(), ConnectionError(
-                    f"cannot run tasks: the aray node agent is unreachable ({exc}); "
-                    "the cluster has stopped"))
-            return
-        finally:
-            q.requesting -= 1
-        try:
-            link = await self.core.peer(grant.address)
-        except (ConnectionError, OSError):  # the worker died before we reached it
-            agent.send_if_open(P.ReturnLease(grant.worker_id))
-            self._pump(q)
-            return
-        q.leases.append(_Lease(grant, link, agent, q))
-        self._pump(q)
-
-    async def _locate_bundle(self, strategy: dict, shape: dict) -> str:
-        """The agent address of the node of a group's bundle (for index -1: of one that
-        can hold ``shape``, in turn), once the group is placed."""
-        head = await self.core.head_link()
-        pg_id = strategy["pg_id"]
-        reply = await head.request(lambda r: P.WaitPlacementGroup(r, pg_id), timeout=None)
-        info = reply.info
-        if not info or info.get("state") == "REMOVED":
-            raise TaskPlacementGroupRemoved(
-                f"the placement group {pg_id} of this task was removed"
-                if info else f"there is no placement group {pg_id} in this cluster")
-        addresses, index = info["bundle_addresses"], int(strategy.get("index", -1))
-        if index >= 0:
-            return addresses[index]
-        able = [a for i, a in sorted(addresses.items()) if fits(shape, info["bundles"][i])]
-        self._group_turn += 1
-        return able[self._group_turn % len(able)] if able else next(iter(addresses.values()))
-
-    async def prepare_env(self, env: dict) -> None:
-        """Upload ``env`` and have this node set it up in a worker, ahead of the tasks
-        that will use it (the worker is returned at once and waits for them)."""
-        try:
-            await self.core.wait_ready()
-            assert self.core.agent is not None
-            wire = await self.core.runtime_envs.wire(env)
-            grant, agent = await ask_for_lease(self.core.agent, self.core.peer, {},
-                                               "the job's runtime env (eager install)",
-                                               self.core.job_id, wire)
-        except (RuntimeEnvSetupError, ValueError, OSError, AraySystemError) as exc:
-            # its tasks will fail with the same cause, where the user sees it
-            log.warning("the job's runtime env could not be set up ahead: %s", exc)
-            return
-        agent.send_if_open(P.ReturnLease(grant.worker_id))
-
-    async def _wire(self, q: _ShapeQueue) -> dict:
-        """The queue's runtime env with its folders uploaded (RuntimeEnvSetupError if
-        that fails: too big, unreadable)."""
-        if not q.runtime_env:
-            return {}
-        try:
-            return await self.core.runtime_envs.wire(q.runtime_env)
-        except (ValueError, OSError, AraySystemError, RequestTimeoutError) as exc:
-            raise RuntimeEnvSetupError(
-                f"the runtime env {describe(q.runtime_env)} of {q.description} could not be "
-                f"uploaded: {exc}") from exc
-
-    def _push(self, lease: _Lease, spec: TaskSpec) -> None:
+    def _push(self, lease: Lease, spec: TaskSpec) -> None:
+        """(Called by the leases' pump.) Send ``spec`` to the worker of ``lease``, with its
+        function the first time that worker's link carries it."""
         self._waiting.pop(spec.task_id, None)
         sent = lease.link.state.setdefault("functions", set())
         fn_blob, fn_id = spec.function.blob_and_id()
@@ -569,9 +338,6 @@ class TaskSubmitter:
         if fn_id not in sent:
             sent.add(fn_id)
             blob = fn_blob
-        if lease.linger is not None:
-            lease.linger.cancel()
-            lease.linger = None
         lease.in_flight[spec.task_id] = spec
         self._running[spec.task_id] = lease
         lease.link.send(P.PushTask(
@@ -587,26 +353,27 @@ class TaskSubmitter:
             return False
         spec = lease.in_flight.pop(msg.task_id)
         q = lease.queue
-        if lease.retiring and lease in q.leases:
-            q.leases.remove(lease)  # its exit frees its resources: no ReturnLease
+        if lease.retiring:
+            self.leases.retired(lease)
         if msg.error is not None:
             error = error_from_blob(msg.error)
             if spec.force_cancelled or spec.cancelled and isinstance(error, TaskCancelledError):
                 self._fail_task(spec, TaskCancelledError(spec.name))
             elif self._retry_on(spec, error):
                 spec.max_retries -= 1
-                q.tasks.appendleft(spec)
+                self.leases.requeue(spec, q)
                 self._waiting[spec.task_id] = spec
             else:
                 self._fail_task(spec, error)
         else:
             self._finish_task(spec, msg.results)
-        self._pump(q)
+        self.leases.pump(q)
         return True
 
-    def worker_retires(self, task_id: bytes) -> None:
-        """The worker running ``task_id`` exits after it (``max_calls``): use it no more."""
-        lease = self._running.get(task_id)
+    def _on_WorkerRetires(self, link: Link, msg: P.WorkerRetires) -> None:
+        """The worker running ``msg.task_id`` exits after it (``max_calls``): use it no
+        more."""
+        lease = self._running.get(msg.task_id)
         if lease is not None:
             lease.retiring = True
 
@@ -658,7 +425,7 @@ class TaskSubmitter:
                     self.core.objects.reopen_for_rebuild(entry)
             spec.cancelled = spec.force_cancelled = False
             self._waiting[spec.task_id] = spec
-            self._enqueue(spec)
+            self.leases.enqueue(spec)
         entry = self.core.objects.entries.get(oid)
         if entry is not None and not entry.ready:
             done: asyncio.Future[None] = self.core.loop.create_future()
@@ -693,9 +460,7 @@ class TaskSubmitter:
         spec = self._waiting.get(task_id)
         if spec is not None:
             spec.cancelled = True
-            for q in self._queues.values():
-                if spec in q.tasks:
-                    q.tasks.remove(spec)
+            self.leases.unqueue(spec)
             self._fail_task(spec, TaskCancelledError(spec.name))
             return True
         lease = self._running.get(task_id)
@@ -713,30 +478,26 @@ class TaskSubmitter:
 
     def on_link_closed(self, link: Link) -> None:
         """Tasks running on a worker behind ``link`` are retried or fail."""
-        for q in list(self._queues.values()):
-            for lease in [le for le in q.leases if le.link is link]:
-                q.leases.remove(lease)
-                for spec in lease.in_flight.values():
-                    self._running.pop(spec.task_id, None)
-                    self._worker_lost(spec, q)
-                lease.in_flight.clear()
-                lease.agent.send_if_open(P.ReturnLease(lease.worker_id))
-            self._pump(q)
+        self.leases.on_link_closed(link)
 
-    def _worker_lost(self, spec: TaskSpec, q: _ShapeQueue) -> None:
+    def _worker_lost(self, spec: TaskSpec) -> bool:
+        """(Called by the leases.) The worker running ``spec`` died: True if it runs again
+        (the leases queue it first), False if it has failed."""
+        self._running.pop(spec.task_id, None)
         if spec.cancelled:
             self._fail_task(spec, TaskCancelledError(spec.name, "its worker was stopped"))
-        elif spec.max_retries != 0 and not spec.streaming:
+            return False
+        if spec.max_retries != 0 and not spec.streaming:
             spec.max_retries -= 1
             log.info("worker running %s died; retrying (%s retries left)", spec.name,
                      "unlimited" if spec.max_retries < 0 else spec.max_retries)
-            q.tasks.appendleft(spec)
             self._waiting[spec.task_id] = spec
-        else:
-            self._fail_task(spec, WorkerCrashedError(
-                f"the worker running {spec.name} died unexpectedly and max_retries is used up; "
-                "raise max_retries if the crash is transient, and see the worker logs in "
-                f"{os.path.join(self.core.session_dir, 'logs')}"))
+            return True
+        self._fail_task(spec, WorkerCrashedError(
+            f"the worker running {spec.name} died unexpectedly and max_retries is used up; "
+            "raise max_retries if the crash is transient, and see the worker logs in "
+            f"{os.path.join(self.core.session_dir, 'logs')}"))
+        return False
 
     def link_running(self, task_id: bytes) -> Link | None:
         """The link to the worker running ``task_id``, if it runs now."""
@@ -745,6 +506,4 @@ class TaskSubmitter:
 
     def fail_queued(self, error: BaseException) -> None:
         """The node agent is gone: nothing queued can run any more."""
-        for q in self._queues.values():
-            while q.tasks:
-                self._fail_task(q.tasks.popleft(), error)
+        self.leases.fail_queued(error)

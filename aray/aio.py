@@ -288,7 +288,7 @@ async def connect(core: Core) -> None:
         if env and env.get("config", {}).get("eager_install", True):
             # as Ray's eager_install: the job's env is uploaded and set up now, in a worker
             # its first task then takes, instead of when that task comes
-            core.spawn(core.tasks.prepare_env(env), name="runtime env (eager install)")
+            core.spawn(core.tasks.leases.prepare_env(env), name="runtime env (eager install)")
     except BaseException as exc:
         core.fail_start(exc)
         if _global.core_or_none() is core:
@@ -617,7 +617,7 @@ async def cancel(ref: ObjectRef[Any], *, force: bool = False, recursive: bool = 
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"aray.cancel() expects an ObjectRef, got a {type(ref).__name__}")
     core = _global.core()
-    core.call_soon(core.cancel, ref, bool(force), bool(recursive))
+    core.call_soon(core.cancels.cancel, ref, bool(force), bool(recursive))
 
 
 # --- cluster ------------------------------------------------------------------------------
