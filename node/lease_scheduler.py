@@ -322,15 +322,12 @@ class LeaseScheduler:
         return out + self._schedule()
 
     # --- actors --------------------------------------------------------------------------
-    def _unqueue_actor(self, actor_id: str) -> list:
-        return self.queue.remove_if(lambda r: r.actor_id == actor_id)
-
     def _actor_withdrawn(self, ev: E.ActorWithdrawn) -> list:
-        self._unqueue_actor(ev.actor_id)
+        self.queue.remove_if(lambda r: r.actor_id == ev.actor_id)
         return []
 
     def _actor_killed(self, ev: E.ActorKilled) -> list:
-        if self._unqueue_actor(ev.actor_id):
+        if self.queue.remove_if(lambda r: r.actor_id == ev.actor_id):
             return [E.ReportActorDied(ev.actor_id, "it was killed before it started")]
         worker = self.workers.of_actor(ev.actor_id)
         if worker is not None:
