@@ -11,11 +11,12 @@ Example:
     ...             sent.append(type(msg).__name__)
     ...     async def peer(address):
     ...         return Owner()
-    ...     loop = asyncio.get_running_loop()
-    ...     cancels = Cancels("unix:/me.sock", peer, lambda c, name: loop.create_task(c),
+    ...     tasks = []
+    ...     spawn = lambda coro, name: tasks.append(asyncio.ensure_future(coro))
+    ...     cancels = Cancels("unix:/me.sock", peer, spawn,
     ...                       lambda t, force, recursive: False, lambda t: False)
     ...     cancels.cancel(ObjectRef(bytes(16), "unix:/other.sock"), force=False)
-    ...     await asyncio.sleep(0.01)
+    ...     await asyncio.gather(*tasks)
     ...     return sent
     >>> asyncio.run(main())
     ['CancelObject']

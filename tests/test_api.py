@@ -89,7 +89,7 @@ def test_docstring_examples_run():
                "aray._streams", "aray._as_completed", "aray.exceptions", "aray._runtime_context",
                "aray.util.state", "aray._local", "aray.actor",
                "aray._options", "aray.node.lease_scheduler", "aray.node.scheduler",
-               "aray.node.admission", "aray.node.lease_records",
+               "aray.node.admission", "aray.node.lease_records", "aray._leases", "aray._cancels",
                "aray.node.labels", "aray.util.scheduling_strategies", "aray._head.placement"]
     proc = subprocess.run([sys.executable, "-c", DOCTEST_RUNNER, *modules],
                           capture_output=True, text=True, timeout=580)
