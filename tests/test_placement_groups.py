@@ -241,10 +241,14 @@ def test_groups_place_tasks_and_actors_in_their_bundles(two_nodes, tmp_path):
         except ValueError as e:
             out["too_big"] = str(e)
         remove_placement_group(pg)
-        try:
-            aray.get(member.where.remote(), timeout=30)
-        except aray.exceptions.ActorDiedError as e:
-            out["actor_after"] = str(e)
+        def member_dead():  # (the kill reaches the actor's node a moment later, as in Ray)
+            try:
+                aray.get(member.where.remote(), timeout=30)
+            except aray.exceptions.ActorDiedError as e:
+                out["actor_after"] = str(e)
+                return True
+            return False
+        wait_until(member_dead, 30, message="the removed group's actor to die")
         try:
             aray.get(where.options(scheduling_strategy=In(pg, 0)).remote(), timeout=30)
         except aray.exceptions.TaskPlacementGroupRemoved as e:
