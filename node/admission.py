@@ -3,8 +3,9 @@
 A request that arrives is admitted here (a :class:`~.lease_records.Request` for the
 scheduler to queue), or answered at once: sent to another node (spillback), failed (its
 strategy or its bundle can never be met here), or held aside with a warning until a node
-whose labels match joins. When the cluster's view changes, what was held aside or can never
-run here moves on, and queued requests that no node can run get their warning once.
+whose labels match joins. When the cluster's view changes, what can never run here moves on
+to a node that joined and can, and queued requests that no node can run get their warning
+once.
 :class:`~.lease_scheduler.LeaseScheduler` then decides which worker gets what it admitted.
 
 Example:
@@ -84,22 +85,11 @@ class Admission:
         return [E.WarnInfeasible(req.caller, req.req_id, self.view.infeasible_message(
             what, req.description, req.shape), req.actor_id)]
 
-    def view_changed(self, ev: E.ViewChanged,
-                     queued: Iterable[Request]) -> tuple[list[Request], list[Request], list]:
-        """Take in the new view: ``(to queue here, to take out of the queue, instructions)``.
-
-        Requests set aside for their labels come back (to queue, or sent to the node that
-        matches); queued tasks that can never run here go to a node that joined and can.
-        """
-        self.view.update(ev.nodes, ev.node_id)
-        admit: list[Request] = []
-        out: list = []
-        for req, target in self.router.rematch():
-            if target:
-                out.append(E.SpillBack(req.caller, req.req_id, target))
-            else:
-                admit.append(req)
+    def moved_on(self, queued: Iterable[Request]) -> tuple[list[Request], list]:
+        """Queued tasks that can never run here but can on a node that joined:
+        ``(to take out of the queue, the instructions that send them there)``."""
         moved: list[Request] = []
+        out: list = []
         for req in queued:
             if req.actor_id or req.bundle is not None or fits(req.shape, self.pool.total):
                 continue
@@ -107,7 +97,7 @@ class Admission:
             if target:
                 moved.append(req)
                 out.append(E.SpillBack(req.caller, req.req_id, target))
-        return admit, moved, out
+        return moved, out
 
     def pending(self, queued: Iterable[Request]) -> list[list]:
         """The requests waiting, by shape: ``[shape, count, infeasible]`` (for status)."""

@@ -124,11 +124,13 @@ class LeaseScheduler:
         return out
 
     def _view_changed(self, ev: E.ViewChanged) -> list:
-        admit, moved, out = self.admission.view_changed(ev, self.queue)
-        if moved:  # (requests compare by identity)
-            self.queue.remove_if(lambda r: r in moved)
-        for req in admit:
-            out += self._enqueue(req)
+        self.view.update(ev.nodes, ev.node_id)
+        out: list = []
+        for req, target in self.router.rematch():  # a node that matches their labels
+            out += [E.SpillBack(req.caller, req.req_id, target)] if target else self._enqueue(req)
+        moved, spills = self.admission.moved_on(self.queue)
+        self.queue.remove_if(lambda r: r in moved)  # (requests compare by identity)
+        out += spills
         for req in self.queue:
             out += self.admission.warn_if_infeasible(req)
         return out
@@ -287,9 +289,8 @@ class LeaseScheduler:
 
     def _worker_kill_requested(self, ev: E.WorkerKillRequested) -> list:
         worker = self.workers.get(ev.worker_id)
-        if worker is not None and worker.holder == ev.caller:
-            return [E.KillWorker(worker.worker_id)]
-        return []
+        mine = worker is not None and worker.holder == ev.caller
+        return [E.KillWorker(ev.worker_id)] if mine else []
 
     def _end(self, worker: WorkerSlot, requeue: bool) -> list:
         """End a worker now: its lease or reservation ends, and its process is killed."""
