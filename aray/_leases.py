@@ -8,6 +8,17 @@ queued tasks to leased workers with room, keeps an idle lease a moment for the n
 and gives it back when the queue stays empty. What becomes of a task once it is pushed
 (its reply, its retries, its cancel) is the :class:`~aray._tasks.TaskSubmitter`'s.
 
+A leased worker takes up to :data:`MAX_IN_FLIGHT_PER_WORKER` tasks at a time, so that it
+runs the next one as soon as it is done with one, without waiting for a round trip to this
+process. A task queued behind another on a busy worker has not lost its claim to a worker
+of its own: the queue still asks for a lease for it, and a worker that becomes idle (a new
+lease, or one that ran out of tasks) takes it back from the busiest one
+(:class:`~aray._protocol.TakeBackTask`), unless it has started there meanwhile. So tasks
+spread over free workers as they would one at a time, and only wait behind another while
+no worker is free for them. Tasks with ``max_calls`` (their worker exits after them) and
+streaming generators (which run as long as their consumer reads) are never queued behind
+another, nor another behind them.
+
 Example:
     >>> LEASE_LINGER < SPILLBACK_RETRY_DELAY
     True
@@ -17,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -42,8 +54,9 @@ log = logging.getLogger("aray")
 
 #: after a node that a request was sent to has gone, wait this long before asking again
 SPILLBACK_RETRY_DELAY = 0.2
-#: tasks pushed to one leased worker before waiting for its results
-MAX_IN_FLIGHT_PER_WORKER = 1
+#: tasks pushed to one leased worker before waiting for its results (beyond the first, they
+#: wait there only until a worker of their own is free: see the module's docstring)
+MAX_IN_FLIGHT_PER_WORKER = 8
 #: outstanding lease requests per resource shape (the agent queues the rest of the demand)
 MAX_PENDING_LEASES = 10
 #: an idle lease is kept this long before it goes back to the node agent, so a loop of
@@ -62,7 +75,7 @@ class Lease:
     """
 
     __slots__ = ("worker_id", "address", "node_id", "gpu_ids", "link", "agent", "in_flight",
-                 "queue", "linger", "retiring")
+                 "queue", "linger", "retiring", "taking_back")
 
     def __init__(self, grant: P.LeaseGranted, link: Link, agent: Link,
                  queue: ShapeQueue) -> None:
@@ -76,6 +89,30 @@ class Lease:
         self.queue = queue
         self.linger: asyncio.TimerHandle | None = None
         self.retiring = False  # the worker exits after its running task (max_calls)
+        self.taking_back: set[bytes] = set()  # in flight, asked back (TakeBackTask)
+
+    def extras(self) -> int:
+        """Tasks queued at the worker behind its running one, not asked back yet."""
+        return len(self.in_flight) - 1 - len(self.taking_back)
+
+    def accepts(self, spec: TaskSpec) -> bool:
+        """Room for ``spec``: the worker is idle, or may queue it behind what it runs."""
+        if self.retiring:
+            return False
+        if not self.in_flight:
+            return True
+        return (len(self.in_flight) < MAX_IN_FLIGHT_PER_WORKER and queues_behind(spec)
+                and queues_behind(next(iter(self.in_flight.values()))))
+
+
+def queues_behind(spec: TaskSpec) -> bool:
+    """May ``spec`` wait behind another task on a worker, or another behind it? Not with
+    ``max_calls`` (the worker may exit after it) nor streaming (it runs until read).
+
+    A task that may not is only pushed to an idle worker, and nothing is pushed behind it:
+    so a worker with more than one task in flight holds only tasks that may.
+    """
+    return not spec.max_calls and not spec.streaming
 
 
 class ShapeQueue:
@@ -88,7 +125,7 @@ class ShapeQueue:
     """
 
     __slots__ = ("shape", "runtime_env", "strategy", "tasks", "leases", "requesting",
-                 "description")
+                 "description", "taking_back")
 
     def __init__(self, shape: dict, runtime_env: dict, strategy: dict) -> None:
         self.shape = shape
@@ -98,6 +135,7 @@ class ShapeQueue:
         self.leases: list[Lease] = []
         self.requesting = 0
         self.description = ""
+        self.taking_back = 0  # TakeBackTask requests of its leases not answered yet
 
 
 async def ask_for_lease(own: Link, peer: Callable[[str], Awaitable[Link]], shape: dict,
@@ -188,15 +226,16 @@ class WorkerLeases:
         push: ``push(lease, spec)`` sends a queued task to the worker of ``lease`` (the
             submitter's: it records the task in ``lease.in_flight``).
         fail: ``fail(spec, error)`` fails a queued task that can never get a worker.
-        lost: ``lost(spec)`` says whether a task whose worker died runs again (it is
-            queued first then) or has failed.
+        lost: ``lost(spec, ran)`` says whether a task whose worker died runs again (it is
+            queued first then) or has failed; ``ran``: it may have started there (the
+            worker's first task in flight; those behind it had not).
 
     Example:
         >>> from types import SimpleNamespace
         >>> def push(lease, spec):
         ...     lease.in_flight[spec.task_id] = spec
         ...     print("push", spec.task_id, "to", lease.worker_id)
-        >>> leases = WorkerLeases(None, push, print, bool)
+        >>> leases = WorkerLeases(None, push, print, lambda spec, ran: True)
         >>> q = ShapeQueue({"CPU": 1}, {}, {})
         >>> q.leases.append(Lease(P.LeaseGranted(0, "w1", "unix:/w1", "n1", []), None, None, q))
         >>> q.tasks.append(SimpleNamespace(task_id=b"t1"))
@@ -206,7 +245,7 @@ class WorkerLeases:
 
     def __init__(self, host: LeaseHost, push: Callable[[Lease, TaskSpec], None],
                  fail: Callable[[TaskSpec, BaseException], None],
-                 lost: Callable[[TaskSpec], bool]) -> None:
+                 lost: Callable[[TaskSpec, bool], bool]) -> None:
         self.host = host
         # (bound methods kept as attributes: a push costs no more than the submitter's own)
         self._push = push
@@ -243,13 +282,14 @@ class WorkerLeases:
             q.leases.remove(lease)
 
     def pump(self, q: ShapeQueue) -> None:
-        """Push queued tasks to leased workers; ask for more leases; return idle ones."""
+        """Push queued tasks to leased workers; ask for more leases; have idle workers take
+        back tasks queued behind others; return idle leases."""
         while q.tasks:
+            spec = q.tasks[0]
             lease = None
-            for candidate in q.leases:
-                busy = len(candidate.in_flight)
-                if not candidate.retiring and busy < MAX_IN_FLIGHT_PER_WORKER and (
-                        lease is None or busy < len(lease.in_flight)):
+            for candidate in q.leases:  # the least busy one with room
+                if (lease is None or len(candidate.in_flight) < len(lease.in_flight)) and (
+                        candidate.accepts(spec)):
                     lease = candidate
             if lease is None:
                 break
@@ -257,15 +297,41 @@ class WorkerLeases:
                 lease.linger.cancel()
                 lease.linger = None
             self._push(lease, q.tasks.popleft())
-        want = min(len(q.tasks), MAX_PENDING_LEASES) - q.requesting
+        # a task queued behind another still wants a worker of its own
+        behind = sum(len(lease.in_flight) - 1 for lease in q.leases if lease.in_flight)
+        want = min(len(q.tasks) + behind, MAX_PENDING_LEASES) - q.requesting
         for _ in range(max(0, want)):
             q.requesting += 1
             self.host.spawn(self._request_lease(q), name="lease")
         if not q.tasks:
-            for lease in q.leases:
-                if not lease.in_flight and lease.linger is None:
+            idle = [lease for lease in q.leases if not lease.in_flight and not lease.retiring]
+            if behind:
+                self._take_back(q, len(idle) - q.taking_back)
+            for lease in idle:
+                if lease.linger is None:
                     lease.linger = self.host.loop.call_later(
                         LEASE_LINGER, self._return_lease, lease)
+
+    def _take_back(self, q: ShapeQueue, count: int) -> None:
+        """Ask the busiest workers of ``q`` for ``count`` tasks queued behind their running
+        one, for idle workers to run: the oldest first, so that tasks start in the order
+        they were submitted, as they would one at a time."""
+        for _ in range(count):
+            donor = max(q.leases, key=Lease.extras)
+            if donor.extras() <= 0:
+                return
+            queued = itertools.islice(donor.in_flight.values(), 1, None)  # behind the first
+            spec = next(s for s in queued if s.task_id not in donor.taking_back)
+            donor.taking_back.add(spec.task_id)
+            q.taking_back += 1
+            donor.link.send(P.TakeBackTask(spec.task_id))
+
+    def answered(self, lease: Lease, task_id: bytes) -> None:
+        """``task_id``, in flight on ``lease``, was answered or given back: a request to
+        take it back is over."""
+        if task_id in lease.taking_back:
+            lease.taking_back.discard(task_id)
+            lease.queue.taking_back -= 1
 
     def _return_lease(self, lease: Lease) -> None:
         lease.linger = None
@@ -358,9 +424,12 @@ class WorkerLeases:
         for q in list(self._queues.values()):
             for lease in [le for le in q.leases if le.link is link]:
                 q.leases.remove(lease)
-                for spec in lease.in_flight.values():
-                    if self._lost(spec):
-                        q.tasks.appendleft(spec)
+                q.taking_back -= len(lease.taking_back)
+                lease.taking_back.clear()
+                # the worker runs its tasks in order: only the first may have started
+                again = [spec for i, spec in enumerate(lease.in_flight.values())
+                         if self._lost(spec, i == 0)]
+                q.tasks.extendleft(reversed(again))  # first in the queue, in their order
                 lease.in_flight.clear()
                 lease.agent.send_if_open(P.ReturnLease(lease.worker_id))
             self.pump(q)

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Protocol
 
 import msgpack
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 #: the HTTP header of the upgrade request that carries the client's Hello, and its
 #: largest size: all an unauthenticated peer may send (see aray._link)
@@ -654,6 +654,23 @@ class WorkerRetires(NamedTuple):
     (its exit frees the lease's resources)."""
 
     task_id: bytes
+
+
+@_message(97, routes="core->core")
+class TakeBackTask(NamedTuple):
+    """Caller -> worker: give back ``task_id`` if it is still queued there (a worker of the
+    caller's has become free for it); answered by :class:`TaskTakenBack`."""
+
+    task_id: bytes
+
+
+@_message(98, routes="core->core")
+class TaskTakenBack(NamedTuple):
+    """Worker -> caller: ``taken``: the task left the worker's queue and will not run
+    there; otherwise it has started (or finished), and its answer comes as usual."""
+
+    task_id: bytes
+    taken: bool
 
 
 @_message(41, routes="core->core")

@@ -352,6 +352,7 @@ class TaskSubmitter:
         if lease is None:
             return False
         spec = lease.in_flight.pop(msg.task_id)
+        self.leases.answered(lease, msg.task_id)
         q = lease.queue
         if lease.retiring:
             self.leases.retired(lease)
@@ -376,6 +377,23 @@ class TaskSubmitter:
         lease = self._running.get(msg.task_id)
         if lease is not None:
             lease.retiring = True
+
+    def _on_TaskTakenBack(self, link: Link, msg: P.TaskTakenBack) -> None:
+        """A worker answered our TakeBackTask: if it gave the task back, the task waits
+        for a worker again, first in its queue (an idle one asked for it)."""
+        lease = self._running.get(msg.task_id)
+        if lease is None:
+            return  # answered meanwhile (the answer came first)
+        self.leases.answered(lease, msg.task_id)
+        if msg.taken:
+            spec = lease.in_flight.pop(msg.task_id)
+            del self._running[msg.task_id]
+            if spec.cancelled:  # cancelled while it was being taken back
+                self._fail_task(spec, TaskCancelledError(spec.name))
+            else:
+                self._waiting[spec.task_id] = spec
+                self.leases.requeue(spec, lease.queue)
+        self.leases.pump(lease.queue)
 
     def _retry_on(self, spec: TaskSpec, error: BaseException) -> bool:
         if spec.max_retries == 0 or spec.cancelled or not spec.retry_exceptions:
@@ -480,10 +498,14 @@ class TaskSubmitter:
         """Tasks running on a worker behind ``link`` are retried or fail."""
         self.leases.on_link_closed(link)
 
-    def _worker_lost(self, spec: TaskSpec) -> bool:
-        """(Called by the leases.) The worker running ``spec`` died: True if it runs again
-        (the leases queue it first), False if it has failed."""
+    def _worker_lost(self, spec: TaskSpec, ran: bool) -> bool:
+        """(Called by the leases.) The worker ``spec`` was pushed to died: True if it runs
+        again (the leases queue it first), False if it has failed. ``ran``: it may have
+        started there (it costs a retry); otherwise it waited behind the one that had."""
         self._running.pop(spec.task_id, None)
+        if not ran and not spec.cancelled:
+            self._waiting[spec.task_id] = spec
+            return True
         if spec.cancelled:
             self._fail_task(spec, TaskCancelledError(spec.name, "its worker was stopped"))
             return False

@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -40,6 +39,7 @@ from ._portal import on_runtime
 from ._refs import ArgSlot, collect_refs, return_id
 from ._runtime_context import TaskContext, current_task
 from ._streams import StreamWindow
+from ._task_queue import Runner, TaskQueue
 from ._tasks import load_function
 from ._thread_cancel import ThreadCancelled, ThreadCancels
 from .actor import ActorExit
@@ -58,6 +58,9 @@ log = logging.getLogger("aray.worker")
 EXIT_FLUSH_TIMEOUT = 2.0
 #: and this long for the head to end its process (then it exits by itself)
 EXIT_TIMEOUT = 30.0
+#: a plain task's answer waits at most this long for the next tasks' answers, while tasks
+#: are queued behind it (a batch of small tasks then costs one wake-up of the loop)
+ANSWER_BATCH_DELAY = 0.001
 
 
 async def _drained(links) -> None:
@@ -287,43 +290,69 @@ def _iterate(result: Any):
 
 
 class TaskExecutor(_Executor):
-    """Runs the tasks pushed to this worker, one at a time, and reports their results."""
+    """Runs the tasks pushed to this worker, one at a time, and reports their results.
+
+    Plain functions run on the worker's task thread, ``async def`` ones on the loop; the
+    runner that holds the queue runs the tasks of its kind back to back (see
+    :mod:`aray._task_queue`), and the loop sends the answers."""
 
     def __init__(self, core: Core) -> None:
         super().__init__(core)
         self.functions: dict[bytes, Any] = {}
-        self.queue: deque[tuple[Link, P.PushTask]] = deque()
-        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aray-task")
-        self.running: P.PushTask | None = None
-        self._running_task: asyncio.Task | None = None
-        self.cancels = ThreadCancels()  # of the sync task on the pool's thread
+        self._kinds: dict[bytes, Runner] = {}  # which runner runs each function's tasks
+        self.tasks: TaskQueue[tuple[Link, P.PushTask]] = TaskQueue()
+        self.thread = Lane(1, "aray-task")  # one thread: the plain tasks, in order
+        self._running_task: asyncio.Task | None = None  # the async task running, if any
+        self.cancels = ThreadCancels()  # of the sync task on the task thread
         self._cancelled = b""  # the running task, once it was cancelled (is_canceled())
-        self._runner: asyncio.Task | None = None
         self.actor: ActorExecutor | None = None  # the actor this worker hosts, once created
         self.calls: dict[bytes, int] = {}  # calls run per function (for max_calls)
         self.retiring = False  # max_calls reached: the worker exits after the running task
+        self._answers: list[tuple[Link, Any]] = []  # posted by the task thread, not yet sent
+        self._answers_lock = threading.Lock()
 
     # --- messages (the worker's core dispatches them here) -------------------------------
     def _on_PushTask(self, link: Link, msg: P.PushTask) -> None:
         if msg.fn_blob is not None and msg.fn_id not in self.functions:
-            self.functions[msg.fn_id] = msg.fn_blob  # unpickled lazily, on the task's thread
-        self.queue.append((link, msg))
-        if self._runner is None or self._runner.done():
-            self._runner = self.core.spawn(self._run_queue(), name="executor")
+            self.functions[msg.fn_id] = msg.fn_blob
+        self._start(self.tasks.push((link, msg), self._runner_for(msg.fn_id)))
+
+    def _runner_for(self, fn_id: bytes) -> Runner:
+        """Loop: the runner of this function's tasks (the loop for ``async def`` ones)."""
+        kind = self._kinds.get(fn_id)
+        if kind is None:
+            try:
+                fn = self._function(fn_id)
+            except Exception:
+                return "thread"  # it fails again there, and that failure is the answer
+            is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+            kind = self._kinds[fn_id] = "loop" if is_async else "thread"
+        return kind
+
+    def _start(self, runner: Runner | None) -> None:
+        """Loop: start the runner that now holds the task queue."""
+        if runner == "thread":
+            self.thread.put(self._run_on_thread)
+        elif runner == "loop":
+            self.core.spawn(self._run_on_loop(), name="executor")
 
     def cancel(self, task_id: bytes) -> None:
-        for item in self.queue:
-            if item[1].task_id == task_id:
-                self.queue.remove(item)
-                self._send_error(item[0], task_id, item[1].name, TaskCancelledError(item[1].name))
-                return
-        if self.running is None or self.running.task_id != task_id:
+        for link, msg in self.tasks.remove(lambda item: item[1].task_id == task_id):
+            self._send_error(link, task_id, msg.name, TaskCancelledError(msg.name))
+            return
+        running = self.tasks.running
+        if running is None or running[1].task_id != task_id:
             return
         self._cancelled = task_id
         if self._running_task is not None:
             self._running_task.cancel()
         else:  # a sync task: on its thread now, or about to be
             self.cancels.cancel(task_id, queued=True)
+
+    def _on_TakeBackTask(self, link: Link, msg: P.TakeBackTask) -> None:
+        """The caller wants a queued task back (it has a free worker for it)."""
+        taken = self.tasks.remove(lambda item: item[1].task_id == msg.task_id)
+        link.send_if_open(P.TaskTakenBack(msg.task_id, bool(taken)))
 
     def _on_CancelTask(self, link: Link, msg: P.CancelTask) -> None:
         (self.actor or self).cancel(msg.task_id)
@@ -360,25 +389,55 @@ class TaskExecutor(_Executor):
 
     def caller_gone(self, link: Link) -> None:
         """Drop queued tasks of a caller whose link closed: nobody waits for them."""
-        for item in [i for i in self.queue if i[0] is link]:
-            self.queue.remove(item)
+        self.tasks.remove(lambda item: item[0] is link)
 
-    # --- running -----------------------------------------------------------------------
-    async def _run_queue(self) -> None:
-        while self.queue and not self.retiring:
-            link, msg = self.queue.popleft()
-            self.running = msg
-            if msg.max_calls:
-                self._count_call(link, msg)
+    # --- running: the two runners, and what they share ------------------------------------
+    def _run_on_thread(self) -> None:
+        """The task thread: run plain tasks while the queue's head is one."""
+        while (item := self.tasks.take("thread")) is not None:
+            ctx = self._begin(*item)
             try:
-                await self._execute(link, msg)
+                self._execute_sync(*item, ctx)
             finally:
-                self.running = None
-                self._running_task = None
-                self._cancelled = b""
-                self.cancels.forget(msg.task_id)
+                self._end(item[1])
+        if self._answers:
+            self.core.call_soon(self._send_answers)  # the next task runs on the loop
+        if self.tasks.handed_to is not None:
+            self.core.call_soon(self._start, self.tasks.handed_to)
+
+    async def _run_on_loop(self) -> None:
+        """The loop: run ``async def`` tasks while the queue's head is one."""
+        while (item := self.tasks.take("loop")) is not None:
+            ctx = self._begin(*item)
+            try:
+                await self._execute_async(*item, ctx)
+            finally:
+                self._end(item[1])
+        self._start(self.tasks.handed_to)
+
+    def _begin(self, link: Link, msg: P.PushTask) -> TaskContext:
+        """Either runner, on its thread: what comes before a task's code; its context."""
+        if msg.max_calls:
+            self._count_call(link, msg)
+        ctx = TaskContext(msg.task_id, msg.job_id, msg.name, list(msg.gpu_ids), owner=msg.owner,
+                          resources=msg.resources, namespace=msg.namespace,
+                          placement_group=msg.placement_group)
+        self._started(msg.task_id, msg.name, msg.job_id, "NORMAL_TASK")
+        set_visible_gpus(msg.gpu_ids)
+        set_thread_counts(msg.resources)
+        self.core.job_id = msg.job_id  # a worker serves one job
+        return ctx
+
+    def _end(self, msg: P.PushTask) -> None:
+        """Either runner: the task is over; a worker at its ``max_calls`` retires now."""
+        self._running_task = None
+        self._cancelled = b""
+        self.cancels.forget(msg.task_id)
+        _flush_std()
         if self.retiring:
-            await self._retire()
+            self.tasks.close()  # what is queued never runs: the owner sends it elsewhere
+            self.core.call_soon(self._send_answers)
+            self.core.call_soon(self.core.spawn, self._retire(), "retire")
 
     def _count_call(self, link: Link, msg: P.PushTask) -> None:
         """One more call of its function: at ``max_calls``, tell the caller (before the
@@ -386,7 +445,7 @@ class TaskExecutor(_Executor):
         count = self.calls[msg.fn_id] = self.calls.get(msg.fn_id, 0) + 1
         if count >= msg.max_calls:
             self.retiring = True
-            self._reply(link, P.WorkerRetires(msg.task_id))
+            self._answer(link, P.WorkerRetires(msg.task_id))
 
     async def _retire(self) -> None:
         """Exit once the last answers have left; the node agent sees the exit and frees
@@ -395,36 +454,68 @@ class TaskExecutor(_Executor):
         _flush_std()
         os._exit(0)
 
-    async def _execute(self, link: Link, msg: P.PushTask) -> None:
-        ctx = TaskContext(msg.task_id, msg.job_id, msg.name, list(msg.gpu_ids), owner=msg.owner,
-                          resources=msg.resources, namespace=msg.namespace,
-                          placement_group=msg.placement_group)
+    def _execute_sync(self, link: Link, msg: P.PushTask, ctx: TaskContext) -> None:
+        """On the task thread: one plain task (cancellable), then its answer, posted."""
         token = current_task.set(ctx)
-        self._started(msg.task_id, msg.name, msg.job_id, "NORMAL_TASK")
-        set_visible_gpus(msg.gpu_ids)
-        set_thread_counts(msg.resources)
-        self.core.job_id = msg.job_id  # a worker serves one job
         try:
             fn = self._function(msg.fn_id)
-            if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
-                await self.core.fetcher.fetch_values(msg.deps)  # on the loop: pull before reading
-                args, kwargs = self._arguments(msg.args, msg.deps)
-                self._mark(msg.job_id, msg.name)
-                if msg.num_returns < 0:
-                    self._running_task = self.core.loop.create_task(_exit_caught(
-                        self._stream_async(link, msg.task_id, fn(*args, **kwargs))))
-                    await self._running_task
-                    results = []
-                else:
-                    self._running_task = self.core.loop.create_task(
-                        _exit_caught(fn(*args, **kwargs)))
-                    result = await self._running_task
-                    results = await self._pack_async(msg.name, msg.return_ids, msg.num_returns,
-                                                     result)
+            result = self.cancels.run(msg.task_id, self._call_user, fn, link, msg)
+            results = [] if msg.num_returns < 0 else self._pack(
+                msg.name, msg.return_ids, msg.num_returns, result)
+            reply = P.TaskFinished(msg.task_id, results, None)
+        except BaseException as exc:  # user code raised (or the task was cancelled)
+            if isinstance(exc, SystemExit):
+                self.core.call_soon(self._exit_for, msg.name, exc)
+                return  # no answer: the owner sees a worker that ended
+            reply = P.TaskFinished(msg.task_id, [], self._error_blob(
+                msg.name, _cancel_named(exc, msg.name), msg.task_id))
+        finally:
+            current_task.reset(token)
+        self._answer(link, reply)
+
+    def _answer(self, link: Link, msg: Any) -> None:
+        """Either runner: send ``msg`` (in order with the answers before it). On the task
+        thread, while more tasks wait, it waits up to ANSWER_BATCH_DELAY for their answers,
+        so that a pipelined batch wakes the loop, and goes out in a frame, once per batch."""
+        if self.core.objects.on_loop_thread():
+            self._send_answers()
+            self._reply(link, msg)
+            return
+        with self._answers_lock:
+            self._answers.append((link, msg))
+            first = len(self._answers) == 1
+        if not len(self.tasks):
+            self.core.call_soon(self._send_answers)  # nothing waits: no reason to wait
+        elif first:
+            self.core.call_soon(self.core.loop.call_later, ANSWER_BATCH_DELAY,
+                                self._send_answers)
+
+    def _send_answers(self) -> None:
+        """Loop: send what the task thread answered so far."""
+        with self._answers_lock:
+            answers, self._answers = self._answers, []
+        for link, msg in answers:
+            self._reply(link, msg)
+
+    async def _execute_async(self, link: Link, msg: P.PushTask, ctx: TaskContext) -> None:
+        """On the loop: one ``async def`` task, then its answer."""
+        token = current_task.set(ctx)
+        try:
+            fn = self._function(msg.fn_id)
+            await self.core.fetcher.fetch_values(msg.deps)  # on the loop: pull before reading
+            args, kwargs = self._arguments(msg.args, msg.deps)
+            self._mark(msg.job_id, msg.name)
+            if msg.num_returns < 0:
+                self._running_task = self.core.loop.create_task(_exit_caught(
+                    self._stream_async(link, msg.task_id, fn(*args, **kwargs))))
+                await self._running_task
+                results = []
             else:
-                loop = asyncio.get_running_loop()
-                results = await loop.run_in_executor(self.pool, self._run_sync, fn, link, msg,
-                                                     ctx)
+                self._running_task = self.core.loop.create_task(
+                    _exit_caught(fn(*args, **kwargs)))
+                result = await self._running_task
+                results = await self._pack_async(msg.name, msg.return_ids, msg.num_returns,
+                                                 result)
         except BaseException as exc:  # user code raised (or the task was cancelled)
             if isinstance(exc, asyncio.CancelledError):
                 this = asyncio.current_task()
@@ -437,25 +528,18 @@ class TaskExecutor(_Executor):
             return
         finally:
             current_task.reset(token)
-            _flush_std()
         self._reply(link, P.TaskFinished(msg.task_id, results, None))
 
     def _exit_for(self, name: str, exc: BaseException) -> None:
         """The task ``name`` called ``exit()``/``sys.exit()``: as in Ray, that ends the
         worker, so its owner sees a worker that ended (``WorkerCrashedError``, or a retry
         under ``max_retries``), not an error raised by the task. ``atexit`` handlers run."""
+        self._send_answers()  # the earlier tasks' answers leave before the process ends
+        self.tasks.close()  # the tasks queued here start nowhere: their owner sends them on
         code = (exc.exit if isinstance(exc, UserExit) else cast(SystemExit, exc)).code
         print(f"aray: {name}() raised SystemExit({code!r}): its worker process exits",
               file=sys.stderr)
         self.core.spawn(_exit_process(), name="task exit")
-
-    def _run_sync(self, fn, link: Link, msg: P.PushTask, ctx: TaskContext) -> list:
-        """On the pool's thread: the task's user code (cancellable), then its results."""
-        current_task.set(ctx)
-        result = self.cancels.run(msg.task_id, self._call_user, fn, link, msg)
-        if msg.num_returns < 0:
-            return []
-        return self._pack(msg.name, msg.return_ids, msg.num_returns, result)
 
     def _call_user(self, fn, link: Link, msg: P.PushTask) -> Any:
         args, kwargs = self._arguments(msg.args, msg.deps)

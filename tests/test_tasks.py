@@ -512,3 +512,110 @@ def test_cancel_is_recursive(tmp_path, force):
     before = len(ticks.read_text())
     stays_true(lambda: len(ticks.read_text()) == before, 0.5, message="the child stays stopped")
     assert len(ticks.read_text()) == before, "the child kept running"
+
+
+def test_plain_and_async_tasks_on_one_worker_run_one_at_a_time_in_order():
+    # a worker runs plain tasks on its task thread and async def ones on its loop: whichever
+    # holds the worker's queue runs its kind back to back, and hands the queue over at a task
+    # of the other kind, so the tasks of one worker still run one at a time, in arrival order
+    @aray.remote(num_cpus=2)
+    def plain(i):
+        start = time.monotonic()
+        time.sleep(0.002)
+        return os.getpid(), i, start, time.monotonic()
+
+    @aray.remote(num_cpus=2)
+    async def coro(i):
+        start = time.monotonic()
+        await asyncio.sleep(0.002)
+        return os.getpid(), i, start, time.monotonic()
+
+    kinds = [plain, plain, coro, plain, coro, coro, plain] * 10
+    runs = aray.get([kind.remote(i) for i, kind in enumerate(kinds)], timeout=60)
+    by_worker: dict[int, list] = {}
+    for pid, i, start, end in runs:
+        by_worker.setdefault(pid, []).append((i, start, end))
+    mixed = 0
+    for pid, seen in by_worker.items():
+        seen.sort(key=lambda run: run[1])  # as they started
+        assert [i for i, _, _ in seen] == sorted(i for i, _, _ in seen), "out of order"
+        for (_, _, end), (_, start, _) in zip(seen, seen[1:]):
+            assert end <= start, f"two tasks overlapped on worker {pid}"
+        mixed += len({kinds[i] for i, _, _ in seen}) == 2
+    assert mixed, "no worker ran both kinds: the test shows nothing"
+
+
+def test_a_short_tasks_result_does_not_wait_for_the_long_task_queued_behind_it():
+    # a plain task's answer may wait for the next ones (batched), but not for long
+    @aray.remote(num_cpus=2)
+    def short():
+        time.sleep(0.3)  # the long one reaches the worker meanwhile, and waits in its queue
+        return os.getpid()
+
+    @aray.remote(num_cpus=2)
+    def long(seconds):
+        time.sleep(seconds)
+        return os.getpid()
+
+    aray.get(short.remote(), timeout=30)  # a worker leased for this shape
+    for _ in range(3):
+        first, second = short.remote(), long.remote(5)
+        started = time.monotonic()
+        first_pid = aray.get(first, timeout=30)
+        took = time.monotonic() - started
+        second_pid = aray.get(second, timeout=30)
+        if first_pid == second_pid:  # the long one was queued behind it, on its worker
+            assert took < 2.5, f"the short task's result came after {took:.1f} s"
+            return
+    pytest.skip("the two tasks never shared a worker")
+
+
+def test_tasks_pushed_behind_another_move_to_a_free_worker():
+    # the second task goes to the busy worker's queue first (a worker takes several), and
+    # a worker leased for it then takes it back: the two run side by side, as Ray runs them
+    @aray.remote
+    def nap(seconds):
+        start = time.monotonic()
+        time.sleep(seconds)
+        return os.getpid(), start, time.monotonic()
+
+    for _ in range(3):
+        (pid1, start1, end1), (pid2, start2, end2) = aray.get(
+            [nap.remote(1.0), nap.remote(1.0)], timeout=60)
+        assert pid1 != pid2
+        assert start2 < end1 and start1 < end2, "the two tasks ran one after the other"
+
+
+def test_a_crash_costs_no_retry_of_the_tasks_queued_behind_it():
+    # one worker (each task takes both CPUs): the second task waits in its queue when the
+    # first ends the process; it never started, so it runs again elsewhere at no cost
+    @aray.remote(num_cpus=2, max_retries=0)
+    def crash():
+        time.sleep(0.3)
+        os._exit(1)
+
+    @aray.remote(num_cpus=2, max_retries=0)
+    def fine():
+        return "ran"
+
+    crashed, after = crash.remote(), fine.remote()
+    with pytest.raises(aray.exceptions.WorkerCrashedError):
+        aray.get(crashed, timeout=60)
+    assert aray.get(after, timeout=60) == "ran"
+
+
+def test_cancel_a_task_queued_at_a_busy_worker():
+    @aray.remote(num_cpus=2)
+    def slow():
+        time.sleep(1.0)
+        return "slow"
+
+    @aray.remote(num_cpus=2)
+    def queued():
+        return "ran"
+
+    first, second = slow.remote(), queued.remote()
+    aray.cancel(second)
+    with pytest.raises(aray.exceptions.TaskCancelledError):
+        aray.get(second, timeout=30)
+    assert aray.get(first, timeout=30) == "slow"
