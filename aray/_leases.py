@@ -15,9 +15,9 @@ of its own: the queue still asks for a lease for it, and a worker that becomes i
 lease, or one that ran out of tasks) takes it back from the busiest one
 (:class:`~aray._protocol.TakeBackTask`), unless it has started there meanwhile. So tasks
 spread over free workers as they would one at a time, and only wait behind another while
-no worker is free for them. Tasks with ``max_calls`` (their worker exits after them) and
-streaming generators (which run as long as their consumer reads) are never queued behind
-another, nor another behind them.
+no worker is free for them. Tasks with ``max_calls`` (their worker exits after them),
+streaming generators (which run as long as their consumer reads) and ``"SPREAD"`` tasks
+are never queued behind another, nor another behind them.
 
 Example:
     >>> LEASE_LINGER < SPILLBACK_RETRY_DELAY
@@ -107,12 +107,23 @@ class Lease:
 
 def queues_behind(spec: TaskSpec) -> bool:
     """May ``spec`` wait behind another task on a worker, or another behind it? Not with
-    ``max_calls`` (the worker may exit after it) nor streaming (it runs until read).
+    ``max_calls`` (the worker may exit after it), nor streaming (it runs until read), nor
+    ``"SPREAD"`` (it asks for a worker of its own on the least used node).
 
     A task that may not is only pushed to an idle worker, and nothing is pushed behind it:
     so a worker with more than one task in flight holds only tasks that may.
+
+    Example:
+        >>> from types import SimpleNamespace as Spec
+        >>> queues_behind(Spec(max_calls=0, streaming=False, strategy={}))
+        True
+        >>> queues_behind(Spec(max_calls=2, streaming=False, strategy={}))
+        False
+        >>> queues_behind(Spec(max_calls=0, streaming=False, strategy={"kind": "spread"}))
+        False
     """
-    return not spec.max_calls and not spec.streaming
+    return not spec.max_calls and not spec.streaming and (
+        spec.strategy.get("kind") != "spread")
 
 
 class ShapeQueue:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from . import _protocol as P
 from ._objects import ObjectEntry, ObjectState, ObjectTable
+from ._portal import BLOCKED_WAIT_SLICE
 from ._refs import ObjectRef
 from ._runtime_context import current_task
 
@@ -81,6 +83,55 @@ class Waits:
                 return None
             found.append(entry)
         return [self._reader.materialize(e) for e in found]
+
+    def block_until_ready(self, ref: ObjectRef) -> None:
+        """A thread other than the loop's, outside a task: block until ``ref`` is resolved
+        here (a value or an error), then read it with :meth:`ready_values`.
+
+        What a sync ``get`` of one ref waits with: the loop only adds a callback to the
+        ref's entry, posted through the inbox, so that it rides the same wake-up as the
+        ``.remote()`` posted just before. (A task's blocked ``get`` lends its CPU, which
+        this does not: tasks take :meth:`wait_entries`.) Raises ``NotInitializedError``
+        if the runtime's loop stops meanwhile.
+
+        Example:
+            >>> import aray
+            >>> from aray import _global
+            >>> _ = aray.init(num_cpus=1, ignore_reinit_error=True)
+            >>> ref = aray.remote(lambda: 7).remote()
+            >>> waits = _global.core().waits
+            >>> waits.block_until_ready(ref)
+            >>> waits.ready_values([ref])
+            [7]
+        """
+        ready = threading.Event()
+        attached: list[ObjectEntry] = []
+
+        def on_ready(_entry: ObjectEntry) -> None:
+            ready.set()
+
+        def attach() -> None:
+            attached.append(self._entry_for(ref))
+            self.objects.when_ready(attached[0], on_ready)
+
+        def detach() -> None:  # (after attach: the inbox keeps their order)
+            if attached:
+                self.objects.forget_callback(attached[0], on_ready)
+
+        self.objects.inbox.post(attach)
+        try:
+            # in slices: a stopped loop would never set it, and Ctrl-C lands between them
+            while not ready.wait(BLOCKED_WAIT_SLICE):
+                if self.loop.is_closed() or not self.loop.is_running():
+                    from .exceptions import NotInitializedError
+
+                    raise NotInitializedError(
+                        "aray's event loop stopped while aray.get() waited: call "
+                        "aray.init() again")
+        except BaseException:
+            if not self.loop.is_closed():
+                self.objects.inbox.post(detach)
+            raise
 
     def is_ready(self, ref: ObjectRef) -> bool:
         """Any thread: is the value of ``ref`` resolved here (a value or an error)?"""

@@ -90,8 +90,8 @@ def test_docstring_examples_run():
                "aray.util.state", "aray._local", "aray.actor",
                "aray._options", "aray.node.lease_scheduler", "aray.node.scheduler",
                "aray.node.admission", "aray.node.lease_records", "aray._leases", "aray._cancels",
-               "aray._task_queue", "aray.node.labels", "aray.util.scheduling_strategies",
-               "aray._head.placement"]
+               "aray._task_queue", "aray._waits", "aray.node.labels",
+               "aray.util.scheduling_strategies", "aray._head.placement"]
     proc = subprocess.run([sys.executable, "-c", DOCTEST_RUNNER, *modules],
                           capture_output=True, text=True, timeout=580)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]

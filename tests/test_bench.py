@@ -166,3 +166,15 @@ def test_sim_cluster_quick_runs(tmp_path):
         assert row["dead_heartbeat_notice_s"] >= row["node_timeout_s"] - 1.0, row
         assert row["head_exit_code"] == 0 and row["head_exited"], row
         assert not psutil.pid_exists(row["head_pid"]), row
+
+
+def test_the_hops_benchmark_runs_quick(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_hops.py")
+    figures = tmp_path / "hops.json"
+    proc = subprocess.run([sys.executable, script, "--quick", "--json", str(figures)],
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(figures.read_text())["rows"]
+    assert set(rows) == {"process pool", "pipe", "websocket, loop to loop", "+ caller thread",
+                         "+ caller thread, + worker thread", "aray tasks sync"}
+    assert all(rate > 0 for rate in rows.values()), rows

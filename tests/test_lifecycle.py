@@ -381,3 +381,32 @@ def test_numerical_libraries_get_as_many_threads_as_the_task_has_cpus(run_script
                      ("ACTOR2", "2")):
         expected = [first or n, n, n, n, n]
         assert f"{label} {expected}" in r.stdout, r.stdout
+
+
+def test_a_get_blocked_in_another_thread_ends_when_the_runtime_shuts_down(run_script):
+    r = run_script("""
+        import threading
+        aray.init(num_cpus=1)
+        @aray.remote
+        def slow():
+            time.sleep(60)
+        ref = slow.remote()
+        outcome = []
+        def getter():
+            try:
+                aray.get(ref)
+                outcome.append("returned")
+            except Exception as exc:
+                outcome.append(type(exc).__name__)
+        t = threading.Thread(target=getter)
+        t.start()
+        time.sleep(0.5)  # (the getter blocks meanwhile; nothing here waits for it)
+        report_pids()
+        aray.shutdown()
+        t.join(30)
+        assert not t.is_alive(), "aray.get() still blocks after aray.shutdown()"
+        print("OUTCOME", outcome)
+    """)
+    assert "OUTCOME ['" in r.stdout, r.stdout + r.stderr
+    assert "returned" not in r.stdout
+    r.assert_no_leftovers()
