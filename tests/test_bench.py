@@ -10,6 +10,16 @@ import pytest
 import aray._perf as perf
 
 
+def run_quick(tmp_path, name: str, timeout: float) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run ``benchmarks/NAME.py --quick`` in ``tmp_path``; its process and its JSON figures."""
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", f"{name}.py")
+    figures = tmp_path / f"{name}.json"
+    proc = subprocess.run([sys.executable, script, "--quick", "--json", str(figures)],
+                          capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc, json.loads(figures.read_text())
+
+
 def test_microbenchmark_cli_prints_rays_names(tmp_path):
     out = tmp_path / "results.json"
     proc = subprocess.run(
@@ -58,23 +68,13 @@ def test_the_task_workloads_run_on_the_floor_runtimes(tmp_path, floor):
 
 
 def test_the_transfer_benchmark_runs_quick(tmp_path):
-    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_transfer.py")
-    figures = tmp_path / "transfer.json"
-    proc = subprocess.run([sys.executable, script, "--quick", "--json", str(figures)],
-                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads(figures.read_text())
+    _, result = run_quick(tmp_path, "bench_transfer", 240)
     for key in ("socket_gb_s", "transfer_gb_s", "one_reader_s", "many_readers_s"):
         assert result[key] > 0, key
 
 
 def test_the_numpy_benchmark_runs_quick(tmp_path):
-    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_numpy.py")
-    figures = tmp_path / "numpy.json"
-    proc = subprocess.run([sys.executable, script, "--quick", "--json", str(figures)],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads(figures.read_text())
+    _, result = run_quick(tmp_path, "bench_numpy", 600)
     for key in ("serial_s", "aray_s", "aray_thread_per_core_s"):
         assert result[key] > 0, key
 
@@ -115,14 +115,9 @@ def test_the_soak_survives_a_node_loss(tmp_path):
 def test_bench_scale_quick_runs(tmp_path):
     # every row in a process (and cluster) of its own; the figures are not judged here (a
     # MISS is a finding, not a failure), only that each row measured something
-    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_scale.py")
-    figures = tmp_path / "scale.json"
-    proc = subprocess.run([sys.executable, script, "--quick", "--json", str(figures)],
-                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    proc, report = run_quick(tmp_path, "bench_scale", 240)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
     assert proc.stdout.startswith("aray scale benchmark (quick)\nmachine: "), out
-    report = json.loads(figures.read_text())
     assert set(report["rows"]) == {"put_inline", "put_shm", "tasks", "returns", "actors",
                                    "task_table", "store_accounts", "arena"}
     for name, row in report["rows"].items():
@@ -142,14 +137,10 @@ def test_sim_cluster_quick_runs(tmp_path):
     # the real head in a process of its own against 10 and 100 simulated node agents
     import psutil
 
-    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "sim_cluster.py")
-    figures = tmp_path / "sim.json"
-    proc = subprocess.run([sys.executable, script, "--quick", "--json", str(figures)],
-                          capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    proc, figures = run_quick(tmp_path, "sim_cluster", 180)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
     assert "idle head CPU %" in proc.stdout, out
-    rows = json.loads(figures.read_text())["sizes"]
+    rows = figures["sizes"]
     assert [row["nodes"] for row in rows] == [10, 100]
     for row in rows:
         assert "incomplete" not in row, row
@@ -169,12 +160,8 @@ def test_sim_cluster_quick_runs(tmp_path):
 
 
 def test_the_hops_benchmark_runs_quick(tmp_path):
-    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_hops.py")
-    figures = tmp_path / "hops.json"
-    proc = subprocess.run([sys.executable, script, "--quick", "--json", str(figures)],
-                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = json.loads(figures.read_text())["rows"]
+    _, figures = run_quick(tmp_path, "bench_hops", 240)
+    rows = figures["rows"]
     assert set(rows) == {"process pool", "pipe", "websocket, loop to loop", "+ caller thread",
                          "+ caller thread, + worker thread", "aray tasks sync"}
     assert all(rate > 0 for rate in rows.values()), rows
