@@ -208,8 +208,9 @@ def get(object_refs: ObjectRef[Any] | Sequence[ObjectRef[Any]], *,
     refuse_on_loop(core.loop, "get")
     warn_blocking_get()  # (once, in an async actor's method: it blocks that loop)
     values = core.waits.ready_values(refs)  # already here: no need to wake the runtime loop
-    if values is None and single and timeout is None and current_task.get() is None:
-        core.waits.block_until_ready(refs[0])  # the light wait of one ref, for the common case
+    if values is None and single and timeout is None and core.role != "worker":
+        # the light wait of one ref, outside a worker (where a blocked get lends its CPU)
+        core.waits.block_until_ready(refs[0])
         values = core.waits.ready_values(refs)  # (None if it lives on another node)
     if values is None:
         return call(core.loop, aio.get_values, core, refs, single, timeout, True, what="get")

@@ -85,14 +85,14 @@ class Waits:
         return [self._reader.materialize(e) for e in found]
 
     def block_until_ready(self, ref: ObjectRef) -> None:
-        """A thread other than the loop's, outside a task: block until ``ref`` is resolved
-        here (a value or an error), then read it with :meth:`ready_values`.
+        """A thread other than the loop's, outside a worker: block until ``ref`` is
+        resolved here (a value or an error), then read it with :meth:`ready_values`.
 
-        What a sync ``get`` of one ref waits with: the loop only adds a callback to the
-        ref's entry, posted through the inbox, so that it rides the same wake-up as the
-        ``.remote()`` posted just before. (A task's blocked ``get`` lends its CPU, which
-        this does not: tasks take :meth:`wait_entries`.) Raises ``NotInitializedError``
-        if the runtime's loop stops meanwhile.
+        What a driver's sync ``get`` of one ref waits with: the loop only adds a callback to
+        the ref's entry, posted through the inbox, so that it rides the same wake-up as the
+        ``.remote()`` posted just before. (A blocked ``get`` in a worker lends its CPU,
+        which this does not: workers take :meth:`wait_entries`.) Raises
+        ``NotInitializedError`` if the runtime's loop stops meanwhile.
 
         Example:
             >>> import aray

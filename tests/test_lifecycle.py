@@ -220,6 +220,30 @@ def test_nested_blocking_tasks_do_not_deadlock_on_one_cpu(run_script):
     r.assert_no_leftovers()
 
 
+def test_a_get_in_a_thread_of_a_task_lends_the_tasks_cpu_on_one_cpu(run_script):
+    # the single-ref get that a thread of a task makes lends the task's CPU too, or the
+    # child could never run on this one-CPU cluster
+    r = run_script("""
+        import threading
+        aray.init(num_cpus=1)
+        @aray.remote
+        def child():
+            return 7
+        @aray.remote
+        def parent():
+            out = []
+            t = threading.Thread(target=lambda: out.append(aray.get(child.remote())))
+            t.start()
+            t.join()
+            return out
+        print("RESULT", aray.get(parent.remote(), timeout=60))
+        report_pids()
+        aray.shutdown()
+    """, timeout=90)
+    assert "RESULT [7]" in r.stdout, r.stdout + r.stderr
+    r.assert_no_leftovers()
+
+
 def test_gpu_ids_are_assigned(run_script):
     r = run_script("""
         aray.init(num_cpus=2, num_gpus=2)
