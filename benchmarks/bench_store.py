@@ -4,8 +4,10 @@
 
 * memcpy: ``np.copyto`` into an array whose pages are already touched (the bound for a put)
 * a copy into a fresh /dev/shm file (its pages faulted in by the copy: the bound for a first
-  put), the first put of a fresh cluster (into shared memory never written before), then put / get
-  of one large array (get from the same node maps shared memory: no copy)
+  put; then faulted in by one madvise call first, and with the file's pages allocated before
+  so that the copy only maps them), the first put of a fresh cluster (into shared memory
+  never written before), then put / get of one large array (get from the same node maps
+  shared memory: no copy)
 * churn: many tasks each returning 1 MiB, dropped as they finish, in a 100 MiB store
 """
 
@@ -32,16 +34,28 @@ def best_of(n: int, fn) -> float:
     return min(times)
 
 
-def fresh_copy(a: np.ndarray) -> float:
-    """Seconds to copy ``a`` into a new /dev/shm file's mapping, whose pages the copy faults
-    in (what the first put of a fresh cluster does)."""
+#: madvise(MADV_POPULATE_WRITE) (Linux 5.14): fault a range in with one call
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+
+
+def fresh_copy(a: np.ndarray, how: str = "faults") -> float:
+    """Seconds to copy ``a`` into a new /dev/shm file's mapping (what the first put of a
+    fresh cluster does). ``how``: ``faults``, the copy faults each page in; ``populate``,
+    one madvise(MADV_POPULATE_WRITE) call faults them all in first (timed too);
+    ``allocated``, the file's pages were allocated before (``posix_fallocate``, not timed),
+    so the copy only maps them: what a warmed-up arena would give a process's first put.
+    """
     path = f"/dev/shm/aray-bench-fresh-{os.getpid()}"
     fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_EXCL, 0o600)
     try:
         os.ftruncate(fd, a.nbytes)
+        if how == "allocated":
+            os.posix_fallocate(fd, 0, a.nbytes)
         with mmap.mmap(fd, a.nbytes) as m:
             dst = np.frombuffer(m, dtype=a.dtype)
             start = time.perf_counter()
+            if how == "populate":
+                m.madvise(MADV_POPULATE_WRITE)
             np.copyto(dst, a)
             took = time.perf_counter() - start
             del dst
@@ -69,6 +83,15 @@ def main() -> None:
     fresh = fresh_copy(a)
     print(f"copy into fresh shm      {a.nbytes / fresh / 1e9:6.2f} GB/s  (page faults: the "
           "bound for a first put)")
+    try:
+        populated = fresh_copy(a, "populate")
+        print(f"  populated first        {a.nbytes / populated / 1e9:6.2f} GB/s  (one madvise "
+              "call faults the pages in)")
+    except OSError as exc:  # a kernel before 5.14
+        print(f"  populated first        skipped: {exc}")
+    allocated = fresh_copy(a, "allocated")
+    print(f"  pages allocated before {a.nbytes / allocated / 1e9:6.2f} GB/s  (the copy only "
+          "maps them)")
 
     aray.init(num_cpus=2)
     start = time.perf_counter()

@@ -73,6 +73,18 @@ def test_the_transfer_benchmark_runs_quick(tmp_path):
         assert result[key] > 0, key
 
 
+def test_the_store_benchmark_runs_small(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_store.py")
+    proc = subprocess.run([sys.executable, script, "--gib", "0.05", "--churn", "200"],
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for row in ("memcpy (touched pages)", "copy into fresh shm", "populated first",
+                "pages allocated before", "first put", "churn: 200"):
+        assert row in proc.stdout, proc.stdout
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith(
+        "aray-bench-fresh-")], "the fresh-copy file was left behind"
+
+
 def test_the_numpy_benchmark_runs_quick(tmp_path):
     _, result = run_quick(tmp_path, "bench_numpy", 600)
     for key in ("serial_s", "aray_s", "aray_thread_per_core_s"):
